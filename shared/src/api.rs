@@ -1,0 +1,1 @@
+//! REST API types (filled in below).

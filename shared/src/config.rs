@@ -1,0 +1,1163 @@
+//! Local configuration: reads a Patroni YAML file (or a directory of them, or
+//! `PATRONI_CONFIGURATION`), overlays the `PATRONI_*` environment variables with Patroni's
+//! precedence, and validates everything into a typed [`Config`]. Every problem is reported with the
+//! dotted key at fault; unknown keys are warnings; secrets are wrapped in [`Secret`] and never printed.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A password or other secret. Its `Debug` output is redacted and it has no `Display`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself, for the few places that must hand it to PostgreSQL or etcd.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// One problem with the configuration, tied to the key (or file line) at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: invalid YAML: {message}")]
+    Yaml { origin: String, message: String },
+    #[error("{origin}: the top level must be a mapping of keys to values")]
+    NotAMapping { origin: String },
+    #[error("no configuration: give a config file, or set PATRONI_CONFIGURATION, or PATRONI_* variables (at least PATRONI_NAME and PATRONI_SCOPE)")]
+    Missing,
+    #[error("invalid configuration:\n{}", .0.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+/// Credentials of one PostgreSQL role from `postgresql.authentication`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PgUser {
+    pub username: String,
+    pub password: Option<Secret>,
+    /// Extra libpq options (sslmode, sslcert, …) passed through to connection strings.
+    pub options: Vec<(String, String)>,
+}
+
+/// HTTP Basic credentials (`restapi.authentication`, `ctl.authentication`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// The `restapi` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestApiConfig {
+    pub listen: String,
+    pub connect_address: String,
+    pub authentication: Option<BasicAuth>,
+    pub certfile: Option<String>,
+}
+
+impl RestApiConfig {
+    /// `api_url` published in the member key.
+    pub fn api_url(&self) -> String {
+        let scheme = if self.certfile.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/patroni", self.connect_address)
+    }
+}
+
+/// The `etcd3` section: where etcd is and how to log in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EtcdConfig {
+    /// `host:port` endpoints.
+    pub hosts: Vec<String>,
+    pub protocol: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl EtcdConfig {
+    /// Endpoints as URLs, as etcd-client wants them.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                if h.contains("://") {
+                    h.clone()
+                } else {
+                    format!("{}://{h}", self.protocol)
+                }
+            })
+            .collect()
+    }
+}
+
+/// The `bootstrap` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BootstrapConfig {
+    /// Dynamic configuration written to the `config` key by the node that bootstraps the cluster.
+    pub dcs: Map<String, Value>,
+    /// Options for initdb, already rendered as `--key=value` / `--flag`.
+    pub initdb: Vec<String>,
+    /// Lines appended to pg_hba.conf after initdb.
+    pub pg_hba: Vec<String>,
+    pub post_bootstrap: Option<String>,
+}
+
+/// Patroni's built-in tags plus custom ones.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tags {
+    pub nofailover: Option<bool>,
+    pub failover_priority: Option<i64>,
+    pub clonefrom: bool,
+    pub noloadbalance: bool,
+    pub replicatefrom: Option<String>,
+    pub nosync: Option<bool>,
+    pub sync_priority: Option<i64>,
+    pub nostream: bool,
+    /// Every tag as configured (built-ins included), in file order, for `tag_<key>` filters.
+    pub all: Map<String, Value>,
+}
+
+impl Tags {
+    /// Whether this node may never become leader.
+    pub fn no_failover(&self) -> bool {
+        match (self.nofailover, self.failover_priority) {
+            (Some(b), _) => b,
+            (None, Some(p)) => p <= 0,
+            (None, None) => false,
+        }
+    }
+
+    /// Priority used at equal WAL position (default 1; 0 when nofailover).
+    pub fn priority(&self) -> i64 {
+        if self.no_failover() {
+            0
+        } else {
+            self.failover_priority.unwrap_or(1)
+        }
+    }
+
+    /// The tags as published in the member key: false boolean built-ins are omitted, except
+    /// `nofailover`/`nosync` when their priority tag is also present.
+    pub fn published(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (k, v) in &self.all {
+            let keep = match k.as_str() {
+                "clonefrom" | "noloadbalance" | "nostream" => truthy(v),
+                "nofailover" => truthy(v) || self.failover_priority.is_some(),
+                "nosync" => truthy(v) || self.sync_priority.is_some(),
+                _ => true,
+            };
+            if keep {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => parse_bool(s).unwrap_or(false),
+        Value::Number(n) => n.as_i64().is_some_and(|n| n != 0),
+        _ => false,
+    }
+}
+
+/// The `postgresql` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PostgresConfig {
+    pub listen: String,
+    pub connect_address: String,
+    pub proxy_address: Option<String>,
+    pub data_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    pub bin_dir: Option<PathBuf>,
+    /// Overrides of binary names (`pg_ctl`, `initdb`, …).
+    pub bin_name: Vec<(String, String)>,
+    pub pgpass: PathBuf,
+    pub database: String,
+    pub superuser: PgUser,
+    pub replication: PgUser,
+    pub rewind: Option<PgUser>,
+    /// Local GUCs, in file order (values may be strings, numbers or booleans).
+    pub parameters: Map<String, Value>,
+    /// When set, pg_hba.conf is written from this list.
+    pub pg_hba: Option<Vec<String>>,
+    pub use_pg_rewind: Option<bool>,
+    pub use_unix_socket: bool,
+    pub remove_data_directory_on_rewind_failure: bool,
+    pub remove_data_directory_on_diverged_timelines: bool,
+    pub basebackup: Vec<String>,
+    pub pg_ctl_timeout: u64,
+    pub callbacks: Map<String, Value>,
+}
+
+impl PostgresConfig {
+    /// Path of a PostgreSQL binary, honouring `bin_name` and `bin_dir`.
+    pub fn binary(&self, name: &str) -> PathBuf {
+        let file = self
+            .bin_name
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(name);
+        match &self.bin_dir {
+            Some(dir) => dir.join(file),
+            None => PathBuf::from(file),
+        }
+    }
+
+    /// `conn_url` published in the member key.
+    pub fn conn_url(&self) -> String {
+        format!("postgres://{}/{}", self.connect_address, self.database)
+    }
+
+    /// Host and port this server listens on, for local connections (a wildcard becomes loopback).
+    pub fn local_host_port(&self) -> (String, u16) {
+        let (host, port) = split_host_port(&self.listen).unwrap_or(("127.0.0.1".into(), 5432));
+        let first = host.split(',').next().unwrap_or("").trim().to_string();
+        let host = match first.as_str() {
+            "" | "*" | "0.0.0.0" => "127.0.0.1".to_string(),
+            "::" => "::1".to_string(),
+            _ => first,
+        };
+        (host, port)
+    }
+}
+
+/// The `log` section (only what pgpilot uses).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    pub level: Option<String>,
+    pub json: bool,
+}
+
+/// The whole local configuration of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub scope: String,
+    pub namespace: String,
+    pub name: String,
+    pub restapi: RestApiConfig,
+    pub ctl_authentication: Option<BasicAuth>,
+    pub etcd: EtcdConfig,
+    pub bootstrap: BootstrapConfig,
+    pub postgresql: PostgresConfig,
+    pub tags: Tags,
+    pub log: LogConfig,
+    /// Where the configuration came from (file path, or the environment).
+    pub origin: String,
+    /// Keys that were not understood; logged, not fatal.
+    pub warnings: Vec<ConfigIssue>,
+}
+
+/// A loaded configuration plus the raw tree (for `/config`-style merges and debugging).
+impl Config {
+    /// Loads a config the way `patroni CONFIG_FILE` does: the file (or directory of YAML files)
+    /// overlaid with `PATRONI_*` variables; without a file, `PATRONI_CONFIGURATION` alone; without
+    /// either, the variables alone.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let (tree, origin) = match path {
+            Some(p) => {
+                let mut tree = read_path(p)?;
+                apply_env(&mut tree, &env);
+                (tree, p.display().to_string())
+            }
+            None => match env.iter().find(|(k, _)| k == "PATRONI_CONFIGURATION") {
+                Some((_, text)) => (parse_yaml(text, "PATRONI_CONFIGURATION")?, "PATRONI_CONFIGURATION".to_string()),
+                None => {
+                    let mut tree = Map::new();
+                    apply_env(&mut tree, &env);
+                    if tree.is_empty() {
+                        return Err(ConfigError::Missing);
+                    }
+                    (tree, "environment".to_string())
+                }
+            },
+        };
+        Config::from_tree(&tree, origin)
+    }
+
+    /// Parses YAML text (as from a file) without environment overlay.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let tree = parse_yaml(text, origin)?;
+        Config::from_tree(&tree, origin.to_string())
+    }
+
+    /// Validates a parsed tree into a typed config, collecting every problem.
+    pub fn from_tree(tree: &Map<String, Value>, origin: String) -> Result<Config, ConfigError> {
+        let mut r = Reader::new(tree);
+        let config = read_config(&mut r, origin);
+        if r.errors.is_empty() {
+            let mut config = config;
+            config.warnings = r.unknown_keys();
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(r.errors))
+        }
+    }
+
+    /// Checks that the binaries and directories this config points at are usable; problems are
+    /// returned with their key (used by `--validate-config` and at agent start).
+    pub fn check_environment(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        if let Some(dir) = &self.postgresql.bin_dir
+            && !dir.is_dir()
+        {
+            issues.push(ConfigIssue {
+                key: "postgresql.bin_dir".into(),
+                message: format!("{} is not a directory", dir.display()),
+            });
+        }
+        for bin in ["pg_ctl", "initdb", "pg_basebackup", "pg_controldata", "postgres"] {
+            let path = self.postgresql.binary(bin);
+            let found = if path.is_absolute() || path.components().count() > 1 {
+                path.is_file()
+            } else {
+                std::env::var_os("PATH")
+                    .map(|p| std::env::split_paths(&p).any(|d| d.join(&path).is_file()))
+                    .unwrap_or(false)
+            };
+            if !found {
+                let key = if self.postgresql.bin_dir.is_some() {
+                    "postgresql.bin_dir"
+                } else {
+                    "postgresql.bin_dir (unset, searched PATH)"
+                };
+                issues.push(ConfigIssue {
+                    key: key.into(),
+                    message: format!("{bin} not found at {}", path.display()),
+                });
+                break;
+            }
+        }
+        if let Some(parent) = self.postgresql.data_dir.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            issues.push(ConfigIssue {
+                key: "postgresql.data_dir".into(),
+                message: format!("parent directory {} does not exist", parent.display()),
+            });
+        }
+        issues
+    }
+
+    /// The DCS key prefix `/<namespace>/<scope>/`, with repeated slashes collapsed.
+    pub fn key_prefix(&self) -> String {
+        crate::dcs::keys::cluster_prefix(&self.namespace, &self.scope)
+    }
+}
+
+fn read_path(path: &Path) -> Result<Map<String, Value>, ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"))
+            })
+            .collect();
+        files.sort();
+        let mut tree = Map::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|source| ConfigError::Io {
+                path: f.clone(),
+                source,
+            })?;
+            let part = parse_yaml(&text, &f.display().to_string())?;
+            deep_merge(&mut tree, part);
+        }
+        Ok(tree)
+    } else {
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        parse_yaml(&text, &path.display().to_string())
+    }
+}
+
+/// Parses YAML into a JSON tree; YAML 1.1 booleans (`on`, `yes`) become booleans, as in Patroni.
+pub fn parse_yaml(text: &str, origin: &str) -> Result<Map<String, Value>, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })?;
+    match value {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(Map::new()),
+        _ => Err(ConfigError::NotAMapping {
+            origin: origin.to_string(),
+        }),
+    }
+}
+
+/// Merges `other` into `base`: mappings merge key by key, anything else replaces.
+pub fn deep_merge(base: &mut Map<String, Value>, other: Map<String, Value>) {
+    for (k, v) in other {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Object(b)), Value::Object(o)) => deep_merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn set_path(tree: &mut Map<String, Value>, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = tree;
+    for p in parents {
+        let entry = node
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        let Value::Object(m) = entry else { return };
+        node = m;
+    }
+    node.insert(last.to_string(), value);
+}
+
+/// Overlays `PATRONI_*` variables onto the tree, using Patroni's variable names.
+fn apply_env(tree: &mut Map<String, Value>, env: &[(String, String)]) {
+    const PG_KEYS: [&str; 7] = [
+        "LISTEN",
+        "CONNECT_ADDRESS",
+        "PROXY_ADDRESS",
+        "CONFIG_DIR",
+        "DATA_DIR",
+        "PGPASS",
+        "BIN_DIR",
+    ];
+    const AUTH_FIELDS: [&str; 12] = [
+        "USERNAME",
+        "PASSWORD",
+        "SSLMODE",
+        "SSLCERT",
+        "SSLKEY",
+        "SSLPASSWORD",
+        "SSLROOTCERT",
+        "SSLCRL",
+        "SSLCRLDIR",
+        "GSSENCMODE",
+        "CHANNEL_BINDING",
+        "SSLNEGOTIATION",
+    ];
+    for (key, val) in env {
+        let Some(rest) = key.strip_prefix("PATRONI_") else {
+            continue;
+        };
+        let s = Value::String(val.clone());
+        let lower = |x: &str| x.to_ascii_lowercase();
+        match rest {
+            "NAME" | "NAMESPACE" | "SCOPE" => set_path(tree, &[&lower(rest)], s),
+            "CONFIGURATION" | "THREAD_POOL_SIZE" | "THREAD_STACK_SIZE" => {}
+            _ => {
+                if let Some(k) = rest.strip_prefix("RESTAPI_") {
+                    match k {
+                        "USERNAME" | "PASSWORD" => {
+                            set_path(tree, &["restapi", "authentication", &lower(k)], s)
+                        }
+                        _ => set_path(tree, &["restapi", &lower(k)], s),
+                    }
+                } else if let Some(k) = rest.strip_prefix("CTL_") {
+                    match k {
+                        "USERNAME" | "PASSWORD" => {
+                            set_path(tree, &["ctl", "authentication", &lower(k)], s)
+                        }
+                        _ => set_path(tree, &["ctl", &lower(k)], s),
+                    }
+                } else if let Some(k) = rest.strip_prefix("POSTGRESQL_BIN_") {
+                    set_path(tree, &["postgresql", "bin_name", &lower(k)], s)
+                } else if let Some(k) = rest.strip_prefix("POSTGRESQL_") {
+                    if PG_KEYS.contains(&k) {
+                        set_path(tree, &["postgresql", &lower(k)], s)
+                    }
+                } else if let Some(k) = rest.strip_prefix("LOG_") {
+                    set_path(tree, &["log", &lower(k)], s)
+                } else if let Some(k) = rest.strip_prefix("ETCD3_") {
+                    set_path(tree, &["etcd3", &lower(k)], env_dcs_value(k, val))
+                } else if let Some(k) = rest.strip_prefix("ETCD_") {
+                    set_path(tree, &["etcd", &lower(k)], env_dcs_value(k, val))
+                } else {
+                    for role in ["SUPERUSER", "REPLICATION", "REWIND"] {
+                        if let Some(field) = rest.strip_prefix(role).and_then(|r| r.strip_prefix('_'))
+                            && AUTH_FIELDS.contains(&field)
+                        {
+                            set_path(
+                                tree,
+                                &["postgresql", "authentication", &lower(role), &lower(field)],
+                                s.clone(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `PATRONI_ETCD3_HOSTS` may be a YAML list or a comma-separated string.
+fn env_dcs_value(key: &str, val: &str) -> Value {
+    if key == "HOSTS" && val.trim_start().starts_with('[') {
+        if let Ok(v @ Value::Array(_)) = serde_saphyr::from_str::<Value>(val) {
+            return v;
+        }
+    }
+    Value::String(val.to_string())
+}
+
+/// Parses a boolean the way YAML 1.1 and Patroni do.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "y" | "1" => Some(true),
+        "false" | "off" | "no" | "n" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Splits `host:port` (IPv6 may be bracketed).
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:")?;
+        return Some((host.to_string(), port.parse().ok()?));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// Reads typed values out of the tree, recording each key it looks at and each problem found.
+struct Reader<'a> {
+    tree: &'a Map<String, Value>,
+    seen: Vec<String>,
+    /// Sections whose children are free-form (no unknown-key warnings below them).
+    open: Vec<String>,
+    errors: Vec<ConfigIssue>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(tree: &'a Map<String, Value>) -> Self {
+        Reader {
+            tree,
+            seen: Vec::new(),
+            open: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<&'a Value> {
+        self.seen.push(key.to_string());
+        let mut node: &'a Value = self.tree.get(key.split('.').next()?)?;
+        for part in key.split('.').skip(1) {
+            node = node.as_object()?.get(part)?;
+        }
+        if node.is_null() { None } else { Some(node) }
+    }
+
+    fn err(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigIssue {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            other => {
+                self.err(key, format!("expected a string, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, key: &str) -> String {
+        match self.string(key) {
+            Some(s) if !s.trim().is_empty() => s,
+            Some(_) => {
+                self.err(key, "must not be empty");
+                String::new()
+            }
+            None => {
+                if !self.errors.iter().any(|e| e.key == key) {
+                    self.err(key, "is required");
+                }
+                String::new()
+            }
+        }
+    }
+
+    fn address(&mut self, key: &str, required: bool) -> Option<String> {
+        let s = if required {
+            Some(self.required_string(key)).filter(|s| !s.is_empty())
+        } else {
+            self.string(key)
+        }?;
+        if split_host_port(&s).is_none() {
+            self.err(key, format!("{s:?} is not host:port"));
+        }
+        Some(s)
+    }
+
+    fn boolean(&mut self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => parse_bool(s).or_else(|| {
+                self.err(key, format!("expected true or false, found {s:?}"));
+                None
+            }),
+            Value::Number(n) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => {
+                Some(n.as_i64() == Some(1))
+            }
+            other => {
+                self.err(key, format!("expected true or false, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, key: &str) -> Option<i64> {
+        match self.get(key)? {
+            Value::Number(n) if n.is_i64() => n.as_i64(),
+            Value::String(s) if s.trim().parse::<i64>().is_ok() => s.trim().parse().ok(),
+            other => {
+                self.err(key, format!("expected an integer, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn map(&mut self, key: &str) -> Option<&'a Map<String, Value>> {
+        match self.get(key)? {
+            Value::Object(m) => Some(m),
+            other => {
+                self.err(key, format!("expected a mapping, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn open_map(&mut self, key: &str) -> Map<String, Value> {
+        self.open.push(key.to_string());
+        self.map(key).cloned().unwrap_or_default()
+    }
+
+    fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.get(key)? {
+            Value::Array(items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        Value::Number(n) => out.push(n.to_string()),
+                        other => self.err(
+                            &format!("{key}[{i}]"),
+                            format!("expected a string, found {}", kind(other)),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            Value::String(s) => Some(
+                s.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            ),
+            other => {
+                self.err(key, format!("expected a list, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn pg_user(&mut self, key: &str, required: bool) -> Option<PgUser> {
+        if self.get(key).is_none() {
+            if required {
+                self.err(key, "is required (username and password of this role)");
+            }
+            return None;
+        }
+        let section = self.map(key)?;
+        let username = self.required_string(&format!("{key}.username"));
+        let password = self.string(&format!("{key}.password")).map(Secret);
+        let mut options = Vec::new();
+        for opt in [
+            "sslmode",
+            "sslcert",
+            "sslkey",
+            "sslpassword",
+            "sslrootcert",
+            "sslcrl",
+            "sslcrldir",
+            "gssencmode",
+            "channel_binding",
+            "sslnegotiation",
+        ] {
+            if section.contains_key(opt)
+                && let Some(v) = self.string(&format!("{key}.{opt}"))
+            {
+                options.push((opt.to_string(), v));
+            }
+        }
+        Some(PgUser {
+            username,
+            password,
+            options,
+        })
+    }
+
+    fn basic_auth(&mut self, key: &str) -> Option<BasicAuth> {
+        self.get(key)?;
+        self.map(key)?;
+        let username = self.required_string(&format!("{key}.username"));
+        let password = self.required_string(&format!("{key}.password"));
+        Some(BasicAuth {
+            username,
+            password: Secret(password),
+        })
+    }
+
+    /// Every key present in the tree that no reader asked for, outside free-form sections.
+    fn unknown_keys(&self) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(String, &Value)> = self
+            .tree
+            .iter()
+            .map(|(k, v)| (k.clone(), v))
+            .collect();
+        while let Some((path, value)) = stack.pop() {
+            if self.open.iter().any(|o| path == *o || path.starts_with(&format!("{o}."))) {
+                continue;
+            }
+            let known = self.seen.iter().any(|s| s == &path);
+            let parent_of_known = self.seen.iter().any(|s| s.starts_with(&format!("{path}.")));
+            if !known && !parent_of_known {
+                out.push(ConfigIssue {
+                    key: path,
+                    message: "unknown key, ignored".into(),
+                });
+                continue;
+            }
+            if let Value::Object(m) = value
+                && parent_of_known
+            {
+                for (k, v) in m {
+                    stack.push((format!("{path}.{k}"), v));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => kind(other).to_string(),
+    }
+}
+
+/// Keys Patroni understands that pgpilot reads but does not (yet) act on, so they are not
+/// reported as unknown.
+const ACCEPTED_KEYS: &[&str] = &[
+    "thread_pool_size",
+    "restapi.keyfile",
+    "restapi.keyfile_password",
+    "restapi.cafile",
+    "restapi.ciphers",
+    "restapi.verify_client",
+    "restapi.allowlist",
+    "restapi.allowlist_include_members",
+    "restapi.http_extra_headers",
+    "restapi.https_extra_headers",
+    "restapi.request_queue_size",
+    "restapi.thread_pool_size",
+    "restapi.server_tokens",
+    "ctl.insecure",
+    "ctl.cacert",
+    "ctl.certfile",
+    "ctl.keyfile",
+    "ctl.keyfile_password",
+    "etcd3.cacert",
+    "etcd3.cert",
+    "etcd3.key",
+    "etcd3.use_proxies",
+    "etcd3.srv",
+    "etcd3.srv_suffix",
+    "etcd3.proxy",
+    "bootstrap.method",
+    "postgresql.pg_ident",
+    "postgresql.custom_conf",
+    "postgresql.recovery_conf",
+    "postgresql.create_replica_methods",
+    "postgresql.rewind",
+    "postgresql.pre_promote",
+    "postgresql.before_stop",
+    "postgresql.use_unix_socket_repl",
+    "log.format",
+    "log.dateformat",
+    "log.traceback_level",
+    "log.static_fields",
+    "log.max_queue_size",
+    "log.dir",
+    "log.mode",
+    "log.file_num",
+    "log.file_size",
+    "log.loggers",
+    "log.deduplicate_heartbeat_logs",
+];
+
+const OPEN_SECTIONS: &[&str] = &["watchdog", "citus", "ctl.authentication"];
+
+fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
+    for k in ACCEPTED_KEYS {
+        r.seen.push((*k).to_string());
+    }
+    for k in OPEN_SECTIONS {
+        r.open.push((*k).to_string());
+    }
+    let scope = r.required_string("scope");
+    let namespace = r.string("namespace").unwrap_or_else(|| "/service".into());
+    let name = r.required_string("name");
+    if name == "__patroni_strict_sync_replica_placeholder__" {
+        r.err("name", "this name is reserved by Patroni's synchronous mode");
+    }
+
+    // REST API
+    if r.get("restapi").is_none() {
+        r.err("restapi", "is required (listen and connect_address)");
+    }
+    let restapi = RestApiConfig {
+        listen: r.address("restapi.listen", true).unwrap_or_default(),
+        connect_address: r.address("restapi.connect_address", true).unwrap_or_default(),
+        authentication: r.basic_auth("restapi.authentication"),
+        certfile: r.string("restapi.certfile"),
+    };
+    let ctl_authentication = r.basic_auth("ctl.authentication");
+
+    // DCS
+    for other in ["consul", "zookeeper", "exhibitor", "kubernetes", "raft"] {
+        if r.get(other).is_some() {
+            r.err(
+                other,
+                "pgpilot stores cluster state in etcd v3 only; use an etcd3 section",
+            );
+        }
+    }
+    let etcd = if r.get("etcd3").is_some() {
+        read_etcd(r, "etcd3")
+    } else if r.get("etcd").is_some() {
+        r.err(
+            "etcd",
+            "pgpilot speaks the etcd v3 API only: rename this section to etcd3 (Patroni's etcd section uses the v2 keyspace, which v3 clients cannot see)",
+        );
+        EtcdConfig::default()
+    } else {
+        r.err("etcd3", "is required: the etcd v3 endpoints (hosts) that hold cluster state");
+        EtcdConfig::default()
+    };
+
+    // Bootstrap
+    let mut bootstrap = BootstrapConfig {
+        dcs: r.open_map("bootstrap.dcs"),
+        ..Default::default()
+    };
+    crate::dcs::DynamicConfig::check_bootstrap(&bootstrap.dcs, |key, msg| {
+        r.err(&format!("bootstrap.dcs.{key}"), msg)
+    });
+    if let Some(items) = r.get("bootstrap.initdb") {
+        match items {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match initdb_option(item) {
+                        Ok(opt) => bootstrap.initdb.push(opt),
+                        Err(msg) => r.err(&format!("bootstrap.initdb[{i}]"), msg),
+                    }
+                }
+            }
+            other => r.err(
+                "bootstrap.initdb",
+                format!("expected a list of options, found {}", kind(other)),
+            ),
+        }
+    }
+    bootstrap.pg_hba = r.string_list("bootstrap.pg_hba").unwrap_or_default();
+    bootstrap.post_bootstrap = r
+        .string("bootstrap.post_bootstrap")
+        .or_else(|| r.string("bootstrap.post_init"));
+    if let Some(method) = r.string("bootstrap.method")
+        && method != "initdb"
+    {
+        r.open.push(format!("bootstrap.{method}"));
+        r.err(
+            "bootstrap.method",
+            format!("custom bootstrap method {method:?} is not supported by pgpilot yet; use initdb"),
+        );
+    }
+
+    // PostgreSQL
+    if r.get("postgresql").is_none() {
+        r.err("postgresql", "is required (listen, connect_address, data_dir, authentication)");
+    }
+    let pg_listen = r.address("postgresql.listen", true).unwrap_or_default();
+    let pg_connect = r.address("postgresql.connect_address", true).unwrap_or_default();
+    let data_dir = PathBuf::from(r.required_string("postgresql.data_dir"));
+    let bin_name = r
+        .open_map("postgresql.bin_name")
+        .into_iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+        .collect();
+    let pgpass = r
+        .string("postgresql.pgpass")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+            home.join("pgpass")
+        });
+    let superuser = r
+        .pg_user("postgresql.authentication.superuser", true)
+        .unwrap_or_default();
+    let replication = r
+        .pg_user("postgresql.authentication.replication", true)
+        .unwrap_or_default();
+    let rewind = r.pg_user("postgresql.authentication.rewind", false);
+    let parameters = r.open_map("postgresql.parameters");
+    let pg_ctl_timeout = r.integer("postgresql.pg_ctl_timeout").unwrap_or(60);
+    if pg_ctl_timeout <= 0 {
+        r.err("postgresql.pg_ctl_timeout", "must be a positive number of seconds");
+    }
+    let basebackup = match r.get("postgresql.basebackup") {
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match initdb_option(item) {
+                    Ok(opt) => out.push(opt),
+                    Err(msg) => r.err(&format!("postgresql.basebackup[{i}]"), msg),
+                }
+            }
+            out
+        }
+        Some(other) => {
+            r.err(
+                "postgresql.basebackup",
+                format!("expected a list of options, found {}", kind(other)),
+            );
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    let postgresql = PostgresConfig {
+        listen: pg_listen,
+        connect_address: pg_connect,
+        proxy_address: r.string("postgresql.proxy_address"),
+        data_dir,
+        config_dir: r.string("postgresql.config_dir").map(PathBuf::from),
+        bin_dir: r.string("postgresql.bin_dir").map(PathBuf::from),
+        bin_name,
+        pgpass,
+        database: r.string("postgresql.database").unwrap_or_else(|| "postgres".into()),
+        superuser,
+        replication,
+        rewind,
+        parameters,
+        pg_hba: r.string_list("postgresql.pg_hba"),
+        use_pg_rewind: r.boolean("postgresql.use_pg_rewind"),
+        use_unix_socket: r.boolean("postgresql.use_unix_socket").unwrap_or(false),
+        remove_data_directory_on_rewind_failure: r
+            .boolean("postgresql.remove_data_directory_on_rewind_failure")
+            .unwrap_or(false),
+        remove_data_directory_on_diverged_timelines: r
+            .boolean("postgresql.remove_data_directory_on_diverged_timelines")
+            .unwrap_or(false),
+        basebackup,
+        pg_ctl_timeout: pg_ctl_timeout.max(1) as u64,
+        callbacks: r.open_map("postgresql.callbacks"),
+    };
+
+    // Tags
+    let all_tags = r.open_map("tags");
+    let tags = Tags {
+        nofailover: r.boolean("tags.nofailover"),
+        failover_priority: r.integer("tags.failover_priority"),
+        clonefrom: r.boolean("tags.clonefrom").unwrap_or(false),
+        noloadbalance: r.boolean("tags.noloadbalance").unwrap_or(false),
+        replicatefrom: r.string("tags.replicatefrom"),
+        nosync: r.boolean("tags.nosync"),
+        sync_priority: r.integer("tags.sync_priority"),
+        nostream: r.boolean("tags.nostream").unwrap_or(false),
+        all: all_tags,
+    };
+    if tags.nofailover.is_some() && tags.failover_priority.is_some() {
+        r.err(
+            "tags.failover_priority",
+            "nofailover and failover_priority are mutually exclusive; keep one",
+        );
+    }
+    if tags.nosync.is_some() && tags.sync_priority.is_some() {
+        r.err("tags.sync_priority", "nosync and sync_priority are mutually exclusive; keep one");
+    }
+
+    let log = LogConfig {
+        level: r.string("log.level"),
+        json: r.string("log.type").is_some_and(|t| t == "json"),
+    };
+
+    Config {
+        scope,
+        namespace,
+        name,
+        restapi,
+        ctl_authentication,
+        etcd,
+        bootstrap,
+        postgresql,
+        tags,
+        log,
+        origin,
+        warnings: Vec::new(),
+    }
+}
+
+fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
+    let protocol = r
+        .string(&format!("{section}.protocol"))
+        .unwrap_or_else(|| "http".into());
+    if protocol != "http" && protocol != "https" {
+        r.err(&format!("{section}.protocol"), "must be http or https");
+    }
+    let mut hosts = Vec::new();
+    if let Some(list) = r.string_list(&format!("{section}.hosts")) {
+        hosts.extend(list);
+    }
+    if let Some(h) = r.string(&format!("{section}.host")) {
+        hosts.push(h);
+    }
+    if let Some(u) = r.string(&format!("{section}.url")) {
+        hosts.push(u);
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        let bare = h.split("://").last().unwrap_or(h).trim_end_matches('/');
+        if split_host_port(bare).is_none() {
+            r.err(&format!("{section}.hosts[{i}]"), format!("{h:?} is not host:port"));
+        }
+    }
+    if hosts.is_empty() {
+        r.err(&format!("{section}.hosts"), "at least one etcd endpoint (host:port) is required");
+    }
+    EtcdConfig {
+        hosts,
+        protocol,
+        username: r.string(&format!("{section}.username")),
+        password: r.string(&format!("{section}.password")).map(Secret),
+    }
+}
+
+/// Renders one `bootstrap.initdb` / `postgresql.basebackup` item (`flag` or `{key: value}`) as a
+/// command-line option, refusing the options pgpilot must control itself.
+fn initdb_option(item: &Value) -> Result<String, String> {
+    const FORBIDDEN: [&str; 13] = [
+        "pgdata", "nosync", "pwfile", "sync-only", "version", "format", "wal-method",
+        "xlog-method", "dbname", "host", "port", "username", "password",
+    ];
+    let check = |k: &str| {
+        if FORBIDDEN.contains(&k) {
+            Err(format!("option {k:?} is set by pgpilot itself and may not be given here"))
+        } else {
+            Ok(())
+        }
+    };
+    match item {
+        Value::String(flag) => {
+            let flag = flag.trim_start_matches('-');
+            check(flag)?;
+            Ok(format!("--{flag}"))
+        }
+        Value::Object(m) if m.len() == 1 => {
+            let (k, v) = m.iter().next().ok_or("empty option")?;
+            let k = k.trim_start_matches('-');
+            check(k)?;
+            let v = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => return Err(format!("value of {k:?} must be a scalar, found {}", kind(other))),
+            };
+            Ok(format!("--{k}={v}"))
+        }
+        other => Err(format!(
+            "expected a flag name or a one-key mapping, found {}",
+            kind(other)
+        )),
+    }
+}
+
+/// Renders a GUC value from YAML (booleans become `on`/`off`).
+pub fn guc_value(v: &Value) -> String {
+    match v {
+        Value::Bool(true) => "on".into(),
+        Value::Bool(false) => "off".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}

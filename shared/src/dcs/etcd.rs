@@ -1,0 +1,260 @@
+//! [`Kv`] over etcd v3 with the native gRPC client. Every request has a deadline, requests fail
+//! when the contacted etcd member has no leader (lost quorum), and a broken watch is re-created
+//! from the last revision seen.
+
+use super::kv::{Cond, KeyValue, Kv, KvError, LeaseId, WatchEvent};
+use crate::config::EtcdConfig;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, WatchOptions,
+};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// An etcd v3 connection. Cloning shares the underlying channel.
+#[derive(Clone)]
+pub struct EtcdKv {
+    client: Client,
+}
+
+impl EtcdKv {
+    /// Connects lazily: an unreachable etcd is reported by the first request, not here, so an
+    /// agent can start before etcd does. `timeout` bounds every request.
+    pub async fn connect(cfg: &EtcdConfig, timeout: Duration) -> Result<EtcdKv, KvError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(5), timeout)
+            .with_require_leader(true);
+        if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
+            opts = opts.with_user(user.clone(), pass.expose().to_string());
+        }
+        let client = Client::connect(cfg.endpoints(), Some(opts))
+            .await
+            .map_err(map_err)?;
+        Ok(EtcdKv { client })
+    }
+
+    fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+fn map_err(e: etcd_client::Error) -> KvError {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => KvError::Unavailable(e.to_string()),
+        E::GRpcStatus(ref s) => match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                KvError::Unavailable(s.message().to_string())
+            }
+            _ if s.message().contains("lease not found") => KvError::LeaseNotFound(0),
+            _ => KvError::Other(s.message().to_string()),
+        },
+        E::LeaseKeepAliveError(ref m) if m.contains("not found") => KvError::LeaseNotFound(0),
+        other => KvError::Other(other.to_string()),
+    }
+}
+
+
+fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: String::from_utf8_lossy(kv.value()).into_owned(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    }
+}
+
+fn compare(key: &str, cond: &Cond) -> Compare {
+    match cond {
+        Cond::Absent => Compare::create_revision(key, CompareOp::Equal, 0),
+        Cond::ValueIs(v) => Compare::value(key, CompareOp::Equal, v.as_str()),
+        Cond::ModRevisionIs(r) => Compare::mod_revision(key, CompareOp::Equal, *r),
+    }
+}
+
+fn put_options(lease: Option<LeaseId>) -> Option<PutOptions> {
+    lease.map(|id| PutOptions::new().with_lease(id))
+}
+
+impl Kv for EtcdKv {
+    async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), KvError> {
+        let resp = self
+            .client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(map_err)?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((resp.kvs().iter().map(to_kv).collect(), rev))
+    }
+
+    async fn put(&self, key: &str, value: &str, lease: Option<LeaseId>) -> Result<(), KvError> {
+        self.client()
+            .put(key, value, put_options(lease))
+            .await
+            .map_err(map_err)
+            .map_err(|e| with_lease(e, lease))?;
+        Ok(())
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        value: &str,
+        lease: Option<LeaseId>,
+        cond: Cond,
+    ) -> Result<bool, KvError> {
+        let txn = Txn::new()
+            .when(vec![compare(key, &cond)])
+            .and_then(vec![TxnOp::put(key, value, put_options(lease))]);
+        let resp = self
+            .client()
+            .txn(txn)
+            .await
+            .map_err(map_err)
+            .map_err(|e| with_lease(e, lease))?;
+        Ok(resp.succeeded())
+    }
+
+    async fn delete_if(&self, key: &str, cond: Option<Cond>) -> Result<bool, KvError> {
+        match cond {
+            None => {
+                self.client().delete(key, None).await.map_err(map_err)?;
+                Ok(true)
+            }
+            Some(cond) => {
+                let txn = Txn::new()
+                    .when(vec![compare(key, &cond)])
+                    .and_then(vec![TxnOp::delete(key, None)]);
+                Ok(self.client().txn(txn).await.map_err(map_err)?.succeeded())
+            }
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), KvError> {
+        self.client()
+            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
+        let resp = self.client().lease_grant(ttl, None).await.map_err(map_err)?;
+        Ok(resp.id())
+    }
+
+    async fn keepalive(&self, lease: LeaseId) -> Result<(), KvError> {
+        let (mut keeper, mut stream) = self
+            .client()
+            .lease_keep_alive(lease)
+            .await
+            .map_err(map_err)
+            .map_err(|e| with_lease(e, Some(lease)))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(map_err)
+            .map_err(|e| with_lease(e, Some(lease)))?;
+        match stream.message().await.map_err(map_err)? {
+            Some(resp) if resp.ttl() > 0 => Ok(()),
+            Some(_) => Err(KvError::LeaseNotFound(lease)),
+            None => Err(KvError::Unavailable("keepalive stream closed".into())),
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), KvError> {
+        match self.client().lease_revoke(lease).await.map_err(map_err) {
+            Ok(_) | Err(KvError::LeaseNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        revision: i64,
+    ) -> Result<mpsc::Receiver<WatchEvent>, KvError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let client = self.client();
+        let prefix = prefix.to_string();
+        let mut stream = open_watch(&client, &prefix, revision).await?;
+        tokio::spawn(async move {
+            let mut next_rev = revision;
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            warn!(reason = resp.cancel_reason(), "etcd watch cancelled; reloading");
+                            next_rev = 0;
+                            if tx.send(WatchEvent::Reset).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            for ev in resp.events() {
+                                let Some(kv) = ev.kv() else { continue };
+                                next_rev = next_rev.max(kv.mod_revision() + 1);
+                                let event = match ev.event_type() {
+                                    EventType::Put => WatchEvent::Put(to_kv(kv)),
+                                    EventType::Delete => WatchEvent::Delete {
+                                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                                    },
+                                };
+                                if tx.send(event).await.is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        debug!("etcd watch stream broke; re-creating it");
+                        if tx.send(WatchEvent::Reset).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // Re-create the stream, backing off while etcd is away.
+                loop {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    match open_watch(&client, &prefix, next_rev).await {
+                        Ok(s) => {
+                            stream = s;
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+async fn open_watch(
+    client: &Client,
+    prefix: &str,
+    revision: i64,
+) -> Result<etcd_client::WatchStream, KvError> {
+    let mut opts = WatchOptions::new().with_prefix();
+    if revision > 0 {
+        opts = opts.with_start_revision(revision);
+    }
+    client
+        .clone()
+        .watch(prefix, Some(opts))
+        .await
+        .map_err(map_err)
+}
+
+fn with_lease(e: KvError, lease: Option<LeaseId>) -> KvError {
+    match (e, lease) {
+        (KvError::LeaseNotFound(_), Some(id)) => KvError::LeaseNotFound(id),
+        (e, _) => e,
+    }
+}

@@ -1,0 +1,280 @@
+//! An in-memory [`Kv`] with etcd's semantics (revisions, leases, compare transactions, prefix
+//! watches) and a manual clock, for unit tests and the seeded simulation. Several [`MemKv`]
+//! handles share one [`MemStore`], like several agents sharing one etcd; a handle can be cut off
+//! to inject a partition.
+
+use super::kv::{Cond, KeyValue, Kv, KvError, LeaseId, WatchEvent};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+#[derive(Default)]
+struct State {
+    revision: i64,
+    /// Milliseconds on the manual clock.
+    now_ms: u64,
+    next_lease: LeaseId,
+    keys: BTreeMap<String, KeyValue>,
+    /// lease → (ttl seconds, expiry in ms)
+    leases: HashMap<LeaseId, (i64, u64)>,
+    watchers: Vec<(String, mpsc::Sender<WatchEvent>)>,
+}
+
+impl State {
+    fn expire(&mut self) {
+        let now = self.now_ms;
+        let dead: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, (_, exp))| *exp <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.drop_lease(id);
+        }
+    }
+
+    fn drop_lease(&mut self, id: LeaseId) {
+        self.leases.remove(&id);
+        let doomed: Vec<String> = self
+            .keys
+            .values()
+            .filter(|kv| kv.lease == id)
+            .map(|kv| kv.key.clone())
+            .collect();
+        for k in doomed {
+            self.delete(&k);
+        }
+    }
+
+    fn notify(&mut self, key: &str, ev: WatchEvent) {
+        self.watchers.retain(|(_, tx)| !tx.is_closed());
+        for (prefix, tx) in &self.watchers {
+            if key.starts_with(prefix.as_str()) {
+                let _ = tx.try_send(ev.clone());
+            }
+        }
+    }
+
+    fn put(&mut self, key: &str, value: &str, lease: Option<LeaseId>) -> Result<(), KvError> {
+        let lease = lease.unwrap_or(0);
+        if lease != 0 && !self.leases.contains_key(&lease) {
+            return Err(KvError::LeaseNotFound(lease));
+        }
+        self.revision += 1;
+        let rev = self.revision;
+        let create_revision = self.keys.get(key).map(|kv| kv.create_revision).unwrap_or(rev);
+        let kv = KeyValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            create_revision,
+            mod_revision: rev,
+            lease,
+        };
+        self.keys.insert(key.to_string(), kv.clone());
+        self.notify(key, WatchEvent::Put(kv));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str) {
+        if self.keys.remove(key).is_some() {
+            self.revision += 1;
+            self.notify(
+                key,
+                WatchEvent::Delete {
+                    key: key.to_string(),
+                },
+            );
+        }
+    }
+
+    fn holds(&self, key: &str, cond: &Cond) -> bool {
+        let cur = self.keys.get(key);
+        match cond {
+            Cond::Absent => cur.is_none(),
+            Cond::ValueIs(v) => cur.is_some_and(|kv| &kv.value == v),
+            Cond::ModRevisionIs(r) => cur.map(|kv| kv.mod_revision).unwrap_or(0) == *r,
+        }
+    }
+}
+
+/// The shared store: what one etcd cluster holds.
+#[derive(Clone, Default)]
+pub struct MemStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.expire();
+        f(&mut st)
+    }
+
+    /// Advances the manual clock; leases past their TTL expire and their keys disappear.
+    pub fn advance_ms(&self, ms: u64) {
+        self.with(|st| {
+            st.now_ms += ms;
+            st.expire();
+        })
+    }
+
+    /// Milliseconds on the manual clock.
+    pub fn now_ms(&self) -> u64 {
+        self.with(|st| st.now_ms)
+    }
+
+    /// A client handle (like one agent's etcd connection).
+    pub fn client(&self) -> MemKv {
+        MemKv {
+            store: self.clone(),
+            cut: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A snapshot of every key, for assertions.
+    pub fn dump(&self) -> Vec<KeyValue> {
+        self.with(|st| st.keys.values().cloned().collect())
+    }
+
+    /// Writes a raw value (to plant garbage in tests).
+    pub fn put_raw(&self, key: &str, value: &str) {
+        self.with(|st| {
+            let _ = st.put(key, value, None);
+        })
+    }
+}
+
+/// One client of a [`MemStore`]. `set_cut(true)` makes every call fail as if etcd were
+/// unreachable from this client only.
+#[derive(Clone)]
+pub struct MemKv {
+    store: MemStore,
+    cut: Arc<AtomicBool>,
+}
+
+impl MemKv {
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+
+    pub fn store(&self) -> &MemStore {
+        &self.store
+    }
+
+    fn run<R>(&self, f: impl FnOnce(&mut State) -> Result<R, KvError>) -> Result<R, KvError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(KvError::Unavailable("partitioned from etcd (simulated)".into()));
+        }
+        self.store.with(f)
+    }
+}
+
+impl Kv for MemKv {
+    async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), KvError> {
+        self.run(|st| {
+            let kvs = st
+                .keys
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect();
+            Ok((kvs, st.revision))
+        })
+    }
+
+    async fn put(&self, key: &str, value: &str, lease: Option<LeaseId>) -> Result<(), KvError> {
+        self.run(|st| st.put(key, value, lease))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        value: &str,
+        lease: Option<LeaseId>,
+        cond: Cond,
+    ) -> Result<bool, KvError> {
+        self.run(|st| {
+            if st.holds(key, &cond) {
+                st.put(key, value, lease)?;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })
+    }
+
+    async fn delete_if(&self, key: &str, cond: Option<Cond>) -> Result<bool, KvError> {
+        self.run(|st| {
+            if cond.as_ref().is_none_or(|c| st.holds(key, c)) {
+                st.delete(key);
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), KvError> {
+        self.run(|st| {
+            let doomed: Vec<String> = st
+                .keys
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect();
+            for k in doomed {
+                st.delete(&k);
+            }
+            Ok(())
+        })
+    }
+
+    async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
+        self.run(|st| {
+            st.next_lease += 1;
+            let id = 0x1000 + st.next_lease;
+            let exp = st.now_ms + (ttl.max(1) as u64) * 1000;
+            st.leases.insert(id, (ttl, exp));
+            Ok(id)
+        })
+    }
+
+    async fn keepalive(&self, lease: LeaseId) -> Result<(), KvError> {
+        self.run(|st| {
+            let now = st.now_ms;
+            match st.leases.get_mut(&lease) {
+                Some((ttl, exp)) => {
+                    *exp = now + (*ttl as u64) * 1000;
+                    Ok(())
+                }
+                None => Err(KvError::LeaseNotFound(lease)),
+            }
+        })
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), KvError> {
+        self.run(|st| {
+            st.drop_lease(lease);
+            Ok(())
+        })
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        _revision: i64,
+    ) -> Result<mpsc::Receiver<WatchEvent>, KvError> {
+        let (tx, rx) = mpsc::channel(4096);
+        self.run(|st| {
+            st.watchers.push((prefix.to_string(), tx));
+            Ok(())
+        })?;
+        Ok(rx)
+    }
+}

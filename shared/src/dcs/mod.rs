@@ -1,0 +1,396 @@
+//! The distributed configuration store as Patroni lays it out in etcd v3: the typed cluster model
+//! ([`model`]), the key names ([`keys`]), and [`Dcs`], which implements every Patroni operation
+//! (initialize race, leader lock, member keys, status, history, config, failover) once over the
+//! [`kv::Kv`] primitives, so that etcd ([`etcd::EtcdKv`]) and the in-memory store used by tests and
+//! simulation ([`mem::MemKv`]) behave the same.
+
+pub mod etcd;
+pub mod keys;
+pub mod kv;
+pub mod mem;
+pub mod model;
+
+pub use kv::{Cond, KeyValue, Kv, KvError, LeaseId, WatchEvent};
+pub use model::*;
+
+use std::sync::Mutex;
+use tracing::warn;
+
+/// Builds the cluster view from the keys under one prefix. Garbage values are logged and treated
+/// as absent.
+pub fn parse_cluster(prefix: &str, scope: &str, kvs: &[KeyValue], revision: i64) -> Cluster {
+    let mut c = Cluster {
+        scope: scope.to_string(),
+        revision,
+        ..Default::default()
+    };
+    for kv in kvs {
+        let Some(rel) = kv.key.strip_prefix(prefix) else {
+            continue;
+        };
+        match rel {
+            keys::INITIALIZE => c.initialize = Some(kv.value.clone()),
+            keys::CONFIG => match DynamicConfig::parse(&kv.value) {
+                Some(cfg) => {
+                    c.config = Some(Versioned {
+                        value: cfg,
+                        mod_revision: kv.mod_revision,
+                    })
+                }
+                None => warn!(key = %kv.key, "ignoring config key: not a JSON object"),
+            },
+            keys::LEADER => {
+                if kv.value.is_empty() {
+                    warn!(key = %kv.key, "ignoring empty leader key");
+                } else {
+                    c.leader = Some(Leader {
+                        name: kv.value.clone(),
+                        lease: kv.lease,
+                        mod_revision: kv.mod_revision,
+                    })
+                }
+            }
+            keys::STATUS => match Status::parse(&kv.value) {
+                Some(s) => {
+                    if s.optime.is_some() || c.status.optime.is_none() {
+                        c.status = s
+                    }
+                }
+                None => warn!(key = %kv.key, "ignoring status key: not valid JSON"),
+            },
+            keys::OPTIME_LEADER => {
+                if c.status.optime.is_none() {
+                    c.status.optime = kv.value.trim().parse().ok();
+                }
+            }
+            keys::HISTORY => match parse_history(&kv.value) {
+                Some(h) => c.history = h,
+                None => warn!(key = %kv.key, "ignoring history key: not a JSON array"),
+            },
+            keys::FAILOVER => {
+                c.failover = Failover::parse(&kv.value).map(|f| Versioned {
+                    value: f,
+                    mod_revision: kv.mod_revision,
+                })
+            }
+            keys::SYNC => match SyncState::parse(&kv.value) {
+                Some(s) => {
+                    c.sync = Some(Versioned {
+                        value: s,
+                        mod_revision: kv.mod_revision,
+                    })
+                }
+                None => warn!(key = %kv.key, "ignoring sync key: not a JSON object"),
+            },
+            keys::FAILSAFE => {
+                c.failsafe = serde_json::from_str::<serde_json::Value>(&kv.value)
+                    .ok()
+                    .and_then(|v| v.as_object().cloned())
+            }
+            _ => {
+                if let Some(name) = rel.strip_prefix(keys::MEMBERS) {
+                    if name.is_empty() || name.contains('/') {
+                        continue;
+                    }
+                    match MemberData::parse(&kv.value) {
+                        Some(data) => c.members.push(Member {
+                            name: name.to_string(),
+                            data,
+                            lease: kv.lease,
+                            mod_revision: kv.mod_revision,
+                        }),
+                        None => warn!(
+                            key = %kv.key,
+                            "ignoring member key: value is not Patroni member JSON"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    c.members.sort_by(|a, b| a.name.cmp(&b.name));
+    c
+}
+
+/// Errors of DCS operations.
+#[derive(Debug, thiserror::Error)]
+pub enum DcsError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// One node's (or one console's) handle on a cluster's keys. A node holds one lease, bound to
+/// its member key and, while it leads, the leader key.
+pub struct Dcs<K: Kv> {
+    kv: K,
+    prefix: String,
+    scope: String,
+    name: String,
+    ttl: Mutex<i64>,
+    lease: Mutex<Option<LeaseId>>,
+    last_member_json: Mutex<Option<(String, LeaseId)>>,
+}
+
+impl<K: Kv> Dcs<K> {
+    /// A handle for member `name` of cluster `scope` under `namespace`.
+    pub fn new(kv: K, namespace: &str, scope: &str, name: &str, ttl: i64) -> Self {
+        Dcs {
+            kv,
+            prefix: keys::cluster_prefix(namespace, scope),
+            scope: scope.to_string(),
+            name: name.to_string(),
+            ttl: Mutex::new(ttl),
+            lease: Mutex::new(None),
+            last_member_json: Mutex::new(None),
+        }
+    }
+
+    pub fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key(&self, rel: &str) -> String {
+        format!("{}{rel}", self.prefix)
+    }
+
+    /// Reads the whole cluster with one range request.
+    pub async fn load(&self) -> Result<Cluster, DcsError> {
+        let (kvs, rev) = self.kv.range(&self.prefix).await?;
+        Ok(parse_cluster(&self.prefix, &self.scope, &kvs, rev))
+    }
+
+    /// The current lease id, if one was granted.
+    pub fn lease(&self) -> Option<LeaseId> {
+        *lock(&self.lease)
+    }
+
+    /// Changes the TTL; the next [`Dcs::ensure_lease`] grants a new lease with it.
+    pub fn set_ttl(&self, ttl: i64) {
+        let mut cur = lock(&self.ttl);
+        if *cur != ttl {
+            *cur = ttl;
+            *lock(&self.lease) = None;
+        }
+    }
+
+    /// Returns a live lease: refreshes the current one, or grants a new one when it is gone.
+    pub async fn ensure_lease(&self) -> Result<LeaseId, DcsError> {
+        if let Some(id) = self.lease() {
+            match self.kv.keepalive(id).await {
+                Ok(()) => return Ok(id),
+                Err(KvError::LeaseNotFound(_)) => {
+                    warn!(lease = id, "etcd lease expired; granting a new one");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let ttl = *lock(&self.ttl);
+        let id = self.kv.grant(ttl).await?;
+        *lock(&self.lease) = Some(id);
+        Ok(id)
+    }
+
+    /// Writes our member key (lease-bound), skipping the write when nothing changed.
+    pub async fn touch_member(&self, data: &MemberData) -> Result<(), DcsError> {
+        let lease = self.ensure_lease().await?;
+        let json = data.to_json();
+        if lock(&self.last_member_json).as_ref() == Some(&(json.clone(), lease)) {
+            return Ok(());
+        }
+        self.kv
+            .put(&keys::member(&self.prefix, &self.name), &json, Some(lease))
+            .await?;
+        *lock(&self.last_member_json) = Some((json, lease));
+        Ok(())
+    }
+
+    /// Forgets the cached member value so the next touch writes it (after a reload from etcd
+    /// shows it differs).
+    pub fn invalidate_member_cache(&self) {
+        *lock(&self.last_member_json) = None;
+    }
+
+    /// Tries to take the leader lock (create-if-absent, bound to our lease).
+    pub async fn acquire_leader(&self) -> Result<bool, DcsError> {
+        let lease = self.ensure_lease().await?;
+        let won = self
+            .kv
+            .put_if(&self.key(keys::LEADER), &self.name, Some(lease), Cond::Absent)
+            .await?;
+        Ok(won)
+    }
+
+    /// Keeps the lock: refreshes our lease and, if the leader key is bound to another lease
+    /// (agent restarted, lease re-granted), re-attaches it by value compare. `false` = lock lost.
+    pub async fn update_leader(&self, cluster: &Cluster) -> Result<bool, DcsError> {
+        let lease = self.ensure_lease().await?;
+        match &cluster.leader {
+            Some(l) if l.name == self.name && l.lease == lease => Ok(true),
+            _ => {
+                let key = self.key(keys::LEADER);
+                if self
+                    .kv
+                    .put_if(&key, &self.name, Some(lease), Cond::ValueIs(self.name.clone()))
+                    .await?
+                {
+                    return Ok(true);
+                }
+                Ok(self
+                    .kv
+                    .put_if(&key, &self.name, Some(lease), Cond::Absent)
+                    .await?)
+            }
+        }
+    }
+
+    /// Writes the leader key unconditionally (after a successful bootstrap).
+    pub async fn take_leader(&self) -> Result<(), DcsError> {
+        let lease = self.ensure_lease().await?;
+        self.kv
+            .put(&self.key(keys::LEADER), &self.name, Some(lease))
+            .await?;
+        Ok(())
+    }
+
+    /// Releases the lock if we hold it (value-compare delete).
+    pub async fn release_leader(&self) -> Result<bool, DcsError> {
+        Ok(self
+            .kv
+            .delete_if(&self.key(keys::LEADER), Some(Cond::ValueIs(self.name.clone())))
+            .await?)
+    }
+
+    /// Races for the right to bootstrap: creates `initialize` with `""` if absent.
+    pub async fn race_initialize(&self) -> Result<bool, DcsError> {
+        Ok(self
+            .kv
+            .put_if(&self.key(keys::INITIALIZE), "", None, Cond::Absent)
+            .await?)
+    }
+
+    /// Stores the system identifier in `initialize`.
+    pub async fn set_initialize(&self, sysid: &str) -> Result<(), DcsError> {
+        Ok(self.kv.put(&self.key(keys::INITIALIZE), sysid, None).await?)
+    }
+
+    /// Creates `initialize` with our system identifier if absent (adopting an existing data dir).
+    pub async fn adopt_initialize(&self, sysid: &str) -> Result<bool, DcsError> {
+        Ok(self
+            .kv
+            .put_if(&self.key(keys::INITIALIZE), sysid, None, Cond::Absent)
+            .await?)
+    }
+
+    /// Deletes `initialize` after a failed bootstrap.
+    pub async fn cancel_initialization(&self) -> Result<(), DcsError> {
+        self.kv.delete_if(&self.key(keys::INITIALIZE), None).await?;
+        Ok(())
+    }
+
+    /// Writes the `config` key; with a version, only if it was not modified since.
+    pub async fn set_config(
+        &self,
+        config: &DynamicConfig,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(keys::CONFIG);
+        let json = config.to_json();
+        match version {
+            Some(rev) => Ok(self
+                .kv
+                .put_if(&key, &json, None, Cond::ModRevisionIs(rev))
+                .await?),
+            None => {
+                self.kv.put(&key, &json, None).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Creates the `config` key only if absent (first bootstrap).
+    pub async fn init_config(&self, config: &DynamicConfig) -> Result<bool, DcsError> {
+        Ok(self
+            .kv
+            .put_if(&self.key(keys::CONFIG), &config.to_json(), None, Cond::Absent)
+            .await?)
+    }
+
+    pub async fn write_status(&self, status: &Status) -> Result<(), DcsError> {
+        Ok(self
+            .kv
+            .put(&self.key(keys::STATUS), &status.to_json(), None)
+            .await?)
+    }
+
+    pub async fn write_history(&self, history: &[HistoryEntry]) -> Result<(), DcsError> {
+        Ok(self
+            .kv
+            .put(&self.key(keys::HISTORY), &history_json(history), None)
+            .await?)
+    }
+
+    /// Writes the `failover` key; `None` clears it (writes `{}`). With a version, CAS.
+    pub async fn set_failover(
+        &self,
+        failover: Option<&Failover>,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(keys::FAILOVER);
+        let json = failover.map(Failover::to_json).unwrap_or_else(|| "{}".into());
+        match version {
+            Some(rev) => Ok(self
+                .kv
+                .put_if(&key, &json, None, Cond::ModRevisionIs(rev))
+                .await?),
+            None => {
+                self.kv.put(&key, &json, None).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Deletes our member key (clean shutdown that leaves the cluster).
+    pub async fn delete_member(&self) -> Result<(), DcsError> {
+        self.kv
+            .delete_if(&keys::member(&self.prefix, &self.name), None)
+            .await?;
+        *lock(&self.last_member_json) = None;
+        Ok(())
+    }
+
+    /// Revokes our lease: our member key (and the leader key if bound to it) disappear at once.
+    pub async fn revoke_lease(&self) -> Result<(), DcsError> {
+        let lease = lock(&self.lease).take();
+        if let Some(id) = lease {
+            self.kv.revoke(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every key of the cluster (`remove`).
+    pub async fn delete_cluster(&self) -> Result<(), DcsError> {
+        Ok(self.kv.delete_prefix(&self.prefix).await?)
+    }
+
+    /// Watches the cluster prefix from `revision`.
+    pub async fn watch(
+        &self,
+        revision: i64,
+    ) -> Result<tokio::sync::mpsc::Receiver<WatchEvent>, DcsError> {
+        Ok(self.kv.watch(&self.prefix, revision).await?)
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the values guarded here
+/// are plain caches that stay consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,630 @@
+//! The typed cluster model and the exact (de)serialisation of the values Patroni keeps in etcd:
+//! member keys, the dynamic configuration, `status`, `history`, `failover`, `sync`. Reading is
+//! lenient — a garbage value is reported and treated as absent, never a panic — and writing
+//! produces byte-for-byte what Patroni writes (compact JSON, Patroni's field order).
+
+use crate::types::{Lsn, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A value together with the etcd `mod_revision` it was read at, for compare-and-swap writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub mod_revision: i64,
+}
+
+/// The content of a `members/<name>` key, in Patroni's field order.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MemberData {
+    pub conn_url: String,
+    pub api_url: String,
+    pub state: String,
+    pub role: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub proxy_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub checkpoint_after_promote: Option<bool>,
+    #[serde(skip_serializing_if = "map_is_empty", default)]
+    pub tags: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pending_restart: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pending_restart_reason: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub xlog_location: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub replay_lsn: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub receive_lsn: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub replication_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timeline: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scheduled_restart: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pause: Option<bool>,
+}
+
+fn map_is_empty(m: &Map<String, Value>) -> bool {
+    m.is_empty()
+}
+
+impl MemberData {
+    /// Compact JSON as Patroni writes it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Reads a member value leniently: fields of the wrong type are dropped, unknown fields are
+    /// ignored, and a legacy `postgres://…?application_name=…` connection URL is accepted.
+    /// Returns `None` for a value that is neither.
+    pub fn parse(raw: &str) -> Option<MemberData> {
+        let v: Value = match serde_json::from_str(raw) {
+            Ok(v) => v,
+            Err(_) if raw.starts_with("postgres") => return Some(Self::from_legacy_url(raw)),
+            Err(_) => return None,
+        };
+        let o = v.as_object()?;
+        let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+        let u = |k: &str| o.get(k).and_then(Value::as_u64);
+        let b = |k: &str| o.get(k).and_then(Value::as_bool);
+        Some(MemberData {
+            conn_url: s("conn_url").unwrap_or_default(),
+            api_url: s("api_url").unwrap_or_default(),
+            state: s("state").unwrap_or_default(),
+            role: s("role").unwrap_or_default(),
+            version: s("version").unwrap_or_default(),
+            proxy_url: s("proxy_url"),
+            checkpoint_after_promote: b("checkpoint_after_promote"),
+            tags: o
+                .get("tags")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            pending_restart: b("pending_restart"),
+            pending_restart_reason: o
+                .get("pending_restart_reason")
+                .and_then(Value::as_object)
+                .cloned(),
+            xlog_location: u("xlog_location"),
+            replay_lsn: u("replay_lsn"),
+            receive_lsn: u("receive_lsn"),
+            replication_state: s("replication_state"),
+            timeline: u("timeline"),
+            scheduled_restart: o.get("scheduled_restart").filter(|v| v.is_object()).cloned(),
+            pause: b("pause"),
+        })
+    }
+
+    fn from_legacy_url(raw: &str) -> MemberData {
+        let api_url = raw
+            .split_once('?')
+            .and_then(|(_, q)| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("application_name="))
+            })
+            .unwrap_or_default()
+            .to_string();
+        MemberData {
+            conn_url: raw.split('?').next().unwrap_or(raw).to_string(),
+            api_url,
+            ..Default::default()
+        }
+    }
+
+    /// The role, with the legacy `master` read as primary.
+    pub fn role(&self) -> Option<Role> {
+        Role::parse(&self.role)
+    }
+
+    /// Host and port of `conn_url`.
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let rest = self.conn_url.split("://").nth(1)?;
+        let hostport = rest.split('/').next()?;
+        let hostport = hostport.rsplit('@').next()?;
+        if let Some(r) = hostport.strip_prefix('[') {
+            let (h, p) = r.split_once(']')?;
+            let port = p.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(5432);
+            return Some((h.to_string(), port));
+        }
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+            None => Some((hostport.to_string(), 5432)),
+        }
+    }
+
+    /// Whether the member's tags exclude it from leader races.
+    pub fn no_failover(&self) -> bool {
+        let nofailover = self.tags.get("nofailover").and_then(Value::as_bool);
+        let priority = self.tags.get("failover_priority").and_then(Value::as_i64);
+        match (nofailover, priority) {
+            (Some(b), _) => b,
+            (None, Some(p)) => p <= 0,
+            _ => false,
+        }
+    }
+
+    /// The member's `failover_priority` (1 unless tagged; 0 when nofailover).
+    pub fn failover_priority(&self) -> i64 {
+        if self.no_failover() {
+            0
+        } else {
+            self.tags
+                .get("failover_priority")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+        }
+    }
+
+    /// The WAL position the member reports (primary flush, replica max(receive, replay)).
+    pub fn wal_position(&self) -> Option<Lsn> {
+        self.xlog_location.map(Lsn)
+    }
+}
+
+/// One member as read from etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub data: MemberData,
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// The leader key: the lock holder's name and the lease it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    pub name: String,
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// The `status` key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Status {
+    pub optime: Option<u64>,
+    pub slots: Option<Map<String, Value>>,
+    pub retain_slots: Option<Vec<String>>,
+}
+
+impl Status {
+    /// Reads `{"optime":…,"slots":…,"retain_slots":…}` or a legacy bare integer.
+    pub fn parse(raw: &str) -> Option<Status> {
+        let v: Value = serde_json::from_str(raw).ok()?;
+        match v {
+            Value::Number(n) => Some(Status {
+                optime: n.as_u64(),
+                ..Default::default()
+            }),
+            Value::Object(o) => {
+                let decode = |k: &str| -> Option<Value> {
+                    match o.get(k)? {
+                        Value::String(s) => serde_json::from_str(s).ok(),
+                        other => Some(other.clone()),
+                    }
+                };
+                Some(Status {
+                    optime: o.get("optime").and_then(Value::as_u64),
+                    slots: decode("slots").and_then(|v| v.as_object().cloned()),
+                    retain_slots: decode("retain_slots").and_then(|v| {
+                        v.as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                    }),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Compact JSON in Patroni's order; absent parts are omitted.
+    pub fn to_json(&self) -> String {
+        let mut o = Map::new();
+        if let Some(t) = self.optime {
+            o.insert("optime".into(), Value::from(t));
+        }
+        if let Some(s) = &self.slots {
+            o.insert("slots".into(), Value::Object(s.clone()));
+        }
+        if let Some(r) = &self.retain_slots {
+            o.insert(
+                "retain_slots".into(),
+                Value::Array(r.iter().cloned().map(Value::from).collect()),
+            );
+        }
+        Value::Object(o).to_string()
+    }
+}
+
+/// One entry of the `history` key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    /// The parent timeline that ended at `lsn`.
+    pub timeline: u64,
+    pub lsn: u64,
+    pub reason: String,
+    pub timestamp: Option<String>,
+    pub new_leader: Option<String>,
+}
+
+/// Parses the `history` array; entries that are not `[int, int, str, …]` are skipped.
+pub fn parse_history(raw: &str) -> Option<Vec<HistoryEntry>> {
+    let v: Value = serde_json::from_str(raw).ok()?;
+    let arr = v.as_array()?;
+    Some(
+        arr.iter()
+            .filter_map(|e| {
+                let e = e.as_array()?;
+                Some(HistoryEntry {
+                    timeline: e.first()?.as_u64()?,
+                    lsn: e.get(1)?.as_u64()?,
+                    reason: e.get(2).and_then(Value::as_str).unwrap_or("").to_string(),
+                    timestamp: e.get(3).and_then(Value::as_str).map(str::to_string),
+                    new_leader: e.get(4).and_then(Value::as_str).map(str::to_string),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Renders the `history` array as Patroni writes it.
+pub fn history_json(entries: &[HistoryEntry]) -> String {
+    let arr: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut a = vec![
+                Value::from(e.timeline),
+                Value::from(e.lsn),
+                Value::from(e.reason.clone()),
+            ];
+            if let Some(ts) = &e.timestamp {
+                a.push(Value::from(ts.clone()));
+                if let Some(n) = &e.new_leader {
+                    a.push(Value::from(n.clone()));
+                }
+            }
+            Value::Array(a)
+        })
+        .collect();
+    Value::Array(arr).to_string()
+}
+
+/// The `failover` key: a requested switchover (`leader` set) or failover (only `member`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Failover {
+    pub leader: Option<String>,
+    /// The candidate (Patroni stores it under `member`).
+    pub member: Option<String>,
+    pub scheduled_at: Option<String>,
+}
+
+impl Failover {
+    /// Reads the JSON form or the legacy `leader:candidate` text. `{}` means "nothing requested"
+    /// and gives `None`.
+    pub fn parse(raw: &str) -> Option<Failover> {
+        let f = match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(o)) => {
+                let s = |k: &str| {
+                    o.get(k)
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                };
+                Failover {
+                    leader: s("leader"),
+                    member: s("member"),
+                    scheduled_at: s("scheduled_at"),
+                }
+            }
+            Ok(_) => return None,
+            Err(_) => {
+                let (l, m) = raw.split_once(':')?;
+                Failover {
+                    leader: Some(l.to_string()).filter(|s| !s.is_empty()),
+                    member: Some(m.to_string()).filter(|s| !s.is_empty()),
+                    scheduled_at: None,
+                }
+            }
+        };
+        if f.leader.is_none() && f.member.is_none() {
+            None
+        } else {
+            Some(f)
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut o = Map::new();
+        if let Some(l) = &self.leader {
+            o.insert("leader".into(), Value::from(l.clone()));
+        }
+        if let Some(m) = &self.member {
+            o.insert("member".into(), Value::from(m.clone()));
+        }
+        if let Some(s) = &self.scheduled_at {
+            o.insert("scheduled_at".into(), Value::from(s.clone()));
+        }
+        Value::Object(o).to_string()
+    }
+}
+
+/// The `sync` key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SyncState {
+    pub leader: Option<String>,
+    pub quorum: u64,
+    pub sync_standby: Vec<String>,
+}
+
+impl SyncState {
+    pub fn parse(raw: &str) -> Option<SyncState> {
+        let v: Value = serde_json::from_str(raw).ok()?;
+        let o = v.as_object()?;
+        Some(SyncState {
+            leader: o.get("leader").and_then(Value::as_str).map(str::to_string),
+            quorum: o.get("quorum").and_then(Value::as_u64).unwrap_or(0),
+            sync_standby: o
+                .get("sync_standby")
+                .and_then(Value::as_str)
+                .map(|s| {
+                    s.split(',')
+                        .map(|x| x.trim().to_string())
+                        .filter(|x| !x.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut names = self.sync_standby.clone();
+        names.sort();
+        let standby = if names.is_empty() {
+            Value::Null
+        } else {
+            Value::from(names.join(","))
+        };
+        let mut o = Map::new();
+        o.insert(
+            "leader".into(),
+            self.leader.clone().map(Value::from).unwrap_or(Value::Null),
+        );
+        o.insert("quorum".into(), Value::from(self.quorum));
+        o.insert("sync_standby".into(), standby);
+        Value::Object(o).to_string()
+    }
+
+    /// Whether `name` is listed as synchronous (case-insensitive, as Patroni compares).
+    pub fn is_sync(&self, name: &str) -> bool {
+        self.sync_standby.iter().any(|s| s.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Timing after pgpilot's limits are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub ttl: u64,
+    pub loop_wait: u64,
+    pub retry_timeout: u64,
+}
+
+/// The dynamic configuration in the `config` key. The raw object is kept as written so that
+/// `GET /config` and edits return exactly what is stored; typed accessors apply defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DynamicConfig {
+    pub raw: Map<String, Value>,
+}
+
+impl DynamicConfig {
+    pub fn parse(raw: &str) -> Option<DynamicConfig> {
+        match serde_json::from_str::<Value>(raw).ok()? {
+            Value::Object(o) => Some(DynamicConfig { raw: o }),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        Value::Object(self.raw.clone()).to_string()
+    }
+
+    fn uint(&self, key: &str) -> Option<u64> {
+        match self.raw.get(key)? {
+            Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn flag(&self, key: &str) -> Option<bool> {
+        match self.raw.get(key)? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => crate::config::parse_bool(s),
+            _ => None,
+        }
+    }
+
+    /// ttl, loop_wait and retry_timeout with defaults (30/10/10) and pgpilot's limits: ttl ≥ 5,
+    /// loop_wait ≥ 1, retry_timeout ≥ 1, and `loop_wait + 2*retry_timeout ≤ ttl` (loop_wait
+    /// lowered first, then retry_timeout).
+    pub fn timing(&self) -> Timing {
+        let ttl = self.uint("ttl").unwrap_or(30).max(5);
+        let mut retry_timeout = self.uint("retry_timeout").unwrap_or(10).max(1);
+        let mut loop_wait = self.uint("loop_wait").unwrap_or(10).max(1);
+        if loop_wait + 2 * retry_timeout > ttl {
+            loop_wait = ttl.saturating_sub(2 * retry_timeout).max(1);
+            if loop_wait + 2 * retry_timeout > ttl {
+                retry_timeout = ((ttl - 1) / 2).max(1);
+            }
+        }
+        Timing {
+            ttl,
+            loop_wait,
+            retry_timeout,
+        }
+    }
+
+    pub fn maximum_lag_on_failover(&self) -> u64 {
+        self.uint("maximum_lag_on_failover").unwrap_or(1 << 20)
+    }
+
+    pub fn primary_start_timeout(&self) -> u64 {
+        self.uint("primary_start_timeout")
+            .or_else(|| self.uint("master_start_timeout"))
+            .unwrap_or(300)
+    }
+
+    pub fn pause(&self) -> bool {
+        self.flag("pause").unwrap_or(false)
+    }
+
+    pub fn check_timeline(&self) -> bool {
+        self.flag("check_timeline").unwrap_or(false)
+    }
+
+    fn postgresql(&self) -> Option<&Map<String, Value>> {
+        self.raw.get("postgresql").and_then(Value::as_object)
+    }
+
+    /// `postgresql.use_slots` (default true).
+    pub fn use_slots(&self) -> bool {
+        match self.postgresql().and_then(|p| p.get("use_slots")) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => crate::config::parse_bool(s).unwrap_or(true),
+            _ => true,
+        }
+    }
+
+    /// `postgresql.use_pg_rewind` from the dynamic configuration.
+    pub fn use_pg_rewind(&self) -> Option<bool> {
+        self.postgresql()?.get("use_pg_rewind")?.as_bool()
+    }
+
+    /// `postgresql.parameters` from the dynamic configuration.
+    pub fn parameters(&self) -> Map<String, Value> {
+        self.postgresql()
+            .and_then(|p| p.get("parameters"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `postgresql.pg_hba` from the dynamic configuration.
+    pub fn pg_hba(&self) -> Option<Vec<String>> {
+        let list = self.postgresql()?.get("pg_hba")?.as_array()?;
+        Some(
+            list.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    /// Checks the types and limits of a `bootstrap.dcs` (or a proposed `/config`) object, calling
+    /// `report(key, message)` for each problem.
+    pub fn check_bootstrap(raw: &Map<String, Value>, mut report: impl FnMut(&str, String)) {
+        let uint_keys = [
+            ("ttl", 5u64),
+            ("loop_wait", 1),
+            ("retry_timeout", 1),
+            ("maximum_lag_on_failover", 0),
+            ("primary_start_timeout", 0),
+            ("primary_stop_timeout", 0),
+            ("max_timelines_history", 0),
+            ("synchronous_node_count", 1),
+        ];
+        for (key, min) in uint_keys {
+            let Some(v) = raw.get(key) else { continue };
+            let n = match v {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.trim().parse::<u64>().ok(),
+                _ => None,
+            };
+            match n {
+                None => report(key, format!("expected a non-negative integer, found {v}")),
+                Some(n) if n < min => report(key, format!("must be at least {min}, found {n}")),
+                _ => {}
+            }
+        }
+        for key in [
+            "pause",
+            "check_timeline",
+            "failsafe_mode",
+            "synchronous_mode_strict",
+        ] {
+            if let Some(v) = raw.get(key)
+                && !(v.is_boolean()
+                    || v.as_str().and_then(crate::config::parse_bool).is_some())
+            {
+                report(key, format!("expected true or false, found {v}"));
+            }
+        }
+        if let Some(pg) = raw.get("postgresql") {
+            match pg {
+                Value::Object(pg) => {
+                    if let Some(p) = pg.get("parameters")
+                        && !p.is_object()
+                    {
+                        report("postgresql.parameters", "expected a mapping".into());
+                    }
+                    if let Some(p) = pg.get("pg_hba")
+                        && !p.is_array()
+                    {
+                        report("postgresql.pg_hba", "expected a list of lines".into());
+                    }
+                }
+                _ => report("postgresql", "expected a mapping".into()),
+            }
+        }
+    }
+}
+
+/// Everything under one cluster's prefix, as read at one etcd revision.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Cluster {
+    pub scope: String,
+    /// `None` = key absent; `Some("")` = someone is bootstrapping; else the system identifier.
+    pub initialize: Option<String>,
+    /// `None` when absent or not valid JSON.
+    pub config: Option<Versioned<DynamicConfig>>,
+    pub leader: Option<Leader>,
+    /// Sorted by name.
+    pub members: Vec<Member>,
+    pub status: Status,
+    pub history: Vec<HistoryEntry>,
+    pub failover: Option<Versioned<Failover>>,
+    pub sync: Option<Versioned<SyncState>>,
+    pub failsafe: Option<Map<String, Value>>,
+    /// The etcd revision of the read.
+    pub revision: i64,
+}
+
+impl Cluster {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn leader_member(&self) -> Option<&Member> {
+        self.leader.as_ref().and_then(|l| self.member(&l.name))
+    }
+
+    /// The dynamic configuration, or defaults when none is stored.
+    pub fn dynamic_config(&self) -> DynamicConfig {
+        self.config
+            .as_ref()
+            .map(|c| c.value.clone())
+            .unwrap_or_default()
+    }
+
+    /// Cluster timeline: last history entry + 1, or 1.
+    pub fn timeline(&self) -> u64 {
+        self.history.last().map(|e| e.timeline + 1).unwrap_or(1)
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.dynamic_config().pause()
+    }
+}

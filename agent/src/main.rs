@@ -1,1 +1,238 @@
-fn main(){}
+//! `agent`: the pgpilot node daemon. Reads a Patroni-compatible configuration, serves the REST
+//! API, and runs the HA loop that keeps this PostgreSQL server in its cluster.
+
+mod ha;
+mod postgres;
+mod rest;
+mod runtime;
+#[cfg(test)]
+mod tests_support;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use shared::config::{Config, ConfigError};
+use shared::dcs::Dcs;
+use shared::dcs::etcd::EtcdKv;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+/// pgpilot agent: keeps one PostgreSQL server highly available, Patroni-compatible.
+///
+/// Run one agent beside each PostgreSQL server, with the same Patroni YAML you would give
+/// `patroni`. The agents elect a leader through etcd v3, bootstrap the cluster (one runs initdb,
+/// the others clone it), fail over when the leader dies, and serve Patroni's REST API.
+///
+/// Examples:
+///   agent /etc/pgpilot/node1.yml
+///   agent --validate-config /etc/pgpilot/node1.yml
+///   PATRONI_CONFIGURATION="$(cat node1.yml)" agent
+#[derive(Parser, Debug)]
+#[command(name = "agent", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// Patroni YAML configuration file, or a directory of *.yml files merged in name order.
+    /// Without it, PATRONI_CONFIGURATION or the PATRONI_* variables alone are used.
+    config: Option<PathBuf>,
+
+    /// Check the configuration and exit: 0 when valid, 2 with each wrong key otherwise.
+    #[arg(long, value_name = "FILE")]
+    validate_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(path) = &cli.validate_config {
+        return validate(path);
+    }
+    let cfg = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&cfg);
+    for w in &cfg.warnings {
+        warn!(key = w.key, "configuration: {}", w.message);
+    }
+    let env_issues = cfg.check_environment();
+    if !env_issues.is_empty() {
+        for i in &env_issues {
+            error!(key = i.key, "configuration: {}", i.message);
+        }
+        error!("fix the configuration above and start the agent again");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("agent stopped: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match Config::load(Some(path), std::env::vars()) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {}: {}", w.key, w.message);
+            }
+            let issues = cfg.check_environment();
+            if issues.is_empty() {
+                println!("{}: configuration is valid", path.display());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{}: invalid configuration:", path.display());
+                for i in issues {
+                    eprintln!("  - {i}");
+                }
+                ExitCode::from(2)
+            }
+        }
+        Err(e @ ConfigError::Io { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let level = cfg
+        .log
+        .level
+        .clone()
+        .unwrap_or_else(|| "info".into())
+        .to_lowercase();
+    let level = match level.as_str() {
+        "warning" => "warn".to_string(),
+        "critical" | "fatal" => "error".to_string(),
+        other => other.to_string(),
+    };
+    let filter = EnvFilter::try_from_env("PGPILOT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn,tonic=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none()
+                && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(false),
+        );
+    if cfg.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    info!(
+        scope = cfg.scope,
+        name = cfg.name,
+        config = cfg.origin,
+        "pgpilot agent {} starting",
+        shared::VERSION
+    );
+    let timing = shared::dcs::DynamicConfig {
+        raw: cfg.bootstrap.dcs.clone(),
+    }
+    .timing();
+    let kv = EtcdKv::connect(&cfg.etcd, Duration::from_secs(timing.retry_timeout.clamp(1, 5)))
+        .await
+        .context("cannot set up the etcd client (check etcd3.hosts)")?;
+    let dcs = Arc::new(Dcs::new(
+        kv,
+        &cfg.namespace,
+        &cfg.scope,
+        &cfg.name,
+        timing.ttl as i64,
+    ));
+    check_duplicate_name(&cfg, &dcs).await?;
+
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(runtime::Snapshot::initial(&cfg)));
+    let api = Arc::new(rest::Api {
+        snapshot: rx,
+        dcs: dcs.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
+        .await
+        .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
+    info!(listen = cfg.restapi.listen, "REST API listening");
+    let app = rest::router(api);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!("REST server stopped: {e}");
+        }
+    });
+
+    let agent = runtime::Agent::new(cfg.clone(), dcs, tx);
+    agent.run(shutdown_signal()).await
+}
+
+/// Refuses to start when a live process already answers for our member name.
+async fn check_duplicate_name(cfg: &Config, dcs: &Dcs<EtcdKv>) -> Result<()> {
+    let cluster = loop {
+        match dcs.load().await {
+            Ok(c) => break c,
+            Err(e) => {
+                error!(
+                    endpoints = ?cfg.etcd.hosts,
+                    "cannot reach etcd: {e}; is etcd running and are etcd3.hosts right? retrying in 2s"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown_signal() => anyhow::bail!("stopped while waiting for etcd"),
+                }
+            }
+        }
+    };
+    if let Some(m) = cluster.member(&cfg.name)
+        && !m.data.api_url.is_empty()
+    {
+        let client = shared::api::MemberClient::new(Duration::from_secs(2));
+        if client.answers_liveness(&m.data.api_url).await {
+            anyhow::bail!(
+                "another live agent already uses the name {:?} in cluster {:?} (its API {} answers); give this node a unique name",
+                cfg.name,
+                cfg.scope,
+                m.data.api_url
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received: shutting down"),
+        _ = int.recv() => info!("SIGINT received: shutting down"),
+    }
+}

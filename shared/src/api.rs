@@ -1,1 +1,206 @@
-//! REST API types (filled in below).
+//! REST types and a small client for member APIs: probing a peer's `GET /patroni` the way
+//! Patroni does before a leader race (2 s timeout, no retry).
+
+use serde_json::Value;
+use std::time::Duration;
+
+/// What a peer's `GET /patroni` told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The body had a WAL position (`xlog`); Patroni ignores peers without one.
+    pub has_wal: bool,
+    pub is_primary: bool,
+    pub wal_position: Option<u64>,
+    pub timeline: Option<u64>,
+    pub watchdog_failed: bool,
+    pub tags: serde_json::Map<String, Value>,
+}
+
+impl PeerStatus {
+    /// Interprets a `/patroni` body.
+    pub fn from_json(v: &Value) -> PeerStatus {
+        let xlog = v.get("xlog").or_else(|| v.get("wal"));
+        let location = xlog.and_then(|x| x.get("location")).and_then(Value::as_u64);
+        let received = xlog
+            .and_then(|x| x.get("received_location"))
+            .and_then(Value::as_u64);
+        let replayed = xlog
+            .and_then(|x| x.get("replayed_location"))
+            .and_then(Value::as_u64);
+        let role = v.get("role").and_then(Value::as_str).unwrap_or("");
+        let is_primary = location.is_some() || role == "primary" || role == "master";
+        let wal_position = location.or(match (received, replayed) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        });
+        PeerStatus {
+            has_wal: xlog.is_some(),
+            is_primary,
+            wal_position,
+            timeline: v.get("timeline").and_then(Value::as_u64),
+            watchdog_failed: v.get("watchdog_failed").and_then(Value::as_bool) == Some(true),
+            tags: v
+                .get("tags")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A client for member REST APIs.
+#[derive(Clone)]
+pub struct MemberClient {
+    http: reqwest::Client,
+}
+
+impl MemberClient {
+    pub fn new(timeout: Duration) -> MemberClient {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(2)
+            .build()
+            .unwrap_or_default();
+        MemberClient { http }
+    }
+
+    /// `GET <api_url>` (the member's `/patroni`); `None` when it does not answer in time or the
+    /// body is not JSON.
+    pub async fn status(&self, api_url: &str) -> Option<Value> {
+        let resp = self.http.get(api_url).send().await.ok()?;
+        resp.json::<Value>().await.ok()
+    }
+
+    /// Whether anything answers `GET /liveness` next to `api_url` (duplicate-name guard).
+    pub async fn answers_liveness(&self, api_url: &str) -> bool {
+        let base = api_url.trim_end_matches("/patroni");
+        self.http
+            .get(format!("{base}/liveness"))
+            .send()
+            .await
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_status_from_patroni_bodies() {
+        let replica: Value = serde_json::from_str(
+            r#"{"state":"running","role":"replica","xlog":{"received_location":100,"replayed_location":90,"replayed_timestamp":null,"paused":false},"timeline":3,"tags":{"nofailover":true}}"#,
+        )
+        .unwrap();
+        let p = PeerStatus::from_json(&replica);
+        assert!(p.has_wal && !p.is_primary);
+        assert_eq!(p.wal_position, Some(100));
+        assert_eq!(p.timeline, Some(3));
+        let primary: Value =
+            serde_json::from_str(r#"{"role":"primary","xlog":{"location":500}}"#).unwrap();
+        let p = PeerStatus::from_json(&primary);
+        assert!(p.is_primary);
+        assert_eq!(p.wal_position, Some(500));
+        let down: Value = serde_json::from_str(r#"{"state":"stopped","role":"replica"}"#).unwrap();
+        assert!(!PeerStatus::from_json(&down).has_wal);
+    }
+}
+
+/// The `GET /cluster` body for a cluster view, as Patroni renders it: members sorted by name with
+/// cluster roles (`leader`, `sync_standby`, `replica`, …), `X/X` LSNs and lags in bytes against
+/// the leader's last known position.
+pub fn cluster_json(cluster: &crate::dcs::Cluster) -> Value {
+    use crate::types::Lsn;
+    use serde_json::{Map, json};
+    let leader = cluster.leader.as_ref().map(|l| l.name.as_str());
+    let optime = cluster.status.optime;
+    let sync = cluster.sync.as_ref().map(|s| &s.value);
+    let quorum_mode = sync.is_some_and(|s| s.quorum > 0);
+    let mut members = Vec::new();
+    for m in &cluster.members {
+        let d = &m.data;
+        let is_leader = Some(m.name.as_str()) == leader;
+        let role = if is_leader {
+            if d.role == "standby_leader" {
+                "standby_leader"
+            } else {
+                "leader"
+            }
+        } else if sync.is_some_and(|s| s.is_sync(&m.name)) {
+            if quorum_mode { "quorum_standby" } else { "sync_standby" }
+        } else {
+            "replica"
+        };
+        let mut o = Map::new();
+        o.insert("name".into(), json!(m.name));
+        o.insert("role".into(), json!(role));
+        let state = if !is_leader {
+            d.replication_state.clone().unwrap_or_else(|| d.state.clone())
+        } else {
+            d.state.clone()
+        };
+        o.insert("state".into(), json!(state));
+        o.insert("api_url".into(), json!(d.api_url));
+        if let Some((host, port)) = d.host_port() {
+            o.insert("host".into(), json!(host));
+            o.insert("port".into(), json!(port));
+        }
+        if let Some(tl) = d.timeline {
+            o.insert("timeline".into(), json!(tl));
+        }
+        if d.pending_restart == Some(true) {
+            o.insert("pending_restart".into(), json!(true));
+            if let Some(r) = &d.pending_restart_reason {
+                o.insert("pending_restart_reason".into(), Value::Object(r.clone()));
+            }
+        }
+        if let Some(s) = &d.scheduled_restart {
+            o.insert("scheduled_restart".into(), s.clone());
+        }
+        if !d.tags.is_empty() {
+            o.insert("tags".into(), Value::Object(d.tags.clone()));
+        }
+        if !is_leader {
+            let lag = |lsn: Option<u64>| -> (Value, Value) {
+                match (lsn, optime) {
+                    (Some(l), Some(o)) => (json!(Lsn(l).to_string()), json!(o.saturating_sub(l))),
+                    (Some(l), None) => (json!(Lsn(l).to_string()), json!("unknown")),
+                    _ => (json!("unknown"), json!("unknown")),
+                }
+            };
+            let receive = d.receive_lsn.or(d.xlog_location);
+            let replay = d.replay_lsn.or(d.xlog_location);
+            let (rl, rlag) = lag(receive);
+            o.insert("receive_lsn".into(), rl);
+            o.insert("receive_lag".into(), rlag);
+            let (pl, plag) = lag(replay);
+            o.insert("replay_lsn".into(), pl);
+            o.insert("replay_lag".into(), plag);
+            let (l, lg) = lag(d.xlog_location);
+            o.insert("lsn".into(), l);
+            o.insert("lag".into(), lg);
+        }
+        members.push(Value::Object(o));
+    }
+    let mut out = Map::new();
+    out.insert("members".into(), Value::Array(members));
+    out.insert("scope".into(), json!(cluster.scope));
+    if cluster.is_paused() {
+        out.insert("pause".into(), json!(true));
+    }
+    if let Some(f) = cluster.failover.as_ref().map(|f| &f.value)
+        && let Some(at) = &f.scheduled_at
+    {
+        let mut s = Map::new();
+        s.insert("at".into(), json!(at));
+        if let Some(l) = &f.leader {
+            s.insert("from".into(), json!(l));
+        }
+        if let Some(m) = &f.member {
+            s.insert("to".into(), json!(m));
+        }
+        out.insert("scheduled_switchover".into(), Value::Object(s));
+    }
+    Value::Object(out)
+}

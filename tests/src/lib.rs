@@ -1,0 +1,648 @@
+//! The end-to-end harness: starts a real etcd and real pgpilot agents (which run real PostgreSQL
+//! 15) on loopback ports, as the `postgres` OS user when running as root, inside a private temp
+//! directory. Everything started is tracked by PID and stopped on drop. The `demo` binary uses
+//! the same harness to run a local cluster for a person to look at.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// PostgreSQL 15's binaries on Debian.
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A free TCP port on 127.0.0.1 (bind to 0 and read it back).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Whether we run as root (then PostgreSQL and agents run as `postgres`).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The directory holding the workspace's binaries (next to this test executable's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("PGPILOT_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of the `agent` binary.
+pub fn agent_bin() -> PathBuf {
+    bin_dir().join("agent")
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {}s waiting for {what}", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A scratch directory that the `postgres` user can use; removed on drop unless `PGPILOT_KEEP`.
+pub struct Workdir {
+    pub path: PathBuf,
+}
+
+impl Workdir {
+    pub fn new(tag: &str) -> Result<Workdir> {
+        let base = std::env::var("PGPILOT_E2E_DIR").unwrap_or_else(|_| "/var/tmp".into());
+        let path = PathBuf::from(base).join(format!(
+            "pgpilot-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ (free_port() as u128)
+        ));
+        fs::create_dir_all(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        chown_postgres(&path)?;
+        Ok(Workdir { path })
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if std::env::var_os("PGPILOT_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Hands a path to the `postgres` user when we are root.
+pub fn chown_postgres(path: &Path) -> Result<()> {
+    if is_root() {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(path)
+            .status()?;
+        if !status.success() {
+            bail!("chown postgres {} failed", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// A process we started, stopped by PID on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; reaps the process.
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return Some(st);
+        }
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.child.wait().ok()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(20));
+    }
+}
+
+/// A single-member etcd on free loopback ports.
+pub struct Etcd {
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub proc: Option<Proc>,
+    log: PathBuf,
+}
+
+impl Etcd {
+    /// Prepares (does not start) an etcd under `dir`.
+    pub fn new(dir: &Path) -> Etcd {
+        Etcd {
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: dir.join("etcd-data"),
+            proc: None,
+            log: dir.join("etcd.log"),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts etcd and waits until it answers.
+    pub fn start(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .arg("--name")
+            .arg("e2e")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("e2e={peer}"))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start etcd: install etcd-server")?;
+        self.proc = Some(Proc {
+            child,
+            name: "etcd".into(),
+        });
+        let url = format!("{client}/version");
+        wait_for("etcd to answer", Duration::from_secs(30), || {
+            http_get(&url).ok().filter(|(code, _)| *code == 200)
+        })?;
+        Ok(())
+    }
+
+    /// Stops etcd (SIGTERM, data kept).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Reads every key under `prefix` through the etcd v3 JSON gateway.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String, i64)>> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let body = serde_json::json!({"key": b64.encode(prefix), "range_end": b64.encode(&end)});
+        let (code, text) = http_post(
+            &format!("http://{}/v3/kv/range", self.endpoint()),
+            &body.to_string(),
+        )?;
+        if code != 200 {
+            bail!("etcd range returned {code}: {text}");
+        }
+        let v: Value = serde_json::from_str(&text)?;
+        let mut out = Vec::new();
+        for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
+            let key = String::from_utf8(b64.decode(kv["key"].as_str().unwrap_or(""))?)?;
+            let value = String::from_utf8(b64.decode(kv["value"].as_str().unwrap_or(""))?)?;
+            let lease = kv["lease"].as_str().and_then(|l| l.parse().ok()).unwrap_or(0);
+            out.push((key, value, lease));
+        }
+        Ok(out)
+    }
+
+    /// Writes a key through the JSON gateway.
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({"key": b64.encode(key), "value": b64.encode(value)});
+        let (code, text) = http_post(&format!("http://{}/v3/kv/put", self.endpoint()), &body.to_string())?;
+        if code != 200 {
+            bail!("etcd put returned {code}: {text}");
+        }
+        Ok(())
+    }
+}
+
+/// Minimal blocking HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(url: &str) -> Result<(u16, String)> {
+    http_request("GET", url, None)
+}
+
+/// Minimal blocking HTTP/1.1 POST of a JSON body.
+pub fn http_post(url: &str, body: &str) -> Result<(u16, String)> {
+    http_request("POST", url, Some(body))
+}
+
+/// A blocking HTTP request with a 5 s timeout (tests and the demo only talk to loopback).
+pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("only http:// URLs"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr: std::net::SocketAddr = hostport
+        .parse()
+        .or_else(|_| hostport.replace("localhost", "127.0.0.1").parse())?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP response from {url}"))?;
+    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(payload)
+    } else {
+        payload.to_string()
+    };
+    Ok((code, payload))
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One node of a test cluster.
+pub struct Node {
+    pub name: String,
+    pub api_port: u16,
+    pub pg_port: u16,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub agent: Option<Proc>,
+}
+
+impl Node {
+    pub fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    /// `GET` on the node's REST API.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(&self.api(path))
+    }
+
+    /// `GET /patroni` as JSON.
+    pub fn status(&self) -> Option<Value> {
+        let (code, body) = self.get("/patroni").ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    /// A libpq connection string to this node's PostgreSQL as the superuser.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres password=postgres-secret dbname=postgres connect_timeout=3",
+            self.pg_port
+        )
+    }
+
+    /// The postmaster PID, from postmaster.pid.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// The agent log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// Options for a test cluster.
+#[derive(Clone)]
+pub struct ClusterSpec {
+    pub scope: String,
+    pub namespace: String,
+    pub nodes: usize,
+    pub ttl: u64,
+    pub loop_wait: u64,
+    pub retry_timeout: u64,
+    /// Extra YAML appended to every node's config.
+    pub extra_yaml: String,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            scope: "e2e".into(),
+            namespace: "/service".into(),
+            nodes: 3,
+            ttl: 10,
+            loop_wait: 2,
+            retry_timeout: 3,
+            extra_yaml: String::new(),
+        }
+    }
+}
+
+/// A set of agents sharing one etcd.
+pub struct TestCluster {
+    pub spec: ClusterSpec,
+    pub nodes: Vec<Node>,
+    pub dir: PathBuf,
+    pub etcd_endpoint: String,
+}
+
+impl TestCluster {
+    /// Writes the configs of a cluster under `dir` (nothing is started).
+    pub fn new(spec: ClusterSpec, dir: &Path, etcd_endpoint: &str) -> Result<TestCluster> {
+        let mut nodes = Vec::new();
+        for i in 1..=spec.nodes {
+            let name = format!("{}-node{i}", spec.scope);
+            let api_port = free_port();
+            let pg_port = free_port();
+            let node_dir = dir.join(&name);
+            fs::create_dir_all(&node_dir)?;
+            fs::set_permissions(&node_dir, fs::Permissions::from_mode(0o755))?;
+            let data_dir = node_dir.join("data");
+            let config_path = node_dir.join("pgpilot.yml");
+            let yaml = node_yaml(&spec, &name, api_port, pg_port, &node_dir, etcd_endpoint);
+            fs::write(&config_path, yaml)?;
+            chown_postgres(&node_dir)?;
+            nodes.push(Node {
+                name,
+                api_port,
+                pg_port,
+                config_path,
+                data_dir,
+                log_path: node_dir.join("agent.log"),
+                agent: None,
+            });
+        }
+        Ok(TestCluster {
+            spec,
+            nodes,
+            dir: dir.to_path_buf(),
+            etcd_endpoint: etcd_endpoint.to_string(),
+        })
+    }
+
+    /// Starts the agent of node `i`.
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
+        let agent = agent_bin();
+        if !agent.is_file() {
+            bail!("{} not found: run `cargo build` first", agent.display());
+        }
+        let mut cmd = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+                .arg(&agent);
+            c.env("HOME", &self.dir);
+            c
+        } else {
+            Command::new(&agent)
+        };
+        cmd.arg(&node.config_path)
+            .env("PGPILOT_LOG", std::env::var("PGPILOT_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context("cannot start agent")?;
+        node.agent = Some(Proc {
+            child,
+            name: node.name.clone(),
+        });
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the agent of node `i` with SIGTERM (it stops PostgreSQL and hands over the lock).
+    pub fn stop_agent(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.nodes[i]
+            .agent
+            .take()
+            .and_then(|mut p| p.stop(Duration::from_secs(90)))
+    }
+
+    /// The node whose REST API says it is the primary.
+    pub fn primary(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.get("/primary").map(|(c, _)| c == 200).unwrap_or(false))
+    }
+
+    /// Waits until one node is primary and all others stream from it; returns the primary index.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<usize> {
+        wait_for("one primary and streaming replicas", timeout, || {
+            let p = self.primary()?;
+            let all_stream = self.nodes.iter().enumerate().all(|(i, n)| {
+                i == p
+                    || n.status().is_some_and(|s| {
+                        s["replication_state"] == "streaming" && s["role"] == "replica"
+                    })
+            });
+            all_stream.then_some(p)
+        })
+        .map_err(|e| anyhow!("{e}\n{}", self.logs_tail()))
+    }
+
+    /// The last lines of every agent's log, for failure messages.
+    pub fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = n.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let start = lines.len().saturating_sub(25);
+            out.push_str(&format!("--- {} ---\n{}\n", n.name, lines[start..].join("\n")));
+        }
+        out
+    }
+
+    /// Stops everything (agents first; then any postmaster left behind).
+    pub fn shutdown(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_agent(i);
+        }
+        for n in &self.nodes {
+            kill_postmaster(n);
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Stops a postmaster left running by a killed agent (immediate shutdown by PID).
+pub fn kill_postmaster(n: &Node) {
+    if let Some(pid) = n.postmaster_pid() {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+            let _ = wait_for("postmaster to exit", Duration::from_secs(10), || {
+                (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+            });
+        }
+    }
+}
+
+/// The YAML of one test node: a normal Patroni configuration.
+pub fn node_yaml(
+    spec: &ClusterSpec,
+    name: &str,
+    api_port: u16,
+    pg_port: u16,
+    node_dir: &Path,
+    etcd: &str,
+) -> String {
+    format!(
+        r#"scope: {scope}
+namespace: {ns}
+name: {name}
+
+restapi:
+  listen: 127.0.0.1:{api_port}
+  connect_address: 127.0.0.1:{api_port}
+
+etcd3:
+  hosts: {etcd}
+
+bootstrap:
+  dcs:
+    ttl: {ttl}
+    loop_wait: {loop_wait}
+    retry_timeout: {retry}
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        max_connections: 50
+        shared_buffers: 16MB
+        wal_keep_size: 64MB
+  initdb:
+    - encoding: UTF8
+    - data-checksums
+    - auth-local: trust
+    - auth-host: scram-sha-256
+
+postgresql:
+  listen: 127.0.0.1:{pg_port}
+  connect_address: 127.0.0.1:{pg_port}
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {pgpass}
+  authentication:
+    superuser:
+      username: postgres
+      password: postgres-secret
+    replication:
+      username: replicator
+      password: rep-secret
+    rewind:
+      username: rewinder
+      password: rewind-secret
+  parameters:
+    unix_socket_directories: '{sock}'
+    fsync: 'off'
+  pg_hba:
+    - local all all trust
+    - host replication replicator 127.0.0.1/32 scram-sha-256
+    - host all all 127.0.0.1/32 scram-sha-256
+
+tags:
+  nofailover: false
+  noloadbalance: false
+  clonefrom: false
+  nosync: false
+{extra}"#,
+        scope = spec.scope,
+        ns = spec.namespace,
+        ttl = spec.ttl,
+        loop_wait = spec.loop_wait,
+        retry = spec.retry_timeout,
+        data = node_dir.join("data").display(),
+        bin = PG_BIN,
+        pgpass = node_dir.join("pgpass").display(),
+        sock = node_dir.display(),
+        extra = spec.extra_yaml,
+    )
+}
+
+/// Runs one SQL query on a node and returns the first column of each row as text.
+pub async fn query(node: &Node, sql: &str) -> Result<Vec<String>> {
+    let (client, conn) = tokio_postgres::connect(&node.dsn(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let rows = client.simple_query(sql).await?;
+    let mut out = Vec::new();
+    for r in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = r {
+            out.push(row.get(0).unwrap_or("").to_string());
+        }
+    }
+    Ok(out)
+}

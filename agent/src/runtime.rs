@@ -1,0 +1,963 @@
+//! The agent's loop: observe (etcd, PostgreSQL, peers) → [`ha::decide`] → execute the actions →
+//! publish the member key and the in-memory [`Snapshot`] the REST API answers from. It wakes on
+//! the `loop_wait` timer, on etcd watch events (leader, config, status, failover, new members),
+//! on postmaster exit and when a background job finishes.
+
+use crate::ha::{self, Action, DataDir, Decision, Job, Observation, PeerReport, PgView};
+use crate::postgres::{Postgres, ServerStatus, Upstream};
+use anyhow::{Context, Result, anyhow};
+use serde_json::{Map, Value};
+use shared::api::{MemberClient, PeerStatus};
+use shared::config::Config;
+use shared::dcs::{
+    Cluster, Dcs, DynamicConfig, HistoryEntry, Kv, MemberData, Status, WatchEvent, keys,
+};
+use shared::types::{PgState, Role, slot_name};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
+
+/// What the REST API serves: the node's state as of the last cycle.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub scope: String,
+    pub state: PgState,
+    pub role: Role,
+    pub server: Option<ServerStatus>,
+    /// We hold the leader lock until this instant (last successful renewal + ttl).
+    pub lock_until: Option<Instant>,
+    /// Last cluster view read from etcd.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Whether the last etcd read succeeded.
+    pub dcs_ok: bool,
+    /// Unix time of the last successful etcd read.
+    pub dcs_last_seen: Option<u64>,
+    pub last_cycle: Instant,
+    pub paused: bool,
+    pub ttl: u64,
+    pub maximum_lag_on_failover: u64,
+    pub tags: Map<String, Value>,
+    pub sysid: Option<String>,
+}
+
+impl Snapshot {
+    pub fn initial(cfg: &Config) -> Snapshot {
+        Snapshot {
+            name: cfg.name.clone(),
+            scope: cfg.scope.clone(),
+            state: PgState::Stopped,
+            role: Role::Uninitialized,
+            server: None,
+            lock_until: None,
+            cluster: None,
+            dcs_ok: false,
+            dcs_last_seen: None,
+            last_cycle: Instant::now(),
+            paused: false,
+            ttl: 30,
+            maximum_lag_on_failover: 1 << 20,
+            tags: cfg.tags.published(),
+            sysid: None,
+        }
+    }
+
+}
+
+/// A background operation and its outcome channel.
+struct RunningJob {
+    kind: Job,
+    handle: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// The node agent.
+pub struct Agent<K: Kv> {
+    cfg: Arc<Config>,
+    dcs: Arc<Dcs<K>>,
+    pg: Arc<Postgres>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Wakes the loop early.
+    pub wake: Arc<Notify>,
+    peers: MemberClient,
+    job: Option<RunningJob>,
+    lock_renewed: Option<Instant>,
+    last_role: Role,
+    was_running: bool,
+    last_status_json: Option<String>,
+    slot_missing_since: HashMap<String, Instant>,
+    member_slots: HashSet<String>,
+    fatal: Option<String>,
+    dcs_error_logged: bool,
+}
+
+impl<K: Kv> Agent<K> {
+    pub fn new(cfg: Arc<Config>, dcs: Arc<Dcs<K>>, snapshot: watch::Sender<Arc<Snapshot>>) -> Self {
+        let pg = Arc::new(Postgres::new(cfg.clone()));
+        Agent {
+            cfg,
+            dcs,
+            pg,
+            snapshot,
+            wake: Arc::new(Notify::new()),
+            peers: MemberClient::new(Duration::from_secs(2)),
+            job: None,
+            lock_renewed: None,
+            last_role: Role::Uninitialized,
+            was_running: false,
+            last_status_json: None,
+            slot_missing_since: HashMap::new(),
+            member_slots: HashSet::new(),
+            fatal: None,
+            dcs_error_logged: false,
+        }
+    }
+
+    /// Runs until `shutdown` resolves or a fatal condition; returns the reason for a fatal exit.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        self.spawn_watch();
+        let exited = self.pg.exited.clone();
+        tokio::pin!(shutdown);
+        loop {
+            let wait = self.cycle().await;
+            if let Some(reason) = self.fatal.take() {
+                self.stop_everything().await;
+                return Err(anyhow!(reason));
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(wait) => {},
+                _ = self.wake.notified() => {},
+                _ = exited.notified() => { info!("postmaster exited: running a cycle now"); },
+            }
+        }
+        self.stop_everything().await;
+        Ok(())
+    }
+
+    /// Watches the cluster prefix and wakes the loop on changes that matter.
+    fn spawn_watch(&self) {
+        let dcs = self.dcs.clone();
+        let wake = self.wake.clone();
+        let prefix = dcs.prefix().to_string();
+        tokio::spawn(async move {
+            loop {
+                let rev = match dcs.load().await {
+                    Ok(c) => c.revision + 1,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let mut rx = match dcs.watch(rev).await {
+                    Ok(rx) => rx,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                while let Some(ev) = rx.recv().await {
+                    let wakes = match &ev {
+                        WatchEvent::Put(kv) => {
+                            let rel = kv.key.strip_prefix(&prefix).unwrap_or("");
+                            match rel {
+                                keys::LEADER | keys::CONFIG | keys::STATUS | keys::FAILOVER
+                                | keys::INITIALIZE => true,
+                                _ => {
+                                    rel.starts_with(keys::MEMBERS)
+                                        && kv.create_revision == kv.mod_revision
+                                }
+                            }
+                        }
+                        WatchEvent::Delete { key } => {
+                            let rel = key.strip_prefix(&prefix).unwrap_or("");
+                            rel == keys::LEADER || rel.starts_with(keys::MEMBERS)
+                        }
+                        WatchEvent::Reset => true,
+                    };
+                    if wakes {
+                        wake.notify_one();
+                    }
+                }
+            }
+        });
+    }
+
+    /// One HA cycle; returns how long to sleep before the next.
+    async fn cycle(&mut self) -> Duration {
+        self.reap_job().await;
+        if self.fatal.is_some() {
+            return Duration::ZERO;
+        }
+        let cluster = match self.dcs.load().await {
+            Ok(c) => {
+                if self.dcs_error_logged {
+                    info!("etcd is reachable again");
+                    self.dcs_error_logged = false;
+                }
+                Some(c)
+            }
+            Err(e) => {
+                if !self.dcs_error_logged {
+                    error!(
+                        endpoints = ?self.cfg.etcd.hosts,
+                        "cannot read cluster state from etcd: {e}; check that etcd is running and etcd3.hosts is right; retrying"
+                    );
+                    self.dcs_error_logged = true;
+                }
+                None
+            }
+        };
+        let dynamic = cluster.as_ref().map(|c| c.dynamic_config()).unwrap_or_else(|| {
+            DynamicConfig {
+                raw: self.cfg.bootstrap.dcs.clone(),
+            }
+        });
+        let timing = dynamic.timing();
+        self.dcs.set_ttl(timing.ttl as i64);
+
+        let (pg_view, server) = self.observe_pg().await;
+        let peers = match &cluster {
+            Some(c) if c.leader.is_none() && pg_view.ready && self.job.is_none() => {
+                self.probe_peers(c).await
+            }
+            _ => Vec::new(),
+        };
+        let nostream: Vec<String> = cluster
+            .as_ref()
+            .map(|c| {
+                c.members
+                    .iter()
+                    .filter(|m| m.data.tags.get("nostream").and_then(Value::as_bool) == Some(true))
+                    .map(|m| m.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let decision = {
+            let obs = Observation {
+                me: &self.cfg.name,
+                cluster: cluster.as_ref(),
+                pg: pg_view.clone(),
+                job: self.job.as_ref().map(|j| j.kind),
+                no_failover: self.cfg.tags.no_failover(),
+                failover_priority: self.cfg.tags.priority(),
+                replicatefrom: self.cfg.tags.replicatefrom.as_deref(),
+                nostream: &nostream,
+                peers: &peers,
+            };
+            ha::decide(&obs)
+        };
+        let mut again = self.execute(&decision, cluster.as_ref(), &server, &dynamic).await;
+
+        // Publish our member key and snapshot.
+        let (pg_view, server) = if again {
+            self.observe_pg().await
+        } else {
+            (pg_view, server)
+        };
+        let paused = cluster.as_ref().is_some_and(|c| c.is_paused());
+        let state = self.pg_state(&pg_view);
+        let role = self.role(&pg_view);
+        if let Some(c) = &cluster {
+            let member = self.member_data(state, role, server.as_ref(), paused);
+            if let Err(e) = self.dcs.touch_member(&member).await {
+                warn!("cannot update member key: {e}");
+            }
+            if c.member(&self.cfg.name).is_none() {
+                again = true;
+            }
+        }
+        let holds = cluster
+            .as_ref()
+            .and_then(|c| c.leader.as_ref())
+            .is_some_and(|l| l.name == self.cfg.name);
+        let lock_until = match (holds || again, self.lock_renewed) {
+            (true, Some(t)) => Some(t + Duration::from_secs(timing.ttl)),
+            _ => None,
+        };
+        let prev = self.snapshot.borrow().clone();
+        let snap = Snapshot {
+            state,
+            role,
+            server: server.clone(),
+            lock_until,
+            cluster: cluster.clone().map(Arc::new).or_else(|| prev.cluster.clone()),
+            dcs_ok: cluster.is_some(),
+            dcs_last_seen: if cluster.is_some() {
+                Some(unix_now())
+            } else {
+                prev.dcs_last_seen
+            },
+            last_cycle: Instant::now(),
+            paused,
+            ttl: timing.ttl,
+            maximum_lag_on_failover: dynamic.maximum_lag_on_failover(),
+            sysid: server
+                .as_ref()
+                .map(|s| s.system_identifier.clone())
+                .or_else(|| self.pg.cached_sysid()),
+            ..(*prev).clone()
+        };
+        self.snapshot.send_replace(Arc::new(snap));
+        if again {
+            Duration::from_millis(10)
+        } else if cluster.is_none() {
+            Duration::from_secs(1)
+        } else if self.job.is_some() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(timing.loop_wait)
+        }
+    }
+
+    async fn observe_pg(&mut self) -> (PgView, Option<ServerStatus>) {
+        let initialized = self.pg.data_dir_initialized();
+        let running = initialized && self.pg.running_pid().is_some();
+        let server = if running {
+            self.pg.status().await.ok()
+        } else {
+            None
+        };
+        let data = if !initialized {
+            DataDir::Empty
+        } else if let Some(s) = &server {
+            DataDir::Present {
+                sysid: s.system_identifier.clone(),
+                was_primary: !s.in_recovery,
+            }
+        } else if self.job.is_some() {
+            // pg_control may be half-written while a job runs; reuse what we knew.
+            DataDir::Present {
+                sysid: self.pg.cached_sysid().unwrap_or_default(),
+                was_primary: false,
+            }
+        } else {
+            match self.pg.controldata().await {
+                Ok(cd) => DataDir::Present {
+                    was_primary: cd.was_primary(),
+                    sysid: cd.system_identifier,
+                },
+                Err(e) => {
+                    warn!("cannot read pg_control: {e:#}");
+                    DataDir::Empty
+                }
+            }
+        };
+        if self.was_running && !running && self.job.is_none() {
+            warn!("PostgreSQL is not running any more");
+        }
+        self.was_running = running;
+        let view = PgView {
+            data,
+            running,
+            ready: server.is_some(),
+            in_recovery: server.as_ref().is_none_or(|s| s.in_recovery),
+            wal_position: server.as_ref().and_then(|s| s.wal_position()),
+            timeline: server.as_ref().and_then(|s| s.timeline),
+            upstream: self.pg.configured_upstream(),
+        };
+        (view, server)
+    }
+
+    async fn probe_peers(&self, cluster: &Cluster) -> Vec<PeerReport> {
+        let futures = cluster
+            .members
+            .iter()
+            .filter(|m| m.name != self.cfg.name && !m.data.api_url.is_empty())
+            .map(|m| {
+                let client = self.peers.clone();
+                let name = m.name.clone();
+                let url = m.data.api_url.clone();
+                let priority = m.data.failover_priority();
+                let no_failover = m.data.no_failover();
+                async move {
+                    let body = client.status(&url).await;
+                    let st = body.as_ref().map(PeerStatus::from_json);
+                    PeerReport {
+                        name,
+                        reachable: st.as_ref().is_some_and(|s| s.has_wal),
+                        is_primary: st.as_ref().is_some_and(|s| s.is_primary),
+                        wal_position: st.as_ref().and_then(|s| s.wal_position),
+                        failover_priority: priority,
+                        no_failover,
+                        watchdog_failed: st.as_ref().is_some_and(|s| s.watchdog_failed),
+                    }
+                }
+            });
+        futures_join_all(futures).await
+    }
+
+    fn pg_state(&self, v: &PgView) -> PgState {
+        match self.job.as_ref().map(|j| j.kind) {
+            Some(Job::Bootstrap) => PgState::Initdb,
+            Some(Job::Clone) => PgState::CreatingReplica,
+            Some(Job::Start) | Some(Job::Promote) => {
+                if v.ready {
+                    PgState::Running
+                } else {
+                    PgState::Starting
+                }
+            }
+            Some(Job::Demote) => PgState::Restarting,
+            None => {
+                if v.ready {
+                    PgState::Running
+                } else if v.running {
+                    PgState::Starting
+                } else {
+                    PgState::Stopped
+                }
+            }
+        }
+    }
+
+    fn role(&mut self, v: &PgView) -> Role {
+        let role = if v.data == DataDir::Empty {
+            Role::Uninitialized
+        } else if v.ready {
+            if v.in_recovery {
+                Role::Replica
+            } else {
+                Role::Primary
+            }
+        } else if self.last_role == Role::Uninitialized {
+            Role::Replica
+        } else {
+            self.last_role
+        };
+        self.last_role = role;
+        role
+    }
+
+    fn member_data(
+        &self,
+        state: PgState,
+        role: Role,
+        server: Option<&ServerStatus>,
+        paused: bool,
+    ) -> MemberData {
+        let mut m = MemberData {
+            conn_url: self.cfg.postgresql.conn_url(),
+            api_url: self.cfg.restapi.api_url(),
+            state: state.as_str().into(),
+            role: role.as_str().into(),
+            version: shared::PATRONI_COMPAT_VERSION.into(),
+            proxy_url: self
+                .cfg
+                .postgresql
+                .proxy_address
+                .as_ref()
+                .map(|p| format!("postgres://{p}/{}", self.cfg.postgresql.database)),
+            tags: self.cfg.tags.published(),
+            pause: paused.then_some(true),
+            ..Default::default()
+        };
+        if let Some(s) = server {
+            m.xlog_location = s.wal_position();
+            m.timeline = s.timeline;
+            if s.in_recovery {
+                m.replay_lsn = s.replay_lsn;
+                m.receive_lsn = s.receive_lsn;
+                m.replication_state = s.replication_state.clone();
+            }
+        }
+        m
+    }
+
+    /// Runs the decided actions in order. Returns whether another cycle should run at once.
+    async fn execute(
+        &mut self,
+        d: &Decision,
+        cluster: Option<&Cluster>,
+        server: &Option<ServerStatus>,
+        dynamic: &DynamicConfig,
+    ) -> bool {
+        if !d.actions.is_empty() {
+            info!(actions = ?d.actions, "{}", d.summary);
+        } else {
+            tracing::debug!("{}", d.summary);
+        }
+        let mut again = false;
+        for action in &d.actions {
+            match self.execute_one(action, cluster, server, dynamic).await {
+                Ok(Step::Continue) => {}
+                Ok(Step::Again) => again = true,
+                Ok(Step::Abort) => return true,
+                Err(e) => {
+                    warn!(?action, "action failed: {e:#}");
+                    return again;
+                }
+            }
+        }
+        again
+    }
+
+    async fn execute_one(
+        &mut self,
+        action: &Action,
+        cluster: Option<&Cluster>,
+        server: &Option<ServerStatus>,
+        dynamic: &DynamicConfig,
+    ) -> Result<Step> {
+        let params = dynamic.parameters();
+        match action {
+            Action::BootstrapIfWon => {
+                if self.dcs.race_initialize().await? {
+                    info!("won the initialize race: bootstrapping a new cluster with initdb");
+                    self.spawn_job(Job::Bootstrap, bootstrap(self.cfg.clone(), self.pg.clone(), self.dcs.clone()));
+                } else {
+                    info!("another member is bootstrapping the cluster; waiting for it");
+                }
+                Ok(Step::Again)
+            }
+            Action::Clone { from } => {
+                let cluster = cluster.ok_or_else(|| anyhow!("no cluster view"))?;
+                let up = upstream_of(cluster, from)
+                    .ok_or_else(|| anyhow!("member {from} has no usable conn_url"))?;
+                let leader = cluster.leader.as_ref().map(|l| l.name.clone());
+                let leader_up = leader.as_deref().and_then(|l| upstream_of(cluster, l));
+                self.spawn_job(
+                    Job::Clone,
+                    clone_replica(self.pg.clone(), up, leader_up, params, dynamic.pg_hba()),
+                );
+                Ok(Step::Continue)
+            }
+            Action::AdoptInitialize { sysid } => {
+                if self.dcs.adopt_initialize(sysid).await? {
+                    info!(sysid, "stored the system identifier of the existing data directory in initialize");
+                }
+                Ok(Step::Continue)
+            }
+            Action::Exit { reason } => {
+                error!("{reason}");
+                self.fatal = Some(reason.clone());
+                Ok(Step::Abort)
+            }
+            Action::Start {
+                as_primary,
+                upstream,
+            } => {
+                let up = match (upstream, cluster) {
+                    (Some(u), Some(c)) => upstream_of(c, u),
+                    _ => None,
+                };
+                let replica_of = if *as_primary { None } else { Some(up) };
+                let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                self.spawn_job(
+                    Job::Start,
+                    start_postgres(self.pg.clone(), params, dynamic.pg_hba(), replica_of, timeout),
+                );
+                Ok(Step::Continue)
+            }
+            Action::AcquireLock => {
+                if self.dcs.acquire_leader().await? {
+                    info!("acquired the leader lock");
+                    self.lock_renewed = Some(Instant::now());
+                    Ok(Step::Again)
+                } else {
+                    info!("another member took the leader lock first");
+                    Ok(Step::Abort)
+                }
+            }
+            Action::RenewLock => {
+                let cluster = cluster.ok_or_else(|| anyhow!("no cluster view"))?;
+                if self.dcs.update_leader(cluster).await? {
+                    self.lock_renewed = Some(Instant::now());
+                    Ok(Step::Continue)
+                } else {
+                    warn!("lost the leader lock");
+                    self.lock_renewed = None;
+                    Ok(Step::Abort)
+                }
+            }
+            Action::ReleaseLock => {
+                self.dcs.release_leader().await?;
+                self.lock_renewed = None;
+                Ok(Step::Again)
+            }
+            Action::Promote => {
+                let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                let pg = self.pg.clone();
+                self.spawn_job(Job::Promote, async move {
+                    pg.promote(timeout).await?;
+                    info!("promoted: now accepting writes");
+                    Ok(())
+                });
+                Ok(Step::Continue)
+            }
+            Action::Demote { upstream } => {
+                let up = match (upstream, cluster) {
+                    (Some(u), Some(c)) => upstream_of(c, u),
+                    _ => None,
+                };
+                let pg = self.pg.clone();
+                let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                let hba = dynamic.pg_hba();
+                self.spawn_job(Job::Demote, async move {
+                    pg.stop("fast", timeout).await?;
+                    start_postgres(pg, params, hba, Some(up), timeout).await
+                });
+                Ok(Step::Continue)
+            }
+            Action::Follow { upstream } => {
+                let up = match (upstream, cluster) {
+                    (Some(u), Some(c)) => upstream_of(c, u),
+                    _ => None,
+                };
+                self.pg.write_config(&params, Some(up.as_ref()))?;
+                self.pg.reload().await?;
+                Ok(Step::Continue)
+            }
+            Action::EnsureSlots { members } => {
+                self.ensure_slots(members).await?;
+                Ok(Step::Continue)
+            }
+            Action::WriteConfig => {
+                let cfg = DynamicConfig {
+                    raw: self.cfg.bootstrap.dcs.clone(),
+                };
+                self.dcs.set_config(&cfg, None).await?;
+                info!("wrote the dynamic configuration from bootstrap.dcs (the config key was missing or invalid)");
+                Ok(Step::Continue)
+            }
+            Action::PublishStatus => {
+                if let (Some(c), Some(s)) = (cluster, server) {
+                    self.publish_status(c, s).await?;
+                }
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    fn spawn_job(&mut self, kind: Job, fut: impl std::future::Future<Output = Result<()>> + Send + 'static) {
+        let wake = self.wake.clone();
+        let handle = tokio::spawn(async move {
+            let r = fut.await;
+            wake.notify_one();
+            r
+        });
+        self.job = Some(RunningJob { kind, handle });
+    }
+
+    /// Collects a finished job and reacts to its failure.
+    async fn reap_job(&mut self) {
+        let finished = self.job.as_ref().is_some_and(|j| j.handle.is_finished());
+        if !finished {
+            return;
+        }
+        let Some(job) = self.job.take() else { return };
+        let result = match job.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow!("job panicked or was cancelled: {e}")),
+        };
+        match (job.kind, result) {
+            (kind, Ok(())) => info!(job = ?kind, "finished"),
+            (Job::Bootstrap, Err(e)) => {
+                error!("bootstrap failed: {e:#}");
+                self.fatal = Some(format!("bootstrap failed: {e:#}"));
+            }
+            (Job::Clone, Err(e)) => {
+                error!("creating the replica failed: {e:#}; will retry");
+                wipe_data_dir(self.pg.data_dir());
+            }
+            (kind, Err(e)) => {
+                error!(job = ?kind, "failed: {e:#}; {}", self.pg.log_tail().await);
+            }
+        }
+    }
+
+    async fn ensure_slots(&mut self, members: &[String]) -> Result<()> {
+        let existing = self.pg.slots().await?;
+        let wanted: HashSet<String> = members.iter().map(|m| slot_name(m)).collect();
+        for name in &wanted {
+            self.member_slots.insert(name.clone());
+            self.slot_missing_since.remove(name);
+            if !existing.iter().any(|(s, _)| s == name) {
+                self.pg.create_slot(name).await?;
+                info!(slot = name, "created replication slot for member");
+            }
+        }
+        let ttl = Duration::from_secs(1800);
+        for (name, _) in existing {
+            if wanted.contains(&name) || !self.member_slots.contains(&name) {
+                continue;
+            }
+            let since = *self.slot_missing_since.entry(name.clone()).or_insert_with(Instant::now);
+            if since.elapsed() > ttl {
+                info!(slot = name, "dropping the slot of a member gone for over member_slots_ttl");
+                self.pg.drop_slot(&name).await?;
+                self.slot_missing_since.remove(&name);
+                self.member_slots.remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_status(&mut self, cluster: &Cluster, server: &ServerStatus) -> Result<()> {
+        let optime = server.wal_position();
+        let mut slots = Map::new();
+        let mut retain: Vec<String> = Vec::new();
+        if cluster.dynamic_config().use_slots() {
+            if let Ok(existing) = self.pg.slots().await {
+                for (name, lsn) in existing {
+                    if self.member_slots.contains(&name) {
+                        if let Some(l) = lsn {
+                            slots.insert(name.clone(), Value::from(l));
+                        }
+                        retain.push(name);
+                    }
+                }
+            }
+            let own = slot_name(&self.cfg.name);
+            if let Some(o) = optime {
+                slots.insert(own.clone(), Value::from(o));
+            }
+            retain.push(own);
+            retain.sort();
+            retain.dedup();
+        }
+        let status = Status {
+            optime,
+            slots: Some(slots),
+            retain_slots: Some(retain),
+        };
+        let json = status.to_json();
+        if self.last_status_json.as_deref() != Some(&json) {
+            self.dcs.write_status(&status).await?;
+            self.last_status_json = Some(json);
+        }
+        if let Some(tl) = server.timeline {
+            self.publish_history(cluster, tl).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_history(&self, cluster: &Cluster, timeline: u64) -> Result<()> {
+        if timeline <= 1 {
+            if !cluster.history.is_empty() {
+                self.dcs.write_history(&[]).await?;
+            }
+            return Ok(());
+        }
+        let up_to_date = cluster.history.last().is_some_and(|e| {
+            e.timeline == timeline - 1 && e.timestamp.is_some() && e.new_leader.is_some()
+        });
+        if up_to_date {
+            return Ok(());
+        }
+        let Some((lines, mtime)) = self.pg.timeline_history(timeline) else {
+            return Ok(());
+        };
+        let known: BTreeMap<u64, &HistoryEntry> =
+            cluster.history.iter().map(|e| (e.timeline, e)).collect();
+        let n = lines.len();
+        let entries: Vec<HistoryEntry> = lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, (tl, lsn, reason))| {
+                let old = known.get(&tl);
+                let newest = i + 1 == n;
+                HistoryEntry {
+                    timeline: tl,
+                    lsn,
+                    reason,
+                    timestamp: old.and_then(|o| o.timestamp.clone()).or_else(|| {
+                        newest.then(|| {
+                            chrono::DateTime::<chrono::Local>::from(mtime)
+                                .format("%Y-%m-%dT%H:%M:%S%.6f%:z")
+                                .to_string()
+                        })
+                    }),
+                    new_leader: old
+                        .and_then(|o| o.new_leader.clone())
+                        .or_else(|| newest.then(|| self.cfg.name.clone())),
+                }
+            })
+            .collect();
+        self.dcs.write_history(&entries).await?;
+        info!(timeline, "wrote the timeline history to the history key");
+        Ok(())
+    }
+
+    /// Clean shutdown: stop PostgreSQL (unless paused), hand the lock over, mark us stopped.
+    async fn stop_everything(&mut self) {
+        if let Some(job) = self.job.take() {
+            info!(job = ?job.kind, "shutting down: cancelling the running job");
+            job.handle.abort();
+        }
+        let cluster = self.dcs.load().await.ok();
+        let paused = cluster.as_ref().is_some_and(|c| c.is_paused());
+        let holds = cluster
+            .as_ref()
+            .and_then(|c| c.leader.as_ref())
+            .is_some_and(|l| l.name == self.cfg.name);
+        if paused {
+            info!("shutting down while paused: leaving PostgreSQL running and the leader key in place");
+            return;
+        }
+        let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+        if let Err(e) = self.pg.stop("fast", timeout).await {
+            error!("cannot stop PostgreSQL cleanly: {e:#}");
+        } else {
+            info!("PostgreSQL stopped");
+        }
+        if holds {
+            if let Ok(cd) = self.pg.controldata().await
+                && let Some(lsn) = cd.checkpoint_lsn
+            {
+                let mut status = cluster.as_ref().map(|c| c.status.clone()).unwrap_or_default();
+                status.optime = Some(lsn.0);
+                if let Err(e) = self.dcs.write_status(&status).await {
+                    warn!("cannot write the final status: {e}");
+                }
+            }
+            match self.dcs.release_leader().await {
+                Ok(_) => info!("released the leader lock"),
+                Err(e) => warn!("cannot release the leader lock: {e}"),
+            }
+        }
+        let member = self.member_data(PgState::Stopped, self.last_role, None, false);
+        if let Err(e) = self.dcs.touch_member(&member).await {
+            warn!("cannot mark the member stopped: {e}");
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Again,
+    Abort,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn futures_join_all<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<T> {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn upstream_of(cluster: &Cluster, member: &str) -> Option<Upstream> {
+    let (host, port) = cluster.member(member)?.data.host_port()?;
+    Some(Upstream { host, port })
+}
+
+fn wipe_data_dir(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Writes the configuration files and starts PostgreSQL.
+async fn start_postgres(
+    pg: Arc<Postgres>,
+    params: Map<String, Value>,
+    hba: Option<Vec<String>>,
+    replica_of: Option<Option<Upstream>>,
+    timeout: Duration,
+) -> Result<()> {
+    pg.write_pgpass()?;
+    pg.write_config(&params, replica_of.as_ref().map(|u| u.as_ref()))?;
+    pg.write_hba(hba, false)?;
+    pg.start(timeout).await
+}
+
+/// Clones the data directory from `from` and starts as a replica of the leader.
+async fn clone_replica(
+    pg: Arc<Postgres>,
+    from: Upstream,
+    leader: Option<Upstream>,
+    params: Map<String, Value>,
+    hba: Option<Vec<String>>,
+) -> Result<()> {
+    let started = Instant::now();
+    info!(host = from.host, port = from.port, "creating replica with pg_basebackup");
+    pg.write_pgpass()?;
+    std::fs::create_dir_all(pg.data_dir())
+        .with_context(|| format!("cannot create {}", pg.data_dir().display()))?;
+    set_mode_0700(pg.data_dir());
+    pg.basebackup(&from).await?;
+    info!(seconds = started.elapsed().as_secs_f32(), "pg_basebackup finished");
+    let upstream = leader.or(Some(from));
+    let timeout = Duration::from_secs(120);
+    start_postgres(pg, params, hba, Some(upstream), timeout).await?;
+    info!(seconds = started.elapsed().as_secs_f32(), "replica is running");
+    Ok(())
+}
+
+fn set_mode_0700(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// initdb → configuration → start → roles → post_bootstrap → initialize/config/leader keys.
+async fn bootstrap<K: Kv>(cfg: Arc<Config>, pg: Arc<Postgres>, dcs: Arc<Dcs<K>>) -> Result<()> {
+    let result = bootstrap_steps(&cfg, &pg, &dcs).await;
+    if let Err(e) = &result {
+        error!("bootstrap failed: {e:#}; removing the initialize key so another attempt can be made");
+        if let Err(e) = dcs.cancel_initialization().await {
+            warn!("cannot delete the initialize key: {e}");
+        }
+        let _ = pg.stop("immediate", Duration::from_secs(30)).await;
+        let failed = pg.data_dir().with_extension("failed");
+        if pg.data_dir().exists() {
+            let _ = std::fs::remove_dir_all(&failed);
+            match std::fs::rename(pg.data_dir(), &failed) {
+                Ok(()) => warn!("moved the failed data directory to {}", failed.display()),
+                Err(e) => warn!("cannot move the failed data directory aside: {e}"),
+            }
+        }
+    }
+    result
+}
+
+async fn bootstrap_steps<K: Kv>(cfg: &Config, pg: &Postgres, dcs: &Dcs<K>) -> Result<()> {
+    let started = Instant::now();
+    info!(data_dir = %pg.data_dir().display(), "running initdb");
+    pg.initdb().await?;
+    info!(seconds = started.elapsed().as_secs_f32(), "initdb finished; starting PostgreSQL");
+    let dynamic = DynamicConfig {
+        raw: cfg.bootstrap.dcs.clone(),
+    };
+    pg.write_pgpass()?;
+    pg.write_config(&dynamic.parameters(), None)?;
+    pg.write_hba(dynamic.pg_hba(), true)?;
+    pg.start(Duration::from_secs(cfg.postgresql.pg_ctl_timeout)).await?;
+    info!("creating roles");
+    pg.create_roles().await?;
+    if let Some(script) = &cfg.bootstrap.post_bootstrap {
+        info!("running post_bootstrap script");
+        pg.post_bootstrap(script).await?;
+    }
+    let cd = pg.controldata().await?;
+    dcs.set_initialize(&cd.system_identifier).await?;
+    dcs.init_config(&dynamic).await?;
+    dcs.take_leader().await?;
+    info!(
+        sysid = cd.system_identifier,
+        seconds = started.elapsed().as_secs_f32(),
+        "bootstrap finished: this node leads the new cluster"
+    );
+    Ok(())
+}
+

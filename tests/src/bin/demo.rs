@@ -1,0 +1,87 @@
+//! `demo`: a local 3-node pgpilot cluster (one etcd, three agents, three PostgreSQL 15 servers)
+//! on loopback, for trying pgpilot out. Shows the cluster live until Ctrl-C, then stops
+//! everything it started.
+
+use anyhow::Result;
+use pgpilot_e2e::{ClusterSpec, Etcd, TestCluster, Workdir};
+use std::time::{Duration, Instant};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "demo: run a local 3-node pgpilot cluster\n\n\
+             Usage: demo [--exit-when-healthy]\n\n\
+             Starts etcd and three agents (PostgreSQL 15 as the postgres user when run as root)\n\
+             under /var/tmp, waits until there is a primary and two streaming replicas, then\n\
+             shows `GET /cluster` every second until Ctrl-C, and stops everything.\n\
+             --exit-when-healthy  stop as soon as the cluster is healthy (for scripts)"
+        );
+        return Ok(());
+    }
+    let exit_when_healthy = args.iter().any(|a| a == "--exit-when-healthy");
+    let work = Workdir::new("demo")?;
+    println!("working directory: {}", work.path.display());
+    let mut etcd = Etcd::new(&work.path);
+    etcd.start()?;
+    println!("etcd listening on {}", etcd.endpoint());
+    let spec = ClusterSpec {
+        scope: "demo".into(),
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::new(spec, &work.path, &etcd.endpoint())?;
+    let started = Instant::now();
+    cluster.start_all()?;
+    println!("started 3 agents; waiting for a primary and two streaming replicas…");
+    let primary = cluster.wait_healthy(Duration::from_secs(120))?;
+    println!(
+        "healthy after {:.1}s: {} is primary",
+        started.elapsed().as_secs_f32(),
+        cluster.nodes[primary].name
+    );
+    for n in &cluster.nodes {
+        println!(
+            "  {}  REST http://127.0.0.1:{}  PostgreSQL port {}  log {}",
+            n.name,
+            n.api_port,
+            n.pg_port,
+            n.log_path.display()
+        );
+    }
+    if exit_when_healthy {
+        return Ok(());
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = std::io::stdin().read_line(&mut buf);
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    println!("press Enter (or Ctrl-C) to stop the cluster");
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Some(n) = cluster.nodes.first()
+            && let Ok((200, body)) = n.get("/cluster")
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
+        {
+            print!("\x1b[2K");
+            for m in v["members"].as_array().cloned().unwrap_or_default() {
+                print!(
+                    "{} {} {} lag={}  ",
+                    m["name"].as_str().unwrap_or(""),
+                    m["role"].as_str().unwrap_or(""),
+                    m["state"].as_str().unwrap_or(""),
+                    m.get("lag").map(|l| l.to_string()).unwrap_or_else(|| "-".into())
+                );
+            }
+            print!("\r");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("\nstopping…");
+    cluster.shutdown();
+    etcd.stop();
+    Ok(())
+}

@@ -76,6 +76,10 @@ pub struct Observation<'a> {
     pub nostream: &'a [String],
     /// Answers of the peers' REST APIs; gathered only when there is no leader.
     pub peers: &'a [PeerReport],
+    /// Whether this agent has seen any leader since it started.
+    pub seen_leader: bool,
+    /// Seconds since this agent started.
+    pub uptime_secs: u64,
 }
 
 /// One thing for the runtime to do.
@@ -141,6 +145,15 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
     };
     if let Some(optime) = cluster.status.optime {
         let lag = optime.saturating_sub(mine);
+        // After a whole-cluster restart nobody is in a hurry: give the member that wrote the last
+        // leader position (usually the old primary, ahead by its shutdown checkpoint) one ttl to
+        // come back before a member behind it promotes and forces it to rewind.
+        let ttl = cfg.timing().ttl;
+        if lag > 0 && !obs.seen_leader && obs.uptime_secs < ttl {
+            return Some(format!(
+                "just started and {lag} bytes behind the last leader position: giving the member that wrote it up to {ttl}s to come back"
+            ));
+        }
         if lag > cfg.maximum_lag_on_failover() {
             return Some(format!(
                 "lagging {lag} bytes behind the last leader position, more than maximum_lag_on_failover {}",
@@ -482,6 +495,8 @@ mod tests {
             replicatefrom: None,
             nostream: &[],
             peers,
+            seen_leader: true,
+            uptime_secs: 1000,
         }
     }
 
@@ -620,6 +635,24 @@ mod tests {
         let mut o = obs("n2", Some(&c), replica_pg(1000, None), &[]);
         o.no_failover = true;
         assert!(decide(&o).summary.contains("nofailover"));
+    }
+
+    #[test]
+    fn after_a_full_restart_members_behind_the_last_leader_position_wait() {
+        let c = cluster(None);
+        let mut o = obs("n2", Some(&c), replica_pg(990, None), &[]);
+        o.seen_leader = false;
+        o.uptime_secs = 3;
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert!(d.summary.contains("come back"), "{}", d.summary);
+        // the member at the last position races at once
+        o.pg = replica_pg(1000, None);
+        assert_eq!(decide(&o).actions, vec![Action::AcquireLock]);
+        // and after one ttl the others race too
+        o.pg = replica_pg(990, None);
+        o.uptime_secs = 31;
+        assert_eq!(decide(&o).actions, vec![Action::AcquireLock]);
     }
 
     #[test]

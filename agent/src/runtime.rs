@@ -90,6 +90,9 @@ pub struct Agent<K: Kv> {
     member_slots: HashSet<String>,
     fatal: Option<String>,
     dcs_error_logged: bool,
+    last_summary: String,
+    seen_leader: bool,
+    started: Instant,
 }
 
 impl<K: Kv> Agent<K> {
@@ -111,6 +114,9 @@ impl<K: Kv> Agent<K> {
             member_slots: HashSet::new(),
             fatal: None,
             dcs_error_logged: false,
+            last_summary: String::new(),
+            seen_leader: false,
+            started: Instant::now(),
         }
     }
 
@@ -216,6 +222,9 @@ impl<K: Kv> Agent<K> {
         });
         let timing = dynamic.timing();
         self.dcs.set_ttl(timing.ttl as i64);
+        if cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
+            self.seen_leader = true;
+        }
 
         let (pg_view, server) = self.observe_pg().await;
         let peers = match &cluster {
@@ -245,6 +254,8 @@ impl<K: Kv> Agent<K> {
                 replicatefrom: self.cfg.tags.replicatefrom.as_deref(),
                 nostream: &nostream,
                 peers: &peers,
+                seen_leader: self.seen_leader,
+                uptime_secs: self.started.elapsed().as_secs(),
             };
             ha::decide(&obs)
         };
@@ -473,10 +484,11 @@ impl<K: Kv> Agent<K> {
         server: &Option<ServerStatus>,
         dynamic: &DynamicConfig,
     ) -> bool {
-        if !d.actions.is_empty() {
+        if self.last_summary != d.summary {
             info!(actions = ?d.actions, "{}", d.summary);
+            self.last_summary = d.summary.clone();
         } else {
-            tracing::debug!("{}", d.summary);
+            tracing::debug!(actions = ?d.actions, "{}", d.summary);
         }
         let mut again = false;
         for action in &d.actions {

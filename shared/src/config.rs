@@ -323,7 +323,9 @@ impl Config {
         let config = read_config(&mut r, origin);
         if r.errors.is_empty() {
             let mut config = config;
-            config.warnings = r.unknown_keys();
+            let mut warnings = r.notes.clone();
+            warnings.extend(r.unknown_keys());
+            config.warnings = warnings;
             Ok(config)
         } else {
             Err(ConfigError::Invalid(r.errors))
@@ -577,6 +579,8 @@ struct Reader<'a> {
     /// Sections whose children are free-form (no unknown-key warnings below them).
     open: Vec<String>,
     errors: Vec<ConfigIssue>,
+    /// Warnings other than unknown keys.
+    notes: Vec<ConfigIssue>,
 }
 
 impl<'a> Reader<'a> {
@@ -586,6 +590,7 @@ impl<'a> Reader<'a> {
             seen: Vec::new(),
             open: Vec::new(),
             errors: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -845,6 +850,7 @@ const ACCEPTED_KEYS: &[&str] = &[
     "etcd3.srv_suffix",
     "etcd3.proxy",
     "bootstrap.method",
+    "bootstrap.users",
     "postgresql.pg_ident",
     "postgresql.custom_conf",
     "postgresql.recovery_conf",
@@ -906,11 +912,11 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     let etcd = if r.get("etcd3").is_some() {
         read_etcd(r, "etcd3")
     } else if r.get("etcd").is_some() {
-        r.err(
-            "etcd",
-            "pgpilot speaks the etcd v3 API only: rename this section to etcd3 (Patroni's etcd section uses the v2 keyspace, which v3 clients cannot see)",
-        );
-        EtcdConfig::default()
+        r.notes.push(ConfigIssue {
+            key: "etcd".into(),
+            message: "read as etcd3: pgpilot speaks the etcd v3 API only; Patroni members still configured with an etcd (v2) section will not see this cluster's keys".into(),
+        });
+        read_etcd(r, "etcd")
     } else {
         r.err("etcd3", "is required: the etcd v3 endpoints (hosts) that hold cluster state");
         EtcdConfig::default()
@@ -1047,13 +1053,16 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         all: all_tags,
     };
     if tags.nofailover.is_some() && tags.failover_priority.is_some() {
-        r.err(
-            "tags.failover_priority",
-            "nofailover and failover_priority are mutually exclusive; keep one",
-        );
+        r.notes.push(ConfigIssue {
+            key: "tags.failover_priority".into(),
+            message: "both nofailover and failover_priority are set: nofailover wins; keep one".into(),
+        });
     }
     if tags.nosync.is_some() && tags.sync_priority.is_some() {
-        r.err("tags.sync_priority", "nosync and sync_priority are mutually exclusive; keep one");
+        r.notes.push(ConfigIssue {
+            key: "tags.sync_priority".into(),
+            message: "both nosync and sync_priority are set: nosync wins; keep one".into(),
+        });
     }
 
     let log = LogConfig {

@@ -519,8 +519,15 @@ impl TestCluster {
 
     /// Stops everything (agents first; then any postmaster left behind).
     pub fn shutdown(&mut self) {
+        // Replicas first, so that stopping the primary does not promote anybody.
+        let primary = self.primary();
         for i in 0..self.nodes.len() {
-            self.stop_agent(i);
+            if Some(i) != primary {
+                self.stop_agent(i);
+            }
+        }
+        if let Some(p) = primary {
+            self.stop_agent(p);
         }
         for n in &self.nodes {
             kill_postmaster(n);
@@ -645,4 +652,12 @@ pub async fn query(node: &Node, sql: &str) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// Blocking form of [`query`].
+pub fn sql(node: &Node, q: &str) -> Result<Vec<String>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(query(node, q))
 }

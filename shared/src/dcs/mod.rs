@@ -16,6 +16,17 @@ pub use model::*;
 use std::sync::Mutex;
 use tracing::warn;
 
+/// Logs a garbage value once per key and revision (the same value is read every cycle).
+fn warn_garbage(kv: &KeyValue, what: &str) {
+    static SEEN: Mutex<Option<std::collections::HashMap<String, i64>>> = Mutex::new(None);
+    let mut seen = lock(&SEEN);
+    let map = seen.get_or_insert_with(Default::default);
+    if map.get(&kv.key) != Some(&kv.mod_revision) {
+        map.insert(kv.key.clone(), kv.mod_revision);
+        warn!(key = %kv.key, "ignoring {what}; treating it as absent");
+    }
+}
+
 /// Builds the cluster view from the keys under one prefix. Garbage values are logged and treated
 /// as absent.
 pub fn parse_cluster(prefix: &str, scope: &str, kvs: &[KeyValue], revision: i64) -> Cluster {
@@ -37,11 +48,11 @@ pub fn parse_cluster(prefix: &str, scope: &str, kvs: &[KeyValue], revision: i64)
                         mod_revision: kv.mod_revision,
                     })
                 }
-                None => warn!(key = %kv.key, "ignoring config key: not a JSON object"),
+                None => warn_garbage(kv, "config key: not a JSON object"),
             },
             keys::LEADER => {
                 if kv.value.is_empty() {
-                    warn!(key = %kv.key, "ignoring empty leader key");
+                    warn_garbage(kv, "empty leader key");
                 } else {
                     c.leader = Some(Leader {
                         name: kv.value.clone(),
@@ -56,7 +67,7 @@ pub fn parse_cluster(prefix: &str, scope: &str, kvs: &[KeyValue], revision: i64)
                         c.status = s
                     }
                 }
-                None => warn!(key = %kv.key, "ignoring status key: not valid JSON"),
+                None => warn_garbage(kv, "status key: not valid JSON"),
             },
             keys::OPTIME_LEADER => {
                 if c.status.optime.is_none() {
@@ -65,7 +76,7 @@ pub fn parse_cluster(prefix: &str, scope: &str, kvs: &[KeyValue], revision: i64)
             }
             keys::HISTORY => match parse_history(&kv.value) {
                 Some(h) => c.history = h,
-                None => warn!(key = %kv.key, "ignoring history key: not a JSON array"),
+                None => warn_garbage(kv, "history key: not a JSON array"),
             },
             keys::FAILOVER => {
                 c.failover = Failover::parse(&kv.value).map(|f| Versioned {
@@ -80,7 +91,7 @@ pub fn parse_cluster(prefix: &str, scope: &str, kvs: &[KeyValue], revision: i64)
                         mod_revision: kv.mod_revision,
                     })
                 }
-                None => warn!(key = %kv.key, "ignoring sync key: not a JSON object"),
+                None => warn_garbage(kv, "sync key: not a JSON object"),
             },
             keys::FAILSAFE => {
                 c.failsafe = serde_json::from_str::<serde_json::Value>(&kv.value)
@@ -99,10 +110,7 @@ pub fn parse_cluster(prefix: &str, scope: &str, kvs: &[KeyValue], revision: i64)
                             lease: kv.lease,
                             mod_revision: kv.mod_revision,
                         }),
-                        None => warn!(
-                            key = %kv.key,
-                            "ignoring member key: value is not Patroni member JSON"
-                        ),
+                        None => warn_garbage(kv, "member key: value is not Patroni member JSON"),
                     }
                 }
             }

@@ -1,0 +1,269 @@
+//! End-to-end: real etcd, real PostgreSQL 15, real agents on loopback. Each test owns its etcd
+//! and directories, so the tests run in parallel.
+
+use pgpilot_e2e::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const HEALTHY: Duration = Duration::from_secs(120);
+
+fn prerequisites() -> bool {
+    let ok = std::path::Path::new(PG_BIN).join("postgres").exists()
+        && std::process::Command::new("etcd").arg("--version").output().is_ok()
+        && agent_bin().is_file();
+    if !ok {
+        eprintln!("skipped: needs postgresql-15, etcd-server and a built agent (cargo build)");
+    }
+    ok
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::Null)
+}
+
+#[test]
+fn bootstrap_replicate_observe_and_restart() {
+    if !prerequisites() {
+        return;
+    }
+    let work = Workdir::new("e2e-main").unwrap();
+    let mut etcd = Etcd::new(&work.path);
+    etcd.start().unwrap();
+    let mut c = TestCluster::new(ClusterSpec::default(), &work.path, &etcd.endpoint()).unwrap();
+    // a second cluster in the same etcd, under another scope
+    let other_spec = ClusterSpec {
+        scope: "other".into(),
+        nodes: 1,
+        ..Default::default()
+    };
+    let mut other = TestCluster::new(other_spec, &work.path, &etcd.endpoint()).unwrap();
+    c.start_all().unwrap();
+    other.start_all().unwrap();
+
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    other.wait_healthy(HEALTHY).unwrap();
+    let primary = &c.nodes[p];
+    let replicas: Vec<usize> = (0..3).filter(|i| *i != p).collect();
+
+    // a row written on the primary is read on both replicas
+    sql(primary, "CREATE TABLE t(id int primary key, v text); INSERT INTO t VALUES (1, 'hello')").unwrap();
+    for &r in &replicas {
+        wait_for("row replicated", Duration::from_secs(30), || {
+            sql(&c.nodes[r], "SELECT v FROM t WHERE id = 1")
+                .ok()
+                .filter(|v| v == &["hello"])
+        })
+        .unwrap();
+    }
+
+    // REST status codes per role, GET/HEAD/OPTIONS alike
+    for (i, n) in c.nodes.iter().enumerate() {
+        let is_p = i == p;
+        for (path, want_primary, want_replica) in [
+            ("/", 200, 503),
+            ("/primary", 200, 503),
+            ("/master", 200, 503),
+            ("/read-write", 200, 503),
+            ("/leader", 200, 503),
+            ("/replica", 503, 200),
+            ("/replica?lag=16MB", 503, 200),
+            ("/replica?tag_dc=nowhere", 503, 503),
+            ("/read-only", 200, 200),
+            ("/health", 200, 200),
+            ("/liveness", 200, 200),
+            ("/readiness", 200, 200),
+            ("/async", 503, 200),
+            ("/sync", 503, 503),
+            ("/nonsense", 503, 503),
+            ("/patroni", 200, 200),
+        ] {
+            let want = if is_p { want_primary } else { want_replica };
+            for method in ["GET", "HEAD", "OPTIONS"] {
+                let (code, _) = http_request(method, &n.api(path), None).unwrap();
+                assert_eq!(code, want, "{method} {path} on {} (primary={is_p})", n.name);
+            }
+        }
+        let st = n.status().unwrap();
+        assert_eq!(st["role"], if is_p { "primary" } else { "replica" });
+        assert_eq!(st["state"], "running");
+        assert_eq!(st["patroni"]["scope"], "e2e");
+        assert_eq!(st["server_version"].as_u64().unwrap() / 10000, 15);
+        assert!(st["database_system_identifier"].as_str().unwrap().len() >= 10);
+        if is_p {
+            assert!(st["xlog"]["location"].as_u64().unwrap() > 0);
+            wait_for("both walsenders in /patroni", Duration::from_secs(30), || {
+                n.status()
+                    .filter(|s| s["replication"].as_array().is_some_and(|r| r.len() == 2))
+            })
+            .unwrap();
+        } else {
+            assert!(st["xlog"]["replayed_location"].as_u64().unwrap() > 0);
+        }
+        let (code, metrics) = n.get("/metrics").unwrap();
+        assert_eq!(code, 200);
+        let line = format!("patroni_primary{{scope=\"e2e\",name=\"{}\"}} {}", n.name, i32::from(is_p));
+        assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
+    }
+    let (code, body) = http_post(&primary.api("/switchover"), "{}").unwrap();
+    assert!((400..600).contains(&code), "{code} {body}");
+    assert!(json(&body)["error"].is_string(), "{body}");
+
+    // /cluster shows the three members with roles and lag
+    wait_for("replicas streaming in /cluster", Duration::from_secs(30), || {
+        let (_, body) = primary.get("/cluster").ok()?;
+        let v = json(&body);
+        let n = v["members"].as_array()?.iter().filter(|m| m["state"] == "streaming").count();
+        (n == 2).then_some(())
+    })
+    .unwrap();
+    let (code, body) = primary.get("/cluster").unwrap();
+    assert_eq!(code, 200);
+    let cl = json(&body);
+    let members = cl["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert_eq!(cl["scope"], "e2e");
+    for m in members {
+        let name = m["name"].as_str().unwrap();
+        if name == primary.name {
+            assert_eq!(m["role"], "leader");
+            assert_eq!(m["state"], "running");
+        } else {
+            assert_eq!(m["role"], "replica");
+            assert_eq!(m["state"], "streaming");
+            assert!(m["lag"].is_u64(), "{m}");
+            assert!(m["replay_lsn"].as_str().unwrap().contains('/'));
+        }
+        assert!(m["api_url"].as_str().unwrap().ends_with("/patroni"));
+        assert!(m["port"].is_u64());
+    }
+    let (code, body) = primary.get("/config").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["ttl"], 10);
+    let (code, body) = primary.get("/history").unwrap();
+    assert_eq!((code, body.as_str()), (200, "[]"));
+
+    // the etcd keys have Patroni's names and shapes
+    let keys = etcd.get_prefix("/service/e2e/").unwrap();
+    let get = |k: &str| keys.iter().find(|(key, _, _)| key == &format!("/service/e2e/{k}"));
+    let (_, sysid, _) = get("initialize").expect("initialize");
+    assert!(sysid.len() >= 10 && sysid.chars().all(|c| c.is_ascii_digit()), "{sysid}");
+    let (_, leader, leader_lease) = get("leader").expect("leader");
+    assert_eq!(leader, &primary.name);
+    assert_ne!(*leader_lease, 0, "leader key must be lease-bound");
+    let (_, config, _) = get("config").expect("config");
+    assert_eq!(json(config)["loop_wait"], 2);
+    let (_, status, _) = get("status").expect("status");
+    assert!(json(status)["optime"].as_u64().unwrap() > 0, "{status}");
+    for n in &c.nodes {
+        let (_, raw, lease) = get(&format!("members/{}", n.name)).expect("member key");
+        assert_ne!(*lease, 0, "member key must be lease-bound");
+        assert!(raw.starts_with(r#"{"conn_url":"postgres://127.0.0.1:"#), "{raw}");
+        let m = json(raw);
+        for f in ["conn_url", "api_url", "state", "role", "version"] {
+            assert!(m[f].is_string(), "{f} missing in {raw}");
+        }
+        assert!(m["xlog_location"].is_u64() && m["timeline"].is_u64(), "{raw}");
+    }
+    // the other scope lives beside it, untouched
+    let other_keys = etcd.get_prefix("/service/other/").unwrap();
+    assert!(other_keys.iter().any(|(k, v, _)| k == "/service/other/leader" && v == "other-node1"));
+    assert_eq!(other_keys.iter().filter(|(k, _, _)| k.contains("/members/")).count(), 1);
+
+    // garbage in a member key is ignored with a warning, never a crash
+    etcd.put("/service/e2e/members/ghost", "garbage{not json").unwrap();
+    etcd.put("/service/e2e/history", "not json either").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, body) = primary.get("/cluster").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["members"].as_array().unwrap().len(), 3);
+    wait_for("garbage warning in a log", Duration::from_secs(30), || {
+        c.nodes.iter().any(|n| n.log().contains("ignoring member key")).then_some(())
+    })
+    .unwrap();
+    for n in c.nodes.iter_mut() {
+        assert!(n.agent.as_mut().unwrap().is_running(), "{} died", n.name);
+    }
+    etcd.put("/service/e2e/history", "[]").unwrap();
+
+    // restart every agent: the same cluster comes back, no second initdb
+    c.shutdown();
+    for n in &c.nodes {
+        assert!(n.postmaster_pid().is_none() || !std::path::Path::new(&format!("/proc/{}", n.postmaster_pid().unwrap())).exists(),
+            "{} left PostgreSQL running", n.name);
+    }
+    c.start_all().unwrap();
+    let p2 = c.wait_healthy(HEALTHY).unwrap();
+    let keys = etcd.get_prefix("/service/e2e/initialize").unwrap();
+    assert_eq!(&keys[0].1, sysid, "system identifier changed: the cluster was re-created");
+    assert_eq!(sql(&c.nodes[p2], "SELECT v FROM t WHERE id = 1").unwrap(), vec!["hello"]);
+    let initdb_runs: usize = c.nodes.iter().map(|n| n.log().matches("running initdb").count()).sum();
+    assert_eq!(initdb_runs, 1, "initdb ran again after a restart");
+    other.shutdown();
+    c.shutdown();
+}
+
+#[test]
+fn agents_started_before_etcd_wait_for_it() {
+    if !prerequisites() {
+        return;
+    }
+    let work = Workdir::new("e2e-noetcd").unwrap();
+    let mut etcd = Etcd::new(&work.path);
+    let spec = ClusterSpec {
+        scope: "late".into(),
+        ..Default::default()
+    };
+    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    c.start_all().unwrap();
+    wait_for("a clear log line about etcd", Duration::from_secs(60), || {
+        c.nodes
+            .iter()
+            .all(|n| n.log().contains("cannot reach etcd"))
+            .then_some(())
+    })
+    .unwrap();
+    for n in c.nodes.iter_mut() {
+        assert!(n.agent.as_mut().unwrap().is_running(), "{} gave up", n.name);
+    }
+    etcd.start().unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    c.shutdown();
+}
+
+#[test]
+fn sigterm_on_the_leader_hands_over_at_once() {
+    if !prerequisites() {
+        return;
+    }
+    let work = Workdir::new("e2e-handover").unwrap();
+    let mut etcd = Etcd::new(&work.path);
+    etcd.start().unwrap();
+    let spec = ClusterSpec {
+        scope: "handover".into(),
+        // a long ttl: the new leader can only appear this fast if the old one released the key
+        ttl: 60,
+        loop_wait: 5,
+        retry_timeout: 10,
+        ..Default::default()
+    };
+    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    c.start_all().unwrap();
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    let old = c.nodes[p].name.clone();
+    let status = c.stop_agent(p).unwrap();
+    assert!(status.success(), "agent exit status {status:?}");
+    assert!(c.nodes[p].log().contains("released the leader lock"));
+    let new_leader = wait_for("a new leader", Duration::from_secs(40), || {
+        etcd.get_prefix("/service/handover/leader")
+            .ok()
+            .and_then(|k| k.first().map(|(_, v, _)| v.clone()))
+            .filter(|v| v != &old)
+    })
+    .unwrap();
+    let idx = c.nodes.iter().position(|n| n.name == new_leader).unwrap();
+    wait_for("the new leader to accept writes", Duration::from_secs(60), || {
+        sql(&c.nodes[idx], "CREATE TABLE IF NOT EXISTS after_handover(x int)").ok()
+    })
+    .unwrap();
+    c.shutdown();
+}

@@ -182,10 +182,7 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         }
         if let Some(theirs) = peer.wal_position {
             if theirs > mine {
-                return Some(format!(
-                    "{} is ahead (WAL {theirs} > {mine})",
-                    peer.name
-                ));
+                return Some(format!("{} is ahead (WAL {theirs} > {mine})", peer.name));
             }
             if theirs == mine && peer.failover_priority > obs.failover_priority {
                 return Some(format!(
@@ -249,7 +246,11 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     let paused = cluster.is_paused();
 
     if let Some(job) = obs.job {
-        let actions = if holds_lock { vec![Action::RenewLock] } else { vec![] };
+        let actions = if holds_lock {
+            vec![Action::RenewLock]
+        } else {
+            vec![]
+        };
         return decision(actions, format!("{job:?} in progress"));
     }
 
@@ -260,11 +261,17 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 actions.push(Action::ReleaseLock);
             }
             if paused {
-                return decision(actions, "PAUSE: data directory empty, not bootstrapping while paused");
+                return decision(
+                    actions,
+                    "PAUSE: data directory empty, not bootstrapping while paused",
+                );
             }
             if cluster.initialize.is_none() && cluster.leader.is_none() {
                 if obs.no_failover {
-                    return decision(actions, "waiting for another member to bootstrap (tagged nofailover)");
+                    return decision(
+                        actions,
+                        "waiting for another member to bootstrap (tagged nofailover)",
+                    );
                 }
                 actions.push(Action::BootstrapIfWon);
                 return decision(actions, "no cluster yet: racing to bootstrap it");
@@ -293,11 +300,9 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 "system identifier mismatch",
             );
         }
-        None if cluster.leader.is_none() => {
-            actions.push(Action::AdoptInitialize {
-                sysid: sysid.clone(),
-            })
-        }
+        None if cluster.leader.is_none() => actions.push(Action::AdoptInitialize {
+            sysid: sysid.clone(),
+        }),
         _ => {}
     }
 
@@ -345,7 +350,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             if paused {
                 if !obs.pg.in_recovery {
                     actions.push(Action::AcquireLock);
-                    return decision(actions, "PAUSE: taking the free leader lock for the running primary");
+                    return decision(
+                        actions,
+                        "PAUSE: taking the free leader lock for the running primary",
+                    );
                 }
                 return decision(actions, "PAUSE: no leader, not racing while paused");
             }
@@ -353,7 +361,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 Some(why) => decision(actions, format!("no leader, not racing: {why}")),
                 None => {
                     actions.push(Action::AcquireLock);
-                    decision(actions, "no leader: this node is the healthiest, taking the lock")
+                    decision(
+                        actions,
+                        "no leader: this node is the healthiest, taking the lock",
+                    )
                 }
             }
         }
@@ -366,7 +377,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 if paused {
                     actions.pop();
                     actions.push(Action::ReleaseLock);
-                    return decision(actions, "PAUSE: holding the lock as a replica; releasing it");
+                    return decision(
+                        actions,
+                        "PAUSE: holding the lock as a replica; releasing it",
+                    );
                 }
                 actions.push(Action::Promote);
                 return decision(actions, "holding the leader lock: promoting");
@@ -398,10 +412,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             }
             let want = upstream.as_deref().and_then(|u| member_address(cluster, u));
             if want.is_some() && want != obs.pg.upstream {
-                let summary = format!(
-                    "following {}",
-                    upstream.as_deref().unwrap_or_default()
-                );
+                let summary = format!("following {}", upstream.as_deref().unwrap_or_default());
                 actions.push(Action::Follow { upstream });
                 return decision(actions, summary);
             }
@@ -484,7 +495,12 @@ mod tests {
         }
     }
 
-    fn obs<'a>(me: &'a str, c: Option<&'a Cluster>, pg: PgView, peers: &'a [PeerReport]) -> Observation<'a> {
+    fn obs<'a>(
+        me: &'a str,
+        c: Option<&'a Cluster>,
+        pg: PgView,
+        peers: &'a [PeerReport],
+    ) -> Observation<'a> {
         Observation {
             me,
             cluster: c,
@@ -624,13 +640,21 @@ mod tests {
 
         let alive = [peer("n1", 10, true)];
         let d = decide(&obs("n2", Some(&c), replica_pg(1000, None), &alive));
-        assert!(d.summary.contains("still running as primary"), "{}", d.summary);
+        assert!(
+            d.summary.contains("still running as primary"),
+            "{}",
+            d.summary
+        );
 
         let mut far = cluster(None);
         far.status.optime = Some(10 << 20);
         let d = decide(&obs("n2", Some(&far), replica_pg(1000, None), &[]));
         assert_eq!(d.actions, vec![]);
-        assert!(d.summary.contains("maximum_lag_on_failover"), "{}", d.summary);
+        assert!(
+            d.summary.contains("maximum_lag_on_failover"),
+            "{}",
+            d.summary
+        );
 
         let mut o = obs("n2", Some(&c), replica_pg(1000, None), &[]);
         o.no_failover = true;
@@ -660,7 +684,12 @@ mod tests {
         let c = cluster(None);
         let mut p = peer("n3", 1000, false);
         p.failover_priority = 5;
-        let d = decide(&obs("n2", Some(&c), replica_pg(1000, None), std::slice::from_ref(&p)));
+        let d = decide(&obs(
+            "n2",
+            Some(&c),
+            replica_pg(1000, None),
+            std::slice::from_ref(&p),
+        ));
         assert_eq!(d.actions, vec![]);
         // unreachable peers do not count
         p.reachable = false;
@@ -697,14 +726,24 @@ mod tests {
                 upstream: Some("n1".into())
             }]
         );
-        let d = decide(&obs("n2", Some(&c), replica_pg(1000, Some("127.0.0.1:9999")), &[]));
+        let d = decide(&obs(
+            "n2",
+            Some(&c),
+            replica_pg(1000, Some("127.0.0.1:9999")),
+            &[],
+        ));
         assert_eq!(
             d.actions,
             vec![Action::Follow {
                 upstream: Some("n1".into())
             }]
         );
-        let d = decide(&obs("n2", Some(&c), replica_pg(1000, Some("127.0.0.1:5432")), &[]));
+        let d = decide(&obs(
+            "n2",
+            Some(&c),
+            replica_pg(1000, Some("127.0.0.1:5432")),
+            &[],
+        ));
         assert_eq!(d.actions, vec![]);
     }
 

@@ -127,8 +127,9 @@ fn init_tracing(cfg: &Config) {
         "critical" | "fatal" => "error".to_string(),
         other => other.to_string(),
     };
-    let filter = EnvFilter::try_from_env("PGPILOT_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn,tonic=warn")));
+    let filter = EnvFilter::try_from_env("PGPILOT_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn,tonic=warn"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -157,9 +158,12 @@ async fn run(cfg: Config) -> Result<()> {
         raw: cfg.bootstrap.dcs.clone(),
     }
     .timing();
-    let kv = EtcdKv::connect(&cfg.etcd, Duration::from_secs(timing.retry_timeout.clamp(1, 5)))
-        .await
-        .context("cannot set up the etcd client (check etcd3.hosts)")?;
+    let kv = EtcdKv::connect(
+        &cfg.etcd,
+        Duration::from_secs(timing.retry_timeout.clamp(1, 5)),
+    )
+    .await
+    .context("cannot set up the etcd client (check etcd3.hosts)")?;
     let dcs = Arc::new(Dcs::new(
         kv,
         &cfg.namespace,

@@ -99,6 +99,9 @@ impl ServerStatus {
     }
 }
 
+/// One line of a timeline history file: parent timeline, switch LSN, reason.
+pub type TimelineSwitch = (u64, u64, String);
+
 /// Where a replica streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -181,7 +184,8 @@ impl Postgres {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("LC_ALL", "C").env("PGPASSFILE", &self.cfg.postgresql.pgpass);
+        cmd.env("LC_ALL", "C")
+            .env("PGPASSFILE", &self.cfg.postgresql.pgpass);
         cmd.stdin(Stdio::null()).kill_on_drop(false);
         cmd
     }
@@ -207,19 +211,23 @@ impl Postgres {
 
     /// Whether the data directory holds an initialized cluster.
     pub fn data_dir_initialized(&self) -> bool {
-        self.data_dir().join("PG_VERSION").is_file() && self.data_dir().join("global/pg_control").is_file()
+        self.data_dir().join("PG_VERSION").is_file()
+            && self.data_dir().join("global/pg_control").is_file()
     }
 
     /// Reads pg_control.
     pub async fn controldata(&self) -> Result<ControlData> {
         let mut cmd = self.command("pg_controldata");
         cmd.arg("-D").arg(self.data_dir());
-        let out = self.run(cmd, "pg_controldata", Duration::from_secs(10)).await?;
+        let out = self
+            .run(cmd, "pg_controldata", Duration::from_secs(10))
+            .await?;
         let cd = ControlData::parse(&out);
         if cd.system_identifier.is_empty() {
             bail!("pg_controldata printed no system identifier");
         }
-        *self.sysid_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(cd.system_identifier.clone());
+        *self.sysid_cache.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(cd.system_identifier.clone());
         Ok(cd)
     }
 
@@ -378,16 +386,22 @@ impl Postgres {
     /// Runs a statement as the superuser. The statement is never logged: it may carry a password.
     pub async fn execute(&self, sql: &str) -> Result<()> {
         let client = self.client().await?;
-        client.batch_execute(sql).await.map_err(|e| anyhow!("{e}"))?;
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
         Ok(())
     }
 
     /// Writes the pgpass file with the replication and superuser credentials (mode 0600).
     pub fn write_pgpass(&self) -> Result<()> {
         let mut text = String::new();
-        for user in [&self.cfg.postgresql.replication, &self.cfg.postgresql.superuser]
-            .into_iter()
-            .chain(self.cfg.postgresql.rewind.as_ref())
+        for user in [
+            &self.cfg.postgresql.replication,
+            &self.cfg.postgresql.superuser,
+        ]
+        .into_iter()
+        .chain(self.cfg.postgresql.rewind.as_ref())
         {
             if let Some(pw) = &user.password {
                 text.push_str(&format!(
@@ -420,7 +434,10 @@ impl Postgres {
     pub fn conninfo(&self, user: &PgUser, host: &str, port: u16, extra: &[(&str, &str)]) -> String {
         let mut parts = vec![
             format!("user={}", quote_conninfo(&user.username)),
-            format!("passfile={}", quote_conninfo(&self.cfg.postgresql.pgpass.to_string_lossy())),
+            format!(
+                "passfile={}",
+                quote_conninfo(&self.cfg.postgresql.pgpass.to_string_lossy())
+            ),
             format!("host={}", quote_conninfo(host)),
             format!("port={port}"),
         ];
@@ -452,15 +469,15 @@ impl Postgres {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let mut set = |k: &str, v: String| {
-            match params.iter_mut().find(|(pk, _)| pk == k) {
-                Some(p) => p.1 = v,
-                None => params.push((k.to_string(), v)),
-            }
+        let mut set = |k: &str, v: String| match params.iter_mut().find(|(pk, _)| pk == k) {
+            Some(p) => p.1 = v,
+            None => params.push((k.to_string(), v)),
         };
         for (k, v) in dynamic.iter().chain(self.cfg.postgresql.parameters.iter()) {
-            if matches!(k.as_str(), "listen_addresses" | "port" | "cluster_name" | "hot_standby")
-                || v.is_null()
+            if matches!(
+                k.as_str(),
+                "listen_addresses" | "port" | "cluster_name" | "hot_standby"
+            ) || v.is_null()
             {
                 continue;
             }
@@ -487,8 +504,9 @@ impl Postgres {
         let base = dir.join("postgresql.base.conf");
         if !base.exists() {
             if conf.exists() {
-                std::fs::rename(&conf, &base)
-                    .with_context(|| format!("cannot rename {} to {}", conf.display(), base.display()))?;
+                std::fs::rename(&conf, &base).with_context(|| {
+                    format!("cannot rename {} to {}", conf.display(), base.display())
+                })?;
             } else {
                 std::fs::write(&base, "")?;
             }
@@ -537,7 +555,9 @@ impl Postgres {
     /// The upstream `host:port` configured in postgresql.conf, if any.
     pub fn configured_upstream(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.conf_dir().join("postgresql.conf")).ok()?;
-        let line = text.lines().find(|l| l.starts_with("primary_conninfo = "))?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("primary_conninfo = "))?;
         let mut host = None;
         let mut port = None;
         for part in line.split_whitespace() {
@@ -596,7 +616,11 @@ impl Postgres {
             None => None,
         };
         let res = self
-            .run(cmd, "initdb", Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout.max(120)))
+            .run(
+                cmd,
+                "initdb",
+                Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout.max(120)),
+            )
             .await;
         if let Some(p) = pwfile {
             std::fs::remove_file(p).ok();
@@ -876,7 +900,10 @@ impl Postgres {
     }
 
     /// Reads `<timeline>.history` from pg_wal: `(parent timeline, switch LSN, reason)` lines.
-    pub fn timeline_history(&self, timeline: u64) -> Option<(Vec<(u64, u64, String)>, std::time::SystemTime)> {
+    pub fn timeline_history(
+        &self,
+        timeline: u64,
+    ) -> Option<(Vec<TimelineSwitch>, std::time::SystemTime)> {
         let path = self
             .data_dir()
             .join("pg_wal")
@@ -941,7 +968,10 @@ impl Postgres {
 
     /// The system identifier last seen, if any.
     pub fn cached_sysid(&self) -> Option<String> {
-        self.sysid_cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sysid_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

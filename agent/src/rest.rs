@@ -30,8 +30,10 @@ pub fn router<K: Kv>(api: Arc<Api<K>>) -> Router {
 fn json_response(code: StatusCode, body: &Value) -> Response {
     let mut r = Response::new(Body::from(body.to_string()));
     *r.status_mut() = code;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -149,7 +151,10 @@ async fn handle<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response
         }
         return json_response(code, &status_json(&snap));
     }
-    if matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+    if matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
         return error(
             StatusCode::NOT_IMPLEMENTED,
             &format!("{method} {path} is not supported by this agent version"),
@@ -164,23 +169,33 @@ async fn handle<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response
 async fn cluster<K: Kv>(api: &Api<K>) -> Response {
     match api.dcs.load().await {
         Ok(c) => json_response(StatusCode::OK, &shared::api::cluster_json(&c)),
-        Err(e) => error(StatusCode::BAD_GATEWAY, &format!("cannot read the cluster from etcd: {e}")),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            &format!("cannot read the cluster from etcd: {e}"),
+        ),
     }
 }
 
 /// Whether the node serves as a healthy replica: running, a replica, not `noloadbalance`, within
 /// the requested lag and replication state, and matching every `tag_*` filter.
 fn replica_ok(q: &[(String, String)], s: &Snapshot) -> bool {
-    let Some(server) = &s.server else { return false };
+    let Some(server) = &s.server else {
+        return false;
+    };
     if s.state != PgState::Running || s.role != Role::Replica {
         return false;
     }
-    if s.tags.get("noloadbalance").is_some_and(|v| v == &Value::Bool(true)) {
+    if s.tags
+        .get("noloadbalance")
+        .is_some_and(|v| v == &Value::Bool(true))
+    {
         return false;
     }
     for (k, v) in q {
         if k == "lag" {
-            let Some(max) = parse_bytes(v) else { return false };
+            let Some(max) = parse_bytes(v) else {
+                return false;
+            };
             let optime = s
                 .cluster
                 .as_ref()
@@ -272,7 +287,11 @@ pub fn health_code(path: &str, q: &[(String, String)], s: &Snapshot, now: Instan
                 server.replay_lsn
             }
             .unwrap_or(0);
-            let optime = s.cluster.as_ref().and_then(|c| c.status.optime).unwrap_or(0);
+            let optime = s
+                .cluster
+                .as_ref()
+                .and_then(|c| c.status.optime)
+                .unwrap_or(0);
             ok(optime <= pos.saturating_add(max))
         }
         _ => 503,
@@ -290,7 +309,10 @@ pub fn status_json(s: &Snapshot) -> Value {
     };
     o.insert("state".into(), json!(state.as_str()));
     if let (true, Some(srv)) = (running, &s.server) {
-        o.insert("postmaster_start_time".into(), json!(srv.postmaster_start_time.replace('T', " ")));
+        o.insert(
+            "postmaster_start_time".into(),
+            json!(srv.postmaster_start_time.replace('T', " ")),
+        );
         o.insert("role".into(), json!(s.role.as_str()));
         o.insert("server_version".into(), json!(srv.server_version));
         if srv.in_recovery {
@@ -379,49 +401,161 @@ pub fn metrics(s: &Snapshot) -> String {
         "Patroni semver without periods (pgpilot reports the compatible version).",
         format!("{:06}", version_number(shared::PATRONI_COMPAT_VERSION)),
     );
-    metric("patroni_postgres_running", "gauge", "Value is 1 if Postgres is running, 0 otherwise.", b(running));
+    metric(
+        "patroni_postgres_running",
+        "gauge",
+        "Value is 1 if Postgres is running, 0 otherwise.",
+        b(running),
+    );
     let start = srv
         .and_then(|x| {
-            chrono::DateTime::parse_from_str(&x.postmaster_start_time, "%Y-%m-%d %H:%M:%S%.f%:z").ok()
+            chrono::DateTime::parse_from_str(&x.postmaster_start_time, "%Y-%m-%d %H:%M:%S%.f%:z")
+                .ok()
         })
         .map(|t| t.timestamp_micros() as f64 / 1e6)
         .unwrap_or(0.0);
-    metric("patroni_postmaster_start_time", "gauge", "Epoch seconds since Postgres started.", format!("{start}"));
-    metric("patroni_primary", "gauge", "Value is 1 if this node is the leader, 0 otherwise.", b(is_primary));
+    metric(
+        "patroni_postmaster_start_time",
+        "gauge",
+        "Epoch seconds since Postgres started.",
+        format!("{start}"),
+    );
+    metric(
+        "patroni_primary",
+        "gauge",
+        "Value is 1 if this node is the leader, 0 otherwise.",
+        b(is_primary),
+    );
     metric(
         "patroni_xlog_location",
         "counter",
         "Current location of the Postgres transaction log, 0 if this node is not the leader.",
-        srv.filter(|_| is_primary).and_then(|x| x.write_lsn).unwrap_or(0).to_string(),
+        srv.filter(|_| is_primary)
+            .and_then(|x| x.write_lsn)
+            .unwrap_or(0)
+            .to_string(),
     );
-    metric("patroni_standby_leader", "gauge", "Value is 1 if this node is the standby_leader, 0 otherwise.", b(running && s.role == Role::StandbyLeader));
-    metric("patroni_replica", "gauge", "Value is 1 if this node is a replica, 0 otherwise.", b(is_replica));
-    metric("patroni_sync_standby", "gauge", "Value is 1 if this node is a sync standby, 0 otherwise.", b(sync));
-    metric("patroni_quorum_standby", "gauge", "Value is 1 if this node is a quorum standby, 0 otherwise.", b(quorum));
+    metric(
+        "patroni_standby_leader",
+        "gauge",
+        "Value is 1 if this node is the standby_leader, 0 otherwise.",
+        b(running && s.role == Role::StandbyLeader),
+    );
+    metric(
+        "patroni_replica",
+        "gauge",
+        "Value is 1 if this node is a replica, 0 otherwise.",
+        b(is_replica),
+    );
+    metric(
+        "patroni_sync_standby",
+        "gauge",
+        "Value is 1 if this node is a sync standby, 0 otherwise.",
+        b(sync),
+    );
+    metric(
+        "patroni_quorum_standby",
+        "gauge",
+        "Value is 1 if this node is a quorum standby, 0 otherwise.",
+        b(quorum),
+    );
     let rec = |f: fn(&crate::postgres::ServerStatus) -> Option<u64>| {
-        srv.filter(|x| x.in_recovery).and_then(f).unwrap_or(0).to_string()
+        srv.filter(|x| x.in_recovery)
+            .and_then(f)
+            .unwrap_or(0)
+            .to_string()
     };
-    metric("patroni_xlog_received_location", "counter", "Current location of the received Postgres transaction log, 0 if this node is not a replica.", rec(|x| x.receive_lsn));
-    metric("patroni_xlog_replayed_location", "counter", "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.", rec(|x| x.replay_lsn));
+    metric(
+        "patroni_xlog_received_location",
+        "counter",
+        "Current location of the received Postgres transaction log, 0 if this node is not a replica.",
+        rec(|x| x.receive_lsn),
+    );
+    metric(
+        "patroni_xlog_replayed_location",
+        "counter",
+        "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.",
+        rec(|x| x.replay_lsn),
+    );
     let replayed_ts = srv
         .and_then(|x| x.replayed_timestamp.as_deref())
         .and_then(|t| chrono::DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%:z").ok())
         .map(|t| t.timestamp_micros() as f64 / 1e6)
         .unwrap_or(0.0);
-    metric("patroni_xlog_replayed_timestamp", "gauge", "Current timestamp of the replayed Postgres transaction log, 0 if null.", format!("{replayed_ts}"));
-    metric("patroni_xlog_paused", "gauge", "Value is 1 if the Postgres xlog is paused, 0 otherwise.", b(srv.is_some_and(|x| x.replay_paused)));
+    metric(
+        "patroni_xlog_replayed_timestamp",
+        "gauge",
+        "Current timestamp of the replayed Postgres transaction log, 0 if null.",
+        format!("{replayed_ts}"),
+    );
+    metric(
+        "patroni_xlog_paused",
+        "gauge",
+        "Value is 1 if the Postgres xlog is paused, 0 otherwise.",
+        b(srv.is_some_and(|x| x.replay_paused)),
+    );
     let rs = srv.and_then(|x| x.replication_state.as_deref());
-    metric("patroni_postgres_streaming", "gauge", "Value is 1 if Postgres is streaming, 0 otherwise.", b(rs == Some("streaming")));
-    metric("patroni_postgres_in_archive_recovery", "gauge", "Value is 1 if Postgres is replicating from archive, 0 otherwise.", b(rs == Some("in archive recovery")));
-    metric("patroni_postgres_server_version", "gauge", "Version of Postgres (if running), 0 otherwise.", srv.map(|x| x.server_version).unwrap_or(0).to_string());
+    metric(
+        "patroni_postgres_streaming",
+        "gauge",
+        "Value is 1 if Postgres is streaming, 0 otherwise.",
+        b(rs == Some("streaming")),
+    );
+    metric(
+        "patroni_postgres_in_archive_recovery",
+        "gauge",
+        "Value is 1 if Postgres is replicating from archive, 0 otherwise.",
+        b(rs == Some("in archive recovery")),
+    );
+    metric(
+        "patroni_postgres_server_version",
+        "gauge",
+        "Version of Postgres (if running), 0 otherwise.",
+        srv.map(|x| x.server_version).unwrap_or(0).to_string(),
+    );
     let unlocked = s.dcs_ok && s.cluster.as_ref().is_some_and(|c| c.leader.is_none());
-    metric("patroni_cluster_unlocked", "gauge", "Value is 1 if the cluster is unlocked, 0 if locked.", b(unlocked));
-    metric("patroni_failsafe_mode_is_active", "gauge", "Value is 1 if failsafe mode is active, 0 if inactive.", b(false));
-    metric("patroni_postgres_timeline", "counter", "Postgres timeline of this node (if running), 0 otherwise.", srv.and_then(|x| x.timeline).unwrap_or(0).to_string());
-    metric("patroni_dcs_last_seen", "gauge", "Epoch timestamp when DCS was last contacted successfully by Patroni.", s.dcs_last_seen.unwrap_or(0).to_string());
-    metric("patroni_pending_restart", "gauge", "Value is 1 if the node needs a restart, 0 otherwise.", b(false));
-    metric("patroni_is_paused", "gauge", "Value is 1 if auto failover is disabled, 0 otherwise.", b(s.paused));
-    metric("patroni_postgres_state", "gauge", "Numeric representation of Postgres state.", s.state.metric_index().to_string());
+    metric(
+        "patroni_cluster_unlocked",
+        "gauge",
+        "Value is 1 if the cluster is unlocked, 0 if locked.",
+        b(unlocked),
+    );
+    metric(
+        "patroni_failsafe_mode_is_active",
+        "gauge",
+        "Value is 1 if failsafe mode is active, 0 if inactive.",
+        b(false),
+    );
+    metric(
+        "patroni_postgres_timeline",
+        "counter",
+        "Postgres timeline of this node (if running), 0 otherwise.",
+        srv.and_then(|x| x.timeline).unwrap_or(0).to_string(),
+    );
+    metric(
+        "patroni_dcs_last_seen",
+        "gauge",
+        "Epoch timestamp when DCS was last contacted successfully by Patroni.",
+        s.dcs_last_seen.unwrap_or(0).to_string(),
+    );
+    metric(
+        "patroni_pending_restart",
+        "gauge",
+        "Value is 1 if the node needs a restart, 0 otherwise.",
+        b(false),
+    );
+    metric(
+        "patroni_is_paused",
+        "gauge",
+        "Value is 1 if auto failover is disabled, 0 otherwise.",
+        b(s.paused),
+    );
+    metric(
+        "patroni_postgres_state",
+        "gauge",
+        "Numeric representation of Postgres state.",
+        s.state.metric_index().to_string(),
+    );
     out
 }
 
@@ -432,7 +566,8 @@ mod tests {
     use shared::dcs::{Cluster, Status};
 
     fn snap(role: Role, lock: bool) -> Snapshot {
-        let cfg = shared::config::Config::from_yaml(crate::tests_support::MIN_YAML, "test").unwrap();
+        let cfg =
+            shared::config::Config::from_yaml(crate::tests_support::MIN_YAML, "test").unwrap();
         let mut s = Snapshot::initial(&cfg);
         s.state = PgState::Running;
         s.role = role;
@@ -460,14 +595,27 @@ mod tests {
     }
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn primary_endpoints() {
         let now = Instant::now();
         let p = snap(Role::Primary, true);
-        for path in ["", "primary", "master", "read-write", "leader", "read-only", "health", "liveness", "readiness"] {
+        for path in [
+            "",
+            "primary",
+            "master",
+            "read-write",
+            "leader",
+            "read-only",
+            "health",
+            "liveness",
+            "readiness",
+        ] {
             assert_eq!(health_code(path, &[], &p, now), 200, "{path}");
         }
         for path in ["replica", "standby-leader", "async", "sync", "nonsense"] {
@@ -483,7 +631,14 @@ mod tests {
     fn replica_endpoints_and_filters() {
         let now = Instant::now();
         let r = snap(Role::Replica, false);
-        for path in ["replica", "read-only", "health", "async", "liveness", "readiness"] {
+        for path in [
+            "replica",
+            "read-only",
+            "health",
+            "async",
+            "liveness",
+            "readiness",
+        ] {
             assert_eq!(health_code(path, &[], &r, now), 200, "{path}");
         }
         for path in ["", "primary", "leader", "sync"] {
@@ -492,13 +647,25 @@ mod tests {
         // lag: optime 1000, replayed 900
         assert_eq!(health_code("replica", &q(&[("lag", "50")]), &r, now), 503);
         assert_eq!(health_code("replica", &q(&[("lag", "1kB")]), &r, now), 200);
-        assert_eq!(health_code("replica", &q(&[("lag", "bogus")]), &r, now), 503);
+        assert_eq!(
+            health_code("replica", &q(&[("lag", "bogus")]), &r, now),
+            503
+        );
         // tags
         let mut tagged = r.clone();
         tagged.tags.insert("dc".into(), json!("east"));
-        assert_eq!(health_code("replica", &q(&[("tag_dc", "east")]), &tagged, now), 200);
-        assert_eq!(health_code("replica", &q(&[("tag_dc", "west")]), &tagged, now), 503);
-        assert_eq!(health_code("replica", &q(&[("tag_rack", "1")]), &tagged, now), 503);
+        assert_eq!(
+            health_code("replica", &q(&[("tag_dc", "east")]), &tagged, now),
+            200
+        );
+        assert_eq!(
+            health_code("replica", &q(&[("tag_dc", "west")]), &tagged, now),
+            503
+        );
+        assert_eq!(
+            health_code("replica", &q(&[("tag_rack", "1")]), &tagged, now),
+            503
+        );
         tagged.tags.insert("noloadbalance".into(), json!(true));
         assert_eq!(health_code("replica", &[], &tagged, now), 503);
         // stopped replica
@@ -529,21 +696,30 @@ mod tests {
         down.state = PgState::Stopped;
         down.server = None;
         let d = status_json(&down);
-        assert!(d.get("xlog").is_none(), "a stopped node must not advertise a WAL position");
+        assert!(
+            d.get("xlog").is_none(),
+            "a stopped node must not advertise a WAL position"
+        );
         assert_eq!(d["state"], "stopped");
     }
 
     #[test]
     fn metrics_have_patroni_names() {
         let m = metrics(&snap(Role::Primary, true));
-        assert!(m.contains("patroni_version{scope=\"demo\",name=\"n1\"} 040104"), "{m}");
+        assert!(
+            m.contains("patroni_version{scope=\"demo\",name=\"n1\"} 040104"),
+            "{m}"
+        );
         assert!(m.contains("patroni_primary{scope=\"demo\",name=\"n1\"} 1"));
         assert!(m.contains("patroni_postgres_state{scope=\"demo\",name=\"n1\"} 5"));
     }
 
     #[test]
     fn query_decoding() {
-        assert_eq!(parse_query(Some("lag=16MB&tag_dc=e%61st")), q(&[("lag", "16MB"), ("tag_dc", "east")]));
+        assert_eq!(
+            parse_query(Some("lag=16MB&tag_dc=e%61st")),
+            q(&[("lag", "16MB"), ("tag_dc", "east")])
+        );
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
     }

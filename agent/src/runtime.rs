@@ -63,7 +63,6 @@ impl Snapshot {
             sysid: None,
         }
     }
-
 }
 
 /// A background operation and its outcome channel.
@@ -168,7 +167,10 @@ impl<K: Kv> Agent<K> {
                         WatchEvent::Put(kv) => {
                             let rel = kv.key.strip_prefix(&prefix).unwrap_or("");
                             match rel {
-                                keys::LEADER | keys::CONFIG | keys::STATUS | keys::FAILOVER
+                                keys::LEADER
+                                | keys::CONFIG
+                                | keys::STATUS
+                                | keys::FAILOVER
                                 | keys::INITIALIZE => true,
                                 _ => {
                                     rel.starts_with(keys::MEMBERS)
@@ -215,11 +217,12 @@ impl<K: Kv> Agent<K> {
                 None
             }
         };
-        let dynamic = cluster.as_ref().map(|c| c.dynamic_config()).unwrap_or_else(|| {
-            DynamicConfig {
+        let dynamic = cluster
+            .as_ref()
+            .map(|c| c.dynamic_config())
+            .unwrap_or_else(|| DynamicConfig {
                 raw: self.cfg.bootstrap.dcs.clone(),
-            }
-        });
+            });
         let timing = dynamic.timing();
         self.dcs.set_ttl(timing.ttl as i64);
         if cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
@@ -259,7 +262,9 @@ impl<K: Kv> Agent<K> {
             };
             ha::decide(&obs)
         };
-        let mut again = self.execute(&decision, cluster.as_ref(), &server, &dynamic).await;
+        let mut again = self
+            .execute(&decision, cluster.as_ref(), &server, &dynamic)
+            .await;
 
         // Publish our member key and snapshot.
         let (pg_view, server) = if again {
@@ -293,7 +298,10 @@ impl<K: Kv> Agent<K> {
             role,
             server: server.clone(),
             lock_until,
-            cluster: cluster.clone().map(Arc::new).or_else(|| prev.cluster.clone()),
+            cluster: cluster
+                .clone()
+                .map(Arc::new)
+                .or_else(|| prev.cluster.clone()),
             dcs_ok: cluster.is_some(),
             dcs_last_seen: if cluster.is_some() {
                 Some(unix_now())
@@ -517,7 +525,10 @@ impl<K: Kv> Agent<K> {
             Action::BootstrapIfWon => {
                 if self.dcs.race_initialize().await? {
                     info!("won the initialize race: bootstrapping a new cluster with initdb");
-                    self.spawn_job(Job::Bootstrap, bootstrap(self.cfg.clone(), self.pg.clone(), self.dcs.clone()));
+                    self.spawn_job(
+                        Job::Bootstrap,
+                        bootstrap(self.cfg.clone(), self.pg.clone(), self.dcs.clone()),
+                    );
                 } else {
                     info!("another member is bootstrapping the cluster; waiting for it");
                 }
@@ -537,7 +548,10 @@ impl<K: Kv> Agent<K> {
             }
             Action::AdoptInitialize { sysid } => {
                 if self.dcs.adopt_initialize(sysid).await? {
-                    info!(sysid, "stored the system identifier of the existing data directory in initialize");
+                    info!(
+                        sysid,
+                        "stored the system identifier of the existing data directory in initialize"
+                    );
                 }
                 Ok(Step::Continue)
             }
@@ -558,7 +572,13 @@ impl<K: Kv> Agent<K> {
                 let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
                 self.spawn_job(
                     Job::Start,
-                    start_postgres(self.pg.clone(), params, dynamic.pg_hba(), replica_of, timeout),
+                    start_postgres(
+                        self.pg.clone(),
+                        params,
+                        dynamic.pg_hba(),
+                        replica_of,
+                        timeout,
+                    ),
                 );
                 Ok(Step::Continue)
             }
@@ -630,7 +650,9 @@ impl<K: Kv> Agent<K> {
                     raw: self.cfg.bootstrap.dcs.clone(),
                 };
                 self.dcs.set_config(&cfg, None).await?;
-                info!("wrote the dynamic configuration from bootstrap.dcs (the config key was missing or invalid)");
+                info!(
+                    "wrote the dynamic configuration from bootstrap.dcs (the config key was missing or invalid)"
+                );
                 Ok(Step::Continue)
             }
             Action::PublishStatus => {
@@ -642,7 +664,11 @@ impl<K: Kv> Agent<K> {
         }
     }
 
-    fn spawn_job(&mut self, kind: Job, fut: impl std::future::Future<Output = Result<()>> + Send + 'static) {
+    fn spawn_job(
+        &mut self,
+        kind: Job,
+        fut: impl std::future::Future<Output = Result<()>> + Send + 'static,
+    ) {
         let wake = self.wake.clone();
         let handle = tokio::spawn(async move {
             let r = fut.await;
@@ -695,9 +721,15 @@ impl<K: Kv> Agent<K> {
             if wanted.contains(&name) || !self.member_slots.contains(&name) {
                 continue;
             }
-            let since = *self.slot_missing_since.entry(name.clone()).or_insert_with(Instant::now);
+            let since = *self
+                .slot_missing_since
+                .entry(name.clone())
+                .or_insert_with(Instant::now);
             if since.elapsed() > ttl {
-                info!(slot = name, "dropping the slot of a member gone for over member_slots_ttl");
+                info!(
+                    slot = name,
+                    "dropping the slot of a member gone for over member_slots_ttl"
+                );
                 self.pg.drop_slot(&name).await?;
                 self.slot_missing_since.remove(&name);
                 self.member_slots.remove(&name);
@@ -805,7 +837,9 @@ impl<K: Kv> Agent<K> {
             .and_then(|c| c.leader.as_ref())
             .is_some_and(|l| l.name == self.cfg.name);
         if paused {
-            info!("shutting down while paused: leaving PostgreSQL running and the leader key in place");
+            info!(
+                "shutting down while paused: leaving PostgreSQL running and the leader key in place"
+            );
             return;
         }
         let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
@@ -818,7 +852,10 @@ impl<K: Kv> Agent<K> {
             if let Ok(cd) = self.pg.controldata().await
                 && let Some(lsn) = cd.checkpoint_lsn
             {
-                let mut status = cluster.as_ref().map(|c| c.status.clone()).unwrap_or_default();
+                let mut status = cluster
+                    .as_ref()
+                    .map(|c| c.status.clone())
+                    .unwrap_or_default();
                 status.optime = Some(lsn.0);
                 if let Err(e) = self.dcs.write_status(&status).await {
                     warn!("cannot write the final status: {e}");
@@ -849,7 +886,10 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn futures_join_all<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
+async fn futures_join_all<
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+>(
     futs: impl Iterator<Item = F>,
 ) -> Vec<T> {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();
@@ -903,17 +943,27 @@ async fn clone_replica(
     hba: Option<Vec<String>>,
 ) -> Result<()> {
     let started = Instant::now();
-    info!(host = from.host, port = from.port, "creating replica with pg_basebackup");
+    info!(
+        host = from.host,
+        port = from.port,
+        "creating replica with pg_basebackup"
+    );
     pg.write_pgpass()?;
     std::fs::create_dir_all(pg.data_dir())
         .with_context(|| format!("cannot create {}", pg.data_dir().display()))?;
     set_mode_0700(pg.data_dir());
     pg.basebackup(&from).await?;
-    info!(seconds = started.elapsed().as_secs_f32(), "pg_basebackup finished");
+    info!(
+        seconds = started.elapsed().as_secs_f32(),
+        "pg_basebackup finished"
+    );
     let upstream = leader.or(Some(from));
     let timeout = Duration::from_secs(120);
     start_postgres(pg, params, hba, Some(upstream), timeout).await?;
-    info!(seconds = started.elapsed().as_secs_f32(), "replica is running");
+    info!(
+        seconds = started.elapsed().as_secs_f32(),
+        "replica is running"
+    );
     Ok(())
 }
 
@@ -926,7 +976,9 @@ fn set_mode_0700(dir: &std::path::Path) {
 async fn bootstrap<K: Kv>(cfg: Arc<Config>, pg: Arc<Postgres>, dcs: Arc<Dcs<K>>) -> Result<()> {
     let result = bootstrap_steps(&cfg, &pg, &dcs).await;
     if let Err(e) = &result {
-        error!("bootstrap failed: {e:#}; removing the initialize key so another attempt can be made");
+        error!(
+            "bootstrap failed: {e:#}; removing the initialize key so another attempt can be made"
+        );
         if let Err(e) = dcs.cancel_initialization().await {
             warn!("cannot delete the initialize key: {e}");
         }
@@ -947,14 +999,18 @@ async fn bootstrap_steps<K: Kv>(cfg: &Config, pg: &Postgres, dcs: &Dcs<K>) -> Re
     let started = Instant::now();
     info!(data_dir = %pg.data_dir().display(), "running initdb");
     pg.initdb().await?;
-    info!(seconds = started.elapsed().as_secs_f32(), "initdb finished; starting PostgreSQL");
+    info!(
+        seconds = started.elapsed().as_secs_f32(),
+        "initdb finished; starting PostgreSQL"
+    );
     let dynamic = DynamicConfig {
         raw: cfg.bootstrap.dcs.clone(),
     };
     pg.write_pgpass()?;
     pg.write_config(&dynamic.parameters(), None)?;
     pg.write_hba(dynamic.pg_hba(), true)?;
-    pg.start(Duration::from_secs(cfg.postgresql.pg_ctl_timeout)).await?;
+    pg.start(Duration::from_secs(cfg.postgresql.pg_ctl_timeout))
+        .await?;
     info!("creating roles");
     pg.create_roles().await?;
     if let Some(script) = &cfg.bootstrap.post_bootstrap {
@@ -972,4 +1028,3 @@ async fn bootstrap_steps<K: Kv>(cfg: &Config, pg: &Postgres, dcs: &Dcs<K>) -> Re
     );
     Ok(())
 }
-

@@ -28,7 +28,11 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 }
 
 fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    let out = agent().args(args).env_remove("PATRONI_CONFIGURATION").output().unwrap();
+    let out = agent()
+        .args(args)
+        .env_remove("PATRONI_CONFIGURATION")
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -43,7 +47,11 @@ fn valid_config_exits_zero() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, "good.yml", &GOOD.replace("/tmp/pgpilot-cli-test", &dir.path().display().to_string()));
+    let p = write(
+        &dir,
+        "good.yml",
+        &GOOD.replace("/tmp/pgpilot-cli-test", &dir.path().display().to_string()),
+    );
     let (code, out, err) = run(&["--validate-config".as_ref(), p.as_os_str()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("configuration is valid"));
@@ -55,18 +63,29 @@ fn invalid_yaml_exits_two_with_the_line() {
     let p = write(&dir, "bad.yml", "scope: demo\nname: [oops\nrestapi: x\n");
     let (code, _, err) = run(&["--validate-config".as_ref(), p.as_os_str()]);
     assert_eq!(code, 2);
-    assert!(err.contains("invalid YAML") && err.contains("line"), "{err}");
+    assert!(
+        err.contains("invalid YAML") && err.contains("line"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_data_dir_and_wrong_bin_dir_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, "nodata.yml", &GOOD.replace("  data_dir: /tmp/pgpilot-cli-test/data\n", ""));
+    let p = write(
+        &dir,
+        "nodata.yml",
+        &GOOD.replace("  data_dir: /tmp/pgpilot-cli-test/data\n", ""),
+    );
     let (code, _, err) = run(&["--validate-config".as_ref(), p.as_os_str()]);
     assert_eq!(code, 2);
     assert!(err.contains("postgresql.data_dir: is required"), "{err}");
 
-    let p = write(&dir, "nobin.yml", &GOOD.replace("/usr/lib/postgresql/15/bin", "/nonexistent/bin"));
+    let p = write(
+        &dir,
+        "nobin.yml",
+        &GOOD.replace("/usr/lib/postgresql/15/bin", "/nonexistent/bin"),
+    );
     let (code, _, err) = run(&["--validate-config".as_ref(), p.as_os_str()]);
     assert_eq!(code, 2);
     assert!(err.contains("postgresql.bin_dir"), "{err}");
@@ -79,7 +98,11 @@ fn missing_data_dir_and_wrong_bin_dir_are_named() {
 #[test]
 fn secrets_are_not_printed() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, "bad.yml", &GOOD.replace("listen: 127.0.0.1:5432", "listen: nowhere"));
+    let p = write(
+        &dir,
+        "bad.yml",
+        &GOOD.replace("listen: 127.0.0.1:5432", "listen: nowhere"),
+    );
     let (code, out, err) = run(&["--validate-config".as_ref(), p.as_os_str()]);
     assert_eq!(code, 2);
     assert!(err.contains("postgresql.listen"), "{err}");
@@ -100,5 +123,8 @@ fn missing_file_and_no_config() {
 fn help_teaches() {
     let (code, out, _) = run(&["--help".as_ref()]);
     assert_eq!(code, 0);
-    assert!(out.contains("--validate-config") && out.contains("Examples"), "{out}");
+    assert!(
+        out.contains("--validate-config") && out.contains("Examples"),
+        "{out}"
+    );
 }

@@ -83,30 +83,6 @@ impl MemberClient {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peer_status_from_patroni_bodies() {
-        let replica: Value = serde_json::from_str(
-            r#"{"state":"running","role":"replica","xlog":{"received_location":100,"replayed_location":90,"replayed_timestamp":null,"paused":false},"timeline":3,"tags":{"nofailover":true}}"#,
-        )
-        .unwrap();
-        let p = PeerStatus::from_json(&replica);
-        assert!(p.has_wal && !p.is_primary);
-        assert_eq!(p.wal_position, Some(100));
-        assert_eq!(p.timeline, Some(3));
-        let primary: Value =
-            serde_json::from_str(r#"{"role":"primary","xlog":{"location":500}}"#).unwrap();
-        let p = PeerStatus::from_json(&primary);
-        assert!(p.is_primary);
-        assert_eq!(p.wal_position, Some(500));
-        let down: Value = serde_json::from_str(r#"{"state":"stopped","role":"replica"}"#).unwrap();
-        assert!(!PeerStatus::from_json(&down).has_wal);
-    }
-}
-
 /// The `GET /cluster` body for a cluster view, as Patroni renders it: members sorted by name with
 /// cluster roles (`leader`, `sync_standby`, `replica`, …), `X/X` LSNs and lags in bytes against
 /// the leader's last known position.
@@ -128,7 +104,11 @@ pub fn cluster_json(cluster: &crate::dcs::Cluster) -> Value {
                 "leader"
             }
         } else if sync.is_some_and(|s| s.is_sync(&m.name)) {
-            if quorum_mode { "quorum_standby" } else { "sync_standby" }
+            if quorum_mode {
+                "quorum_standby"
+            } else {
+                "sync_standby"
+            }
         } else {
             "replica"
         };
@@ -136,7 +116,9 @@ pub fn cluster_json(cluster: &crate::dcs::Cluster) -> Value {
         o.insert("name".into(), json!(m.name));
         o.insert("role".into(), json!(role));
         let state = if !is_leader {
-            d.replication_state.clone().unwrap_or_else(|| d.state.clone())
+            d.replication_state
+                .clone()
+                .unwrap_or_else(|| d.state.clone())
         } else {
             d.state.clone()
         };
@@ -203,4 +185,28 @@ pub fn cluster_json(cluster: &crate::dcs::Cluster) -> Value {
         out.insert("scheduled_switchover".into(), Value::Object(s));
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_status_from_patroni_bodies() {
+        let replica: Value = serde_json::from_str(
+            r#"{"state":"running","role":"replica","xlog":{"received_location":100,"replayed_location":90,"replayed_timestamp":null,"paused":false},"timeline":3,"tags":{"nofailover":true}}"#,
+        )
+        .unwrap();
+        let p = PeerStatus::from_json(&replica);
+        assert!(p.has_wal && !p.is_primary);
+        assert_eq!(p.wal_position, Some(100));
+        assert_eq!(p.timeline, Some(3));
+        let primary: Value =
+            serde_json::from_str(r#"{"role":"primary","xlog":{"location":500}}"#).unwrap();
+        let p = PeerStatus::from_json(&primary);
+        assert!(p.is_primary);
+        assert_eq!(p.wal_position, Some(500));
+        let down: Value = serde_json::from_str(r#"{"state":"stopped","role":"replica"}"#).unwrap();
+        assert!(!PeerStatus::from_json(&down).has_wal);
+    }
 }

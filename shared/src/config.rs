@@ -53,7 +53,9 @@ pub enum ConfigError {
     Yaml { origin: String, message: String },
     #[error("{origin}: the top level must be a mapping of keys to values")]
     NotAMapping { origin: String },
-    #[error("no configuration: give a config file, or set PATRONI_CONFIGURATION, or PATRONI_* variables (at least PATRONI_NAME and PATRONI_SCOPE)")]
+    #[error(
+        "no configuration: give a config file, or set PATRONI_CONFIGURATION, or PATRONI_* variables (at least PATRONI_NAME and PATRONI_SCOPE)"
+    )]
     Missing,
     #[error("invalid configuration:\n{}", .0.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigIssue>),
@@ -87,7 +89,11 @@ pub struct RestApiConfig {
 impl RestApiConfig {
     /// `api_url` published in the member key.
     pub fn api_url(&self) -> String {
-        let scheme = if self.certfile.is_some() { "https" } else { "http" };
+        let scheme = if self.certfile.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}/patroni", self.connect_address)
     }
 }
@@ -297,7 +303,10 @@ impl Config {
                 (tree, p.display().to_string())
             }
             None => match env.iter().find(|(k, _)| k == "PATRONI_CONFIGURATION") {
-                Some((_, text)) => (parse_yaml(text, "PATRONI_CONFIGURATION")?, "PATRONI_CONFIGURATION".to_string()),
+                Some((_, text)) => (
+                    parse_yaml(text, "PATRONI_CONFIGURATION")?,
+                    "PATRONI_CONFIGURATION".to_string(),
+                ),
                 None => {
                     let mut tree = Map::new();
                     apply_env(&mut tree, &env);
@@ -344,7 +353,13 @@ impl Config {
                 message: format!("{} is not a directory", dir.display()),
             });
         }
-        for bin in ["pg_ctl", "initdb", "pg_basebackup", "pg_controldata", "postgres"] {
+        for bin in [
+            "pg_ctl",
+            "initdb",
+            "pg_basebackup",
+            "pg_controldata",
+            "postgres",
+        ] {
             let path = self.postgresql.binary(bin);
             let found = if path.is_absolute() || path.components().count() > 1 {
                 path.is_file()
@@ -526,7 +541,8 @@ fn apply_env(tree: &mut Map<String, Value>, env: &[(String, String)]) {
                     set_path(tree, &["etcd", &lower(k)], env_dcs_value(k, val))
                 } else {
                     for role in ["SUPERUSER", "REPLICATION", "REWIND"] {
-                        if let Some(field) = rest.strip_prefix(role).and_then(|r| r.strip_prefix('_'))
+                        if let Some(field) =
+                            rest.strip_prefix(role).and_then(|r| r.strip_prefix('_'))
                             && AUTH_FIELDS.contains(&field)
                         {
                             set_path(
@@ -544,10 +560,11 @@ fn apply_env(tree: &mut Map<String, Value>, env: &[(String, String)]) {
 
 /// `PATRONI_ETCD3_HOSTS` may be a YAML list or a comma-separated string.
 fn env_dcs_value(key: &str, val: &str) -> Value {
-    if key == "HOSTS" && val.trim_start().starts_with('[') {
-        if let Ok(v @ Value::Array(_)) = serde_saphyr::from_str::<Value>(val) {
-            return v;
-        }
+    if key == "HOSTS"
+        && val.trim_start().starts_with('[')
+        && let Ok(v @ Value::Array(_)) = serde_saphyr::from_str::<Value>(val)
+    {
+        return v;
     }
     Value::String(val.to_string())
 }
@@ -661,7 +678,10 @@ impl<'a> Reader<'a> {
                 Some(n.as_i64() == Some(1))
             }
             other => {
-                self.err(key, format!("expected true or false, found {}", kind(other)));
+                self.err(
+                    key,
+                    format!("expected true or false, found {}", kind(other)),
+                );
                 None
             }
         }
@@ -672,7 +692,10 @@ impl<'a> Reader<'a> {
             Value::Number(n) if n.is_i64() => n.as_i64(),
             Value::String(s) if s.trim().parse::<i64>().is_ok() => s.trim().parse().ok(),
             other => {
-                self.err(key, format!("expected an integer, found {}", describe(other)));
+                self.err(
+                    key,
+                    format!("expected an integer, found {}", describe(other)),
+                );
                 None
             }
         }
@@ -772,13 +795,14 @@ impl<'a> Reader<'a> {
     /// Every key present in the tree that no reader asked for, outside free-form sections.
     fn unknown_keys(&self) -> Vec<ConfigIssue> {
         let mut out = Vec::new();
-        let mut stack: Vec<(String, &Value)> = self
-            .tree
-            .iter()
-            .map(|(k, v)| (k.clone(), v))
-            .collect();
+        let mut stack: Vec<(String, &Value)> =
+            self.tree.iter().map(|(k, v)| (k.clone(), v)).collect();
         while let Some((path, value)) = stack.pop() {
-            if self.open.iter().any(|o| path == *o || path.starts_with(&format!("{o}."))) {
+            if self
+                .open
+                .iter()
+                .any(|o| path == *o || path.starts_with(&format!("{o}.")))
+            {
                 continue;
             }
             let known = self.seen.iter().any(|s| s == &path);
@@ -885,7 +909,10 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     let namespace = r.string("namespace").unwrap_or_else(|| "/service".into());
     let name = r.required_string("name");
     if name == "__patroni_strict_sync_replica_placeholder__" {
-        r.err("name", "this name is reserved by Patroni's synchronous mode");
+        r.err(
+            "name",
+            "this name is reserved by Patroni's synchronous mode",
+        );
     }
 
     // REST API
@@ -894,7 +921,9 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     }
     let restapi = RestApiConfig {
         listen: r.address("restapi.listen", true).unwrap_or_default(),
-        connect_address: r.address("restapi.connect_address", true).unwrap_or_default(),
+        connect_address: r
+            .address("restapi.connect_address", true)
+            .unwrap_or_default(),
         authentication: r.basic_auth("restapi.authentication"),
         certfile: r.string("restapi.certfile"),
     };
@@ -918,7 +947,10 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         });
         read_etcd(r, "etcd")
     } else {
-        r.err("etcd3", "is required: the etcd v3 endpoints (hosts) that hold cluster state");
+        r.err(
+            "etcd3",
+            "is required: the etcd v3 endpoints (hosts) that hold cluster state",
+        );
         EtcdConfig::default()
     };
 
@@ -956,16 +988,23 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         r.open.push(format!("bootstrap.{method}"));
         r.err(
             "bootstrap.method",
-            format!("custom bootstrap method {method:?} is not supported by pgpilot yet; use initdb"),
+            format!(
+                "custom bootstrap method {method:?} is not supported by pgpilot yet; use initdb"
+            ),
         );
     }
 
     // PostgreSQL
     if r.get("postgresql").is_none() {
-        r.err("postgresql", "is required (listen, connect_address, data_dir, authentication)");
+        r.err(
+            "postgresql",
+            "is required (listen, connect_address, data_dir, authentication)",
+        );
     }
     let pg_listen = r.address("postgresql.listen", true).unwrap_or_default();
-    let pg_connect = r.address("postgresql.connect_address", true).unwrap_or_default();
+    let pg_connect = r
+        .address("postgresql.connect_address", true)
+        .unwrap_or_default();
     let data_dir = PathBuf::from(r.required_string("postgresql.data_dir"));
     let bin_name = r
         .open_map("postgresql.bin_name")
@@ -976,7 +1015,9 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         .string("postgresql.pgpass")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/tmp".into());
             home.join("pgpass")
         });
     let superuser = r
@@ -989,7 +1030,10 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     let parameters = r.open_map("postgresql.parameters");
     let pg_ctl_timeout = r.integer("postgresql.pg_ctl_timeout").unwrap_or(60);
     if pg_ctl_timeout <= 0 {
-        r.err("postgresql.pg_ctl_timeout", "must be a positive number of seconds");
+        r.err(
+            "postgresql.pg_ctl_timeout",
+            "must be a positive number of seconds",
+        );
     }
     let basebackup = match r.get("postgresql.basebackup") {
         Some(Value::Array(items)) => {
@@ -1020,7 +1064,9 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         bin_dir: r.string("postgresql.bin_dir").map(PathBuf::from),
         bin_name,
         pgpass,
-        database: r.string("postgresql.database").unwrap_or_else(|| "postgres".into()),
+        database: r
+            .string("postgresql.database")
+            .unwrap_or_else(|| "postgres".into()),
         superuser,
         replication,
         rewind,
@@ -1055,7 +1101,8 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     if tags.nofailover.is_some() && tags.failover_priority.is_some() {
         r.notes.push(ConfigIssue {
             key: "tags.failover_priority".into(),
-            message: "both nofailover and failover_priority are set: nofailover wins; keep one".into(),
+            message: "both nofailover and failover_priority are set: nofailover wins; keep one"
+                .into(),
         });
     }
     if tags.nosync.is_some() && tags.sync_priority.is_some() {
@@ -1106,11 +1153,17 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
     for (i, h) in hosts.iter().enumerate() {
         let bare = h.split("://").last().unwrap_or(h).trim_end_matches('/');
         if split_host_port(bare).is_none() {
-            r.err(&format!("{section}.hosts[{i}]"), format!("{h:?} is not host:port"));
+            r.err(
+                &format!("{section}.hosts[{i}]"),
+                format!("{h:?} is not host:port"),
+            );
         }
     }
     if hosts.is_empty() {
-        r.err(&format!("{section}.hosts"), "at least one etcd endpoint (host:port) is required");
+        r.err(
+            &format!("{section}.hosts"),
+            "at least one etcd endpoint (host:port) is required",
+        );
     }
     EtcdConfig {
         hosts,
@@ -1124,12 +1177,25 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
 /// command-line option, refusing the options pgpilot must control itself.
 fn initdb_option(item: &Value) -> Result<String, String> {
     const FORBIDDEN: [&str; 13] = [
-        "pgdata", "nosync", "pwfile", "sync-only", "version", "format", "wal-method",
-        "xlog-method", "dbname", "host", "port", "username", "password",
+        "pgdata",
+        "nosync",
+        "pwfile",
+        "sync-only",
+        "version",
+        "format",
+        "wal-method",
+        "xlog-method",
+        "dbname",
+        "host",
+        "port",
+        "username",
+        "password",
     ];
     let check = |k: &str| {
         if FORBIDDEN.contains(&k) {
-            Err(format!("option {k:?} is set by pgpilot itself and may not be given here"))
+            Err(format!(
+                "option {k:?} is set by pgpilot itself and may not be given here"
+            ))
         } else {
             Ok(())
         }
@@ -1148,7 +1214,12 @@ fn initdb_option(item: &Value) -> Result<String, String> {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),
                 Value::Bool(b) => b.to_string(),
-                other => return Err(format!("value of {k:?} must be a scalar, found {}", kind(other))),
+                other => {
+                    return Err(format!(
+                        "value of {k:?} must be a scalar, found {}",
+                        kind(other)
+                    ));
+                }
             };
             Ok(format!("--{k}={v}"))
         }

@@ -6,7 +6,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A WAL position in bytes, as PostgreSQL's `pg_lsn` and Patroni's integer `xlog_location`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -263,8 +265,14 @@ mod tests {
     #[test]
     fn roles_and_states_round_trip() {
         assert_eq!(Role::parse("master"), Some(Role::Primary));
-        assert_eq!(Role::parse(Role::StandbyLeader.as_str()), Some(Role::StandbyLeader));
-        assert_eq!(PgState::parse("creating replica"), Some(PgState::CreatingReplica));
+        assert_eq!(
+            Role::parse(Role::StandbyLeader.as_str()),
+            Some(Role::StandbyLeader)
+        );
+        assert_eq!(
+            PgState::parse("creating replica"),
+            Some(PgState::CreatingReplica)
+        );
         assert_eq!(PgState::Running.metric_index(), 5);
         assert_eq!(PgState::parse("nonsense"), None);
     }

@@ -4,8 +4,12 @@ use shared::config::{Config, ConfigError};
 use std::path::Path;
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
-        .expect("fixture")
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
 }
 
 fn invalid_keys(yaml: &str) -> Vec<String> {
@@ -25,10 +29,19 @@ fn vmware_seed_parses() {
     assert_eq!(c.etcd.hosts.len(), 3);
     assert_eq!(c.etcd.endpoints()[0], "http://10.0.0.1:2379");
     assert_eq!(c.restapi.api_url(), "http://10.0.0.11:8008/patroni");
-    assert_eq!(c.postgresql.conn_url(), "postgres://10.0.0.11:5432/postgres");
+    assert_eq!(
+        c.postgresql.conn_url(),
+        "postgres://10.0.0.11:5432/postgres"
+    );
     assert_eq!(c.postgresql.replication.username, "replicator");
-    assert_eq!(c.postgresql.rewind.as_ref().unwrap().username, "rewind_user");
-    assert_eq!(c.bootstrap.initdb, vec!["--encoding=UTF8", "--data-checksums"]);
+    assert_eq!(
+        c.postgresql.rewind.as_ref().unwrap().username,
+        "rewind_user"
+    );
+    assert_eq!(
+        c.bootstrap.initdb,
+        vec!["--encoding=UTF8", "--data-checksums"]
+    );
     assert_eq!(c.bootstrap.pg_hba.len(), 2);
     assert_eq!(c.bootstrap.dcs["ttl"], 30);
     // 'on' stays a string when quoted; YAML 1.1 booleans are accepted unquoted
@@ -38,7 +51,11 @@ fn vmware_seed_parses() {
     );
     assert!(!c.tags.no_failover());
     // the etcd (v2) section is read as etcd3, with a warning that says so
-    assert!(c.warnings.iter().any(|w| w.key == "etcd"), "{:?}", c.warnings);
+    assert!(
+        c.warnings.iter().any(|w| w.key == "etcd"),
+        "{:?}",
+        c.warnings
+    );
     // all-false boolean tags are not published
     assert!(c.tags.published().is_empty());
 }
@@ -47,16 +64,29 @@ fn vmware_seed_parses() {
 fn cluster_in_a_box_seed_parses() {
     let c = Config::from_yaml(&fixture("cluster_in_a_box.yml"), "box.yml").unwrap();
     assert_eq!(c.key_prefix(), "/db/demo-cluster-1/");
-    assert_eq!(c.restapi.authentication.as_ref().unwrap().username, "patroni");
-    assert_eq!(c.postgresql.local_host_port(), ("127.0.0.1".to_string(), 5432));
+    assert_eq!(
+        c.restapi.authentication.as_ref().unwrap().username,
+        "patroni"
+    );
+    assert_eq!(
+        c.postgresql.local_host_port(),
+        ("127.0.0.1".to_string(), 5432)
+    );
     assert_eq!(
         c.postgresql.binary("pg_ctl"),
         Path::new("/usr/pgsql-14/bin/pg_ctl")
     );
-    assert!(c.bootstrap.initdb.contains(&"--auth-host=scram-sha-256".to_string()));
+    assert!(
+        c.bootstrap
+            .initdb
+            .contains(&"--auth-host=scram-sha-256".to_string())
+    );
     assert_eq!(c.tags.priority(), 1);
     // nofailover false is kept in the member tags when failover_priority is present
-    assert_eq!(c.tags.published().get("nofailover"), Some(&serde_json::json!(false)));
+    assert_eq!(
+        c.tags.published().get("nofailover"),
+        Some(&serde_json::json!(false))
+    );
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert_eq!(c.warnings[0].key, "tags.failover_priority");
 }
@@ -65,7 +95,12 @@ fn cluster_in_a_box_seed_parses() {
 fn secrets_never_appear_in_debug_output() {
     let c = Config::from_yaml(&fixture("cluster_in_a_box.yml"), "box.yml").unwrap();
     let dbg = format!("{c:?}");
-    for secret in ["mySupeSecretPassword", "confidential", "my-super-password", "rewind_password"] {
+    for secret in [
+        "mySupeSecretPassword",
+        "confidential",
+        "my-super-password",
+        "rewind_password",
+    ] {
         assert!(!dbg.contains(secret), "{secret} leaked");
     }
 }
@@ -78,8 +113,14 @@ fn environment_overrides_the_file() {
         ("PATRONI_REPLICATION_PASSWORD".into(), "env-pass".into()),
         ("PATRONI_RESTAPI_USERNAME".into(), "api".into()),
         ("PATRONI_RESTAPI_PASSWORD".into(), "api-pass".into()),
-        ("PATRONI_ETCD3_HOSTS".into(), "['10.9.9.9:2379','10.9.9.8:2379']".into()),
-        ("PATRONI_POSTGRESQL_BIN_PG_CTL".into(), "pg_ctl.custom".into()),
+        (
+            "PATRONI_ETCD3_HOSTS".into(),
+            "['10.9.9.9:2379','10.9.9.8:2379']".into(),
+        ),
+        (
+            "PATRONI_POSTGRESQL_BIN_PG_CTL".into(),
+            "pg_ctl.custom".into(),
+        ),
         ("UNRELATED".into(), "x".into()),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -88,7 +129,10 @@ fn environment_overrides_the_file() {
     let c = Config::load(Some(&path), env).unwrap();
     assert_eq!(c.name, "from-env");
     assert_eq!(c.postgresql.data_dir, Path::new("/data/env"));
-    assert_eq!(c.postgresql.replication.password.as_ref().unwrap().expose(), "env-pass");
+    assert_eq!(
+        c.postgresql.replication.password.as_ref().unwrap().expose(),
+        "env-pass"
+    );
     assert_eq!(c.restapi.authentication.as_ref().unwrap().username, "api");
     assert_eq!(c.etcd.hosts, vec!["10.9.9.9:2379", "10.9.9.8:2379"]);
     assert!(c.postgresql.binary("pg_ctl").ends_with("pg_ctl.custom"));
@@ -116,14 +160,21 @@ fn patroni_configuration_variable_and_env_only() {
     .collect();
     let c = Config::load(None, env).unwrap();
     assert_eq!(c.scope, "s");
-    assert!(matches!(Config::load(None, Vec::new()), Err(ConfigError::Missing)));
+    assert!(matches!(
+        Config::load(None, Vec::new()),
+        Err(ConfigError::Missing)
+    ));
 }
 
 #[test]
 fn directory_of_files_is_merged_in_order() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("00-base.yml"), fixture("vmware.yml")).unwrap();
-    std::fs::write(dir.path().join("10-local.yaml"), "name: override\npostgresql:\n  data_dir: /x\n").unwrap();
+    std::fs::write(
+        dir.path().join("10-local.yaml"),
+        "name: override\npostgresql:\n  data_dir: /x\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("README"), "not yaml: [").unwrap();
     let c = Config::load(Some(dir.path()), Vec::new()).unwrap();
     assert_eq!(c.name, "override");
@@ -151,7 +202,12 @@ fn missing_and_wrong_keys_are_all_reported() {
         .replace("    ttl: 30\n", "    ttl: 2\n")
         .replace("  nofailover: false\n", "  nofailover: maybe\n");
     let keys = invalid_keys(&yaml);
-    for k in ["postgresql.data_dir", "restapi.listen", "bootstrap.dcs.ttl", "tags.nofailover"] {
+    for k in [
+        "postgresql.data_dir",
+        "restapi.listen",
+        "bootstrap.dcs.ttl",
+        "tags.nofailover",
+    ] {
         assert!(keys.contains(&k.to_string()), "{k} not in {keys:?}");
     }
 }
@@ -164,23 +220,36 @@ fn required_sections_and_unsupported_stores() {
     }
     let raft = fixture("cluster_in_a_box.yml").replace("etcd3:", "raft:");
     assert!(invalid_keys(&raft).contains(&"raft".to_string()));
-    let both = fixture("cluster_in_a_box.yml").replace("  nofailover: false\n", "  nofailover: true\n");
+    let both =
+        fixture("cluster_in_a_box.yml").replace("  nofailover: false\n", "  nofailover: true\n");
     let c = Config::from_yaml(&both, "both.yml").unwrap();
-    assert!(c.tags.no_failover(), "an explicit nofailover wins over failover_priority");
+    assert!(
+        c.tags.no_failover(),
+        "an explicit nofailover wins over failover_priority"
+    );
     let forbidden = fixture("vmware.yml").replace("    - data-checksums\n", "    - pgdata: /x\n");
     assert!(invalid_keys(&forbidden).contains(&"bootstrap.initdb[1]".to_string()));
 }
 
 #[test]
 fn unknown_keys_are_warnings() {
-    let yaml = format!("{}\nmystery: 1\npostgresql_typo: {{}}\n", fixture("vmware.yml"))
-        .replace("  pgpass: /tmp/pgpass0\n", "  pgpass: /tmp/pgpass0\n  data_dri: /oops\n");
+    let yaml = format!(
+        "{}\nmystery: 1\npostgresql_typo: {{}}\n",
+        fixture("vmware.yml")
+    )
+    .replace(
+        "  pgpass: /tmp/pgpass0\n",
+        "  pgpass: /tmp/pgpass0\n  data_dri: /oops\n",
+    );
     let c = Config::from_yaml(&yaml, "t.yml").unwrap();
     let keys: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
     assert!(keys.contains(&"mystery"), "{keys:?}");
     assert!(keys.contains(&"postgresql.data_dri"), "{keys:?}");
     // free-form sections never warn
-    assert!(!keys.iter().any(|k| k.starts_with("bootstrap.dcs")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("bootstrap.dcs")),
+        "{keys:?}"
+    );
 }
 
 #[test]
@@ -191,5 +260,8 @@ fn wrong_bin_dir_is_reported_by_the_environment_check() {
     );
     let c = Config::from_yaml(&yaml, "t.yml").unwrap();
     let issues = c.check_environment();
-    assert!(issues.iter().any(|i| i.key == "postgresql.bin_dir"), "{issues:?}");
+    assert!(
+        issues.iter().any(|i| i.key == "postgresql.bin_dir"),
+        "{issues:?}"
+    );
 }

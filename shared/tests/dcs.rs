@@ -47,13 +47,19 @@ fn other_values_round_trip() {
     let history = r#"[[3,50331816,"no recovery target specified","2025-03-02T10:14:55.204871+00:00","node2"],[4,83886208,"no recovery target specified","2025-03-09T08:01:12.551002+00:00","node1"]]"#;
     let h = parse_history(history).unwrap();
     assert_eq!(history_json(&h), history);
-    assert_eq!(parse_history(r#"[[1,100,"old"]]"#).unwrap()[0].timestamp, None);
+    assert_eq!(
+        parse_history(r#"[[1,100,"old"]]"#).unwrap()[0].timestamp,
+        None
+    );
     assert_eq!(history_json(&parse_history("[]").unwrap()), "[]");
 
     let f = r#"{"leader":"node1","member":"node2","scheduled_at":"2025-04-01T02:00:00+00:00"}"#;
     assert_eq!(Failover::parse(f).unwrap().to_json(), f);
     assert!(Failover::parse("{}").is_none());
-    assert_eq!(Failover::parse("node1:node2").unwrap().member.as_deref(), Some("node2"));
+    assert_eq!(
+        Failover::parse("node1:node2").unwrap().member.as_deref(),
+        Some("node2")
+    );
 
     let sync = r#"{"leader":"node1","quorum":0,"sync_standby":"node2,node3"}"#;
     let s = SyncState::parse(sync).unwrap();
@@ -71,11 +77,35 @@ fn other_values_round_trip() {
 #[test]
 fn timing_limits() {
     let t = |j: &str| DynamicConfig::parse(j).unwrap().timing();
-    assert_eq!(t("{}"), Timing { ttl: 30, loop_wait: 10, retry_timeout: 10 });
+    assert_eq!(
+        t("{}"),
+        Timing {
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10
+        }
+    );
     // pgpilot accepts a 5 s ttl, keeping loop_wait + 2*retry_timeout <= ttl
-    assert_eq!(t(r#"{"ttl":5,"loop_wait":1,"retry_timeout":2}"#), Timing { ttl: 5, loop_wait: 1, retry_timeout: 2 });
-    assert_eq!(t(r#"{"ttl":10,"loop_wait":10,"retry_timeout":3}"#).loop_wait, 4);
-    assert_eq!(t(r#"{"ttl":6,"loop_wait":5,"retry_timeout":5}"#), Timing { ttl: 6, loop_wait: 1, retry_timeout: 2 });
+    assert_eq!(
+        t(r#"{"ttl":5,"loop_wait":1,"retry_timeout":2}"#),
+        Timing {
+            ttl: 5,
+            loop_wait: 1,
+            retry_timeout: 2
+        }
+    );
+    assert_eq!(
+        t(r#"{"ttl":10,"loop_wait":10,"retry_timeout":3}"#).loop_wait,
+        4
+    );
+    assert_eq!(
+        t(r#"{"ttl":6,"loop_wait":5,"retry_timeout":5}"#),
+        Timing {
+            ttl: 6,
+            loop_wait: 1,
+            retry_timeout: 2
+        }
+    );
     assert_eq!(t(r#"{"ttl":1}"#).ttl, 5);
 }
 
@@ -163,9 +193,16 @@ async fn member_keys_are_lease_bound_and_written_only_on_change() {
     a.touch_member(&m).await.unwrap();
     let rev1 = a.load().await.unwrap().revision;
     a.touch_member(&m).await.unwrap();
-    assert_eq!(a.load().await.unwrap().revision, rev1, "unchanged member key rewritten");
+    assert_eq!(
+        a.load().await.unwrap().revision,
+        rev1,
+        "unchanged member key rewritten"
+    );
     let dump = store.dump();
-    let key = dump.iter().find(|k| k.key == "/service/demo/members/a").unwrap();
+    let key = dump
+        .iter()
+        .find(|k| k.key == "/service/demo/members/a")
+        .unwrap();
     assert_eq!(key.value, REPLICA);
     assert_ne!(key.lease, 0);
     store.advance_ms(11_000);
@@ -186,11 +223,18 @@ async fn config_and_failover_compare_and_swap() {
     let rev = c.config.as_ref().unwrap().mod_revision;
     let paused = DynamicConfig::parse(r#"{"ttl":30,"pause":true}"#).unwrap();
     assert!(a.set_config(&paused, Some(rev)).await.unwrap());
-    assert!(!a.set_config(&cfg, Some(rev)).await.unwrap(), "stale revision must lose");
+    assert!(
+        !a.set_config(&cfg, Some(rev)).await.unwrap(),
+        "stale revision must lose"
+    );
     assert!(a.load().await.unwrap().is_paused());
 
     a.set_failover(None, None).await.unwrap();
-    let raw = store.dump().into_iter().find(|k| k.key.ends_with("/failover")).unwrap();
+    let raw = store
+        .dump()
+        .into_iter()
+        .find(|k| k.key.ends_with("/failover"))
+        .unwrap();
     assert_eq!(raw.value, "{}");
 }
 
@@ -201,7 +245,10 @@ async fn a_partitioned_client_fails_and_others_continue() {
     let a = Dcs::new(kv.clone(), "/service", "demo", "a", 10);
     let b = Dcs::new(store.client(), "/service", "demo", "b", 10);
     kv.set_cut(true);
-    assert!(matches!(a.load().await, Err(DcsError::Kv(KvError::Unavailable(_)))));
+    assert!(matches!(
+        a.load().await,
+        Err(DcsError::Kv(KvError::Unavailable(_)))
+    ));
     assert!(b.acquire_leader().await.unwrap());
     kv.set_cut(false);
     assert_eq!(a.load().await.unwrap().leader.unwrap().name, "b");

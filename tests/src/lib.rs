@@ -174,7 +174,10 @@ impl Etcd {
 
     /// Starts etcd and waits until it answers.
     pub fn start(&mut self) -> Result<()> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new("etcd")
@@ -240,7 +243,10 @@ impl Etcd {
         for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
             let key = String::from_utf8(b64.decode(kv["key"].as_str().unwrap_or(""))?)?;
             let value = String::from_utf8(b64.decode(kv["value"].as_str().unwrap_or(""))?)?;
-            let lease = kv["lease"].as_str().and_then(|l| l.parse().ok()).unwrap_or(0);
+            let lease = kv["lease"]
+                .as_str()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
             out.push((key, value, lease));
         }
         Ok(out)
@@ -251,7 +257,10 @@ impl Etcd {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         let body = serde_json::json!({"key": b64.encode(key), "value": b64.encode(value)});
-        let (code, text) = http_post(&format!("http://{}/v3/kv/put", self.endpoint()), &body.to_string())?;
+        let (code, text) = http_post(
+            &format!("http://{}/v3/kv/put", self.endpoint()),
+            &body.to_string(),
+        )?;
         if code != 200 {
             bail!("etcd put returned {code}: {text}");
         }
@@ -272,7 +281,9 @@ pub fn http_post(url: &str, body: &str) -> Result<(u16, String)> {
 /// A blocking HTTP request with a 5 s timeout (tests and the demo only talk to loopback).
 pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Result<(u16, String)> {
     use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("only http:// URLs"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("only http:// URLs"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -297,7 +308,10 @@ pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Result<(u16,
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("bad HTTP response from {url}"))?;
     let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let payload = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(payload)
     } else {
         payload.to_string()
@@ -309,7 +323,9 @@ fn dechunk(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || tail.len() < n {
             break;
         }
@@ -343,7 +359,9 @@ impl Node {
     /// `GET /patroni` as JSON.
     pub fn status(&self) -> Option<Value> {
         let (code, body) = self.get("/patroni").ok()?;
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     /// A libpq connection string to this node's PostgreSQL as the superuser.
@@ -456,7 +474,10 @@ impl TestCluster {
             Command::new(&agent)
         };
         cmd.arg(&node.config_path)
-            .env("PGPILOT_LOG", std::env::var("PGPILOT_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "PGPILOT_LOG",
+                std::env::var("PGPILOT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -512,7 +533,11 @@ impl TestCluster {
             let log = n.log();
             let lines: Vec<&str> = log.lines().collect();
             let start = lines.len().saturating_sub(25);
-            out.push_str(&format!("--- {} ---\n{}\n", n.name, lines[start..].join("\n")));
+            out.push_str(&format!(
+                "--- {} ---\n{}\n",
+                n.name,
+                lines[start..].join("\n")
+            ));
         }
         out
     }

@@ -9,7 +9,10 @@ const HEALTHY: Duration = Duration::from_secs(120);
 
 fn prerequisites() -> bool {
     let ok = std::path::Path::new(PG_BIN).join("postgres").exists()
-        && std::process::Command::new("etcd").arg("--version").output().is_ok()
+        && std::process::Command::new("etcd")
+            .arg("--version")
+            .output()
+            .is_ok()
         && agent_bin().is_file();
     if !ok {
         eprintln!("skipped: needs postgresql-15, etcd-server and a built agent (cargo build)");
@@ -46,7 +49,11 @@ fn bootstrap_replicate_observe_and_restart() {
     let replicas: Vec<usize> = (0..3).filter(|i| *i != p).collect();
 
     // a row written on the primary is read on both replicas
-    sql(primary, "CREATE TABLE t(id int primary key, v text); INSERT INTO t VALUES (1, 'hello')").unwrap();
+    sql(
+        primary,
+        "CREATE TABLE t(id int primary key, v text); INSERT INTO t VALUES (1, 'hello')",
+    )
+    .unwrap();
     for &r in &replicas {
         wait_for("row replicated", Duration::from_secs(30), || {
             sql(&c.nodes[r], "SELECT v FROM t WHERE id = 1")
@@ -91,17 +98,25 @@ fn bootstrap_replicate_observe_and_restart() {
         assert!(st["database_system_identifier"].as_str().unwrap().len() >= 10);
         if is_p {
             assert!(st["xlog"]["location"].as_u64().unwrap() > 0);
-            wait_for("both walsenders in /patroni", Duration::from_secs(30), || {
-                n.status()
-                    .filter(|s| s["replication"].as_array().is_some_and(|r| r.len() == 2))
-            })
+            wait_for(
+                "both walsenders in /patroni",
+                Duration::from_secs(30),
+                || {
+                    n.status()
+                        .filter(|s| s["replication"].as_array().is_some_and(|r| r.len() == 2))
+                },
+            )
             .unwrap();
         } else {
             assert!(st["xlog"]["replayed_location"].as_u64().unwrap() > 0);
         }
         let (code, metrics) = n.get("/metrics").unwrap();
         assert_eq!(code, 200);
-        let line = format!("patroni_primary{{scope=\"e2e\",name=\"{}\"}} {}", n.name, i32::from(is_p));
+        let line = format!(
+            "patroni_primary{{scope=\"e2e\",name=\"{}\"}} {}",
+            n.name,
+            i32::from(is_p)
+        );
         assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
     }
     let (code, body) = http_post(&primary.api("/switchover"), "{}").unwrap();
@@ -109,12 +124,20 @@ fn bootstrap_replicate_observe_and_restart() {
     assert!(json(&body)["error"].is_string(), "{body}");
 
     // /cluster shows the three members with roles and lag
-    wait_for("replicas streaming in /cluster", Duration::from_secs(30), || {
-        let (_, body) = primary.get("/cluster").ok()?;
-        let v = json(&body);
-        let n = v["members"].as_array()?.iter().filter(|m| m["state"] == "streaming").count();
-        (n == 2).then_some(())
-    })
+    wait_for(
+        "replicas streaming in /cluster",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = primary.get("/cluster").ok()?;
+            let v = json(&body);
+            let n = v["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["state"] == "streaming")
+                .count();
+            (n == 2).then_some(())
+        },
+    )
     .unwrap();
     let (code, body) = primary.get("/cluster").unwrap();
     assert_eq!(code, 200);
@@ -144,9 +167,15 @@ fn bootstrap_replicate_observe_and_restart() {
 
     // the etcd keys have Patroni's names and shapes
     let keys = etcd.get_prefix("/service/e2e/").unwrap();
-    let get = |k: &str| keys.iter().find(|(key, _, _)| key == &format!("/service/e2e/{k}"));
+    let get = |k: &str| {
+        keys.iter()
+            .find(|(key, _, _)| key == &format!("/service/e2e/{k}"))
+    };
     let (_, sysid, _) = get("initialize").expect("initialize");
-    assert!(sysid.len() >= 10 && sysid.chars().all(|c| c.is_ascii_digit()), "{sysid}");
+    assert!(
+        sysid.len() >= 10 && sysid.chars().all(|c| c.is_ascii_digit()),
+        "{sysid}"
+    );
     let (_, leader, leader_lease) = get("leader").expect("leader");
     assert_eq!(leader, &primary.name);
     assert_ne!(*leader_lease, 0, "leader key must be lease-bound");
@@ -157,27 +186,47 @@ fn bootstrap_replicate_observe_and_restart() {
     for n in &c.nodes {
         let (_, raw, lease) = get(&format!("members/{}", n.name)).expect("member key");
         assert_ne!(*lease, 0, "member key must be lease-bound");
-        assert!(raw.starts_with(r#"{"conn_url":"postgres://127.0.0.1:"#), "{raw}");
+        assert!(
+            raw.starts_with(r#"{"conn_url":"postgres://127.0.0.1:"#),
+            "{raw}"
+        );
         let m = json(raw);
         for f in ["conn_url", "api_url", "state", "role", "version"] {
             assert!(m[f].is_string(), "{f} missing in {raw}");
         }
-        assert!(m["xlog_location"].is_u64() && m["timeline"].is_u64(), "{raw}");
+        assert!(
+            m["xlog_location"].is_u64() && m["timeline"].is_u64(),
+            "{raw}"
+        );
     }
     // the other scope lives beside it, untouched
     let other_keys = etcd.get_prefix("/service/other/").unwrap();
-    assert!(other_keys.iter().any(|(k, v, _)| k == "/service/other/leader" && v == "other-node1"));
-    assert_eq!(other_keys.iter().filter(|(k, _, _)| k.contains("/members/")).count(), 1);
+    assert!(
+        other_keys
+            .iter()
+            .any(|(k, v, _)| k == "/service/other/leader" && v == "other-node1")
+    );
+    assert_eq!(
+        other_keys
+            .iter()
+            .filter(|(k, _, _)| k.contains("/members/"))
+            .count(),
+        1
+    );
 
     // garbage in a member key is ignored with a warning, never a crash
-    etcd.put("/service/e2e/members/ghost", "garbage{not json").unwrap();
+    etcd.put("/service/e2e/members/ghost", "garbage{not json")
+        .unwrap();
     etcd.put("/service/e2e/history", "not json either").unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let (code, body) = primary.get("/cluster").unwrap();
     assert_eq!(code, 200);
     assert_eq!(json(&body)["members"].as_array().unwrap().len(), 3);
     wait_for("garbage warning in a log", Duration::from_secs(30), || {
-        c.nodes.iter().any(|n| n.log().contains("ignoring member key")).then_some(())
+        c.nodes
+            .iter()
+            .any(|n| n.log().contains("ignoring member key"))
+            .then_some(())
     })
     .unwrap();
     for n in c.nodes.iter_mut() {
@@ -188,15 +237,30 @@ fn bootstrap_replicate_observe_and_restart() {
     // restart every agent: the same cluster comes back, no second initdb
     c.shutdown();
     for n in &c.nodes {
-        assert!(n.postmaster_pid().is_none() || !std::path::Path::new(&format!("/proc/{}", n.postmaster_pid().unwrap())).exists(),
-            "{} left PostgreSQL running", n.name);
+        assert!(
+            n.postmaster_pid().is_none()
+                || !std::path::Path::new(&format!("/proc/{}", n.postmaster_pid().unwrap()))
+                    .exists(),
+            "{} left PostgreSQL running",
+            n.name
+        );
     }
     c.start_all().unwrap();
     let p2 = c.wait_healthy(HEALTHY).unwrap();
     let keys = etcd.get_prefix("/service/e2e/initialize").unwrap();
-    assert_eq!(&keys[0].1, sysid, "system identifier changed: the cluster was re-created");
-    assert_eq!(sql(&c.nodes[p2], "SELECT v FROM t WHERE id = 1").unwrap(), vec!["hello"]);
-    let initdb_runs: usize = c.nodes.iter().map(|n| n.log().matches("running initdb").count()).sum();
+    assert_eq!(
+        &keys[0].1, sysid,
+        "system identifier changed: the cluster was re-created"
+    );
+    assert_eq!(
+        sql(&c.nodes[p2], "SELECT v FROM t WHERE id = 1").unwrap(),
+        vec!["hello"]
+    );
+    let initdb_runs: usize = c
+        .nodes
+        .iter()
+        .map(|n| n.log().matches("running initdb").count())
+        .sum();
     assert_eq!(initdb_runs, 1, "initdb ran again after a restart");
     other.shutdown();
     c.shutdown();
@@ -215,12 +279,16 @@ fn agents_started_before_etcd_wait_for_it() {
     };
     let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
     c.start_all().unwrap();
-    wait_for("a clear log line about etcd", Duration::from_secs(60), || {
-        c.nodes
-            .iter()
-            .all(|n| n.log().contains("cannot reach etcd"))
-            .then_some(())
-    })
+    wait_for(
+        "a clear log line about etcd",
+        Duration::from_secs(60),
+        || {
+            c.nodes
+                .iter()
+                .all(|n| n.log().contains("cannot reach etcd"))
+                .then_some(())
+        },
+    )
     .unwrap();
     for n in c.nodes.iter_mut() {
         assert!(n.agent.as_mut().unwrap().is_running(), "{} gave up", n.name);
@@ -261,9 +329,17 @@ fn sigterm_on_the_leader_hands_over_at_once() {
     })
     .unwrap();
     let idx = c.nodes.iter().position(|n| n.name == new_leader).unwrap();
-    wait_for("the new leader to accept writes", Duration::from_secs(60), || {
-        sql(&c.nodes[idx], "CREATE TABLE IF NOT EXISTS after_handover(x int)").ok()
-    })
+    wait_for(
+        "the new leader to accept writes",
+        Duration::from_secs(60),
+        || {
+            sql(
+                &c.nodes[idx],
+                "CREATE TABLE IF NOT EXISTS after_handover(x int)",
+            )
+            .ok()
+        },
+    )
     .unwrap();
     c.shutdown();
 }

@@ -57,7 +57,6 @@ fn map_err(e: etcd_client::Error) -> KvError {
     }
 }
 
-
 fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -143,7 +142,11 @@ impl Kv for EtcdKv {
     }
 
     async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
-        let resp = self.client().lease_grant(ttl, None).await.map_err(map_err)?;
+        let resp = self
+            .client()
+            .lease_grant(ttl, None)
+            .await
+            .map_err(map_err)?;
         Ok(resp.id())
     }
 
@@ -188,7 +191,10 @@ impl Kv for EtcdKv {
                 match stream.message().await {
                     Ok(Some(resp)) => {
                         if resp.canceled() {
-                            warn!(reason = resp.cancel_reason(), "etcd watch cancelled; reloading");
+                            warn!(
+                                reason = resp.cancel_reason(),
+                                "etcd watch cancelled; reloading"
+                            );
                             next_rev = 0;
                             if tx.send(WatchEvent::Reset).await.is_err() {
                                 return;

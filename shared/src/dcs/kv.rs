@@ -32,7 +32,9 @@ pub enum Cond {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     Put(KeyValue),
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
     /// The watch was interrupted; the watcher must reload the whole prefix.
     Reset,
 }

@@ -64,7 +64,11 @@ impl State {
         }
         self.revision += 1;
         let rev = self.revision;
-        let create_revision = self.keys.get(key).map(|kv| kv.create_revision).unwrap_or(rev);
+        let create_revision = self
+            .keys
+            .get(key)
+            .map(|kv| kv.create_revision)
+            .unwrap_or(rev);
         let kv = KeyValue {
             key: key.to_string(),
             value: value.to_string(),
@@ -169,7 +173,9 @@ impl MemKv {
 
     fn run<R>(&self, f: impl FnOnce(&mut State) -> Result<R, KvError>) -> Result<R, KvError> {
         if self.cut.load(Ordering::SeqCst) {
-            return Err(KvError::Unavailable("partitioned from etcd (simulated)".into()));
+            return Err(KvError::Unavailable(
+                "partitioned from etcd (simulated)".into(),
+            ));
         }
         self.store.with(f)
     }

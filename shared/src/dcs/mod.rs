@@ -231,7 +231,12 @@ impl<K: Kv> Dcs<K> {
         let lease = self.ensure_lease().await?;
         let won = self
             .kv
-            .put_if(&self.key(keys::LEADER), &self.name, Some(lease), Cond::Absent)
+            .put_if(
+                &self.key(keys::LEADER),
+                &self.name,
+                Some(lease),
+                Cond::Absent,
+            )
             .await?;
         Ok(won)
     }
@@ -246,7 +251,12 @@ impl<K: Kv> Dcs<K> {
                 let key = self.key(keys::LEADER);
                 if self
                     .kv
-                    .put_if(&key, &self.name, Some(lease), Cond::ValueIs(self.name.clone()))
+                    .put_if(
+                        &key,
+                        &self.name,
+                        Some(lease),
+                        Cond::ValueIs(self.name.clone()),
+                    )
                     .await?
                 {
                     return Ok(true);
@@ -272,7 +282,10 @@ impl<K: Kv> Dcs<K> {
     pub async fn release_leader(&self) -> Result<bool, DcsError> {
         Ok(self
             .kv
-            .delete_if(&self.key(keys::LEADER), Some(Cond::ValueIs(self.name.clone())))
+            .delete_if(
+                &self.key(keys::LEADER),
+                Some(Cond::ValueIs(self.name.clone())),
+            )
             .await?)
     }
 
@@ -286,7 +299,10 @@ impl<K: Kv> Dcs<K> {
 
     /// Stores the system identifier in `initialize`.
     pub async fn set_initialize(&self, sysid: &str) -> Result<(), DcsError> {
-        Ok(self.kv.put(&self.key(keys::INITIALIZE), sysid, None).await?)
+        Ok(self
+            .kv
+            .put(&self.key(keys::INITIALIZE), sysid, None)
+            .await?)
     }
 
     /// Creates `initialize` with our system identifier if absent (adopting an existing data dir).
@@ -327,7 +343,12 @@ impl<K: Kv> Dcs<K> {
     pub async fn init_config(&self, config: &DynamicConfig) -> Result<bool, DcsError> {
         Ok(self
             .kv
-            .put_if(&self.key(keys::CONFIG), &config.to_json(), None, Cond::Absent)
+            .put_if(
+                &self.key(keys::CONFIG),
+                &config.to_json(),
+                None,
+                Cond::Absent,
+            )
             .await?)
     }
 
@@ -352,7 +373,9 @@ impl<K: Kv> Dcs<K> {
         version: Option<i64>,
     ) -> Result<bool, DcsError> {
         let key = self.key(keys::FAILOVER);
-        let json = failover.map(Failover::to_json).unwrap_or_else(|| "{}".into());
+        let json = failover
+            .map(Failover::to_json)
+            .unwrap_or_else(|| "{}".into());
         match version {
             Some(rev) => Ok(self
                 .kv

@@ -94,7 +94,10 @@ impl MemberData {
             receive_lsn: u("receive_lsn"),
             replication_state: s("replication_state"),
             timeline: u("timeline"),
-            scheduled_restart: o.get("scheduled_restart").filter(|v| v.is_object()).cloned(),
+            scheduled_restart: o
+                .get("scheduled_restart")
+                .filter(|v| v.is_object())
+                .cloned(),
             pause: b("pause"),
         })
     }
@@ -127,7 +130,10 @@ impl MemberData {
         let hostport = hostport.rsplit('@').next()?;
         if let Some(r) = hostport.strip_prefix('[') {
             let (h, p) = r.split_once(']')?;
-            let port = p.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(5432);
+            let port = p
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(5432);
             return Some((h.to_string(), port));
         }
         match hostport.rsplit_once(':') {
@@ -401,7 +407,9 @@ impl SyncState {
 
     /// Whether `name` is listed as synchronous (case-insensitive, as Patroni compares).
     pub fn is_sync(&self, name: &str) -> bool {
-        self.sync_standby.iter().any(|s| s.eq_ignore_ascii_case(name))
+        self.sync_standby
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
     }
 }
 
@@ -556,8 +564,7 @@ impl DynamicConfig {
             "synchronous_mode_strict",
         ] {
             if let Some(v) = raw.get(key)
-                && !(v.is_boolean()
-                    || v.as_str().and_then(crate::config::parse_bool).is_some())
+                && !(v.is_boolean() || v.as_str().and_then(crate::config::parse_bool).is_some())
             {
                 report(key, format!("expected true or false, found {v}"));
             }

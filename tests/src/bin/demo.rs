@@ -71,7 +71,9 @@ fn main() -> Result<()> {
                     m["name"].as_str().unwrap_or(""),
                     m["role"].as_str().unwrap_or(""),
                     m["state"].as_str().unwrap_or(""),
-                    m.get("lag").map(|l| l.to_string()).unwrap_or_else(|| "-".into())
+                    m.get("lag")
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "-".into())
                 );
             }
             print!("\r");

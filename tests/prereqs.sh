@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what pgpilot needs to build and run on Debian 12, only what is missing:
+# etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15. Sourced by demo.sh and run.sh.
+set -euo pipefail
+
+pgpilot_prereqs() {
+    local need=()
+    command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+    command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+    [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+    command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+    command -v gcc >/dev/null 2>&1 || need+=(build-essential)
+    if ((${#need[@]})); then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo ">> installing: ${need[*]}"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "error: cargo not found. Install Rust 1.90 or newer (https://rustup.rs), then run this again." >&2
+        exit 2
+    fi
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgpilot-target}"
+}

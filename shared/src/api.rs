@@ -209,4 +209,37 @@ mod tests {
         let down: Value = serde_json::from_str(r#"{"state":"stopped","role":"replica"}"#).unwrap();
         assert!(!PeerStatus::from_json(&down).has_wal);
     }
+
+    #[test]
+    fn cluster_json_matches_patroni_shape() {
+        use crate::dcs::{KeyValue, parse_cluster};
+        let p = "/service/demo/";
+        let kv = |k: &str, v: &str| KeyValue {
+            key: format!("{p}{k}"),
+            value: v.into(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        };
+        let c = parse_cluster(
+            p,
+            "demo",
+            &[
+                kv("leader", "node1"),
+                kv("status", r#"{"optime":83886176}"#),
+                kv("sync", r#"{"leader":"node1","quorum":0,"sync_standby":"node2"}"#),
+                kv("failover", r#"{"leader":"node1","member":"node2","scheduled_at":"2025-04-01T02:00:00+00:00"}"#),
+                kv("members/node1", r#"{"conn_url":"postgres://10.1.0.11:5432/postgres","api_url":"http://10.1.0.11:8008/patroni","state":"running","role":"primary","version":"4.1.4","xlog_location":83886176,"timeline":5}"#),
+                kv("members/node2", r#"{"conn_url":"postgres://10.1.0.12:5432/postgres","api_url":"http://10.1.0.12:8008/patroni","state":"running","role":"replica","version":"4.1.4","tags":{"clonefrom":true},"xlog_location":83886176,"replay_lsn":83886176,"receive_lsn":83886176,"replication_state":"streaming","timeline":5}"#),
+            ],
+            3,
+        );
+        let want: Value = serde_json::from_str(
+            r#"{"members":[{"name":"node1","role":"leader","state":"running","api_url":"http://10.1.0.11:8008/patroni","host":"10.1.0.11","port":5432,"timeline":5},
+            {"name":"node2","role":"sync_standby","state":"streaming","api_url":"http://10.1.0.12:8008/patroni","host":"10.1.0.12","port":5432,"timeline":5,"tags":{"clonefrom":true},"receive_lsn":"0/5000060","receive_lag":0,"replay_lsn":"0/5000060","replay_lag":0,"lsn":"0/5000060","lag":0}],
+            "scope":"demo","scheduled_switchover":{"at":"2025-04-01T02:00:00+00:00","from":"node1","to":"node2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cluster_json(&c), want);
+    }
 }

@@ -856,7 +856,9 @@ impl<K: Kv> Agent<K> {
                     .as_ref()
                     .map(|c| c.status.clone())
                     .unwrap_or_default();
-                status.optime = Some(lsn.0);
+                // One byte past the start of the shutdown checkpoint: a replica that did not
+                // receive that record counts as behind, one that did is at or past it.
+                status.optime = Some(lsn.0 + 1);
                 if let Err(e) = self.dcs.write_status(&status).await {
                     warn!("cannot write the final status: {e}");
                 }

@@ -417,17 +417,7 @@ impl Postgres {
         {
             std::fs::create_dir_all(parent).ok();
         }
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot write pgpass file {}", path.display()))?;
-        f.write_all(text.as_bytes())?;
-        Ok(())
+        write_private(path, &text).context("cannot write the pgpass file (postgresql.pgpass)")
     }
 
     /// A libpq connection string for `user` to `host:port`, password taken from the pgpass file.

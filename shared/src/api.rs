@@ -227,10 +227,22 @@ mod tests {
             &[
                 kv("leader", "node1"),
                 kv("status", r#"{"optime":83886176}"#),
-                kv("sync", r#"{"leader":"node1","quorum":0,"sync_standby":"node2"}"#),
-                kv("failover", r#"{"leader":"node1","member":"node2","scheduled_at":"2025-04-01T02:00:00+00:00"}"#),
-                kv("members/node1", r#"{"conn_url":"postgres://10.1.0.11:5432/postgres","api_url":"http://10.1.0.11:8008/patroni","state":"running","role":"primary","version":"4.1.4","xlog_location":83886176,"timeline":5}"#),
-                kv("members/node2", r#"{"conn_url":"postgres://10.1.0.12:5432/postgres","api_url":"http://10.1.0.12:8008/patroni","state":"running","role":"replica","version":"4.1.4","tags":{"clonefrom":true},"xlog_location":83886176,"replay_lsn":83886176,"receive_lsn":83886176,"replication_state":"streaming","timeline":5}"#),
+                kv(
+                    "sync",
+                    r#"{"leader":"node1","quorum":0,"sync_standby":"node2"}"#,
+                ),
+                kv(
+                    "failover",
+                    r#"{"leader":"node1","member":"node2","scheduled_at":"2025-04-01T02:00:00+00:00"}"#,
+                ),
+                kv(
+                    "members/node1",
+                    r#"{"conn_url":"postgres://10.1.0.11:5432/postgres","api_url":"http://10.1.0.11:8008/patroni","state":"running","role":"primary","version":"4.1.4","xlog_location":83886176,"timeline":5}"#,
+                ),
+                kv(
+                    "members/node2",
+                    r#"{"conn_url":"postgres://10.1.0.12:5432/postgres","api_url":"http://10.1.0.12:8008/patroni","state":"running","role":"replica","version":"4.1.4","tags":{"clonefrom":true},"xlog_location":83886176,"replay_lsn":83886176,"receive_lsn":83886176,"replication_state":"streaming","timeline":5}"#,
+                ),
             ],
             3,
         );

@@ -20,6 +20,14 @@ fn prerequisites() -> bool {
     ok
 }
 
+/// Real Patroni's `patronictl`, from `PATRONICTL` or the venv `.ci/run` installs.
+fn patronictl() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("PATRONICTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp/patroni-venv/bin/patronictl".into());
+    p.is_file().then_some(p)
+}
+
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or(Value::Null)
 }
@@ -213,6 +221,56 @@ fn bootstrap_replicate_observe_and_restart() {
             .count(),
         1
     );
+
+    // real patronictl reads the cluster pgpilot wrote
+    match patronictl() {
+        Some(ctl) => {
+            let run = |args: &[&str]| {
+                let out = std::process::Command::new(&ctl)
+                    .arg("-c")
+                    .arg(&c.nodes[0].config_path)
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "patronictl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let rows = json(&run(&["list", "-f", "json"]));
+            let rows = rows.as_array().unwrap();
+            assert_eq!(rows.len(), 3, "{rows:?}");
+            for r in rows {
+                if r["Member"] == primary.name.as_str() {
+                    assert_eq!(r["Role"], "Leader");
+                    assert_eq!(r["State"], "running");
+                } else {
+                    assert_eq!(r["Role"], "Replica");
+                    assert_eq!(r["State"], "streaming");
+                    assert!(r["Replay Lag"].is_u64(), "{r}");
+                }
+                assert_eq!(r["TL"], 1);
+            }
+            let version = run(&["version", "e2e"]);
+            for n in &c.nodes {
+                assert!(
+                    version.contains(&format!("{}: Patroni 4.1.4 PostgreSQL 15", n.name)),
+                    "{version}"
+                );
+            }
+            assert!(run(&["show-config"]).contains("loop_wait: 2"));
+            assert_eq!(
+                run(&["dsn"]).trim(),
+                format!("host=127.0.0.1 port={}", primary.pg_port)
+            );
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("patronictl is required in CI (see .ci/run)")
+        }
+        None => eprintln!("patronictl not installed: skipping the patronictl checks"),
+    }
 
     // garbage in a member key is ignored with a warning, never a crash
     etcd.put("/service/e2e/members/ghost", "garbage{not json")

@@ -232,6 +232,19 @@ fn member_address(cluster: &Cluster, name: &str) -> Option<String> {
 
 /// Decides what to do this cycle.
 pub fn decide(obs: &Observation<'_>) -> Decision {
+    if let Some(job) = obs.job {
+        // Long operations are never interrupted or doubled; the holder keeps its lock meanwhile.
+        let holds_lock = obs
+            .cluster
+            .and_then(|c| c.leader.as_ref())
+            .is_some_and(|l| l.name == obs.me);
+        let actions = if holds_lock {
+            vec![Action::RenewLock]
+        } else {
+            vec![]
+        };
+        return decision(actions, format!("{job:?} in progress"));
+    }
     let Some(cluster) = obs.cluster else {
         // etcd unreachable: a primary can no longer prove it holds the lock.
         if obs.pg.running && !obs.pg.in_recovery {
@@ -244,15 +257,6 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     };
     let holds_lock = cluster.leader.as_ref().is_some_and(|l| l.name == obs.me);
     let paused = cluster.is_paused();
-
-    if let Some(job) = obs.job {
-        let actions = if holds_lock {
-            vec![Action::RenewLock]
-        } else {
-            vec![]
-        };
-        return decision(actions, format!("{job:?} in progress"));
-    }
 
     let (sysid, was_primary) = match &obs.pg.data {
         DataDir::Empty => {
@@ -753,6 +757,13 @@ mod tests {
         assert_eq!(d.actions, vec![Action::Demote { upstream: None }]);
         let d = decide(&obs("n2", None, replica_pg(1, None), &[]));
         assert_eq!(d.actions, vec![]);
+    }
+
+    #[test]
+    fn a_running_job_is_never_doubled_even_without_etcd() {
+        let mut o = obs("n1", None, primary_pg(), &[]);
+        o.job = Some(Job::Demote);
+        assert_eq!(decide(&o).actions, vec![]);
     }
 
     #[test]

@@ -14,6 +14,8 @@ use shared::dcs::{Cluster, Member};
 pub enum DataDir {
     /// Missing or empty: the node must bootstrap or clone.
     Empty,
+    /// Not empty, yet no PostgreSQL cluster: never touched (it may be someone's files).
+    Foreign,
     /// An initialized data directory with this system identifier.
     Present {
         sysid: String,
@@ -259,6 +261,17 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     let paused = cluster.is_paused();
 
     let (sysid, was_primary) = match &obs.pg.data {
+        DataDir::Foreign => {
+            let actions = if holds_lock {
+                vec![Action::ReleaseLock]
+            } else {
+                vec![]
+            };
+            return decision(
+                actions,
+                "the data directory is not empty but holds no PostgreSQL cluster: refusing to initialize or clone over it; empty it or point postgresql.data_dir elsewhere",
+            );
+        }
         DataDir::Empty => {
             let mut actions = Vec::new();
             if holds_lock {
@@ -574,6 +587,20 @@ mod tests {
         pg.running = false;
         let d = decide(&obs("n2", Some(&c), pg, &[]));
         assert_eq!(d.actions, vec![Action::Clone { from: "n3".into() }]);
+    }
+
+    #[test]
+    fn a_foreign_data_directory_is_never_touched() {
+        let mut pg = replica_pg(0, None);
+        pg.data = DataDir::Foreign;
+        pg.running = false;
+        let mut c = cluster(None);
+        c.initialize = None;
+        let d = decide(&obs("n1", Some(&c), pg.clone(), &[]));
+        assert_eq!(d.actions, vec![]);
+        assert!(d.summary.contains("refusing"));
+        let d = decide(&obs("n2", Some(&cluster(Some("n1"))), pg, &[]));
+        assert_eq!(d.actions, vec![]);
     }
 
     #[test]

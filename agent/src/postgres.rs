@@ -215,6 +215,14 @@ impl Postgres {
             && self.data_dir().join("global/pg_control").is_file()
     }
 
+    /// Whether the data directory is missing or empty (safe to initialize or clone into).
+    pub fn data_dir_is_empty(&self) -> bool {
+        match std::fs::read_dir(self.data_dir()) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
     /// Reads pg_control.
     pub async fn controldata(&self) -> Result<ControlData> {
         let mut cmd = self.command("pg_controldata");

@@ -339,7 +339,11 @@ impl<K: Kv> Agent<K> {
             None
         };
         let data = if !initialized {
-            DataDir::Empty
+            if self.job.is_none() && !self.pg.data_dir_is_empty() {
+                DataDir::Foreign
+            } else {
+                DataDir::Empty
+            }
         } else if let Some(s) = &server {
             DataDir::Present {
                 sysid: s.system_identifier.clone(),
@@ -432,7 +436,7 @@ impl<K: Kv> Agent<K> {
     }
 
     fn role(&mut self, v: &PgView) -> Role {
-        let role = if v.data == DataDir::Empty {
+        let role = if matches!(v.data, DataDir::Empty | DataDir::Foreign) {
             Role::Uninitialized
         } else if v.ready {
             if v.in_recovery {

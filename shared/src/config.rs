@@ -925,7 +925,12 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
             .address("restapi.connect_address", true)
             .unwrap_or_default(),
         authentication: r.basic_auth("restapi.authentication"),
-        certfile: r.string("restapi.certfile"),
+        certfile: r.string("restapi.certfile").inspect(|_| {
+            r.err(
+                "restapi.certfile",
+                "TLS on the REST API is not supported by this pgpilot version; remove certfile/keyfile or terminate TLS in front of the agent",
+            )
+        }),
     };
     let ctl_authentication = r.basic_auth("ctl.authentication");
 
@@ -1137,8 +1142,13 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
     let protocol = r
         .string(&format!("{section}.protocol"))
         .unwrap_or_else(|| "http".into());
-    if protocol != "http" && protocol != "https" {
-        r.err(&format!("{section}.protocol"), "must be http or https");
+    match protocol.as_str() {
+        "http" => {}
+        "https" => r.err(
+            &format!("{section}.protocol"),
+            "TLS to etcd is not supported by this pgpilot version; use http",
+        ),
+        _ => r.err(&format!("{section}.protocol"), "must be http or https"),
     }
     let mut hosts = Vec::new();
     if let Some(list) = r.string_list(&format!("{section}.hosts")) {
@@ -1151,6 +1161,12 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
         hosts.push(u);
     }
     for (i, h) in hosts.iter().enumerate() {
+        if h.starts_with("https://") {
+            r.err(
+                &format!("{section}.hosts[{i}]"),
+                "TLS to etcd is not supported by this pgpilot version; use http://",
+            );
+        }
         let bare = h.split("://").last().unwrap_or(h).trim_end_matches('/');
         if split_host_port(bare).is_none() {
             r.err(

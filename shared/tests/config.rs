@@ -232,6 +232,19 @@ fn required_sections_and_unsupported_stores() {
 }
 
 #[test]
+fn unsupported_tls_is_refused_clearly() {
+    let yaml = fixture("cluster_in_a_box.yml")
+        .replace("    - 192.0.2.1:2379\n", "    - https://192.0.2.1:2379\n")
+        .replace(
+            "    password: mySupeSecretPassword\n",
+            "    password: mySupeSecretPassword\n  certfile: /etc/ssl/api.pem\n",
+        );
+    let keys = invalid_keys(&yaml);
+    assert!(keys.contains(&"etcd3.hosts[0]".to_string()), "{keys:?}");
+    assert!(keys.contains(&"restapi.certfile".to_string()), "{keys:?}");
+}
+
+#[test]
 fn unknown_keys_are_warnings() {
     let yaml = format!(
         "{}\nmystery: 1\npostgresql_typo: {{}}\n",

@@ -401,3 +401,62 @@ fn sigterm_on_the_leader_hands_over_at_once() {
     .unwrap();
     c.shutdown();
 }
+
+#[test]
+fn killed_agents_adopt_their_running_postgres_and_keep_the_lock() {
+    if !prerequisites() {
+        return;
+    }
+    let work = Workdir::new("e2e-adopt").unwrap();
+    let mut etcd = Etcd::new(&work.path);
+    etcd.start().unwrap();
+    let spec = ClusterSpec {
+        scope: "adopt".into(),
+        ttl: 30,
+        loop_wait: 2,
+        retry_timeout: 5,
+        ..Default::default()
+    };
+    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    c.start_all().unwrap();
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    let leader_key = || {
+        etcd.get_prefix("/service/adopt/leader")
+            .unwrap()
+            .first()
+            .map(|(_, v, lease)| (v.clone(), *lease))
+    };
+    let (leader, old_lease) = leader_key().unwrap();
+    assert_eq!(leader, c.nodes[p].name);
+    let postmasters: Vec<Option<i32>> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
+
+    // SIGKILL every agent: PostgreSQL keeps running, the leader key stays until its lease ends
+    for n in c.nodes.iter_mut() {
+        let mut agent = n.agent.take().unwrap();
+        agent.signal(nix::sys::signal::Signal::SIGKILL);
+        agent.child.wait().unwrap();
+    }
+    assert_eq!(leader_key().map(|(v, _)| v), Some(leader.clone()));
+    c.start_all().unwrap();
+
+    // the old leader re-attaches its new lease to the existing key and stays primary
+    wait_for(
+        "the leader key re-attached to a new lease",
+        Duration::from_secs(60),
+        || leader_key().filter(|(v, lease)| v == &leader && *lease != old_lease),
+    )
+    .map_err(|e| anyhow_msg(e, &c))
+    .unwrap();
+    assert_eq!(c.wait_healthy(HEALTHY).unwrap(), p);
+    let now: Vec<Option<i32>> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
+    assert_eq!(
+        now, postmasters,
+        "PostgreSQL was restarted instead of adopted"
+    );
+    sql(&c.nodes[p], "CREATE TABLE adopted(x int)").unwrap();
+    c.shutdown();
+}
+
+fn anyhow_msg(e: impl std::fmt::Display, c: &TestCluster) -> String {
+    format!("{e}\n{}", c.logs_tail())
+}

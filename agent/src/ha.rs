@@ -7,7 +7,7 @@
 //! ([`Action::AcquireLock`], [`Action::RenewLock`]) does not succeed, the actions after it are
 //! skipped. Anything that depends on the outcome of an action is decided in the next cycle.
 
-use shared::dcs::{Cluster, Member};
+use shared::dcs::{Cluster, Member, Timing};
 
 /// What the node knows about its data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +82,12 @@ pub struct Observation<'a> {
     pub seen_leader: bool,
     /// Seconds since this agent started.
     pub uptime_secs: u64,
+    /// ttl, loop_wait and retry_timeout in force (from the last dynamic configuration seen).
+    pub timing: Timing,
+    /// For how long etcd has been unreachable (0 when the last read worked).
+    pub dcs_unreachable_secs: u64,
+    /// Seconds since this node last renewed the leader lock, if it holds it.
+    pub lock_age_secs: Option<u64>,
 }
 
 /// One thing for the runtime to do.
@@ -248,11 +254,26 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         return decision(actions, format!("{job:?} in progress"));
     }
     let Some(cluster) = obs.cluster else {
-        // etcd unreachable: a primary can no longer prove it holds the lock.
+        // etcd unreachable: a primary can no longer prove it holds the lock. It retries for
+        // retry_timeout, and demotes sooner once less than retry_timeout of its lease is left,
+        // so it is read-only before the lease can expire and another node can lead.
+        let t = obs.timing;
         if obs.pg.running && !obs.pg.in_recovery {
+            let lease_ending = obs
+                .lock_age_secs
+                .is_none_or(|age| age + t.retry_timeout >= t.ttl);
+            if obs.dcs_unreachable_secs >= t.retry_timeout || lease_ending {
+                return decision(
+                    vec![Action::Demote { upstream: None }],
+                    "etcd is unreachable: demoting to read-only so that no second primary can appear",
+                );
+            }
             return decision(
-                vec![Action::Demote { upstream: None }],
-                "etcd is unreachable: demoting to read-only so that no second primary can appear",
+                vec![],
+                format!(
+                    "etcd is unreachable: retrying for up to {}s before demoting",
+                    t.retry_timeout
+                ),
             );
         }
         return decision(vec![], "etcd is unreachable: keeping PostgreSQL as it is");
@@ -530,6 +551,13 @@ mod tests {
             peers,
             seen_leader: true,
             uptime_secs: 1000,
+            timing: Timing {
+                ttl: 30,
+                loop_wait: 10,
+                retry_timeout: 10,
+            },
+            dcs_unreachable_secs: 0,
+            lock_age_secs: Some(1),
         }
     }
 
@@ -780,8 +808,20 @@ mod tests {
 
     #[test]
     fn primary_demotes_when_etcd_is_unreachable() {
-        let d = decide(&obs("n1", None, primary_pg(), &[]));
-        assert_eq!(d.actions, vec![Action::Demote { upstream: None }]);
+        // a short hiccup is retried
+        let mut o = obs("n1", None, primary_pg(), &[]);
+        o.dcs_unreachable_secs = 2;
+        assert_eq!(decide(&o).actions, vec![]);
+        // after retry_timeout, or when the lease could end, the primary goes read-only
+        o.dcs_unreachable_secs = 10;
+        assert_eq!(decide(&o).actions, vec![Action::Demote { upstream: None }]);
+        o.dcs_unreachable_secs = 2;
+        o.lock_age_secs = Some(15);
+        assert_eq!(decide(&o).actions, vec![]);
+        o.lock_age_secs = Some(20);
+        assert_eq!(decide(&o).actions, vec![Action::Demote { upstream: None }]);
+        o.lock_age_secs = None;
+        assert_eq!(decide(&o).actions, vec![Action::Demote { upstream: None }]);
         let d = decide(&obs("n2", None, replica_pg(1, None), &[]));
         assert_eq!(d.actions, vec![]);
     }

@@ -92,11 +92,17 @@ pub struct Agent<K: Kv> {
     last_summary: String,
     seen_leader: bool,
     started: Instant,
+    dcs_down_since: Option<Instant>,
+    /// The last dynamic configuration read (used while etcd is unreachable).
+    last_dynamic: DynamicConfig,
 }
 
 impl<K: Kv> Agent<K> {
     pub fn new(cfg: Arc<Config>, dcs: Arc<Dcs<K>>, snapshot: watch::Sender<Arc<Snapshot>>) -> Self {
         let pg = Arc::new(Postgres::new(cfg.clone()));
+        let last_dynamic = DynamicConfig {
+            raw: cfg.bootstrap.dcs.clone(),
+        };
         Agent {
             cfg,
             dcs,
@@ -116,6 +122,8 @@ impl<K: Kv> Agent<K> {
             last_summary: String::new(),
             seen_leader: false,
             started: Instant::now(),
+            dcs_down_since: None,
+            last_dynamic,
         }
     }
 
@@ -200,6 +208,7 @@ impl<K: Kv> Agent<K> {
         }
         let cluster = match self.dcs.load().await {
             Ok(c) => {
+                self.dcs_down_since = None;
                 if self.dcs_error_logged {
                     info!("etcd is reachable again");
                     self.dcs_error_logged = false;
@@ -207,6 +216,7 @@ impl<K: Kv> Agent<K> {
                 Some(c)
             }
             Err(e) => {
+                self.dcs_down_since.get_or_insert_with(Instant::now);
                 if !self.dcs_error_logged {
                     error!(
                         endpoints = ?self.cfg.etcd.hosts,
@@ -217,12 +227,22 @@ impl<K: Kv> Agent<K> {
                 None
             }
         };
-        let dynamic = cluster
-            .as_ref()
-            .map(|c| c.dynamic_config())
-            .unwrap_or_else(|| DynamicConfig {
-                raw: self.cfg.bootstrap.dcs.clone(),
-            });
+        // The dynamic configuration in force: etcd's, else bootstrap.dcs before the first
+        // bootstrap wrote it, else (etcd unreachable) the last one seen.
+        let dynamic = match cluster.as_ref() {
+            Some(c) => {
+                let d = c
+                    .config
+                    .as_ref()
+                    .map(|v| v.value.clone())
+                    .unwrap_or_else(|| DynamicConfig {
+                        raw: self.cfg.bootstrap.dcs.clone(),
+                    });
+                self.last_dynamic = d.clone();
+                d
+            }
+            None => self.last_dynamic.clone(),
+        };
         let timing = dynamic.timing();
         self.dcs.set_ttl(timing.ttl as i64);
         if cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
@@ -259,6 +279,12 @@ impl<K: Kv> Agent<K> {
                 peers: &peers,
                 seen_leader: self.seen_leader,
                 uptime_secs: self.started.elapsed().as_secs(),
+                timing,
+                dcs_unreachable_secs: self
+                    .dcs_down_since
+                    .map(|t| t.elapsed().as_secs())
+                    .unwrap_or(0),
+                lock_age_secs: self.lock_renewed.map(|t| t.elapsed().as_secs()),
             };
             ha::decide(&obs)
         };

@@ -460,3 +460,49 @@ fn killed_agents_adopt_their_running_postgres_and_keep_the_lock() {
 fn anyhow_msg(e: impl std::fmt::Display, c: &TestCluster) -> String {
     format!("{e}\n{}", c.logs_tail())
 }
+
+#[test]
+fn losing_etcd_makes_the_primary_read_only_and_nobody_promotes() {
+    if !prerequisites() {
+        return;
+    }
+    let work = Workdir::new("e2e-etcdloss").unwrap();
+    let mut etcd = Etcd::new(&work.path);
+    etcd.start().unwrap();
+    let spec = ClusterSpec {
+        scope: "etcdloss".into(),
+        ..Default::default()
+    };
+    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    c.start_all().unwrap();
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    etcd.stop();
+    // the primary stops accepting writes; no replica becomes writable
+    wait_for(
+        "the primary to go read-only",
+        Duration::from_secs(60),
+        || {
+            sql(&c.nodes[p], "SELECT pg_is_in_recovery()")
+                .ok()
+                .filter(|v| v == &["t"])
+        },
+    )
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert!(c.nodes[p].log().contains("etcd is unreachable: demoting"));
+    std::thread::sleep(Duration::from_secs(3));
+    for n in &c.nodes {
+        assert_eq!(
+            sql(n, "SELECT pg_is_in_recovery()").unwrap(),
+            vec!["t"],
+            "{} is writable",
+            n.name
+        );
+        let (code, _) = n.get("/primary").unwrap();
+        assert_eq!(code, 503, "{} answers /primary without etcd", n.name);
+    }
+    // etcd back: the cluster heals by itself
+    etcd.start().unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    c.shutdown();
+}

@@ -2,9 +2,11 @@
 //! API, and runs the HA loop that keeps this PostgreSQL server in its cluster.
 
 mod ha;
+mod jobs;
 mod postgres;
 mod rest;
 mod runtime;
+mod snapshot;
 #[cfg(test)]
 mod tests_support;
 

@@ -4,8 +4,10 @@
 //! on postmaster exit and when a background job finishes.
 
 use crate::ha::{self, Action, DataDir, Decision, Job, Observation, PeerReport, PgView};
+use crate::jobs::{bootstrap, clone_replica, start_postgres, wipe_data_dir};
 use crate::postgres::{Postgres, ServerStatus, Upstream};
-use anyhow::{Context, Result, anyhow};
+pub use crate::snapshot::Snapshot;
+use anyhow::{Result, anyhow};
 use serde_json::{Map, Value};
 use shared::api::{MemberClient, PeerStatus};
 use shared::config::Config;
@@ -18,52 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
-
-/// What the REST API serves: the node's state as of the last cycle.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub name: String,
-    pub scope: String,
-    pub state: PgState,
-    pub role: Role,
-    pub server: Option<ServerStatus>,
-    /// We hold the leader lock until this instant (last successful renewal + ttl).
-    pub lock_until: Option<Instant>,
-    /// Last cluster view read from etcd.
-    pub cluster: Option<Arc<Cluster>>,
-    /// Whether the last etcd read succeeded.
-    pub dcs_ok: bool,
-    /// Unix time of the last successful etcd read.
-    pub dcs_last_seen: Option<u64>,
-    pub last_cycle: Instant,
-    pub paused: bool,
-    pub ttl: u64,
-    pub maximum_lag_on_failover: u64,
-    pub tags: Map<String, Value>,
-    pub sysid: Option<String>,
-}
-
-impl Snapshot {
-    pub fn initial(cfg: &Config) -> Snapshot {
-        Snapshot {
-            name: cfg.name.clone(),
-            scope: cfg.scope.clone(),
-            state: PgState::Stopped,
-            role: Role::Uninitialized,
-            server: None,
-            lock_until: None,
-            cluster: None,
-            dcs_ok: false,
-            dcs_last_seen: None,
-            last_cycle: Instant::now(),
-            paused: false,
-            ttl: 30,
-            maximum_lag_on_failover: 1 << 20,
-            tags: cfg.tags.published(),
-            sysid: None,
-        }
-    }
-}
 
 /// A background operation and its outcome channel.
 struct RunningJob {
@@ -672,7 +628,8 @@ impl<K: Kv> Agent<K> {
                 Ok(Step::Continue)
             }
             Action::EnsureSlots { members } => {
-                self.ensure_slots(members).await?;
+                let keep = Duration::from_secs(dynamic.member_slots_ttl());
+                self.ensure_slots(members, keep).await?;
                 Ok(Step::Continue)
             }
             Action::WriteConfig => {
@@ -735,7 +692,7 @@ impl<K: Kv> Agent<K> {
         }
     }
 
-    async fn ensure_slots(&mut self, members: &[String]) -> Result<()> {
+    async fn ensure_slots(&mut self, members: &[String], keep: Duration) -> Result<()> {
         let existing = self.pg.slots().await?;
         let wanted: HashSet<String> = members.iter().map(|m| slot_name(m)).collect();
         for name in &wanted {
@@ -746,7 +703,6 @@ impl<K: Kv> Agent<K> {
                 info!(slot = name, "created replication slot for member");
             }
         }
-        let ttl = Duration::from_secs(1800);
         for (name, _) in existing {
             if wanted.contains(&name) || !self.member_slots.contains(&name) {
                 continue;
@@ -755,7 +711,7 @@ impl<K: Kv> Agent<K> {
                 .slot_missing_since
                 .entry(name.clone())
                 .or_insert_with(Instant::now);
-            if since.elapsed() > ttl {
+            if since.elapsed() > keep {
                 info!(
                     slot = name,
                     "dropping the slot of a member gone for over member_slots_ttl"
@@ -937,126 +893,4 @@ async fn futures_join_all<
 fn upstream_of(cluster: &Cluster, member: &str) -> Option<Upstream> {
     let (host, port) = cluster.member(member)?.data.host_port()?;
     Some(Upstream { host, port })
-}
-
-fn wipe_data_dir(dir: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-        }
-    }
-}
-
-/// Writes the configuration files and starts PostgreSQL.
-async fn start_postgres(
-    pg: Arc<Postgres>,
-    params: Map<String, Value>,
-    hba: Option<Vec<String>>,
-    replica_of: Option<Option<Upstream>>,
-    timeout: Duration,
-) -> Result<()> {
-    pg.write_pgpass()?;
-    pg.write_config(&params, replica_of.as_ref().map(|u| u.as_ref()))?;
-    pg.write_hba(hba, false)?;
-    pg.start(timeout).await
-}
-
-/// Clones the data directory from `from` and starts as a replica of the leader.
-async fn clone_replica(
-    pg: Arc<Postgres>,
-    from: Upstream,
-    leader: Option<Upstream>,
-    params: Map<String, Value>,
-    hba: Option<Vec<String>>,
-) -> Result<()> {
-    let started = Instant::now();
-    info!(
-        host = from.host,
-        port = from.port,
-        "creating replica with pg_basebackup"
-    );
-    pg.write_pgpass()?;
-    std::fs::create_dir_all(pg.data_dir())
-        .with_context(|| format!("cannot create {}", pg.data_dir().display()))?;
-    set_mode_0700(pg.data_dir());
-    pg.basebackup(&from).await?;
-    info!(
-        seconds = started.elapsed().as_secs_f32(),
-        "pg_basebackup finished"
-    );
-    let upstream = leader.or(Some(from));
-    let timeout = Duration::from_secs(120);
-    start_postgres(pg, params, hba, Some(upstream), timeout).await?;
-    info!(
-        seconds = started.elapsed().as_secs_f32(),
-        "replica is running"
-    );
-    Ok(())
-}
-
-fn set_mode_0700(dir: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-}
-
-/// initdb → configuration → start → roles → post_bootstrap → initialize/config/leader keys.
-async fn bootstrap<K: Kv>(cfg: Arc<Config>, pg: Arc<Postgres>, dcs: Arc<Dcs<K>>) -> Result<()> {
-    let result = bootstrap_steps(&cfg, &pg, &dcs).await;
-    if let Err(e) = &result {
-        error!(
-            "bootstrap failed: {e:#}; removing the initialize key so another attempt can be made"
-        );
-        if let Err(e) = dcs.cancel_initialization().await {
-            warn!("cannot delete the initialize key: {e}");
-        }
-        let _ = pg.stop("immediate", Duration::from_secs(30)).await;
-        let failed = pg.data_dir().with_extension("failed");
-        if pg.data_dir().exists() {
-            let _ = std::fs::remove_dir_all(&failed);
-            match std::fs::rename(pg.data_dir(), &failed) {
-                Ok(()) => warn!("moved the failed data directory to {}", failed.display()),
-                Err(e) => warn!("cannot move the failed data directory aside: {e}"),
-            }
-        }
-    }
-    result
-}
-
-async fn bootstrap_steps<K: Kv>(cfg: &Config, pg: &Postgres, dcs: &Dcs<K>) -> Result<()> {
-    let started = Instant::now();
-    info!(data_dir = %pg.data_dir().display(), "running initdb");
-    pg.initdb().await?;
-    info!(
-        seconds = started.elapsed().as_secs_f32(),
-        "initdb finished; starting PostgreSQL"
-    );
-    let dynamic = DynamicConfig {
-        raw: cfg.bootstrap.dcs.clone(),
-    };
-    pg.write_pgpass()?;
-    pg.write_config(&dynamic.parameters(), None)?;
-    pg.write_hba(dynamic.pg_hba(), true)?;
-    pg.start(Duration::from_secs(cfg.postgresql.pg_ctl_timeout))
-        .await?;
-    info!("creating roles");
-    pg.create_roles().await?;
-    if let Some(script) = &cfg.bootstrap.post_bootstrap {
-        info!("running post_bootstrap script");
-        pg.post_bootstrap(script).await?;
-    }
-    let cd = pg.controldata().await?;
-    dcs.set_initialize(&cd.system_identifier).await?;
-    dcs.init_config(&dynamic).await?;
-    dcs.take_leader().await?;
-    info!(
-        sysid = cd.system_identifier,
-        seconds = started.elapsed().as_secs_f32(),
-        "bootstrap finished: this node leads the new cluster"
-    );
-    Ok(())
 }

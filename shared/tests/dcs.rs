@@ -72,6 +72,19 @@ fn other_values_round_trip() {
     let c = DynamicConfig::parse(cfg).unwrap();
     assert_eq!(c.to_json(), cfg);
     assert_eq!(c.parameters()["max_connections"], 200);
+    assert_eq!(c.member_slots_ttl(), 1800);
+    assert_eq!(
+        DynamicConfig::parse(r#"{"member_slots_ttl":"1h"}"#)
+            .unwrap()
+            .member_slots_ttl(),
+        3600
+    );
+    assert_eq!(
+        DynamicConfig::parse(r#"{"member_slots_ttl":0}"#)
+            .unwrap()
+            .member_slots_ttl(),
+        0
+    );
 }
 
 #[test]

@@ -486,6 +486,16 @@ impl DynamicConfig {
             .unwrap_or(300)
     }
 
+    /// How long the slot of a vanished member is kept (`member_slots_ttl`, default 30 min;
+    /// units such as `30min` or `1h` allowed).
+    pub fn member_slots_ttl(&self) -> u64 {
+        match self.raw.get("member_slots_ttl") {
+            Some(Value::Number(n)) => n.as_u64().unwrap_or(1800),
+            Some(Value::String(s)) => crate::types::parse_seconds(s).unwrap_or(1800),
+            _ => 1800,
+        }
+    }
+
     pub fn pause(&self) -> bool {
         self.flag("pause").unwrap_or(false)
     }

@@ -1,0 +1,138 @@
+//! The long operations the runtime runs in the background while its loop keeps cycling:
+//! bootstrapping a new cluster, cloning a replica, starting PostgreSQL with fresh configuration.
+
+use crate::postgres::{Postgres, Upstream};
+use anyhow::{Context, Result};
+use serde_json::{Map, Value};
+use shared::config::Config;
+use shared::dcs::{Dcs, DynamicConfig, Kv};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Empties a data directory after a failed clone (only ever one that pgpilot cloned into).
+pub(crate) fn wipe_data_dir(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Writes the configuration files and starts PostgreSQL.
+pub(crate) async fn start_postgres(
+    pg: Arc<Postgres>,
+    params: Map<String, Value>,
+    hba: Option<Vec<String>>,
+    replica_of: Option<Option<Upstream>>,
+    timeout: Duration,
+) -> Result<()> {
+    pg.write_pgpass()?;
+    pg.write_config(&params, replica_of.as_ref().map(|u| u.as_ref()))?;
+    pg.write_hba(hba, false)?;
+    pg.start(timeout).await
+}
+
+/// Clones the data directory from `from` and starts as a replica of the leader.
+pub(crate) async fn clone_replica(
+    pg: Arc<Postgres>,
+    from: Upstream,
+    leader: Option<Upstream>,
+    params: Map<String, Value>,
+    hba: Option<Vec<String>>,
+) -> Result<()> {
+    let started = Instant::now();
+    info!(
+        host = from.host,
+        port = from.port,
+        "creating replica with pg_basebackup"
+    );
+    pg.write_pgpass()?;
+    std::fs::create_dir_all(pg.data_dir())
+        .with_context(|| format!("cannot create {}", pg.data_dir().display()))?;
+    set_mode_0700(pg.data_dir());
+    pg.basebackup(&from).await?;
+    info!(
+        seconds = started.elapsed().as_secs_f32(),
+        "pg_basebackup finished"
+    );
+    let upstream = leader.or(Some(from));
+    let timeout = Duration::from_secs(120);
+    start_postgres(pg, params, hba, Some(upstream), timeout).await?;
+    info!(
+        seconds = started.elapsed().as_secs_f32(),
+        "replica is running"
+    );
+    Ok(())
+}
+
+fn set_mode_0700(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// initdb → configuration → start → roles → post_bootstrap → initialize/config/leader keys.
+pub(crate) async fn bootstrap<K: Kv>(
+    cfg: Arc<Config>,
+    pg: Arc<Postgres>,
+    dcs: Arc<Dcs<K>>,
+) -> Result<()> {
+    let result = bootstrap_steps(&cfg, &pg, &dcs).await;
+    if let Err(e) = &result {
+        error!(
+            "bootstrap failed: {e:#}; removing the initialize key so another attempt can be made"
+        );
+        if let Err(e) = dcs.cancel_initialization().await {
+            warn!("cannot delete the initialize key: {e}");
+        }
+        let _ = pg.stop("immediate", Duration::from_secs(30)).await;
+        let failed = pg.data_dir().with_extension("failed");
+        if pg.data_dir().exists() {
+            let _ = std::fs::remove_dir_all(&failed);
+            match std::fs::rename(pg.data_dir(), &failed) {
+                Ok(()) => warn!("moved the failed data directory to {}", failed.display()),
+                Err(e) => warn!("cannot move the failed data directory aside: {e}"),
+            }
+        }
+    }
+    result
+}
+
+async fn bootstrap_steps<K: Kv>(cfg: &Config, pg: &Postgres, dcs: &Dcs<K>) -> Result<()> {
+    let started = Instant::now();
+    info!(data_dir = %pg.data_dir().display(), "running initdb");
+    pg.initdb().await?;
+    info!(
+        seconds = started.elapsed().as_secs_f32(),
+        "initdb finished; starting PostgreSQL"
+    );
+    let dynamic = DynamicConfig {
+        raw: cfg.bootstrap.dcs.clone(),
+    };
+    pg.write_pgpass()?;
+    pg.write_config(&dynamic.parameters(), None)?;
+    pg.write_hba(dynamic.pg_hba(), true)?;
+    pg.start(Duration::from_secs(cfg.postgresql.pg_ctl_timeout))
+        .await?;
+    info!("creating roles");
+    pg.create_roles().await?;
+    if let Some(script) = &cfg.bootstrap.post_bootstrap {
+        info!("running post_bootstrap script");
+        pg.post_bootstrap(script).await?;
+    }
+    let cd = pg.controldata().await?;
+    dcs.set_initialize(&cd.system_identifier).await?;
+    dcs.init_config(&dynamic).await?;
+    dcs.take_leader().await?;
+    info!(
+        sysid = cd.system_identifier,
+        seconds = started.elapsed().as_secs_f32(),
+        "bootstrap finished: this node leads the new cluster"
+    );
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! The files pgpilot writes for PostgreSQL: `postgresql.conf` (including the original as
+//! `postgresql.base.conf`), `pg_hba.conf`, `standby.signal`, the pgpass file, and the timeline
+//! history it reads back.
+
+use super::{Postgres, Upstream, write_private};
+use anyhow::{Context, Result};
+use serde_json::{Map, Value};
+use shared::config::{PgUser, guc_value};
+use shared::types::Lsn;
+use std::path::Path;
+
+/// One line of a timeline history file: parent timeline, switch LSN, reason.
+pub type TimelineSwitch = (u64, u64, String);
+
+/// Quotes a GUC value for postgresql.conf.
+fn quote_guc(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Quotes a libpq connection-string value.
+fn quote_conninfo(v: &str) -> String {
+    if !v.is_empty() && !v.contains([' ', '\'', '\\']) {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// Escapes a pgpass field.
+fn pgpass_field(v: &str) -> String {
+    v.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+impl Postgres {
+    /// Writes the pgpass file with the replication and superuser credentials (mode 0600).
+    pub fn write_pgpass(&self) -> Result<()> {
+        let mut text = String::new();
+        for user in [
+            &self.cfg.postgresql.replication,
+            &self.cfg.postgresql.superuser,
+        ]
+        .into_iter()
+        .chain(self.cfg.postgresql.rewind.as_ref())
+        {
+            if let Some(pw) = &user.password {
+                text.push_str(&format!(
+                    "*:*:*:{}:{}\n",
+                    pgpass_field(&user.username),
+                    pgpass_field(pw.expose())
+                ));
+            }
+        }
+        let path = &self.cfg.postgresql.pgpass;
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).ok();
+        }
+        write_private(path, &text).context("cannot write the pgpass file (postgresql.pgpass)")
+    }
+
+    /// A libpq connection string for `user` to `host:port`, password taken from the pgpass file.
+    pub fn conninfo(&self, user: &PgUser, host: &str, port: u16, extra: &[(&str, &str)]) -> String {
+        let mut parts = vec![
+            format!("user={}", quote_conninfo(&user.username)),
+            format!(
+                "passfile={}",
+                quote_conninfo(&self.cfg.postgresql.pgpass.to_string_lossy())
+            ),
+            format!("host={}", quote_conninfo(host)),
+            format!("port={port}"),
+        ];
+        for (k, v) in &user.options {
+            parts.push(format!("{k}={}", quote_conninfo(v)));
+        }
+        for (k, v) in extra {
+            parts.push(format!("{k}={}", quote_conninfo(v)));
+        }
+        parts.join(" ")
+    }
+
+    /// The GUCs pgpilot writes: Patroni's defaults, then the dynamic configuration's parameters,
+    /// then the local ones; `listen_addresses`, `port`, `cluster_name` and `hot_standby` always
+    /// come from pgpilot.
+    pub fn effective_parameters(&self, dynamic: &Map<String, Value>) -> Vec<(String, String)> {
+        let mut params: Vec<(String, String)> = [
+            ("max_connections", "100"),
+            ("max_locks_per_transaction", "64"),
+            ("max_worker_processes", "8"),
+            ("max_prepared_transactions", "0"),
+            ("track_commit_timestamp", "off"),
+            ("wal_level", "replica"),
+            ("max_wal_senders", "10"),
+            ("max_replication_slots", "10"),
+            ("wal_keep_size", "128MB"),
+            ("wal_log_hints", "on"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut set = |k: &str, v: String| match params.iter_mut().find(|(pk, _)| pk == k) {
+            Some(p) => p.1 = v,
+            None => params.push((k.to_string(), v)),
+        };
+        for (k, v) in dynamic.iter().chain(self.cfg.postgresql.parameters.iter()) {
+            if matches!(
+                k.as_str(),
+                "listen_addresses" | "port" | "cluster_name" | "hot_standby"
+            ) || v.is_null()
+            {
+                continue;
+            }
+            set(k, guc_value(v));
+        }
+        let (host, port) = shared::config::split_host_port(&self.cfg.postgresql.listen)
+            .unwrap_or(("127.0.0.1".into(), 5432));
+        set("listen_addresses", host);
+        set("port", port.to_string());
+        set("cluster_name", self.cfg.scope.clone());
+        set("hot_standby", "on".into());
+        params
+    }
+
+    /// Writes `postgresql.conf` (the original is kept as `postgresql.base.conf` and included),
+    /// and `standby.signal` plus recovery settings for a replica.
+    pub fn write_config(
+        &self,
+        dynamic: &Map<String, Value>,
+        replica_of: Option<Option<&Upstream>>,
+    ) -> Result<()> {
+        let dir = self.conf_dir();
+        let conf = dir.join("postgresql.conf");
+        let base = dir.join("postgresql.base.conf");
+        if !base.exists() {
+            if conf.exists() {
+                std::fs::rename(&conf, &base).with_context(|| {
+                    format!("cannot rename {} to {}", conf.display(), base.display())
+                })?;
+            } else {
+                std::fs::write(&base, "")?;
+            }
+        }
+        let mut text = String::from(
+            "# Written by pgpilot; edits are overwritten. Set parameters in the agent's YAML\n\
+             # (postgresql.parameters) or cluster-wide in the DCS config key.\n\
+             include 'postgresql.base.conf'\n\n",
+        );
+        for (k, v) in self.effective_parameters(dynamic) {
+            text.push_str(&format!("{k} = {}\n", quote_guc(&v)));
+        }
+        if self.cfg.postgresql.config_dir.is_some() {
+            text.push_str(&format!(
+                "hba_file = {}\nident_file = {}\n",
+                quote_guc(&dir.join("pg_hba.conf").to_string_lossy()),
+                quote_guc(&dir.join("pg_ident.conf").to_string_lossy())
+            ));
+        }
+        let signal = self.data_dir().join("standby.signal");
+        if let Some(upstream) = replica_of {
+            text.push_str("\n# recovery\nrecovery_target_timeline = 'latest'\n");
+            if let Some(up) = upstream {
+                let ci = self.conninfo(
+                    &self.cfg.postgresql.replication,
+                    &up.host,
+                    up.port,
+                    &[("application_name", &self.cfg.name), ("dbname", "postgres")],
+                );
+                text.push_str(&format!("primary_conninfo = {}\n", quote_guc(&ci)));
+                if !self.cfg.tags.nostream {
+                    text.push_str(&format!(
+                        "primary_slot_name = {}\n",
+                        quote_guc(&shared::types::slot_name(&self.cfg.name))
+                    ));
+                }
+            }
+            std::fs::write(&signal, "")?;
+        } else if signal.exists() {
+            std::fs::remove_file(&signal)?;
+        }
+        write_atomic(&conf, &text)?;
+        Ok(())
+    }
+
+    /// The upstream `host:port` configured in postgresql.conf, if any.
+    pub fn configured_upstream(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.conf_dir().join("postgresql.conf")).ok()?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("primary_conninfo = "))?;
+        let mut host = None;
+        let mut port = None;
+        for part in line.split_whitespace() {
+            let part = part.trim_matches('\'');
+            if let Some(h) = part.strip_prefix("host=") {
+                host = Some(h.trim_matches('\'').to_string());
+            } else if let Some(p) = part.strip_prefix("port=") {
+                port = Some(p.trim_matches('\'').to_string());
+            }
+        }
+        Some(format!("{}:{}", host?, port?))
+    }
+
+    /// Writes pg_hba.conf from `postgresql.pg_hba` (local config first, then dynamic), or
+    /// appends `bootstrap.pg_hba` to initdb's file at bootstrap.
+    pub fn write_hba(&self, dynamic_hba: Option<Vec<String>>, bootstrap: bool) -> Result<()> {
+        let path = self.conf_dir().join("pg_hba.conf");
+        if let Some(lines) = self.cfg.postgresql.pg_hba.clone().or(dynamic_hba) {
+            let mut text = String::from("# Written by pgpilot from postgresql.pg_hba\n");
+            for l in lines {
+                text.push_str(&l);
+                text.push('\n');
+            }
+            write_atomic(&path, &text)?;
+        } else if bootstrap && !self.cfg.bootstrap.pg_hba.is_empty() {
+            let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+            text.push_str("\n# bootstrap.pg_hba\n");
+            for l in &self.cfg.bootstrap.pg_hba {
+                text.push_str(l);
+                text.push('\n');
+            }
+            write_atomic(&path, &text)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `<timeline>.history` from pg_wal: `(parent timeline, switch LSN, reason)` lines.
+    pub fn timeline_history(
+        &self,
+        timeline: u64,
+    ) -> Option<(Vec<TimelineSwitch>, std::time::SystemTime)> {
+        let path = self
+            .data_dir()
+            .join("pg_wal")
+            .join(format!("{timeline:08X}.history"));
+        let text = std::fs::read_to_string(&path).ok()?;
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let entries = text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, '\t');
+                let tl = parts.next()?.trim().parse().ok()?;
+                let lsn = parts.next()?.trim().parse::<Lsn>().ok()?.0;
+                let reason = parts.next().unwrap_or("").trim().to_string();
+                Some((tl, lsn, reason))
+            })
+            .collect();
+        Some((entries, mtime))
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("pgpilot-tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_guc("it's"), "'it''s'");
+        assert_eq!(quote_conninfo("plain"), "plain");
+        assert_eq!(quote_conninfo("a b"), "'a b'");
+        assert_eq!(pgpass_field("a:b\\c"), "a\\:b\\\\c");
+    }
+}

@@ -1,0 +1,393 @@
+//! Control of the local PostgreSQL server: initdb, pg_basebackup, starting the postmaster as our
+//! child (so its exit is seen at once), stopping and the binaries' environment. The configuration
+//! files live in [`files`], the libpq queries in [`sql`], pg_control in [`controldata`].
+
+mod controldata;
+mod files;
+mod sql;
+
+pub use controldata::ControlData;
+pub use sql::ServerStatus;
+
+use anyhow::{Context, Result, anyhow, bail};
+use shared::config::Config;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{Mutex, Notify};
+use tracing::{info, warn};
+
+/// Where a replica streams from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Handle on the local PostgreSQL.
+pub struct Postgres {
+    cfg: Arc<Config>,
+    /// The postmaster we started, if any; `None` for one adopted from a previous agent.
+    child_pid: Mutex<Option<u32>>,
+    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    /// Signalled when the postmaster we started exits.
+    pub exited: Arc<Notify>,
+    sysid_cache: std::sync::Mutex<Option<String>>,
+}
+
+impl Postgres {
+    pub fn new(cfg: Arc<Config>) -> Postgres {
+        Postgres {
+            cfg,
+            child_pid: Mutex::new(None),
+            client: Mutex::new(None),
+            exited: Arc::new(Notify::new()),
+            sysid_cache: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.cfg.postgresql.data_dir
+    }
+
+    fn conf_dir(&self) -> PathBuf {
+        self.cfg
+            .postgresql
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().to_path_buf())
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        self.cfg.postgresql.binary(name)
+    }
+
+    /// A command for a PostgreSQL binary, with pgpilot's own secrets kept out of its environment.
+    fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.bin(name));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PATRONI_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("LC_ALL", "C")
+            .env("PGPASSFILE", &self.cfg.postgresql.pgpass);
+        cmd.stdin(Stdio::null()).kill_on_drop(false);
+        cmd
+    }
+
+    /// Runs a command to completion, returning stdout or an error carrying its stderr.
+    async fn run(&self, mut cmd: Command, what: &str, timeout: Duration) -> Result<String> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {what}: is postgresql.bin_dir right?"))?;
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| anyhow!("{what} did not finish within {}s", timeout.as_secs()))??;
+        if !out.status.success() {
+            bail!(
+                "{what} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Whether the data directory holds an initialized cluster.
+    pub fn data_dir_initialized(&self) -> bool {
+        self.data_dir().join("PG_VERSION").is_file()
+            && self.data_dir().join("global/pg_control").is_file()
+    }
+
+    /// Whether the data directory is missing or empty (safe to initialize or clone into).
+    pub fn data_dir_is_empty(&self) -> bool {
+        match std::fs::read_dir(self.data_dir()) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// Reads pg_control.
+    pub async fn controldata(&self) -> Result<ControlData> {
+        let mut cmd = self.command("pg_controldata");
+        cmd.arg("-D").arg(self.data_dir());
+        let out = self
+            .run(cmd, "pg_controldata", Duration::from_secs(10))
+            .await?;
+        let cd = ControlData::parse(&out);
+        if cd.system_identifier.is_empty() {
+            bail!("pg_controldata printed no system identifier");
+        }
+        *self.sysid_cache.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(cd.system_identifier.clone());
+        Ok(cd)
+    }
+
+    /// The postmaster PID from `postmaster.pid`, if that process is alive and is a postgres.
+    pub fn running_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        if pid <= 0 {
+            return None;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let comm = comm.trim();
+        if comm == "postgres" || comm == "postmaster" {
+            Some(pid)
+        } else {
+            None
+        }
+    }
+
+    /// Runs initdb with the `bootstrap.initdb` options.
+    pub async fn initdb(&self) -> Result<()> {
+        let su = &self.cfg.postgresql.superuser;
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .arg(format!("--username={}", su.username));
+        for opt in &self.cfg.bootstrap.initdb {
+            cmd.arg(opt);
+        }
+        let pwfile = match &su.password {
+            Some(pw) => {
+                let path = self
+                    .data_dir()
+                    .with_extension(format!("pwfile.{}", std::process::id()));
+                write_private(&path, pw.expose())?;
+                cmd.arg(format!("--pwfile={}", path.display()));
+                Some(path)
+            }
+            None => None,
+        };
+        let res = self
+            .run(
+                cmd,
+                "initdb",
+                Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout.max(120)),
+            )
+            .await;
+        if let Some(p) = pwfile {
+            std::fs::remove_file(p).ok();
+        }
+        res.map(|_| ())
+    }
+
+    /// Starts the postmaster as our child and waits until it accepts connections.
+    pub async fn start(&self, timeout: Duration) -> Result<()> {
+        if let Some(pid) = self.running_pid() {
+            info!(pid, "PostgreSQL is already running");
+            return Ok(());
+        }
+        let log_dir = self.data_dir().join("log");
+        std::fs::create_dir_all(&log_dir).ok();
+        let log_path = log_dir.join("postmaster.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D").arg(self.data_dir());
+        if self.cfg.postgresql.config_dir.is_some() {
+            cmd.arg(format!(
+                "--config-file={}",
+                self.conf_dir().join("postgresql.conf").display()
+            ));
+        }
+        cmd.stdout(log.try_clone()?).stderr(log).process_group(0);
+        let mut child = cmd.spawn().context("cannot start postgres")?;
+        let pid = child.id().unwrap_or(0);
+        info!(pid, "started postmaster");
+        *self.child_pid.lock().await = Some(pid);
+        let exited = self.exited.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            warn!(pid, ?status, "postmaster exited");
+            exited.notify_one();
+        });
+        self.disconnect().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.status().await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    if self.running_pid().is_none() && !self.is_child_alive(pid) {
+                        bail!(
+                            "PostgreSQL exited during startup; see {}: {e:#}",
+                            log_path.display()
+                        );
+                    }
+                    if Instant::now() > deadline {
+                        bail!(
+                            "PostgreSQL did not accept connections within {}s; see {}",
+                            timeout.as_secs(),
+                            log_path.display()
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn is_child_alive(&self, pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    }
+
+    /// Stops PostgreSQL (`fast` or `immediate`) and waits for it to be gone.
+    pub async fn stop(&self, mode: &str, timeout: Duration) -> Result<()> {
+        self.disconnect().await;
+        if self.running_pid().is_none() {
+            return Ok(());
+        }
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-m")
+            .arg(mode)
+            .arg("-w")
+            .arg("-t")
+            .arg(timeout.as_secs().max(1).to_string());
+        self.run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
+            .await?;
+        *self.child_pid.lock().await = None;
+        Ok(())
+    }
+
+    /// Clones the data directory from `from` with pg_basebackup, logging progress.
+    pub async fn basebackup(&self, from: &Upstream) -> Result<()> {
+        let user = &self.cfg.postgresql.replication;
+        let conninfo = self.conninfo(
+            user,
+            &from.host,
+            from.port,
+            &[("application_name", &self.cfg.name), ("dbname", "postgres")],
+        );
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg(format!("--pgdata={}", self.data_dir().display()))
+            .arg("-X")
+            .arg("stream")
+            .arg(format!("--dbname={conninfo}"))
+            .arg("--progress");
+        if !self
+            .cfg
+            .postgresql
+            .basebackup
+            .iter()
+            .any(|o| o.starts_with("--checkpoint"))
+        {
+            cmd.arg("--checkpoint=fast");
+        }
+        for opt in &self.cfg.postgresql.basebackup {
+            cmd.arg(opt);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("cannot run pg_basebackup")?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow!("pg_basebackup stderr not captured"))?;
+        let mut last_log = Instant::now();
+        let mut tail = String::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stderr.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(line) = tail.rsplit(['\r', '\n']).find(|l| !l.trim().is_empty())
+                && last_log.elapsed() > Duration::from_secs(1)
+            {
+                info!(progress = line.trim(), "pg_basebackup");
+                last_log = Instant::now();
+            }
+            if tail.len() > 8192 {
+                tail = tail[tail.len() - 2048..].to_string();
+            }
+        }
+        let status = child.wait().await?;
+        if !status.success() {
+            let msg: Vec<&str> = tail
+                .split(['\r', '\n'])
+                .filter(|l| !l.trim().is_empty() && !l.contains("kB ("))
+                .collect();
+            bail!("pg_basebackup failed ({status}): {}", msg.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Runs `bootstrap.post_bootstrap` with a connection URL argument.
+    pub async fn post_bootstrap(&self, script: &str) -> Result<()> {
+        let (host, port) = self.cfg.postgresql.local_host_port();
+        let url = format!(
+            "postgres://{}@{host}:{port}/{}",
+            self.cfg.postgresql.superuser.username, self.cfg.postgresql.database
+        );
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("{script} \"$1\""))
+            .arg("post_bootstrap")
+            .arg(url)
+            .env("PGPASSFILE", &self.cfg.postgresql.pgpass)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = cmd.output().await.context("cannot run post_bootstrap")?;
+        if !out.status.success() {
+            bail!(
+                "post_bootstrap script failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Tail of the postmaster log, for error messages.
+    pub async fn log_tail(&self) -> String {
+        let path = self.data_dir().join("log").join("postmaster.log");
+        let Ok(f) = tokio::fs::File::open(&path).await else {
+            return String::new();
+        };
+        let mut lines = BufReader::new(f).lines();
+        let mut tail = std::collections::VecDeque::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            tail.push_back(l);
+            if tail.len() > 5 {
+                tail.pop_front();
+            }
+        }
+        tail.into_iter().collect::<Vec<_>>().join(" | ")
+    }
+
+    /// The system identifier last seen, if any.
+    pub fn cached_sysid(&self) -> Option<String> {
+        self.sysid_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The libpq side: one round of queries that observes the server's state, promotion, reload,
+//! roles and replication slots. Statements that carry passwords are never logged.
+
+use super::Postgres;
+use anyhow::{Context, Result, anyhow, bail};
+use shared::config::{PgUser, guc_value};
+use shared::types::Lsn;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::debug;
+
+/// A walsender connected to this server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Walsender {
+    pub usename: Option<String>,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: Option<String>,
+    pub sync_state: Option<String>,
+    pub sync_priority: Option<i32>,
+}
+
+/// The server's state from one round of queries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerStatus {
+    pub in_recovery: bool,
+    /// Primary: flush LSN.
+    pub write_lsn: Option<u64>,
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    pub replayed_timestamp: Option<String>,
+    pub replay_paused: bool,
+    pub timeline: Option<u64>,
+    pub postmaster_start_time: String,
+    pub server_version: i32,
+    pub system_identifier: String,
+    /// `streaming` when a WAL receiver streams, `in archive recovery` otherwise (replicas).
+    pub replication_state: Option<String>,
+    pub replication: Vec<Walsender>,
+}
+
+impl ServerStatus {
+    /// Patroni's WAL position: primary flush, replica max(receive, replay).
+    pub fn wal_position(&self) -> Option<u64> {
+        if self.in_recovery {
+            match (self.receive_lsn, self.replay_lsn) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        } else {
+            self.write_lsn
+        }
+    }
+}
+
+/// Escapes an SQL string literal.
+fn sql_literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// Quotes an SQL identifier.
+fn sql_ident(v: &str) -> String {
+    format!("\"{}\"", v.replace('"', "\"\""))
+}
+
+impl Postgres {
+    /// Queries the server's state. Fails when it does not accept connections.
+    pub async fn status(&self) -> Result<ServerStatus> {
+        let client = self.client().await?;
+        let res = Self::query_status(&client).await;
+        if res.is_err() {
+            *self.client.lock().await = None;
+        }
+        res
+    }
+
+    async fn query_status(client: &tokio_postgres::Client) -> Result<ServerStatus> {
+        const Q: &str = "SELECT pg_is_in_recovery(),
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END,
+  pg_last_wal_receive_lsn()::text,
+  pg_last_wal_replay_lsn()::text,
+  to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00',
+  CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
+  CASE WHEN pg_is_in_recovery()
+       THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+                     (SELECT timeline_id FROM pg_control_checkpoint()))::bigint
+       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
+  to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00',
+  current_setting('server_version_num')::int,
+  (SELECT system_identifier FROM pg_control_system())::text,
+  (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
+  (SELECT written_lsn::text FROM pg_stat_wal_receiver LIMIT 1)";
+        let row = client.query_one(Q, &[]).await?;
+        let lsn = |i: usize| -> Option<u64> {
+            row.get::<_, Option<String>>(i)
+                .and_then(|s| s.parse::<Lsn>().ok())
+                .map(|l| l.0)
+        };
+        let in_recovery: bool = row.get(0);
+        let receiver_status: Option<String> = row.get(10);
+        let mut receive = lsn(2);
+        if let Some(written) = lsn(11) {
+            receive = Some(receive.map_or(written, |r| r.max(written)));
+        }
+        let mut st = ServerStatus {
+            in_recovery,
+            write_lsn: lsn(1),
+            receive_lsn: receive,
+            replay_lsn: lsn(3),
+            replayed_timestamp: row.get(4),
+            replay_paused: row.get(5),
+            timeline: row.get::<_, Option<i64>>(6).map(|t| t as u64),
+            postmaster_start_time: row.get::<_, Option<String>>(7).unwrap_or_default(),
+            server_version: row.get(8),
+            system_identifier: row.get::<_, Option<String>>(9).unwrap_or_default(),
+            replication_state: None,
+            replication: Vec::new(),
+        };
+        if in_recovery {
+            st.replication_state = Some(if receiver_status.as_deref() == Some("streaming") {
+                "streaming".into()
+            } else {
+                "in archive recovery".into()
+            });
+        } else {
+            let rows = client
+                .query(
+                    "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority
+                     FROM pg_stat_replication ORDER BY application_name",
+                    &[],
+                )
+                .await?;
+            st.replication = rows
+                .iter()
+                .map(|r| Walsender {
+                    usename: r.get(0),
+                    application_name: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    client_addr: r.get(2),
+                    state: r.get(3),
+                    sync_state: r.get(4),
+                    sync_priority: r.get(5),
+                })
+                .collect();
+        }
+        Ok(st)
+    }
+
+    /// A connection to the local server as the superuser (reused across cycles).
+    async fn client(&self) -> Result<Arc<tokio_postgres::Client>> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let su = &self.cfg.postgresql.superuser;
+        let mut pgc = tokio_postgres::Config::new();
+        let (host, port) = self.cfg.postgresql.local_host_port();
+        if self.cfg.postgresql.use_unix_socket {
+            let dir = self
+                .socket_dir()
+                .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+            pgc.host_path(dir);
+        } else {
+            pgc.host(&host);
+        }
+        pgc.port(port)
+            .user(&su.username)
+            .dbname(&self.cfg.postgresql.database)
+            .application_name("pgpilot")
+            .connect_timeout(Duration::from_secs(3));
+        if let Some(pw) = &su.password {
+            pgc.password(pw.expose());
+        }
+        let (client, conn) = pgc
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| anyhow!("cannot connect to local PostgreSQL at {host}:{port}: {e:#}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!("local PostgreSQL connection closed: {e}");
+            }
+        });
+        let client = Arc::new(client);
+        *guard = Some(client.clone());
+        Ok(client)
+    }
+
+    fn socket_dir(&self) -> Option<PathBuf> {
+        self.cfg
+            .postgresql
+            .parameters
+            .get("unix_socket_directories")
+            .map(guc_value)
+            .and_then(|s| s.split(',').next().map(|d| PathBuf::from(d.trim())))
+    }
+
+    /// Drops the cached connection (after a stop or restart).
+    pub async fn disconnect(&self) {
+        *self.client.lock().await = None;
+    }
+
+    /// Runs a statement as the superuser. The statement is never logged: it may carry a password.
+    pub async fn execute(&self, sql: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    /// Promotes a replica and waits until it accepts writes.
+    pub async fn promote(&self, timeout: Duration) -> Result<()> {
+        let client = self.client().await?;
+        let secs = timeout.as_secs().max(1) as i32;
+        let row = client
+            .query_one("SELECT pg_promote(true, $1)", &[&secs])
+            .await?;
+        let ok: bool = row.get(0);
+        if !ok {
+            bail!("pg_promote did not finish within {secs}s");
+        }
+        Ok(())
+    }
+
+    /// Reloads the configuration files.
+    pub async fn reload(&self) -> Result<()> {
+        let client = self.client().await?;
+        client.batch_execute("SELECT pg_reload_conf()").await?;
+        Ok(())
+    }
+
+    /// Creates the replication (and rewind) roles and sets the superuser password, after
+    /// bootstrap. Statements carry passwords and are never logged.
+    pub async fn create_roles(&self) -> Result<()> {
+        let pg = &self.cfg.postgresql;
+        if let Some(pw) = &pg.superuser.password {
+            self.execute(&format!(
+                "ALTER ROLE {} WITH PASSWORD {}",
+                sql_ident(&pg.superuser.username),
+                sql_literal(pw.expose())
+            ))
+            .await
+            .context("cannot set the superuser password")?;
+        }
+        let create = |user: &PgUser, attrs: &str| {
+            let pw = user
+                .password
+                .as_ref()
+                .map(|p| format!(" PASSWORD {}", sql_literal(p.expose())))
+                .unwrap_or_default();
+            let name = sql_ident(&user.username);
+            format!(
+                "DO $pgpilot$ BEGIN
+                   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit}) THEN
+                     CREATE ROLE {name} WITH LOGIN {attrs};
+                   END IF;
+                 END $pgpilot$;
+                 ALTER ROLE {name} WITH LOGIN {attrs}{pw};",
+                lit = sql_literal(&user.username)
+            )
+        };
+        if pg.replication.username != pg.superuser.username {
+            self.execute(&create(&pg.replication, "REPLICATION"))
+                .await
+                .context("cannot create the replication role")?;
+        }
+        if let Some(rw) = &pg.rewind
+            && rw.username != pg.superuser.username
+        {
+            self.execute(&create(rw, ""))
+                .await
+                .context("cannot create the rewind role")?;
+            let name = sql_ident(&rw.username);
+            self.execute(&format!(
+                "GRANT EXECUTE ON function pg_catalog.pg_ls_dir(text, boolean, boolean) TO {name};
+                 GRANT EXECUTE ON function pg_catalog.pg_stat_file(text, boolean) TO {name};
+                 GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text) TO {name};
+                 GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {name};"
+            ))
+            .await
+            .context("cannot grant the rewind role its functions")?;
+        }
+        Ok(())
+    }
+
+    /// Physical replication slots that exist, with their restart LSN.
+    pub async fn slots(&self) -> Result<Vec<(String, Option<u64>)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT slot_name::text, restart_lsn::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<String>>(1)
+                        .and_then(|s| s.parse::<Lsn>().ok())
+                        .map(|l| l.0),
+                )
+            })
+            .collect())
+    }
+
+    /// Creates a physical slot reserving WAL at once, if it does not exist.
+    pub async fn create_slot(&self, name: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&name],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Drops a slot if it exists and is not active.
+    pub async fn drop_slot(&self, name: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE slot_name = $1 AND NOT active",
+                &[&name],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_quoting() {
+        assert_eq!(sql_literal("o'k"), "'o''k'");
+        assert_eq!(sql_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}

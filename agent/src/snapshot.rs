@@ -1,0 +1,56 @@
+//! The node's state as of its last HA cycle, published by the runtime and read by the REST API
+//! without waiting on anything.
+
+use crate::postgres::ServerStatus;
+use serde_json::{Map, Value};
+use shared::config::Config;
+use shared::dcs::Cluster;
+use shared::types::{PgState, Role};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the REST API serves: the node's state as of the last cycle.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub scope: String,
+    pub state: PgState,
+    pub role: Role,
+    pub server: Option<ServerStatus>,
+    /// We hold the leader lock until this instant (last successful renewal + ttl).
+    pub lock_until: Option<Instant>,
+    /// Last cluster view read from etcd.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Whether the last etcd read succeeded.
+    pub dcs_ok: bool,
+    /// Unix time of the last successful etcd read.
+    pub dcs_last_seen: Option<u64>,
+    pub last_cycle: Instant,
+    pub paused: bool,
+    pub ttl: u64,
+    pub maximum_lag_on_failover: u64,
+    pub tags: Map<String, Value>,
+    pub sysid: Option<String>,
+}
+
+impl Snapshot {
+    pub fn initial(cfg: &Config) -> Snapshot {
+        Snapshot {
+            name: cfg.name.clone(),
+            scope: cfg.scope.clone(),
+            state: PgState::Stopped,
+            role: Role::Uninitialized,
+            server: None,
+            lock_until: None,
+            cluster: None,
+            dcs_ok: false,
+            dcs_last_seen: None,
+            last_cycle: Instant::now(),
+            paused: false,
+            ttl: 30,
+            maximum_lag_on_failover: 1 << 20,
+            tags: cfg.tags.published(),
+            sysid: None,
+        }
+    }
+}

@@ -6,6 +6,8 @@ mod jobs;
 mod postgres;
 mod rest;
 mod runtime;
+#[cfg(test)]
+mod sim;
 mod snapshot;
 #[cfg(test)]
 mod tests_support;

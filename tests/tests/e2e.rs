@@ -506,3 +506,58 @@ fn losing_etcd_makes_the_primary_read_only_and_nobody_promotes() {
     c.wait_healthy(HEALTHY).unwrap();
     c.shutdown();
 }
+
+#[test]
+fn a_failed_initdb_is_reported_and_undone() {
+    if !prerequisites() {
+        return;
+    }
+    let work = Workdir::new("e2e-badinit").unwrap();
+    let mut etcd = Etcd::new(&work.path);
+    etcd.start().unwrap();
+    let spec = ClusterSpec {
+        scope: "badinit".into(),
+        nodes: 1,
+        ..Default::default()
+    };
+    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    // an initdb option initdb rejects
+    let yaml = std::fs::read_to_string(&c.nodes[0].config_path)
+        .unwrap()
+        .replace(
+            "    - encoding: UTF8\n",
+            "    - encoding: NO-SUCH-ENCODING\n",
+        );
+    std::fs::write(&c.nodes[0].config_path, yaml).unwrap();
+    c.start_all().unwrap();
+    let status = wait_for("the agent to give up", Duration::from_secs(60), || {
+        c.nodes[0]
+            .agent
+            .as_mut()
+            .unwrap()
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+    })
+    .unwrap();
+    assert!(!status.success());
+    let log = c.nodes[0].log();
+    assert!(
+        log.contains("bootstrap failed") && log.contains("initdb failed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("NO-SUCH-ENCODING"),
+        "initdb's own message must reach the log: {log}"
+    );
+    // nothing is left claiming the cluster: another attempt can be made after fixing the config
+    let keys = etcd.get_prefix("/service/badinit/").unwrap();
+    assert!(
+        !keys
+            .iter()
+            .any(|(k, _, _)| k.ends_with("/initialize") || k.ends_with("/leader")),
+        "{keys:?}"
+    );
+    assert!(!c.nodes[0].data_dir.join("PG_VERSION").exists());
+}

@@ -14,6 +14,7 @@ use shared::config::Config;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
@@ -35,6 +36,8 @@ pub struct Postgres {
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
     /// Signalled when the postmaster we started exits.
     pub exited: Arc<Notify>,
+    /// Set while pgpilot itself stops the postmaster, so its exit is not reported as a crash.
+    stopping: Arc<AtomicBool>,
     sysid_cache: std::sync::Mutex<Option<String>>,
 }
 
@@ -45,6 +48,7 @@ impl Postgres {
             child_pid: Mutex::new(None),
             client: Mutex::new(None),
             exited: Arc::new(Notify::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
             sysid_cache: std::sync::Mutex::new(None),
         }
     }
@@ -206,9 +210,15 @@ impl Postgres {
         info!(pid, "started postmaster");
         *self.child_pid.lock().await = Some(pid);
         let exited = self.exited.clone();
+        let stopping = self.stopping.clone();
+        stopping.store(false, Ordering::SeqCst);
         tokio::spawn(async move {
             let status = child.wait().await;
-            warn!(pid, ?status, "postmaster exited");
+            if stopping.load(Ordering::SeqCst) {
+                info!(pid, "postmaster stopped");
+            } else {
+                warn!(pid, ?status, "postmaster exited unexpectedly");
+            }
             exited.notify_one();
         });
         self.disconnect().await;
@@ -248,6 +258,7 @@ impl Postgres {
         if self.running_pid().is_none() {
             return Ok(());
         }
+        self.stopping.store(true, Ordering::SeqCst);
         let mut cmd = self.command("pg_ctl");
         cmd.arg("stop")
             .arg("-D")

@@ -201,8 +201,12 @@ impl<K: Kv> Agent<K> {
         };
         let timing = dynamic.timing();
         self.dcs.set_ttl(timing.ttl as i64);
-        if cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
-            self.seen_leader = true;
+        if let Some(c) = &cluster {
+            self.seen_leader |= c.leader.is_some();
+            if c.leader.as_ref().is_none_or(|l| l.name != self.cfg.name) {
+                // whatever we renewed before, etcd says the lock is not ours now
+                self.lock_renewed = None;
+            }
         }
 
         let (pg_view, server) = self.observe_pg().await;
@@ -244,7 +248,7 @@ impl<K: Kv> Agent<K> {
             };
             ha::decide(&obs)
         };
-        let mut again = self
+        let again = self
             .execute(&decision, cluster.as_ref(), &server, &dynamic)
             .await;
 
@@ -257,24 +261,23 @@ impl<K: Kv> Agent<K> {
         let paused = cluster.as_ref().is_some_and(|c| c.is_paused());
         let state = self.pg_state(&pg_view);
         let role = self.role(&pg_view);
-        if let Some(c) = &cluster {
+        if cluster.is_some() {
             let member = self.member_data(state, role, server.as_ref(), paused);
             if let Err(e) = self.dcs.touch_member(&member).await {
                 warn!("cannot update member key: {e}");
             }
-            if c.member(&self.cfg.name).is_none() {
-                again = true;
-            }
         }
-        let holds = cluster
-            .as_ref()
-            .and_then(|c| c.leader.as_ref())
-            .is_some_and(|l| l.name == self.cfg.name);
-        let lock_until = match (holds || again, self.lock_renewed) {
-            (true, Some(t)) => Some(t + Duration::from_secs(timing.ttl)),
-            _ => None,
-        };
         let prev = self.snapshot.borrow().clone();
+        // We lead until our last renewal + ttl, as far as we know: when etcd cannot be read, the
+        // lock we held stays ours until then (the decision core demotes us before it ends).
+        let holds = match &cluster {
+            Some(c) => again || c.leader.as_ref().is_some_and(|l| l.name == self.cfg.name),
+            None => prev.lock_until.is_some(),
+        };
+        let lock_until = self
+            .lock_renewed
+            .filter(|_| holds)
+            .map(|t| t + Duration::from_secs(timing.ttl));
         let snap = Snapshot {
             state,
             role,

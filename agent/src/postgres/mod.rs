@@ -259,6 +259,22 @@ impl Postgres {
             return Ok(());
         }
         self.stopping.store(true, Ordering::SeqCst);
+        let result = self.pg_ctl_stop(mode, timeout).await;
+        let result = match result {
+            Err(e) if mode != "immediate" => {
+                // A server that will not stop must not keep taking writes: escalate.
+                warn!("stopping PostgreSQL ({mode}) failed: {e:#}; stopping it immediately");
+                self.pg_ctl_stop("immediate", Duration::from_secs(30)).await
+            }
+            other => other,
+        };
+        if result.is_ok() {
+            *self.child_pid.lock().await = None;
+        }
+        result
+    }
+
+    async fn pg_ctl_stop(&self, mode: &str, timeout: Duration) -> Result<()> {
         let mut cmd = self.command("pg_ctl");
         cmd.arg("stop")
             .arg("-D")
@@ -269,9 +285,8 @@ impl Postgres {
             .arg("-t")
             .arg(timeout.as_secs().max(1).to_string());
         self.run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
-            .await?;
-        *self.child_pid.lock().await = None;
-        Ok(())
+            .await
+            .map(|_| ())
     }
 
     /// Clones the data directory from `from` with pg_basebackup, logging progress.

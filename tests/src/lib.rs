@@ -686,3 +686,29 @@ pub fn sql(node: &Node, q: &str) -> Result<Vec<String>> {
         .build()?
         .block_on(query(node, q))
 }
+
+/// A whole test environment: a scratch directory, one etcd and one cluster's configs. Fields
+/// drop in order: the agents stop first, then etcd, then the directory goes.
+pub struct Lab {
+    pub cluster: TestCluster,
+    pub etcd: Etcd,
+    pub work: Workdir,
+}
+
+impl Lab {
+    /// Prepares a lab under `/var/tmp/pgpilot-<tag>-…`, starting etcd if asked (agents are not
+    /// started).
+    pub fn new(tag: &str, spec: ClusterSpec, start_etcd: bool) -> Result<Lab> {
+        let work = Workdir::new(tag)?;
+        let mut etcd = Etcd::new(&work.path);
+        if start_etcd {
+            etcd.start()?;
+        }
+        let cluster = TestCluster::new(spec, &work.path, &etcd.endpoint())?;
+        Ok(Lab {
+            cluster,
+            etcd,
+            work,
+        })
+    }
+}

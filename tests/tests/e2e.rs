@@ -37,10 +37,12 @@ fn bootstrap_replicate_observe_and_restart() {
     if !prerequisites() {
         return;
     }
-    let work = Workdir::new("e2e-main").unwrap();
-    let mut etcd = Etcd::new(&work.path);
-    etcd.start().unwrap();
-    let mut c = TestCluster::new(ClusterSpec::default(), &work.path, &etcd.endpoint()).unwrap();
+    let mut lab = Lab::new("e2e-main", ClusterSpec::default(), true).unwrap();
+    let Lab {
+        cluster: c,
+        etcd,
+        work,
+    } = &mut lab;
     // a second cluster in the same etcd, under another scope
     let other_spec = ClusterSpec {
         scope: "other".into(),
@@ -329,13 +331,14 @@ fn agents_started_before_etcd_wait_for_it() {
     if !prerequisites() {
         return;
     }
-    let work = Workdir::new("e2e-noetcd").unwrap();
-    let mut etcd = Etcd::new(&work.path);
     let spec = ClusterSpec {
         scope: "late".into(),
         ..Default::default()
     };
-    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    let mut lab = Lab::new("e2e-noetcd", spec, false).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
     c.start_all().unwrap();
     wait_for(
         "a clear log line about etcd",
@@ -361,9 +364,6 @@ fn sigterm_on_the_leader_hands_over_at_once() {
     if !prerequisites() {
         return;
     }
-    let work = Workdir::new("e2e-handover").unwrap();
-    let mut etcd = Etcd::new(&work.path);
-    etcd.start().unwrap();
     let spec = ClusterSpec {
         scope: "handover".into(),
         // a long ttl: the new leader can only appear this fast if the old one released the key
@@ -372,7 +372,10 @@ fn sigterm_on_the_leader_hands_over_at_once() {
         retry_timeout: 10,
         ..Default::default()
     };
-    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    let mut lab = Lab::new("e2e-handover", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
     let old = c.nodes[p].name.clone();
@@ -407,9 +410,6 @@ fn killed_agents_adopt_their_running_postgres_and_keep_the_lock() {
     if !prerequisites() {
         return;
     }
-    let work = Workdir::new("e2e-adopt").unwrap();
-    let mut etcd = Etcd::new(&work.path);
-    etcd.start().unwrap();
     let spec = ClusterSpec {
         scope: "adopt".into(),
         ttl: 30,
@@ -417,7 +417,10 @@ fn killed_agents_adopt_their_running_postgres_and_keep_the_lock() {
         retry_timeout: 5,
         ..Default::default()
     };
-    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    let mut lab = Lab::new("e2e-adopt", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
     let leader_key = || {
@@ -445,7 +448,7 @@ fn killed_agents_adopt_their_running_postgres_and_keep_the_lock() {
         Duration::from_secs(60),
         || leader_key().filter(|(v, lease)| v == &leader && *lease != old_lease),
     )
-    .map_err(|e| anyhow_msg(e, &c))
+    .map_err(|e| anyhow_msg(e, c))
     .unwrap();
     assert_eq!(c.wait_healthy(HEALTHY).unwrap(), p);
     let now: Vec<Option<i32>> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
@@ -466,14 +469,14 @@ fn losing_etcd_makes_the_primary_read_only_and_nobody_promotes() {
     if !prerequisites() {
         return;
     }
-    let work = Workdir::new("e2e-etcdloss").unwrap();
-    let mut etcd = Etcd::new(&work.path);
-    etcd.start().unwrap();
     let spec = ClusterSpec {
         scope: "etcdloss".into(),
         ..Default::default()
     };
-    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    let mut lab = Lab::new("e2e-etcdloss", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
     etcd.stop();
@@ -512,15 +515,15 @@ fn a_failed_initdb_is_reported_and_undone() {
     if !prerequisites() {
         return;
     }
-    let work = Workdir::new("e2e-badinit").unwrap();
-    let mut etcd = Etcd::new(&work.path);
-    etcd.start().unwrap();
     let spec = ClusterSpec {
         scope: "badinit".into(),
         nodes: 1,
         ..Default::default()
     };
-    let mut c = TestCluster::new(spec, &work.path, &etcd.endpoint()).unwrap();
+    let mut lab = Lab::new("e2e-badinit", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
     // an initdb option initdb rejects
     let yaml = std::fs::read_to_string(&c.nodes[0].config_path)
         .unwrap()

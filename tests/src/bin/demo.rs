@@ -3,7 +3,7 @@
 //! everything it started.
 
 use anyhow::Result;
-use pgpilot_e2e::{ClusterSpec, Etcd, TestCluster, Workdir};
+use pgpilot_e2e::{ClusterSpec, Lab};
 use std::time::{Duration, Instant};
 
 fn main() -> Result<()> {
@@ -20,16 +20,14 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let exit_when_healthy = args.iter().any(|a| a == "--exit-when-healthy");
-    let work = Workdir::new("demo")?;
-    println!("working directory: {}", work.path.display());
-    let mut etcd = Etcd::new(&work.path);
-    etcd.start()?;
-    println!("etcd listening on {}", etcd.endpoint());
     let spec = ClusterSpec {
         scope: "demo".into(),
         ..Default::default()
     };
-    let mut cluster = TestCluster::new(spec, &work.path, &etcd.endpoint())?;
+    let mut lab = Lab::new("demo", spec, true)?;
+    println!("working directory: {}", lab.work.path.display());
+    println!("etcd listening on {}", lab.etcd.endpoint());
+    let Lab { cluster, etcd, .. } = &mut lab;
     let started = Instant::now();
     cluster.start_all()?;
     println!("started 3 agents; waiting for a primary and two streaming replicas…");

@@ -564,3 +564,77 @@ fn a_failed_initdb_is_reported_and_undone() {
     );
     assert!(!c.nodes[0].data_dir.join("PG_VERSION").exists());
 }
+
+#[test]
+fn a_second_agent_with_a_live_name_refuses_to_start() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "dupname".into(),
+        nodes: 1,
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-dupname", spec, true).unwrap();
+    let Lab { cluster: c, .. } = &mut lab;
+    c.start_all().unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    let node = &c.nodes[0];
+    let mut cmd = if is_root() {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(agent_bin());
+        cmd
+    } else {
+        std::process::Command::new(agent_bin())
+    };
+    let out = cmd.arg(&node.config_path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already uses the name"), "{stderr}");
+    // the running node is untouched
+    assert_eq!(c.primary(), Some(0));
+    c.shutdown();
+}
+
+#[test]
+fn a_data_directory_of_another_cluster_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "mismatch".into(),
+        nodes: 1,
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-mismatch", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    c.start_all().unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    c.stop_agent(0);
+    // etcd now says the cluster is another database
+    etcd.put("/service/mismatch/initialize", "7000000000000000001")
+        .unwrap();
+    c.start_agent(0).unwrap();
+    let status = wait_for("the agent to refuse", Duration::from_secs(60), || {
+        c.nodes[0]
+            .agent
+            .as_mut()
+            .unwrap()
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+    })
+    .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let log = c.nodes[0].log();
+    assert!(
+        log.contains("differs from the cluster's 7000000000000000001"),
+        "{log}"
+    );
+    // the data directory is left as it was
+    assert!(c.nodes[0].data_dir.join("PG_VERSION").exists());
+}

@@ -252,6 +252,15 @@ impl Etcd {
         Ok(out)
     }
 
+    /// The `leader` key of a cluster under `/service`: holder name and lease id.
+    pub fn leader(&self, scope: &str) -> Option<(String, i64)> {
+        self.get_prefix(&format!("/service/{scope}/leader"))
+            .ok()?
+            .into_iter()
+            .next()
+            .map(|(_, name, lease)| (name, lease))
+    }
+
     /// Writes a key through the JSON gateway.
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
         use base64::Engine;
@@ -376,6 +385,17 @@ impl Node {
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
         text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Waits until the agent process exits (it is expected to stop by itself) and returns how.
+    pub fn wait_agent_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let agent = self
+            .agent
+            .as_mut()
+            .ok_or_else(|| anyhow!("{} has no agent running", self.name))?;
+        wait_for("the agent to exit", timeout, || {
+            agent.child.try_wait().ok().flatten()
+        })
     }
 
     /// The agent log so far.

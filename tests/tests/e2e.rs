@@ -383,10 +383,9 @@ fn sigterm_on_the_leader_hands_over_at_once() {
     assert!(status.success(), "agent exit status {status:?}");
     assert!(c.nodes[p].log().contains("released the leader lock"));
     let new_leader = wait_for("a new leader", Duration::from_secs(40), || {
-        etcd.get_prefix("/service/handover/leader")
-            .ok()
-            .and_then(|k| k.first().map(|(_, v, _)| v.clone()))
-            .filter(|v| v != &old)
+        etcd.leader("handover")
+            .map(|(name, _)| name)
+            .filter(|name| name != &old)
     })
     .unwrap();
     let idx = c.nodes.iter().position(|n| n.name == new_leader).unwrap();
@@ -423,12 +422,7 @@ fn killed_agents_adopt_their_running_postgres_and_keep_the_lock() {
     } = &mut lab;
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
-    let leader_key = || {
-        etcd.get_prefix("/service/adopt/leader")
-            .unwrap()
-            .first()
-            .map(|(_, v, lease)| (v.clone(), *lease))
-    };
+    let leader_key = || etcd.leader("adopt");
     let (leader, old_lease) = leader_key().unwrap();
     assert_eq!(leader, c.nodes[p].name);
     let postmasters: Vec<Option<i32>> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
@@ -533,17 +527,7 @@ fn a_failed_initdb_is_reported_and_undone() {
         );
     std::fs::write(&c.nodes[0].config_path, yaml).unwrap();
     c.start_all().unwrap();
-    let status = wait_for("the agent to give up", Duration::from_secs(60), || {
-        c.nodes[0]
-            .agent
-            .as_mut()
-            .unwrap()
-            .child
-            .try_wait()
-            .ok()
-            .flatten()
-    })
-    .unwrap();
+    let status = c.nodes[0].wait_agent_exit(Duration::from_secs(60)).unwrap();
     assert!(!status.success());
     let log = c.nodes[0].log();
     assert!(
@@ -618,17 +602,7 @@ fn a_data_directory_of_another_cluster_is_refused() {
     etcd.put("/service/mismatch/initialize", "7000000000000000001")
         .unwrap();
     c.start_agent(0).unwrap();
-    let status = wait_for("the agent to refuse", Duration::from_secs(60), || {
-        c.nodes[0]
-            .agent
-            .as_mut()
-            .unwrap()
-            .child
-            .try_wait()
-            .ok()
-            .flatten()
-    })
-    .unwrap();
+    let status = c.nodes[0].wait_agent_exit(Duration::from_secs(60)).unwrap();
     assert_eq!(status.code(), Some(1));
     let log = c.nodes[0].log();
     assert!(

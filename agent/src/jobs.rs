@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 /// Empties a data directory after a failed clone (only ever one that pgpilot cloned into).
-pub(crate) fn wipe_data_dir(dir: &std::path::Path) {
+fn wipe_data_dir(dir: &std::path::Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
@@ -45,6 +45,7 @@ pub(crate) async fn clone_replica(
     leader: Option<Upstream>,
     params: Map<String, Value>,
     hba: Option<Vec<String>>,
+    timeout: Duration,
 ) -> Result<()> {
     let started = Instant::now();
     info!(
@@ -56,13 +57,16 @@ pub(crate) async fn clone_replica(
     std::fs::create_dir_all(pg.data_dir())
         .with_context(|| format!("cannot create {}", pg.data_dir().display()))?;
     set_mode_0700(pg.data_dir());
-    pg.basebackup(&from).await?;
+    if let Err(e) = pg.basebackup(&from).await {
+        // Only what this clone wrote is removed: the directory was empty before (see ha.rs).
+        wipe_data_dir(pg.data_dir());
+        return Err(e);
+    }
     info!(
         seconds = started.elapsed().as_secs_f32(),
         "pg_basebackup finished"
     );
     let upstream = leader.or(Some(from));
-    let timeout = Duration::from_secs(120);
     start_postgres(pg, params, hba, Some(upstream), timeout).await?;
     info!(
         seconds = started.elapsed().as_secs_f32(),

@@ -4,7 +4,7 @@
 //! on postmaster exit and when a background job finishes.
 
 use crate::ha::{self, Action, DataDir, Decision, Job, Observation, PeerReport, PgView};
-use crate::jobs::{bootstrap, clone_replica, start_postgres, wipe_data_dir};
+use crate::jobs::{bootstrap, clone_replica, start_postgres};
 use crate::postgres::{Postgres, ServerStatus, Upstream};
 pub use crate::snapshot::Snapshot;
 use anyhow::{Result, anyhow};
@@ -531,7 +531,14 @@ impl<K: Kv> Agent<K> {
                 let leader_up = leader.as_deref().and_then(|l| upstream_of(cluster, l));
                 self.spawn_job(
                     Job::Clone,
-                    clone_replica(self.pg.clone(), up, leader_up, params, dynamic.pg_hba()),
+                    clone_replica(
+                        self.pg.clone(),
+                        up,
+                        leader_up,
+                        params,
+                        dynamic.pg_hba(),
+                        Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
+                    ),
                 );
                 Ok(Step::Continue)
             }
@@ -687,7 +694,6 @@ impl<K: Kv> Agent<K> {
             }
             (Job::Clone, Err(e)) => {
                 error!("creating the replica failed: {e:#}; will retry");
-                wipe_data_dir(self.pg.data_dir());
             }
             (kind, Err(e)) => {
                 error!(job = ?kind, "failed: {e:#}; {}", self.pg.log_tail().await);

@@ -10,20 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
-/// Empties a data directory after a failed clone (only ever one that pgpilot cloned into).
-fn wipe_data_dir(dir: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-        }
-    }
-}
-
 /// Writes the configuration files and starts PostgreSQL.
 pub(crate) async fn start_postgres(
     pg: Arc<Postgres>,
@@ -54,14 +40,16 @@ pub(crate) async fn clone_replica(
         "creating replica with pg_basebackup"
     );
     pg.write_pgpass()?;
+    pg.begin_creation()?;
     std::fs::create_dir_all(pg.data_dir())
         .with_context(|| format!("cannot create {}", pg.data_dir().display()))?;
     set_mode_0700(pg.data_dir());
     if let Err(e) = pg.basebackup(&from).await {
         // Only what this clone wrote is removed: the directory was empty before (see ha.rs).
-        wipe_data_dir(pg.data_dir());
+        pg.discard_creation();
         return Err(e);
     }
+    pg.end_creation();
     info!(
         seconds = started.elapsed().as_secs_f32(),
         "pg_basebackup finished"
@@ -95,6 +83,7 @@ pub(crate) async fn bootstrap<K: Kv>(
             warn!("cannot delete the initialize key: {e}");
         }
         let _ = pg.stop("immediate", Duration::from_secs(30)).await;
+        pg.end_creation();
         let failed = pg.data_dir().with_extension("failed");
         if pg.data_dir().exists() {
             let _ = std::fs::remove_dir_all(&failed);
@@ -110,7 +99,9 @@ pub(crate) async fn bootstrap<K: Kv>(
 async fn bootstrap_steps<K: Kv>(cfg: &Config, pg: &Postgres, dcs: &Dcs<K>) -> Result<()> {
     let started = Instant::now();
     info!(data_dir = %pg.data_dir().display(), "running initdb");
+    pg.begin_creation()?;
     pg.initdb().await?;
+    pg.end_creation();
     info!(
         seconds = started.elapsed().as_secs_f32(),
         "initdb finished; starting PostgreSQL"

@@ -324,7 +324,8 @@ impl<K: Kv> Agent<K> {
             None
         };
         let data = if !initialized {
-            if self.job.is_none() && !self.pg.data_dir_is_empty() {
+            if self.job.is_none() && !self.pg.data_dir_is_empty() && !self.pg.creation_interrupted()
+            {
                 DataDir::Foreign
             } else {
                 DataDir::Empty

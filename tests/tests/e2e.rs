@@ -612,3 +612,68 @@ fn a_data_directory_of_another_cluster_is_refused() {
     // the data directory is left as it was
     assert!(c.nodes[0].data_dir.join("PG_VERSION").exists());
 }
+
+#[test]
+fn interrupted_clones_are_redone_and_foreign_directories_left_alone() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "leftovers".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-leftovers", spec, true).unwrap();
+    let Lab { cluster: c, .. } = &mut lab;
+    // node2: what a clone killed half-way leaves behind, with pgpilot's marker beside it
+    let half = &c.nodes[1].data_dir.clone();
+    std::fs::create_dir_all(half.join("base")).unwrap();
+    std::fs::write(half.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(half.with_file_name("data.pgpilot-creating"), "").unwrap();
+    // node3: somebody's files, no marker
+    let foreign = &c.nodes[2].data_dir.clone();
+    std::fs::create_dir_all(foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), "keep me").unwrap();
+    for d in [half, foreign] {
+        chown_postgres(d.parent().unwrap()).unwrap();
+    }
+    c.start_all().unwrap();
+    // node2 redoes its creation (by initdb or by cloning, whichever race it wins)
+    wait_for(
+        "node1 and node2 as primary and streaming replica",
+        HEALTHY,
+        || {
+            let roles: Vec<String> = c.nodes[..2]
+                .iter()
+                .filter_map(|n| n.status())
+                .filter(|s| s["state"] == "running")
+                .map(|s| format!("{}/{}", s["role"], s["replication_state"]))
+                .collect();
+            (roles.len() == 2
+                && roles.iter().any(|r| r.starts_with("\"primary\""))
+                && roles.iter().any(|r| r.contains("streaming")))
+            .then_some(())
+        },
+    )
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert!(c.nodes[1].log().contains("interrupted initdb or clone"));
+    assert!(!half.with_file_name("data.pgpilot-creating").exists());
+    wait_for(
+        "node3 to refuse its directory",
+        Duration::from_secs(30),
+        || {
+            c.nodes[2]
+                .log()
+                .contains("refusing to initialize or clone")
+                .then_some(())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("precious.txt")).unwrap(),
+        "keep me"
+    );
+    let (code, _) = c.nodes[2].get("/health").unwrap();
+    assert_eq!(code, 503);
+    c.shutdown();
+}

@@ -116,6 +116,48 @@ impl Postgres {
         }
     }
 
+    /// A file beside the data directory that exists while pgpilot creates it (initdb or
+    /// pg_basebackup), so that a creation cut short by a crash is recognised as pgpilot's own.
+    fn creation_marker(&self) -> PathBuf {
+        let mut name = self
+            .data_dir()
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".pgpilot-creating");
+        self.data_dir().with_file_name(name)
+    }
+
+    /// Whether a creation of the data directory by pgpilot was interrupted.
+    pub fn creation_interrupted(&self) -> bool {
+        self.creation_marker().exists()
+    }
+
+    /// Marks the start of a creation; leftovers of an interrupted one (pgpilot's own) are removed
+    /// first, since initdb and pg_basebackup want an empty directory.
+    pub fn begin_creation(&self) -> Result<()> {
+        if self.creation_interrupted() {
+            warn!(
+                data_dir = %self.data_dir().display(),
+                "removing what an interrupted initdb or clone left behind"
+            );
+            wipe_dir(self.data_dir());
+        }
+        std::fs::write(self.creation_marker(), "")
+            .with_context(|| format!("cannot write {}", self.creation_marker().display()))
+    }
+
+    /// Marks the end of a creation (successful or cleaned up).
+    pub fn end_creation(&self) {
+        let _ = std::fs::remove_file(self.creation_marker());
+    }
+
+    /// Empties the data directory pgpilot was creating (a failed pg_basebackup).
+    pub fn discard_creation(&self) {
+        wipe_dir(self.data_dir());
+        self.end_creation();
+    }
+
     /// Reads pg_control.
     pub async fn controldata(&self) -> Result<ControlData> {
         let mut cmd = self.command("pg_controldata");
@@ -401,6 +443,20 @@ impl Postgres {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// Removes everything inside `dir`, keeping `dir` itself.
+fn wipe_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
     }
 }
 

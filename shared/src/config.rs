@@ -68,6 +68,8 @@ pub struct PgUser {
     pub password: Option<Secret>,
     /// Extra libpq options (sslmode, sslcert, …) passed through to connection strings.
     pub options: Vec<(String, String)>,
+    /// The client key's passphrase (libpq `sslpassword`), kept apart because it is a secret.
+    pub sslpassword: Option<Secret>,
 }
 
 /// HTTP Basic credentials (`restapi.authentication`, `ctl.authentication`).
@@ -760,7 +762,6 @@ impl<'a> Reader<'a> {
             "sslmode",
             "sslcert",
             "sslkey",
-            "sslpassword",
             "sslrootcert",
             "sslcrl",
             "sslcrldir",
@@ -774,10 +775,12 @@ impl<'a> Reader<'a> {
                 options.push((opt.to_string(), v));
             }
         }
+        let sslpassword = self.string(&format!("{key}.sslpassword")).map(Secret);
         Some(PgUser {
             username,
             password,
             options,
+            sslpassword,
         })
     }
 

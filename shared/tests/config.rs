@@ -93,13 +93,22 @@ fn cluster_in_a_box_seed_parses() {
 
 #[test]
 fn secrets_never_appear_in_debug_output() {
-    let c = Config::from_yaml(&fixture("cluster_in_a_box.yml"), "box.yml").unwrap();
+    let yaml = fixture("cluster_in_a_box.yml").replace(
+        "      password: confidential\n",
+        "      password: confidential\n      sslmode: verify-full\n      sslpassword: key-passphrase\n",
+    );
+    let c = Config::from_yaml(&yaml, "box.yml").unwrap();
+    assert_eq!(
+        c.postgresql.replication.options,
+        vec![("sslmode".to_string(), "verify-full".to_string())]
+    );
     let dbg = format!("{c:?}");
     for secret in [
         "mySupeSecretPassword",
         "confidential",
         "my-super-password",
         "rewind_password",
+        "key-passphrase",
     ] {
         assert!(!dbg.contains(secret), "{secret} leaked");
     }

@@ -73,6 +73,9 @@ impl Postgres {
         for (k, v) in &user.options {
             parts.push(format!("{k}={}", quote_conninfo(v)));
         }
+        if let Some(p) = &user.sslpassword {
+            parts.push(format!("sslpassword={}", quote_conninfo(p.expose())));
+        }
         for (k, v) in extra {
             parts.push(format!("{k}={}", quote_conninfo(v)));
         }

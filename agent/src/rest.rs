@@ -723,4 +723,68 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
     }
+
+    /// Drives the real router (no socket) and returns status and body.
+    async fn call(method: &str, uri: &str, body: &str) -> (u16, String) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let store = shared::dcs::mem::MemStore::new();
+        let dcs = Arc::new(Dcs::new(store.client(), "/service", "demo", "n1", 30));
+        let (_tx, rx) = watch::channel(Arc::new(snap(Role::Primary, true)));
+        let app = router(Arc::new(Api { snapshot: rx, dcs }));
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let code = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (code, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn router_methods_and_bodies() {
+        let (code, body) = call("GET", "/primary", "").await;
+        assert_eq!(code, 200);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["role"],
+            "primary"
+        );
+        for m in ["HEAD", "OPTIONS"] {
+            let (code, body) = call(m, "/primary", "").await;
+            assert_eq!((code, body.as_str()), (200, ""));
+            let (code, _) = call(m, "/replica", "").await;
+            assert_eq!(code, 503);
+        }
+        // liveness/readiness answer with the status line only
+        assert_eq!(call("GET", "/liveness", "").await, (200, String::new()));
+        // an empty cluster in etcd: /cluster answers with no members, /config 502 with a reason
+        let (code, body) = call("GET", "/cluster", "").await;
+        assert_eq!(code, 200, "{body}");
+        let (code, _) = call("GET", "/config", "").await;
+        assert_eq!(code, 502);
+        // write methods: a JSON reason, never an empty 500
+        for m in ["POST", "PUT", "PATCH", "DELETE"] {
+            let (code, body) = call(m, "/switchover", "{not json").await;
+            assert_eq!(code, 501);
+            assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+        }
+        let (code, body) = call("TRACE", "/", "").await;
+        assert_eq!(code, 405);
+        assert!(body.contains("error"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_request_gets_a_status_not_a_panic(
+            path in "/[a-zA-Z0-9_?&=./-]{0,40}",
+            method in "(GET|HEAD|OPTIONS|POST|PUT|PATCH|DELETE)",
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (code, _) = rt.block_on(call(&method, &path, "x"));
+            proptest::prop_assert!((200..600).contains(&code));
+        }
+    }
 }

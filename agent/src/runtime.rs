@@ -144,7 +144,9 @@ impl<K: Kv> Agent<K> {
                         }
                         WatchEvent::Delete { key } => {
                             let rel = key.strip_prefix(&prefix).unwrap_or("");
-                            rel == keys::LEADER || rel.starts_with(keys::MEMBERS)
+                            rel == keys::LEADER
+                                || rel == keys::CONFIG
+                                || rel.starts_with(keys::MEMBERS)
                         }
                         WatchEvent::Reset => true,
                     };
@@ -195,6 +197,12 @@ impl<K: Kv> Agent<K> {
                         raw: self.cfg.bootstrap.dcs.clone(),
                     });
                 self.last_dynamic = d.clone();
+                if let Some(v) = &c.config
+                    && self.pg.data_dir_initialized()
+                    && let Err(e) = self.pg.cache_dynamic_config(&v.value.to_json())
+                {
+                    warn!("cannot keep a copy of the dynamic configuration: {e:#}");
+                }
                 d
             }
             None => self.last_dynamic.clone(),
@@ -644,13 +652,21 @@ impl<K: Kv> Agent<K> {
                 Ok(Step::Continue)
             }
             Action::WriteConfig => {
-                let cfg = DynamicConfig {
-                    raw: self.cfg.bootstrap.dcs.clone(),
+                let (cfg, source) = match self
+                    .pg
+                    .cached_dynamic_config()
+                    .and_then(|t| DynamicConfig::parse(&t))
+                {
+                    Some(cached) => (cached, "the copy in patroni.dynamic.json"),
+                    None => (
+                        DynamicConfig {
+                            raw: self.cfg.bootstrap.dcs.clone(),
+                        },
+                        "bootstrap.dcs",
+                    ),
                 };
                 self.dcs.set_config(&cfg, None).await?;
-                info!(
-                    "wrote the dynamic configuration from bootstrap.dcs (the config key was missing or invalid)"
-                );
+                warn!("the config key was missing or invalid: restored it from {source}");
                 Ok(Step::Continue)
             }
             Action::PublishStatus => {

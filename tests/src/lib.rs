@@ -261,6 +261,21 @@ impl Etcd {
             .map(|(_, name, lease)| (name, lease))
     }
 
+    /// Deletes a key through the JSON gateway.
+    pub fn delete(&self, key: &str) -> Result<()> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({"key": b64.encode(key)});
+        let (code, text) = http_post(
+            &format!("http://{}/v3/kv/deleterange", self.endpoint()),
+            &body.to_string(),
+        )?;
+        if code != 200 {
+            bail!("etcd deleterange returned {code}: {text}");
+        }
+        Ok(())
+    }
+
     /// Writes a key through the JSON gateway.
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
         use base64::Engine;

@@ -294,6 +294,53 @@ fn bootstrap_replicate_observe_and_restart() {
     }
     etcd.put("/service/e2e/history", "[]").unwrap();
 
+    // a lost config key is restored by the leader from its cached copy, not from bootstrap.dcs
+    let (_, config, _) = etcd
+        .get_prefix("/service/e2e/config")
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut changed = json(&config);
+    changed["maximum_lag_on_failover"] = serde_json::json!(2097152);
+    etcd.put("/service/e2e/config", &changed.to_string())
+        .unwrap();
+    wait_for(
+        "the leader to see the new config",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = c.nodes[p].get("/config").ok()?;
+            (json(&body)["maximum_lag_on_failover"] == 2097152).then_some(())
+        },
+    )
+    .unwrap();
+    let cache = c.nodes[p].data_dir.join("patroni.dynamic.json");
+    wait_for("the leader's cached copy", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&cache).ok()?;
+        (json(&text)["maximum_lag_on_failover"] == 2097152).then_some(())
+    })
+    .unwrap();
+    etcd.delete("/service/e2e/config").unwrap();
+    wait_for(
+        "the config key to come back",
+        Duration::from_secs(30),
+        || {
+            let (_, v, _) = etcd
+                .get_prefix("/service/e2e/config")
+                .ok()?
+                .into_iter()
+                .next()?;
+            Some(json(&v)).filter(|v| v["maximum_lag_on_failover"] == 2097152)
+        },
+    )
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert!(
+        c.nodes[p]
+            .log()
+            .contains("restored it from the copy in patroni.dynamic.json")
+    );
+
     // restart every agent: the same cluster comes back, no second initdb
     c.shutdown();
     for n in &c.nodes {

@@ -251,6 +251,32 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    fn dynamic_cache(&self) -> std::path::PathBuf {
+        self.data_dir().join("patroni.dynamic.json")
+    }
+
+    /// Keeps a copy of the cluster's dynamic configuration in the data directory (Patroni's
+    /// `patroni.dynamic.json`), so a lost or broken `config` key is restored from it.
+    pub fn cache_dynamic_config(&self, json: &str) -> Result<()> {
+        if std::fs::read_to_string(self.dynamic_cache())
+            .ok()
+            .as_deref()
+            == Some(json)
+        {
+            return Ok(());
+        }
+        write_atomic(&self.dynamic_cache(), json)
+    }
+
+    /// The cached dynamic configuration, if there is a valid one.
+    pub fn cached_dynamic_config(&self) -> Option<String> {
+        std::fs::read_to_string(self.dynamic_cache())
+            .ok()
+            .filter(|t| shared::dcs::DynamicConfig::parse(t).is_some())
+    }
+}
+
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("pgpilot-tmp");
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;

@@ -700,26 +700,9 @@ tags:
     )
 }
 
-/// Runs one SQL query on a node and returns the first column of each row as text.
-pub async fn query(node: &Node, sql: &str) -> Result<Vec<String>> {
-    let (client, conn) = tokio_postgres::connect(&node.dsn(), tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    let rows = client.simple_query(sql).await?;
-    let mut out = Vec::new();
-    for r in rows {
-        if let tokio_postgres::SimpleQueryMessage::Row(row) = r {
-            out.push(row.get(0).unwrap_or("").to_string());
-        }
-    }
-    Ok(out)
-}
-
-/// Blocking form of [`query`].
+/// Runs one SQL query on a node; first column of each row as text.
 pub fn sql(node: &Node, q: &str) -> Result<Vec<String>> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(query(node, q))
+    sql_dsn(&node.dsn(), q)
 }
 
 /// A whole test environment: a scratch directory, one etcd and one cluster's configs. Fields
@@ -746,4 +729,82 @@ impl Lab {
             work,
         })
     }
+}
+
+/// A real HAProxy routing a write port to whichever node answers `OPTIONS /primary` with 200 and
+/// a read port to nodes answering `OPTIONS /replica`, the checks Patroni users run.
+pub struct Haproxy {
+    pub write_port: u16,
+    pub read_port: u16,
+    pub proc: Proc,
+}
+
+impl Haproxy {
+    pub fn start(dir: &Path, nodes: &[Node]) -> Result<Haproxy> {
+        let write_port = free_port();
+        let read_port = free_port();
+        let servers = |check: &str| {
+            nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "    server {} 127.0.0.1:{} check port {} inter 300ms fall 2 rise 1\n",
+                        n.name, n.pg_port, n.api_port
+                    )
+                })
+                .fold(format!("    option httpchk OPTIONS {check}\n    http-check expect status 200\n    default-server on-marked-down shutdown-sessions\n"), |acc, s| acc + &s)
+        };
+        let cfg = format!(
+            "global\n    maxconn 100\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 2s\n\
+             listen primary\n    bind 127.0.0.1:{write_port}\n{}\
+             listen replicas\n    bind 127.0.0.1:{read_port}\n    balance roundrobin\n{}",
+            servers("/primary"),
+            servers("/replica"),
+        );
+        let path = dir.join("haproxy.cfg");
+        fs::write(&path, cfg)?;
+        let log = fs::File::create(dir.join("haproxy.log"))?;
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start haproxy: install haproxy")?;
+        Ok(Haproxy {
+            write_port,
+            read_port,
+            proc: Proc {
+                child,
+                name: "haproxy".into(),
+            },
+        })
+    }
+
+    /// A DSN through one of HAProxy's ports.
+    pub fn dsn(port: u16) -> String {
+        format!(
+            "host=127.0.0.1 port={port} user=postgres password=postgres-secret dbname=postgres connect_timeout=3"
+        )
+    }
+}
+
+/// Runs one query through an arbitrary DSN; first column of each row.
+pub fn sql_dsn(dsn: &str, q: &str) -> Result<Vec<String>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for r in client.simple_query(q).await? {
+                if let tokio_postgres::SimpleQueryMessage::Row(row) = r {
+                    out.push(row.get(0).unwrap_or("").to_string());
+                }
+            }
+            Ok(out)
+        })
 }

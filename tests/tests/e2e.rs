@@ -724,3 +724,67 @@ fn interrupted_clones_are_redone_and_foreign_directories_left_alone() {
     assert_eq!(code, 503);
     c.shutdown();
 }
+
+#[test]
+fn haproxy_with_patroni_checks_routes_to_the_primary_and_follows_a_handover() {
+    if !prerequisites() {
+        return;
+    }
+    if std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "haproxy is required in CI (see .ci/run)"
+        );
+        eprintln!("skipped: haproxy is not installed");
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "haproxy".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-haproxy", spec, true).unwrap();
+    let Lab {
+        cluster: c, work, ..
+    } = &mut lab;
+    c.start_all().unwrap();
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    let haproxy = Haproxy::start(&work.path, &c.nodes).unwrap();
+    let port_of = |dsn: &str| sql_dsn(dsn, "SELECT current_setting('port')").ok();
+    let write = Haproxy::dsn(haproxy.write_port);
+    let read = Haproxy::dsn(haproxy.read_port);
+    let via_write = wait_for("HAProxy to route writes", Duration::from_secs(30), || {
+        port_of(&write)
+    })
+    .unwrap();
+    assert_eq!(via_write, vec![c.nodes[p].pg_port.to_string()]);
+    sql_dsn(&write, "CREATE TABLE throughhaproxy(x int)").unwrap();
+    let via_read = wait_for("HAProxy to route reads", Duration::from_secs(30), || {
+        port_of(&read)
+    })
+    .unwrap();
+    assert_ne!(
+        via_read,
+        vec![c.nodes[p].pg_port.to_string()],
+        "reads went to the primary"
+    );
+    // the leader stops: HAProxy follows the new one through the same checks
+    let old = c.nodes[p].pg_port.to_string();
+    c.stop_agent(p);
+    let moved = wait_for(
+        "HAProxy to route writes to the new primary",
+        Duration::from_secs(60),
+        || port_of(&write).filter(|v| v[0] != old),
+    )
+    .unwrap();
+    let new_idx = c
+        .nodes
+        .iter()
+        .position(|n| n.pg_port.to_string() == moved[0])
+        .unwrap();
+    assert_eq!(c.primary(), Some(new_idx));
+    sql_dsn(&write, "INSERT INTO throughhaproxy VALUES (1)").unwrap();
+}

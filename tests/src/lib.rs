@@ -430,6 +430,9 @@ pub struct ClusterSpec {
     pub retry_timeout: u64,
     /// Extra YAML appended to every node's config.
     pub extra_yaml: String,
+    /// The daemon run for each node: pgpilot's `agent` (default) or, for side-by-side
+    /// measurements, another program that takes the same YAML, such as Patroni's `patroni`.
+    pub daemon: Option<PathBuf>,
 }
 
 impl Default for ClusterSpec {
@@ -442,6 +445,7 @@ impl Default for ClusterSpec {
             loop_wait: 2,
             retry_timeout: 3,
             extra_yaml: String::new(),
+            daemon: None,
         }
     }
 }
@@ -495,7 +499,7 @@ impl TestCluster {
             .create(true)
             .append(true)
             .open(&node.log_path)?;
-        let agent = agent_bin();
+        let agent = self.spec.daemon.clone().unwrap_or_else(agent_bin);
         if !agent.is_file() {
             bail!("{} not found: run `cargo build` first", agent.display());
         }

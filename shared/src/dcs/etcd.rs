@@ -5,8 +5,8 @@
 use super::kv::{Cond, KeyValue, Kv, KvError, LeaseId, WatchEvent};
 use crate::config::EtcdConfig;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
-    Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -133,14 +133,6 @@ impl Kv for EtcdKv {
         }
     }
 
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), KvError> {
-        self.client()
-            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
-            .await
-            .map_err(map_err)?;
-        Ok(())
-    }
-
     async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
         let resp = self
             .client()
@@ -166,13 +158,6 @@ impl Kv for EtcdKv {
             Some(resp) if resp.ttl() > 0 => Ok(()),
             Some(_) => Err(KvError::LeaseNotFound(lease)),
             None => Err(KvError::Unavailable("keepalive stream closed".into())),
-        }
-    }
-
-    async fn revoke(&self, lease: LeaseId) -> Result<(), KvError> {
-        match self.client().lease_revoke(lease).await.map_err(map_err) {
-            Ok(_) | Err(KvError::LeaseNotFound(_)) => Ok(()),
-            Err(e) => Err(e),
         }
     }
 

@@ -78,14 +78,10 @@ pub trait Kv: Send + Sync + 'static {
         key: &str,
         cond: Option<Cond>,
     ) -> impl Future<Output = Result<bool, KvError>> + Send;
-    /// Deletes every key under a prefix.
-    fn delete_prefix(&self, prefix: &str) -> impl Future<Output = Result<(), KvError>> + Send;
     /// Grants a lease of `ttl` seconds.
     fn grant(&self, ttl: i64) -> impl Future<Output = Result<LeaseId, KvError>> + Send;
     /// Refreshes a lease; `LeaseNotFound` when it is gone.
     fn keepalive(&self, lease: LeaseId) -> impl Future<Output = Result<(), KvError>> + Send;
-    /// Revokes a lease, deleting every key bound to it.
-    fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), KvError>> + Send;
     /// Streams changes under `prefix` after `revision` until the receiver is dropped. A broken
     /// stream reports [`WatchEvent::Reset`] and resumes.
     fn watch(

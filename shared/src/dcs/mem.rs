@@ -167,10 +167,6 @@ impl MemKv {
         self.cut.store(cut, Ordering::SeqCst);
     }
 
-    pub fn store(&self) -> &MemStore {
-        &self.store
-    }
-
     fn run<R>(&self, f: impl FnOnce(&mut State) -> Result<R, KvError>) -> Result<R, KvError> {
         if self.cut.load(Ordering::SeqCst) {
             return Err(KvError::Unavailable(
@@ -226,21 +222,6 @@ impl Kv for MemKv {
         })
     }
 
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), KvError> {
-        self.run(|st| {
-            let doomed: Vec<String> = st
-                .keys
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect();
-            for k in doomed {
-                st.delete(&k);
-            }
-            Ok(())
-        })
-    }
-
     async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
         self.run(|st| {
             st.next_lease += 1;
@@ -261,13 +242,6 @@ impl Kv for MemKv {
                 }
                 None => Err(KvError::LeaseNotFound(lease)),
             }
-        })
-    }
-
-    async fn revoke(&self, lease: LeaseId) -> Result<(), KvError> {
-        self.run(|st| {
-            st.drop_lease(lease);
-            Ok(())
         })
     }
 

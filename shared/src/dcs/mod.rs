@@ -153,16 +153,8 @@ impl<K: Kv> Dcs<K> {
         }
     }
 
-    pub fn kv(&self) -> &K {
-        &self.kv
-    }
-
     pub fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     fn key(&self, rel: &str) -> String {
@@ -218,12 +210,6 @@ impl<K: Kv> Dcs<K> {
             .await?;
         *lock(&self.last_member_json) = Some((json, lease));
         Ok(())
-    }
-
-    /// Forgets the cached member value so the next touch writes it (after a reload from etcd
-    /// shows it differs).
-    pub fn invalidate_member_cache(&self) {
-        *lock(&self.last_member_json) = None;
     }
 
     /// Tries to take the leader lock (create-if-absent, bound to our lease).
@@ -386,29 +372,6 @@ impl<K: Kv> Dcs<K> {
                 Ok(true)
             }
         }
-    }
-
-    /// Deletes our member key (clean shutdown that leaves the cluster).
-    pub async fn delete_member(&self) -> Result<(), DcsError> {
-        self.kv
-            .delete_if(&keys::member(&self.prefix, &self.name), None)
-            .await?;
-        *lock(&self.last_member_json) = None;
-        Ok(())
-    }
-
-    /// Revokes our lease: our member key (and the leader key if bound to it) disappear at once.
-    pub async fn revoke_lease(&self) -> Result<(), DcsError> {
-        let lease = lock(&self.lease).take();
-        if let Some(id) = lease {
-            self.kv.revoke(id).await?;
-        }
-        Ok(())
-    }
-
-    /// Deletes every key of the cluster (`remove`).
-    pub async fn delete_cluster(&self) -> Result<(), DcsError> {
-        Ok(self.kv.delete_prefix(&self.prefix).await?)
     }
 
     /// Watches the cluster prefix from `revision`.

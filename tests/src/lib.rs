@@ -15,12 +15,21 @@ use std::time::{Duration, Instant};
 /// PostgreSQL 15's binaries on Debian.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-/// A free TCP port on 127.0.0.1 (bind to 0 and read it back).
+/// A free TCP port on 127.0.0.1 (bind to 0 and read it back), never the same one twice in this
+/// process: tests run in parallel threads, and the kernel may hand a released port out again.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if port != 0 && !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Whether we run as root (then PostgreSQL and agents run as `postgres`).

@@ -20,7 +20,7 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
+    for _ in 0..1000 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -30,6 +30,7 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+    panic!("no free loopback port after 1000 tries");
 }
 
 /// Whether we run as root (then PostgreSQL and agents run as `postgres`).

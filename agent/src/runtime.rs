@@ -841,6 +841,17 @@ impl<K: Kv> Agent<K> {
         if let Some(job) = self.job.take() {
             info!(job = ?job.kind, "shutting down: cancelling the running job");
             job.handle.abort();
+            let _ = job.handle.await;
+            if job.kind == Job::Bootstrap {
+                // Nobody else may bootstrap while initialize says someone is: give the claim up.
+                match self.dcs.abandon_initialize().await {
+                    Ok(true) => info!("bootstrap cancelled: removed the empty initialize key"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!("cannot remove the initialize key of the cancelled bootstrap: {e}")
+                    }
+                }
+            }
         }
         let cluster = self.dcs.load().await.ok();
         let paused = cluster.as_ref().is_some_and(|c| c.is_paused());

@@ -164,7 +164,11 @@ async fn leader_lock_and_leases() {
 
     assert!(a.race_initialize().await.unwrap());
     assert!(!b.race_initialize().await.unwrap());
+    // an abandoned claim can be given up, a stored system identifier cannot
+    assert!(a.abandon_initialize().await.unwrap());
+    assert!(a.race_initialize().await.unwrap());
     a.set_initialize("7000000000000000001").await.unwrap();
+    assert!(!a.abandon_initialize().await.unwrap());
 
     assert!(a.acquire_leader().await.unwrap());
     assert!(!b.acquire_leader().await.unwrap());

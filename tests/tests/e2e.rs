@@ -788,3 +788,63 @@ fn haproxy_with_patroni_checks_routes_to_the_primary_and_follows_a_handover() {
     assert_eq!(c.primary(), Some(new_idx));
     sql_dsn(&write, "INSERT INTO throughhaproxy VALUES (1)").unwrap();
 }
+
+#[test]
+fn sigterm_during_bootstrap_gives_the_claim_up_and_a_restart_bootstraps() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "termboot".into(),
+        nodes: 1,
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-termboot", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    // an initdb that takes a while, so the stop lands in the middle of the bootstrap
+    let node_dir = c.nodes[0].config_path.parent().unwrap().to_path_buf();
+    let slow = node_dir.join("slow-initdb");
+    std::fs::write(
+        &slow,
+        format!("#!/bin/sh\nsleep 4\nexec {PG_BIN}/initdb \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    chown_postgres(&slow).unwrap();
+    let original = std::fs::read_to_string(&c.nodes[0].config_path).unwrap();
+    let with_slow = original.replace(
+        &format!("  bin_dir: {PG_BIN}\n"),
+        &format!(
+            "  bin_dir: {PG_BIN}\n  bin_name:\n    initdb: {}\n",
+            slow.display()
+        ),
+    );
+    assert_ne!(with_slow, original);
+    std::fs::write(&c.nodes[0].config_path, with_slow).unwrap();
+    c.start_agent(0).unwrap();
+    wait_for("initdb to start", Duration::from_secs(30), || {
+        c.nodes[0].log().contains("running initdb").then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        etcd.get_prefix("/service/termboot/initialize").unwrap()[0].1,
+        "",
+        "the bootstrap claim is taken"
+    );
+    let status = c.stop_agent(0).unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        etcd.get_prefix("/service/termboot/initialize")
+            .unwrap()
+            .is_empty(),
+        "the claim of a cancelled bootstrap must be given up\n{}",
+        c.nodes[0].log()
+    );
+    // a normal restart bootstraps the cluster
+    std::fs::write(&c.nodes[0].config_path, original).unwrap();
+    c.start_agent(0).unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    c.shutdown();
+}

@@ -79,12 +79,15 @@ impl Postgres {
         }
         cmd.env("LC_ALL", "C")
             .env("PGPASSFILE", &self.cfg.postgresql.pgpass);
+        // The postmaster must outlive the agent; short-lived tools opt in to kill_on_drop.
         cmd.stdin(Stdio::null()).kill_on_drop(false);
         cmd
     }
 
     /// Runs a command to completion, returning stdout or an error carrying its stderr.
     async fn run(&self, mut cmd: Command, what: &str, timeout: Duration) -> Result<String> {
+        // A tool whose job is cancelled (agent shutdown) must not run on unattended.
+        cmd.kill_on_drop(true);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd
             .spawn()
@@ -341,6 +344,7 @@ impl Postgres {
             &[("application_name", &self.cfg.name), ("dbname", "postgres")],
         );
         let mut cmd = self.command("pg_basebackup");
+        cmd.kill_on_drop(true);
         cmd.arg(format!("--pgdata={}", self.data_dir().display()))
             .arg("-X")
             .arg("stream")

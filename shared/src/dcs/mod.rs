@@ -299,6 +299,17 @@ impl<K: Kv> Dcs<K> {
             .await?)
     }
 
+    /// Deletes `initialize` only while it is the empty "bootstrap in progress" claim.
+    pub async fn abandon_initialize(&self) -> Result<bool, DcsError> {
+        Ok(self
+            .kv
+            .delete_if(
+                &self.key(keys::INITIALIZE),
+                Some(Cond::ValueIs(String::new())),
+            )
+            .await?)
+    }
+
     /// Deletes `initialize` after a failed bootstrap.
     pub async fn cancel_initialization(&self) -> Result<(), DcsError> {
         self.kv.delete_if(&self.key(keys::INITIALIZE), None).await?;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgpilot needs to build and run on Debian 12, only what is missing:
-# etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15. Sourced by demo.sh and run.sh.
+# etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests).
+# Sourced by demo.sh and run.sh.
 set -euo pipefail
 
 pgpilot_prereqs() {
@@ -8,6 +9,7 @@ pgpilot_prereqs() {
     command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
     command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
     [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+    command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
     command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
     command -v gcc >/dev/null 2>&1 || need+=(build-essential)
     if ((${#need[@]})); then

@@ -240,15 +240,10 @@ impl Etcd {
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let body = serde_json::json!({"key": b64.encode(prefix), "range_end": b64.encode(&end)});
-        let (code, text) = http_post(
-            &format!("http://{}/v3/kv/range", self.endpoint()),
-            &body.to_string(),
+        let v = self.gateway(
+            "range",
+            serde_json::json!({"key": b64.encode(prefix), "range_end": b64.encode(&end)}),
         )?;
-        if code != 200 {
-            bail!("etcd range returned {code}: {text}");
-        }
-        let v: Value = serde_json::from_str(&text)?;
         let mut out = Vec::new();
         for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
             let key = String::from_utf8(b64.decode(kv["key"].as_str().unwrap_or(""))?)?;
@@ -275,30 +270,31 @@ impl Etcd {
     pub fn delete(&self, key: &str) -> Result<()> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let body = serde_json::json!({"key": b64.encode(key)});
-        let (code, text) = http_post(
-            &format!("http://{}/v3/kv/deleterange", self.endpoint()),
-            &body.to_string(),
-        )?;
-        if code != 200 {
-            bail!("etcd deleterange returned {code}: {text}");
-        }
-        Ok(())
+        self.gateway("deleterange", serde_json::json!({"key": b64.encode(key)}))
+            .map(|_| ())
     }
 
     /// Writes a key through the JSON gateway.
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let body = serde_json::json!({"key": b64.encode(key), "value": b64.encode(value)});
+        self.gateway(
+            "put",
+            serde_json::json!({"key": b64.encode(key), "value": b64.encode(value)}),
+        )
+        .map(|_| ())
+    }
+
+    /// One call of etcd's v3 JSON gateway (`/v3/kv/<op>`), answered with its JSON body.
+    fn gateway(&self, op: &str, body: Value) -> Result<Value> {
         let (code, text) = http_post(
-            &format!("http://{}/v3/kv/put", self.endpoint()),
+            &format!("http://{}/v3/kv/{op}", self.endpoint()),
             &body.to_string(),
         )?;
         if code != 200 {
-            bail!("etcd put returned {code}: {text}");
+            bail!("etcd {op} returned {code}: {text}");
         }
-        Ok(())
+        Ok(serde_json::from_str(&text)?)
     }
 }
 

@@ -38,6 +38,44 @@ pub struct PgView {
     pub timeline: Option<u64>,
     /// `host:port` of the upstream configured in `primary_conninfo`, if any.
     pub upstream: Option<String>,
+    /// Where the local WAL ends: for a running server its WAL position on the newest timeline it
+    /// knows; for a stopped one what pg_control shows. `None` when unknown (a primary that
+    /// crashed: its WAL may run past the last checkpoint).
+    pub wal_end: Option<WalEnd>,
+    /// A WAL receiver is streaming from the upstream.
+    pub streaming: bool,
+    /// A pg_rewind of this data directory failed or was cut short: it must never be started.
+    pub rewind_broken: bool,
+}
+
+/// The end of the local WAL: a position on a timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalEnd {
+    pub timeline: u64,
+    /// The first byte past the last record this node has.
+    pub lsn: u64,
+}
+
+/// How this node may repair a data directory whose timeline diverged from the leader's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RewindPolicy {
+    /// `use_pg_rewind` is on and pg_control shows `wal_log_hints` or data checksums.
+    pub possible: bool,
+    /// `remove_data_directory_on_rewind_failure`.
+    pub remove_on_failure: bool,
+    /// `remove_data_directory_on_diverged_timelines`.
+    pub remove_on_diverged: bool,
+}
+
+/// How the local WAL relates to the leader's timeline history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Divergence {
+    /// The local WAL is a prefix of the leader's history: streaming can resume.
+    No,
+    /// The local WAL runs past the point where the leader's history forked off `timeline`.
+    Diverged { timeline: u64, at: u64 },
+    /// Not enough is known (a crashed primary, or history not published yet).
+    Unknown,
 }
 
 /// A peer's answer to `GET /patroni`, gathered by the runtime before a leader race.
@@ -61,6 +99,8 @@ pub enum Job {
     Start,
     Promote,
     Demote,
+    Rewind,
+    Wipe,
 }
 
 /// Everything the core decides from.
@@ -88,6 +128,9 @@ pub struct Observation<'a> {
     pub dcs_unreachable_secs: u64,
     /// Seconds since this node last renewed the leader lock, if it holds it.
     pub lock_age_secs: Option<u64>,
+    pub rewind: RewindPolicy,
+    /// While this node holds the lock: for how long its PostgreSQL has not been up as primary.
+    pub primary_down_secs: Option<u64>,
 }
 
 /// One thing for the runtime to do.
@@ -125,6 +168,10 @@ pub enum Action {
     WriteConfig,
     /// Publish `status` (optime, slots) and, when the timeline moved, `history`.
     PublishStatus,
+    /// Stop PostgreSQL if it runs, and rewind the data directory with pg_rewind from `from`.
+    Rewind { from: String },
+    /// Stop PostgreSQL if it runs and empty the data directory, so that it is cloned again.
+    WipeData { reason: String },
 }
 
 /// The outcome of one cycle.
@@ -201,6 +248,167 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         }
     }
     None
+}
+
+/// The timeline the leader runs on: its member key's, else the one the history key implies.
+fn leader_timeline(cluster: &Cluster) -> u64 {
+    let from_history = cluster.timeline();
+    cluster
+        .leader
+        .as_ref()
+        .and_then(|l| cluster.member(&l.name))
+        .and_then(|m| m.data.timeline)
+        .map_or(from_history, |t| t.max(from_history))
+}
+
+/// Whether the local WAL (`end`) can continue as the leader's history (from the `history` key),
+/// or ran past the point where the leader's timeline forked off.
+pub fn divergence(cluster: &Cluster, end: Option<WalEnd>) -> Divergence {
+    let Some(end) = end else {
+        return Divergence::Unknown;
+    };
+    let leader_tl = leader_timeline(cluster);
+    if end.timeline == leader_tl {
+        return Divergence::No;
+    }
+    if end.timeline > leader_tl {
+        // We know a newer timeline than the leader: only a rewind (or the leader) can tell.
+        return Divergence::Unknown;
+    }
+    match cluster.history.iter().find(|e| e.timeline == end.timeline) {
+        Some(e) if end.lsn > e.lsn => Divergence::Diverged {
+            timeline: end.timeline,
+            at: e.lsn,
+        },
+        Some(_) => Divergence::No,
+        None => Divergence::Unknown,
+    }
+}
+
+/// Whether each member other than the leader could take over if the leader failed now, judged
+/// from the member keys: `(name, None)` for a candidate, `(name, Some(reason))` otherwise.
+pub fn failover_readiness(cluster: &Cluster) -> Vec<(String, Option<String>)> {
+    let leader = cluster.leader.as_ref().map(|l| l.name.as_str());
+    let max_lag = cluster.dynamic_config().maximum_lag_on_failover();
+    let reference = cluster
+        .status
+        .optime
+        .into_iter()
+        .chain(
+            leader
+                .and_then(|l| cluster.member(l))
+                .and_then(|m| m.data.xlog_location),
+        )
+        .max();
+    cluster
+        .members
+        .iter()
+        .filter(|m| Some(m.name.as_str()) != leader)
+        .map(|m| {
+            let why = if m.data.no_failover() {
+                Some("tagged nofailover".to_string())
+            } else if m.data.state != "running" {
+                Some(format!("PostgreSQL is {}", m.data.state))
+            } else if m.data.xlog_location.is_none() {
+                Some("WAL position unknown".to_string())
+            } else {
+                match (reference, m.data.xlog_location) {
+                    (Some(r), Some(x)) if r.saturating_sub(x) > max_lag => Some(format!(
+                        "lagging {} bytes behind the leader, more than maximum_lag_on_failover {max_lag}",
+                        r - x
+                    )),
+                    _ => None,
+                }
+            };
+            (m.name.clone(), why)
+        })
+        .collect()
+}
+
+/// One line naming why no member can take over, or `None` when at least one can.
+pub fn failover_blocked(cluster: &Cluster) -> Option<String> {
+    let all = failover_readiness(cluster);
+    if all.iter().any(|(_, why)| why.is_none()) {
+        return None;
+    }
+    if all.is_empty() {
+        return Some("no other member exists".into());
+    }
+    Some(
+        all.iter()
+            .map(|(n, why)| format!("{n}: {}", why.as_deref().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+/// For the lock holder whose PostgreSQL is down: after `primary_start_timeout`, and when some
+/// other member could take over, the reason to give the lock up (patroni#1663).
+fn primary_gives_up(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> {
+    let down = obs.primary_down_secs?;
+    let limit = cluster.dynamic_config().primary_start_timeout();
+    if down < limit {
+        return None;
+    }
+    let candidates: Vec<String> = failover_readiness(cluster)
+        .into_iter()
+        .filter(|(n, why)| why.is_none() && n != obs.me)
+        .map(|(n, _)| n)
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "PostgreSQL has not run as primary for {down}s (primary_start_timeout {limit}s): giving the leader lock up so that a healthy replica ({}) takes over",
+        candidates.join(", ")
+    ))
+}
+
+/// What a node that must follow the leader does with its data directory first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rejoin {
+    /// Its WAL continues the leader's history (or PostgreSQL will tell): start or keep streaming.
+    Follow,
+    /// Rewind from the leader first.
+    Rewind,
+    /// Wipe the data directory and clone again (the reason says why).
+    Wipe(String),
+    /// Do nothing yet, for this reason.
+    Wait(String),
+}
+
+fn rejoin_plan(obs: &Observation<'_>, cluster: &Cluster, leader: &str, was_primary: bool) -> Rejoin {
+    let leader_ready = cluster
+        .member(leader)
+        .is_some_and(|m| m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"));
+    let div = divergence(cluster, obs.pg.wal_end);
+    let diverged = match div {
+        Divergence::No => return Rejoin::Follow,
+        Divergence::Diverged { timeline, at } => Some((timeline, at)),
+        // A replica that never led cannot be ahead of the history it streamed; PostgreSQL itself
+        // refuses to stream a history that does not fit, and that is caught once it runs.
+        Divergence::Unknown if !was_primary => return Rejoin::Follow,
+        Divergence::Unknown if !obs.rewind.possible => return Rejoin::Follow,
+        Divergence::Unknown => None,
+    };
+    if !leader_ready {
+        return Rejoin::Wait(format!(
+            "waiting for the new leader {leader} to run as primary before rejoining it"
+        ));
+    }
+    if obs.rewind.possible {
+        return Rejoin::Rewind;
+    }
+    let (timeline, at) = diverged.unwrap_or_default();
+    let what = format!(
+        "the local WAL runs past the point where timeline {timeline} forked off ({}) and pg_rewind cannot be used (use_pg_rewind off, or neither wal_log_hints nor data checksums)",
+        shared::types::Lsn(at)
+    );
+    if obs.rewind.remove_on_diverged {
+        Rejoin::Wipe(format!("{what}: removing the data directory to clone it again (remove_data_directory_on_diverged_timelines)"))
+    } else {
+        Rejoin::Wait(format!("{what}: not following {leader}; reinitialize this member or set remove_data_directory_on_diverged_timelines"))
+    }
 }
 
 /// The member to clone from: a running member tagged `clonefrom` (not us, not the leader), else
@@ -344,12 +552,57 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         _ => {}
     }
 
+    if obs.pg.rewind_broken {
+        // patroni#3648: a half-rewound data directory can start and silently serve wrong data.
+        if holds_lock {
+            actions.push(Action::ReleaseLock);
+        }
+        if obs.rewind.remove_on_failure && !paused {
+            actions.push(Action::WipeData {
+                reason: "a pg_rewind of this data directory failed or was interrupted (remove_data_directory_on_rewind_failure)".into(),
+            });
+            return decision(
+                actions,
+                "a pg_rewind of this data directory failed or was interrupted: removing it to clone it again",
+            );
+        }
+        return decision(
+            actions,
+            "a pg_rewind of this data directory failed or was interrupted: PostgreSQL will not be started from it; reinitialize this member (POST /reinitialize) or set postgresql.remove_data_directory_on_rewind_failure",
+        );
+    }
+
     if !obs.pg.running {
         if paused {
             if holds_lock {
                 actions.push(Action::ReleaseLock);
             }
             return decision(actions, "PAUSE: PostgreSQL is not running; doing nothing");
+        }
+        if holds_lock && was_primary && let Some(d) = primary_gives_up(obs, cluster) {
+            actions.push(Action::ReleaseLock);
+            return decision(actions, d);
+        }
+        if let Some(l) = cluster.leader.as_ref().filter(|l| l.name != obs.me) {
+            match rejoin_plan(obs, cluster, &l.name, was_primary) {
+                Rejoin::Follow => {}
+                Rejoin::Rewind => {
+                    actions.push(Action::Rewind {
+                        from: l.name.clone(),
+                    });
+                    return decision(
+                        actions,
+                        format!("rewinding the data directory from {} with pg_rewind before following it", l.name),
+                    );
+                }
+                Rejoin::Wipe(reason) => {
+                    actions.push(Action::WipeData {
+                        reason: reason.clone(),
+                    });
+                    return decision(actions, reason);
+                }
+                Rejoin::Wait(why) => return decision(actions, why),
+            }
         }
         let leader_other = cluster
             .leader
@@ -377,6 +630,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     }
 
     if !obs.pg.ready {
+        if holds_lock && !paused && let Some(d) = primary_gives_up(obs, cluster) {
+            actions.push(Action::ReleaseLock);
+            return decision(actions, d);
+        }
         if holds_lock {
             actions.push(Action::RenewLock);
         }
@@ -448,6 +705,27 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 actions.push(Action::Demote { upstream });
                 return decision(actions, summary);
             }
+            if !obs.pg.streaming && !paused {
+                match rejoin_plan(obs, cluster, &l.name, false) {
+                    Rejoin::Follow => {}
+                    Rejoin::Rewind => {
+                        actions.push(Action::Rewind {
+                            from: l.name.clone(),
+                        });
+                        return decision(
+                            actions,
+                            format!("this replica's WAL diverged from {}'s timeline: rewinding it with pg_rewind", l.name),
+                        );
+                    }
+                    Rejoin::Wipe(reason) => {
+                        actions.push(Action::WipeData {
+                            reason: reason.clone(),
+                        });
+                        return decision(actions, reason);
+                    }
+                    Rejoin::Wait(why) => return decision(actions, why),
+                }
+            }
             let want = upstream.as_deref().and_then(|u| member_address(cluster, u));
             if want.is_some() && want != obs.pg.upstream {
                 let summary = format!("following {}", upstream.as_deref().unwrap_or_default());
@@ -518,6 +796,12 @@ mod tests {
             wal_position: Some(wal),
             timeline: Some(1),
             upstream: upstream.map(str::to_string),
+            wal_end: Some(WalEnd {
+                timeline: 1,
+                lsn: wal,
+            }),
+            streaming: upstream.is_some(),
+            rewind_broken: false,
         }
     }
 
@@ -558,6 +842,12 @@ mod tests {
             },
             dcs_unreachable_secs: 0,
             lock_age_secs: Some(1),
+            rewind: RewindPolicy {
+                possible: true,
+                remove_on_failure: false,
+                remove_on_diverged: false,
+            },
+            primary_down_secs: None,
         }
     }
 
@@ -870,5 +1160,201 @@ mod tests {
         c.config = None;
         let d = decide(&obs("n1", Some(&c), primary_pg(), &[]));
         assert_eq!(d.actions[1], Action::WriteConfig);
+    }
+
+    /// n1 led timeline 1 and wrote up to 5000; n2 promoted at 3000 and leads timeline 2.
+    fn after_failover() -> Cluster {
+        let mut c = cluster(Some("n2"));
+        c.members[1].data.role = "primary".into();
+        c.members[1].data.timeline = Some(2);
+        c.history = vec![shared::dcs::HistoryEntry {
+            timeline: 1,
+            lsn: 3000,
+            reason: "no recovery target specified".into(),
+            timestamp: None,
+            new_leader: Some("n2".into()),
+        }];
+        c
+    }
+
+    fn stopped_old_primary(end: Option<u64>) -> PgView {
+        let mut pg = primary_pg();
+        pg.running = false;
+        pg.ready = false;
+        pg.wal_position = None;
+        pg.wal_end = end.map(|lsn| WalEnd { timeline: 1, lsn });
+        pg
+    }
+
+    #[test]
+    fn divergence_is_read_from_the_history_key() {
+        let c = after_failover();
+        let at = |tl, lsn| divergence(&c, Some(WalEnd { timeline: tl, lsn }));
+        assert_eq!(at(1, 3000), Divergence::No);
+        assert_eq!(at(1, 2000), Divergence::No);
+        assert_eq!(
+            at(1, 3001),
+            Divergence::Diverged {
+                timeline: 1,
+                at: 3000
+            }
+        );
+        assert_eq!(at(2, 9000), Divergence::No);
+        assert_eq!(divergence(&c, None), Divergence::Unknown);
+        // a timeline the history does not know, or one newer than the leader's
+        let mut c3 = c.clone();
+        c3.members[1].data.timeline = Some(3);
+        assert_eq!(
+            divergence(&c3, Some(WalEnd {
+                timeline: 2,
+                lsn: 1
+            })),
+            Divergence::Unknown
+        );
+        assert_eq!(at(3, 1), Divergence::Unknown);
+    }
+
+    #[test]
+    fn an_old_primary_rejoins_directly_or_after_pg_rewind() {
+        let c = after_failover();
+        // its shutdown checkpoint reached the new leader: follow as it is
+        let d = decide(&obs("n1", Some(&c), stopped_old_primary(Some(2990)), &[]));
+        assert_eq!(
+            d.actions,
+            vec![Action::Start {
+                as_primary: false,
+                upstream: Some("n2".into())
+            }]
+        );
+        // it wrote past the fork point: rewind first
+        let d = decide(&obs("n1", Some(&c), stopped_old_primary(Some(5000)), &[]));
+        assert_eq!(d.actions, vec![Action::Rewind { from: "n2".into() }]);
+        // it crashed (end unknown): pg_rewind decides
+        let d = decide(&obs("n1", Some(&c), stopped_old_primary(None), &[]));
+        assert_eq!(d.actions, vec![Action::Rewind { from: "n2".into() }]);
+        // ...but not before the new leader runs as primary
+        let mut promoting = c.clone();
+        promoting.members[1].data.role = "replica".into();
+        let d = decide(&obs("n1", Some(&promoting), stopped_old_primary(None), &[]));
+        assert_eq!(d.actions, vec![]);
+        assert!(d.summary.contains("waiting for the new leader"), "{}", d.summary);
+    }
+
+    #[test]
+    fn without_pg_rewind_diverged_data_is_removed_only_when_allowed() {
+        let c = after_failover();
+        let mut o = obs("n1", Some(&c), stopped_old_primary(Some(5000)), &[]);
+        o.rewind.possible = false;
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert!(
+            d.summary.contains("remove_data_directory_on_diverged_timelines"),
+            "{}",
+            d.summary
+        );
+        o.rewind.remove_on_diverged = true;
+        let d = decide(&o);
+        assert!(matches!(d.actions.as_slice(), [Action::WipeData { .. }]));
+        // a crashed primary without pg_rewind starts as a replica: PostgreSQL checks the history
+        let mut o = obs("n1", Some(&c), stopped_old_primary(None), &[]);
+        o.rewind.possible = false;
+        assert!(matches!(
+            decide(&o).actions.as_slice(),
+            [Action::Start {
+                as_primary: false,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_data_directory_whose_rewind_failed_is_never_started() {
+        let c = after_failover();
+        let mut pg = stopped_old_primary(Some(5000));
+        pg.rewind_broken = true;
+        let d = decide(&obs("n1", Some(&c), pg.clone(), &[]));
+        assert_eq!(d.actions, vec![]);
+        assert!(d.summary.contains("will not be started"), "{}", d.summary);
+        // even holding the lock: it is given up, never started as primary
+        let mut mine = c.clone();
+        mine.leader.as_mut().unwrap().name = "n1".into();
+        let d = decide(&obs("n1", Some(&mine), pg.clone(), &[]));
+        assert_eq!(d.actions, vec![Action::ReleaseLock]);
+        let mut o = obs("n1", Some(&c), pg, &[]);
+        o.rewind.remove_on_failure = true;
+        assert!(matches!(decide(&o).actions.as_slice(), [Action::WipeData { .. }]));
+    }
+
+    #[test]
+    fn a_running_replica_that_diverged_is_rewound_one_that_streams_is_left_alone() {
+        let c = after_failover();
+        let mut pg = replica_pg(5000, None);
+        pg.streaming = false;
+        let d = decide(&obs("n3", Some(&c), pg.clone(), &[]));
+        assert_eq!(d.actions, vec![Action::Rewind { from: "n2".into() }]);
+        pg.streaming = true;
+        let d = decide(&obs("n3", Some(&c), pg, &[]));
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::Rewind { .. })));
+        // behind the fork point: just follow
+        let d = decide(&obs("n3", Some(&c), replica_pg(2000, None), &[]));
+        assert_eq!(
+            d.actions,
+            vec![Action::Follow {
+                upstream: Some("n2".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn a_primary_that_cannot_start_gives_the_lock_up_after_primary_start_timeout() {
+        let mut c = cluster(Some("n1"));
+        for m in c.members.iter_mut() {
+            m.data.xlog_location = Some(1000);
+        }
+        let mut pg = primary_pg();
+        pg.running = false;
+        pg.ready = false;
+        let mut o = obs("n1", Some(&c), pg, &[]);
+        o.primary_down_secs = Some(299);
+        assert!(matches!(
+            decide(&o).actions.as_slice(),
+            [Action::RenewLock, Action::Start { as_primary: true, .. }]
+        ));
+        o.primary_down_secs = Some(300);
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::ReleaseLock]);
+        assert!(d.summary.contains("n2, n3"), "{}", d.summary);
+        // nobody could take over: keep trying
+        let mut lonely = c.clone();
+        lonely.members.truncate(1);
+        let mut o2 = obs("n1", Some(&lonely), o.pg.clone(), &[]);
+        o2.primary_down_secs = Some(9999);
+        assert!(matches!(
+            decide(&o2).actions.as_slice(),
+            [Action::RenewLock, Action::Start { as_primary: true, .. }]
+        ));
+        // a primary stuck starting (crash recovery) gives up too
+        let mut starting = o.clone();
+        starting.pg.running = true;
+        assert_eq!(decide(&starting).actions, vec![Action::ReleaseLock]);
+    }
+
+    #[test]
+    fn failover_readiness_names_each_member_and_why() {
+        let mut c = cluster(Some("n1"));
+        c.status.optime = Some(50 << 20);
+        c.members[1]
+            .data
+            .tags
+            .insert("nofailover".into(), serde_json::Value::Bool(true));
+        c.members[2].data.xlog_location = Some(1 << 20);
+        let why = failover_blocked(&c).expect("blocked");
+        assert!(why.contains("n2: tagged nofailover"), "{why}");
+        assert!(why.contains("n3: lagging"), "{why}");
+        assert!(why.contains("maximum_lag_on_failover"), "{why}");
+        c.members[2].data.xlog_location = Some(50 << 20);
+        assert_eq!(failover_blocked(&c), None);
+        c.members[2].data.state = "stopped".into();
+        assert!(failover_blocked(&c).unwrap().contains("n3: PostgreSQL is stopped"));
     }
 }

@@ -369,6 +369,21 @@ pub fn status_json(s: &Snapshot) -> Value {
         "patroni".into(),
         json!({"version": shared::PATRONI_COMPAT_VERSION, "scope": s.scope, "name": s.name}),
     );
+    // pgpilot's own additions; Patroni clients ignore unknown keys.
+    let mut own = serde_json::Map::new();
+    if !s.decision.is_empty() {
+        own.insert("decision".into(), json!(s.decision));
+    }
+    if s.dcs_ok {
+        own.insert(
+            "failover_possible".into(),
+            json!(s.failover_blocked.is_none()),
+        );
+    }
+    if let Some(why) = &s.failover_blocked {
+        own.insert("failover_blocked".into(), json!(why));
+    }
+    o.insert("pgpilot".into(), Value::Object(own));
     Value::Object(o)
 }
 
@@ -400,6 +415,12 @@ pub fn metrics(s: &Snapshot) -> String {
         "gauge",
         "Patroni semver without periods (pgpilot reports the compatible version).",
         format!("{:06}", version_number(shared::PATRONI_COMPAT_VERSION)),
+    );
+    metric(
+        "pgpilot_failover_possible",
+        "gauge",
+        "Value is 1 if some member could take over from the leader now, 0 if failover is blocked.",
+        b(s.dcs_ok && s.failover_blocked.is_none()),
     );
     metric(
         "patroni_postgres_running",

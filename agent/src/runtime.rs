@@ -3,9 +3,11 @@
 //! the `loop_wait` timer, on etcd watch events (leader, config, status, failover, new members),
 //! on postmaster exit and when a background job finishes.
 
-use crate::ha::{self, Action, DataDir, Decision, Job, Observation, PeerReport, PgView};
+use crate::ha::{
+    self, Action, DataDir, Decision, Job, Observation, PeerReport, PgView, RewindPolicy, WalEnd,
+};
 use crate::jobs::{bootstrap, clone_replica, start_postgres};
-use crate::postgres::{Postgres, ServerStatus, Upstream};
+use crate::postgres::{Postgres, RewindOutcome, ServerStatus, Upstream};
 pub use crate::snapshot::Snapshot;
 use anyhow::{Result, anyhow};
 use serde_json::{Map, Value};
@@ -51,6 +53,14 @@ pub struct Agent<K: Kv> {
     dcs_down_since: Option<Instant>,
     /// The last dynamic configuration read (used while etcd is unreachable).
     last_dynamic: DynamicConfig,
+    /// Since when this node holds the lock without its PostgreSQL up (primary_start_timeout).
+    primary_down_since: Option<Instant>,
+    /// pg_control of the data directory shows wal_log_hints or checksums (pg_rewind can work).
+    rewind_capable: Option<bool>,
+    /// The last "no member could take over" line logged, to log each change once.
+    last_failover_blocked: Option<String>,
+    /// The timing problem of the dynamic configuration last warned about.
+    timing_warned: Option<String>,
 }
 
 impl<K: Kv> Agent<K> {
@@ -80,6 +90,10 @@ impl<K: Kv> Agent<K> {
             started: Instant::now(),
             dcs_down_since: None,
             last_dynamic,
+            primary_down_since: None,
+            rewind_capable: None,
+            last_failover_blocked: None,
+            timing_warned: None,
         }
     }
 
@@ -135,6 +149,7 @@ impl<K: Kv> Agent<K> {
                                 | keys::CONFIG
                                 | keys::STATUS
                                 | keys::FAILOVER
+                                | keys::HISTORY
                                 | keys::INITIALIZE => true,
                                 _ => {
                                     rel.starts_with(keys::MEMBERS)
@@ -208,6 +223,18 @@ impl<K: Kv> Agent<K> {
             None => self.last_dynamic.clone(),
         };
         let timing = dynamic.timing();
+        let problem = dynamic.timing_problem();
+        if problem != self.timing_warned {
+            if let Some(p) = &problem {
+                warn!(
+                    ttl = timing.ttl,
+                    loop_wait = timing.loop_wait,
+                    retry_timeout = timing.retry_timeout,
+                    "the dynamic configuration's timing is unsafe ({p}); using the values shown until it is fixed"
+                );
+            }
+            self.timing_warned = problem;
+        }
         self.dcs.set_ttl(timing.ttl as i64);
         if let Some(c) = &cluster {
             self.seen_leader |= c.leader.is_some();
@@ -218,6 +245,18 @@ impl<K: Kv> Agent<K> {
         }
 
         let (pg_view, server) = self.observe_pg().await;
+        let holder = cluster
+            .as_ref()
+            .and_then(|c| c.leader.as_ref())
+            .is_some_and(|l| l.name == self.cfg.name);
+        if holder && !pg_view.ready {
+            self.primary_down_since.get_or_insert_with(Instant::now);
+        } else if cluster.is_some() {
+            self.primary_down_since = None;
+        }
+        if let Some(c) = &cluster {
+            self.report_failover_readiness(c);
+        }
         let peers = match &cluster {
             Some(c) if c.leader.is_none() && pg_view.ready && self.job.is_none() => {
                 self.probe_peers(c).await
@@ -253,6 +292,8 @@ impl<K: Kv> Agent<K> {
                     .map(|t| t.elapsed().as_secs())
                     .unwrap_or(0),
                 lock_age_secs: self.lock_renewed.map(|t| t.elapsed().as_secs()),
+                rewind: self.rewind_policy(&dynamic),
+                primary_down_secs: self.primary_down_since.map(|t| t.elapsed().as_secs()),
             };
             ha::decide(&obs)
         };
@@ -309,6 +350,8 @@ impl<K: Kv> Agent<K> {
                 .as_ref()
                 .map(|s| s.system_identifier.clone())
                 .or_else(|| self.pg.cached_sysid()),
+            decision: decision.summary.clone(),
+            failover_blocked: self.last_failover_blocked.clone(),
             ..(*prev).clone()
         };
         self.snapshot.send_replace(Arc::new(snap));
@@ -318,6 +361,9 @@ impl<K: Kv> Agent<K> {
             Duration::from_secs(1)
         } else if self.job.is_some() {
             Duration::from_millis(500)
+        } else if !pg_view.ready {
+            // PostgreSQL is down or waiting to rejoin: look again soon.
+            Duration::from_secs(timing.loop_wait.min(1))
         } else {
             Duration::from_secs(timing.loop_wait)
         }
@@ -325,7 +371,16 @@ impl<K: Kv> Agent<K> {
 
     async fn observe_pg(&mut self) -> (PgView, Option<ServerStatus>) {
         let initialized = self.pg.data_dir_initialized();
-        let running = initialized && self.pg.running_pid().is_some();
+        let pid = if initialized {
+            self.pg.running_pid()
+        } else {
+            None
+        };
+        if let Some(pid) = pid {
+            self.pg.watch_adopted(pid);
+        }
+        let running = pid.is_some();
+        let mut stopped_end = None;
         let server = if running {
             self.pg.status().await.ok()
         } else {
@@ -351,10 +406,17 @@ impl<K: Kv> Agent<K> {
             }
         } else {
             match self.pg.controldata().await {
-                Ok(cd) => DataDir::Present {
-                    was_primary: cd.was_primary(),
-                    sysid: cd.system_identifier,
-                },
+                Ok(cd) => {
+                    self.note_rewind_capability(cd.wal_log_hints || cd.data_checksums);
+                    stopped_end = cd.wal_end().map(|(tl, lsn)| WalEnd {
+                        timeline: self.pg.wal_timeline(tl),
+                        lsn,
+                    });
+                    DataDir::Present {
+                        was_primary: cd.was_primary(),
+                        sysid: cd.system_identifier,
+                    }
+                }
                 Err(e) => {
                     warn!("cannot read pg_control: {e:#}");
                     DataDir::Empty
@@ -373,8 +435,78 @@ impl<K: Kv> Agent<K> {
             wal_position: server.as_ref().and_then(|s| s.wal_position()),
             timeline: server.as_ref().and_then(|s| s.timeline),
             upstream: self.pg.configured_upstream(),
+            wal_end: match &server {
+                Some(s) => s
+                    .wal_position()
+                    .zip(s.timeline)
+                    .map(|(lsn, tl)| WalEnd {
+                        timeline: if s.in_recovery {
+                            self.pg.wal_timeline(tl)
+                        } else {
+                            tl
+                        },
+                        lsn,
+                    }),
+                None => stopped_end,
+            },
+            streaming: server
+                .as_ref()
+                .is_some_and(|s| s.replication_state.as_deref() == Some("streaming")),
+            rewind_broken: initialized && self.pg.rewind_broken(),
         };
+        if view.ready && view.in_recovery && !view.streaming && self.rewind_capable.is_none() {
+            // pg_rewind may be needed soon: learn whether it could work.
+            if let Ok(cd) = self.pg.controldata().await {
+                self.note_rewind_capability(cd.wal_log_hints || cd.data_checksums);
+            }
+        }
         (view, server)
+    }
+
+    fn use_pg_rewind(&self, dynamic: &DynamicConfig) -> bool {
+        self.cfg
+            .postgresql
+            .use_pg_rewind
+            .or_else(|| dynamic.use_pg_rewind())
+            .unwrap_or(false)
+    }
+
+    fn rewind_policy(&self, dynamic: &DynamicConfig) -> RewindPolicy {
+        let pg = &self.cfg.postgresql;
+        RewindPolicy {
+            possible: self.use_pg_rewind(dynamic) && self.rewind_capable != Some(false),
+            remove_on_failure: pg.remove_data_directory_on_rewind_failure,
+            remove_on_diverged: pg.remove_data_directory_on_diverged_timelines,
+        }
+    }
+
+    fn note_rewind_capability(&mut self, capable: bool) {
+        if self.rewind_capable != Some(capable) && !capable && self.use_pg_rewind(&self.last_dynamic)
+        {
+            warn!(
+                "use_pg_rewind is on, but pg_control shows neither wal_log_hints nor data checksums: pg_rewind cannot be used until PostgreSQL restarts with wal_log_hints = on"
+            );
+        }
+        self.rewind_capable = Some(capable);
+    }
+
+    /// Logs, once per change, whether any member could take over from the leader, and keeps
+    /// the answer for the REST API (patroni#1849: learn it before the outage).
+    fn report_failover_readiness(&mut self, cluster: &Cluster) {
+        let blocked = ha::failover_blocked(cluster);
+        if blocked != self.last_failover_blocked {
+            match &blocked {
+                Some(why) if cluster.leader.is_some() => warn!(
+                    "no member could take over if the leader failed now: {why}"
+                ),
+                Some(why) => error!("failover is blocked, no member can take over: {why}"),
+                None if self.last_failover_blocked.is_some() => {
+                    info!("failover is possible again")
+                }
+                None => {}
+            }
+            self.last_failover_blocked = blocked;
+        }
     }
 
     async fn probe_peers(&self, cluster: &Cluster) -> Vec<PeerReport> {
@@ -417,6 +549,8 @@ impl<K: Kv> Agent<K> {
                 }
             }
             Some(Job::Demote) => PgState::Restarting,
+            Some(Job::Rewind) => PgState::Rewinding,
+            Some(Job::Wipe) => PgState::Stopping,
             None => {
                 if v.ready {
                     PgState::Running
@@ -631,9 +765,18 @@ impl<K: Kv> Agent<K> {
                 let pg = self.pg.clone();
                 let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
                 let hba = dynamic.pg_hba();
+                let offline = upstream.is_none();
                 self.spawn_job(Job::Demote, async move {
                     pg.stop("fast", timeout).await?;
-                    start_postgres(pg, params, hba, Some(up), timeout).await
+                    if offline {
+                        // etcd is unreachable: stay up, read-only, until it is back.
+                        start_postgres(pg, params, hba, Some(up), timeout).await
+                    } else {
+                        // Another member leads: whether this data can follow it as it is or
+                        // needs pg_rewind is decided next cycle, from its timeline history.
+                        info!("stopped the demoted primary; it rejoins as a replica next");
+                        Ok(())
+                    }
                 });
                 Ok(Step::Continue)
             }
@@ -667,6 +810,26 @@ impl<K: Kv> Agent<K> {
                 };
                 self.dcs.set_config(&cfg, None).await?;
                 warn!("the config key was missing or invalid: restored it from {source}");
+                Ok(Step::Continue)
+            }
+            Action::Rewind { from } => {
+                let cluster = cluster.ok_or_else(|| anyhow!("no cluster view"))?;
+                let up = upstream_of(cluster, from)
+                    .ok_or_else(|| anyhow!("member {from} has no usable conn_url"))?;
+                let pg = self.pg.clone();
+                let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                self.spawn_job(Job::Rewind, async move {
+                    match pg.rewind(&up, timeout).await? {
+                        RewindOutcome::NotNeeded | RewindOutcome::Rewound => Ok(()),
+                    }
+                });
+                Ok(Step::Continue)
+            }
+            Action::WipeData { reason } => {
+                warn!(data_dir = %self.pg.data_dir().display(), "removing the data directory: {reason}");
+                let pg = self.pg.clone();
+                let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                self.spawn_job(Job::Wipe, async move { pg.wipe(timeout).await });
                 Ok(Step::Continue)
             }
             Action::PublishStatus => {

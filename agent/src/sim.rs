@@ -1,13 +1,17 @@
 //! Seeded simulation of several agents' decision cores over the in-memory etcd, with simulated
-//! PostgreSQL servers, a manual clock and injected faults (etcd partitions of single nodes, lost
-//! machines coming back, peers unreachable over REST). After every step it checks the safety
-//! rules: at most one writable primary, never a promotion beyond `maximum_lag_on_failover`, never
-//! two data directories initialized as different clusters; and after the faults heal, that the
-//! cluster converges to one primary holding the lock.
+//! PostgreSQL servers (WAL positions, timelines and their fork points), a manual clock and
+//! injected faults: etcd partitions of single nodes and of all of them, lost machines coming
+//! back, agents dying and restarting while PostgreSQL runs on, postmaster crashes, replicas that
+//! lag, peers unreachable over REST, failing pg_rewind runs. After every step it checks the
+//! safety rules: at most one writable primary, never a promotion beyond
+//! `maximum_lag_on_failover` or of a `nofailover` member, never a start from a data directory
+//! whose rewind failed, never two clusters initialized; and after the faults heal, that the
+//! cluster converges: one primary holding the lock and every other member streaming from it on
+//! a history that fits (rejoined with pg_rewind or cloned again when its timeline diverged).
 
-use crate::ha::{self, Action, DataDir, Job, Observation, PeerReport, PgView};
+use crate::ha::{self, Action, DataDir, Job, Observation, PeerReport, PgView, RewindPolicy, WalEnd};
 use shared::dcs::mem::{MemKv, MemStore};
-use shared::dcs::{Cluster, Dcs, DynamicConfig, MemberData, Status};
+use shared::dcs::{Cluster, Dcs, DynamicConfig, HistoryEntry, MemberData, Status};
 
 /// A tiny deterministic PRNG (xorshift64*), so that every run of a seed is the same.
 struct Rng(u64);
@@ -31,7 +35,8 @@ impl Rng {
 const TTL: u64 = 10;
 const LOOP_WAIT: u64 = 2;
 const RETRY: u64 = 3;
-const MAX_LAG: u64 = 1 << 20;
+const MAX_LAG: u64 = 50_000;
+const PRIMARY_START_TIMEOUT: u64 = 20;
 const TICK_MS: u64 = 100;
 
 #[derive(Clone, Debug)]
@@ -41,7 +46,42 @@ struct SimPg {
     in_recovery: bool,
     wal: u64,
     timeline: u64,
+    /// `(timeline, fork point)` of every ancestor timeline, as in a timeline history file.
+    history: Vec<(u64, u64)>,
     upstream: Option<String>,
+    /// The last stop was clean (a crashed primary's WAL end is unknown to pg_control).
+    clean: bool,
+    /// A pg_rewind failed half way.
+    broken: bool,
+    streaming: bool,
+    /// Replication from the upstream is held back until then (a slow network or disk).
+    lag_until_ms: u64,
+    /// PostgreSQL fails to start until then (a full disk, a broken config).
+    start_fails_until_ms: u64,
+}
+
+impl SimPg {
+    fn was_primary(&self) -> bool {
+        matches!(self.data, DataDir::Present { was_primary: true, .. })
+    }
+    fn set_was_primary(&mut self, primary: bool) {
+        if let DataDir::Present { was_primary, .. } = &mut self.data {
+            *was_primary = primary;
+        }
+    }
+    /// Whether WAL from `up` can be streamed into this server: its history continues ours.
+    fn fits(&self, up: &SimPg) -> bool {
+        if up.timeline == self.timeline {
+            return true;
+        }
+        if up.timeline < self.timeline {
+            return false;
+        }
+        up.history
+            .iter()
+            .find(|(tl, _)| *tl == self.timeline)
+            .is_some_and(|(_, at)| self.wal <= *at)
+    }
 }
 
 struct SimNode {
@@ -49,15 +89,20 @@ struct SimNode {
     kv: MemKv,
     dcs: Dcs<MemKv>,
     alive: bool,
+    /// The agent process is down until then while PostgreSQL keeps running (a restart).
+    agent_down_until_ms: Option<u64>,
     pg: SimPg,
     job: Option<(Job, u64, Vec<Action>)>,
     next_cycle_ms: u64,
     lock_renewed_ms: Option<u64>,
     dcs_down_since_ms: Option<u64>,
+    primary_down_since_ms: Option<u64>,
     seen_leader: bool,
     started_ms: u64,
     /// Peers cannot reach this node's REST API.
     unreachable: bool,
+    no_failover: bool,
+    last_summary: String,
 }
 
 fn fresh_pg() -> SimPg {
@@ -67,7 +112,13 @@ fn fresh_pg() -> SimPg {
         in_recovery: true,
         wal: 0,
         timeline: 1,
+        history: Vec::new(),
         upstream: None,
+        clean: true,
+        broken: false,
+        streaming: false,
+        lag_until_ms: 0,
+        start_fails_until_ms: 0,
     }
 }
 
@@ -79,14 +130,18 @@ impl SimNode {
             dcs: Dcs::new(kv.clone(), "/service", "sim", name, TTL as i64),
             kv,
             alive: true,
+            agent_down_until_ms: None,
             pg: fresh_pg(),
             job: None,
             next_cycle_ms: 0,
             lock_renewed_ms: None,
             dcs_down_since_ms: None,
+            primary_down_since_ms: None,
             seen_leader: false,
             started_ms: 0,
             unreachable: false,
+            no_failover: false,
+            last_summary: String::new(),
         }
     }
 
@@ -94,15 +149,39 @@ impl SimNode {
         self.alive && self.pg.running && !self.pg.in_recovery
     }
 
+    fn agent_up(&self) -> bool {
+        self.alive && self.agent_down_until_ms.is_none()
+    }
+
+    /// A restarted agent: its memory is gone, etcd and PostgreSQL are as they were.
+    fn restart_agent(&mut self, now: u64) {
+        self.started_ms = now;
+        self.seen_leader = false;
+        self.lock_renewed_ms = None;
+        self.dcs_down_since_ms = None;
+        self.primary_down_since_ms = None;
+        self.next_cycle_ms = now;
+        self.job = None;
+        self.dcs = Dcs::new(self.kv.clone(), "/service", "sim", &self.name, TTL as i64);
+    }
+
     fn view(&self) -> PgView {
+        let pg = &self.pg;
+        let end_known = pg.running || pg.clean || !pg.was_primary();
         PgView {
-            data: self.pg.data.clone(),
-            running: self.pg.running,
-            ready: self.pg.running,
-            in_recovery: self.pg.in_recovery,
-            wal_position: self.pg.running.then_some(self.pg.wal),
-            timeline: Some(self.pg.timeline),
-            upstream: self.pg.upstream.as_ref().map(|u| address(u)),
+            data: pg.data.clone(),
+            running: pg.running,
+            ready: pg.running,
+            in_recovery: pg.in_recovery,
+            wal_position: pg.running.then_some(pg.wal),
+            timeline: Some(pg.timeline),
+            upstream: pg.upstream.as_ref().map(|u| address(u)),
+            wal_end: end_known.then_some(WalEnd {
+                timeline: pg.timeline,
+                lsn: pg.wal,
+            }),
+            streaming: pg.streaming,
+            rewind_broken: pg.broken,
         }
     }
 
@@ -112,6 +191,10 @@ impl SimNode {
             (_, true, false) => "primary",
             _ => "replica",
         };
+        let mut tags = serde_json::Map::new();
+        if self.no_failover {
+            tags.insert("nofailover".into(), serde_json::Value::Bool(true));
+        }
         MemberData {
             conn_url: format!("postgres://{}/postgres", address(&self.name)),
             api_url: format!("http://{}/patroni", address(&self.name)),
@@ -126,6 +209,7 @@ impl SimNode {
             xlog_location: self.pg.running.then_some(self.pg.wal),
             timeline: Some(self.pg.timeline),
             pause: paused.then_some(true),
+            tags,
             ..Default::default()
         }
     }
@@ -145,23 +229,59 @@ struct Sim {
     log: Vec<String>,
     sysids: Vec<String>,
     stats: Stats,
+    policy: RewindPolicy,
+    /// The highest timeline any node has created (PostgreSQL picks a fresh one on promotion).
+    max_timeline: u64,
 }
 
-/// What happened in a run, to prove the faults really forced failovers.
+/// What happened in a run, to prove the faults really forced failovers and repairs.
 #[derive(Default, Debug, Clone, Copy)]
 struct Stats {
     promotions: u64,
     demotions: u64,
     machines_lost: u64,
     etcd_cuts: u64,
+    pg_crashes: u64,
+    agent_restarts: u64,
+    rewinds: u64,
+    rewind_failures: u64,
+    wipes: u64,
+    lock_given_up: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: Stats) {
+        self.promotions += o.promotions;
+        self.demotions += o.demotions;
+        self.machines_lost += o.machines_lost;
+        self.etcd_cuts += o.etcd_cuts;
+        self.pg_crashes += o.pg_crashes;
+        self.agent_restarts += o.agent_restarts;
+        self.rewinds += o.rewinds;
+        self.rewind_failures += o.rewind_failures;
+        self.wipes += o.wipes;
+        self.lock_given_up += o.lock_given_up;
+    }
 }
 
 impl Sim {
     fn new(seed: u64, n: usize) -> Sim {
         let store = MemStore::new();
-        let nodes = (1..=n)
+        let mut nodes: Vec<SimNode> = (1..=n)
             .map(|i| SimNode::new(&store, &format!("n{i}")))
             .collect();
+        // Some seeds tag the last member nofailover; it must never be promoted.
+        if seed % 3 == 0 {
+            if let Some(last) = nodes.last_mut() {
+                last.no_failover = true;
+            }
+        }
+        // Some seeds run without pg_rewind: diverged members are cloned again instead.
+        let policy = RewindPolicy {
+            possible: seed % 4 != 0,
+            remove_on_failure: seed % 5 != 0,
+            remove_on_diverged: true,
+        };
         Sim {
             store,
             nodes,
@@ -170,6 +290,8 @@ impl Sim {
             log: Vec::new(),
             sysids: Vec::new(),
             stats: Stats::default(),
+            policy,
+            max_timeline: 1,
         }
     }
 
@@ -190,10 +312,21 @@ impl Sim {
         if faults {
             self.inject_faults();
         }
+        let now = self.now_ms;
+        for i in 0..self.nodes.len() {
+            if let Some(until) = self.nodes[i].agent_down_until_ms
+                && until <= now
+            {
+                self.nodes[i].agent_down_until_ms = None;
+                self.nodes[i].restart_agent(now);
+                let name = self.nodes[i].name.clone();
+                self.trace(format!("{name}: agent restarted"));
+            }
+        }
         self.replicate();
         for i in 0..self.nodes.len() {
             self.finish_job(i).await;
-            if self.nodes[i].alive && self.nodes[i].next_cycle_ms <= self.now_ms {
+            if self.nodes[i].agent_up() && self.nodes[i].next_cycle_ms <= self.now_ms {
                 self.cycle(i).await;
             }
         }
@@ -201,6 +334,15 @@ impl Sim {
     }
 
     fn inject_faults(&mut self) {
+        let now = self.now_ms;
+        // etcd unreachable for everyone for a while
+        if self.rng.chance(1) {
+            for n in self.nodes.iter_mut() {
+                n.kv.set_cut(true);
+            }
+            self.stats.etcd_cuts += 1;
+            self.trace("etcd CUT for all".into());
+        }
         for i in 0..self.nodes.len() {
             // partition one node from etcd, or heal it
             if self.rng.chance(4) {
@@ -217,63 +359,95 @@ impl Sim {
             if self.rng.chance(3) {
                 self.nodes[i].unreachable = !self.nodes[i].unreachable;
             }
+            // replication from the upstream held back for 2–20 s
+            if self.rng.chance(3) {
+                let hold = 2000 + self.rng.below(18_000);
+                self.nodes[i].pg.lag_until_ms = now + hold;
+            }
+            // the postmaster crashes
+            if self.nodes[i].alive && self.nodes[i].pg.running && self.rng.chance(1) {
+                let refuses = self.rng.chance(300);
+                let for_ms = 10_000 + self.rng.below(50_000);
+                let n = &mut self.nodes[i];
+                n.pg.running = false;
+                n.pg.clean = false;
+                n.pg.streaming = false;
+                if refuses {
+                    n.pg.start_fails_until_ms = now + for_ms;
+                }
+                let name = n.name.clone();
+                self.stats.pg_crashes += 1;
+                self.trace(format!("{name}: postmaster CRASHED"));
+            }
+            // the agent dies and systemd restarts it 1–3 s later; PostgreSQL runs on
+            if self.nodes[i].agent_up() && self.rng.chance(1) {
+                let down = 1000 + self.rng.below(2000);
+                let n = &mut self.nodes[i];
+                n.agent_down_until_ms = Some(now + down);
+                n.job = None;
+                let name = n.name.clone();
+                self.stats.agent_restarts += 1;
+                self.trace(format!("{name}: agent KILLED"));
+            }
             // the whole machine dies (agent and PostgreSQL), and later comes back
             if self.nodes[i].alive && self.rng.chance(2) {
                 let n = &mut self.nodes[i];
                 n.alive = false;
+                if n.pg.running {
+                    n.pg.clean = false;
+                }
                 n.pg.running = false;
+                n.pg.streaming = false;
                 n.job = None;
+                n.agent_down_until_ms = None;
                 let name = n.name.clone();
                 self.stats.machines_lost += 1;
                 self.trace(format!("{name}: machine LOST"));
             } else if !self.nodes[i].alive && self.rng.chance(20) {
-                let now = self.now_ms;
                 let n = &mut self.nodes[i];
                 n.alive = true;
-                n.started_ms = now;
-                n.seen_leader = false;
-                n.lock_renewed_ms = None;
-                n.dcs_down_since_ms = None;
-                n.next_cycle_ms = now;
-                n.dcs = Dcs::new(n.kv.clone(), "/service", "sim", &n.name, TTL as i64);
+                n.restart_agent(now);
                 let name = n.name.clone();
                 self.trace(format!("{name}: machine back"));
             }
         }
     }
 
-    /// The primary takes writes; replicas copy the WAL of their upstream.
+    /// The primary takes writes; replicas copy the WAL of their upstream when its history fits.
     fn replicate(&mut self) {
+        let now = self.now_ms;
         for n in self.nodes.iter_mut() {
             if n.writable() {
                 n.pg.wal += 100 + (self.rng.below(3) * 1000);
             }
         }
-        let snapshot: Vec<(String, bool, u64, u64, bool)> = self
+        let snapshot: Vec<(String, bool, SimPg)> = self
             .nodes
             .iter()
-            .map(|n| {
-                (
-                    n.name.clone(),
-                    n.alive && n.pg.running,
-                    n.pg.wal,
-                    n.pg.timeline,
-                    n.unreachable,
-                )
-            })
+            .map(|n| (n.name.clone(), n.alive && n.pg.running, n.pg.clone()))
             .collect();
         for n in self.nodes.iter_mut() {
+            n.pg.streaming = false;
             if !(n.alive && n.pg.running && n.pg.in_recovery) {
                 continue;
             }
             let Some(up) = &n.pg.upstream else { continue };
-            if let Some((_, running, wal, tl, _)) = snapshot.iter().find(|s| &s.0 == up)
-                && *running
-                && *tl >= n.pg.timeline
-            {
-                n.pg.wal = n.pg.wal.max(*wal);
-                n.pg.timeline = *tl;
+            let Some((_, true, src)) = snapshot.iter().find(|s| &s.0 == up) else {
+                continue;
+            };
+            if !n.pg.fits(src) {
+                continue;
             }
+            n.pg.streaming = true;
+            // most ticks a replica receives everything; some it falls a little behind
+            if n.pg.lag_until_ms > now || self.rng.chance(300) {
+                continue;
+            }
+            if src.timeline > n.pg.timeline {
+                n.pg.timeline = src.timeline;
+                n.pg.history = src.history.clone();
+            }
+            n.pg.wal = n.pg.wal.max(src.wal);
         }
     }
 
@@ -284,11 +458,14 @@ impl Sim {
             .filter(|(j, _)| *j != i)
             .map(|(_, p)| PeerReport {
                 name: p.name.clone(),
-                reachable: p.alive && p.pg.running && !p.unreachable && !self.nodes[i].unreachable,
+                reachable: p.agent_up()
+                    && p.pg.running
+                    && !p.unreachable
+                    && !self.nodes[i].unreachable,
                 is_primary: !p.pg.in_recovery,
                 wal_position: p.pg.running.then_some(p.pg.wal),
                 failover_priority: 1,
-                no_failover: false,
+                no_failover: p.no_failover,
                 watchdog_failed: false,
             })
             .collect()
@@ -302,6 +479,13 @@ impl Sim {
                 self.nodes[i].dcs_down_since_ms = None;
                 if c.leader.is_some() {
                     self.nodes[i].seen_leader = true;
+                }
+                let holder = c.leader.as_ref().is_some_and(|l| l.name == self.nodes[i].name);
+                let n = &mut self.nodes[i];
+                if holder && !n.pg.running {
+                    n.primary_down_since_ms.get_or_insert(now);
+                } else {
+                    n.primary_down_since_ms = None;
                 }
             }
             None => {
@@ -320,7 +504,7 @@ impl Sim {
             cluster: cluster.as_ref(),
             pg: n.view(),
             job: n.job.as_ref().map(|j| j.0),
-            no_failover: false,
+            no_failover: n.no_failover,
             failover_priority: 1,
             replicatefrom: None,
             nostream: &[],
@@ -330,8 +514,11 @@ impl Sim {
             timing,
             dcs_unreachable_secs: n.dcs_down_since_ms.map(|t| (now - t) / 1000).unwrap_or(0),
             lock_age_secs: n.lock_renewed_ms.map(|t| (now - t) / 1000),
+            rewind: self.policy,
+            primary_down_secs: n.primary_down_since_ms.map(|t| (now - t) / 1000),
         };
         let decision = ha::decide(&obs);
+        self.nodes[i].last_summary = decision.summary.clone();
         if !decision.actions.is_empty() {
             let name = self.nodes[i].name.clone();
             self.trace(format!(
@@ -359,7 +546,7 @@ impl Sim {
         n.next_cycle_ms = now
             + if again {
                 TICK_MS
-            } else if cluster.is_none() || n.job.is_some() {
+            } else if cluster.is_none() || n.job.is_some() || !n.pg.running {
                 1000
             } else {
                 LOOP_WAIT * 1000
@@ -394,6 +581,10 @@ impl Sim {
                 as_primary,
                 upstream,
             } => {
+                if n.pg.broken {
+                    let msg = format!("{} starts a data directory whose rewind failed", n.name);
+                    self.fail(&msg);
+                }
                 n.job = Some((
                     Job::Start,
                     now + 500,
@@ -424,6 +615,9 @@ impl Sim {
             Action::ReleaseLock => {
                 n.dcs.release_leader().await.ok()?;
                 n.lock_renewed_ms = None;
+                if !n.pg.running {
+                    self.stats.lock_given_up += 1;
+                }
                 Some(false)
             }
             Action::Promote => {
@@ -437,6 +631,10 @@ impl Sim {
                     );
                     self.fail(&msg);
                 }
+                if n.no_failover {
+                    let msg = format!("{} is tagged nofailover and promotes", n.name);
+                    self.fail(&msg);
+                }
                 n.job = Some((Job::Promote, now + 200, vec![Action::Promote]));
                 self.stats.promotions += 1;
                 Some(true)
@@ -444,6 +642,7 @@ impl Sim {
             Action::Demote { upstream } => {
                 // A stopping primary takes no more writes.
                 n.pg.running = false;
+                n.pg.clean = true;
                 n.job = Some((Job::Demote, now + 500, vec![Action::Demote { upstream }]));
                 self.stats.demotions += 1;
                 Some(true)
@@ -463,6 +662,35 @@ impl Sim {
                     ..Default::default()
                 };
                 n.dcs.write_status(&status).await.ok()?;
+                let history: Vec<HistoryEntry> = n
+                    .pg
+                    .history
+                    .iter()
+                    .map(|(tl, at)| HistoryEntry {
+                        timeline: *tl,
+                        lsn: *at,
+                        reason: "no recovery target specified".into(),
+                        timestamp: None,
+                        new_leader: None,
+                    })
+                    .collect();
+                if cluster.is_some_and(|c| c.history != history) {
+                    n.dcs.write_history(&history).await.ok()?;
+                }
+                Some(true)
+            }
+            Action::Rewind { from } => {
+                if n.pg.running {
+                    n.pg.running = false;
+                    n.pg.clean = true;
+                }
+                n.job = Some((Job::Rewind, now + 800, vec![Action::Rewind { from }]));
+                Some(true)
+            }
+            Action::WipeData { .. } => {
+                n.pg.running = false;
+                n.job = Some((Job::Wipe, now + 200, vec![]));
+                self.stats.wipes += 1;
                 Some(true)
             }
         }
@@ -473,7 +701,7 @@ impl Sim {
         let Some((kind, done_at, effect)) = self.nodes[i].job.clone() else {
             return;
         };
-        if done_at > now || !self.nodes[i].alive {
+        if done_at > now || !self.nodes[i].agent_up() {
             return;
         }
         self.nodes[i].job = None;
@@ -494,8 +722,7 @@ impl Sim {
                         running: true,
                         in_recovery: false,
                         wal: 1000,
-                        timeline: 1,
-                        upstream: None,
+                        ..fresh_pg()
                     };
                     n.lock_renewed_ms = Some(now);
                     self.sysids.push(sysid.clone());
@@ -515,8 +742,11 @@ impl Sim {
                         in_recovery: true,
                         wal: src.wal,
                         timeline: src.timeline,
+                        history: src.history.clone(),
                         upstream: Some(from.clone()),
+                        ..fresh_pg()
                     };
+                    n.pg.set_was_primary(false);
                 }
             }
             (
@@ -527,25 +757,70 @@ impl Sim {
                 }),
             ) => {
                 let n = &mut self.nodes[i];
+                if n.pg.start_fails_until_ms > now {
+                    return;
+                }
                 n.pg.running = true;
+                n.pg.clean = false;
                 n.pg.in_recovery = !as_primary;
+                n.pg.set_was_primary(*as_primary);
                 n.pg.upstream = upstream.clone();
             }
             (Job::Promote, _) => {
+                self.max_timeline += 1;
+                let tl = self.max_timeline;
                 let n = &mut self.nodes[i];
                 if n.pg.running {
+                    n.pg.history.push((n.pg.timeline, n.pg.wal));
                     n.pg.in_recovery = false;
-                    n.pg.timeline += 1;
+                    n.pg.timeline = tl;
                     n.pg.upstream = None;
+                    n.pg.set_was_primary(true);
                 }
                 let name = self.nodes[i].name.clone();
-                self.trace(format!("{name}: promoted"));
+                self.trace(format!("{name}: promoted to timeline {tl}"));
             }
             (Job::Demote, Some(Action::Demote { upstream })) => {
                 let n = &mut self.nodes[i];
-                n.pg.running = true;
-                n.pg.in_recovery = true;
-                n.pg.upstream = upstream.clone();
+                n.pg.set_was_primary(true);
+                if upstream.is_none() {
+                    // etcd unreachable: back up read-only, without an upstream
+                    n.pg.running = true;
+                    n.pg.clean = false;
+                    n.pg.in_recovery = true;
+                    n.pg.set_was_primary(false);
+                    n.pg.upstream = None;
+                }
+            }
+            (Job::Rewind, Some(Action::Rewind { from })) => {
+                let source = self.nodes.iter().find(|s| &s.name == from).cloned_pg();
+                let Some(src) = source.filter(|s| s.running && !s.in_recovery) else {
+                    // the dry run could not reach the source: nothing changed, retried later
+                    return;
+                };
+                let fails = self.rng.chance(50);
+                let n = &mut self.nodes[i];
+                if fails {
+                    n.pg.broken = true;
+                    self.stats.rewind_failures += 1;
+                    let name = self.nodes[i].name.clone();
+                    self.trace(format!("{name}: pg_rewind FAILED"));
+                } else if !n.pg.fits(&src) {
+                    n.pg.timeline = src.timeline;
+                    n.pg.history = src.history.clone();
+                    n.pg.wal = src.wal;
+                    n.pg.clean = true;
+                    n.pg.set_was_primary(false);
+                    self.stats.rewinds += 1;
+                    let name = self.nodes[i].name.clone();
+                    self.trace(format!("{name}: rewound from {from}"));
+                } else {
+                    // no rewind required; a crashed server went through crash recovery
+                    n.pg.clean = true;
+                }
+            }
+            (Job::Wipe, _) => {
+                self.nodes[i].pg = fresh_pg();
             }
             _ => {}
         }
@@ -570,28 +845,44 @@ impl Sim {
     }
 
     fn heal(&mut self) {
+        let now = self.now_ms;
         for n in self.nodes.iter_mut() {
             n.kv.set_cut(false);
             n.unreachable = false;
+            n.pg.lag_until_ms = 0;
+            n.pg.start_fails_until_ms = 0;
             if !n.alive {
                 n.alive = true;
-                n.started_ms = self.now_ms;
-                n.seen_leader = false;
-                n.next_cycle_ms = self.now_ms;
-                n.dcs = Dcs::new(n.kv.clone(), "/service", "sim", &n.name, TTL as i64);
+                n.restart_agent(now);
             }
         }
         self.trace("all faults healed".into());
     }
 
-    /// Exactly one primary, holding the lock.
+    /// Exactly one primary, holding the lock, and every other member whose data is usable
+    /// streams from it on a history that fits.
     async fn converged(&self) -> bool {
         let Ok(c) = self.nodes[0].dcs.load().await else {
             return false;
         };
         let writable: Vec<&SimNode> = self.nodes.iter().filter(|n| n.writable()).collect();
-        writable.len() == 1
-            && c.leader.as_ref().map(|l| l.name.as_str()) == Some(writable[0].name.as_str())
+        if writable.len() != 1
+            || c.leader.as_ref().map(|l| l.name.as_str()) != Some(writable[0].name.as_str())
+        {
+            return false;
+        }
+        let leader = writable[0];
+        self.nodes
+            .iter()
+            .filter(|n| n.name != leader.name)
+            // left alone on purpose: a failed rewind without remove_data_directory_on_rewind_failure
+            .filter(|n| !(n.pg.broken && !self.policy.remove_on_failure))
+            .all(|n| {
+                n.pg.running
+                    && n.pg.in_recovery
+                    && n.pg.upstream.as_deref() == Some(leader.name.as_str())
+                    && n.pg.fits(&leader.pg)
+            })
     }
 }
 
@@ -607,52 +898,75 @@ impl ClonedPg for Option<&SimNode> {
 
 fn sim_config() -> DynamicConfig {
     DynamicConfig::parse(&format!(
-        r#"{{"ttl":{TTL},"loop_wait":{LOOP_WAIT},"retry_timeout":{RETRY},"maximum_lag_on_failover":{MAX_LAG}}}"#
+        r#"{{"ttl":{TTL},"loop_wait":{LOOP_WAIT},"retry_timeout":{RETRY},"maximum_lag_on_failover":{MAX_LAG},"primary_start_timeout":{PRIMARY_START_TIMEOUT}}}"#
     ))
     .unwrap_or_default()
 }
 
-async fn run_seed(seed: u64, nodes: usize) -> Stats {
+/// Runs one seed: bootstrap, `fault_steps` ticks of faults, then healing until converged.
+async fn run_seed(seed: u64, nodes: usize, fault_steps: u32) -> Stats {
     let mut sim = Sim::new(seed, nodes);
     // bootstrap without faults
-    for _ in 0..200 {
+    for _ in 0..300 {
         sim.step(false).await;
     }
     if !sim.converged().await {
         sim.fail(&format!("seed {seed}: no primary after bootstrap"));
     }
-    // ten simulated minutes of faults
-    for _ in 0..6000 {
+    for _ in 0..fault_steps {
         sim.step(true).await;
     }
     sim.heal();
-    for _ in 0..1200 {
+    for _ in 0..1800 {
         sim.step(false).await;
         if sim.converged().await {
             return sim.stats;
         }
     }
+    let states: Vec<String> = sim
+        .nodes
+        .iter()
+        .map(|n| format!("{}: {:?} | {}", n.name, n.pg, n.last_summary))
+        .collect();
     sim.fail(&format!(
-        "seed {seed}: no single primary two minutes after the faults healed"
+        "seed {seed}: not converged three minutes after the faults healed\n{}",
+        states.join("\n")
     ));
 }
 
-#[tokio::test]
-async fn seeded_simulation_keeps_one_writable_primary() {
-    let seeds: u64 = std::env::var("PGPILOT_SIM_SEEDS")
+fn env_seeds(var: &str, default: u64) -> u64 {
+    std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(default)
+}
+
+/// Long runs: ten simulated minutes of faults per seed.
+#[tokio::test]
+async fn seeded_simulation_keeps_one_writable_primary() {
+    let seeds = env_seeds("PGPILOT_SIM_SEEDS", 40);
     let mut total = Stats::default();
     for seed in 1..=seeds {
-        let s = run_seed(seed, 3 + (seed as usize % 3)).await;
-        total.promotions += s.promotions;
-        total.demotions += s.demotions;
-        total.machines_lost += s.machines_lost;
-        total.etcd_cuts += s.etcd_cuts;
+        total.add(run_seed(seed, 3 + (seed as usize % 3), 6000).await);
     }
-    eprintln!("simulation of {seeds} seeds: {total:?}");
-    // The faults must really have forced failovers and self-demotions, or the run proves nothing.
+    eprintln!("simulation of {seeds} long seeds: {total:?}");
+    // The faults must really have forced failovers, repairs and self-demotions, or the run
+    // proves nothing.
     assert!(total.promotions > 2 * seeds, "{total:?}");
     assert!(total.demotions > seeds / 2, "{total:?}");
+    assert!(total.rewinds > 0 && total.wipes > 0, "{total:?}");
+    assert!(total.rewind_failures > 0 && total.pg_crashes > 0, "{total:?}");
+    assert!(total.agent_restarts > 0 && total.lock_given_up > 0, "{total:?}");
+}
+
+/// Many short runs: one simulated minute of faults per seed, thousands of seeds.
+#[tokio::test]
+async fn many_short_seeds_keep_one_writable_primary() {
+    let seeds = env_seeds("PGPILOT_SIM_SHORT_SEEDS", 2000);
+    let mut total = Stats::default();
+    for seed in 1..=seeds {
+        total.add(run_seed(100_000 + seed, 3 + (seed as usize % 3), 600).await);
+    }
+    eprintln!("simulation of {seeds} short seeds: {total:?}");
+    assert!(total.promotions > seeds / 4, "{total:?}");
 }

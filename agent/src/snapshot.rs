@@ -31,6 +31,10 @@ pub struct Snapshot {
     pub maximum_lag_on_failover: u64,
     pub tags: Map<String, Value>,
     pub sysid: Option<String>,
+    /// The HA loop's last decision, in one sentence.
+    pub decision: String,
+    /// Why no member could take over from the leader now, when none could.
+    pub failover_blocked: Option<String>,
 }
 
 impl Snapshot {
@@ -51,6 +55,8 @@ impl Snapshot {
             maximum_lag_on_failover: 1 << 20,
             tags: cfg.tags.published(),
             sysid: None,
+            decision: String::new(),
+            failover_blocked: None,
         }
     }
 }

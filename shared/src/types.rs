@@ -99,6 +99,8 @@ pub enum PgState {
     Stopped,
     StopFailed,
     Crashed,
+    /// pg_rewind is rewinding the data directory (pgpilot's own state).
+    Rewinding,
     /// Running but not queryable (REST only).
     Unknown,
 }
@@ -121,6 +123,7 @@ impl PgState {
             PgState::Stopped => "stopped",
             PgState::StopFailed => "stop failed",
             PgState::Crashed => "crashed",
+            PgState::Rewinding => "rewinding",
             PgState::Unknown => "unknown",
         }
     }
@@ -143,12 +146,13 @@ impl PgState {
             PgState::Stopped => 12,
             PgState::StopFailed => 13,
             PgState::Crashed => 14,
+            PgState::Rewinding => 15,
             PgState::Unknown => -1,
         }
     }
 
     pub fn parse(s: &str) -> Option<PgState> {
-        const ALL: [PgState; 16] = [
+        const ALL: [PgState; 17] = [
             PgState::Initdb,
             PgState::InitdbFailed,
             PgState::CustomBootstrap,
@@ -164,6 +168,7 @@ impl PgState {
             PgState::Stopped,
             PgState::StopFailed,
             PgState::Crashed,
+            PgState::Rewinding,
             PgState::Unknown,
         ];
         ALL.into_iter().find(|st| st.as_str() == s)

@@ -287,3 +287,29 @@ fn wrong_bin_dir_is_reported_by_the_environment_check() {
         "{issues:?}"
     );
 }
+
+#[test]
+fn timing_must_leave_room_for_a_missed_loop_and_two_retries() {
+    // ttl 20 < loop_wait 10 + 2 × retry_timeout 10
+    let yaml = fixture("vmware.yml").replace("    ttl: 30\n", "    ttl: 20\n");
+    let err = match Config::from_yaml(&yaml, "t.yml") {
+        Err(ConfigError::Invalid(issues)) => issues,
+        other => panic!("expected an invalid config, got {other:?}"),
+    };
+    let ttl = err
+        .iter()
+        .find(|i| i.key == "bootstrap.dcs.ttl")
+        .expect("the ttl is named");
+    assert!(
+        ttl.message.contains("loop_wait + 2 × retry_timeout = 30"),
+        "{}",
+        ttl.message
+    );
+    // the fastest timing pgpilot supports is accepted
+    let fast = fixture("vmware.yml")
+        .replace("    ttl: 30\n", "    ttl: 5\n")
+        .replace("    loop_wait: 10\n", "    loop_wait: 1\n")
+        .replace("    retry_timeout: 10\n", "    retry_timeout: 1\n");
+    let c = Config::from_yaml(&fast, "fast.yml").unwrap();
+    assert_eq!(c.bootstrap.dcs["ttl"], 5);
+}

@@ -21,6 +21,14 @@ use tokio::process::Command;
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
+/// What a rewind did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewindOutcome {
+    /// pg_rewind found the local WAL to be a prefix of the source's history.
+    NotNeeded,
+    Rewound,
+}
+
 /// Where a replica streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -39,6 +47,8 @@ pub struct Postgres {
     /// Set while pgpilot itself stops the postmaster, so its exit is not reported as a crash.
     stopping: Arc<AtomicBool>,
     sysid_cache: std::sync::Mutex<Option<String>>,
+    /// The postmaster whose exit is being watched (ours or adopted).
+    watched_pid: Arc<std::sync::Mutex<Option<i32>>>,
 }
 
 impl Postgres {
@@ -50,6 +60,7 @@ impl Postgres {
             exited: Arc::new(Notify::new()),
             stopping: Arc::new(AtomicBool::new(false)),
             sysid_cache: std::sync::Mutex::new(None),
+            watched_pid: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -85,7 +96,17 @@ impl Postgres {
     }
 
     /// Runs a command to completion, returning stdout or an error carrying its stderr.
-    async fn run(&self, mut cmd: Command, what: &str, timeout: Duration) -> Result<String> {
+    async fn run(&self, cmd: Command, what: &str, timeout: Duration) -> Result<String> {
+        self.run_output(cmd, what, timeout).await.map(|(out, _)| out)
+    }
+
+    /// Runs a command to completion, returning stdout and stderr, or an error carrying stderr.
+    async fn run_output(
+        &self,
+        mut cmd: Command,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<(String, String)> {
         // A tool whose job is cancelled (agent shutdown) must not run on unattended.
         cmd.kill_on_drop(true);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -102,7 +123,10 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Whether the data directory holds an initialized cluster.
@@ -159,6 +183,118 @@ impl Postgres {
     pub fn discard_creation(&self) {
         wipe_dir(self.data_dir());
         self.end_creation();
+    }
+
+    /// A file beside the data directory that exists while pg_rewind changes it and stays when
+    /// pg_rewind fails: such a directory is inconsistent and must never be started.
+    fn rewind_marker(&self) -> PathBuf {
+        let mut name = self
+            .data_dir()
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".pgpilot-rewinding");
+        self.data_dir().with_file_name(name)
+    }
+
+    /// Whether a pg_rewind of the data directory failed or was cut short.
+    pub fn rewind_broken(&self) -> bool {
+        self.rewind_marker().exists()
+    }
+
+    /// Stops PostgreSQL if it runs and rewinds the data directory from `from` with pg_rewind.
+    /// A dry run decides first, so a failure to connect or a source that is not ready leaves
+    /// the data untouched (and is retried); only a failure of the real run marks the directory
+    /// broken.
+    pub async fn rewind(&self, from: &Upstream, timeout: Duration) -> Result<RewindOutcome> {
+        self.stop("fast", timeout).await?;
+        let pg = &self.cfg.postgresql;
+        let user = pg.rewind.as_ref().unwrap_or(&pg.superuser);
+        let app = format!("{}-rewind", self.cfg.name);
+        let conninfo = self.conninfo(
+            user,
+            &from.host,
+            from.port,
+            &[("dbname", &pg.database), ("application_name", &app)],
+        );
+        let rewind_cmd = |extra: &str| {
+            let mut cmd = self.command("pg_rewind");
+            cmd.arg("-D")
+                .arg(self.data_dir())
+                .arg(format!("--source-server={conninfo}"))
+                .arg(extra);
+            if pg.config_dir.is_some() {
+                cmd.arg(format!(
+                    "--config-file={}",
+                    self.conf_dir().join("postgresql.conf").display()
+                ));
+            }
+            cmd
+        };
+        let started = Instant::now();
+        let (_, dry) = self
+            .run_output(rewind_cmd("--dry-run"), "pg_rewind --dry-run", timeout)
+            .await?;
+        if dry.contains("no rewind required") {
+            info!(source = %format!("{}:{}", from.host, from.port), "pg_rewind: no rewind required; the data directory can follow as it is");
+            return Ok(RewindOutcome::NotNeeded);
+        }
+        if let Some(line) = dry.lines().find(|l| l.contains("diverged")) {
+            info!("{}", line.trim_start_matches("pg_rewind: "));
+        }
+        std::fs::write(
+            self.rewind_marker(),
+            format!("pg_rewind from {}:{} started\n", from.host, from.port),
+        )
+        .with_context(|| format!("cannot write {}", self.rewind_marker().display()))?;
+        info!(source = %format!("{}:{}", from.host, from.port), "running pg_rewind");
+        match self
+            .run_output(rewind_cmd("--progress"), "pg_rewind", timeout.max(Duration::from_secs(3600)))
+            .await
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_file(self.rewind_marker());
+                info!(
+                    seconds = started.elapsed().as_secs_f32(),
+                    "pg_rewind finished: the data directory follows the new leader's timeline"
+                );
+                Ok(RewindOutcome::Rewound)
+            }
+            Err(e) => {
+                let _ = std::fs::write(self.rewind_marker(), format!("pg_rewind failed: {e:#}\n"));
+                Err(e.context("pg_rewind failed; the data directory is left as it is and will not be started"))
+            }
+        }
+    }
+
+    /// Stops PostgreSQL if it runs and empties the data directory (markers included), so that
+    /// the member is cloned again.
+    pub async fn wipe(&self, timeout: Duration) -> Result<()> {
+        self.stop("immediate", timeout).await?;
+        wipe_dir(self.data_dir());
+        let _ = std::fs::remove_file(self.rewind_marker());
+        self.end_creation();
+        if !self.data_dir_is_empty() {
+            bail!("cannot empty {}", self.data_dir().display());
+        }
+        Ok(())
+    }
+
+    /// The newest timeline the local WAL knows: the highest `*.history` file in pg_wal (a
+    /// replica fetches it before streaming a timeline; a promotion writes it), else `base`.
+    pub fn wal_timeline(&self, base: u64) -> u64 {
+        let Ok(entries) = std::fs::read_dir(self.data_dir().join("pg_wal")) else {
+            return base;
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                let hex = name.strip_suffix(".history")?;
+                (hex.len() == 8).then(|| u64::from_str_radix(hex, 16).ok())?
+            })
+            .fold(base, u64::max)
     }
 
     /// Reads pg_control.
@@ -233,6 +369,7 @@ impl Postgres {
             info!(pid, "PostgreSQL is already running");
             return Ok(());
         }
+        self.kill_orphans().await;
         let log_dir = self.data_dir().join("log");
         std::fs::create_dir_all(&log_dir).ok();
         let log_path = log_dir.join("postmaster.log");
@@ -254,6 +391,7 @@ impl Postgres {
         let pid = child.id().unwrap_or(0);
         info!(pid, "started postmaster");
         *self.child_pid.lock().await = Some(pid);
+        *self.watched_pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid as i32);
         let exited = self.exited.clone();
         let stopping = self.stopping.clone();
         stopping.store(false, Ordering::SeqCst);
@@ -289,6 +427,76 @@ impl Postgres {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Backends and auxiliary processes a killed postmaster left behind (their working directory
+    /// is the data directory). While they live, the old shared memory is attached and a new
+    /// postmaster refuses to start; the postmaster is gone, so they are killed.
+    async fn kill_orphans(&self) {
+        let Ok(dir) = std::fs::canonicalize(self.data_dir()) else {
+            return;
+        };
+        let me = std::process::id();
+        let orphans = || -> Vec<i32> {
+            let Ok(procs) = std::fs::read_dir("/proc") else {
+                return Vec::new();
+            };
+            procs
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| *pid as u32 != me)
+                .filter(|pid| {
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .unwrap_or_default();
+                    matches!(comm.trim(), "postgres" | "postmaster")
+                        && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir)
+                })
+                .collect()
+        };
+        let found = orphans();
+        if found.is_empty() {
+            return;
+        }
+        warn!(pids = ?found, "killing processes the dead postmaster left behind");
+        for pid in &found {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !orphans().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Watches a postmaster this agent did not start (adopted after an agent restart), so that
+    /// its exit wakes the HA loop at once, as for our own child.
+    pub fn watch_adopted(&self, pid: i32) {
+        {
+            let mut watched = self.watched_pid.lock().unwrap_or_else(|p| p.into_inner());
+            if *watched == Some(pid) {
+                return;
+            }
+            *watched = Some(pid);
+        }
+        let exited = self.exited.clone();
+        let stopping = self.stopping.clone();
+        let watched = self.watched_pid.clone();
+        tokio::spawn(async move {
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            while proc_dir.exists() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !stopping.load(Ordering::SeqCst) {
+                warn!(pid, "the adopted postmaster exited unexpectedly");
+            }
+            let mut w = watched.lock().unwrap_or_else(|p| p.into_inner());
+            if *w == Some(pid) {
+                *w = None;
+            }
+            exited.notify_one();
+        });
     }
 
     fn is_child_alive(&self, pid: u32) -> bool {

@@ -476,6 +476,21 @@ impl DynamicConfig {
         }
     }
 
+    /// Why the ttl, loop_wait and retry_timeout as written cannot work together, if they cannot:
+    /// a leader must be able to miss one loop and retry etcd for retry_timeout twice before its
+    /// lease ends (`ttl ≥ loop_wait + 2 × retry_timeout`).
+    pub fn timing_problem(&self) -> Option<String> {
+        let ttl = self.uint("ttl").unwrap_or(30);
+        let loop_wait = self.uint("loop_wait").unwrap_or(10);
+        let retry_timeout = self.uint("retry_timeout").unwrap_or(10);
+        let need = loop_wait + 2 * retry_timeout;
+        (ttl < need).then(|| {
+            format!(
+                "ttl {ttl} is too short for loop_wait {loop_wait} and retry_timeout {retry_timeout}: it must be at least loop_wait + 2 × retry_timeout = {need}"
+            )
+        })
+    }
+
     pub fn maximum_lag_on_failover(&self) -> u64 {
         self.uint("maximum_lag_on_failover").unwrap_or(1 << 20)
     }
@@ -566,6 +581,9 @@ impl DynamicConfig {
                 Some(n) if n < min => report(key, format!("must be at least {min}, found {n}")),
                 _ => {}
             }
+        }
+        if let Some(problem) = (DynamicConfig { raw: raw.clone() }).timing_problem() {
+            report("ttl", problem);
         }
         for key in [
             "pause",

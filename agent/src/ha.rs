@@ -46,6 +46,9 @@ pub struct PgView {
     pub streaming: bool,
     /// A pg_rewind of this data directory failed or was cut short: it must never be started.
     pub rewind_broken: bool,
+    /// pg_rewind already found that this data needs no rewind to follow the current leader on
+    /// its current timeline.
+    pub rewind_not_needed: bool,
 }
 
 /// The end of the local WAL: a position on a timeline.
@@ -281,6 +284,19 @@ pub fn divergence(cluster: &Cluster, end: Option<WalEnd>) -> Divergence {
             at: e.lsn,
         },
         Some(_) => Divergence::No,
+        // Our timeline is not an ancestor of the leader's: it forked off the leader's lineage
+        // (a short-lived primary's). Once the leader runs as primary its history is current
+        // (it is written in the same cycle as its member key), which the caller checks.
+        None if !cluster.history.is_empty() => Divergence::Diverged {
+            timeline: end.timeline,
+            at: cluster
+                .history
+                .iter()
+                .filter(|e| e.timeline < end.timeline)
+                .map(|e| e.lsn)
+                .max()
+                .unwrap_or(0),
+        },
         None => Divergence::Unknown,
     }
 }
@@ -381,6 +397,10 @@ fn rejoin_plan(obs: &Observation<'_>, cluster: &Cluster, leader: &str, was_prima
     let leader_ready = cluster
         .member(leader)
         .is_some_and(|m| m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"));
+    if obs.pg.rewind_not_needed {
+        // pg_rewind compared this data with the leader's history and found nothing to undo.
+        return Rejoin::Follow;
+    }
     let div = divergence(cluster, obs.pg.wal_end);
     let diverged = match div {
         Divergence::No => return Rejoin::Follow,
@@ -802,6 +822,7 @@ mod tests {
             }),
             streaming: upstream.is_some(),
             rewind_broken: false,
+            rewind_not_needed: false,
         }
     }
 
@@ -1201,17 +1222,44 @@ mod tests {
         );
         assert_eq!(at(2, 9000), Divergence::No);
         assert_eq!(divergence(&c, None), Divergence::Unknown);
-        // a timeline the history does not know, or one newer than the leader's
-        let mut c3 = c.clone();
-        c3.members[1].data.timeline = Some(3);
+        // a timeline newer than the leader's, or no history at all
+        assert_eq!(at(3, 1), Divergence::Unknown);
+        let mut fresh = c.clone();
+        fresh.history.clear();
         assert_eq!(
-            divergence(&c3, Some(WalEnd {
-                timeline: 2,
+            divergence(&fresh, Some(WalEnd {
+                timeline: 1,
                 lsn: 1
             })),
             Divergence::Unknown
         );
-        assert_eq!(at(3, 1), Divergence::Unknown);
+        // timeline 2 forked off timeline 1 at 3000 for a short-lived primary; the leader went
+        // from 1 to 3: a member on 2 diverged
+        let mut c4 = c.clone();
+        c4.members[1].data.timeline = Some(3);
+        assert_eq!(
+            divergence(&c4, Some(WalEnd {
+                timeline: 2,
+                lsn: 3100
+            })),
+            Divergence::Diverged {
+                timeline: 2,
+                at: 3000
+            }
+        );
+        // ... unless pg_rewind found nothing to undo
+        let mut pg = replica_pg(3100, None);
+        pg.streaming = false;
+        pg.wal_end = Some(WalEnd {
+            timeline: 2,
+            lsn: 3100,
+        });
+        c4.members[1].data.role = "primary".into();
+        let d = decide(&obs("n3", Some(&c4), pg.clone(), &[]));
+        assert_eq!(d.actions, vec![Action::Rewind { from: "n2".into() }]);
+        pg.rewind_not_needed = true;
+        let d = decide(&obs("n3", Some(&c4), pg, &[]));
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::Rewind { .. })));
     }
 
     #[test]

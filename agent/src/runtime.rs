@@ -61,6 +61,8 @@ pub struct Agent<K: Kv> {
     last_failover_blocked: Option<String>,
     /// The timing problem of the dynamic configuration last warned about.
     timing_warned: Option<String>,
+    /// The leader (and its timeline) pg_rewind last found nothing to undo for.
+    rewind_ok_for: Arc<std::sync::Mutex<Option<(String, u64)>>>,
 }
 
 impl<K: Kv> Agent<K> {
@@ -94,6 +96,7 @@ impl<K: Kv> Agent<K> {
             rewind_capable: None,
             last_failover_blocked: None,
             timing_warned: None,
+            rewind_ok_for: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -244,7 +247,7 @@ impl<K: Kv> Agent<K> {
             }
         }
 
-        let (pg_view, server) = self.observe_pg().await;
+        let (pg_view, server) = self.observe_pg(cluster.as_ref()).await;
         let holder = cluster
             .as_ref()
             .and_then(|c| c.leader.as_ref())
@@ -303,7 +306,7 @@ impl<K: Kv> Agent<K> {
 
         // Publish our member key and snapshot.
         let (pg_view, server) = if again {
-            self.observe_pg().await
+            self.observe_pg(cluster.as_ref()).await
         } else {
             (pg_view, server)
         };
@@ -369,7 +372,7 @@ impl<K: Kv> Agent<K> {
         }
     }
 
-    async fn observe_pg(&mut self) -> (PgView, Option<ServerStatus>) {
+    async fn observe_pg(&mut self, cluster: Option<&Cluster>) -> (PgView, Option<ServerStatus>) {
         let initialized = self.pg.data_dir_initialized();
         let pid = if initialized {
             self.pg.running_pid()
@@ -453,6 +456,14 @@ impl<K: Kv> Agent<K> {
                 .as_ref()
                 .is_some_and(|s| s.replication_state.as_deref() == Some("streaming")),
             rewind_broken: initialized && self.pg.rewind_broken(),
+            rewind_not_needed: {
+                let leader = cluster.and_then(|c| {
+                    let l = c.leader.as_ref()?;
+                    Some((l.name.clone(), c.member(&l.name)?.data.timeline?))
+                });
+                leader.is_some()
+                    && leader == *self.rewind_ok_for.lock().unwrap_or_else(|p| p.into_inner())
+            },
         };
         if view.ready && view.in_recovery && !view.streaming && self.rewind_capable.is_none() {
             // pg_rewind may be needed soon: learn whether it could work.
@@ -818,10 +829,17 @@ impl<K: Kv> Agent<K> {
                     .ok_or_else(|| anyhow!("member {from} has no usable conn_url"))?;
                 let pg = self.pg.clone();
                 let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                let leader_tl = cluster
+                    .member(from)
+                    .and_then(|m| m.data.timeline)
+                    .unwrap_or_default();
+                let ok_for = self.rewind_ok_for.clone();
+                let from = from.clone();
                 self.spawn_job(Job::Rewind, async move {
-                    match pg.rewind(&up, timeout).await? {
-                        RewindOutcome::NotNeeded | RewindOutcome::Rewound => Ok(()),
+                    if pg.rewind(&up, timeout).await? == RewindOutcome::NotNeeded {
+                        *ok_for.lock().unwrap_or_else(|p| p.into_inner()) = Some((from, leader_tl));
                     }
+                    Ok(())
                 });
                 Ok(Step::Continue)
             }

@@ -103,6 +103,8 @@ struct SimNode {
     unreachable: bool,
     no_failover: bool,
     last_summary: String,
+    /// pg_rewind found nothing to undo for following this leader on this timeline.
+    rewind_ok_for: Option<(String, u64)>,
 }
 
 fn fresh_pg() -> SimPg {
@@ -142,6 +144,7 @@ impl SimNode {
             unreachable: false,
             no_failover: false,
             last_summary: String::new(),
+            rewind_ok_for: None,
         }
     }
 
@@ -165,8 +168,12 @@ impl SimNode {
         self.dcs = Dcs::new(self.kv.clone(), "/service", "sim", &self.name, TTL as i64);
     }
 
-    fn view(&self) -> PgView {
+    fn view(&self, cluster: Option<&Cluster>) -> PgView {
         let pg = &self.pg;
+        let leader = cluster.and_then(|c| {
+            let l = c.leader.as_ref()?;
+            Some((l.name.clone(), c.member(&l.name)?.data.timeline?))
+        });
         let end_known = pg.running || pg.clean || !pg.was_primary();
         PgView {
             data: pg.data.clone(),
@@ -182,6 +189,7 @@ impl SimNode {
             }),
             streaming: pg.streaming,
             rewind_broken: pg.broken,
+            rewind_not_needed: leader.is_some() && leader == self.rewind_ok_for,
         }
     }
 
@@ -502,7 +510,7 @@ impl Sim {
         let obs = Observation {
             me: &n.name,
             cluster: cluster.as_ref(),
-            pg: n.view(),
+            pg: n.view(cluster.as_ref()),
             job: n.job.as_ref().map(|j| j.0),
             no_failover: n.no_failover,
             failover_priority: 1,
@@ -817,6 +825,7 @@ impl Sim {
                 } else {
                     // no rewind required; a crashed server went through crash recovery
                     n.pg.clean = true;
+                    n.rewind_ok_for = Some((from.clone(), src.timeline));
                 }
             }
             (Job::Wipe, _) => {

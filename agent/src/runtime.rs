@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
+/// How long a failed job waits before it is tried again.
+const JOB_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
 /// A background operation and its outcome channel.
 struct RunningJob {
     kind: Job,
@@ -61,6 +64,12 @@ pub struct Agent<K: Kv> {
     last_failover_blocked: Option<String>,
     /// The timing problem of the dynamic configuration last warned about.
     timing_warned: Option<String>,
+    failover_blocked_since: Option<Instant>,
+    failover_blocked_logged: bool,
+    /// Where the local WAL ended at the last observation.
+    last_wal_end: Option<WalEnd>,
+    /// The last job that failed, and when: it is not retried before [`JOB_RETRY_PAUSE`].
+    last_job_failure: Option<(Job, Instant)>,
     /// The leader (and its timeline) pg_rewind last found nothing to undo for.
     rewind_ok_for: Arc<std::sync::Mutex<Option<(String, u64)>>>,
 }
@@ -96,6 +105,10 @@ impl<K: Kv> Agent<K> {
             rewind_capable: None,
             last_failover_blocked: None,
             timing_warned: None,
+            failover_blocked_since: None,
+            failover_blocked_logged: false,
+            last_job_failure: None,
+            last_wal_end: None,
             rewind_ok_for: Arc::new(std::sync::Mutex::new(None)),
         }
     }
@@ -258,7 +271,7 @@ impl<K: Kv> Agent<K> {
             self.primary_down_since = None;
         }
         if let Some(c) = &cluster {
-            self.report_failover_readiness(c);
+            self.report_failover_readiness(c, timing.ttl);
         }
         let peers = match &cluster {
             Some(c) if c.leader.is_none() && pg_view.ready && self.job.is_none() => {
@@ -465,6 +478,7 @@ impl<K: Kv> Agent<K> {
                     && leader == *self.rewind_ok_for.lock().unwrap_or_else(|p| p.into_inner())
             },
         };
+        self.last_wal_end = view.wal_end;
         if view.ready && view.in_recovery && !view.streaming && self.rewind_capable.is_none() {
             // pg_rewind may be needed soon: learn whether it could work.
             if let Ok(cd) = self.pg.controldata().await {
@@ -503,21 +517,37 @@ impl<K: Kv> Agent<K> {
 
     /// Logs, once per change, whether any member could take over from the leader, and keeps
     /// the answer for the REST API (patroni#1849: learn it before the outage).
-    fn report_failover_readiness(&mut self, cluster: &Cluster) {
-        let blocked = ha::failover_blocked(cluster);
-        if blocked != self.last_failover_blocked {
-            match &blocked {
-                Some(why) if cluster.leader.is_some() => warn!(
-                    "no member could take over if the leader failed now: {why}"
-                ),
-                Some(why) => error!("failover is blocked, no member can take over: {why}"),
-                None if self.last_failover_blocked.is_some() => {
-                    info!("failover is possible again")
-                }
-                None => {}
+    fn report_failover_readiness(&mut self, cluster: &Cluster, ttl: u64) {
+        // Nothing to say before the cluster exists.
+        let initialized = cluster.initialize.as_deref().is_some_and(|i| !i.is_empty())
+            && (cluster.leader.is_some() || self.seen_leader);
+        let blocked = ha::failover_blocked(cluster).filter(|_| initialized);
+        if blocked.is_none() {
+            if self.failover_blocked_logged {
+                info!("failover is possible again");
             }
-            self.last_failover_blocked = blocked;
+            self.failover_blocked_logged = false;
+            self.failover_blocked_since = None;
+        } else {
+            let since = *self.failover_blocked_since.get_or_insert_with(Instant::now);
+            let changed = blocked != self.last_failover_blocked;
+            if let Some(why) = &blocked {
+                if cluster.leader.is_none() {
+                    if changed || !self.failover_blocked_logged {
+                        error!("failover is blocked, no member can take over: {why}");
+                        self.failover_blocked_logged = true;
+                    }
+                } else if since.elapsed() >= Duration::from_secs(ttl)
+                    && (changed || !self.failover_blocked_logged)
+                {
+                    // Members starting or cloning block failover for a moment; a state that
+                    // lasts a ttl is worth an operator's attention before the outage.
+                    warn!("no member could take over if the leader failed now: {why}");
+                    self.failover_blocked_logged = true;
+                }
+            }
         }
+        self.last_failover_blocked = blocked;
     }
 
     async fn probe_peers(&self, cluster: &Cluster) -> Vec<PeerReport> {
@@ -764,6 +794,14 @@ impl<K: Kv> Agent<K> {
                 self.spawn_job(Job::Promote, async move {
                     pg.promote(timeout).await?;
                     info!("promoted: now accepting writes");
+                    // In the background: members rejoining with pg_rewind need pg_control to
+                    // show the new timeline, which only a checkpoint writes.
+                    tokio::spawn(async move {
+                        match pg.checkpoint().await {
+                            Ok(()) => info!("checkpoint after promotion done"),
+                            Err(e) => warn!("checkpoint after promotion failed: {e:#}"),
+                        }
+                    });
                     Ok(())
                 });
                 Ok(Step::Continue)
@@ -835,8 +873,10 @@ impl<K: Kv> Agent<K> {
                     .unwrap_or_default();
                 let ok_for = self.rewind_ok_for.clone();
                 let from = from.clone();
+                let local_tl = self.last_wal_end.map(|e| e.timeline).unwrap_or(0);
+                let newer = leader_tl > local_tl;
                 self.spawn_job(Job::Rewind, async move {
-                    if pg.rewind(&up, timeout).await? == RewindOutcome::NotNeeded {
+                    if pg.rewind(&up, newer, timeout).await? == RewindOutcome::NotNeeded {
                         *ok_for.lock().unwrap_or_else(|p| p.into_inner()) = Some((from, leader_tl));
                     }
                     Ok(())
@@ -864,6 +904,15 @@ impl<K: Kv> Agent<K> {
         kind: Job,
         fut: impl std::future::Future<Output = Result<()>> + Send + 'static,
     ) {
+        // A job that just failed is not retried in a tight loop: the decision asks again each
+        // cycle, and it runs again once the pause is over.
+        if let Some((failed, at)) = self.last_job_failure
+            && failed == kind
+            && at.elapsed() < JOB_RETRY_PAUSE
+        {
+            tracing::debug!(job = ?kind, "not retrying yet: it failed {:?} ago", at.elapsed());
+            return;
+        }
         let wake = self.wake.clone();
         let handle = tokio::spawn(async move {
             let r = fut.await;
@@ -891,10 +940,19 @@ impl<K: Kv> Agent<K> {
                 self.fatal = Some(format!("bootstrap failed: {e:#}"));
             }
             (Job::Clone, Err(e)) => {
-                error!("creating the replica failed: {e:#}; will retry");
+                self.last_job_failure = Some((Job::Clone, Instant::now()));
+                error!(
+                    "creating the replica failed: {e:#}; retrying in {}s",
+                    JOB_RETRY_PAUSE.as_secs()
+                );
+            }
+            (kind @ (Job::Start | Job::Promote | Job::Demote), Err(e)) => {
+                self.last_job_failure = Some((kind, Instant::now()));
+                error!(job = ?kind, "failed: {e:#}; PostgreSQL log: {}", self.pg.log_tail().await);
             }
             (kind, Err(e)) => {
-                error!(job = ?kind, "failed: {e:#}; {}", self.pg.log_tail().await);
+                self.last_job_failure = Some((kind, Instant::now()));
+                error!(job = ?kind, "failed: {e:#}; retrying in {}s", JOB_RETRY_PAUSE.as_secs());
             }
         }
     }
@@ -977,6 +1035,7 @@ impl<K: Kv> Agent<K> {
             }
             return Ok(());
         }
+        // Cheap test first: the newest entry is the parent of our timeline (the usual case).
         let up_to_date = cluster.history.last().is_some_and(|e| {
             e.timeline == timeline - 1 && e.timestamp.is_some() && e.new_leader.is_some()
         });
@@ -986,6 +1045,19 @@ impl<K: Kv> Agent<K> {
         let Some((lines, mtime)) = self.pg.timeline_history(timeline) else {
             return Ok(());
         };
+        // After a timeline jump (say 2 → 4) the parent is not timeline - 1: compare entries.
+        let same = lines.len() == cluster.history.len()
+            && lines
+                .iter()
+                .zip(&cluster.history)
+                .all(|((tl, lsn, _), e)| *tl == e.timeline && *lsn == e.lsn)
+            && cluster
+                .history
+                .last()
+                .is_some_and(|e| e.timestamp.is_some() && e.new_leader.is_some());
+        if same {
+            return Ok(());
+        }
         let known: BTreeMap<u64, &HistoryEntry> =
             cluster.history.iter().map(|e| (e.timeline, e)).collect();
         let n = lines.len();

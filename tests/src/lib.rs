@@ -818,3 +818,173 @@ pub fn sql_dsn(dsn: &str, q: &str) -> Result<Vec<String>> {
             Ok(out)
         })
 }
+
+/// A client that inserts one row every 20 ms through a multi-host libpq connection string with
+/// `target_session_attrs=read-write` (so it always finds the writable primary, as applications
+/// do), and records every acknowledged id with the time of the acknowledgement.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(i64, std::time::Instant)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// The multi-host DSN over all nodes of a cluster.
+    pub fn dsn(nodes: &[Node]) -> String {
+        let hosts = vec!["127.0.0.1"; nodes.len()].join(",");
+        let ports: Vec<String> = nodes.iter().map(|n| n.pg_port.to_string()).collect();
+        format!(
+            "host={hosts} port={} user=postgres password=postgres-secret dbname=postgres connect_timeout=2 target_session_attrs=read-write",
+            ports.join(",")
+        )
+    }
+
+    /// Creates the table (through the writable primary) and starts writing.
+    pub fn start(nodes: &[Node]) -> Result<Writer> {
+        let dsn = Self::dsn(nodes);
+        sql_dsn(
+            &dsn,
+            "CREATE TABLE IF NOT EXISTS pgpilot_writes(id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
+        )?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, a) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(write_loop(dsn, s, a));
+        });
+        Ok(Writer {
+            stop,
+            acked,
+            thread: Some(thread),
+        })
+    }
+
+    /// How many rows were acknowledged so far.
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Waits until `n` more rows than now are acknowledged.
+    pub fn wait_more(&self, n: usize, timeout: Duration) -> Result<()> {
+        let target = self.acked_count() + n;
+        wait_for("the writer to get writes through", timeout, || {
+            (self.acked_count() >= target).then_some(())
+        })
+    }
+
+    /// Stops writing; returns the acknowledged ids and the longest time without an
+    /// acknowledgement after `since` (the write gap of a failure injected then).
+    pub fn finish(mut self, since: std::time::Instant) -> (Vec<i64>, Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let acked = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut gap = Duration::ZERO;
+        let mut prev = since;
+        for (_, at) in acked.iter().filter(|(_, at)| *at >= since) {
+            gap = gap.max(at.duration_since(prev));
+            prev = *at;
+        }
+        (acked.into_iter().map(|(id, _)| id).collect(), gap)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn write_loop(
+    dsn: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(i64, std::time::Instant)>>>,
+) {
+    let mut next_id: i64 = 1;
+    let mut client: Option<tokio_postgres::Client> = None;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio_postgres::connect(&dsn, tokio_postgres::NoTls),
+            )
+            .await
+            {
+                Ok(Ok((c, conn))) => {
+                    tokio::spawn(conn);
+                    Some(c)
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let q = format!("INSERT INTO pgpilot_writes(id) VALUES ({next_id})");
+        match tokio::time::timeout(Duration::from_secs(2), c.simple_query(&q)).await {
+            Ok(Ok(_)) => {
+                if let Ok(mut a) = acked.lock() {
+                    a.push((next_id, std::time::Instant::now()));
+                }
+                next_id += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                // committed earlier but the acknowledgement was lost: not counted, move on
+                next_id += 1;
+            }
+            _ => {
+                client = None;
+                // the id may or may not have committed; never reuse it
+                next_id += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// SIGKILLs a node's postmaster and every process of its process group (backends, WAL
+/// sender, checkpointer…): what the machine's death does to PostgreSQL.
+pub fn kill_postgres_group(n: &Node) {
+    if let Some(pid) = n.postmaster_pid() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Every `pgpilot_writes` id a node holds.
+pub fn written_ids(node: &Node) -> Result<std::collections::HashSet<i64>> {
+    Ok(sql(node, "SELECT id FROM pgpilot_writes")?
+        .into_iter()
+        .filter_map(|s| s.parse().ok())
+        .collect())
+}
+
+/// Whether the end-to-end prerequisites are here (PostgreSQL 15, etcd, a built agent); prints
+/// why a test is skipped when not.
+pub fn prerequisites() -> bool {
+    let ok = Path::new(PG_BIN).join("postgres").exists()
+        && Command::new("etcd").arg("--version").output().is_ok()
+        && agent_bin().is_file();
+    if !ok {
+        eprintln!("skipped: needs postgresql-15, etcd-server and a built agent (cargo build)");
+    }
+    ok
+}

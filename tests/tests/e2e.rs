@@ -7,19 +7,6 @@ use std::time::Duration;
 
 const HEALTHY: Duration = Duration::from_secs(120);
 
-fn prerequisites() -> bool {
-    let ok = std::path::Path::new(PG_BIN).join("postgres").exists()
-        && std::process::Command::new("etcd")
-            .arg("--version")
-            .output()
-            .is_ok()
-        && agent_bin().is_file();
-    if !ok {
-        eprintln!("skipped: needs postgresql-15, etcd-server and a built agent (cargo build)");
-    }
-    ok
-}
-
 /// Real Patroni's `patronictl`, from `PATRONICTL` or the venv `.ci/run` installs.
 fn patronictl() -> Option<std::path::PathBuf> {
     let p = std::env::var_os("PATRONICTL")

@@ -206,7 +206,14 @@ impl Postgres {
     /// A dry run decides first, so a failure to connect or a source that is not ready leaves
     /// the data untouched (and is retried); only a failure of the real run marks the directory
     /// broken.
-    pub async fn rewind(&self, from: &Upstream, timeout: Duration) -> Result<RewindOutcome> {
+    /// `expect_timeline_change`: the source runs on a newer timeline than this data (so
+    /// "same timeline" can only mean the source's pg_control is stale).
+    pub async fn rewind(
+        &self,
+        from: &Upstream,
+        expect_timeline_change: bool,
+        timeout: Duration,
+    ) -> Result<RewindOutcome> {
         self.stop("fast", timeout).await?;
         let pg = &self.cfg.postgresql;
         let user = pg.rewind.as_ref().unwrap_or(&pg.superuser);
@@ -231,10 +238,18 @@ impl Postgres {
             }
             cmd
         };
+        self.ensure_clean_shutdown(timeout).await?;
         let started = Instant::now();
         let (_, dry) = self
             .run_output(rewind_cmd("--dry-run"), "pg_rewind --dry-run", timeout)
             .await?;
+        if dry.contains("on the same timeline") && expect_timeline_change {
+            // A freshly promoted source whose pg_control still shows the old timeline (no
+            // checkpoint since the promotion) makes pg_rewind see nothing to do: wait for it.
+            bail!(
+                "the source has not written a checkpoint since its promotion (pg_control still shows the old timeline); retrying"
+            );
+        }
         if dry.contains("no rewind required") {
             info!(source = %format!("{}:{}", from.host, from.port), "pg_rewind: no rewind required; the data directory can follow as it is");
             return Ok(RewindOutcome::NotNeeded);
@@ -265,6 +280,40 @@ impl Postgres {
                 Err(e.context("pg_rewind failed; the data directory is left as it is and will not be started"))
             }
         }
+    }
+
+    /// pg_rewind needs a cleanly stopped target: a server that crashed goes through crash
+    /// recovery first, in single-user mode (no connections, no archiving), which ends with a
+    /// shutdown checkpoint.
+    async fn ensure_clean_shutdown(&self, timeout: Duration) -> Result<()> {
+        let cd = self.controldata().await?;
+        if cd.clean_shutdown() {
+            return Ok(());
+        }
+        info!(
+            state = cd.cluster_state,
+            "PostgreSQL did not stop cleanly: running crash recovery in single-user mode before pg_rewind"
+        );
+        // Single-user mode cannot run as a standby; recovery of the local WAL is all it needs.
+        for signal in ["standby.signal", "recovery.signal"] {
+            let _ = std::fs::remove_file(self.data_dir().join(signal));
+        }
+        let mut cmd = self.command("postgres");
+        cmd.arg("--single")
+            .arg("-F")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-c", "archive_mode=off", "-c", "hot_standby=off"]);
+        if self.cfg.postgresql.config_dir.is_some() {
+            cmd.arg(format!(
+                "--config-file={}",
+                self.conf_dir().join("postgresql.conf").display()
+            ));
+        }
+        cmd.arg("template1");
+        self.run(cmd, "postgres --single (crash recovery)", timeout.max(Duration::from_secs(600)))
+            .await?;
+        Ok(())
     }
 
     /// Stops PostgreSQL if it runs and empties the data directory (markers included), so that

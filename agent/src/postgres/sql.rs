@@ -225,6 +225,14 @@ impl Postgres {
         Ok(())
     }
 
+    /// Runs a checkpoint. After a promotion it brings pg_control's timeline up to date, which
+    /// pg_rewind on the other members reads to see that this server changed timeline.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let client = self.client().await?;
+        client.batch_execute("CHECKPOINT").await?;
+        Ok(())
+    }
+
     /// Reloads the configuration files.
     pub async fn reload(&self) -> Result<()> {
         let client = self.client().await?;

@@ -393,10 +393,15 @@ enum Rejoin {
     Wait(String),
 }
 
-fn rejoin_plan(obs: &Observation<'_>, cluster: &Cluster, leader: &str, was_primary: bool) -> Rejoin {
-    let leader_ready = cluster
-        .member(leader)
-        .is_some_and(|m| m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"));
+fn rejoin_plan(
+    obs: &Observation<'_>,
+    cluster: &Cluster,
+    leader: &str,
+    was_primary: bool,
+) -> Rejoin {
+    let leader_ready = cluster.member(leader).is_some_and(|m| {
+        m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master")
+    });
     if obs.pg.rewind_not_needed {
         // pg_rewind compared this data with the leader's history and found nothing to undo.
         return Rejoin::Follow;
@@ -425,9 +430,13 @@ fn rejoin_plan(obs: &Observation<'_>, cluster: &Cluster, leader: &str, was_prima
         shared::types::Lsn(at)
     );
     if obs.rewind.remove_on_diverged {
-        Rejoin::Wipe(format!("{what}: removing the data directory to clone it again (remove_data_directory_on_diverged_timelines)"))
+        Rejoin::Wipe(format!(
+            "{what}: removing the data directory to clone it again (remove_data_directory_on_diverged_timelines)"
+        ))
     } else {
-        Rejoin::Wait(format!("{what}: not following {leader}; reinitialize this member or set remove_data_directory_on_diverged_timelines"))
+        Rejoin::Wait(format!(
+            "{what}: not following {leader}; reinitialize this member or set remove_data_directory_on_diverged_timelines"
+        ))
     }
 }
 
@@ -599,7 +608,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             }
             return decision(actions, "PAUSE: PostgreSQL is not running; doing nothing");
         }
-        if holds_lock && was_primary && let Some(d) = primary_gives_up(obs, cluster) {
+        if holds_lock
+            && was_primary
+            && let Some(d) = primary_gives_up(obs, cluster)
+        {
             actions.push(Action::ReleaseLock);
             return decision(actions, d);
         }
@@ -612,7 +624,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                     });
                     return decision(
                         actions,
-                        format!("rewinding the data directory from {} with pg_rewind before following it", l.name),
+                        format!(
+                            "rewinding the data directory from {} with pg_rewind before following it",
+                            l.name
+                        ),
                     );
                 }
                 Rejoin::Wipe(reason) => {
@@ -650,7 +665,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     }
 
     if !obs.pg.ready {
-        if holds_lock && !paused && let Some(d) = primary_gives_up(obs, cluster) {
+        if holds_lock
+            && !paused
+            && let Some(d) = primary_gives_up(obs, cluster)
+        {
             actions.push(Action::ReleaseLock);
             return decision(actions, d);
         }
@@ -734,7 +752,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                         });
                         return decision(
                             actions,
-                            format!("this replica's WAL diverged from {}'s timeline: rewinding it with pg_rewind", l.name),
+                            format!(
+                                "this replica's WAL diverged from {}'s timeline: rewinding it with pg_rewind",
+                                l.name
+                            ),
                         );
                     }
                     Rejoin::Wipe(reason) => {
@@ -1227,10 +1248,13 @@ mod tests {
         let mut fresh = c.clone();
         fresh.history.clear();
         assert_eq!(
-            divergence(&fresh, Some(WalEnd {
-                timeline: 1,
-                lsn: 1
-            })),
+            divergence(
+                &fresh,
+                Some(WalEnd {
+                    timeline: 1,
+                    lsn: 1
+                })
+            ),
             Divergence::Unknown
         );
         // timeline 2 forked off timeline 1 at 3000 for a short-lived primary; the leader went
@@ -1238,10 +1262,13 @@ mod tests {
         let mut c4 = c.clone();
         c4.members[1].data.timeline = Some(3);
         assert_eq!(
-            divergence(&c4, Some(WalEnd {
-                timeline: 2,
-                lsn: 3100
-            })),
+            divergence(
+                &c4,
+                Some(WalEnd {
+                    timeline: 2,
+                    lsn: 3100
+                })
+            ),
             Divergence::Diverged {
                 timeline: 2,
                 at: 3000
@@ -1285,7 +1312,11 @@ mod tests {
         promoting.members[1].data.role = "replica".into();
         let d = decide(&obs("n1", Some(&promoting), stopped_old_primary(None), &[]));
         assert_eq!(d.actions, vec![]);
-        assert!(d.summary.contains("waiting for the new leader"), "{}", d.summary);
+        assert!(
+            d.summary.contains("waiting for the new leader"),
+            "{}",
+            d.summary
+        );
     }
 
     #[test]
@@ -1296,7 +1327,8 @@ mod tests {
         let d = decide(&o);
         assert_eq!(d.actions, vec![]);
         assert!(
-            d.summary.contains("remove_data_directory_on_diverged_timelines"),
+            d.summary
+                .contains("remove_data_directory_on_diverged_timelines"),
             "{}",
             d.summary
         );
@@ -1330,7 +1362,10 @@ mod tests {
         assert_eq!(d.actions, vec![Action::ReleaseLock]);
         let mut o = obs("n1", Some(&c), pg, &[]);
         o.rewind.remove_on_failure = true;
-        assert!(matches!(decide(&o).actions.as_slice(), [Action::WipeData { .. }]));
+        assert!(matches!(
+            decide(&o).actions.as_slice(),
+            [Action::WipeData { .. }]
+        ));
     }
 
     #[test]
@@ -1366,7 +1401,13 @@ mod tests {
         o.primary_down_secs = Some(299);
         assert!(matches!(
             decide(&o).actions.as_slice(),
-            [Action::RenewLock, Action::Start { as_primary: true, .. }]
+            [
+                Action::RenewLock,
+                Action::Start {
+                    as_primary: true,
+                    ..
+                }
+            ]
         ));
         o.primary_down_secs = Some(300);
         let d = decide(&o);
@@ -1379,7 +1420,13 @@ mod tests {
         o2.primary_down_secs = Some(9999);
         assert!(matches!(
             decide(&o2).actions.as_slice(),
-            [Action::RenewLock, Action::Start { as_primary: true, .. }]
+            [
+                Action::RenewLock,
+                Action::Start {
+                    as_primary: true,
+                    ..
+                }
+            ]
         ));
         // a primary stuck starting (crash recovery) gives up too
         let mut starting = o.clone();
@@ -1403,6 +1450,10 @@ mod tests {
         c.members[2].data.xlog_location = Some(50 << 20);
         assert_eq!(failover_blocked(&c), None);
         c.members[2].data.state = "stopped".into();
-        assert!(failover_blocked(&c).unwrap().contains("n3: PostgreSQL is stopped"));
+        assert!(
+            failover_blocked(&c)
+                .unwrap()
+                .contains("n3: PostgreSQL is stopped")
+        );
     }
 }

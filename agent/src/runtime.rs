@@ -66,6 +66,7 @@ pub struct Agent<K: Kv> {
     timing_warned: Option<String>,
     failover_blocked_since: Option<Instant>,
     failover_blocked_logged: bool,
+    failover_blocked_leaderless: bool,
     /// Where the local WAL ended at the last observation.
     last_wal_end: Option<WalEnd>,
     /// The last job that failed, and when: it is not retried before [`JOB_RETRY_PAUSE`].
@@ -107,6 +108,7 @@ impl<K: Kv> Agent<K> {
             timing_warned: None,
             failover_blocked_since: None,
             failover_blocked_logged: false,
+            failover_blocked_leaderless: false,
             last_job_failure: None,
             last_wal_end: None,
             rewind_ok_for: Arc::new(std::sync::Mutex::new(None)),
@@ -452,17 +454,14 @@ impl<K: Kv> Agent<K> {
             timeline: server.as_ref().and_then(|s| s.timeline),
             upstream: self.pg.configured_upstream(),
             wal_end: match &server {
-                Some(s) => s
-                    .wal_position()
-                    .zip(s.timeline)
-                    .map(|(lsn, tl)| WalEnd {
-                        timeline: if s.in_recovery {
-                            self.pg.wal_timeline(tl)
-                        } else {
-                            tl
-                        },
-                        lsn,
-                    }),
+                Some(s) => s.wal_position().zip(s.timeline).map(|(lsn, tl)| WalEnd {
+                    timeline: if s.in_recovery {
+                        self.pg.wal_timeline(tl)
+                    } else {
+                        tl
+                    },
+                    lsn,
+                }),
                 None => stopped_end,
             },
             streaming: server
@@ -506,7 +505,9 @@ impl<K: Kv> Agent<K> {
     }
 
     fn note_rewind_capability(&mut self, capable: bool) {
-        if self.rewind_capable != Some(capable) && !capable && self.use_pg_rewind(&self.last_dynamic)
+        if self.rewind_capable != Some(capable)
+            && !capable
+            && self.use_pg_rewind(&self.last_dynamic)
         {
             warn!(
                 "use_pg_rewind is on, but pg_control shows neither wal_log_hints nor data checksums: pg_rewind cannot be used until PostgreSQL restarts with wal_log_hints = on"
@@ -527,15 +528,17 @@ impl<K: Kv> Agent<K> {
                 info!("failover is possible again");
             }
             self.failover_blocked_logged = false;
+            self.failover_blocked_leaderless = false;
             self.failover_blocked_since = None;
         } else {
             let since = *self.failover_blocked_since.get_or_insert_with(Instant::now);
             let changed = blocked != self.last_failover_blocked;
             if let Some(why) = &blocked {
                 if cluster.leader.is_none() {
-                    if changed || !self.failover_blocked_logged {
+                    if changed || !self.failover_blocked_leaderless {
                         error!("failover is blocked, no member can take over: {why}");
                         self.failover_blocked_logged = true;
+                        self.failover_blocked_leaderless = true;
                     }
                 } else if since.elapsed() >= Duration::from_secs(ttl)
                     && (changed || !self.failover_blocked_logged)

@@ -9,7 +9,9 @@
 //! cluster converges: one primary holding the lock and every other member streaming from it on
 //! a history that fits (rejoined with pg_rewind or cloned again when its timeline diverged).
 
-use crate::ha::{self, Action, DataDir, Job, Observation, PeerReport, PgView, RewindPolicy, WalEnd};
+use crate::ha::{
+    self, Action, DataDir, Job, Observation, PeerReport, PgView, RewindPolicy, WalEnd,
+};
 use shared::dcs::mem::{MemKv, MemStore};
 use shared::dcs::{Cluster, Dcs, DynamicConfig, HistoryEntry, MemberData, Status};
 
@@ -62,7 +64,13 @@ struct SimPg {
 
 impl SimPg {
     fn was_primary(&self) -> bool {
-        matches!(self.data, DataDir::Present { was_primary: true, .. })
+        matches!(
+            self.data,
+            DataDir::Present {
+                was_primary: true,
+                ..
+            }
+        )
     }
     fn set_was_primary(&mut self, primary: bool) {
         if let DataDir::Present { was_primary, .. } = &mut self.data {
@@ -279,15 +287,15 @@ impl Sim {
             .map(|i| SimNode::new(&store, &format!("n{i}")))
             .collect();
         // Some seeds tag the last member nofailover; it must never be promoted.
-        if seed % 3 == 0 {
-            if let Some(last) = nodes.last_mut() {
-                last.no_failover = true;
-            }
+        if seed.is_multiple_of(3)
+            && let Some(last) = nodes.last_mut()
+        {
+            last.no_failover = true;
         }
         // Some seeds run without pg_rewind: diverged members are cloned again instead.
         let policy = RewindPolicy {
-            possible: seed % 4 != 0,
-            remove_on_failure: seed % 5 != 0,
+            possible: !seed.is_multiple_of(4),
+            remove_on_failure: !seed.is_multiple_of(5),
             remove_on_diverged: true,
         };
         Sim {
@@ -488,7 +496,10 @@ impl Sim {
                 if c.leader.is_some() {
                     self.nodes[i].seen_leader = true;
                 }
-                let holder = c.leader.as_ref().is_some_and(|l| l.name == self.nodes[i].name);
+                let holder = c
+                    .leader
+                    .as_ref()
+                    .is_some_and(|l| l.name == self.nodes[i].name);
                 let n = &mut self.nodes[i];
                 if holder && !n.pg.running {
                     n.primary_down_since_ms.get_or_insert(now);
@@ -670,18 +681,17 @@ impl Sim {
                     ..Default::default()
                 };
                 n.dcs.write_status(&status).await.ok()?;
-                let history: Vec<HistoryEntry> = n
-                    .pg
-                    .history
-                    .iter()
-                    .map(|(tl, at)| HistoryEntry {
-                        timeline: *tl,
-                        lsn: *at,
-                        reason: "no recovery target specified".into(),
-                        timestamp: None,
-                        new_leader: None,
-                    })
-                    .collect();
+                let history: Vec<HistoryEntry> =
+                    n.pg.history
+                        .iter()
+                        .map(|(tl, at)| HistoryEntry {
+                            timeline: *tl,
+                            lsn: *at,
+                            reason: "no recovery target specified".into(),
+                            timestamp: None,
+                            new_leader: None,
+                        })
+                        .collect();
                 if cluster.is_some_and(|c| c.history != history) {
                     n.dcs.write_history(&history).await.ok()?;
                 }
@@ -885,7 +895,7 @@ impl Sim {
             .iter()
             .filter(|n| n.name != leader.name)
             // left alone on purpose: a failed rewind without remove_data_directory_on_rewind_failure
-            .filter(|n| !(n.pg.broken && !self.policy.remove_on_failure))
+            .filter(|n| !n.pg.broken || self.policy.remove_on_failure)
             .all(|n| {
                 n.pg.running
                     && n.pg.in_recovery
@@ -964,8 +974,14 @@ async fn seeded_simulation_keeps_one_writable_primary() {
     assert!(total.promotions > 2 * seeds, "{total:?}");
     assert!(total.demotions > seeds / 2, "{total:?}");
     assert!(total.rewinds > 0 && total.wipes > 0, "{total:?}");
-    assert!(total.rewind_failures > 0 && total.pg_crashes > 0, "{total:?}");
-    assert!(total.agent_restarts > 0 && total.lock_given_up > 0, "{total:?}");
+    assert!(
+        total.rewind_failures > 0 && total.pg_crashes > 0,
+        "{total:?}"
+    );
+    assert!(
+        total.agent_restarts > 0 && total.lock_given_up > 0,
+        "{total:?}"
+    );
 }
 
 /// Many short runs: one simulated minute of faults per seed, thousands of seeds.

@@ -19,14 +19,27 @@ fn leader_index(c: &TestCluster, etcd: &Etcd) -> Option<usize> {
 /// started again, rejoins as a streaming replica through pg_rewind with every acknowledged row.
 #[test]
 fn machine_loss_fails_over_and_the_old_primary_rejoins_with_pg_rewind() {
+    machine_loss("machineloss", 10, 2, 3);
+}
+
+/// (a) at the fastest timing pgpilot accepts (Patroni refuses a ttl under 20).
+#[test]
+fn machine_loss_at_ttl_5_fails_over_and_rejoins() {
+    machine_loss("fastloss", 5, 1, 1);
+}
+
+fn machine_loss(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
     if !prerequisites() {
         return;
     }
     let spec = ClusterSpec {
-        scope: "machineloss".into(),
+        scope: scope.into(),
+        ttl,
+        loop_wait,
+        retry_timeout,
         ..Default::default()
     };
-    let mut lab = Lab::new("e2e-machineloss", spec, true).unwrap();
+    let mut lab = Lab::new(&format!("e2e-{scope}"), spec, true).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -63,9 +76,13 @@ fn machine_loss_fails_over_and_the_old_primary_rejoins_with_pg_rewind() {
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
         .unwrap();
     // the history key records the failover
-    let history = etcd.get_prefix("/service/machineloss/history").unwrap();
+    let history = etcd
+        .get_prefix(&format!("/service/{scope}/history"))
+        .unwrap();
     assert!(
-        history.first().is_some_and(|(_, v, _)| v.starts_with("[[1,")),
+        history
+            .first()
+            .is_some_and(|(_, v, _)| v.starts_with("[[1,")),
         "{history:?}"
     );
 
@@ -81,10 +98,19 @@ fn machine_loss_fails_over_and_the_old_primary_rejoins_with_pg_rewind() {
         "{old} did not go through pg_rewind:\n{}",
         c.logs_tail()
     );
+    let rewound = log.contains("pg_rewind finished");
     assert!(
-        log.contains("pg_rewind finished") || log.contains("no rewind required"),
+        rewound || log.contains("no rewind required"),
         "{}",
         c.logs_tail()
+    );
+    eprintln!(
+        "{old}: {}",
+        if rewound {
+            "rewound with pg_rewind"
+        } else {
+            "pg_rewind found nothing to undo"
+        }
     );
     let (acked, gap) = writer.finish(killed_at);
     eprintln!(

@@ -97,7 +97,9 @@ impl Postgres {
 
     /// Runs a command to completion, returning stdout or an error carrying its stderr.
     async fn run(&self, cmd: Command, what: &str, timeout: Duration) -> Result<String> {
-        self.run_output(cmd, what, timeout).await.map(|(out, _)| out)
+        self.run_output(cmd, what, timeout)
+            .await
+            .map(|(out, _)| out)
     }
 
     /// Runs a command to completion, returning stdout and stderr, or an error carrying stderr.
@@ -264,7 +266,11 @@ impl Postgres {
         .with_context(|| format!("cannot write {}", self.rewind_marker().display()))?;
         info!(source = %format!("{}:{}", from.host, from.port), "running pg_rewind");
         match self
-            .run_output(rewind_cmd("--progress"), "pg_rewind", timeout.max(Duration::from_secs(3600)))
+            .run_output(
+                rewind_cmd("--progress"),
+                "pg_rewind",
+                timeout.max(Duration::from_secs(3600)),
+            )
             .await
         {
             Ok(_) => {
@@ -277,7 +283,9 @@ impl Postgres {
             }
             Err(e) => {
                 let _ = std::fs::write(self.rewind_marker(), format!("pg_rewind failed: {e:#}\n"));
-                Err(e.context("pg_rewind failed; the data directory is left as it is and will not be started"))
+                Err(e.context(
+                    "pg_rewind failed; the data directory is left as it is and will not be started",
+                ))
             }
         }
     }
@@ -311,8 +319,12 @@ impl Postgres {
             ));
         }
         cmd.arg("template1");
-        self.run(cmd, "postgres --single (crash recovery)", timeout.max(Duration::from_secs(600)))
-            .await?;
+        self.run(
+            cmd,
+            "postgres --single (crash recovery)",
+            timeout.max(Duration::from_secs(600)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -495,8 +507,8 @@ impl Postgres {
                 .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
                 .filter(|pid| *pid as u32 != me)
                 .filter(|pid| {
-                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .unwrap_or_default();
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     matches!(comm.trim(), "postgres" | "postmaster")
                         && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir)
                 })

@@ -1,12 +1,17 @@
 //! `bench`: pgpilot and Patroni side by side on this machine, with the same etcd, PostgreSQL 15
 //! and YAML. Scenarios: bootstrap (start → leader + 2 streaming replicas), REST `GET /primary`
-//! on the leader under wrk (16 connections), and idle daemon RSS. Prints a line per measurement
-//! and a JSON summary (medians) at the end. Timing is measured here, never asserted in tests.
+//! on the leader under wrk (16 connections), and idle daemon RSS; with `failover`, the client
+//! write gap (a writer inserting every 20 ms through a multi-host `target_session_attrs=
+//! read-write` connection string) when the leader's machine dies (agent, postmaster and
+//! children SIGKILLed) at default and at the fastest accepted timing, and when only the
+//! postmaster is killed. Prints a line per measurement and a JSON summary (medians) at the end.
+//! Timing is measured here, never asserted in tests.
 //!
 //! Usage: bench [REPS] [PATRONI_EXECUTABLE]
+//!        bench failover [REPS] [PATRONI_EXECUTABLE]
 
 use anyhow::{Context, Result};
-use pgpilot_e2e::{ClusterSpec, Lab};
+use pgpilot_e2e::{ClusterSpec, Lab, Writer, kill_postgres_group};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
@@ -94,16 +99,125 @@ fn run(kind: &str, daemon: Option<PathBuf>, rep: usize) -> Result<Run> {
     })
 }
 
+/// What is broken in a failover measurement.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// The leader's agent, postmaster and children are SIGKILLed.
+    MachineLoss,
+    /// Only the leader's postmaster is SIGKILLed.
+    PostmasterCrash,
+}
+
+/// One failover measurement: the client write gap in seconds.
+fn write_gap(
+    kind: &str,
+    daemon: Option<PathBuf>,
+    rep: usize,
+    fault: Fault,
+    (ttl, loop_wait, retry_timeout): (u64, u64, u64),
+) -> Result<f64> {
+    let spec = ClusterSpec {
+        scope: format!("gap-{kind}-{ttl}-{rep}"),
+        ttl,
+        loop_wait,
+        retry_timeout,
+        daemon,
+        ..Default::default()
+    };
+    let mut lab = Lab::new(&format!("gap-{kind}"), spec, true)?;
+    let c = &mut lab.cluster;
+    c.start_all()?;
+    let p = c.wait_healthy(Duration::from_secs(180))?;
+    let writer = Writer::start(&c.nodes)?;
+    writer.wait_more(100, Duration::from_secs(60))?;
+    let at = Instant::now();
+    match fault {
+        Fault::MachineLoss => {
+            if let Some(mut agent) = c.nodes[p].agent.take() {
+                agent.signal(nix::sys::signal::Signal::SIGKILL);
+                let _ = agent.stop(Duration::from_secs(5));
+            }
+            kill_postgres_group(&c.nodes[p]);
+        }
+        Fault::PostmasterCrash => {
+            let pid = c.nodes[p]
+                .postmaster_pid()
+                .context("no postmaster.pid on the leader")?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+        }
+    }
+    writer.wait_more(50, Duration::from_secs(ttl * 4 + 60))?;
+    let (_, gap) = writer.finish(at);
+    c.shutdown();
+    Ok(gap.as_secs_f64())
+}
+
+/// `bench failover`: write gaps, pgpilot then Patroni.
+fn failover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
+    let mut kinds: Vec<(&str, Option<PathBuf>)> = vec![("pgpilot", None)];
+    if let Some(p) = patroni {
+        kinds.push(("patroni", Some(p)));
+    }
+    let mut summary = serde_json::Map::new();
+    for (kind, daemon) in kinds {
+        // The fastest timing each accepts: pgpilot ttl 5 / loop_wait 1 / retry_timeout 1;
+        // Patroni refuses a ttl under 20.
+        let fast = if kind == "pgpilot" {
+            (5, 1, 1)
+        } else {
+            (20, 1, 5)
+        };
+        let scenarios = [
+            ("machine_loss_ttl30_s", Fault::MachineLoss, (30, 10, 10)),
+            ("machine_loss_fastest_s", Fault::MachineLoss, fast),
+            ("postmaster_crash_s", Fault::PostmasterCrash, (30, 10, 10)),
+        ];
+        let mut out = serde_json::Map::new();
+        for (name, fault, timing) in scenarios {
+            let mut gaps = Vec::new();
+            for rep in 1..=reps {
+                let g = write_gap(kind, daemon.clone(), rep, fault, timing)?;
+                println!(
+                    "{kind} {name} (ttl {}/loop_wait {}/retry_timeout {}) run {rep}: write gap {g:.2} s",
+                    timing.0, timing.1, timing.2
+                );
+                gaps.push(g);
+            }
+            out.insert(
+                name.into(),
+                json!({"timing": [timing.0, timing.1, timing.2], "runs": gaps.clone(), "median": median(gaps)}),
+            );
+        }
+        summary.insert(kind.into(), Value::Object(out));
+    }
+    println!("{}", Value::Object(summary));
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: bench [REPS] [PATRONI_EXECUTABLE]   (see BENCHMARKS.md)");
+        println!(
+            "usage: bench [REPS] [PATRONI_EXECUTABLE]\n       bench failover [REPS] [PATRONI_EXECUTABLE]   (see BENCHMARKS.md)"
+        );
         return Ok(());
+    }
+    if args.first().is_some_and(|a| a == "failover") {
+        args.remove(0);
+        let reps = args
+            .first()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3)
+            .max(1);
+        return failover(reps, args.get(1).map(PathBuf::from));
     }
     let reps: usize = args
         .first()

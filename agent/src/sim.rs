@@ -400,6 +400,10 @@ impl Sim {
                 let down = 1000 + self.rng.below(2000);
                 let n = &mut self.nodes[i];
                 n.agent_down_until_ms = Some(now + down);
+                // a pg_rewind cut short leaves its marker: the directory is never started
+                if n.job.as_ref().is_some_and(|j| j.0 == Job::Rewind) {
+                    n.pg.broken = true;
+                }
                 n.job = None;
                 let name = n.name.clone();
                 self.stats.agent_restarts += 1;
@@ -414,6 +418,9 @@ impl Sim {
                 }
                 n.pg.running = false;
                 n.pg.streaming = false;
+                if n.job.as_ref().is_some_and(|j| j.0 == Job::Rewind) {
+                    n.pg.broken = true;
+                }
                 n.job = None;
                 n.agent_down_until_ms = None;
                 let name = n.name.clone();

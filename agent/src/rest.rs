@@ -315,6 +315,13 @@ pub fn status_json(s: &Snapshot) -> Value {
         );
         o.insert("role".into(), json!(s.role.as_str()));
         o.insert("server_version".into(), json!(srv.server_version));
+        if let Some(reason) = &srv.pending_restart {
+            o.insert("pending_restart".into(), json!(true));
+            o.insert(
+                "pending_restart_reason".into(),
+                Value::Object(reason.clone()),
+            );
+        }
         if srv.in_recovery {
             o.insert(
                 "xlog".into(),
@@ -563,7 +570,7 @@ pub fn metrics(s: &Snapshot) -> String {
         "patroni_pending_restart",
         "gauge",
         "Value is 1 if the node needs a restart, 0 otherwise.",
-        b(false),
+        b(srv.is_some_and(|x| x.pending_restart.is_some())),
     );
     metric(
         "patroni_is_paused",

@@ -478,8 +478,8 @@ impl<K: Kv> Agent<K> {
             },
         };
         self.last_wal_end = view.wal_end;
-        if view.ready && view.in_recovery && !view.streaming && self.rewind_capable.is_none() {
-            // pg_rewind may be needed soon: learn whether it could work.
+        if view.ready && self.rewind_capable.is_none() {
+            // Learn once whether pg_rewind could work on this data (and warn if not).
             if let Ok(cd) = self.pg.controldata().await {
                 self.note_rewind_capability(cd.wal_log_hints || cd.data_checksums);
             }
@@ -649,6 +649,10 @@ impl<K: Kv> Agent<K> {
             ..Default::default()
         };
         if let Some(s) = server {
+            if let Some(reason) = &s.pending_restart {
+                m.pending_restart = Some(true);
+                m.pending_restart_reason = Some(reason.clone());
+            }
             m.xlog_location = s.wal_position();
             m.timeline = s.timeline;
             if s.in_recovery {

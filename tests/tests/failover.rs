@@ -154,6 +154,19 @@ fn a_crashed_postmaster_is_restarted_by_the_same_leader() {
     } = &mut lab;
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
+    // a parameter that needs a restart: reported from pg_settings, cleared by the restart
+    sql(&c.nodes[p], "ALTER SYSTEM SET shared_buffers = '24MB'").unwrap();
+    sql(&c.nodes[p], "SELECT pg_reload_conf()").unwrap();
+    let pending = wait_for("pending_restart in /patroni", HEALTHY, || {
+        c.nodes[p]
+            .status()
+            .filter(|s| s["pending_restart"] == Value::Bool(true))
+    })
+    .unwrap();
+    assert_eq!(
+        pending["pending_restart_reason"]["shared_buffers"]["new_value"],
+        "24MB"
+    );
     let writer = Writer::start(&c.nodes).unwrap();
     writer.wait_more(25, Duration::from_secs(30)).unwrap();
     let pid = c.nodes[p].postmaster_pid().unwrap();
@@ -172,6 +185,7 @@ fn a_crashed_postmaster_is_restarted_by_the_same_leader() {
     let st = c.nodes[p].status().unwrap();
     assert_eq!(st["role"], "primary");
     assert_eq!(st["timeline"], 1, "a crash restart keeps the timeline");
+    assert_eq!(st.get("pending_restart"), None, "the restart applied it: {st}");
     assert!(c.nodes[p].log().contains("postmaster exited unexpectedly"));
     let (acked, gap) = writer.finish(crashed_at);
     eprintln!(

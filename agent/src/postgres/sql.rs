@@ -38,6 +38,9 @@ pub struct ServerStatus {
     /// `streaming` when a WAL receiver streams, `in archive recovery` otherwise (replicas).
     pub replication_state: Option<String>,
     pub replication: Vec<Walsender>,
+    /// Parameters changed in the configuration that need a restart (from `pg_settings`):
+    /// name → `{"old_value", "new_value"}`; `None` when nothing is pending.
+    pub pending_restart: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ServerStatus {
@@ -90,7 +93,12 @@ impl Postgres {
   current_setting('server_version_num')::int,
   (SELECT system_identifier FROM pg_control_system())::text,
   (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
-  (SELECT written_lsn::text FROM pg_stat_wal_receiver LIMIT 1)";
+  (SELECT written_lsn::text FROM pg_stat_wal_receiver LIMIT 1),
+  (SELECT json_object_agg(s.name, json_build_object('old_value', s.setting, 'new_value', f.setting))::text
+     FROM pg_settings s
+     LEFT JOIN LATERAL (SELECT setting FROM pg_file_settings fs
+                        WHERE fs.name = s.name ORDER BY seqno DESC LIMIT 1) f ON true
+    WHERE s.pending_restart)";
         let row = client.query_one(Q, &[]).await?;
         let lsn = |i: usize| -> Option<u64> {
             row.get::<_, Option<String>>(i)
@@ -116,6 +124,10 @@ impl Postgres {
             system_identifier: row.get::<_, Option<String>>(9).unwrap_or_default(),
             replication_state: None,
             replication: Vec::new(),
+            pending_restart: row
+                .get::<_, Option<String>>(12)
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.as_object().cloned()),
         };
         if in_recovery {
             st.replication_state = Some(if receiver_status.as_deref() == Some("streaming") {

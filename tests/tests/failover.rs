@@ -185,7 +185,11 @@ fn a_crashed_postmaster_is_restarted_by_the_same_leader() {
     let st = c.nodes[p].status().unwrap();
     assert_eq!(st["role"], "primary");
     assert_eq!(st["timeline"], 1, "a crash restart keeps the timeline");
-    assert_eq!(st.get("pending_restart"), None, "the restart applied it: {st}");
+    assert_eq!(
+        st.get("pending_restart"),
+        None,
+        "the restart applied it: {st}"
+    );
     assert!(c.nodes[p].log().contains("postmaster exited unexpectedly"));
     let (acked, gap) = writer.finish(crashed_at);
     eprintln!(
@@ -443,5 +447,138 @@ fn a_replica_lagging_beyond_the_limit_is_not_promoted() {
     let leader = wait_for("a leader", HEALTHY, || leader_index(c, etcd)).unwrap();
     assert_eq!(leader, 0);
     c.wait_healthy(HEALTHY).unwrap();
+    c.shutdown();
+}
+
+/// Kills the leader's machine and waits for another member to lead; returns the new leader.
+fn lose_leader_machine(c: &mut TestCluster, etcd: &Etcd, p: usize) -> usize {
+    if let Some(mut agent) = c.nodes[p].agent.take() {
+        agent.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = agent.stop(Duration::from_secs(5));
+    }
+    kill_postgres_group(&c.nodes[p]);
+    wait_for("a new leader", Duration::from_secs(60), || {
+        leader_index(c, etcd).filter(|&i| i != p)
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap()
+}
+
+/// A rewind that was cut short leaves its marker: PostgreSQL is never started from that
+/// directory; with `remove_data_directory_on_rewind_failure` the member is cloned again.
+#[test]
+fn a_data_directory_with_an_unfinished_rewind_is_never_started() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "halfrewind".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-halfrewind", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    c.start_all().unwrap();
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    lose_leader_machine(c, etcd, p);
+    // as if the agent had died in the middle of pg_rewind
+    let marker = c.nodes[p].data_dir.with_file_name("data.pgpilot-rewinding");
+    std::fs::write(&marker, "pg_rewind from 127.0.0.1:1 started\n").unwrap();
+    c.start_agent(p).unwrap();
+    wait_for("the refusal", Duration::from_secs(30), || {
+        c.nodes[p]
+            .log()
+            .contains("PostgreSQL will not be started from it")
+            .then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        c.nodes[p]
+            .postmaster_pid()
+            .is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()),
+        "PostgreSQL was started from a half-rewound directory"
+    );
+    let st = c.nodes[p].status().unwrap();
+    assert_eq!(st["state"], "stopped");
+    assert!(
+        st["pgpilot"]["decision"]
+            .as_str()
+            .is_some_and(|d| d.contains("reinitialize")),
+        "{st}"
+    );
+    // allowed to remove it: the member is cloned again and streams
+    c.stop_agent(p);
+    let yaml = std::fs::read_to_string(&c.nodes[p].config_path)
+        .unwrap()
+        .replace(
+            "  pgpass:",
+            "  remove_data_directory_on_rewind_failure: true\n  pgpass:",
+        );
+    std::fs::write(&c.nodes[p].config_path, yaml).unwrap();
+    c.start_agent(p).unwrap();
+    c.wait_healthy(HEALTHY)
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    assert!(!marker.exists());
+    assert!(c.nodes[p].log().contains("removing the data directory"));
+    c.shutdown();
+}
+
+/// A leader whose PostgreSQL will not start gives the lock up after `primary_start_timeout`,
+/// and a healthy replica takes over (patroni#1663).
+#[test]
+fn a_primary_that_cannot_start_hands_over_after_primary_start_timeout() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "nostart".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-nostart", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    c.start_all().unwrap();
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    // primary_start_timeout: 5 in the dynamic configuration
+    let key = "/service/nostart/config";
+    let (_, raw, _) = etcd.get_prefix(key).unwrap().remove(0);
+    let mut cfg: Value = serde_json::from_str(&raw).unwrap();
+    cfg["primary_start_timeout"] = Value::from(5);
+    etcd.put(key, &cfg.to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // a setting PostgreSQL refuses, then a crash: every restart fails
+    let auto = c.nodes[p].data_dir.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap();
+    text.push_str("shared_buffers = 'not-a-size'\n");
+    std::fs::write(&auto, text).unwrap();
+    let pid = c.nodes[p].postmaster_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let new = wait_for("a replica to take over", Duration::from_secs(90), || {
+        leader_index(c, etcd).filter(|&i| i != p)
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert!(
+        c.nodes[p].log().contains("primary_start_timeout"),
+        "{}",
+        c.logs_tail()
+    );
+    wait_for("the new leader to accept writes", HEALTHY, || {
+        sql(
+            &c.nodes[new],
+            "CREATE TABLE IF NOT EXISTS after_nostart(x int)",
+        )
+        .ok()
+    })
+    .unwrap();
     c.shutdown();
 }

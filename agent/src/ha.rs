@@ -440,6 +440,27 @@ fn rejoin_plan(
     }
 }
 
+/// Turns a rejoin plan into this cycle's decision, or `None` when the node just follows.
+fn rejoin_decision(plan: Rejoin, leader: &str, actions: &mut Vec<Action>) -> Option<Decision> {
+    let summary = match plan {
+        Rejoin::Follow => return None,
+        Rejoin::Rewind => {
+            actions.push(Action::Rewind {
+                from: leader.to_string(),
+            });
+            format!("rewinding the data directory from {leader} with pg_rewind before following it")
+        }
+        Rejoin::Wipe(reason) => {
+            actions.push(Action::WipeData {
+                reason: reason.clone(),
+            });
+            reason
+        }
+        Rejoin::Wait(why) => why,
+    };
+    Some(decision(std::mem::take(actions), summary))
+}
+
 /// The member to clone from: a running member tagged `clonefrom` (not us, not the leader), else
 /// the leader.
 fn clone_source(cluster: &Cluster, me: &str) -> Option<String> {
@@ -615,29 +636,14 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             actions.push(Action::ReleaseLock);
             return decision(actions, d);
         }
-        if let Some(l) = cluster.leader.as_ref().filter(|l| l.name != obs.me) {
-            match rejoin_plan(obs, cluster, &l.name, was_primary) {
-                Rejoin::Follow => {}
-                Rejoin::Rewind => {
-                    actions.push(Action::Rewind {
-                        from: l.name.clone(),
-                    });
-                    return decision(
-                        actions,
-                        format!(
-                            "rewinding the data directory from {} with pg_rewind before following it",
-                            l.name
-                        ),
-                    );
-                }
-                Rejoin::Wipe(reason) => {
-                    actions.push(Action::WipeData {
-                        reason: reason.clone(),
-                    });
-                    return decision(actions, reason);
-                }
-                Rejoin::Wait(why) => return decision(actions, why),
-            }
+        if let Some(l) = cluster.leader.as_ref().filter(|l| l.name != obs.me)
+            && let Some(d) = rejoin_decision(
+                rejoin_plan(obs, cluster, &l.name, was_primary),
+                &l.name,
+                &mut actions,
+            )
+        {
+            return d;
         }
         let leader_other = cluster
             .leader
@@ -743,29 +749,15 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 actions.push(Action::Demote { upstream });
                 return decision(actions, summary);
             }
-            if !obs.pg.streaming && !paused {
-                match rejoin_plan(obs, cluster, &l.name, false) {
-                    Rejoin::Follow => {}
-                    Rejoin::Rewind => {
-                        actions.push(Action::Rewind {
-                            from: l.name.clone(),
-                        });
-                        return decision(
-                            actions,
-                            format!(
-                                "this replica's WAL diverged from {}'s timeline: rewinding it with pg_rewind",
-                                l.name
-                            ),
-                        );
-                    }
-                    Rejoin::Wipe(reason) => {
-                        actions.push(Action::WipeData {
-                            reason: reason.clone(),
-                        });
-                        return decision(actions, reason);
-                    }
-                    Rejoin::Wait(why) => return decision(actions, why),
-                }
+            if !obs.pg.streaming
+                && !paused
+                && let Some(d) = rejoin_decision(
+                    rejoin_plan(obs, cluster, &l.name, false),
+                    &l.name,
+                    &mut actions,
+                )
+            {
+                return d;
             }
             let want = upstream.as_deref().and_then(|u| member_address(cluster, u));
             if want.is_some() && want != obs.pg.upstream {

@@ -10,6 +10,23 @@ use std::time::{Duration, Instant};
 
 const HEALTHY: Duration = Duration::from_secs(120);
 
+/// A lab whose cluster is up: one primary, streaming replicas. Returns the primary's index.
+fn healthy_lab(spec: ClusterSpec) -> (Lab, usize) {
+    let mut lab = Lab::new(&format!("e2e-{}", spec.scope), spec, true).unwrap();
+    lab.cluster.start_all().unwrap();
+    let p = lab.cluster.wait_healthy(HEALTHY).unwrap();
+    (lab, p)
+}
+
+/// SIGKILLs the agent, the postmaster and its children of node `p`: the machine is lost.
+fn kill_machine(c: &mut TestCluster, p: usize) {
+    if let Some(mut agent) = c.nodes[p].agent.take() {
+        agent.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = agent.stop(Duration::from_secs(5));
+    }
+    kill_postgres_group(&c.nodes[p]);
+}
+
 fn leader_index(c: &TestCluster, etcd: &Etcd) -> Option<usize> {
     let (name, _) = etcd.leader(&c.spec.scope)?;
     c.nodes.iter().position(|n| n.name == name)
@@ -39,12 +56,10 @@ fn machine_loss(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
         retry_timeout,
         ..Default::default()
     };
-    let mut lab = Lab::new(&format!("e2e-{scope}"), spec, true).unwrap();
+    let (mut lab, p) = healthy_lab(spec);
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
-    c.start_all().unwrap();
-    let p = c.wait_healthy(HEALTHY).unwrap();
     // Commits are acknowledged once a standby has them, so that "every acknowledged row
     // survives" holds whichever way the kill lands (asynchronous replication may lose the last
     // in-flight commits; synchronous_mode is its own feature). Set on the primary only, so
@@ -60,11 +75,7 @@ fn machine_loss(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
 
     let killed_at = Instant::now();
     let old = c.nodes[p].name.clone();
-    if let Some(mut agent) = c.nodes[p].agent.take() {
-        agent.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = agent.stop(Duration::from_secs(5));
-    }
-    kill_postgres_group(&c.nodes[p]);
+    kill_machine(c, p);
 
     let new = wait_for("a new leader", Duration::from_secs(60), || {
         leader_index(c, etcd).filter(|&i| i != p)
@@ -148,12 +159,10 @@ fn a_crashed_postmaster_is_restarted_by_the_same_leader() {
         retry_timeout: 10,
         ..Default::default()
     };
-    let mut lab = Lab::new("e2e-pmcrash", spec, true).unwrap();
+    let (mut lab, p) = healthy_lab(spec);
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
-    c.start_all().unwrap();
-    let p = c.wait_healthy(HEALTHY).unwrap();
     // a parameter that needs a restart: reported from pg_settings, cleared by the restart
     sql(&c.nodes[p], "ALTER SYSTEM SET shared_buffers = '24MB'").unwrap();
     sql(&c.nodes[p], "SELECT pg_reload_conf()").unwrap();
@@ -217,12 +226,10 @@ fn sigterm_on_the_leader_hands_over_and_writes_resume() {
         retry_timeout: 10,
         ..Default::default()
     };
-    let mut lab = Lab::new("e2e-termwrite", spec, true).unwrap();
+    let (mut lab, p) = healthy_lab(spec);
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
-    c.start_all().unwrap();
-    let p = c.wait_healthy(HEALTHY).unwrap();
     let writer = Writer::start(&c.nodes).unwrap();
     writer.wait_more(25, Duration::from_secs(30)).unwrap();
     let stopped_at = Instant::now();
@@ -259,12 +266,10 @@ fn etcd_loss_stops_writes_and_the_cluster_recovers() {
         retry_timeout: 3,
         ..Default::default()
     };
-    let mut lab = Lab::new("e2e-etcdwrite", spec, true).unwrap();
+    let (mut lab, p) = healthy_lab(spec);
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
-    c.start_all().unwrap();
-    let p = c.wait_healthy(HEALTHY).unwrap();
     let writer = Writer::start(&c.nodes).unwrap();
     writer.wait_more(25, Duration::from_secs(30)).unwrap();
     etcd.stop();
@@ -336,11 +341,7 @@ fn a_nofailover_replica_is_never_promoted() {
     c.start_agent(2).unwrap();
     c.wait_healthy(HEALTHY).unwrap();
     // make the tagged replica the most advanced candidate it can be: same position
-    if let Some(mut agent) = c.nodes[0].agent.take() {
-        agent.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = agent.stop(Duration::from_secs(5));
-    }
-    kill_postgres_group(&c.nodes[0]);
+    kill_machine(c, 0);
     let new = wait_for("a new leader", Duration::from_secs(60), || {
         leader_index(c, etcd).filter(|&i| i != 0)
     })
@@ -413,11 +414,7 @@ fn a_replica_lagging_beyond_the_limit_is_not_promoted() {
             .map(str::to_string)
     })
     .unwrap();
-    if let Some(mut agent) = c.nodes[0].agent.take() {
-        agent.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = agent.stop(Duration::from_secs(5));
-    }
-    kill_postgres_group(&c.nodes[0]);
+    kill_machine(c, 0);
     // well past the ttl, nobody took the lock
     std::thread::sleep(Duration::from_secs(c.spec.ttl + 8));
     assert_eq!(etcd.leader("laggard"), None, "{}", c.logs_tail());
@@ -452,11 +449,7 @@ fn a_replica_lagging_beyond_the_limit_is_not_promoted() {
 
 /// Kills the leader's machine and waits for another member to lead; returns the new leader.
 fn lose_leader_machine(c: &mut TestCluster, etcd: &Etcd, p: usize) -> usize {
-    if let Some(mut agent) = c.nodes[p].agent.take() {
-        agent.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = agent.stop(Duration::from_secs(5));
-    }
-    kill_postgres_group(&c.nodes[p]);
+    kill_machine(c, p);
     wait_for("a new leader", Duration::from_secs(60), || {
         leader_index(c, etcd).filter(|&i| i != p)
     })
@@ -475,12 +468,10 @@ fn a_data_directory_with_an_unfinished_rewind_is_never_started() {
         scope: "halfrewind".into(),
         ..Default::default()
     };
-    let mut lab = Lab::new("e2e-halfrewind", spec, true).unwrap();
+    let (mut lab, p) = healthy_lab(spec);
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
-    c.start_all().unwrap();
-    let p = c.wait_healthy(HEALTHY).unwrap();
     lose_leader_machine(c, etcd, p);
     // as if the agent had died in the middle of pg_rewind
     let marker = c.nodes[p].data_dir.with_file_name("data.pgpilot-rewinding");
@@ -538,12 +529,10 @@ fn a_primary_that_cannot_start_hands_over_after_primary_start_timeout() {
         scope: "nostart".into(),
         ..Default::default()
     };
-    let mut lab = Lab::new("e2e-nostart", spec, true).unwrap();
+    let (mut lab, p) = healthy_lab(spec);
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
-    c.start_all().unwrap();
-    let p = c.wait_healthy(HEALTHY).unwrap();
     // primary_start_timeout: 5 in the dynamic configuration
     let key = "/service/nostart/config";
     let (_, raw, _) = etcd.get_prefix(key).unwrap().remove(0);

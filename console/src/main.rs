@@ -1,21 +1,150 @@
-//! `console`: the operator's cockpit for pgpilot and Patroni clusters. This release only reports
-//! its version; the live TUI and `--batch` commands come next.
+//! `console`: the operator's cockpit for pgpilot and Patroni clusters. `console --batch
+//! <command>` runs one command the way a script wants it: data on stdout in the chosen format,
+//! messages on stderr, exit code 0 (done), 1 (refused, failed, etcd unreachable) or 2 (usage or
+//! configuration error). This module owns the command line; [`batch`] runs the commands.
 
-use clap::Parser;
+mod batch;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+const EXAMPLES: &str = "\
+Examples:
+  console -c /etc/patroni/patroni.yml --batch list          every member of the config's cluster
+  console --etcd 10.0.0.1:2379 --batch list                 every cluster in /service/
+  console -c node.yml --batch list -e -f json | jq .         extended columns, as JSON
+  console -c node.yml --batch topology -W                    the replication tree, refreshed every 2 s
+  console -c node.yml --batch history demo                   timeline history of cluster demo
+  console -c node.yml --batch dsn demo -r replica            a replica's host and port
+
+Exit codes: 0 done; 1 refused or failed (the reason on stderr; also when etcd is unreachable
+or has no quorum, rather than printing stale data); 2 usage or configuration error.";
 
 /// pgpilot console: watch and operate pgpilot (and Patroni) clusters.
 ///
-/// This version only prints its version. The full-screen cockpit and the scripted
-/// `console --batch <command>` operations are being built.
+/// With `--batch COMMAND` it runs one command non-interactively, like patronictl: the same
+/// commands and columns, output as a table, TSV, JSON or YAML. The configuration is any
+/// Patroni YAML (only etcd3, namespace, scope and ctl/restapi authentication are read) or a
+/// small file with just those keys; `PATRONI_*` variables override it.
 #[derive(Parser, Debug)]
-#[command(name = "console", version, about, long_about)]
-struct Cli {}
+#[command(name = "console", version, about, long_about, after_help = EXAMPLES, arg_required_else_help = true)]
+struct Cli {
+    /// Patroni YAML or console config (etcd3.hosts, namespace, scope, ctl.authentication).
+    #[arg(short = 'c', long, global = true, env = "PGPILOT_CONSOLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// etcd endpoints as host:port, comma-separated; override the config's etcd3.hosts.
+    #[arg(long, global = true, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key namespace (default: the config's, else /service).
+    #[arg(long, global = true)]
+    namespace: Option<String>,
+    /// Run COMMAND for a script: no screen, no prompts, exit codes.
+    #[arg(long, global = true)]
+    batch: bool,
+    /// Output format: pretty (default on a terminal), tsv (default otherwise), json, yaml.
+    #[arg(short = 'f', long, global = true, value_parser = ["pretty", "tsv", "json", "yaml", "yml"])]
+    format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Members of one or more clusters: host, role, state, timeline, received and replayed
+    /// WAL with their lag in MB.
+    ///
+    /// Without CLUSTER, the config's scope, or every cluster of the namespace when the config
+    /// names none. Pending restarts, scheduled restarts and tags appear when any member has
+    /// them (always with -e). The pretty table ends with "Maintenance mode: on" and a scheduled
+    /// switchover, when there are.
+    List {
+        clusters: Vec<String>,
+        /// Always show the pending-restart, scheduled-restart and tags columns.
+        #[arg(short = 'e', long)]
+        extended: bool,
+        /// Print the time before the table.
+        #[arg(short = 't', long)]
+        timestamp: bool,
+        #[command(flatten)]
+        watch: Watch,
+    },
+    /// Like list, ordered as the replication tree: cascaded replicas indented under the
+    /// member they stream from.
+    Topology {
+        clusters: Vec<String>,
+        #[command(flatten)]
+        watch: Watch,
+    },
+    /// The timeline history of a cluster: TL, LSN, reason, time, new leader.
+    History { cluster: Option<String> },
+    /// The dynamic configuration (the config key) as YAML (or JSON with -f json).
+    ShowConfig { cluster: Option<String> },
+    /// host=… port=… of the leader, a member (-m) or a member of a role (-r).
+    Dsn {
+        cluster: Option<String>,
+        /// leader, primary, replica, standby-leader or any.
+        #[arg(short = 'r', long)]
+        role: Option<String>,
+        /// A member by name.
+        #[arg(short = 'm', long)]
+        member: Option<String>,
+    },
+    /// This console's version; with CLUSTER, each member's daemon and PostgreSQL versions.
+    Version {
+        cluster: Option<String>,
+        members: Vec<String>,
+    },
+}
+
+/// Refreshing output.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Watch {
+    /// Refresh every 2 seconds.
+    #[arg(short = 'W')]
+    pub every_two: bool,
+    /// Refresh every N seconds.
+    #[arg(short = 'w', long = "watch", value_name = "N")]
+    pub every: Option<f64>,
+}
+
+impl Watch {
+    pub fn interval(&self) -> Option<std::time::Duration> {
+        match (self.every, self.every_two) {
+            (Some(n), _) if n > 0.0 => Some(std::time::Duration::from_secs_f64(n)),
+            (_, true) => Some(std::time::Duration::from_secs(2)),
+            _ => None,
+        }
+    }
+}
 
 fn main() {
-    let _ = Cli::parse();
-    println!(
-        "pgpilot console {} (Patroni {} compatible)",
-        shared::VERSION,
-        shared::PATRONI_COMPAT_VERSION
-    );
+    let cli = Cli::parse();
+    let filter = std::env::var("PGPILOT_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let Some(command) = cli.command.clone() else {
+        // arg_required_else_help prints the help for a bare `console`; flags alone land here.
+        eprintln!("console: give a command, e.g. `console --batch list` (see --help)");
+        std::process::exit(2);
+    };
+    let opts = batch::Options {
+        config: cli.config,
+        etcd: cli.etcd,
+        namespace: cli.namespace,
+        format: cli.format,
+    };
+    let code = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(batch::run(opts, command)),
+        Err(e) => {
+            eprintln!("console: cannot start: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
 }

@@ -401,6 +401,87 @@ impl Config {
     }
 }
 
+/// What the console needs from a configuration: where etcd is, the namespace, optionally one
+/// scope, and REST credentials (`ctl.authentication`, else `restapi.authentication`). Any Patroni
+/// YAML works (its other sections are ignored), as does a small file with just these keys.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleConfig {
+    pub etcd: EtcdConfig,
+    pub namespace: String,
+    /// `scope`: the cluster commands act on by default; `None` = every cluster of the namespace.
+    pub scope: Option<String>,
+    pub rest_auth: Option<BasicAuth>,
+    pub origin: String,
+}
+
+impl ConsoleConfig {
+    /// Replaces the etcd endpoints (`--etcd`); each must be `host:port`.
+    pub fn set_etcd_hosts(&mut self, hosts: &[String]) -> Result<(), ConfigIssue> {
+        for h in hosts {
+            let bare = h.split("://").last().unwrap_or(h).trim_end_matches('/');
+            if split_host_port(bare).is_none() {
+                return Err(ConfigIssue {
+                    key: "--etcd".into(),
+                    message: format!("{h:?} is not host:port"),
+                });
+            }
+        }
+        self.etcd.hosts = hosts.to_vec();
+        Ok(())
+    }
+
+    /// Reads a file (or directory of YAML files) overlaid with `PATRONI_*` variables, or the
+    /// variables alone when `path` is `None`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ConsoleConfig, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let (mut tree, origin) = match path {
+            Some(p) => (read_path(p)?, p.display().to_string()),
+            None => (Map::new(), "environment".to_string()),
+        };
+        apply_env(&mut tree, &env);
+        ConsoleConfig::from_tree(&tree, origin)
+    }
+
+    /// Parses YAML text without environment overlay.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<ConsoleConfig, ConfigError> {
+        let tree = parse_yaml(text, origin)?;
+        ConsoleConfig::from_tree(&tree, origin.to_string())
+    }
+
+    fn from_tree(tree: &Map<String, Value>, origin: String) -> Result<ConsoleConfig, ConfigError> {
+        let mut r = Reader::new(tree);
+        let namespace = r.string("namespace").unwrap_or_else(|| "/service".into());
+        let scope = r.string("scope");
+        let etcd = if r.get("etcd3").is_some() {
+            read_etcd(&mut r, "etcd3")
+        } else if r.get("etcd").is_some() {
+            read_etcd(&mut r, "etcd")
+        } else {
+            EtcdConfig {
+                protocol: "http".into(),
+                ..Default::default()
+            }
+        };
+        let rest_auth = r
+            .basic_auth("ctl.authentication")
+            .or_else(|| r.basic_auth("restapi.authentication"));
+        if r.errors.is_empty() {
+            Ok(ConsoleConfig {
+                etcd,
+                namespace,
+                scope,
+                rest_auth,
+                origin,
+            })
+        } else {
+            Err(ConfigError::Invalid(r.errors))
+        }
+    }
+}
+
 fn read_path(path: &Path) -> Result<Map<String, Value>, ConfigError> {
     let io = |source| ConfigError::Io {
         path: path.to_path_buf(),

@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod dcs;
 pub mod types;
+pub mod view;
 
 /// The Patroni version pgpilot reports in member keys and `/patroni`, so that Patroni peers and
 /// `patronictl` treat pgpilot members as current Patroni members.

@@ -988,3 +988,34 @@ pub fn prerequisites() -> bool {
     }
     ok
 }
+
+/// A program of real Patroni (`patroni`, `patronictl`) from the venv `.ci/run` installs with
+/// Debian's Python (so the `postgres` user can run it), or from `PATRONI_VENV`.
+pub fn patroni_program(name: &str) -> Option<PathBuf> {
+    let venvs = std::env::var_os("PATRONI_VENV")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            "/var/tmp/patroni-sys-venv".into(),
+            "/var/tmp/patroni-venv".into(),
+        ]);
+    venvs
+        .map(|v: PathBuf| v.join("bin").join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs the `console` binary with `args`; returns (exit code, stdout, stderr).
+pub fn console(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new(bin_dir().join("console"))
+        .args(args)
+        .env_remove("PGPILOT_CONSOLE_CONFIG")
+        .env_remove("PATRONICTL_CONFIG_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run console: run `cargo build` first")?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

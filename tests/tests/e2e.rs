@@ -9,10 +9,7 @@ const HEALTHY: Duration = Duration::from_secs(120);
 
 /// Real Patroni's `patronictl`, from `PATRONICTL` or the venv `.ci/run` installs.
 fn patronictl() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("PATRONICTL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/tmp/patroni-venv/bin/patronictl".into());
-    p.is_file().then_some(p)
+    patroni_program("patronictl")
 }
 
 fn json(s: &str) -> Value {

@@ -27,6 +27,29 @@ fn warn_garbage(kv: &KeyValue, what: &str) {
     }
 }
 
+/// Every cluster under `/<namespace>/`, read in one linearizable range, sorted by scope.
+pub async fn load_namespace<K: Kv>(kv: &K, namespace: &str) -> Result<Vec<Cluster>, DcsError> {
+    let prefix = keys::namespace_prefix(namespace);
+    let (kvs, revision) = kv.range(&prefix).await?;
+    let mut scopes: Vec<String> = kvs
+        .iter()
+        .filter_map(|kv| {
+            let rest = kv.key.strip_prefix(&prefix)?;
+            let (scope, _) = rest.split_once('/')?;
+            (!scope.is_empty()).then(|| scope.to_string())
+        })
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes
+        .into_iter()
+        .map(|scope| {
+            let p = keys::cluster_prefix(namespace, &scope);
+            parse_cluster(&p, &scope, &kvs, revision)
+        })
+        .collect())
+}
+
 /// Builds the cluster view from the keys under one prefix. Garbage values are logged and treated
 /// as absent.
 pub fn parse_cluster(prefix: &str, scope: &str, kvs: &[KeyValue], revision: i64) -> Cluster {

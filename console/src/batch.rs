@@ -1,0 +1,376 @@
+//! The scripted commands behind `console --batch`: each reads etcd once (linearizable; refused
+//! without quorum), renders through [`shared::view`] and returns an exit code. Data goes to
+//! stdout, everything else to stderr, so `-f json` output always parses.
+
+use crate::{Command, Watch};
+use serde_json::Value;
+use shared::api::MemberClient;
+use shared::config::{ConfigError, ConsoleConfig};
+use shared::dcs::etcd::EtcdKv;
+use shared::dcs::{Cluster, load_namespace};
+use shared::view::{self, Format, Table};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Global options of the command line.
+pub struct Options {
+    pub config: Option<PathBuf>,
+    pub etcd: Vec<String>,
+    pub namespace: Option<String>,
+    pub format: Option<String>,
+}
+
+/// Why a command did not complete: usage or configuration (exit 2), or a refusal or failure
+/// (exit 1).
+enum Failure {
+    Usage(String),
+    Failed(String),
+}
+
+impl Failure {
+    fn code(&self) -> i32 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Failed(_) => 1,
+        }
+    }
+    fn message(&self) -> &str {
+        match self {
+            Failure::Usage(m) | Failure::Failed(m) => m,
+        }
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// How long etcd may take to answer before the command fails.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs one command; returns the process exit code.
+pub async fn run(opts: Options, command: Command) -> i32 {
+    match run_inner(opts, command).await {
+        Ok(()) => 0,
+        Err(f) => {
+            eprintln!("console: {}", f.message());
+            f.code()
+        }
+    }
+}
+
+/// The configuration and an etcd connection.
+struct Session {
+    cfg: ConsoleConfig,
+    kv: EtcdKv,
+    format: Format,
+}
+
+fn load_config(opts: &Options) -> Result<ConsoleConfig, Failure> {
+    let path = opts.config.clone().or_else(|| {
+        std::env::var_os("PATRONICTL_CONFIG_FILE")
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+    });
+    let mut cfg = match ConsoleConfig::load(path.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid(issues)) => {
+            let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
+            return Err(Failure::Usage(format!(
+                "invalid configuration:\n{}",
+                lines.join("\n")
+            )));
+        }
+        Err(e) => return Err(Failure::Usage(e.to_string())),
+    };
+    if !opts.etcd.is_empty() {
+        cfg.set_etcd_hosts(&opts.etcd)
+            .map_err(|i| Failure::Usage(i.to_string()))?;
+    }
+    if let Some(ns) = &opts.namespace {
+        cfg.namespace = ns.clone();
+    }
+    if cfg.etcd.hosts.is_empty() {
+        return Err(Failure::Usage(
+            "no etcd endpoints: give -c CONFIG (a Patroni YAML with etcd3.hosts) or --etcd host:port"
+                .into(),
+        ));
+    }
+    Ok(cfg)
+}
+
+impl Session {
+    async fn open(opts: &Options) -> Result<Session, Failure> {
+        let cfg = load_config(opts)?;
+        let format = match opts.format.as_deref() {
+            Some(f) => {
+                Format::parse(f).ok_or_else(|| Failure::Usage(format!("unknown format {f:?}")))?
+            }
+            None if std::io::stdout().is_terminal() => Format::Pretty,
+            None => Format::Tsv,
+        };
+        let kv = EtcdKv::connect(&cfg.etcd, ETCD_TIMEOUT)
+            .await
+            .map_err(|e| Failure::Failed(etcd_failure(&cfg, &e.to_string())))?;
+        Ok(Session { cfg, kv, format })
+    }
+
+    /// Every cluster of the namespace, fresh from etcd.
+    async fn clusters(&self) -> Result<Vec<Cluster>, Failure> {
+        load_namespace(&self.kv, &self.cfg.namespace)
+            .await
+            .map_err(|e| Failure::Failed(etcd_failure(&self.cfg, &e.to_string())))
+    }
+
+    /// The clusters a command acts on: those named, else the config's scope, else all.
+    async fn selected(&self, names: &[String]) -> Result<Vec<Cluster>, Failure> {
+        let all = self.clusters().await?;
+        let wanted: Vec<String> = if !names.is_empty() {
+            names.to_vec()
+        } else if let Some(s) = &self.cfg.scope {
+            vec![s.clone()]
+        } else {
+            return if all.is_empty() {
+                Err(Failure::Failed(format!(
+                    "no cluster under {} in etcd",
+                    self.namespace_prefix()
+                )))
+            } else {
+                Ok(all)
+            };
+        };
+        let mut out = Vec::new();
+        for name in wanted {
+            match all.iter().find(|c| c.scope == name) {
+                Some(c) => out.push(c.clone()),
+                None => {
+                    return Err(Failure::Failed(format!(
+                        "no cluster {name:?} under {} (clusters there: {})",
+                        self.namespace_prefix(),
+                        names_or_none(all.iter().map(|c| c.scope.as_str()))
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Exactly one cluster: the one named, the config's, or the only one in the namespace.
+    async fn one(&self, name: Option<&String>) -> Result<Cluster, Failure> {
+        let names: Vec<String> = name.cloned().into_iter().collect();
+        let mut clusters = self.selected(&names).await?;
+        if clusters.len() > 1 {
+            return Err(Failure::Usage(format!(
+                "several clusters under {} ({}): name one",
+                self.namespace_prefix(),
+                names_or_none(clusters.iter().map(|c| c.scope.as_str()))
+            )));
+        }
+        clusters
+            .pop()
+            .ok_or_else(|| Failure::Failed("no cluster".into()))
+    }
+
+    fn namespace_prefix(&self) -> String {
+        shared::dcs::keys::namespace_prefix(&self.cfg.namespace)
+    }
+}
+
+fn names_or_none<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = names.collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn etcd_failure(cfg: &ConsoleConfig, err: &str) -> String {
+    format!(
+        "cannot read the cluster state from etcd ({}): {err}. etcd is down, unreachable or without quorum; nothing is shown rather than data that may be stale",
+        cfg.etcd.hosts.join(",")
+    )
+}
+
+fn print(text: &str) -> Outcome {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Failure::Failed(format!("cannot write the output: {e}")))
+}
+
+async fn run_inner(opts: Options, command: Command) -> Outcome {
+    let s = Session::open(&opts).await?;
+    match command {
+        Command::List {
+            clusters,
+            extended,
+            timestamp,
+            watch,
+        } => members(&s, &clusters, extended, timestamp, false, &watch).await,
+        Command::Topology { clusters, watch } => {
+            members(&s, &clusters, false, false, true, &watch).await
+        }
+        Command::History { cluster } => {
+            let c = s.one(cluster.as_ref()).await?;
+            print(&view::render(&[view::history_table(&c)], s.format))
+        }
+        Command::ShowConfig { cluster } => {
+            let c = s.one(cluster.as_ref()).await?;
+            let cfg = c
+                .config
+                .as_ref()
+                .map(|v| Value::Object(v.value.raw.clone()))
+                .ok_or_else(|| Failure::Failed(format!("cluster {} has no config key", c.scope)))?;
+            let text = match s.format {
+                Format::Json => format!("{cfg}\n"),
+                _ => serde_saphyr::to_string(&cfg)
+                    .map_err(|e| Failure::Failed(format!("cannot render YAML: {e}")))?,
+            };
+            print(&text)
+        }
+        Command::Dsn {
+            cluster,
+            role,
+            member,
+        } => {
+            let c = s.one(cluster.as_ref()).await?;
+            let name = pick_member(&c, role.as_deref(), member.as_deref())?;
+            let dsn = view::dsn(&c, &name)
+                .ok_or_else(|| Failure::Failed(format!("member {name} has no usable conn_url")))?;
+            print(&format!("{dsn}\n"))
+        }
+        Command::Version { cluster, members } => version(&s, cluster.as_ref(), &members).await,
+    }
+}
+
+/// `list` and `topology`, once or every interval.
+async fn members(
+    s: &Session,
+    names: &[String],
+    extended: bool,
+    timestamp: bool,
+    topology: bool,
+    watch: &Watch,
+) -> Outcome {
+    let interval = watch.interval();
+    let clear = interval.is_some() && std::io::stdout().is_terminal();
+    loop {
+        let clusters = s.selected(names).await?;
+        let tables: Vec<Table> = clusters
+            .iter()
+            .map(|c| view::members_table(c, extended, topology))
+            .collect();
+        let mut text = String::new();
+        if clear {
+            text.push_str("\x1b[2J\x1b[H");
+        }
+        if timestamp && matches!(s.format, Format::Pretty | Format::Tsv) {
+            text.push_str(&format!(
+                "{}\n",
+                chrono_like_now().unwrap_or_else(|| "time unknown".into())
+            ));
+        }
+        text.push_str(&view::render(&tables, s.format));
+        print(&text)?;
+        match interval {
+            Some(d) => tokio::time::sleep(d).await,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// The local time as `YYYY-MM-DD HH:MM:SS`, from the `date` the system knows.
+fn chrono_like_now() -> Option<String> {
+    let out = std::process::Command::new("date")
+        .arg("+%Y-%m-%d %H:%M:%S")
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The member `dsn` points at: `-m NAME`, else the first of role `-r` (default: the leader).
+fn pick_member(c: &Cluster, role: Option<&str>, member: Option<&str>) -> Result<String, Failure> {
+    if let Some(m) = member {
+        return c.member(m).map(|m| m.name.clone()).ok_or_else(|| {
+            Failure::Failed(format!(
+                "no member {m:?} in cluster {} (members: {})",
+                c.scope,
+                names_or_none(c.members.iter().map(|m| m.name.as_str()))
+            ))
+        });
+    }
+    let leader = c.leader.as_ref().map(|l| l.name.as_str());
+    let role = role.unwrap_or("leader");
+    let found = match role {
+        "leader" | "primary" | "master" | "standby-leader" => leader.map(str::to_string),
+        "replica" | "standby" => c
+            .members
+            .iter()
+            .find(|m| Some(m.name.as_str()) != leader)
+            .map(|m| m.name.clone()),
+        "any" => leader
+            .map(str::to_string)
+            .or_else(|| c.members.first().map(|m| m.name.clone())),
+        other => {
+            return Err(Failure::Usage(format!(
+                "unknown role {other:?}: use leader, primary, standby-leader, replica, standby or any"
+            )));
+        }
+    };
+    found.ok_or_else(|| Failure::Failed(format!("cluster {} has no {role}", c.scope)))
+}
+
+/// `version`: the console's, or each member's daemon and PostgreSQL.
+async fn version(s: &Session, cluster: Option<&String>, names: &[String]) -> Outcome {
+    let mine = format!(
+        "pgpilot console {} (Patroni {} compatible)\n",
+        shared::VERSION,
+        shared::PATRONI_COMPAT_VERSION
+    );
+    let Some(cluster) = cluster else {
+        return print(&mine);
+    };
+    let c = s.one(Some(cluster)).await?;
+    for n in names {
+        if c.member(n).is_none() {
+            return Err(Failure::Failed(format!(
+                "no member {n:?} in cluster {}",
+                c.scope
+            )));
+        }
+    }
+    let client = MemberClient::new(Duration::from_secs(2));
+    let mut text = mine;
+    for m in c
+        .members
+        .iter()
+        .filter(|m| names.is_empty() || names.contains(&m.name))
+    {
+        let line = match client.status(&m.data.api_url).await {
+            Some(st) => {
+                let daemon = if st.get("pgpilot").is_some() {
+                    format!(
+                        "pgpilot (Patroni {} compatible)",
+                        st["patroni"]["version"].as_str().unwrap_or("?")
+                    )
+                } else {
+                    format!(
+                        "Patroni {}",
+                        st["patroni"]["version"].as_str().unwrap_or("?")
+                    )
+                };
+                let pg = st["server_version"]
+                    .as_u64()
+                    .map(|v| format!(" PostgreSQL {}.{}", v / 10000, v % 10000))
+                    .unwrap_or_default();
+                format!("{}: {daemon}{pg}\n", m.name)
+            }
+            None => format!(
+                "{}: REST API at {} did not answer\n",
+                m.name, m.data.api_url
+            ),
+        };
+        text.push_str(&line);
+    }
+    print(&text)
+}

@@ -1,0 +1,311 @@
+//! End-to-end `console --batch`: every read command against a real pgpilot cluster and against a
+//! cluster run by real Patroni in the same etcd, compared with `patronictl`'s view of the same
+//! cluster; bad input and etcd down give the documented exit codes and messages.
+
+use pgpilot_e2e::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const HEALTHY: Duration = Duration::from_secs(120);
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// `patronictl -c CONFIG ARGS…` → stdout (it must succeed).
+fn patronictl(config: &std::path::Path, args: &[&str]) -> Option<String> {
+    let ctl = patroni_program("patronictl")?;
+    let out = std::process::Command::new(ctl)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "patronictl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `console -c CONFIG --batch ARGS…`, which must succeed; stdout.
+fn batch(config: &std::path::Path, args: &[&str]) -> String {
+    let mut all = vec!["-c", config.to_str().unwrap(), "--batch"];
+    all.extend_from_slice(args);
+    let (code, out, err) = console(&all).unwrap();
+    assert_eq!(code, 0, "console {args:?} failed: {err}");
+    out
+}
+
+/// The columns both tools agree on at any instant (lag moves between two reads).
+fn stable(rows: &Value) -> Vec<Vec<String>> {
+    let mut v: Vec<Vec<String>> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            ["Cluster", "Member", "Host", "Role", "State", "TL"]
+                .iter()
+                .map(|k| match &r[*k] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Member, Host, Role, State and TL of each row of a pretty table.
+fn table_cells(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Member"))
+        .map(|l| {
+            l.split('|')
+                .skip(1)
+                .take(5)
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Compares the read commands of the console and patronictl on one cluster.
+fn compare_with_patronictl(config: &std::path::Path) {
+    let Some(theirs) = patronictl(config, &["list", "-f", "json"]) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "patronictl is required in CI (see .ci/run)"
+        );
+        eprintln!("patronictl not installed: skipping the comparison");
+        return;
+    };
+    let ours = batch(config, &["list", "-f", "json"]);
+    assert_eq!(stable(&json(&ours)), stable(&json(&theirs)), "list");
+    // patronictl prints topology as a table only: compare the tables' first five columns, in
+    // order (the tree order is the point)
+    let ours = batch(config, &["topology", "-f", "pretty"]);
+    let theirs = patronictl(config, &["topology"]).unwrap();
+    assert_eq!(table_cells(&ours), table_cells(&theirs), "topology");
+    let ours = batch(config, &["history", "-f", "json"]);
+    let theirs = patronictl(config, &["history", "-f", "json"]).unwrap();
+    let strip = |v: Value| -> Vec<(Value, Value, Value)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["TL"].clone(), e["LSN"].clone(), e["New Leader"].clone()))
+            .collect()
+    };
+    assert_eq!(strip(json(&ours)), strip(json(&theirs)), "history");
+    let ours: Value = serde_saphyr::from_str(&batch(config, &["show-config"])).unwrap();
+    let theirs: Value =
+        serde_saphyr::from_str(&patronictl(config, &["show-config"]).unwrap()).unwrap();
+    assert_eq!(ours, theirs, "show-config");
+    let ours = batch(config, &["dsn"]);
+    let theirs = patronictl(config, &["dsn"]).unwrap();
+    assert_eq!(ours.trim(), theirs.trim(), "dsn");
+}
+
+#[test]
+fn batch_reads_a_pgpilot_cluster_as_patronictl_does() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "consolepg".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-consolepg", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    c.start_all().unwrap();
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    // a hand-over, so that the history has an entry
+    c.stop_agent(p);
+    wait_for("a new leader", HEALTHY, || {
+        etcd.leader("consolepg")
+            .filter(|(n, _)| *n != c.nodes[p].name)
+    })
+    .unwrap();
+    c.start_agent(p).unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    wait_for("the history key", HEALTHY, || {
+        etcd.get_prefix("/service/consolepg/history")
+            .ok()
+            .filter(|h| !h.is_empty())
+    })
+    .unwrap();
+    let cfg = c.nodes[0].config_path.clone();
+
+    // list: the table shapes
+    let pretty = batch(&cfg, &["list", "-f", "pretty"]);
+    assert!(
+        pretty.starts_with("+ Cluster: consolepg ("),
+        "pretty list:\n{pretty}"
+    );
+    assert!(pretty.contains("| Leader "), "{pretty}");
+    assert!(pretty.contains("| streaming "), "{pretty}");
+    let tsv = batch(&cfg, &["list"]);
+    assert!(
+        tsv.starts_with("Cluster\tMember\tHost\tRole\tState\tTL"),
+        "{tsv}"
+    );
+    assert_eq!(tsv.lines().count(), 4, "{tsv}");
+    let rows = json(&batch(&cfg, &["list", "-e", "-f", "json"]));
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["Role"] == "Leader")
+            .count(),
+        1
+    );
+    let yaml: Value = serde_saphyr::from_str(&batch(&cfg, &["list", "-f", "yaml"])).unwrap();
+    assert_eq!(yaml.as_array().unwrap().len(), 3);
+    let topo = batch(&cfg, &["topology", "-f", "pretty"]);
+    assert!(topo.contains("| + "), "{topo}");
+    let history = json(&batch(&cfg, &["history", "-f", "json"]));
+    assert_eq!(history[0]["TL"], 1, "{history}");
+    let version = batch(&cfg, &["version", "consolepg"]);
+    assert_eq!(
+        version
+            .lines()
+            .filter(|l| l.contains("pgpilot (Patroni"))
+            .count(),
+        3,
+        "{version}"
+    );
+    assert!(version.contains("PostgreSQL 15."), "{version}");
+    let replica = c
+        .nodes
+        .iter()
+        .find(|n| n.get("/replica").is_ok_and(|(code, _)| code == 200))
+        .unwrap();
+    let dsn = batch(&cfg, &["dsn", "-m", &replica.name]);
+    assert_eq!(
+        dsn.trim(),
+        format!("host=127.0.0.1 port={}", replica.pg_port)
+    );
+
+    // every cluster of the namespace when no scope is given
+    etcd.put(
+        "/service/zz-other/members/ghost",
+        r#"{"conn_url":"postgres://127.0.0.1:6000/postgres","api_url":"http://127.0.0.1:1/patroni","state":"stopped","role":"replica","version":"4.1.4"}"#,
+    )
+    .unwrap();
+    let (code, out, err) =
+        console(&["--etcd", &etcd.endpoint(), "--batch", "list", "-f", "json"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let all = json(&out);
+    let scopes: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["Cluster"].as_str())
+        .collect();
+    assert!(
+        scopes.contains(&"consolepg") && scopes.contains(&"zz-other"),
+        "{out}"
+    );
+
+    // patronictl sees the same
+    compare_with_patronictl(&cfg);
+
+    // bad input: exit codes and messages, nothing on stdout
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (
+            vec!["list".into(), "nosuch".into()],
+            1,
+            "no cluster \"nosuch\"",
+        ),
+        (
+            vec!["dsn".into(), "-m".into(), "ghost9".into()],
+            1,
+            "no member \"ghost9\"",
+        ),
+        (
+            vec!["dsn".into(), "-r".into(), "boss".into()],
+            2,
+            "unknown role",
+        ),
+        (vec!["list".into(), "-f".into(), "xml".into()], 2, "xml"),
+        (
+            vec!["version".into(), "consolepg".into(), "ghost9".into()],
+            1,
+            "no member",
+        ),
+    ];
+    for (args, want, msg) in cases {
+        let mut all = vec![
+            "-c".to_string(),
+            cfg.display().to_string(),
+            "--batch".into(),
+        ];
+        all.extend(args.clone());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (code, out, err) = console(&refs).unwrap();
+        assert_eq!(code, want, "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?} printed {out}");
+    }
+    // etcd down: exit 1, says so, prints nothing stale
+    let (code, out, err) =
+        console(&["--etcd", "127.0.0.1:1", "--batch", "list", "-f", "json"]).unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("etcd"), "{err}");
+    assert!(out.is_empty());
+    // no configuration at all, or a broken one: exit 2 with the key or line
+    let (code, _, err) = console(&["--batch", "list"]).unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--etcd"), "{err}");
+    let bad = c.dir.join("bad-console.yml");
+    std::fs::write(&bad, "etcd3:\n  hosts: [nohostport]\n").unwrap();
+    let (code, _, err) = console(&["-c", bad.to_str().unwrap(), "--batch", "list"]).unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("etcd3.hosts[0]"), "{err}");
+    c.shutdown();
+}
+
+#[test]
+fn batch_reads_a_patroni_cluster_as_patronictl_does() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(patroni) = patroni_program("patroni") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Patroni is required in CI (see .ci/run)"
+        );
+        eprintln!("Patroni not installed: skipping");
+        return;
+    };
+    let spec = ClusterSpec {
+        scope: "consolepatroni".into(),
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        daemon: Some(patroni),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-consolepatroni", spec, true).unwrap();
+    lab.cluster.start_all().unwrap();
+    lab.cluster.wait_healthy(Duration::from_secs(180)).unwrap();
+    let cfg = lab.cluster.nodes[0].config_path.clone();
+    let rows = json(&batch(&cfg, &["list", "-f", "json"]));
+    assert_eq!(rows.as_array().unwrap().len(), 3, "{rows}");
+    compare_with_patronictl(&cfg);
+    let version = batch(&cfg, &["version", "consolepatroni"]);
+    assert_eq!(
+        version
+            .lines()
+            .filter(|l| l.contains(": Patroni 4."))
+            .count(),
+        3,
+        "{version}"
+    );
+    lab.cluster.shutdown();
+}

@@ -9,9 +9,10 @@
 //!
 //! Usage: bench [REPS] [PATRONI_EXECUTABLE]
 //!        bench failover [REPS] [PATRONI_EXECUTABLE]
+//!        bench console [REPS] [PATRONICTL_EXECUTABLE]   (`console --batch list` vs `patronictl list`)
 
 use anyhow::{Context, Result};
-use pgpilot_e2e::{ClusterSpec, Lab, Writer, kill_postgres_group};
+use pgpilot_e2e::{ClusterSpec, Lab, Writer, bin_dir, kill_postgres_group};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
@@ -197,6 +198,63 @@ fn failover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// `bench console`: wall time of `console --batch list` and `patronictl list` on the same
+/// 3-node cluster, each run `reps` times.
+fn console_list(reps: usize, patronictl: Option<PathBuf>) -> Result<()> {
+    let spec = ClusterSpec {
+        scope: "bench-console".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("bench-console", spec, true)?;
+    lab.cluster.start_all()?;
+    lab.cluster.wait_healthy(Duration::from_secs(180))?;
+    let cfg = lab.cluster.nodes[0].config_path.clone();
+    let time = |cmd: &mut Command| -> Result<f64> {
+        let t = Instant::now();
+        let out = cmd.output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..reps {
+        ours.push(time(
+            Command::new(bin_dir().join("console"))
+                .arg("-c")
+                .arg(&cfg)
+                .args(["--batch", "list"]),
+        )?);
+        if let Some(ctl) = &patronictl {
+            theirs.push(time(Command::new(ctl).arg("-c").arg(&cfg).arg("list"))?);
+        }
+    }
+    println!(
+        "console --batch list: median {:.1} ms over {reps} runs (min {:.1}, max {:.1})",
+        median(ours.clone()),
+        ours.iter().cloned().fold(f64::MAX, f64::min),
+        ours.iter().cloned().fold(0.0, f64::max)
+    );
+    if !theirs.is_empty() {
+        println!(
+            "patronictl list:      median {:.1} ms over {reps} runs (min {:.1}, max {:.1})",
+            median(theirs.clone()),
+            theirs.iter().cloned().fold(f64::MAX, f64::min),
+            theirs.iter().cloned().fold(0.0, f64::max)
+        );
+    }
+    println!(
+        "{}",
+        json!({"console_list_ms": {"runs": ours.clone(), "median": median(ours)},
+               "patronictl_list_ms": {"runs": theirs.clone(), "median": median(theirs)}})
+    );
+    lab.cluster.shutdown();
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -209,6 +267,11 @@ fn main() -> Result<()> {
             "usage: bench [REPS] [PATRONI_EXECUTABLE]\n       bench failover [REPS] [PATRONI_EXECUTABLE]   (see BENCHMARKS.md)"
         );
         return Ok(());
+    }
+    if args.first().is_some_and(|a| a == "console") {
+        args.remove(0);
+        let reps = args.first().and_then(|r| r.parse().ok()).unwrap_or(20).max(1);
+        return console_list(reps, args.get(1).map(PathBuf::from));
     }
     if args.first().is_some_and(|a| a == "failover") {
         args.remove(0);

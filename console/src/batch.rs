@@ -7,7 +7,8 @@ use serde_json::Value;
 use shared::api::MemberClient;
 use shared::config::{ConfigError, ConsoleConfig};
 use shared::dcs::etcd::EtcdKv;
-use shared::dcs::{Cluster, load_namespace};
+use shared::dcs::{Cluster, Dcs, load_namespace};
+use shared::ops::{self, OpsError};
 use shared::view::{self, Format, Table};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -170,6 +171,17 @@ impl Session {
             .ok_or_else(|| Failure::Failed("no cluster".into()))
     }
 
+    /// A handle on one cluster's keys, for writes.
+    fn dcs(&self, c: &Cluster) -> Dcs<EtcdKv> {
+        Dcs::new(
+            self.kv.clone(),
+            &self.cfg.namespace,
+            &c.scope,
+            "console",
+            30,
+        )
+    }
+
     fn namespace_prefix(&self) -> String {
         shared::dcs::keys::namespace_prefix(&self.cfg.namespace)
     }
@@ -240,7 +252,288 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             print(&format!("{dsn}\n"))
         }
         Command::Version { cluster, members } => version(&s, cluster.as_ref(), &members).await,
+        Command::EditConfig {
+            cluster,
+            set,
+            pg,
+            apply,
+            replace,
+            quiet,
+            force,
+        } => {
+            let edit = Edit {
+                set,
+                pg,
+                apply,
+                replace,
+                quiet,
+                force,
+            };
+            edit_config(&s, cluster.as_ref(), edit).await
+        }
+        Command::Pause { cluster, wait } => pause(&s, cluster.as_ref(), true, wait).await,
+        Command::Resume { cluster, wait } => pause(&s, cluster.as_ref(), false, wait).await,
+        Command::Flush {
+            cluster,
+            target: _,
+            force,
+        } => {
+            let c = s.one(Some(&cluster)).await?;
+            let f = c
+                .failover
+                .as_ref()
+                .and_then(|f| f.value.scheduled_at.clone())
+                .unwrap_or_default();
+            if !f.is_empty() {
+                confirm(
+                    &format!("Cancel the switchover of {} scheduled at {f}?", c.scope),
+                    force,
+                )?;
+            }
+            ops::clear_scheduled_switchover(&s.dcs(&c), &c)
+                .await
+                .map_err(ops_failure)?;
+            eprintln!(
+                "Success: the scheduled switchover of {} is cancelled",
+                c.scope
+            );
+            Ok(())
+        }
+        Command::Remove { cluster, force } => remove(&s, &cluster, force).await,
     }
+}
+
+fn ops_failure(e: OpsError) -> Failure {
+    match e {
+        OpsError::Invalid(m) => Failure::Usage(m),
+        other => Failure::Failed(other.to_string()),
+    }
+}
+
+fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Reads one answer from the terminal (never from a pipe).
+fn ask(prompt: &str) -> Result<String, Failure> {
+    if !interactive() {
+        return Err(Failure::Usage(
+            "not on a terminal: nothing is asked or read from stdin; add --force".into(),
+        ));
+    }
+    eprint!("{prompt} ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Failed(format!("cannot read the answer: {e}")))?;
+    Ok(line.trim().to_string())
+}
+
+/// Asks a yes/no question unless `force`; "no" is a refusal (exit 1).
+fn confirm(question: &str, force: bool) -> Outcome {
+    if force {
+        return Ok(());
+    }
+    match ask(&format!("{question} [y/N]"))?.to_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(Failure::Failed("aborted: nothing was changed".into())),
+    }
+}
+
+/// How `edit-config` builds the new configuration.
+struct Edit {
+    set: Vec<String>,
+    pg: Vec<String>,
+    apply: Option<String>,
+    replace: Option<String>,
+    quiet: bool,
+    force: bool,
+}
+
+fn read_yaml_source(source: &str, force: bool) -> Result<serde_json::Map<String, Value>, Failure> {
+    let text = if source == "-" {
+        if !force {
+            return Err(Failure::Usage(
+                "reading the configuration from stdin needs --force (nothing can be confirmed)"
+                    .into(),
+            ));
+        }
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| Failure::Failed(format!("cannot read stdin: {e}")))?;
+        t
+    } else {
+        std::fs::read_to_string(source)
+            .map_err(|e| Failure::Usage(format!("cannot read {source}: {e}")))?
+    };
+    match serde_saphyr::from_str::<Value>(&text) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(Value::Null) => Ok(serde_json::Map::new()),
+        Ok(_) => Err(Failure::Usage(format!("{source}: expected a YAML mapping"))),
+        Err(e) => Err(Failure::Usage(format!("{source}: {e}"))),
+    }
+}
+
+fn to_yaml(v: &serde_json::Map<String, Value>) -> String {
+    if v.is_empty() {
+        return String::new();
+    }
+    serde_saphyr::to_string(&Value::Object(v.clone())).unwrap_or_default()
+}
+
+/// Opens $EDITOR (else vi) on `text`; returns what was saved.
+fn edit_in_editor(text: &str) -> Result<String, Failure> {
+    let file = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .map_err(|e| Failure::Failed(format!("cannot create a temporary file: {e}")))?;
+    std::fs::write(file.path(), text)
+        .map_err(|e| Failure::Failed(format!("cannot write a temporary file: {e}")))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("editor")
+        .arg(file.path())
+        .status()
+        .map_err(|e| Failure::Failed(format!("cannot run {editor}: {e}")))?;
+    if !status.success() {
+        return Err(Failure::Failed(format!(
+            "{editor} exited with {status}; nothing was changed"
+        )));
+    }
+    std::fs::read_to_string(file.path())
+        .map_err(|e| Failure::Failed(format!("cannot read the edited file: {e}")))
+}
+
+async fn edit_config(s: &Session, cluster: Option<&String>, e: Edit) -> Outcome {
+    let c = s.one(cluster).await?;
+    let (before, version) = ops::current_config(&c);
+    let mut after = match &e.replace {
+        Some(src) => read_yaml_source(src, e.force)?,
+        None => before.clone(),
+    };
+    if let Some(src) = &e.apply {
+        let patch = read_yaml_source(src, e.force)?;
+        ops::merge_patch(&mut after, &patch);
+    }
+    for arg in &e.set {
+        let (path, v) = ops::parse_assignment(arg).map_err(ops_failure)?;
+        ops::set_path(&mut after, &path, v);
+    }
+    for arg in &e.pg {
+        let (path, v) = ops::parse_pg_assignment(arg).map_err(ops_failure)?;
+        ops::set_path(&mut after, &path, v);
+    }
+    let nothing_given =
+        e.set.is_empty() && e.pg.is_empty() && e.apply.is_none() && e.replace.is_none();
+    if nothing_given {
+        if !(interactive() && std::io::stdout().is_terminal()) {
+            return Err(Failure::Usage(
+                "nothing to change: give --set, --pg, --apply or --replace (an editor opens only on a terminal)".into(),
+            ));
+        }
+        let edited = edit_in_editor(&to_yaml(&before))?;
+        after = match serde_saphyr::from_str::<Value>(&edited) {
+            Ok(Value::Object(o)) => o,
+            Ok(Value::Null) => serde_json::Map::new(),
+            Ok(_) => {
+                return Err(Failure::Usage(
+                    "the edited text is not a YAML mapping".into(),
+                ));
+            }
+            Err(err) => {
+                return Err(Failure::Usage(format!(
+                    "the edited text is not valid YAML: {err}"
+                )));
+            }
+        };
+    }
+    if after == before {
+        eprintln!("Not changed");
+        return Ok(());
+    }
+    ops::check_config(&after).map_err(ops_failure)?;
+    if !e.quiet {
+        let (old, new) = (to_yaml(&before), to_yaml(&after));
+        let diff = similar::TextDiff::from_lines(&old, &new);
+        print(&diff.unified_diff().header("before", "after").to_string())?;
+    }
+    confirm("Apply these changes?", e.force)?;
+    ops::write_config(&s.dcs(&c), &after, version)
+        .await
+        .map_err(ops_failure)?;
+    eprintln!("Configuration of {} changed", c.scope);
+    Ok(())
+}
+
+async fn pause(s: &Session, cluster: Option<&String>, on: bool, wait: bool) -> Outcome {
+    let c = s.one(cluster).await?;
+    ops::set_pause(&s.dcs(&c), &c, on)
+        .await
+        .map_err(ops_failure)?;
+    let what = if on { "paused" } else { "resumed" };
+    if wait {
+        let limit = c.dynamic_config().timing().loop_wait + 5;
+        let deadline = std::time::Instant::now() + Duration::from_secs(limit);
+        loop {
+            let now = s.one(Some(&c.scope)).await?;
+            if ops::members_see_pause(&now, on) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let late: Vec<&str> = now
+                    .members
+                    .iter()
+                    .filter(|m| m.data.pause.unwrap_or(false) != on)
+                    .map(|m| m.name.as_str())
+                    .collect();
+                return Err(Failure::Failed(format!(
+                    "{} written, but after {limit}s these members do not report it yet: {}",
+                    if on { "pause" } else { "resume" },
+                    late.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!("Success: cluster management of {} is {what}", c.scope);
+    Ok(())
+}
+
+async fn remove(s: &Session, scope: &str, force: bool) -> Outcome {
+    let c = s.one(Some(&scope.to_string())).await?;
+    if !force {
+        let name = ask(&format!(
+            "Type the name of the cluster to remove ({scope}):"
+        ))?;
+        if name != scope {
+            return Err(Failure::Failed(
+                "the name does not match: nothing was removed".into(),
+            ));
+        }
+        let phrase =
+            ask("This deletes every key of the cluster in etcd. Type \"Yes I am aware\":")?;
+        if phrase != "Yes I am aware" {
+            return Err(Failure::Failed("nothing was removed".into()));
+        }
+        if let Some(l) = &c.leader {
+            let leader = ask("The cluster has a running leader. Type its name to go on:")?;
+            if leader != l.name {
+                return Err(Failure::Failed(
+                    "not the leader's name: nothing was removed".into(),
+                ));
+            }
+        }
+    }
+    let n = ops::remove_cluster(&s.kv, &s.cfg.namespace, scope)
+        .await
+        .map_err(ops_failure)?;
+    eprintln!("Removed cluster {scope}: {n} keys deleted");
+    Ok(())
 }
 
 /// `list` and `topology`, once or every interval.

@@ -16,6 +16,8 @@ Examples:
   console -c node.yml --batch topology -W                    the replication tree, refreshed every 2 s
   console -c node.yml --batch history demo                   timeline history of cluster demo
   console -c node.yml --batch dsn demo -r replica            a replica's host and port
+  console -c node.yml --batch edit-config demo -p work_mem=64MB --force
+  console -c node.yml --batch pause demo --wait
 
 Exit codes: 0 done; 1 refused or failed (the reason on stderr; also when etcd is unreachable
 or has no quorum, rather than printing stale data); 2 usage or configuration error.";
@@ -93,6 +95,70 @@ pub enum Command {
     Version {
         cluster: Option<String>,
         members: Vec<String>,
+    },
+    /// Change the dynamic configuration (the config key), shown as a diff first.
+    ///
+    /// Build the change with --set/--pg (repeatable), --apply (merge a YAML file) or --replace
+    /// (the whole configuration from a YAML file); with none of them on a terminal, $EDITOR
+    /// opens on the current configuration. The result is checked (bad values are named) and
+    /// written only if nobody changed the key in between. Asks before writing on a terminal;
+    /// elsewhere --force is required.
+    ///
+    /// Examples: edit-config demo -s ttl=20 -s loop_wait=5 --force
+    ///           edit-config demo -p work_mem=64MB -p max_connections=200 --force
+    ///           edit-config demo -s maximum_lag_on_failover=null --force   (null removes a key)
+    EditConfig {
+        cluster: Option<String>,
+        /// key.path=value (value in YAML; null removes the key). Repeatable.
+        #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A PostgreSQL parameter: name=value, under postgresql.parameters. Repeatable.
+        #[arg(short = 'p', long = "pg", value_name = "NAME=VALUE")]
+        pg: Vec<String>,
+        /// Merge this YAML file into the configuration (- for stdin, with --force).
+        #[arg(long, value_name = "FILE")]
+        apply: Option<String>,
+        /// Replace the whole configuration by this YAML file (- for stdin, with --force).
+        #[arg(long, value_name = "FILE", conflicts_with = "apply")]
+        replace: Option<String>,
+        /// Do not show the diff.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Apply without asking.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pause automatic failover and every other automatic action of the agents.
+    Pause {
+        cluster: Option<String>,
+        /// Wait until every member reports the pause.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Resume automatic failover after a pause.
+    Resume {
+        cluster: Option<String>,
+        /// Wait until every member reports the resume.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancel a scheduled switchover (`flush CLUSTER switchover`).
+    Flush {
+        cluster: String,
+        /// What to cancel: switchover.
+        #[arg(value_parser = ["switchover"])]
+        target: String,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete every key of a cluster from etcd (PostgreSQL is not touched). Asks for the
+    /// cluster's name, a phrase and the leader's name on a terminal; elsewhere --force.
+    Remove {
+        cluster: String,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod dcs;
+pub mod ops;
 pub mod types;
 pub mod view;
 

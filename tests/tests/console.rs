@@ -298,6 +298,11 @@ fn batch_reads_a_patroni_cluster_as_patronictl_does() {
     let rows = json(&batch(&cfg, &["list", "-f", "json"]));
     assert_eq!(rows.as_array().unwrap().len(), 3, "{rows}");
     compare_with_patronictl(&cfg);
+    // pausing a Patroni cluster from the console: Patroni's members report it
+    batch(&cfg, &["pause", "--wait"]);
+    let theirs = patronictl(&cfg, &["list"]).unwrap();
+    assert!(theirs.contains("Maintenance mode: on"), "{theirs}");
+    batch(&cfg, &["resume", "--wait"]);
     let version = batch(&cfg, &["version", "consolepatroni"]);
     assert_eq!(
         version
@@ -308,4 +313,143 @@ fn batch_reads_a_patroni_cluster_as_patronictl_does() {
         "{version}"
     );
     lab.cluster.shutdown();
+}
+
+/// `console -c CONFIG --batch ARGS…` → (exit code, stdout, stderr).
+fn batch_any(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["-c", config.to_str().unwrap(), "--batch"];
+    all.extend_from_slice(args);
+    console(&all).unwrap()
+}
+
+#[test]
+fn batch_changes_config_pauses_flushes_and_removes() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "consoleops".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-consoleops", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    c.start_all().unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    let cfg = c.nodes[0].config_path.clone();
+    let config = || -> Value { json(&batch(&cfg, &["show-config", "-f", "json"])) };
+
+    // edit-config: --set and --pg, with the diff on stdout
+    let out = batch(
+        &cfg,
+        &[
+            "edit-config",
+            "-s",
+            "ttl=20",
+            "-p",
+            "work_mem=8MB",
+            "--force",
+        ],
+    );
+    assert!(
+        out.contains("-ttl: 10") && out.contains("+ttl: 20"),
+        "{out}"
+    );
+    assert_eq!(config()["ttl"], 20);
+    assert_eq!(config()["postgresql"]["parameters"]["work_mem"], "8MB");
+    // the same again: not changed
+    let (code, out, err) = batch_any(&cfg, &["edit-config", "-s", "ttl=20", "--force"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("Not changed"), "{err}");
+    // --apply merges a file; null removes
+    let patch = c.dir.join("patch.yml");
+    std::fs::write(
+        &patch,
+        "maximum_lag_on_failover: 2097152\npostgresql:\n  parameters:\n    work_mem: null\n",
+    )
+    .unwrap();
+    batch(
+        &cfg,
+        &[
+            "edit-config",
+            "--apply",
+            patch.to_str().unwrap(),
+            "--force",
+            "-q",
+        ],
+    );
+    assert_eq!(config()["maximum_lag_on_failover"], 2097152);
+    assert!(
+        config()["postgresql"]["parameters"]
+            .get("work_mem")
+            .is_none()
+    );
+    // refusals: nothing written
+    let before = config();
+    for (args, want, msg) in [
+        (vec!["edit-config", "-s", "ttl=30"], 2, "--force"),
+        (
+            vec!["edit-config", "-s", "ttl", "--force"],
+            2,
+            "key.path=value",
+        ),
+        (vec!["edit-config", "-s", "ttl=soon", "--force"], 2, "ttl"),
+        (
+            vec!["edit-config", "-s", "loop_wait=15", "--force"],
+            2,
+            "loop_wait + 2",
+        ),
+        (vec!["edit-config", "--force"], 2, "nothing to change"),
+    ] {
+        let (code, _, err) = batch_any(&cfg, &args);
+        assert_eq!(code, want, "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    assert_eq!(config(), before, "a refused edit wrote something");
+
+    // pause / resume, seen by every member
+    batch(&cfg, &["pause", "--wait"]);
+    let pretty = batch(&cfg, &["list", "-f", "pretty"]);
+    assert!(pretty.contains("Maintenance mode: on"), "{pretty}");
+    for n in &c.nodes {
+        assert_eq!(n.status().unwrap()["pause"], true, "{}", n.name);
+    }
+    let (code, _, err) = batch_any(&cfg, &["pause"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already paused"), "{err}");
+    batch(&cfg, &["resume", "--wait"]);
+    assert!(!batch(&cfg, &["list", "-f", "pretty"]).contains("Maintenance mode"));
+
+    // a scheduled switchover is shown and flushed
+    let (code, _, err) = batch_any(&cfg, &["flush", "consoleops", "switchover", "--force"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no switchover is scheduled"), "{err}");
+    etcd.put(
+        "/service/consoleops/failover",
+        r#"{"leader":"consoleops-node1","member":"consoleops-node2","scheduled_at":"2099-01-01T00:00:00+00:00"}"#,
+    )
+    .unwrap();
+    let pretty = batch(&cfg, &["list", "-f", "pretty"]);
+    assert!(
+        pretty.contains("Switchover scheduled at: 2099-01-01T00:00:00+00:00"),
+        "{pretty}"
+    );
+    let (code, _, err) = batch_any(&cfg, &["flush", "consoleops", "switchover"]);
+    assert_eq!(code, 2, "not on a terminal without --force: {err}");
+    batch(&cfg, &["flush", "consoleops", "switchover", "--force"]);
+    assert!(!batch(&cfg, &["list", "-f", "pretty"]).contains("Switchover scheduled"));
+
+    // remove: --force off a terminal, then every key goes
+    etcd.put("/service/doomed/config", r#"{"ttl":30}"#).unwrap();
+    etcd.put("/service/doomed/initialize", "123").unwrap();
+    let (code, _, err) = batch_any(&cfg, &["remove", "doomed"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!etcd.get_prefix("/service/doomed/").unwrap().is_empty());
+    let (code, _, err) = batch_any(&cfg, &["remove", "doomed", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 keys deleted"), "{err}");
+    assert!(etcd.get_prefix("/service/doomed/").unwrap().is_empty());
+    assert!(!etcd.get_prefix("/service/consoleops/").unwrap().is_empty());
+    c.shutdown();
 }

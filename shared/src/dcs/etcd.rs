@@ -133,6 +133,18 @@ impl Kv for EtcdKv {
         }
     }
 
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, KvError> {
+        let resp = self
+            .client()
+            .delete(
+                prefix,
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(resp.deleted().max(0) as u64)
+    }
+
     async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
         let resp = self
             .client()

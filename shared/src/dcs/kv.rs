@@ -78,6 +78,8 @@ pub trait Kv: Send + Sync + 'static {
         key: &str,
         cond: Option<Cond>,
     ) -> impl Future<Output = Result<bool, KvError>> + Send;
+    /// Deletes every key under `prefix`; returns how many there were.
+    fn delete_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64, KvError>> + Send;
     /// Grants a lease of `ttl` seconds.
     fn grant(&self, ttl: i64) -> impl Future<Output = Result<LeaseId, KvError>> + Send;
     /// Refreshes a lease; `LeaseNotFound` when it is gone.

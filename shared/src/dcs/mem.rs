@@ -222,6 +222,21 @@ impl Kv for MemKv {
         })
     }
 
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, KvError> {
+        self.run(|st| {
+            let doomed: Vec<String> = st
+                .keys
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &doomed {
+                st.delete(k);
+            }
+            Ok(doomed.len() as u64)
+        })
+    }
+
     async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
         self.run(|st| {
             st.next_lease += 1;

@@ -270,7 +270,11 @@ fn main() -> Result<()> {
     }
     if args.first().is_some_and(|a| a == "console") {
         args.remove(0);
-        let reps = args.first().and_then(|r| r.parse().ok()).unwrap_or(20).max(1);
+        let reps = args
+            .first()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(20)
+            .max(1);
         return console_list(reps, args.get(1).map(PathBuf::from));
     }
     if args.first().is_some_and(|a| a == "failover") {

@@ -301,62 +301,7 @@ pub fn divergence(cluster: &Cluster, end: Option<WalEnd>) -> Divergence {
     }
 }
 
-/// Whether each member other than the leader could take over if the leader failed now, judged
-/// from the member keys: `(name, None)` for a candidate, `(name, Some(reason))` otherwise.
-pub fn failover_readiness(cluster: &Cluster) -> Vec<(String, Option<String>)> {
-    let leader = cluster.leader.as_ref().map(|l| l.name.as_str());
-    let max_lag = cluster.dynamic_config().maximum_lag_on_failover();
-    let reference = cluster
-        .status
-        .optime
-        .into_iter()
-        .chain(
-            leader
-                .and_then(|l| cluster.member(l))
-                .and_then(|m| m.data.xlog_location),
-        )
-        .max();
-    cluster
-        .members
-        .iter()
-        .filter(|m| Some(m.name.as_str()) != leader)
-        .map(|m| {
-            let why = if m.data.no_failover() {
-                Some("tagged nofailover".to_string())
-            } else if m.data.state != "running" {
-                Some(format!("PostgreSQL is {}", m.data.state))
-            } else if m.data.xlog_location.is_none() {
-                Some("WAL position unknown".to_string())
-            } else {
-                match (reference, m.data.xlog_location) {
-                    (Some(r), Some(x)) if r.saturating_sub(x) > max_lag => Some(format!(
-                        "lagging {} bytes behind the leader, more than maximum_lag_on_failover {max_lag}",
-                        r - x
-                    )),
-                    _ => None,
-                }
-            };
-            (m.name.clone(), why)
-        })
-        .collect()
-}
-
-/// One line naming why no member can take over, or `None` when at least one can.
-pub fn failover_blocked(cluster: &Cluster) -> Option<String> {
-    let all = failover_readiness(cluster);
-    if all.iter().any(|(_, why)| why.is_none()) {
-        return None;
-    }
-    if all.is_empty() {
-        return Some("no other member exists".into());
-    }
-    Some(
-        all.iter()
-            .map(|(n, why)| format!("{n}: {}", why.as_deref().unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
-}
+pub use shared::dcs::{failover_blocked, failover_readiness};
 
 /// For the lock holder whose PostgreSQL is down: after `primary_start_timeout`, and when some
 /// other member could take over, the reason to give the lock up (patroni#1663).

@@ -24,19 +24,19 @@ pub struct Options {
 
 /// Why a command did not complete: usage or configuration (exit 2), or a refusal or failure
 /// (exit 1).
-enum Failure {
+pub enum Failure {
     Usage(String),
     Failed(String),
 }
 
 impl Failure {
-    fn code(&self) -> i32 {
+    pub fn code(&self) -> i32 {
         match self {
             Failure::Usage(_) => 2,
             Failure::Failed(_) => 1,
         }
     }
-    fn message(&self) -> &str {
+    pub fn message(&self) -> &str {
         match self {
             Failure::Usage(m) | Failure::Failed(m) => m,
         }
@@ -66,7 +66,7 @@ struct Session {
     format: Format,
 }
 
-fn load_config(opts: &Options) -> Result<ConsoleConfig, Failure> {
+pub fn load_config(opts: &Options) -> Result<ConsoleConfig, Failure> {
     let path = opts.config.clone().or_else(|| {
         std::env::var_os("PATRONICTL_CONFIG_FILE")
             .map(PathBuf::from)

@@ -1,9 +1,13 @@
-//! `console`: the operator's cockpit for pgpilot and Patroni clusters. `console --batch
-//! <command>` runs one command the way a script wants it: data on stdout in the chosen format,
-//! messages on stderr, exit code 0 (done), 1 (refused, failed, etcd unreachable) or 2 (usage or
+//! `console`: the operator's cockpit for pgpilot and Patroni clusters. Without a command it
+//! opens the live full-screen view ([`live`], [`app`], [`ui`]); `console --batch <command>`
+//! runs one command the way a script wants it: data on stdout in the chosen format, messages on
+//! stderr, exit code 0 (done), 1 (refused, failed, etcd unreachable) or 2 (usage or
 //! configuration error). This module owns the command line; [`batch`] runs the commands.
 
+mod app;
 mod batch;
+mod live;
+mod ui;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,12 +28,13 @@ or has no quorum, rather than printing stale data); 2 usage or configuration err
 
 /// pgpilot console: watch and operate pgpilot (and Patroni) clusters.
 ///
-/// With `--batch COMMAND` it runs one command non-interactively, like patronictl: the same
+/// Without a command it opens the live view of every cluster in the namespace (press ? for
+/// the keys). With `--batch COMMAND` it runs one command non-interactively, like patronictl: the same
 /// commands and columns, output as a table, TSV, JSON or YAML. The configuration is any
 /// Patroni YAML (only etcd3, namespace, scope and ctl/restapi authentication are read) or a
 /// small file with just those keys; `PATRONI_*` variables override it.
 #[derive(Parser, Debug)]
-#[command(name = "console", version, about, long_about, after_help = EXAMPLES, arg_required_else_help = true)]
+#[command(name = "console", version, about, long_about, after_help = EXAMPLES)]
 struct Cli {
     /// Patroni YAML or console config (etcd3.hosts, namespace, scope, ctl.authentication).
     #[arg(short = 'c', long, global = true, env = "PGPILOT_CONSOLE_CONFIG")]
@@ -43,6 +48,9 @@ struct Cli {
     /// Run COMMAND for a script: no screen, no prompts, exit codes.
     #[arg(long, global = true)]
     batch: bool,
+    /// Live view only: disable every action (pause, resume, cancel).
+    #[arg(long)]
+    read_only: bool,
     /// Output format: pretty (default on a terminal), tsv (default otherwise), json, yaml.
     #[arg(short = 'f', long, global = true, value_parser = ["pretty", "tsv", "json", "yaml", "yml"])]
     format: Option<String>,
@@ -191,26 +199,36 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let Some(command) = cli.command.clone() else {
-        // arg_required_else_help prints the help for a bare `console`; flags alone land here.
-        eprintln!("console: give a command, e.g. `console --batch list` (see --help)");
-        std::process::exit(2);
-    };
     let opts = batch::Options {
         config: cli.config,
         etcd: cli.etcd,
         namespace: cli.namespace,
         format: cli.format,
     };
-    let code = match tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(batch::run(opts, command)),
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("console: cannot start: {e}");
-            1
+            std::process::exit(1);
         }
+    };
+    let code = match cli.command {
+        Some(command) => rt.block_on(batch::run(opts, command)),
+        None if cli.batch => {
+            eprintln!("console: --batch needs a command, e.g. `console --batch list` (see --help)");
+            2
+        }
+        None => match batch::load_config(&opts) {
+            Ok(cfg) => rt.block_on(live::run(cfg, cli.read_only)),
+            Err(f) => {
+                eprintln!("console: {}", f.message());
+                f.code()
+            }
+        },
     };
     std::process::exit(code);
 }

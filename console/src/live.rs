@@ -1,0 +1,299 @@
+//! The live console: terminal setup and teardown, the data feeds (an etcd watch on the namespace
+//! plus a periodic re-read that notices a lost quorum, and concurrent polling of every member's
+//! REST API), the keyboard, and the loop that turns their messages into [`update`]s and frames.
+//! Operations run in the background through `shared::ops`, so the screen never freezes.
+
+use crate::app::{App, Effect, Msg, Operation, Sample, update};
+use crate::ui::{self, Theme};
+use crossterm::event::{self, Event, KeyEventKind};
+use shared::api::MemberClient;
+use shared::config::ConsoleConfig;
+use shared::dcs::etcd::EtcdKv;
+use shared::dcs::{Dcs, Kv, keys, load_namespace};
+use shared::ops;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// How often etcd is re-read even without watch events (to notice a lost quorum).
+const REREAD: Duration = Duration::from_secs(2);
+/// How often every member's REST API is sampled.
+const SAMPLE: Duration = Duration::from_secs(1);
+
+fn clock() -> String {
+    chrono::Local::now().format("%H:%M:%S").to_string()
+}
+
+/// Runs the live console until `q`; returns the exit code.
+pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
+    if !std::io::stdout().is_terminal() {
+        eprintln!(
+            "console: the live console needs a terminal; for scripts use `console --batch COMMAND`"
+        );
+        return 2;
+    }
+    let kv = match EtcdKv::connect(&cfg.etcd, Duration::from_secs(3)).await {
+        Ok(kv) => kv,
+        Err(e) => {
+            eprintln!("console: cannot set up the etcd client: {e}");
+            return 1;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let (urls_tx, urls_rx) = watch::channel(Vec::<String>::new());
+    tokio::spawn(etcd_feed(
+        kv.clone(),
+        cfg.namespace.clone(),
+        tx.clone(),
+        urls_tx,
+    ));
+    tokio::spawn(rest_feed(urls_rx, tx.clone()));
+    spawn_keyboard(tx.clone());
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                t.tick().await;
+                if tx.send(Msg::Tick(Instant::now())).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let theme = Theme {
+        mono: std::env::var_os("NO_COLOR").is_some()
+            || std::env::var("TERM").is_ok_and(|t| t == "dumb"),
+    };
+    let mut app = App::new(
+        cfg.etcd.hosts.join(","),
+        cfg.namespace.clone(),
+        read_only,
+        Instant::now(),
+    );
+    let mut terminal = ratatui::init();
+    'outer: loop {
+        if let Err(e) = terminal.draw(|f| ui::draw(f, &app, theme)) {
+            ratatui::restore();
+            eprintln!("console: cannot draw: {e}");
+            return 1;
+        }
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        for msg in batch {
+            for effect in update(&mut app, msg) {
+                match effect {
+                    Effect::Quit => break 'outer,
+                    Effect::Run(op) => {
+                        let (kv, ns, tx) = (kv.clone(), cfg.namespace.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let _ = tx.send(Msg::Done(execute(&kv, &ns, op).await));
+                        });
+                    }
+                }
+            }
+        }
+    }
+    ratatui::restore();
+    0
+}
+
+/// Runs one operation through `shared::ops` on a fresh read of its cluster.
+pub async fn execute<K: Kv + Clone>(
+    kv: &K,
+    namespace: &str,
+    op: Operation,
+) -> Result<String, String> {
+    let scope = match &op {
+        Operation::Pause { scope, .. } | Operation::CancelSwitchover { scope } => scope.clone(),
+    };
+    let clusters = load_namespace(kv, namespace)
+        .await
+        .map_err(|e| format!("cannot read etcd: {e}"))?;
+    let c = clusters
+        .into_iter()
+        .find(|c| c.scope == scope)
+        .ok_or_else(|| format!("cluster {scope} is gone"))?;
+    let dcs = Dcs::new(kv.clone(), namespace, &scope, "console", 30);
+    match op {
+        Operation::Pause { on, .. } => ops::set_pause(&dcs, &c, on)
+            .await
+            .map(|_| format!("cluster {scope} {}", if on { "paused" } else { "resumed" }))
+            .map_err(|e| e.to_string()),
+        Operation::CancelSwitchover { .. } => ops::clear_scheduled_switchover(&dcs, &c)
+            .await
+            .map(|_| format!("scheduled switchover of {scope} cancelled"))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Reads the namespace on every watch event (changes reach the screen at once) and every
+/// [`REREAD`]; a failed read is reported, never hidden.
+async fn etcd_feed(
+    kv: EtcdKv,
+    namespace: String,
+    tx: mpsc::UnboundedSender<Msg>,
+    urls: watch::Sender<Vec<String>>,
+) {
+    let prefix = keys::namespace_prefix(&namespace);
+    let mut events: Option<mpsc::Receiver<shared::dcs::WatchEvent>> = None;
+    loop {
+        match load_namespace(&kv, &namespace).await {
+            Ok(clusters) => {
+                let revision = clusters.iter().map(|c| c.revision).max().unwrap_or(0);
+                let list: Vec<String> = clusters
+                    .iter()
+                    .flat_map(|c| c.members.iter().map(|m| m.data.api_url.clone()))
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                let _ = urls.send(list);
+                if tx
+                    .send(Msg::Clusters {
+                        clusters,
+                        at: Instant::now(),
+                        clock: clock(),
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                if events.is_none() {
+                    // from the revision just read; an empty namespace watches from now (0)
+                    let from = if revision > 0 { revision + 1 } else { 0 };
+                    events = kv.watch(&prefix, from).await.ok();
+                }
+            }
+            Err(e) => {
+                events = None;
+                if tx.send(Msg::EtcdFailed(e.to_string())).is_err() {
+                    return;
+                }
+            }
+        }
+        // wait for a change or the re-read period, then drain what else arrived
+        let closed = match events.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    ev = rx.recv() => {
+                        // let a burst of changes settle, then read once
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        while rx.try_recv().is_ok() {}
+                        ev.is_none()
+                    }
+                    _ = tokio::time::sleep(REREAD) => false,
+                }
+            }
+            None => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                false
+            }
+        };
+        if closed {
+            events = None;
+        }
+    }
+}
+
+/// Samples every member's `GET /patroni` concurrently, every [`SAMPLE`].
+async fn rest_feed(urls: watch::Receiver<Vec<String>>, tx: mpsc::UnboundedSender<Msg>) {
+    let client = MemberClient::new(Duration::from_millis(900));
+    loop {
+        let list = urls.borrow().clone();
+        let polls = list.into_iter().map(|url| {
+            let client = client.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let body = client
+                    .status(&url)
+                    .await
+                    .ok_or_else(|| "no answer".to_string());
+                let _ = tx.send(Msg::Sample {
+                    api_url: url,
+                    sample: Sample {
+                        at: Instant::now(),
+                        body,
+                    },
+                });
+            })
+        });
+        let handles: Vec<_> = polls.collect();
+        for h in handles {
+            let _ = h.await;
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(SAMPLE).await;
+    }
+}
+
+/// Reads the keyboard on its own thread (crossterm's read blocks).
+fn spawn_keyboard(tx: mpsc::UnboundedSender<Msg>) {
+    std::thread::spawn(move || {
+        loop {
+            match event::read() {
+                Ok(Event::Key(k)) if k.kind == KeyEventKind::Press => {
+                    if tx.send(Msg::Key(k)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Resize(_, _)) => {
+                    if tx.send(Msg::Tick(Instant::now())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::dcs::mem::MemStore;
+
+    #[tokio::test]
+    async fn operations_go_through_shared_ops() {
+        let store = MemStore::new();
+        let kv = store.client();
+        let dcs = Dcs::new(kv.clone(), "/service", "demo", "t", 30);
+        dcs.init_config(&shared::dcs::DynamicConfig::default())
+            .await
+            .unwrap();
+        let done = execute(
+            &kv,
+            "/service",
+            Operation::Pause {
+                scope: "demo".into(),
+                on: true,
+            },
+        )
+        .await;
+        assert_eq!(done, Ok("cluster demo paused".into()));
+        assert!(dcs.load().await.unwrap().is_paused());
+        let again = execute(
+            &kv,
+            "/service",
+            Operation::Pause {
+                scope: "demo".into(),
+                on: true,
+            },
+        )
+        .await;
+        assert!(again.unwrap_err().contains("already paused"));
+        let gone = execute(
+            &kv,
+            "/service",
+            Operation::CancelSwitchover {
+                scope: "nope".into(),
+            },
+        )
+        .await;
+        assert!(gone.unwrap_err().contains("gone"));
+    }
+}

@@ -10,6 +10,8 @@ pgpilot_prereqs() {
     command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
     [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
     command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+    command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
     command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
     command -v gcc >/dev/null 2>&1 || need+=(build-essential)
     if ((${#need[@]})); then

@@ -1,0 +1,104 @@
+//! End-to-end: the live console in tmux against a real 3-node cluster. It shows the cluster,
+//! notices a lost node within seconds, and pauses the cluster after a confirmation (checked on
+//! the screen and in etcd).
+
+use pgpilot_e2e::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn live_console_follows_the_cluster_and_pauses_it() {
+    if !prerequisites() {
+        return;
+    }
+    if std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "tmux is required in CI");
+        eprintln!("tmux not installed: skipping");
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "livecon".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-livecon", spec, true).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    c.start_all().unwrap();
+    let p = c.wait_healthy(Duration::from_secs(120)).unwrap();
+    let console = bin_dir().join("console");
+    let tmux = Tmux::start(
+        "livecon",
+        120,
+        36,
+        &format!(
+            "TERM=xterm-256color {} --etcd {}",
+            console.display(),
+            etcd.endpoint()
+        ),
+    )
+    .unwrap();
+    tmux.wait_for("livecon", Duration::from_secs(20)).unwrap();
+    tmux.wait_for("healthy", Duration::from_secs(20)).unwrap();
+    // open the cluster: three members, the leader among them
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("Members", Duration::from_secs(10)).unwrap();
+    for n in &c.nodes {
+        assert!(screen.contains(&n.name), "{screen}");
+    }
+    tmux.wait_for("failover ready", Duration::from_secs(20))
+        .unwrap();
+
+    // pause from the keyboard: a confirmation first, then etcd and the screen agree
+    tmux.keys(&["p"]);
+    tmux.wait_for("Pause cluster livecon", Duration::from_secs(5))
+        .unwrap();
+    tmux.keys(&["y"]);
+    wait_for("pause in etcd", Duration::from_secs(10), || {
+        etcd.get_prefix("/service/livecon/config")
+            .ok()?
+            .first()
+            .filter(|(_, v, _)| v.contains("\"pause\":true"))
+            .map(|_| ())
+    })
+    .unwrap();
+    tmux.wait_for("PAUSED", Duration::from_secs(5)).unwrap();
+    // a change made elsewhere shows up at once (the etcd watch)
+    let t = Instant::now();
+    let (_, raw, _) = etcd
+        .get_prefix("/service/livecon/config")
+        .unwrap()
+        .remove(0);
+    etcd.put(
+        "/service/livecon/config",
+        &raw.replace("\"pause\":true", "\"pause\":false"),
+    )
+    .unwrap();
+    wait_for("the resume on screen", Duration::from_secs(5), || {
+        (!tmux.screen().contains("PAUSED")).then_some(())
+    })
+    .unwrap();
+    eprintln!(
+        "etcd change → screen (incl. tmux capture polling): {:?}",
+        t.elapsed()
+    );
+
+    // a node is lost: the screen shows it within seconds
+    let lost = c.nodes[(p + 1) % 3].name.clone();
+    if let Some(mut agent) = c.nodes[(p + 1) % 3].agent.take() {
+        agent.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = agent.stop(Duration::from_secs(5));
+    }
+    kill_postgres_group(&c.nodes[(p + 1) % 3]);
+    let screen = tmux.wait_for("REST down", Duration::from_secs(15)).unwrap();
+    assert!(screen.contains(&lost), "{screen}");
+    tmux.keys(&["q"]);
+    wait_for("the console to quit", Duration::from_secs(5), || {
+        (!tmux.screen().contains("pgpilot console")).then_some(())
+    })
+    .unwrap();
+    c.shutdown();
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgpilot needs to build and run on Debian 12, only what is missing:
-# etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests).
+# etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
+# (the live console tests).
 # Sourced by demo.sh and run.sh.
 set -euo pipefail
 
@@ -11,7 +12,6 @@ pgpilot_prereqs() {
     [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
     command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
     command -v tmux >/dev/null 2>&1 || need+=(tmux)
-command -v tmux >/dev/null 2>&1 || need+=(tmux)
     command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
     command -v gcc >/dev/null 2>&1 || need+=(build-essential)
     if ((${#need[@]})); then

@@ -1,9 +1,10 @@
 //! `demo`: a local 3-node pgpilot cluster (one etcd, three agents, three PostgreSQL 15 servers)
-//! on loopback, for trying pgpilot out. Shows the cluster live until Ctrl-C, then stops
-//! everything it started.
+//! on loopback, for trying pgpilot out. Opens the live console on it (on a terminal; otherwise
+//! prints the cluster every second) and stops everything it started when the console quits.
 
 use anyhow::Result;
-use pgpilot_e2e::{ClusterSpec, Lab};
+use pgpilot_e2e::{ClusterSpec, Lab, bin_dir};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<()> {
@@ -14,7 +15,8 @@ fn main() -> Result<()> {
              Usage: demo [--exit-when-healthy]\n\n\
              Starts etcd and three agents (PostgreSQL 15 as the postgres user when run as root)\n\
              under /var/tmp, waits until there is a primary and two streaming replicas, then\n\
-             shows `GET /cluster` every second until Ctrl-C, and stops everything.\n\
+             opens the live console on it (q quits it; on a non-terminal, `GET /cluster` is\n\
+             printed every second until Enter), and stops everything.\n\
              --exit-when-healthy  stop as soon as the cluster is healthy (for scripts)"
         );
         return Ok(());
@@ -47,6 +49,20 @@ fn main() -> Result<()> {
         );
     }
     if exit_when_healthy {
+        return Ok(());
+    }
+    if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+        println!("opening the console (q quits it and stops the cluster)…");
+        let status = std::process::Command::new(bin_dir().join("console"))
+            .arg("--etcd")
+            .arg(etcd.endpoint())
+            .status();
+        if let Err(e) = status {
+            eprintln!("cannot run the console: {e}");
+        }
+        println!("stopping…");
+        cluster.shutdown();
+        etcd.stop();
         return Ok(());
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

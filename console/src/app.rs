@@ -169,7 +169,7 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: "?",
-        what: "this help",
+        what: "help: this list of keys",
     },
     Binding {
         keys: "q",

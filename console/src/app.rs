@@ -137,7 +137,7 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: "Enter / l",
-        what: "open the cluster",
+        what: "open the cluster; on a member, its keys and REST answer",
     },
     Binding {
         keys: "Esc / h",
@@ -189,6 +189,8 @@ pub struct App {
     pub input: Input,
     pub confirm: Option<Confirm>,
     pub help: bool,
+    /// The selected member's keys and REST answer, in full.
+    pub detail: bool,
     pub read_only: bool,
     /// Refresh frozen: new data is not applied.
     pub frozen: bool,
@@ -216,6 +218,7 @@ impl App {
             input: Input::None,
             confirm: None,
             help: false,
+            detail: false,
             read_only,
             frozen: false,
             events: VecDeque::new(),
@@ -484,6 +487,15 @@ impl App {
             self.help = false;
             return vec![];
         }
+        if self.detail {
+            if matches!(
+                k.code,
+                KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Char('h')
+            ) {
+                self.detail = false;
+            }
+            return vec![];
+        }
         match k.code {
             KeyCode::Char('q') => return vec![Effect::Quit],
             KeyCode::Char('?') => self.help = true,
@@ -517,6 +529,7 @@ impl App {
                 self.view = View::Cluster(Tab::Members);
                 self.member_idx = 0;
             }
+            KeyCode::Enter if self.view == View::Cluster(Tab::Members) => self.detail = true,
             KeyCode::Esc | KeyCode::Char('h') | KeyCode::Left | KeyCode::Backspace => {
                 self.view = View::Clusters;
             }

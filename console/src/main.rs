@@ -67,6 +67,9 @@ pub enum Command {
     /// names none. Pending restarts, scheduled restarts and tags appear when any member has
     /// them (always with -e). The pretty table ends with "Maintenance mode: on" and a scheduled
     /// switchover, when there are.
+    ///
+    /// Examples: list demo -e          list -f json | jq '.[] | select(.Role=="Leader")'
+    ///           list -W               (refresh every 2 s)
     List {
         clusters: Vec<String>,
         /// Always show the pending-restart, scheduled-restart and tags columns.
@@ -80,16 +83,24 @@ pub enum Command {
     },
     /// Like list, ordered as the replication tree: cascaded replicas indented under the
     /// member they stream from.
+    ///
+    /// Example: topology demo -w 5
     Topology {
         clusters: Vec<String>,
         #[command(flatten)]
         watch: Watch,
     },
     /// The timeline history of a cluster: TL, LSN, reason, time, new leader.
+    ///
+    /// Example: history demo -f json
     History { cluster: Option<String> },
     /// The dynamic configuration (the config key) as YAML (or JSON with -f json).
+    ///
+    /// Example: show-config demo > demo-config.yml
     ShowConfig { cluster: Option<String> },
     /// host=… port=… of the leader, a member (-m) or a member of a role (-r).
+    ///
+    /// Example: psql "$(console -c node.yml --batch dsn demo -r replica) dbname=app"
     Dsn {
         cluster: Option<String>,
         /// leader, primary, replica, standby-leader or any.
@@ -100,6 +111,8 @@ pub enum Command {
         member: Option<String>,
     },
     /// This console's version; with CLUSTER, each member's daemon and PostgreSQL versions.
+    ///
+    /// Example: version demo
     Version {
         cluster: Option<String>,
         members: Vec<String>,
@@ -137,6 +150,11 @@ pub enum Command {
         force: bool,
     },
     /// Pause automatic failover and every other automatic action of the agents.
+    ///
+    /// PostgreSQL keeps running; nothing is promoted, demoted or restarted until resume.
+    /// Refused (exit 1) when the cluster is already paused.
+    ///
+    /// Example: pause demo --wait
     Pause {
         cluster: Option<String>,
         /// Wait until every member reports the pause.
@@ -144,6 +162,8 @@ pub enum Command {
         wait: bool,
     },
     /// Resume automatic failover after a pause.
+    ///
+    /// Example: resume demo --wait
     Resume {
         cluster: Option<String>,
         /// Wait until every member reports the resume.
@@ -151,6 +171,8 @@ pub enum Command {
         wait: bool,
     },
     /// Cancel a scheduled switchover (`flush CLUSTER switchover`).
+    ///
+    /// Example: flush demo switchover --force
     Flush {
         cluster: String,
         /// What to cancel: switchover.
@@ -162,6 +184,8 @@ pub enum Command {
     },
     /// Delete every key of a cluster from etcd (PostgreSQL is not touched). Asks for the
     /// cluster's name, a phrase and the leader's name on a terminal; elsewhere --force.
+    ///
+    /// Example: remove old-cluster --force
     Remove {
         cluster: String,
         /// Do not ask.

@@ -106,6 +106,9 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
         };
         f.render_widget(Paragraph::new(format!("{prompt}{text}█")), inp);
     }
+    if app.detail {
+        member_detail(f, app, area);
+    }
     if app.help {
         help(f, theme, area);
     }
@@ -430,13 +433,17 @@ fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
 }
 
 fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
-    let view = cluster_json(c);
-    let list: Vec<Value> = view["members"].as_array().cloned().unwrap_or_default();
+    let list = ordered_members(c);
     let detail_h = if area.height >= 16 { 7 } else { 0 };
     let [table_area, detail_area] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(detail_h)]).areas(area);
-    let rows = list.iter().enumerate().map(|(i, m)| {
+    let rows = list.iter().enumerate().map(|(i, (depth, m))| {
         let name = m["name"].as_str().unwrap_or_default();
+        let shown = if *depth == 0 {
+            name.to_string()
+        } else {
+            format!("{}+ {name}", "  ".repeat(depth - 1))
+        };
         let api = m["api_url"].as_str().unwrap_or_default();
         let lag = |k: &str| m[k].as_u64().map(bytes).unwrap_or_default();
         let sample = app.samples.get(api);
@@ -463,7 +470,7 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             theme.fg(Color::Red)
         };
         let mut row = Row::new(vec![
-            Cell::from(name.to_string()),
+            Cell::from(shown),
             Cell::from(host),
             Cell::from(role),
             Cell::from(state).style(state_style),
@@ -519,7 +526,7 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
     if detail_h == 0 {
         return;
     }
-    let Some(m) = list.get(app.member_idx) else {
+    let Some((_, m)) = list.get(app.member_idx) else {
         return;
     };
     let api = m["api_url"].as_str().unwrap_or_default();
@@ -574,6 +581,64 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
                     .title(format!(" replay lag, max {} ", bytes(peak))),
             ),
         spark_area,
+    );
+}
+
+/// The members as `cluster_json` describes them, in replication-tree order with their depth.
+fn ordered_members(c: &Cluster) -> Vec<(usize, Value)> {
+    let view = cluster_json(c);
+    let list: Vec<Value> = view["members"].as_array().cloned().unwrap_or_default();
+    shared::view::topology_order(&list)
+        .into_iter()
+        .map(|(d, m)| (d, m.clone()))
+        .collect()
+}
+
+/// The selected member's key and REST answer, in full.
+fn member_detail(f: &mut Frame, app: &App, area: Rect) {
+    let Some(c) = app.selected_cluster() else {
+        return;
+    };
+    let list = ordered_members(c);
+    let Some((_, m)) = list.get(app.member_idx) else {
+        return;
+    };
+    let name = m["name"].as_str().unwrap_or_default();
+    let key = c
+        .member(name)
+        .map(|m| m.data.to_json())
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+        .unwrap_or_default();
+    let api = m["api_url"].as_str().unwrap_or_default();
+    let rest = match app.samples.get(api).map(|s| &s.body) {
+        Some(Ok(b)) => serde_json::to_string_pretty(b).unwrap_or_default(),
+        Some(Err(e)) => format!("no answer: {e}"),
+        None => "not sampled yet".into(),
+    };
+    let r = centered(
+        area,
+        area.width.saturating_sub(4),
+        area.height.saturating_sub(2),
+    );
+    f.render_widget(Clear, r);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(r);
+    f.render_widget(
+        Paragraph::new(key).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" members/{name} in etcd (Esc closes) ")),
+        ),
+        left,
+    );
+    f.render_widget(
+        Paragraph::new(rest).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" GET {api} ")),
+        ),
+        right,
     );
 }
 
@@ -851,6 +916,12 @@ mod tests {
         assert!(s.contains("REST down 3.0s"), "{s}");
         assert!(s.contains("agent: replica following alpha-1"), "{s}");
         assert!(s.contains("replay lag"), "{s}");
+        // the member's key and REST answer in full
+        press(&mut app, KeyCode::Enter);
+        let s = render(&app, 100, 30);
+        assert!(s.contains("members/alpha-2 in etcd"), "{s}");
+        assert!(s.contains("\"received_location\": 100"), "{s}");
+        press(&mut app, KeyCode::Esc);
         // the other tabs
         press(&mut app, KeyCode::Char('2'));
         assert!(render(&app, 100, 30).contains("Timeline history"));

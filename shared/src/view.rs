@@ -88,9 +88,9 @@ fn tags_cell(tags: &Map<String, Value>) -> String {
     format!("{{{}}}", items.join(", "))
 }
 
-/// Members in replication-tree order (leader, then each member under its upstream, cascaded
-/// members under the replica they stream from), with their depth.
-fn topology_order(members: &[Value]) -> Vec<(usize, &Value)> {
+/// Members (as in `cluster_json`) in replication-tree order — leader, then each member under
+/// its upstream, cascaded members under the replica they stream from — with their depth.
+pub fn topology_order(members: &[Value]) -> Vec<(usize, &Value)> {
     let name = |m: &Value| m["name"].as_str().unwrap_or_default().to_string();
     let is_leader = |m: &Value| m["role"].as_str().is_some_and(|r| r.ends_with("leader"));
     let leader = members.iter().find(|m| is_leader(m)).map(name);

@@ -747,6 +747,8 @@ pub struct Haproxy {
     pub write_port: u16,
     pub read_port: u16,
     pub proc: Proc,
+    log: PathBuf,
+    nodes: usize,
 }
 
 impl Haproxy {
@@ -790,6 +792,23 @@ impl Haproxy {
                 child,
                 name: "haproxy".into(),
             },
+            log: dir.join("haproxy.log"),
+            nodes: nodes.len(),
+        })
+    }
+
+    /// Waits until the first health checks have run: HAProxy starts every server as up, so
+    /// until the replicas fail `OPTIONS /primary` (and the primary `/replica`) a connection may
+    /// land on the wrong node and be cut when its server is marked down.
+    pub fn wait_checked(&self, timeout: Duration) -> Result<()> {
+        wait_for("HAProxy's first health checks", timeout, || {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            let down = |backend: &str| {
+                log.lines()
+                    .filter(|l| l.contains(&format!("Server {backend}/")) && l.contains(" is DOWN"))
+                    .count()
+            };
+            (down("primary") + 1 >= self.nodes && down("replicas") >= 1).then_some(())
         })
     }
 

@@ -737,6 +737,7 @@ fn haproxy_with_patroni_checks_routes_to_the_primary_and_follows_a_handover() {
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
     let haproxy = Haproxy::start(&work.path, &c.nodes).unwrap();
+    haproxy.wait_checked(Duration::from_secs(30)).unwrap();
     let port_of = |dsn: &str| sql_dsn(dsn, "SELECT current_setting('port')").ok();
     let write = Haproxy::dsn(haproxy.write_port);
     let read = Haproxy::dsn(haproxy.read_port);

@@ -2,7 +2,7 @@
 //! without quorum), renders through [`shared::view`] and returns an exit code. Data goes to
 //! stdout, everything else to stderr, so `-f json` output always parses.
 
-use crate::{Command, Watch};
+use crate::{Command, EditArgs, Watch};
 use serde_json::Value;
 use shared::api::MemberClient;
 use shared::config::{ConfigError, ConsoleConfig};
@@ -252,25 +252,7 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             print(&format!("{dsn}\n"))
         }
         Command::Version { cluster, members } => version(&s, cluster.as_ref(), &members).await,
-        Command::EditConfig {
-            cluster,
-            set,
-            pg,
-            apply,
-            replace,
-            quiet,
-            force,
-        } => {
-            let edit = Edit {
-                set,
-                pg,
-                apply,
-                replace,
-                quiet,
-                force,
-            };
-            edit_config(&s, cluster.as_ref(), edit).await
-        }
+        Command::EditConfig(edit) => edit_config(&s, edit).await,
         Command::Pause { cluster, wait } => pause(&s, cluster.as_ref(), true, wait).await,
         Command::Resume { cluster, wait } => pause(&s, cluster.as_ref(), false, wait).await,
         Command::Flush {
@@ -341,16 +323,6 @@ fn confirm(question: &str, force: bool) -> Outcome {
     }
 }
 
-/// How `edit-config` builds the new configuration.
-struct Edit {
-    set: Vec<String>,
-    pg: Vec<String>,
-    apply: Option<String>,
-    replace: Option<String>,
-    quiet: bool,
-    force: bool,
-}
-
 fn read_yaml_source(source: &str, force: bool) -> Result<serde_json::Map<String, Value>, Failure> {
     let text = if source == "-" {
         if !force {
@@ -409,8 +381,8 @@ fn edit_in_editor(text: &str) -> Result<String, Failure> {
         .map_err(|e| Failure::Failed(format!("cannot read the edited file: {e}")))
 }
 
-async fn edit_config(s: &Session, cluster: Option<&String>, e: Edit) -> Outcome {
-    let c = s.one(cluster).await?;
+async fn edit_config(s: &Session, e: EditArgs) -> Outcome {
+    let c = s.one(e.cluster.as_ref()).await?;
     let (before, version) = ops::current_config(&c);
     let mut after = match &e.replace {
         Some(src) => read_yaml_source(src, e.force)?,

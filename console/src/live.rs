@@ -265,26 +265,14 @@ mod tests {
         dcs.init_config(&shared::dcs::DynamicConfig::default())
             .await
             .unwrap();
-        let done = execute(
-            &kv,
-            "/service",
-            Operation::Pause {
-                scope: "demo".into(),
-                on: true,
-            },
-        )
-        .await;
+        let pause = || Operation::Pause {
+            scope: "demo".into(),
+            on: true,
+        };
+        let done = execute(&kv, "/service", pause()).await;
         assert_eq!(done, Ok("cluster demo paused".into()));
         assert!(dcs.load().await.unwrap().is_paused());
-        let again = execute(
-            &kv,
-            "/service",
-            Operation::Pause {
-                scope: "demo".into(),
-                on: true,
-            },
-        )
-        .await;
+        let again = execute(&kv, "/service", pause()).await;
         assert!(again.unwrap_err().contains("already paused"));
         let gone = execute(
             &kv,

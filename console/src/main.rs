@@ -128,27 +128,7 @@ pub enum Command {
     /// Examples: edit-config demo -s ttl=20 -s loop_wait=5 --force
     ///           edit-config demo -p work_mem=64MB -p max_connections=200 --force
     ///           edit-config demo -s maximum_lag_on_failover=null --force   (null removes a key)
-    EditConfig {
-        cluster: Option<String>,
-        /// key.path=value (value in YAML; null removes the key). Repeatable.
-        #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// A PostgreSQL parameter: name=value, under postgresql.parameters. Repeatable.
-        #[arg(short = 'p', long = "pg", value_name = "NAME=VALUE")]
-        pg: Vec<String>,
-        /// Merge this YAML file into the configuration (- for stdin, with --force).
-        #[arg(long, value_name = "FILE")]
-        apply: Option<String>,
-        /// Replace the whole configuration by this YAML file (- for stdin, with --force).
-        #[arg(long, value_name = "FILE", conflicts_with = "apply")]
-        replace: Option<String>,
-        /// Do not show the diff.
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        /// Apply without asking.
-        #[arg(long)]
-        force: bool,
-    },
+    EditConfig(EditArgs),
     /// Pause automatic failover and every other automatic action of the agents.
     ///
     /// PostgreSQL keeps running; nothing is promoted, demoted or restarted until resume.
@@ -192,6 +172,30 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// What `edit-config` changes and how.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EditArgs {
+    cluster: Option<String>,
+    /// key.path=value (value in YAML; null removes the key). Repeatable.
+    #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// A PostgreSQL parameter: name=value, under postgresql.parameters. Repeatable.
+    #[arg(short = 'p', long = "pg", value_name = "NAME=VALUE")]
+    pg: Vec<String>,
+    /// Merge this YAML file into the configuration (- for stdin, with --force).
+    #[arg(long, value_name = "FILE")]
+    apply: Option<String>,
+    /// Replace the whole configuration by this YAML file (- for stdin, with --force).
+    #[arg(long, value_name = "FILE", conflicts_with = "apply")]
+    replace: Option<String>,
+    /// Do not show the diff.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Apply without asking.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Refreshing output.

@@ -571,3 +571,81 @@ fn a_primary_that_cannot_start_hands_over_after_primary_start_timeout() {
     .unwrap();
     c.shutdown();
 }
+
+/// Only the leader loses etcd (the others keep it): the leader stops being writable before its
+/// lease can end, another member takes over, and at no sampled moment are two servers
+/// writable. When the partition heals, the old leader rejoins as a replica.
+#[test]
+fn a_leader_cut_from_etcd_alone_steps_down_before_anyone_else_promotes() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "partition".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-partition", spec, true).unwrap();
+    let proxy = CutProxy::start(&lab.etcd.endpoint()).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    // node 1 reaches etcd through the proxy, and leads
+    let yaml = std::fs::read_to_string(&c.nodes[0].config_path)
+        .unwrap()
+        .replace(
+            &format!("hosts: {}", etcd.endpoint()),
+            &format!("hosts: 127.0.0.1:{}", proxy.port),
+        );
+    std::fs::write(&c.nodes[0].config_path, yaml).unwrap();
+    c.start_agent(0).unwrap();
+    wait_for("node 1 to lead", HEALTHY, || {
+        (leader_index(c, etcd) == Some(0)).then_some(())
+    })
+    .unwrap();
+    c.start_agent(1).unwrap();
+    c.start_agent(2).unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    let writer = Writer::start(&c.nodes).unwrap();
+    writer.wait_more(25, Duration::from_secs(30)).unwrap();
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    // sample who is writable until another member leads and takes writes
+    let mut new_leader = None;
+    while cut_at.elapsed() < Duration::from_secs(60) {
+        let writable: Vec<usize> = (0..3)
+            .filter(|&i| {
+                sql(&c.nodes[i], "SELECT NOT pg_is_in_recovery()").is_ok_and(|v| v == ["t"])
+            })
+            .collect();
+        assert!(writable.len() <= 1, "two writable primaries: {writable:?}");
+        if let Some(&w) = writable.first()
+            && w != 0
+        {
+            new_leader = Some(w);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new = new_leader.ok_or_else(|| c.logs_tail()).unwrap();
+    assert!(
+        c.nodes[0].log().contains("etcd is unreachable: demoting"),
+        "{}",
+        c.logs_tail()
+    );
+    writer.wait_more(25, Duration::from_secs(30)).unwrap();
+    let (acked, gap) = writer.finish(cut_at);
+    eprintln!(
+        "leader cut from etcd at ttl {}: write gap {:.2}s",
+        c.spec.ttl,
+        gap.as_secs_f64()
+    );
+    assert!(!acked.is_empty());
+    // the partition heals: the old leader follows the new one
+    proxy.heal();
+    c.wait_healthy(HEALTHY)
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    assert_eq!(leader_index(c, etcd), Some(new));
+    c.shutdown();
+}

@@ -649,3 +649,37 @@ fn a_leader_cut_from_etcd_alone_steps_down_before_anyone_else_promotes() {
     assert_eq!(leader_index(c, etcd), Some(new));
     c.shutdown();
 }
+
+/// A replica's postmaster is killed: its agent restarts it at once and it streams again; the
+/// leader is not disturbed.
+#[test]
+fn a_crashed_replica_restarts_and_streams_again() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "replcrash".into(),
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        ..Default::default()
+    };
+    let (mut lab, p) = healthy_lab(spec);
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    let r = (p + 1) % 3;
+    let pid = c.nodes[r].postmaster_pid().unwrap();
+    kill_postgres_group(&c.nodes[r]);
+    wait_for("the replica to stream again", HEALTHY, || {
+        let st = c.nodes[r].status()?;
+        (st["replication_state"] == "streaming"
+            && c.nodes[r].postmaster_pid().is_some_and(|n| n != pid))
+        .then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert_eq!(leader_index(c, etcd), Some(p));
+    assert!(c.nodes[r].log().contains("postmaster exited unexpectedly"));
+    c.shutdown();
+}

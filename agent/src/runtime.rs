@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
+/// How often the REST snapshot's PostgreSQL figures are refreshed between cycles.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a failed job waits before it is tried again.
 const JOB_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
@@ -118,6 +121,7 @@ impl<K: Kv> Agent<K> {
     /// Runs until `shutdown` resolves or a fatal condition; returns the reason for a fatal exit.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         self.spawn_watch();
+        self.spawn_sampler();
         let exited = self.pg.exited.clone();
         tokio::pin!(shutdown);
         loop {
@@ -135,6 +139,36 @@ impl<K: Kv> Agent<K> {
         }
         self.stop_everything().await;
         Ok(())
+    }
+
+    /// Keeps the REST snapshot's view of PostgreSQL (WAL positions, lag, replication, timeline,
+    /// pending restart) at most [`SAMPLE_EVERY`] old between HA cycles, which may be `loop_wait`
+    /// apart. Roles and states still change only with a cycle's decision; a failed query leaves
+    /// the snapshot to the next cycle.
+    fn spawn_sampler(&self) {
+        let pg = self.pg.clone();
+        let snapshot = self.snapshot.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SAMPLE_EVERY).await;
+                if snapshot.is_closed() {
+                    return;
+                }
+                // only refresh a server the last cycle saw running and queryable
+                if snapshot.borrow().server.is_none() {
+                    continue;
+                }
+                let Ok(now) = pg.status().await else { continue };
+                snapshot.send_if_modified(|s| match &s.server {
+                    // a role change (or a stop) is the cycle's to report
+                    Some(cur) if cur.in_recovery == now.in_recovery => {
+                        Arc::make_mut(s).server = Some(now);
+                        true
+                    }
+                    _ => false,
+                });
+            }
+        });
     }
 
     /// Watches the cluster prefix and wakes the loop on changes that matter.

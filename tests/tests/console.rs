@@ -82,13 +82,33 @@ fn compare_with_patronictl(config: &std::path::Path) {
         eprintln!("patronictl not installed: skipping the comparison");
         return;
     };
-    let ours = batch(config, &["list", "-f", "json"]);
-    assert_eq!(stable(&json(&ours)), stable(&json(&theirs)), "list");
+    // both read the same keys; a member may change state between the two reads, so compare
+    // until they agree (a real difference never does)
+    let mut theirs = Some(theirs);
+    wait_for(
+        "console and patronictl to agree on list",
+        Duration::from_secs(30),
+        || {
+            let t = theirs
+                .take()
+                .or_else(|| patronictl(config, &["list", "-f", "json"]))?;
+            let ours = batch(config, &["list", "-f", "json"]);
+            (stable(&json(&ours)) == stable(&json(&t))).then_some(())
+        },
+    )
+    .unwrap();
     // patronictl prints topology as a table only: compare the tables' first five columns, in
     // order (the tree order is the point)
-    let ours = batch(config, &["topology", "-f", "pretty"]);
-    let theirs = patronictl(config, &["topology"]).unwrap();
-    assert_eq!(table_cells(&ours), table_cells(&theirs), "topology");
+    wait_for(
+        "console and patronictl to agree on topology",
+        Duration::from_secs(30),
+        || {
+            let ours = batch(config, &["topology", "-f", "pretty"]);
+            let theirs = patronictl(config, &["topology"])?;
+            (table_cells(&ours) == table_cells(&theirs)).then_some(())
+        },
+    )
+    .unwrap();
     let ours = batch(config, &["history", "-f", "json"]);
     let theirs = patronictl(config, &["history", "-f", "json"]).unwrap();
     let strip = |v: Value| -> Vec<(Value, Value, Value)> {
@@ -140,14 +160,17 @@ fn batch_reads_a_pgpilot_cluster_as_patronictl_does() {
     .unwrap();
     let cfg = c.nodes[0].config_path.clone();
 
-    // list: the table shapes
-    let pretty = batch(&cfg, &["list", "-f", "pretty"]);
+    // list: the table shapes (member keys follow the REST API within a loop_wait)
+    let pretty = wait_for("both replicas streaming in etcd", HEALTHY, || {
+        let p = batch(&cfg, &["list", "-f", "pretty"]);
+        (p.matches("| streaming ").count() == 2).then_some(p)
+    })
+    .unwrap();
     assert!(
         pretty.starts_with("+ Cluster: consolepg ("),
         "pretty list:\n{pretty}"
     );
     assert!(pretty.contains("| Leader "), "{pretty}");
-    assert!(pretty.contains("| streaming "), "{pretty}");
     let tsv = batch(&cfg, &["list"]);
     assert!(
         tsv.starts_with("Cluster\tMember\tHost\tRole\tState\tTL"),

@@ -577,14 +577,27 @@ fn a_primary_that_cannot_start_hands_over_after_primary_start_timeout() {
 /// writable. When the partition heals, the old leader rejoins as a replica.
 #[test]
 fn a_leader_cut_from_etcd_alone_steps_down_before_anyone_else_promotes() {
+    leader_partition("partition", 10, 2, 3);
+}
+
+/// The same at the fastest timing pgpilot accepts.
+#[test]
+fn a_leader_cut_from_etcd_at_ttl_5_steps_down_in_time() {
+    leader_partition("fastpartition", 5, 1, 1);
+}
+
+fn leader_partition(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
     if !prerequisites() {
         return;
     }
     let spec = ClusterSpec {
-        scope: "partition".into(),
+        scope: scope.into(),
+        ttl,
+        loop_wait,
+        retry_timeout,
         ..Default::default()
     };
-    let mut lab = Lab::new("e2e-partition", spec, true).unwrap();
+    let mut lab = Lab::new(&format!("e2e-{scope}"), spec, true).unwrap();
     let proxy = CutProxy::start(&lab.etcd.endpoint()).unwrap();
     let Lab {
         cluster: c, etcd, ..

@@ -76,6 +76,17 @@ impl Postgres {
             .unwrap_or_else(|| self.data_dir().to_path_buf())
     }
 
+    /// `--config-file=…` when postgresql.conf lives outside the data directory (`config_dir`),
+    /// for every program that reads it (postgres, pg_rewind, single-user mode).
+    fn config_file_arg(&self) -> Option<String> {
+        self.cfg.postgresql.config_dir.as_ref().map(|_| {
+            format!(
+                "--config-file={}",
+                self.conf_dir().join("postgresql.conf").display()
+            )
+        })
+    }
+
     fn bin(&self, name: &str) -> PathBuf {
         self.cfg.postgresql.binary(name)
     }
@@ -148,12 +159,18 @@ impl Postgres {
     /// A file beside the data directory that exists while pgpilot creates it (initdb or
     /// pg_basebackup), so that a creation cut short by a crash is recognised as pgpilot's own.
     fn creation_marker(&self) -> PathBuf {
+        self.beside_data_dir(".pgpilot-creating")
+    }
+
+    /// `<data_dir><suffix>`, a file next to the data directory (pg_rewind and initdb would
+    /// delete or refuse one inside it).
+    fn beside_data_dir(&self, suffix: &str) -> PathBuf {
         let mut name = self
             .data_dir()
             .file_name()
             .map(|n| n.to_os_string())
             .unwrap_or_default();
-        name.push(".pgpilot-creating");
+        name.push(suffix);
         self.data_dir().with_file_name(name)
     }
 
@@ -190,13 +207,7 @@ impl Postgres {
     /// A file beside the data directory that exists while pg_rewind changes it and stays when
     /// pg_rewind fails: such a directory is inconsistent and must never be started.
     fn rewind_marker(&self) -> PathBuf {
-        let mut name = self
-            .data_dir()
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".pgpilot-rewinding");
-        self.data_dir().with_file_name(name)
+        self.beside_data_dir(".pgpilot-rewinding")
     }
 
     /// Whether a pg_rewind of the data directory failed or was cut short.
@@ -232,15 +243,11 @@ impl Postgres {
                 .arg(self.data_dir())
                 .arg(format!("--source-server={conninfo}"))
                 .arg(extra);
-            if pg.config_dir.is_some() {
-                cmd.arg(format!(
-                    "--config-file={}",
-                    self.conf_dir().join("postgresql.conf").display()
-                ));
-            }
+            cmd.args(self.config_file_arg());
             cmd
         };
         self.ensure_clean_shutdown(timeout).await?;
+        let source = format!("{}:{}", from.host, from.port);
         let started = Instant::now();
         let (_, dry) = self
             .run_output(rewind_cmd("--dry-run"), "pg_rewind --dry-run", timeout)
@@ -253,7 +260,10 @@ impl Postgres {
             );
         }
         if dry.contains("no rewind required") {
-            info!(source = %format!("{}:{}", from.host, from.port), "pg_rewind: no rewind required; the data directory can follow as it is");
+            info!(
+                source,
+                "pg_rewind: no rewind required; the data directory can follow as it is"
+            );
             return Ok(RewindOutcome::NotNeeded);
         }
         if let Some(line) = dry.lines().find(|l| l.contains("diverged")) {
@@ -261,10 +271,10 @@ impl Postgres {
         }
         std::fs::write(
             self.rewind_marker(),
-            format!("pg_rewind from {}:{} started\n", from.host, from.port),
+            format!("pg_rewind from {source} started\n"),
         )
         .with_context(|| format!("cannot write {}", self.rewind_marker().display()))?;
-        info!(source = %format!("{}:{}", from.host, from.port), "running pg_rewind");
+        info!(source, "running pg_rewind");
         match self
             .run_output(
                 rewind_cmd("--progress"),
@@ -312,12 +322,7 @@ impl Postgres {
             .arg("-D")
             .arg(self.data_dir())
             .args(["-c", "archive_mode=off", "-c", "hot_standby=off"]);
-        if self.cfg.postgresql.config_dir.is_some() {
-            cmd.arg(format!(
-                "--config-file={}",
-                self.conf_dir().join("postgresql.conf").display()
-            ));
-        }
+        cmd.args(self.config_file_arg());
         cmd.arg("template1");
         self.run(
             cmd,
@@ -441,12 +446,7 @@ impl Postgres {
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         let mut cmd = self.command("postgres");
         cmd.arg("-D").arg(self.data_dir());
-        if self.cfg.postgresql.config_dir.is_some() {
-            cmd.arg(format!(
-                "--config-file={}",
-                self.conf_dir().join("postgresql.conf").display()
-            ));
-        }
+        cmd.args(self.config_file_arg());
         cmd.stdout(log.try_clone()?).stderr(log).process_group(0);
         let mut child = cmd.spawn().context("cannot start postgres")?;
         let pid = child.id().unwrap_or(0);

@@ -541,6 +541,16 @@ impl TestCluster {
         Ok(())
     }
 
+    /// SIGKILLs the agent of node `i`, its postmaster and every child: what the machine's death
+    /// does to them.
+    pub fn kill_machine(&mut self, i: usize) {
+        if let Some(mut agent) = self.nodes[i].agent.take() {
+            agent.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = agent.stop(Duration::from_secs(5));
+        }
+        kill_postgres_group(&self.nodes[i]);
+    }
+
     /// Stops the agent of node `i` with SIGTERM (it stops PostgreSQL and hands over the lock).
     pub fn stop_agent(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         self.nodes[i]

@@ -18,15 +18,6 @@ fn healthy_lab(spec: ClusterSpec) -> (Lab, usize) {
     (lab, p)
 }
 
-/// SIGKILLs the agent, the postmaster and its children of node `p`: the machine is lost.
-fn kill_machine(c: &mut TestCluster, p: usize) {
-    if let Some(mut agent) = c.nodes[p].agent.take() {
-        agent.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = agent.stop(Duration::from_secs(5));
-    }
-    kill_postgres_group(&c.nodes[p]);
-}
-
 fn leader_index(c: &TestCluster, etcd: &Etcd) -> Option<usize> {
     let (name, _) = etcd.leader(&c.spec.scope)?;
     c.nodes.iter().position(|n| n.name == name)
@@ -75,13 +66,7 @@ fn machine_loss(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
 
     let killed_at = Instant::now();
     let old = c.nodes[p].name.clone();
-    kill_machine(c, p);
-
-    let new = wait_for("a new leader", Duration::from_secs(60), || {
-        leader_index(c, etcd).filter(|&i| i != p)
-    })
-    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
-    .unwrap();
+    let new = lose_leader_machine(c, etcd, p);
     writer
         .wait_more(50, Duration::from_secs(60))
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
@@ -249,6 +234,11 @@ fn sigterm_on_the_leader_hands_over_and_writes_resume() {
     // the old primary comes back as a replica without needing a rewind
     c.start_agent(p).unwrap();
     c.wait_healthy(HEALTHY).unwrap();
+    assert!(
+        !c.nodes[p].log().contains("rewinding the data directory"),
+        "a clean hand-over needed a rewind:\n{}",
+        c.logs_tail()
+    );
     c.shutdown();
 }
 
@@ -340,12 +330,8 @@ fn a_nofailover_replica_is_never_promoted() {
     c.start_agent(1).unwrap();
     c.start_agent(2).unwrap();
     c.wait_healthy(HEALTHY).unwrap();
-    // make the tagged replica the most advanced candidate it can be: same position
-    kill_machine(c, 0);
-    let new = wait_for("a new leader", Duration::from_secs(60), || {
-        leader_index(c, etcd).filter(|&i| i != 0)
-    })
-    .unwrap();
+    // the leader's machine dies: only the untagged replica may take over
+    let new = lose_leader_machine(c, etcd, 0);
     assert_eq!(new, 2, "the nofailover member took the lock");
     wait_for("the tagged replica to follow", HEALTHY, || {
         c.nodes[1]
@@ -414,7 +400,7 @@ fn a_replica_lagging_beyond_the_limit_is_not_promoted() {
             .map(str::to_string)
     })
     .unwrap();
-    kill_machine(c, 0);
+    c.kill_machine(0);
     // well past the ttl, nobody took the lock
     std::thread::sleep(Duration::from_secs(c.spec.ttl + 8));
     assert_eq!(etcd.leader("laggard"), None, "{}", c.logs_tail());
@@ -449,7 +435,7 @@ fn a_replica_lagging_beyond_the_limit_is_not_promoted() {
 
 /// Kills the leader's machine and waits for another member to lead; returns the new leader.
 fn lose_leader_machine(c: &mut TestCluster, etcd: &Etcd, p: usize) -> usize {
-    kill_machine(c, p);
+    c.kill_machine(p);
     wait_for("a new leader", Duration::from_secs(60), || {
         leader_index(c, etcd).filter(|&i| i != p)
     })

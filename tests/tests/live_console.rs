@@ -91,11 +91,7 @@ fn live_console_follows_the_cluster_and_pauses_it() {
 
     // a node is lost: the screen shows it within seconds
     let lost = c.nodes[(p + 1) % 3].name.clone();
-    if let Some(mut agent) = c.nodes[(p + 1) % 3].agent.take() {
-        agent.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = agent.stop(Duration::from_secs(5));
-    }
-    kill_postgres_group(&c.nodes[(p + 1) % 3]);
+    c.kill_machine((p + 1) % 3);
     let screen = tmux.wait_for("REST down", Duration::from_secs(15)).unwrap();
     assert!(screen.contains(&lost), "{screen}");
     tmux.keys(&["q"]);

@@ -12,7 +12,7 @@
 //!        bench console [REPS] [PATRONICTL_EXECUTABLE]   (`console --batch list` vs `patronictl list`)
 
 use anyhow::{Context, Result};
-use pgpilot_e2e::{ClusterSpec, Lab, Writer, bin_dir, kill_postgres_group};
+use pgpilot_e2e::{ClusterSpec, Lab, Writer, bin_dir};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
@@ -133,13 +133,7 @@ fn write_gap(
     writer.wait_more(100, Duration::from_secs(60))?;
     let at = Instant::now();
     match fault {
-        Fault::MachineLoss => {
-            if let Some(mut agent) = c.nodes[p].agent.take() {
-                agent.signal(nix::sys::signal::Signal::SIGKILL);
-                let _ = agent.stop(Duration::from_secs(5));
-            }
-            kill_postgres_group(&c.nodes[p]);
-        }
+        Fault::MachineLoss => c.kill_machine(p),
         Fault::PostmasterCrash => {
             let pid = c.nodes[p]
                 .postmaster_pid()

@@ -174,14 +174,16 @@ pub fn readiness(c: &Cluster) -> (String, bool) {
     if c.members.is_empty() {
         return ("no members".into(), true);
     }
-    match failover_blocked(c) {
-        Some(why) => (format!("failover BLOCKED: {why}"), true),
+    // a successor exists exactly when failover is not blocked; the reasons are only worked
+    // out when it is
+    match likely_successor(c) {
+        Some(n) => (format!("failover ready: {n} would take over"), false),
         None => (
             format!(
-                "failover ready: {} would take over",
-                likely_successor(c).unwrap_or_default()
+                "failover BLOCKED: {}",
+                failover_blocked(c).unwrap_or_default()
             ),
-            false,
+            true,
         ),
     }
 }
@@ -439,11 +441,7 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
         Layout::vertical([Constraint::Min(3), Constraint::Length(detail_h)]).areas(area);
     let rows = list.iter().enumerate().map(|(i, (depth, m))| {
         let name = m["name"].as_str().unwrap_or_default();
-        let shown = if *depth == 0 {
-            name.to_string()
-        } else {
-            format!("{}+ {name}", "  ".repeat(depth - 1))
-        };
+        let shown = shared::view::tree_name(*depth, name);
         let api = m["api_url"].as_str().unwrap_or_default();
         let lag = |k: &str| m[k].as_u64().map(bytes).unwrap_or_default();
         let sample = app.samples.get(api);

@@ -137,6 +137,15 @@ pub fn topology_order(members: &[Value]) -> Vec<(usize, &Value)> {
     out
 }
 
+/// A member's name indented for its depth in the replication tree (`+ n2`, `  + n3`).
+pub fn tree_name(depth: usize, name: &str) -> String {
+    if depth == 0 {
+        name.to_string()
+    } else {
+        format!("{}+ {name}", "  ".repeat(depth - 1))
+    }
+}
+
 /// The member table of `list` (or `topology`, in tree order with `+ ` indentation).
 pub fn members_table(cluster: &Cluster, extended: bool, topology: bool) -> Table {
     let view = cluster_json(cluster);
@@ -183,11 +192,7 @@ pub fn members_table(cluster: &Cluster, extended: bool, topology: bool) -> Table
         .into_iter()
         .map(|(depth, m)| {
             let name = m["name"].as_str().unwrap_or_default();
-            let member = if depth == 0 {
-                name.to_string()
-            } else {
-                format!("{}+ {name}", "  ".repeat(depth - 1))
-            };
+            let member = tree_name(depth, name);
             let host = match (m["host"].as_str(), m["port"].as_u64()) {
                 (Some(h), Some(p)) if with_port => format!("{h}:{p}"),
                 (Some(h), _) => h.to_string(),

@@ -253,6 +253,13 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
     None
 }
 
+/// The leader's name and the timeline its member key shows, when both are known: what a
+/// "no rewind required" answer from pg_rewind stays valid for.
+pub fn leader_identity(cluster: &Cluster) -> Option<(String, u64)> {
+    let l = cluster.leader.as_ref()?;
+    Some((l.name.clone(), cluster.member(&l.name)?.data.timeline?))
+}
+
 /// The timeline the leader runs on: its member key's, else the one the history key implies.
 fn leader_timeline(cluster: &Cluster) -> u64 {
     let from_history = cluster.timeline();

@@ -503,10 +503,7 @@ impl<K: Kv> Agent<K> {
                 .is_some_and(|s| s.replication_state.as_deref() == Some("streaming")),
             rewind_broken: initialized && self.pg.rewind_broken(),
             rewind_not_needed: {
-                let leader = cluster.and_then(|c| {
-                    let l = c.leader.as_ref()?;
-                    Some((l.name.clone(), c.member(&l.name)?.data.timeline?))
-                });
+                let leader = cluster.and_then(ha::leader_identity);
                 leader.is_some()
                     && leader == *self.rewind_ok_for.lock().unwrap_or_else(|p| p.into_inner())
             },

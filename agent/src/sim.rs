@@ -178,10 +178,7 @@ impl SimNode {
 
     fn view(&self, cluster: Option<&Cluster>) -> PgView {
         let pg = &self.pg;
-        let leader = cluster.and_then(|c| {
-            let l = c.leader.as_ref()?;
-            Some((l.name.clone(), c.member(&l.name)?.data.timeline?))
-        });
+        let leader = cluster.and_then(ha::leader_identity);
         let end_known = pg.running || pg.clean || !pg.was_primary();
         PgView {
             data: pg.data.clone(),

@@ -173,13 +173,7 @@ impl Session {
 
     /// A handle on one cluster's keys, for writes.
     fn dcs(&self, c: &Cluster) -> Dcs<EtcdKv> {
-        Dcs::new(
-            self.kv.clone(),
-            &self.cfg.namespace,
-            &c.scope,
-            "console",
-            30,
-        )
+        ops::operator_handle(self.kv.clone(), &self.cfg.namespace, &c.scope)
     }
 
     fn namespace_prefix(&self) -> String {

@@ -9,7 +9,7 @@ use crossterm::event::{self, Event, KeyEventKind};
 use shared::api::MemberClient;
 use shared::config::ConsoleConfig;
 use shared::dcs::etcd::EtcdKv;
-use shared::dcs::{Dcs, Kv, keys, load_namespace};
+use shared::dcs::{Kv, keys, load_namespace};
 use shared::ops;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -117,7 +117,7 @@ pub async fn execute<K: Kv + Clone>(
         .into_iter()
         .find(|c| c.scope == scope)
         .ok_or_else(|| format!("cluster {scope} is gone"))?;
-    let dcs = Dcs::new(kv.clone(), namespace, &scope, "console", 30);
+    let dcs = ops::operator_handle(kv.clone(), namespace, &scope);
     match op {
         Operation::Pause { on, .. } => ops::set_pause(&dcs, &c, on)
             .await
@@ -255,6 +255,7 @@ fn spawn_keyboard(tx: mpsc::UnboundedSender<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::dcs::Dcs;
     use shared::dcs::mem::MemStore;
 
     #[tokio::test]

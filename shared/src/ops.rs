@@ -24,6 +24,12 @@ pub enum OpsError {
     Dcs(#[from] DcsError),
 }
 
+/// A handle on one cluster's keys for an operator's tool (the console): it writes shared keys
+/// only, never a member key or a lease, so its member name and ttl are placeholders.
+pub fn operator_handle<K: Kv>(kv: K, namespace: &str, scope: &str) -> Dcs<K> {
+    Dcs::new(kv, namespace, scope, "console", 30)
+}
+
 /// Parses YAML text into JSON (a scalar, list or mapping).
 fn yaml_value(text: &str) -> Result<Value, String> {
     if text.trim().is_empty() {

@@ -49,6 +49,9 @@ pub struct PgView {
     /// pg_rewind already found that this data needs no rewind to follow the current leader on
     /// its current timeline.
     pub rewind_not_needed: bool,
+    /// The configuration files hold other parameters or pg_hba lines than the configuration in
+    /// force asks for (the dynamic configuration changed, or a reload).
+    pub config_outdated: bool,
 }
 
 /// The end of the local WAL: a position on a timeline.
@@ -104,6 +107,10 @@ pub enum Job {
     Demote,
     Rewind,
     Wipe,
+    /// A restart requested by an operator.
+    Restart,
+    /// A planned hand-over of the leader lock (checkpoint, stop, release, restart as replica).
+    Switchover,
 }
 
 /// Everything the core decides from.
@@ -134,6 +141,8 @@ pub struct Observation<'a> {
     pub rewind: RewindPolicy,
     /// While this node holds the lock: for how long its PostgreSQL has not been up as primary.
     pub primary_down_secs: Option<u64>,
+    /// The wall-clock time of the observation (Unix milliseconds), for scheduled switchovers.
+    pub now_ms: i64,
 }
 
 /// One thing for the runtime to do.
@@ -175,6 +184,13 @@ pub enum Action {
     Rewind { from: String },
     /// Stop PostgreSQL if it runs and empty the data directory, so that it is cloned again.
     WipeData { reason: String },
+    /// Hand the leader lock over as the `failover` key asks: to `candidate`, or to the
+    /// healthiest member when none is named.
+    Switchover { candidate: Option<String> },
+    /// Clear the `failover` key: done, or refused for `reason` (reported to the requester).
+    ClearFailover { reason: Option<String> },
+    /// Rewrite the parameters and pg_hba.conf and reload PostgreSQL.
+    ApplyConfig,
 }
 
 /// The outcome of one cycle.
@@ -183,12 +199,161 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// One sentence for the log and `/patroni`.
     pub summary: String,
+    /// Run the next cycle after at most this many milliseconds (a scheduled switchover is due).
+    pub wake_in_ms: Option<u64>,
 }
 
 fn decision(actions: Vec<Action>, summary: impl Into<String>) -> Decision {
     Decision {
         actions,
         summary: summary.into(),
+        wake_in_ms: None,
+    }
+}
+
+/// What the lock holder does about a `failover` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Handover {
+    /// Scheduled later: look again in `ms`.
+    Wait { ms: u64, summary: String },
+    /// Clear the key; `None` = the request is fulfilled, else why it is refused.
+    Clear(Option<String>),
+    /// Hand over now.
+    Go(Option<String>),
+}
+
+/// The lock holder's reading of the `failover` key (Patroni's rules: a key naming another
+/// leader, a stale or paused schedule, or an infeasible candidate is cleared with the reason).
+fn handover(obs: &Observation<'_>, cluster: &Cluster) -> Option<Handover> {
+    use shared::ops::switchover::{self, Kind, Request};
+    let f = &cluster.failover.as_ref()?.value;
+    if f.member.as_deref() == Some(obs.me) {
+        return Some(Handover::Clear(None));
+    }
+    if f.leader.as_deref().is_some_and(|l| l != obs.me) {
+        // a switchover away from another leader: done (this node took over) or moot
+        return Some(Handover::Clear(None));
+    }
+    if let Some(at) = &f.scheduled_at {
+        let when = match switchover::parse_time(at) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Some(Handover::Clear(Some(format!(
+                    "scheduled_at {at:?} is not a time"
+                ))));
+            }
+            Err(e) => return Some(Handover::Clear(Some(e.to_string()))),
+        };
+        if cluster.is_paused() {
+            return Some(Handover::Clear(Some(
+                "scheduled switchovers are not carried out while the cluster is paused".into(),
+            )));
+        }
+        let due = when.timestamp_millis();
+        if due > obs.now_ms {
+            return Some(Handover::Wait {
+                ms: (due - obs.now_ms) as u64,
+                summary: format!(
+                    "leader: holding the lock; switchover to {} scheduled at {at}",
+                    f.member.as_deref().unwrap_or("the healthiest member")
+                ),
+            });
+        }
+        let late_ms = obs.now_ms - due;
+        let window = (obs.timing.loop_wait as i64 * 1500).max(1500);
+        if late_ms > window {
+            return Some(Handover::Clear(Some(format!(
+                "the switchover scheduled at {at} is {}s overdue (more than 1.5 × loop_wait): not carried out; schedule it again",
+                late_ms / 1000
+            ))));
+        }
+    }
+    let req = Request {
+        kind: Kind::Switchover,
+        leader: Some(obs.me.to_string()),
+        candidate: f.member.clone(),
+        scheduled_at: None,
+    };
+    let now = chrono::DateTime::from_timestamp_millis(obs.now_ms).unwrap_or_default();
+    match switchover::check(cluster, &req, now) {
+        Ok(_) => Some(Handover::Go(f.member.clone())),
+        Err(e) => Some(Handover::Clear(Some(e.to_string()))),
+    }
+}
+
+/// For a member without the lock: whether a pending `failover` key makes it take the lock
+/// (`Some(true)`: it is the named candidate), stand back (`Some(false)`, with the reason) or
+/// changes nothing (`None`).
+fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, String)> {
+    let f = &cluster.failover.as_ref()?.value;
+    if f.scheduled_at.is_some() {
+        return None;
+    }
+    match f.member.as_deref() {
+        Some(c) if c == obs.me => {
+            if obs.no_failover {
+                return None;
+            }
+            // A failover (no leader named) is the operator's explicit choice of this member,
+            // whatever it lags. A switchover whose leader vanished still respects the lag limit.
+            if f.leader.is_some()
+                && let Some(optime) = cluster.status.optime
+            {
+                let lag = optime.saturating_sub(obs.pg.wal_position.unwrap_or(0));
+                let max = cluster.dynamic_config().maximum_lag_on_failover();
+                if lag > max {
+                    return Some((
+                        false,
+                        format!(
+                            "no leader: requested as switchover candidate, but lagging {lag} bytes behind the last leader position, more than maximum_lag_on_failover {max}"
+                        ),
+                    ));
+                }
+            }
+            Some((
+                true,
+                "no leader: taking the lock as the requested candidate".into(),
+            ))
+        }
+        Some(c) => obs
+            .peers
+            .iter()
+            .any(|p| {
+                let within = f.leader.is_none()
+                    || cluster.status.optime.is_none_or(|o| {
+                        o.saturating_sub(p.wal_position.unwrap_or(0))
+                            <= cluster.dynamic_config().maximum_lag_on_failover()
+                    });
+                p.name == c
+                    && p.reachable
+                    && !p.is_primary
+                    && !p.no_failover
+                    && !p.watchdog_failed
+                    && within
+            })
+            .then(|| {
+                (
+                    false,
+                    format!("no leader: leaving the lock to the requested candidate {c}"),
+                )
+            }),
+        None if f.leader.as_deref() == Some(obs.me) => obs
+            .peers
+            .iter()
+            .any(|p| {
+                let within = cluster.status.optime.is_none_or(|o| {
+                    o.saturating_sub(p.wal_position.unwrap_or(0))
+                        <= cluster.dynamic_config().maximum_lag_on_failover()
+                });
+                p.name != obs.me && p.reachable && !p.is_primary && !p.no_failover && within
+            })
+            .then(|| {
+                (
+                    false,
+                    "no leader: this node handed the lock over, leaving it to the others".into(),
+                )
+            }),
+        None => None,
     }
 }
 
@@ -456,7 +621,8 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             .cluster
             .and_then(|c| c.leader.as_ref())
             .is_some_and(|l| l.name == obs.me);
-        let actions = if holds_lock {
+        // A switchover hands the lock over itself: renewing could take it back.
+        let actions = if holds_lock && job != Job::Switchover {
             vec![Action::RenewLock]
         } else {
             vec![]
@@ -638,6 +804,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
 
     match &cluster.leader {
         None => {
+            let requested = requested_race(obs, cluster);
             if paused {
                 if !obs.pg.in_recovery {
                     actions.push(Action::AcquireLock);
@@ -646,7 +813,19 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                         "PAUSE: taking the free leader lock for the running primary",
                     );
                 }
+                if let Some((true, why)) = requested {
+                    actions.push(Action::AcquireLock);
+                    return decision(actions, format!("PAUSE: {why}"));
+                }
                 return decision(actions, "PAUSE: no leader, not racing while paused");
+            }
+            match requested {
+                Some((true, why)) => {
+                    actions.push(Action::AcquireLock);
+                    return decision(actions, why);
+                }
+                Some((false, why)) => return decision(actions, why),
+                None => {}
             }
             match race_refusal(obs, cluster) {
                 Some(why) => decision(actions, format!("no leader, not racing: {why}")),
@@ -664,8 +843,12 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             if cluster.config.is_none() {
                 actions.push(Action::WriteConfig);
             }
+            let requested_here = cluster
+                .failover
+                .as_ref()
+                .is_some_and(|f| f.value.member.as_deref() == Some(obs.me));
             if obs.pg.in_recovery {
-                if paused {
+                if paused && !requested_here {
                     actions.pop();
                     actions.push(Action::ReleaseLock);
                     return decision(
@@ -677,6 +860,33 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 return decision(actions, "holding the leader lock: promoting");
             }
             actions.push(Action::PublishStatus);
+            match handover(obs, cluster) {
+                None => {}
+                Some(Handover::Wait { ms, summary }) => {
+                    let mut d = decision(actions, summary);
+                    d.wake_in_ms = Some(ms);
+                    return d;
+                }
+                Some(Handover::Clear(reason)) => {
+                    let summary = match &reason {
+                        Some(why) => format!("leader: refusing the requested switchover: {why}"),
+                        None => "leader: the switchover request is fulfilled; clearing it".into(),
+                    };
+                    actions.push(Action::ClearFailover { reason });
+                    return decision(actions, summary);
+                }
+                Some(Handover::Go(candidate)) => {
+                    let summary = format!(
+                        "leader: handing the lock over to {}",
+                        candidate.as_deref().unwrap_or("the healthiest member")
+                    );
+                    actions.push(Action::Switchover { candidate });
+                    return decision(actions, summary);
+                }
+            }
+            if obs.pg.config_outdated {
+                actions.push(Action::ApplyConfig);
+            }
             if cluster.dynamic_config().use_slots() {
                 let members: Vec<String> = cluster
                     .members
@@ -716,6 +926,9 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 let summary = format!("following {}", upstream.as_deref().unwrap_or_default());
                 actions.push(Action::Follow { upstream });
                 return decision(actions, summary);
+            }
+            if obs.pg.config_outdated {
+                actions.push(Action::ApplyConfig);
             }
             decision(actions, format!("replica following {}", l.name))
         }
@@ -788,6 +1001,7 @@ mod tests {
             streaming: upstream.is_some(),
             rewind_broken: false,
             rewind_not_needed: false,
+            config_outdated: false,
         }
     }
 
@@ -834,8 +1048,12 @@ mod tests {
                 remove_on_diverged: false,
             },
             primary_down_secs: None,
+            now_ms: NOW_MS,
         }
     }
+
+    /// 2026-11-23T12:00:00Z
+    const NOW_MS: i64 = 1_795_435_200_000;
 
     fn peer(name: &str, wal: u64, primary: bool) -> PeerReport {
         PeerReport {
@@ -1398,6 +1616,156 @@ mod tests {
             failover_blocked(&c)
                 .unwrap()
                 .contains("n3: PostgreSQL is stopped")
+        );
+    }
+
+    fn with_failover(
+        mut c: Cluster,
+        leader: Option<&str>,
+        member: Option<&str>,
+        at: Option<&str>,
+    ) -> Cluster {
+        for m in c.members.iter_mut() {
+            m.data.xlog_location = Some(1000);
+        }
+        c.failover = Some(Versioned {
+            value: shared::dcs::Failover {
+                leader: leader.map(str::to_string),
+                member: member.map(str::to_string),
+                scheduled_at: at.map(str::to_string),
+            },
+            mod_revision: 7,
+        });
+        c
+    }
+
+    #[test]
+    fn the_holder_hands_over_or_clears_the_request_with_the_reason() {
+        let base = cluster(Some("n1"));
+        let go = |c: &Cluster| decide(&obs("n1", Some(c), primary_pg(), &[]));
+        // named, healthy candidate: hand over (no renewal after it)
+        let d = go(&with_failover(base.clone(), Some("n1"), Some("n2"), None));
+        assert!(
+            d.actions.contains(&Action::Switchover {
+                candidate: Some("n2".into())
+            }),
+            "{d:?}"
+        );
+        // any candidate
+        let d = go(&with_failover(base.clone(), Some("n1"), None, None));
+        assert!(
+            d.actions.contains(&Action::Switchover { candidate: None }),
+            "{d:?}"
+        );
+        // an unknown candidate: cleared with the reason; a request from another leader is over
+        let d = go(&with_failover(base.clone(), Some("n1"), Some("nx"), None));
+        assert!(
+            matches!(
+                d.actions.last(),
+                Some(Action::ClearFailover { reason: Some(_) })
+            ),
+            "{d:?}"
+        );
+        let d = go(&with_failover(base.clone(), Some("n2"), None, None));
+        assert_eq!(
+            d.actions.last(),
+            Some(&Action::ClearFailover { reason: None })
+        );
+        // scheduled later: wait and wake at the time; long overdue: cleared
+        let d = go(&with_failover(
+            base.clone(),
+            Some("n1"),
+            Some("n2"),
+            Some("2026-11-23T12:00:30+00:00"),
+        ));
+        assert_eq!(d.wake_in_ms, Some(30_000), "{d:?}");
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Switchover { .. }))
+        );
+        let d = go(&with_failover(
+            base.clone(),
+            Some("n1"),
+            Some("n2"),
+            Some("2026-11-23T11:00:00+00:00"),
+        ));
+        assert!(
+            matches!(d.actions.last(), Some(Action::ClearFailover { reason: Some(r) }) if r.contains("overdue")),
+            "{d:?}"
+        );
+        // the new leader clears a request naming it
+        let d = decide(&obs(
+            "n2",
+            Some(&with_failover(
+                cluster(Some("n2")),
+                Some("n1"),
+                Some("n2"),
+                None,
+            )),
+            primary_pg(),
+            &[],
+        ));
+        assert!(
+            d.actions.contains(&Action::ClearFailover { reason: None }),
+            "{d:?}"
+        );
+        // while a switchover runs, the old holder does not renew (that could take it back)
+        let mut o = obs("n1", Some(&base), primary_pg(), &[]);
+        o.job = Some(Job::Switchover);
+        assert!(decide(&o).actions.is_empty());
+    }
+
+    #[test]
+    fn without_a_leader_the_requested_candidate_takes_the_lock_and_others_wait() {
+        let c = with_failover(cluster(None), Some("n1"), Some("n3"), None);
+        let peers = [peer("n3", 990, false), peer("n1", 0, false)];
+        // n3 (behind n2) is the candidate: it takes the lock; n2 leaves it to n3
+        let d = decide(&obs(
+            "n3",
+            Some(&c),
+            replica_pg(990, None),
+            &[peer("n2", 1000, false)],
+        ));
+        assert!(d.actions.contains(&Action::AcquireLock), "{d:?}");
+        let d = decide(&obs("n2", Some(&c), replica_pg(1000, None), &peers));
+        assert!(!d.actions.contains(&Action::AcquireLock), "{d:?}");
+        // the candidate unreachable: the others race as usual
+        let d = decide(&obs("n2", Some(&c), replica_pg(1000, None), &[]));
+        assert!(d.actions.contains(&Action::AcquireLock), "{d:?}");
+        // paused: only the candidate takes the lock
+        let mut p = c.clone();
+        p.config = Some(Versioned {
+            value: DynamicConfig {
+                raw: serde_json::json!({"pause": true})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            },
+            mod_revision: 1,
+        });
+        let d = decide(&obs("n3", Some(&p), replica_pg(990, None), &[]));
+        assert!(d.actions.contains(&Action::AcquireLock), "{d:?}");
+        let d = decide(&obs("n2", Some(&p), replica_pg(1000, None), &[]));
+        assert!(!d.actions.contains(&Action::AcquireLock), "{d:?}");
+    }
+
+    #[test]
+    fn changed_parameters_are_applied_by_reload() {
+        let c = cluster(Some("n1"));
+        let mut pg = primary_pg();
+        pg.config_outdated = true;
+        assert!(
+            decide(&obs("n1", Some(&c), pg, &[]))
+                .actions
+                .contains(&Action::ApplyConfig)
+        );
+        let mut pg = replica_pg(1000, Some("127.0.0.1:5432"));
+        pg.config_outdated = true;
+        assert!(
+            decide(&obs("n2", Some(&c), pg, &[]))
+                .actions
+                .contains(&Action::ApplyConfig)
         );
     }
 }

@@ -1,10 +1,13 @@
 //! `agent`: the pgpilot node daemon. Reads a Patroni-compatible configuration, serves the REST
 //! API, and runs the HA loop that keeps this PostgreSQL server in its cluster.
 
+mod callbacks;
 mod ha;
+mod handover;
 mod jobs;
 mod postgres;
 mod rest;
+mod rest_write;
 mod runtime;
 #[cfg(test)]
 mod sim;
@@ -178,9 +181,15 @@ async fn run(cfg: Config) -> Result<()> {
     check_duplicate_name(&cfg, &dcs).await?;
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(runtime::Snapshot::initial(&cfg)));
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
+    let agent = runtime::Agent::new(cfg.clone(), dcs.clone(), tx, commands_rx);
     let api = Arc::new(rest::Api {
         snapshot: rx,
         dcs: dcs.clone(),
+        auth: agent.rest_auth.clone(),
+        client: shared::api::MemberClient::new(Duration::from_secs(2)),
+        commands: commands_tx,
+        wake: agent.wake.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await
@@ -193,7 +202,6 @@ async fn run(cfg: Config) -> Result<()> {
         }
     });
 
-    let agent = runtime::Agent::new(cfg.clone(), dcs, tx);
     agent.run(shutdown_signal()).await
 }
 

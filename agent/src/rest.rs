@@ -20,6 +20,14 @@ use tokio::sync::watch;
 pub struct Api<K: Kv> {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub dcs: Arc<Dcs<K>>,
+    /// `restapi.authentication`: required for every write endpoint.
+    pub auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
+    /// For probing members during a switchover.
+    pub client: shared::api::MemberClient,
+    /// Local operations for the agent's loop.
+    pub commands: tokio::sync::mpsc::Sender<crate::rest_write::Envelope>,
+    /// Wakes the agent's loop (after a configuration change).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The router: one handler that dispatches on method and path, as Patroni's server does.
@@ -27,7 +35,7 @@ pub fn router<K: Kv>(api: Arc<Api<K>>) -> Router {
     Router::new().fallback(handle::<K>).with_state(api)
 }
 
-fn json_response(code: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_response(code: StatusCode, body: &Value) -> Response {
     let mut r = Response::new(Body::from(body.to_string()));
     *r.status_mut() = code;
     r.headers_mut().insert(
@@ -37,7 +45,11 @@ fn json_response(code: StatusCode, body: &Value) -> Response {
     r
 }
 
-fn text_response(code: StatusCode, content_type: &'static str, body: String) -> Response {
+pub(crate) fn text_response(
+    code: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = code;
     r.headers_mut()
@@ -51,7 +63,7 @@ fn status_only(code: StatusCode) -> Response {
     r
 }
 
-fn error(code: StatusCode, reason: &str) -> Response {
+pub(crate) fn error(code: StatusCode, reason: &str) -> Response {
     json_response(code, &json!({ "error": reason }))
 }
 
@@ -155,9 +167,16 @@ async fn handle<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) {
+        let first = first.to_string();
+        let (parts, body) = req.into_parts();
+        if let Some(r) =
+            crate::rest_write::handle(&api, &method, &first, &parts.headers, body).await
+        {
+            return r;
+        }
         return error(
-            StatusCode::NOT_IMPLEMENTED,
-            &format!("{method} {path} is not supported by this agent version"),
+            StatusCode::NOT_FOUND,
+            &format!("{method} {path}: no such endpoint"),
         );
     }
     error(
@@ -355,6 +374,9 @@ pub fn status_json(s: &Snapshot) -> Value {
             o.insert("quorum_standby".into(), json!(true));
         }
     }
+    if let Some(r) = &s.scheduled_restart {
+        o.insert("scheduled_restart".into(), r.clone());
+    }
     if s.paused {
         o.insert("pause".into(), json!(true));
     }
@@ -389,6 +411,9 @@ pub fn status_json(s: &Snapshot) -> Value {
     }
     if let Some(why) = &s.failover_blocked {
         own.insert("failover_blocked".into(), json!(why));
+    }
+    if let Some(h) = &s.handover {
+        own.insert("switchover".into(), h.to_json());
     }
     o.insert("pgpilot".into(), Value::Object(own));
     Value::Object(o)
@@ -759,7 +784,15 @@ mod tests {
         let store = shared::dcs::mem::MemStore::new();
         let dcs = Arc::new(Dcs::new(store.client(), "/service", "demo", "n1", 30));
         let (_tx, rx) = watch::channel(Arc::new(snap(Role::Primary, true)));
-        let app = router(Arc::new(Api { snapshot: rx, dcs }));
+        let (commands, _rx) = tokio::sync::mpsc::channel(1);
+        let app = router(Arc::new(Api {
+            snapshot: rx,
+            dcs,
+            auth: Arc::new(std::sync::RwLock::new(None)),
+            client: shared::api::MemberClient::new(Duration::from_millis(200)),
+            commands,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }));
         let req = axum::http::Request::builder()
             .method(method)
             .uri(uri)
@@ -792,12 +825,27 @@ mod tests {
         assert_eq!(code, 200, "{body}");
         let (code, _) = call("GET", "/config", "").await;
         assert_eq!(code, 502);
-        // write methods: a JSON reason, never an empty 500
-        for m in ["POST", "PUT", "PATCH", "DELETE"] {
-            let (code, body) = call(m, "/switchover", "{not json").await;
-            assert_eq!(code, 501);
+        // write methods: bad bodies and unknown endpoints get a JSON reason, never an empty 500
+        for (m, path, want) in [
+            ("POST", "/switchover", 400),
+            ("PATCH", "/config", 400),
+            ("PUT", "/config", 400),
+            ("POST", "/restart", 400),
+            ("DELETE", "/nothing", 404),
+            ("PUT", "/switchover", 404),
+        ] {
+            let (code, body) = call(m, path, "{not json").await;
+            assert_eq!(code, want, "{m} {path}");
             assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
         }
+        // checked requests change nothing: a switchover without a leader, a bad restart filter
+        let (code, body) = call("POST", "/switchover", r#"{"candidate": "n2"}"#).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("specific leader"), "{body}");
+        let (code, body) = call("POST", "/restart", r#"{"role": "boss"}"#).await;
+        assert_eq!(code, 400, "{body}");
+        let (code, body) = call("PATCH", "/config", r#"{"ttl": "soon"}"#).await;
+        assert_eq!(code, 503, "no config to patch yet: {body}");
         let (code, body) = call("TRACE", "/", "").await;
         assert_eq!(code, 405);
         assert!(body.contains("error"));

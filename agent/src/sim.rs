@@ -195,6 +195,7 @@ impl SimNode {
             streaming: pg.streaming,
             rewind_broken: pg.broken,
             rewind_not_needed: leader.is_some() && leader == self.rewind_ok_for,
+            config_outdated: false,
         }
     }
 
@@ -260,11 +261,15 @@ struct Stats {
     rewind_failures: u64,
     wipes: u64,
     lock_given_up: u64,
+    switchovers: u64,
+    switchovers_refused: u64,
 }
 
 impl Stats {
     fn add(&mut self, o: Stats) {
         self.promotions += o.promotions;
+        self.switchovers += o.switchovers;
+        self.switchovers_refused += o.switchovers_refused;
         self.demotions += o.demotions;
         self.machines_lost += o.machines_lost;
         self.etcd_cuts += o.etcd_cuts;
@@ -355,6 +360,36 @@ impl Sim {
             }
             self.stats.etcd_cuts += 1;
             self.trace("etcd CUT for all".into());
+        }
+        // an operator asks for a switchover: to a named member or to any, now or a little later
+        if self.rng.chance(2) {
+            let leader = self.nodes[self.rng.below(self.nodes.len() as u64) as usize]
+                .name
+                .clone();
+            let member = self.rng.chance(700).then(|| {
+                self.nodes[self.rng.below(self.nodes.len() as u64) as usize]
+                    .name
+                    .clone()
+            });
+            let scheduled_at = self.rng.chance(200).then(|| {
+                let at = now as i64 + 1000 + self.rng.below(10_000) as i64;
+                chrono::DateTime::from_timestamp_millis(at)
+                    .unwrap_or_default()
+                    .to_rfc3339()
+            });
+            let f = shared::dcs::Failover {
+                leader: Some(leader),
+                member,
+                scheduled_at,
+            };
+            self.store.put_raw(
+                &format!(
+                    "{}failover",
+                    shared::dcs::keys::cluster_prefix("/service", "sim")
+                ),
+                &f.to_json(),
+            );
+            self.trace(format!("operator requests a switchover: {}", f.to_json()));
         }
         for i in 0..self.nodes.len() {
             // partition one node from etcd, or heal it
@@ -539,6 +574,7 @@ impl Sim {
             lock_age_secs: n.lock_renewed_ms.map(|t| (now - t) / 1000),
             rewind: self.policy,
             primary_down_secs: n.primary_down_since_ms.map(|t| (now - t) / 1000),
+            now_ms: now as i64,
         };
         let decision = ha::decide(&obs);
         self.nodes[i].last_summary = decision.summary.clone();
@@ -709,6 +745,42 @@ impl Sim {
                 n.job = Some((Job::Rewind, now + 800, vec![Action::Rewind { from }]));
                 Some(true)
             }
+            Action::Switchover { candidate } => {
+                // the live check: a running replica streaming within the lag limit
+                let (me, wal) = (n.name.clone(), n.pg.wal);
+                let ok = self.nodes.iter().any(|m| {
+                    m.name != me
+                        && !m.no_failover
+                        && m.alive
+                        && m.pg.running
+                        && m.pg.in_recovery
+                        && m.pg.streaming
+                        && wal.saturating_sub(m.pg.wal) <= MAX_LAG
+                        && candidate.as_ref().is_none_or(|c| *c == m.name)
+                });
+                if !ok {
+                    self.stats.switchovers_refused += 1;
+                    let _ = self.nodes[i].dcs.set_failover(None, None).await;
+                    return Some(true);
+                }
+                let n = &mut self.nodes[i];
+                // checkpoint, stop: no more writes from here
+                n.pg.running = false;
+                n.pg.clean = true;
+                n.lock_renewed_ms = None;
+                n.job = Some((
+                    Job::Switchover,
+                    now + 300,
+                    vec![Action::Switchover { candidate }],
+                ));
+                Some(true)
+            }
+            Action::ClearFailover { .. } => {
+                let rev = cluster?.failover.as_ref()?.mod_revision;
+                n.dcs.set_failover(None, Some(rev)).await.ok()?;
+                Some(true)
+            }
+            Action::ApplyConfig => Some(true),
             Action::WipeData { .. } => {
                 n.pg.running = false;
                 n.job = Some((Job::Wipe, now + 200, vec![]));
@@ -844,6 +916,39 @@ impl Sim {
             }
             (Job::Wipe, _) => {
                 self.nodes[i].pg = fresh_pg();
+            }
+            (Job::Switchover, Some(Action::Switchover { candidate })) => {
+                // Streaming replicas received everything up to the shutdown checkpoint.
+                let (wal, timeline) = (self.nodes[i].pg.wal, self.nodes[i].pg.timeline);
+                let me = self.nodes[i].name.clone();
+                for m in self.nodes.iter_mut() {
+                    if m.name != me
+                        && m.alive
+                        && m.pg.running
+                        && m.pg.streaming
+                        && m.pg.timeline == timeline
+                    {
+                        m.pg.wal = m.pg.wal.max(wal);
+                    }
+                }
+                let n = &mut self.nodes[i];
+                let status = Status {
+                    optime: Some(wal + 1),
+                    ..Default::default()
+                };
+                if n.dcs.write_status(&status).await.is_err()
+                    || n.dcs.release_leader().await.is_err()
+                {
+                    // etcd cut: still the holder, the next cycle starts it as primary again
+                    return;
+                }
+                n.pg.running = true;
+                n.pg.clean = false;
+                n.pg.in_recovery = true;
+                n.pg.set_was_primary(false);
+                n.pg.upstream = candidate.clone();
+                self.stats.switchovers += 1;
+                self.trace(format!("{me}: handed the lock over"));
             }
             _ => {}
         }
@@ -984,6 +1089,11 @@ async fn seeded_simulation_keeps_one_writable_primary() {
     );
     assert!(
         total.agent_restarts > 0 && total.lock_given_up > 0,
+        "{total:?}"
+    );
+    // operators' switchover requests were carried out, and some refused by the live check
+    assert!(
+        total.switchovers > seeds && total.switchovers_refused > 0,
         "{total:?}"
     );
 }

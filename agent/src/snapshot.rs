@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub decision: String,
     /// Why no member could take over from the leader now, when none could.
     pub failover_blocked: Option<String>,
+    /// The last switchover this node handled as leader.
+    pub handover: Option<crate::handover::Report>,
+    /// A scheduled restart (`schedule` and its filters).
+    pub scheduled_restart: Option<Value>,
 }
 
 impl Snapshot {
@@ -57,6 +61,8 @@ impl Snapshot {
             sysid: None,
             decision: String::new(),
             failover_blocked: None,
+            handover: None,
+            scheduled_restart: None,
         }
     }
 }

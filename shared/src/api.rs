@@ -72,6 +72,31 @@ impl MemberClient {
         resp.json::<Value>().await.ok()
     }
 
+    /// `GET` each of `api_urls` at once; answers in the same order (`None` for an empty URL or
+    /// no answer in time).
+    pub async fn statuses(&self, api_urls: &[String]) -> Vec<Option<Value>> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, url) in api_urls.iter().enumerate() {
+            let client = self.clone();
+            let url = url.clone();
+            set.spawn(async move {
+                let answer = if url.is_empty() {
+                    None
+                } else {
+                    client.status(&url).await
+                };
+                (i, answer)
+            });
+        }
+        let mut out = vec![None; api_urls.len()];
+        while let Some(joined) = set.join_next().await {
+            if let Ok((i, answer)) = joined {
+                out[i] = answer;
+            }
+        }
+        out
+    }
+
     /// Whether anything answers `GET /liveness` next to `api_url` (duplicate-name guard).
     pub async fn answers_liveness(&self, api_url: &str) -> bool {
         let base = api_url.trim_end_matches("/patroni");

@@ -36,11 +36,11 @@ impl Postgres {
     pub fn write_pgpass(&self) -> Result<()> {
         let mut text = String::new();
         for user in [
-            &self.cfg.postgresql.replication,
-            &self.cfg.postgresql.superuser,
+            &self.cfg().postgresql.replication,
+            &self.cfg().postgresql.superuser,
         ]
         .into_iter()
-        .chain(self.cfg.postgresql.rewind.as_ref())
+        .chain(self.cfg().postgresql.rewind.as_ref())
         {
             if let Some(pw) = &user.password {
                 text.push_str(&format!(
@@ -50,7 +50,7 @@ impl Postgres {
                 ));
             }
         }
-        let path = &self.cfg.postgresql.pgpass;
+        let path = &self.cfg().postgresql.pgpass;
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -65,7 +65,7 @@ impl Postgres {
             format!("user={}", quote_conninfo(&user.username)),
             format!(
                 "passfile={}",
-                quote_conninfo(&self.cfg.postgresql.pgpass.to_string_lossy())
+                quote_conninfo(&self.cfg().postgresql.pgpass.to_string_lossy())
             ),
             format!("host={}", quote_conninfo(host)),
             format!("port={port}"),
@@ -105,7 +105,10 @@ impl Postgres {
             Some(p) => p.1 = v,
             None => params.push((k.to_string(), v)),
         };
-        for (k, v) in dynamic.iter().chain(self.cfg.postgresql.parameters.iter()) {
+        for (k, v) in dynamic
+            .iter()
+            .chain(self.cfg().postgresql.parameters.iter())
+        {
             if matches!(
                 k.as_str(),
                 "listen_addresses" | "port" | "cluster_name" | "hot_standby"
@@ -115,13 +118,74 @@ impl Postgres {
             }
             set(k, guc_value(v));
         }
-        let (host, port) = shared::config::split_host_port(&self.cfg.postgresql.listen)
+        let (host, port) = shared::config::split_host_port(&self.cfg().postgresql.listen)
             .unwrap_or(("127.0.0.1".into(), 5432));
         set("listen_addresses", host);
         set("port", port.to_string());
-        set("cluster_name", self.cfg.scope.clone());
+        set("cluster_name", self.cfg().scope.clone());
         set("hot_standby", "on".into());
         params
+    }
+
+    /// The parameter part of `postgresql.conf` (everything but the recovery settings).
+    fn render_parameters(&self, dynamic: &Map<String, Value>) -> String {
+        let dir = self.conf_dir();
+        let mut text = String::from(
+            "# Written by pgpilot; edits are overwritten. Set parameters in the agent's YAML\n\
+             # (postgresql.parameters) or cluster-wide in the DCS config key.\n\
+             include 'postgresql.base.conf'\n\n",
+        );
+        for (k, v) in self.effective_parameters(dynamic) {
+            text.push_str(&format!("{k} = {}\n", quote_guc(&v)));
+        }
+        if self.cfg().postgresql.config_dir.is_some() {
+            text.push_str(&format!(
+                "hba_file = {}\nident_file = {}\n",
+                quote_guc(&dir.join("pg_hba.conf").to_string_lossy()),
+                quote_guc(&dir.join("pg_ident.conf").to_string_lossy())
+            ));
+        }
+        text
+    }
+
+    /// Whether `postgresql.conf` holds other parameters than the configuration asks for now
+    /// (the dynamic configuration or the local YAML changed).
+    pub fn parameters_outdated(&self, dynamic: &Map<String, Value>) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.conf_dir().join("postgresql.conf")) else {
+            return false;
+        };
+        let head = text.split(RECOVERY_MARK).next().unwrap_or("");
+        head.trim_end() != self.render_parameters(dynamic).trim_end()
+    }
+
+    /// Rewrites the parameter part of `postgresql.conf`, keeping its recovery settings.
+    pub fn rewrite_parameters(&self, dynamic: &Map<String, Value>) -> Result<()> {
+        let conf = self.conf_dir().join("postgresql.conf");
+        let old = std::fs::read_to_string(&conf).unwrap_or_default();
+        let mut text = self.render_parameters(dynamic);
+        if let Some((_, recovery)) = old.split_once(RECOVERY_MARK) {
+            text.push_str(RECOVERY_MARK);
+            text.push_str(recovery);
+        }
+        write_atomic(&conf, &text)
+    }
+
+    /// Whether pg_hba.conf differs from what `postgresql.pg_hba` (local, else dynamic) asks for.
+    pub fn hba_outdated(&self, dynamic_hba: Option<Vec<String>>) -> bool {
+        let Some(want) = self.render_hba(dynamic_hba) else {
+            return false;
+        };
+        std::fs::read_to_string(self.conf_dir().join("pg_hba.conf")).ok() != Some(want)
+    }
+
+    fn render_hba(&self, dynamic_hba: Option<Vec<String>>) -> Option<String> {
+        let lines = self.cfg().postgresql.pg_hba.clone().or(dynamic_hba)?;
+        let mut text = String::from("# Written by pgpilot from postgresql.pg_hba\n");
+        for l in lines {
+            text.push_str(&l);
+            text.push('\n');
+        }
+        Some(text)
     }
 
     /// Writes `postgresql.conf` (the original is kept as `postgresql.base.conf` and included),
@@ -143,36 +207,26 @@ impl Postgres {
                 std::fs::write(&base, "")?;
             }
         }
-        let mut text = String::from(
-            "# Written by pgpilot; edits are overwritten. Set parameters in the agent's YAML\n\
-             # (postgresql.parameters) or cluster-wide in the DCS config key.\n\
-             include 'postgresql.base.conf'\n\n",
-        );
-        for (k, v) in self.effective_parameters(dynamic) {
-            text.push_str(&format!("{k} = {}\n", quote_guc(&v)));
-        }
-        if self.cfg.postgresql.config_dir.is_some() {
-            text.push_str(&format!(
-                "hba_file = {}\nident_file = {}\n",
-                quote_guc(&dir.join("pg_hba.conf").to_string_lossy()),
-                quote_guc(&dir.join("pg_ident.conf").to_string_lossy())
-            ));
-        }
+        let mut text = self.render_parameters(dynamic);
         let signal = self.data_dir().join("standby.signal");
         if let Some(upstream) = replica_of {
-            text.push_str("\n# recovery\nrecovery_target_timeline = 'latest'\n");
+            text.push_str(RECOVERY_MARK);
+            text.push_str("recovery_target_timeline = 'latest'\n");
             if let Some(up) = upstream {
                 let ci = self.conninfo(
-                    &self.cfg.postgresql.replication,
+                    &self.cfg().postgresql.replication,
                     &up.host,
                     up.port,
-                    &[("application_name", &self.cfg.name), ("dbname", "postgres")],
+                    &[
+                        ("application_name", &self.cfg().name),
+                        ("dbname", "postgres"),
+                    ],
                 );
                 text.push_str(&format!("primary_conninfo = {}\n", quote_guc(&ci)));
-                if !self.cfg.tags.nostream {
+                if !self.cfg().tags.nostream {
                     text.push_str(&format!(
                         "primary_slot_name = {}\n",
-                        quote_guc(&shared::types::slot_name(&self.cfg.name))
+                        quote_guc(&shared::types::slot_name(&self.cfg().name))
                     ));
                 }
             }
@@ -207,17 +261,12 @@ impl Postgres {
     /// appends `bootstrap.pg_hba` to initdb's file at bootstrap.
     pub fn write_hba(&self, dynamic_hba: Option<Vec<String>>, bootstrap: bool) -> Result<()> {
         let path = self.conf_dir().join("pg_hba.conf");
-        if let Some(lines) = self.cfg.postgresql.pg_hba.clone().or(dynamic_hba) {
-            let mut text = String::from("# Written by pgpilot from postgresql.pg_hba\n");
-            for l in lines {
-                text.push_str(&l);
-                text.push('\n');
-            }
+        if let Some(text) = self.render_hba(dynamic_hba) {
             write_atomic(&path, &text)?;
-        } else if bootstrap && !self.cfg.bootstrap.pg_hba.is_empty() {
+        } else if bootstrap && !self.cfg().bootstrap.pg_hba.is_empty() {
             let mut text = std::fs::read_to_string(&path).unwrap_or_default();
             text.push_str("\n# bootstrap.pg_hba\n");
-            for l in &self.cfg.bootstrap.pg_hba {
+            for l in &self.cfg().bootstrap.pg_hba {
                 text.push_str(l);
                 text.push('\n');
             }
@@ -283,6 +332,9 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
 }
+
+/// Where the recovery settings start in `postgresql.conf`.
+const RECOVERY_MARK: &str = "\n# recovery\n";
 
 #[cfg(test)]
 mod tests {

@@ -38,7 +38,10 @@ pub struct Upstream {
 
 /// Handle on the local PostgreSQL.
 pub struct Postgres {
-    cfg: Arc<Config>,
+    /// The agent's configuration; replaced by a reload.
+    cfg: std::sync::RwLock<Arc<Config>>,
+    /// `postgresql.data_dir`, fixed for the agent's life.
+    data_dir: PathBuf,
     /// The postmaster we started, if any; `None` for one adopted from a previous agent.
     child_pid: Mutex<Option<u32>>,
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
@@ -54,7 +57,8 @@ pub struct Postgres {
 impl Postgres {
     pub fn new(cfg: Arc<Config>) -> Postgres {
         Postgres {
-            cfg,
+            data_dir: cfg.postgresql.data_dir.clone(),
+            cfg: std::sync::RwLock::new(cfg),
             child_pid: Mutex::new(None),
             client: Mutex::new(None),
             exited: Arc::new(Notify::new()),
@@ -64,12 +68,22 @@ impl Postgres {
         }
     }
 
+    /// The configuration in force.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts a reloaded configuration in force (the data directory is never changed by a reload).
+    pub fn set_cfg(&self, cfg: Arc<Config>) {
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+    }
+
     pub fn data_dir(&self) -> &Path {
-        &self.cfg.postgresql.data_dir
+        &self.data_dir
     }
 
     fn conf_dir(&self) -> PathBuf {
-        self.cfg
+        self.cfg()
             .postgresql
             .config_dir
             .clone()
@@ -79,7 +93,7 @@ impl Postgres {
     /// `--config-file=…` when postgresql.conf lives outside the data directory (`config_dir`),
     /// for every program that reads it (postgres, pg_rewind, single-user mode).
     fn config_file_arg(&self) -> Option<String> {
-        self.cfg.postgresql.config_dir.as_ref().map(|_| {
+        self.cfg().postgresql.config_dir.as_ref().map(|_| {
             format!(
                 "--config-file={}",
                 self.conf_dir().join("postgresql.conf").display()
@@ -88,7 +102,7 @@ impl Postgres {
     }
 
     fn bin(&self, name: &str) -> PathBuf {
-        self.cfg.postgresql.binary(name)
+        self.cfg().postgresql.binary(name)
     }
 
     /// A command for a PostgreSQL binary, with pgpilot's own secrets kept out of its environment.
@@ -100,7 +114,7 @@ impl Postgres {
             }
         }
         cmd.env("LC_ALL", "C")
-            .env("PGPASSFILE", &self.cfg.postgresql.pgpass);
+            .env("PGPASSFILE", &self.cfg().postgresql.pgpass);
         // The postmaster must outlive the agent; short-lived tools opt in to kill_on_drop.
         cmd.stdin(Stdio::null()).kill_on_drop(false);
         cmd
@@ -228,9 +242,9 @@ impl Postgres {
         timeout: Duration,
     ) -> Result<RewindOutcome> {
         self.stop("fast", timeout).await?;
-        let pg = &self.cfg.postgresql;
+        let pg = &self.cfg().postgresql;
         let user = pg.rewind.as_ref().unwrap_or(&pg.superuser);
-        let app = format!("{}-rewind", self.cfg.name);
+        let app = format!("{}-rewind", self.cfg().name);
         let conninfo = self.conninfo(
             user,
             &from.host,
@@ -397,12 +411,12 @@ impl Postgres {
 
     /// Runs initdb with the `bootstrap.initdb` options.
     pub async fn initdb(&self) -> Result<()> {
-        let su = &self.cfg.postgresql.superuser;
+        let su = &self.cfg().postgresql.superuser;
         let mut cmd = self.command("initdb");
         cmd.arg("-D")
             .arg(self.data_dir())
             .arg(format!("--username={}", su.username));
-        for opt in &self.cfg.bootstrap.initdb {
+        for opt in &self.cfg().bootstrap.initdb {
             cmd.arg(opt);
         }
         let pwfile = match &su.password {
@@ -420,7 +434,7 @@ impl Postgres {
             .run(
                 cmd,
                 "initdb",
-                Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout.max(120)),
+                Duration::from_secs(self.cfg().postgresql.pg_ctl_timeout.max(120)),
             )
             .await;
         if let Some(p) = pwfile {
@@ -605,12 +619,15 @@ impl Postgres {
 
     /// Clones the data directory from `from` with pg_basebackup, logging progress.
     pub async fn basebackup(&self, from: &Upstream) -> Result<()> {
-        let user = &self.cfg.postgresql.replication;
+        let user = &self.cfg().postgresql.replication;
         let conninfo = self.conninfo(
             user,
             &from.host,
             from.port,
-            &[("application_name", &self.cfg.name), ("dbname", "postgres")],
+            &[
+                ("application_name", &self.cfg().name),
+                ("dbname", "postgres"),
+            ],
         );
         let mut cmd = self.command("pg_basebackup");
         cmd.kill_on_drop(true);
@@ -620,7 +637,7 @@ impl Postgres {
             .arg(format!("--dbname={conninfo}"))
             .arg("--progress");
         if !self
-            .cfg
+            .cfg()
             .postgresql
             .basebackup
             .iter()
@@ -628,7 +645,7 @@ impl Postgres {
         {
             cmd.arg("--checkpoint=fast");
         }
-        for opt in &self.cfg.postgresql.basebackup {
+        for opt in &self.cfg().postgresql.basebackup {
             cmd.arg(opt);
         }
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
@@ -669,17 +686,18 @@ impl Postgres {
 
     /// Runs `bootstrap.post_bootstrap` with a connection URL argument.
     pub async fn post_bootstrap(&self, script: &str) -> Result<()> {
-        let (host, port) = self.cfg.postgresql.local_host_port();
+        let (host, port) = self.cfg().postgresql.local_host_port();
         let url = format!(
             "postgres://{}@{host}:{port}/{}",
-            self.cfg.postgresql.superuser.username, self.cfg.postgresql.database
+            self.cfg().postgresql.superuser.username,
+            self.cfg().postgresql.database
         );
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(format!("{script} \"$1\""))
             .arg("post_bootstrap")
             .arg(url)
-            .env("PGPASSFILE", &self.cfg.postgresql.pgpass)
+            .env("PGPASSFILE", &self.cfg().postgresql.pgpass)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let out = cmd.output().await.context("cannot run post_bootstrap")?;

@@ -166,10 +166,10 @@ impl Postgres {
         {
             return Ok(c.clone());
         }
-        let su = &self.cfg.postgresql.superuser;
+        let su = &self.cfg().postgresql.superuser;
         let mut pgc = tokio_postgres::Config::new();
-        let (host, port) = self.cfg.postgresql.local_host_port();
-        if self.cfg.postgresql.use_unix_socket {
+        let (host, port) = self.cfg().postgresql.local_host_port();
+        if self.cfg().postgresql.use_unix_socket {
             let dir = self
                 .socket_dir()
                 .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
@@ -179,7 +179,7 @@ impl Postgres {
         }
         pgc.port(port)
             .user(&su.username)
-            .dbname(&self.cfg.postgresql.database)
+            .dbname(&self.cfg().postgresql.database)
             .application_name("pgpilot")
             .connect_timeout(Duration::from_secs(3));
         if let Some(pw) = &su.password {
@@ -200,7 +200,7 @@ impl Postgres {
     }
 
     fn socket_dir(&self) -> Option<PathBuf> {
-        self.cfg
+        self.cfg()
             .postgresql
             .parameters
             .get("unix_socket_directories")
@@ -255,7 +255,7 @@ impl Postgres {
     /// Creates the replication (and rewind) roles and sets the superuser password, after
     /// bootstrap. Statements carry passwords and are never logged.
     pub async fn create_roles(&self) -> Result<()> {
-        let pg = &self.cfg.postgresql;
+        let pg = &self.cfg().postgresql;
         if let Some(pw) = &pg.superuser.password {
             self.execute(&format!(
                 "ALTER ROLE {} WITH PASSWORD {}",

@@ -1,7 +1,13 @@
 //! Operations on a cluster, one implementation each, called by the console (batch commands and
 //! live view), the agents' REST API and the tests. This part holds what goes through etcd alone:
 //! editing the dynamic configuration (compare-and-swap on the `config` key), pause and resume,
-//! clearing a scheduled switchover, and removing a cluster's keys.
+//! clearing a scheduled switchover, and removing a cluster's keys. [`switchover`] holds the
+//! switchover and failover requests.
+
+pub mod restart;
+pub mod switchover;
+
+pub use restart::RestartRequest;
 
 use crate::dcs::{Cluster, Dcs, DcsError, DynamicConfig, Kv, keys};
 use serde_json::{Map, Value};
@@ -20,6 +26,12 @@ pub enum OpsError {
         "the {0} key changed while this change was prepared; nothing was written, read it again and retry"
     )]
     Conflict(&'static str),
+    /// A time that cannot be used (HTTP 422).
+    #[error("{0}")]
+    BadTime(String),
+    /// The operation was tried and did not happen; the reason says why (HTTP 503, exit 1).
+    #[error("{0}")]
+    Failed(String),
     #[error("etcd: {0}")]
     Dcs(#[from] DcsError),
 }

@@ -6,8 +6,12 @@
 use crate::ha::{
     self, Action, DataDir, Decision, Job, Observation, PeerReport, PgView, RewindPolicy, WalEnd,
 };
+mod commands;
+
+use crate::handover;
 use crate::jobs::{bootstrap, clone_replica, start_postgres};
 use crate::postgres::{Postgres, RewindOutcome, ServerStatus, Upstream};
+use crate::rest_write::{Envelope, Reply};
 pub use crate::snapshot::Snapshot;
 use anyhow::{Result, anyhow};
 use serde_json::{Map, Value};
@@ -33,6 +37,8 @@ const JOB_RETRY_PAUSE: Duration = Duration::from_secs(5);
 struct RunningJob {
     kind: Job,
     handle: tokio::task::JoinHandle<Result<()>>,
+    /// An operator waiting for this job's outcome (`POST /restart`).
+    reply: Option<tokio::sync::oneshot::Sender<Reply>>,
 }
 
 /// The node agent.
@@ -76,16 +82,31 @@ pub struct Agent<K: Kv> {
     last_job_failure: Option<(Job, Instant)>,
     /// The leader (and its timeline) pg_rewind last found nothing to undo for.
     rewind_ok_for: Arc<std::sync::Mutex<Option<(String, u64)>>>,
+    /// The last switchover this node handled as leader, and since when it waits for the
+    /// successor to run as primary.
+    handover: Option<(handover::Report, Instant)>,
+    /// Local operations from the REST API.
+    commands: tokio::sync::mpsc::Receiver<Envelope>,
+    /// A restart scheduled through `POST /restart`, with the postmaster start time it was
+    /// scheduled against (a restart in the meantime drops it).
+    scheduled_restart: Option<(shared::ops::RestartRequest, String)>,
+    callbacks: crate::callbacks::Callbacks,
+    /// `restapi.authentication`, shared with the REST API and replaced by a reload.
+    pub rest_auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
 }
 
 impl<K: Kv> Agent<K> {
-    pub fn new(cfg: Arc<Config>, dcs: Arc<Dcs<K>>, snapshot: watch::Sender<Arc<Snapshot>>) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        dcs: Arc<Dcs<K>>,
+        snapshot: watch::Sender<Arc<Snapshot>>,
+        commands: tokio::sync::mpsc::Receiver<Envelope>,
+    ) -> Self {
         let pg = Arc::new(Postgres::new(cfg.clone()));
         let last_dynamic = DynamicConfig {
             raw: cfg.bootstrap.dcs.clone(),
         };
         Agent {
-            cfg,
             dcs,
             pg,
             snapshot,
@@ -115,6 +136,12 @@ impl<K: Kv> Agent<K> {
             last_job_failure: None,
             last_wal_end: None,
             rewind_ok_for: Arc::new(std::sync::Mutex::new(None)),
+            handover: None,
+            commands,
+            scheduled_restart: None,
+            callbacks: Default::default(),
+            rest_auth: Arc::new(std::sync::RwLock::new(cfg.restapi.authentication.clone())),
+            cfg,
         }
     }
 
@@ -135,6 +162,7 @@ impl<K: Kv> Agent<K> {
                 _ = tokio::time::sleep(wait) => {},
                 _ = self.wake.notified() => {},
                 _ = exited.notified() => { info!("postmaster exited: running a cycle now"); },
+                Some(envelope) = self.commands.recv() => self.on_command(envelope).await,
             }
         }
         self.stop_everything().await;
@@ -296,6 +324,10 @@ impl<K: Kv> Agent<K> {
             }
         }
 
+        if let Some(c) = &cluster {
+            self.follow_handover(c, timing);
+        }
+        let restart_due = self.run_scheduled_restart(chrono::Utc::now().timestamp_millis());
         let (pg_view, server) = self.observe_pg(cluster.as_ref()).await;
         let holder = cluster
             .as_ref()
@@ -346,6 +378,7 @@ impl<K: Kv> Agent<K> {
                 lock_age_secs: self.lock_renewed.map(|t| t.elapsed().as_secs()),
                 rewind: self.rewind_policy(&dynamic),
                 primary_down_secs: self.primary_down_since.map(|t| t.elapsed().as_secs()),
+                now_ms: chrono::Utc::now().timestamp_millis(),
             };
             ha::decide(&obs)
         };
@@ -403,12 +436,23 @@ impl<K: Kv> Agent<K> {
                 .map(|s| s.system_identifier.clone())
                 .or_else(|| self.pg.cached_sysid()),
             decision: decision.summary.clone(),
+            handover: self.handover.as_ref().map(|(r, _)| r.clone()),
+            scheduled_restart: self.scheduled_restart_json(false),
+            tags: self.cfg.tags.published(),
             failover_blocked: self.last_failover_blocked.clone(),
             ..(*prev).clone()
         };
         self.snapshot.send_replace(Arc::new(snap));
+        let due = decision
+            .wake_in_ms
+            .map(Duration::from_millis)
+            .into_iter()
+            .chain(restart_due)
+            .min();
         if again {
             Duration::from_millis(10)
+        } else if let Some(due) = due.filter(|d| *d < Duration::from_secs(timing.loop_wait)) {
+            due
         } else if cluster.is_none() {
             Duration::from_secs(1)
         } else if self.job.is_some() {
@@ -502,6 +546,10 @@ impl<K: Kv> Agent<K> {
                 .as_ref()
                 .is_some_and(|s| s.replication_state.as_deref() == Some("streaming")),
             rewind_broken: initialized && self.pg.rewind_broken(),
+            config_outdated: server.is_some()
+                && self.job.is_none()
+                && (self.pg.parameters_outdated(&self.last_dynamic.parameters())
+                    || self.pg.hba_outdated(self.last_dynamic.pg_hba())),
             rewind_not_needed: {
                 let leader = cluster.and_then(ha::leader_identity);
                 leader.is_some()
@@ -545,6 +593,42 @@ impl<K: Kv> Agent<K> {
             );
         }
         self.rewind_capable = Some(capable);
+    }
+
+    /// Fires the callback for `event` with the role as of the last cycle.
+    fn run_callback(&self, event: crate::callbacks::Event) {
+        self.callbacks
+            .fire(&self.cfg, event, self.last_role.as_str());
+    }
+
+    /// After this node handed the lock over: the switchover succeeded once another member holds
+    /// the lock and runs as primary; it failed if nobody did within ttl + 10 s.
+    fn follow_handover(&mut self, cluster: &Cluster, timing: shared::dcs::Timing) {
+        let Some((report, since)) = self.handover.as_mut() else {
+            return;
+        };
+        if report.outcome != handover::Outcome::InProgress
+            || self.job.as_ref().is_some_and(|j| j.kind == Job::Switchover)
+        {
+            return;
+        }
+        let successor = cluster
+            .leader_member()
+            .filter(|m| m.name != self.cfg.name)
+            .filter(|m| {
+                m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master")
+            });
+        if let Some(m) = successor {
+            info!(new_leader = m.name, "switchover succeeded");
+            report.outcome = handover::Outcome::Succeeded(m.name.clone());
+        } else if since.elapsed() > Duration::from_secs(timing.ttl + 10) {
+            let why = format!(
+                "no member took over within {}s after this node stepped down",
+                timing.ttl + 10
+            );
+            warn!("switchover failed: {why}");
+            report.outcome = handover::Outcome::Failed(why);
+        }
     }
 
     /// Logs, once per change, whether any member could take over from the leader, and keeps
@@ -623,9 +707,9 @@ impl<K: Kv> Agent<K> {
                     PgState::Starting
                 }
             }
-            Some(Job::Demote) => PgState::Restarting,
+            Some(Job::Demote) | Some(Job::Restart) => PgState::Restarting,
             Some(Job::Rewind) => PgState::Rewinding,
-            Some(Job::Wipe) => PgState::Stopping,
+            Some(Job::Wipe) | Some(Job::Switchover) => PgState::Stopping,
             None => {
                 if v.ready {
                     PgState::Running
@@ -652,7 +736,14 @@ impl<K: Kv> Agent<K> {
         } else {
             self.last_role
         };
+        let changed = matches!(
+            (self.last_role, role),
+            (Role::Primary, Role::Replica) | (Role::Replica, Role::Primary)
+        );
         self.last_role = role;
+        if changed {
+            self.run_callback(crate::callbacks::Event::RoleChange);
+        }
         role
     }
 
@@ -677,6 +768,7 @@ impl<K: Kv> Agent<K> {
                 .map(|p| format!("postgres://{p}/{}", self.cfg.postgresql.database)),
             tags: self.cfg.tags.published(),
             pause: paused.then_some(true),
+            scheduled_restart: self.scheduled_restart_json(true),
             ..Default::default()
         };
         if let Some(s) = server {
@@ -928,6 +1020,88 @@ impl<K: Kv> Agent<K> {
                 self.spawn_job(Job::Wipe, async move { pg.wipe(timeout).await });
                 Ok(Step::Continue)
             }
+            Action::Switchover { candidate } => {
+                let cluster = cluster.ok_or_else(|| anyhow!("no cluster view"))?;
+                let id = cluster.failover.as_ref().map_or(0, |f| f.mod_revision);
+                let candidates: Vec<(String, String)> = match candidate {
+                    Some(c) => vec![c.clone()],
+                    None => ha::failover_readiness(cluster)
+                        .into_iter()
+                        .filter(|(_, why)| why.is_none())
+                        .map(|(n, _)| n)
+                        .collect(),
+                }
+                .into_iter()
+                .filter_map(|n| {
+                    let url = cluster.member(&n)?.data.api_url.clone();
+                    Some((n, url))
+                })
+                .collect();
+                let plan = handover::Plan {
+                    candidates,
+                    max_lag: dynamic.maximum_lag_on_failover(),
+                    upstream: candidate.as_deref().and_then(|c| upstream_of(cluster, c)),
+                    status: cluster.status.clone(),
+                    params,
+                    hba: dynamic.pg_hba(),
+                    timeout: Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
+                };
+                self.handover = Some((
+                    handover::Report {
+                        id,
+                        candidate: candidate.clone(),
+                        outcome: handover::Outcome::InProgress,
+                    },
+                    Instant::now(),
+                ));
+                // From now on this node does not claim the lock to load balancers.
+                self.lock_renewed = None;
+                self.spawn_job(
+                    Job::Switchover,
+                    handover::hand_over(
+                        self.pg.clone(),
+                        self.dcs.clone(),
+                        self.peers.clone(),
+                        plan,
+                    ),
+                );
+                Ok(Step::Continue)
+            }
+            Action::ClearFailover { reason } => {
+                let id = cluster
+                    .and_then(|c| c.failover.as_ref())
+                    .map(|f| f.mod_revision);
+                if let Some(rev) = id {
+                    self.dcs.set_failover(None, Some(rev)).await?;
+                }
+                match reason {
+                    Some(why) => {
+                        warn!("refused the requested switchover: {why}");
+                        self.handover = Some((
+                            handover::Report {
+                                id: id.unwrap_or(0),
+                                candidate: cluster
+                                    .and_then(|c| c.failover.as_ref())
+                                    .and_then(|f| f.value.member.clone()),
+                                outcome: handover::Outcome::Failed(why.clone()),
+                            },
+                            Instant::now(),
+                        ));
+                    }
+                    None => info!("cleared the fulfilled switchover request"),
+                }
+                Ok(Step::Continue)
+            }
+            Action::ApplyConfig => {
+                self.pg.rewrite_parameters(&params)?;
+                self.pg.write_hba(dynamic.pg_hba(), false)?;
+                self.pg.reload().await?;
+                info!(
+                    "configuration changed: rewrote the parameters and pg_hba.conf and reloaded PostgreSQL (parameters that need a restart show as pending_restart)"
+                );
+                self.run_callback(crate::callbacks::Event::Reload);
+                Ok(Step::Continue)
+            }
             Action::PublishStatus => {
                 if let (Some(c), Some(s)) = (cluster, server) {
                     self.publish_status(c, s).await?;
@@ -957,7 +1131,11 @@ impl<K: Kv> Agent<K> {
             wake.notify_one();
             r
         });
-        self.job = Some(RunningJob { kind, handle });
+        self.job = Some(RunningJob {
+            kind,
+            handle,
+            reply: None,
+        });
     }
 
     /// Collects a finished job and reacts to its failure.
@@ -971,11 +1149,36 @@ impl<K: Kv> Agent<K> {
             Ok(r) => r,
             Err(e) => Err(anyhow!("job panicked or was cancelled: {e}")),
         };
+        if let Some(tx) = job.reply {
+            let _ = tx.send(match &result {
+                Ok(()) => (200, "restarted successfully".to_string()),
+                Err(e) => (503, format!("restart failed: {e:#}")),
+            });
+        }
+        if result.is_ok() {
+            match job.kind {
+                Job::Start | Job::Clone | Job::Bootstrap => {
+                    self.run_callback(crate::callbacks::Event::Start)
+                }
+                Job::Restart => self.run_callback(crate::callbacks::Event::Restart),
+                _ => {}
+            }
+        }
         match (job.kind, result) {
             (kind, Ok(())) => info!(job = ?kind, "finished"),
             (Job::Bootstrap, Err(e)) => {
                 error!("bootstrap failed: {e:#}");
                 self.fatal = Some(format!("bootstrap failed: {e:#}"));
+            }
+            (Job::Switchover, Err(e)) => {
+                error!("switchover failed: {e:#}; this node stays the leader");
+                if let Some((report, _)) = self.handover.as_mut() {
+                    report.outcome = handover::Outcome::Failed(format!("{e:#}"));
+                }
+                // the request is answered: nothing is left for the next cycle to carry out
+                if let Err(e) = self.dcs.set_failover(None, None).await {
+                    warn!("cannot clear the failover key: {e}");
+                }
             }
             (Job::Clone, Err(e)) => {
                 self.last_job_failure = Some((Job::Clone, Instant::now()));
@@ -1161,6 +1364,14 @@ impl<K: Kv> Agent<K> {
             error!("cannot stop PostgreSQL cleanly: {e:#}");
         } else {
             info!("PostgreSQL stopped");
+            if let Some(cb) = self.callbacks.fire(
+                &self.cfg,
+                crate::callbacks::Event::Stop,
+                self.last_role.as_str(),
+            ) {
+                // the agent exits next: give the callback a moment to finish
+                let _ = tokio::time::timeout(Duration::from_secs(10), cb).await;
+            }
         }
         if holds {
             if let Ok(cd) = self.pg.controldata().await

@@ -1,0 +1,180 @@
+//! The old leader's side of a switchover: a live check of the candidates, then the fast path —
+//! CHECKPOINT while still primary (so the shutdown checkpoint is short), stop, publish the
+//! shutdown checkpoint as the last leader position, release the lock (the candidate's watch wakes
+//! it at once), and start again straight away as a replica. Also the report of how the last
+//! request ended, which `GET /patroni` shows and the requester reads.
+
+use crate::jobs::start_postgres;
+use crate::postgres::{Postgres, Upstream};
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value, json};
+use shared::api::{MemberClient, PeerStatus};
+use shared::dcs::{Dcs, Kv, Status};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// How the last switchover request this node acted on ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    InProgress,
+    Succeeded(String),
+    Failed(String),
+}
+
+/// The last switchover request this node handled as leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The `failover` key's revision the request was read at.
+    pub id: i64,
+    pub candidate: Option<String>,
+    pub outcome: Outcome,
+}
+
+impl Report {
+    /// `pgpilot.switchover` in `GET /patroni`.
+    pub fn to_json(&self) -> Value {
+        let mut o = Map::new();
+        o.insert("id".into(), json!(self.id));
+        if let Some(c) = &self.candidate {
+            o.insert("candidate".into(), json!(c));
+        }
+        let (state, extra) = match &self.outcome {
+            Outcome::InProgress => ("in_progress", None),
+            Outcome::Succeeded(n) => ("succeeded", Some(("new_leader", n))),
+            Outcome::Failed(r) => ("failed", Some(("reason", r))),
+        };
+        o.insert("state".into(), json!(state));
+        if let Some((k, v)) = extra {
+            o.insert(k.into(), json!(v));
+        }
+        Value::Object(o)
+    }
+}
+
+/// What the hand-over needs from the cluster view.
+pub struct Plan {
+    /// Members that may take over, with their REST URLs (one when the request names it).
+    pub candidates: Vec<(String, String)>,
+    pub max_lag: u64,
+    /// Where the named candidate's PostgreSQL listens: the old primary follows it at once.
+    pub upstream: Option<Upstream>,
+    /// The `status` key as last read; its optime becomes the shutdown checkpoint.
+    pub status: Status,
+    pub params: Map<String, Value>,
+    pub hba: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+/// Which candidates can take over right now, asked live: running, a replica streaming from
+/// this primary, within `max_lag`. The error names every candidate's problem with its numbers.
+async fn ready_candidates(
+    pg: &Postgres,
+    client: &MemberClient,
+    plan: &Plan,
+) -> Result<Vec<String>> {
+    let me = pg
+        .status()
+        .await
+        .context("cannot query the local primary")?;
+    if me.in_recovery {
+        bail!("this node is not running as primary");
+    }
+    let mine = me.wal_position().unwrap_or(0);
+    let urls: Vec<String> = plan.candidates.iter().map(|(_, u)| u.clone()).collect();
+    let answers = client.statuses(&urls).await;
+    let mut ready = Vec::new();
+    let mut problems = Vec::new();
+    for ((name, _), answer) in plan.candidates.iter().zip(answers) {
+        let Some(body) = answer else {
+            problems.push(format!("{name} does not answer on its REST API"));
+            continue;
+        };
+        let st = PeerStatus::from_json(&body);
+        let state = body
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        if state != "running" || !st.has_wal || st.is_primary {
+            problems.push(format!("{name} is not a running replica (state {state})"));
+            continue;
+        }
+        let lag = mine.saturating_sub(st.wal_position.unwrap_or(0));
+        if lag > plan.max_lag {
+            problems.push(format!(
+                "{name} is {lag} bytes behind, more than maximum_lag_on_failover {}",
+                plan.max_lag
+            ));
+            continue;
+        }
+        let streaming = me
+            .replication
+            .iter()
+            .any(|w| w.application_name == *name && w.state.as_deref() == Some("streaming"));
+        if !streaming {
+            problems.push(format!("{name} is not streaming from this primary"));
+            continue;
+        }
+        ready.push(name.clone());
+    }
+    if ready.is_empty() {
+        if problems.is_empty() {
+            bail!("no member could take over");
+        }
+        bail!("{}", problems.join("; "));
+    }
+    Ok(ready)
+}
+
+/// Runs the hand-over. An error before the lock is released means nothing changed for the
+/// cluster (PostgreSQL may have been restarted as primary by the next cycle); after the release,
+/// problems starting as a replica are left to the next cycles.
+pub async fn hand_over<K: Kv>(
+    pg: Arc<Postgres>,
+    dcs: Arc<Dcs<K>>,
+    client: MemberClient,
+    plan: Plan,
+) -> Result<()> {
+    let began = Instant::now();
+    let ready = ready_candidates(&pg, &client, &plan).await?;
+    info!(candidates = ?ready, "switchover: checkpoint before stopping");
+    pg.checkpoint()
+        .await
+        .context("CHECKPOINT before the switchover failed")?;
+    pg.stop("fast", plan.timeout)
+        .await
+        .context("stopping PostgreSQL for the switchover failed")?;
+    // Replicas that were streaming have received everything up to the shutdown checkpoint:
+    // the walsenders send it before the primary finishes shutting down.
+    let mut status = plan.status.clone();
+    match pg.controldata().await {
+        Ok(cd) => {
+            if let Some(lsn) = cd.checkpoint_lsn {
+                status.optime = Some(lsn.0 + 1);
+                if let Err(e) = dcs.write_status(&status).await {
+                    warn!("cannot write the last leader position: {e}");
+                }
+            }
+        }
+        Err(e) => warn!("cannot read pg_control after stopping: {e:#}"),
+    }
+    dcs.release_leader()
+        .await
+        .context("cannot release the leader lock")?;
+    info!(
+        ms = began.elapsed().as_millis() as u64,
+        "switchover: stopped and released the leader lock; starting as a replica"
+    );
+    if let Err(e) = start_postgres(
+        pg.clone(),
+        plan.params,
+        plan.hba,
+        Some(plan.upstream),
+        plan.timeout,
+    )
+    .await
+    {
+        warn!("starting as a replica after the switchover failed: {e:#}; the next cycle retries");
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The REST API's write endpoints, Patroni-compatible: `POST /switchover`, `/failover`,
+//! `DELETE /switchover`, `PATCH`/`PUT /config`, `POST`/`DELETE /restart`, `POST /reinitialize`,
+//! `POST /reload`, with `restapi.authentication` (HTTP Basic) on every one of them. Cluster-wide
+//! operations go through [`shared::ops`]; local ones are [`Command`]s for the agent's loop, which
+//! answers each with a definite outcome.
+
+use crate::rest::{Api, error, text_response};
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::Response;
+use base64::Engine;
+use serde_json::{Map, Value};
+use shared::dcs::{DynamicConfig, Kv};
+use shared::ops::{self, OpsError, RestartRequest, switchover};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+/// A local operation for the agent's loop, answered on `reply` with an HTTP status and message.
+#[derive(Debug)]
+pub enum Command {
+    Restart(RestartRequest),
+    CancelRestart,
+    Reinitialize { force: bool },
+    Reload,
+}
+
+/// What the loop answers a [`Command`] with.
+pub type Reply = (u16, String);
+
+/// A command and the channel its answer goes back on.
+pub struct Envelope {
+    pub command: Command,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// The largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Checks `restapi.authentication` for an unsafe method: `None` when the request may go on,
+/// else the 401 answer. The log line names the user, never the password.
+fn denied<K: Kv>(api: &Api<K>, headers: &HeaderMap, what: &str) -> Option<Response> {
+    let auth = api.auth.read().unwrap_or_else(|p| p.into_inner()).clone()?;
+    let deny = |text: &str| {
+        let mut r = error(StatusCode::UNAUTHORIZED, text);
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"Patroni\""),
+        );
+        r
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        warn!("REST {what}: refused, no credentials sent (restapi.authentication is set)");
+        return Some(deny("no auth header received"));
+    };
+    let decoded = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    let (user, password) = decoded
+        .as_deref()
+        .and_then(|d| d.split_once(':'))
+        .unwrap_or(("", ""));
+    let ok = user == auth.username && constant_time_eq(password, auth.password.expose());
+    if ok {
+        None
+    } else {
+        warn!(user, "REST {what}: refused, wrong credentials");
+        Some(deny("not authenticated"))
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// An [`OpsError`] as Patroni's status codes: 400 bad request, 422 bad time, 412 refused by the
+/// cluster's state, 409 lost compare-and-swap, 503 failed or etcd unreachable.
+fn ops_error(e: &OpsError) -> Response {
+    let code = match e {
+        OpsError::Invalid(_) => StatusCode::BAD_REQUEST,
+        OpsError::BadTime(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        OpsError::Refused(_) => StatusCode::PRECONDITION_FAILED,
+        OpsError::Conflict(_) => StatusCode::CONFLICT,
+        OpsError::Failed(_) | OpsError::Dcs(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(code, &e.to_string())
+}
+
+/// Reads a JSON body; an empty body is `{}`. The error is the reason for a 400.
+async fn json_body(body: Body) -> Result<Value, String> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| format!("cannot read the body: {e}"))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("the body is not valid JSON: {e}"))
+}
+
+fn text(code: u16, body: String) -> Response {
+    text_response(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "text/plain; charset=utf-8",
+        body,
+    )
+}
+
+/// Dispatches an unsafe method; `None` when no write endpoint matches.
+pub async fn handle<K: Kv>(
+    api: &Api<K>,
+    method: &Method,
+    first: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Option<Response> {
+    let what = format!("{method} /{first}");
+    let known = matches!(
+        (method.as_str(), first),
+        (
+            "POST",
+            "switchover" | "failover" | "restart" | "reinitialize" | "reload"
+        ) | ("DELETE", "switchover" | "restart")
+            | ("PATCH" | "PUT", "config")
+    );
+    if !known {
+        return None;
+    }
+    if let Some(answer) = denied(api, headers, &what) {
+        return Some(answer);
+    }
+    let body = match json_body(body).await {
+        Ok(b) => b,
+        Err(why) => return Some(error(StatusCode::BAD_REQUEST, &why)),
+    };
+    Some(match (method.as_str(), first) {
+        ("POST", "switchover") => switch(api, switchover::Kind::Switchover, &body).await,
+        ("POST", "failover") => switch(api, switchover::Kind::Failover, &body).await,
+        ("DELETE", "switchover") => cancel_switchover(api).await,
+        ("PATCH", "config") => patch_config(api, &body).await,
+        ("PUT", "config") => put_config(api, &body).await,
+        ("POST", "restart") => match RestartRequest::from_json(&body) {
+            Ok(r) => command(api, Command::Restart(r)).await,
+            Err(e) => ops_error(&e),
+        },
+        ("DELETE", "restart") => command(api, Command::CancelRestart).await,
+        ("POST", "reinitialize") => {
+            let force = body.get("force").and_then(Value::as_bool).unwrap_or(false);
+            command(api, Command::Reinitialize { force }).await
+        }
+        ("POST", "reload") => command(api, Command::Reload).await,
+        _ => return None,
+    })
+}
+
+async fn command<K: Kv>(api: &Api<K>, command: Command) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if api
+        .commands
+        .send(Envelope { command, reply: tx })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down",
+        );
+    }
+    match rx.await {
+        Ok((code, msg)) if code < 400 => text(code, msg),
+        Ok((code, msg)) => error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            &msg,
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent stopped before answering",
+        ),
+    }
+}
+
+async fn switch<K: Kv>(api: &Api<K>, kind: switchover::Kind, body: &Value) -> Response {
+    let req = match switchover::Request::from_json(kind, body) {
+        Ok(r) => r,
+        Err(e) => return ops_error(&e),
+    };
+    let ttl = api.snapshot.borrow().ttl;
+    let wait = Duration::from_secs(2 * ttl + 20);
+    info!(?req, "REST: {} requested", req.kind.noun());
+    match switchover::run(&api.dcs, &api.client, &req, wait).await {
+        Ok(switchover::Outcome::Done { message, .. }) => text(200, message),
+        Ok(switchover::Outcome::Scheduled { at }) => {
+            text(202, format!("Switchover scheduled at {}", at.to_rfc3339()))
+        }
+        Err(e) => {
+            warn!("REST: {} refused or failed: {e}", req.kind.noun());
+            ops_error(&e)
+        }
+    }
+}
+
+async fn cancel_switchover<K: Kv>(api: &Api<K>) -> Response {
+    let cluster = match api.dcs.load().await {
+        Ok(c) => c,
+        Err(e) => return ops_error(&e.into()),
+    };
+    match ops::clear_scheduled_switchover(&api.dcs, &cluster).await {
+        Ok(()) => text(200, "scheduled switchover deleted".into()),
+        Err(OpsError::Refused(_)) => error(StatusCode::NOT_FOUND, "no switchover is scheduled"),
+        Err(e) => ops_error(&e),
+    }
+}
+
+async fn patch_config<K: Kv>(api: &Api<K>, body: &Value) -> Response {
+    let Some(patch) = body.as_object() else {
+        return error(StatusCode::BAD_REQUEST, "the patch must be a JSON object");
+    };
+    let cluster = match api.dcs.load().await {
+        Ok(c) => c,
+        Err(e) => return ops_error(&e.into()),
+    };
+    if cluster.config.is_none() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid configuration in the DCS to patch",
+        );
+    }
+    let (mut config, version) = ops::current_config(&cluster);
+    ops::merge_patch(&mut config, patch);
+    match ops::write_config(&api.dcs, &config, version).await {
+        Ok(()) => {
+            api.wake.notify_one();
+            crate::rest::json_response(StatusCode::OK, &Value::Object(config))
+        }
+        Err(e) => ops_error(&e),
+    }
+}
+
+async fn put_config<K: Kv>(api: &Api<K>, body: &Value) -> Response {
+    let Some(config) = body.as_object() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the configuration must be a JSON object",
+        );
+    };
+    if let Err(e) = ops::check_config(config) {
+        return ops_error(&e);
+    }
+    let cfg = DynamicConfig {
+        raw: config.clone(),
+    };
+    match api.dcs.set_config(&cfg, None).await {
+        Ok(_) => {
+            api.wake.notify_one();
+            crate::rest::json_response(StatusCode::OK, body)
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            &format!("cannot write the config key: {e}"),
+        ),
+    }
+}

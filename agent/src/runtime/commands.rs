@@ -1,0 +1,303 @@
+//! The agent's side of the local operations the REST API hands it: restart (now or scheduled,
+//! with Patroni's filters), cancelling a scheduled restart, reinitialize, and reload of the YAML
+//! file. Each is answered with a status code and a sentence; a restart is answered when it has
+//! finished.
+
+use super::{Agent, Job};
+use crate::jobs::start_postgres;
+use crate::postgres::Upstream;
+use crate::rest_write::{Command, Envelope, Reply};
+use serde_json::{Value, json};
+use shared::config::Config;
+use shared::dcs::Kv;
+use shared::ops::RestartRequest;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+fn answer(reply: Option<tokio::sync::oneshot::Sender<Reply>>, code: u16, text: impl Into<String>) {
+    if let Some(tx) = reply {
+        let _ = tx.send((code, text.into()));
+    }
+}
+
+impl<K: Kv> Agent<K> {
+    pub(super) async fn on_command(&mut self, envelope: Envelope) {
+        let Envelope { command, reply } = envelope;
+        match command {
+            Command::Restart(req) if req.schedule.is_some() => {
+                let r = self.schedule_restart(req);
+                answer(Some(reply), r.0, r.1);
+            }
+            Command::Restart(req) => self.start_restart(req, Some(reply)),
+            Command::CancelRestart => {
+                let r = match self.scheduled_restart.take() {
+                    Some(_) => {
+                        info!("the scheduled restart was cancelled");
+                        (200, "scheduled restart deleted".to_string())
+                    }
+                    None => (404, "no restarts are scheduled".to_string()),
+                };
+                answer(Some(reply), r.0, r.1);
+            }
+            Command::Reinitialize { force } => {
+                let r = self.reinitialize(force).await;
+                answer(Some(reply), r.0, r.1);
+            }
+            Command::Reload => {
+                let r = self.reload();
+                answer(Some(reply), r.0, r.1);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn schedule_restart(&mut self, req: RestartRequest) -> Reply {
+        let snap = self.snapshot.borrow().clone();
+        if snap.paused {
+            return (500, "Can't schedule restart in the paused state".into());
+        }
+        if self.scheduled_restart.is_some() {
+            return (409, "Another restart is already scheduled".into());
+        }
+        let started = snap
+            .server
+            .as_ref()
+            .map(|s| s.postmaster_start_time.clone())
+            .unwrap_or_default();
+        let at = req.schedule.map(|t| t.to_rfc3339()).unwrap_or_default();
+        info!(at, "restart scheduled");
+        self.scheduled_restart = Some((req, started));
+        (202, "Restart scheduled".into())
+    }
+
+    /// `scheduled_restart` as the member key and `/patroni` show it.
+    pub(super) fn scheduled_restart_json(&self, with_start_time: bool) -> Option<Value> {
+        let (req, started) = self.scheduled_restart.as_ref()?;
+        let mut v = req.to_json();
+        if let Some(o) = v.as_object_mut() {
+            if let Some(s) = o.remove("schedule") {
+                o.insert("schedule".into(), s);
+            }
+            if with_start_time {
+                o.insert("postmaster_start_time".into(), json!(started));
+            }
+        }
+        Some(v)
+    }
+
+    /// Runs a scheduled restart once it is due; returns how long until it is, if it is later.
+    pub(super) fn run_scheduled_restart(&mut self, now_ms: i64) -> Option<Duration> {
+        let (req, started) = self.scheduled_restart.as_ref()?;
+        let due = req.schedule.map(|t| t.timestamp_millis()).unwrap_or(now_ms);
+        if due > now_ms {
+            return Some(Duration::from_millis((due - now_ms) as u64));
+        }
+        if self.job.is_some() {
+            return Some(Duration::from_millis(500));
+        }
+        let (req, started) = (req.clone(), started.clone());
+        self.scheduled_restart = None;
+        let now_started = self
+            .snapshot
+            .borrow()
+            .server
+            .as_ref()
+            .map(|s| s.postmaster_start_time.clone());
+        if now_started.as_deref() != Some(started.as_str()) {
+            info!(
+                "PostgreSQL was restarted (or stopped) since the restart was scheduled: dropping the scheduled restart"
+            );
+            return None;
+        }
+        info!("running the scheduled restart");
+        self.start_restart(req, None);
+        None
+    }
+
+    /// Restarts PostgreSQL in its current role with fresh configuration, if the request's
+    /// filters hold; `reply` is answered when the restart has finished.
+    pub(super) fn start_restart(
+        &mut self,
+        req: RestartRequest,
+        reply: Option<tokio::sync::oneshot::Sender<Reply>>,
+    ) {
+        if let Some(j) = &self.job {
+            answer(reply, 503, format!("{:?} already in progress", j.kind));
+            return;
+        }
+        let snap = self.snapshot.borrow().clone();
+        let Some(server) = snap.server.clone() else {
+            let why = if snap.state == shared::types::PgState::Starting {
+                "postgres is still starting"
+            } else {
+                "restart failed: PostgreSQL is not running"
+            };
+            warn!("restart refused: {why}");
+            answer(reply, 503, why);
+            return;
+        };
+        let role = if server.in_recovery {
+            "replica"
+        } else {
+            "primary"
+        };
+        if let Some(why) = req.unmet(
+            role,
+            server.server_version,
+            server.pending_restart.is_some(),
+        ) {
+            info!("restart not done: {why}");
+            answer(
+                reply,
+                503,
+                format!("restart conditions are not satisfied: {why}"),
+            );
+            return;
+        }
+        let replica_of = if server.in_recovery {
+            Some(self.pg.configured_upstream().and_then(|hp| {
+                let (host, port) = shared::config::split_host_port(&hp)?;
+                Some(Upstream { host, port })
+            }))
+        } else {
+            None
+        };
+        let params = self.last_dynamic.parameters();
+        let hba = self.last_dynamic.pg_hba();
+        let timeout =
+            Duration::from_secs(req.timeout.unwrap_or(self.cfg.postgresql.pg_ctl_timeout));
+        let pg = self.pg.clone();
+        info!(role, "restarting PostgreSQL as requested");
+        self.last_job_failure = None;
+        self.spawn_job(Job::Restart, async move {
+            pg.stop("fast", timeout).await?;
+            start_postgres(pg, params, hba, replica_of, timeout).await
+        });
+        match self.job.as_mut() {
+            Some(j) => j.reply = reply,
+            None => answer(reply, 503, "restart failed: the job could not be started"),
+        }
+    }
+
+    async fn reinitialize(&mut self, force: bool) -> Reply {
+        let cluster = match self.dcs.load().await {
+            Ok(c) => c,
+            Err(e) => return (503, format!("cannot read the cluster from etcd: {e}")),
+        };
+        match &cluster.leader {
+            None => return (503, "Cluster has no leader, can not reinitialize".into()),
+            Some(l) if l.name == self.cfg.name => {
+                return (503, "I am the leader, can not reinitialize".into());
+            }
+            _ => {}
+        }
+        if let Some(j) = self.job.take() {
+            if !force {
+                let text = format!("{:?} already in progress", j.kind);
+                self.job = Some(j);
+                return (503, text);
+            }
+            warn!(job = ?j.kind, "reinitialize with force: cancelling the running job");
+            j.handle.abort();
+            let _ = j.handle.await;
+        }
+        warn!(
+            data_dir = %self.pg.data_dir().display(),
+            "reinitializing as requested: removing the data directory to clone it again"
+        );
+        *self.rewind_ok_for.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.last_job_failure = None;
+        let pg = self.pg.clone();
+        let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+        self.spawn_job(Job::Wipe, async move { pg.wipe(timeout).await });
+        (200, "reinitialize started".into())
+    }
+
+    /// Re-reads the configuration (file and `PATRONI_*` variables) and puts it in force. A
+    /// file with errors changes nothing. Settings fixed for the agent's life are kept, with a
+    /// warning; PostgreSQL parameters are applied by the next cycle (reload, or pending restart).
+    fn reload(&mut self) -> Reply {
+        let origin = self.cfg.origin.clone();
+        let path = std::path::Path::new(&origin);
+        let loaded = if path.exists() {
+            Config::load(Some(path), std::env::vars())
+        } else {
+            Config::load(None, std::env::vars())
+        };
+        let mut new = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                error!("reload failed, the running configuration is kept: {e}");
+                return (
+                    400,
+                    format!("reload failed, the running configuration is kept: {e}"),
+                );
+            }
+        };
+        let issues = new.check_environment();
+        if !issues.is_empty() {
+            let text: Vec<String> = issues
+                .iter()
+                .map(|i| format!("{}: {}", i.key, i.message))
+                .collect();
+            error!(
+                "reload failed, the running configuration is kept: {}",
+                text.join("; ")
+            );
+            return (
+                400,
+                format!(
+                    "reload failed, the running configuration is kept: {}",
+                    text.join("; ")
+                ),
+            );
+        }
+        for w in &new.warnings {
+            warn!(key = w.key, "configuration: {}", w.message);
+        }
+        let old = self.cfg.clone();
+        let mut kept = Vec::new();
+        if new.name != old.name {
+            kept.push("name");
+            new.name = old.name.clone();
+        }
+        if new.scope != old.scope {
+            kept.push("scope");
+            new.scope = old.scope.clone();
+        }
+        if new.namespace != old.namespace {
+            kept.push("namespace");
+            new.namespace = old.namespace.clone();
+        }
+        if new.restapi.listen != old.restapi.listen {
+            kept.push("restapi.listen");
+            new.restapi.listen = old.restapi.listen.clone();
+        }
+        if new.etcd.hosts != old.etcd.hosts {
+            kept.push("etcd3.hosts");
+            new.etcd.hosts = old.etcd.hosts.clone();
+        }
+        if new.postgresql.data_dir != old.postgresql.data_dir {
+            kept.push("postgresql.data_dir");
+            new.postgresql.data_dir = old.postgresql.data_dir.clone();
+        }
+        for k in &kept {
+            warn!(
+                key = k,
+                "reload: {k} cannot change while the agent runs; keeping the old value (restart the agent to change it)"
+            );
+        }
+        let new = Arc::new(new);
+        *self.rest_auth.write().unwrap_or_else(|p| p.into_inner()) =
+            new.restapi.authentication.clone();
+        self.pg.set_cfg(new.clone());
+        if let Err(e) = self.pg.write_pgpass() {
+            warn!("reload: cannot rewrite the pgpass file: {e:#}");
+        }
+        self.cfg = new;
+        info!(config = origin, "configuration reloaded");
+        self.run_callback(crate::callbacks::Event::Reload);
+        (202, "reload scheduled".into())
+    }
+}

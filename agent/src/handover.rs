@@ -126,6 +126,28 @@ async fn ready_candidates(
     Ok(ready)
 }
 
+/// Waits until another member holds the lock and answers as primary; its name, or `None` when
+/// that takes longer than `limit`.
+async fn wait_for_successor<K: Kv>(
+    dcs: &Dcs<K>,
+    client: &MemberClient,
+    limit: Duration,
+) -> Option<String> {
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if let Ok(c) = dcs.load().await
+            && let Some(m) = c.leader_member()
+            && m.name != dcs.member_name()
+            && let Some(body) = client.status(&m.data.api_url).await
+            && body.get("role").and_then(Value::as_str) == Some("primary")
+        {
+            return Some(m.name.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 /// Runs the hand-over. An error before the lock is released means nothing changed for the
 /// cluster (PostgreSQL may have been restarted as primary by the next cycle); after the release,
 /// problems starting as a replica are left to the next cycles.
@@ -163,7 +185,15 @@ pub async fn hand_over<K: Kv>(
         .context("cannot release the leader lock")?;
     info!(
         ms = began.elapsed().as_millis() as u64,
-        "switchover: stopped and released the leader lock; starting as a replica"
+        "switchover: stopped and released the leader lock"
+    );
+    // Start once the successor runs as primary: a standby that connects before the promotion
+    // has to wait wal_retrieve_retry_interval (5 s) to follow the new timeline.
+    let successor = wait_for_successor(&dcs, &client, Duration::from_secs(5)).await;
+    info!(
+        ms = began.elapsed().as_millis() as u64,
+        successor = successor.as_deref().unwrap_or("none yet"),
+        "switchover: starting as a replica"
     );
     if let Err(e) = start_postgres(
         pg.clone(),

@@ -310,6 +310,17 @@ pub fn http_post(url: &str, body: &str) -> Result<(u16, String)> {
 
 /// A blocking HTTP request with a 5 s timeout (tests and the demo only talk to loopback).
 pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Result<(u16, String)> {
+    http_call(method, url, body, None, Duration::from_secs(5))
+}
+
+/// A blocking HTTP request with optional Basic credentials and a read timeout: (status, body).
+pub fn http_call(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    basic: Option<(&str, &str)>,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url
         .strip_prefix("http://")
@@ -322,11 +333,20 @@ pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Result<(u16,
         .parse()
         .or_else(|_| hostport.replace("localhost", "127.0.0.1").parse())?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(timeout))?;
     let body = body.unwrap_or("");
+    let auth = basic
+        .map(|(u, p)| {
+            use base64::Engine;
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        })
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut resp = Vec::new();
@@ -436,6 +456,10 @@ pub struct ClusterSpec {
     pub retry_timeout: u64,
     /// Extra YAML appended to every node's config.
     pub extra_yaml: String,
+    /// Extra lines inside the `restapi` section (indented two spaces), e.g. authentication.
+    pub restapi_yaml: String,
+    /// Extra lines inside the `postgresql` section (indented two spaces), e.g. callbacks.
+    pub postgresql_yaml: String,
     /// The daemon run for each node: pgpilot's `agent` (default) or, for side-by-side
     /// measurements, another program that takes the same YAML, such as Patroni's `patroni`.
     pub daemon: Option<PathBuf>,
@@ -451,6 +475,8 @@ impl Default for ClusterSpec {
             loop_wait: 2,
             retry_timeout: 3,
             extra_yaml: String::new(),
+            restapi_yaml: String::new(),
+            postgresql_yaml: String::new(),
             daemon: None,
         }
     }
@@ -654,7 +680,7 @@ name: {name}
 restapi:
   listen: 127.0.0.1:{api_port}
   connect_address: 127.0.0.1:{api_port}
-
+{restapi_extra}
 etcd3:
   hosts: {etcd}
 
@@ -700,7 +726,7 @@ postgresql:
     - local all all trust
     - host replication replicator 127.0.0.1/32 scram-sha-256
     - host all all 127.0.0.1/32 scram-sha-256
-
+{postgresql_extra}
 tags:
   nofailover: false
   noloadbalance: false
@@ -717,6 +743,8 @@ tags:
         pgpass = node_dir.join("pgpass").display(),
         sock = node_dir.display(),
         extra = spec.extra_yaml,
+        restapi_extra = spec.restapi_yaml,
+        postgresql_extra = spec.postgresql_yaml,
     )
 }
 

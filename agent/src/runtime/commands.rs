@@ -49,6 +49,15 @@ impl<K: Kv> Agent<K> {
                 answer(Some(reply), r.0, r.1);
             }
         }
+        // the REST API shows a scheduled (or cancelled) restart at once
+        let scheduled = self.scheduled_restart_json(false);
+        self.snapshot.send_if_modified(|s| {
+            if s.scheduled_restart == scheduled {
+                return false;
+            }
+            Arc::make_mut(s).scheduled_restart = scheduled.clone();
+            true
+        });
         self.wake.notify_one();
     }
 

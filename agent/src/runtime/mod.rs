@@ -91,6 +91,8 @@ pub struct Agent<K: Kv> {
     /// scheduled against (a restart in the meantime drops it).
     scheduled_restart: Option<(shared::ops::RestartRequest, String)>,
     callbacks: crate::callbacks::Callbacks,
+    /// A callback for a finished job, fired once the cycle knows the role.
+    pending_callback: Option<crate::callbacks::Event>,
     /// `restapi.authentication`, shared with the REST API and replaced by a reload.
     pub rest_auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
 }
@@ -140,6 +142,7 @@ impl<K: Kv> Agent<K> {
             commands,
             scheduled_restart: None,
             callbacks: Default::default(),
+            pending_callback: None,
             rest_auth: Arc::new(std::sync::RwLock::new(cfg.restapi.authentication.clone())),
             cfg,
         }
@@ -395,6 +398,9 @@ impl<K: Kv> Agent<K> {
         let paused = cluster.as_ref().is_some_and(|c| c.is_paused());
         let state = self.pg_state(&pg_view);
         let role = self.role(&pg_view);
+        if let Some(event) = self.pending_callback.take() {
+            self.run_callback(event);
+        }
         if cluster.is_some() {
             let member = self.member_data(state, role, server.as_ref(), paused);
             if let Err(e) = self.dcs.touch_member(&member).await {
@@ -1156,13 +1162,11 @@ impl<K: Kv> Agent<K> {
             });
         }
         if result.is_ok() {
-            match job.kind {
-                Job::Start | Job::Clone | Job::Bootstrap => {
-                    self.run_callback(crate::callbacks::Event::Start)
-                }
-                Job::Restart => self.run_callback(crate::callbacks::Event::Restart),
-                _ => {}
-            }
+            self.pending_callback = match job.kind {
+                Job::Start | Job::Clone | Job::Bootstrap => Some(crate::callbacks::Event::Start),
+                Job::Restart => Some(crate::callbacks::Event::Restart),
+                _ => None,
+            };
         }
         match (job.kind, result) {
             (kind, Ok(())) => info!(job = ?kind, "finished"),

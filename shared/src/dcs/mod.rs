@@ -176,6 +176,11 @@ impl<K: Kv> Dcs<K> {
         }
     }
 
+    /// The member name this handle writes for.
+    pub fn member_name(&self) -> &str {
+        &self.name
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

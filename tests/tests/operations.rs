@@ -1,0 +1,561 @@
+//! End-to-end operations on a running cluster (real etcd, three PostgreSQL 15 servers, agents)
+//! with a client writing the whole time: switchover now, to any member, scheduled and refused;
+//! failover to a candidate; restart now, scheduled and pending-only; dynamic parameters; reload
+//! of an edited file; reinitialize; pause; REST authentication and callbacks.
+
+use pgpilot_e2e::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const HEALTHY: Duration = Duration::from_secs(120);
+const LONG: Duration = Duration::from_secs(90);
+
+fn healthy_lab(spec: ClusterSpec) -> (Lab, usize) {
+    let mut lab = Lab::new(&format!("e2e-{}", spec.scope), spec, true).unwrap();
+    lab.cluster.start_all().unwrap();
+    let p = lab.cluster.wait_healthy(HEALTHY).unwrap();
+    (lab, p)
+}
+
+/// A REST call that may take as long as an operation does.
+fn call(
+    node: &Node,
+    method: &str,
+    path: &str,
+    body: &Value,
+    auth: Option<(&str, &str)>,
+) -> (u16, String) {
+    http_call(
+        method,
+        &node.api(path),
+        Some(&body.to_string()),
+        auth,
+        Duration::from_secs(120),
+    )
+    .unwrap()
+}
+
+fn leader_name(c: &TestCluster, etcd: &Etcd) -> Option<String> {
+    etcd.leader(&c.spec.scope).map(|(n, _)| n)
+}
+
+fn index_of(c: &TestCluster, name: &str) -> usize {
+    c.nodes.iter().position(|n| n.name == name).unwrap()
+}
+
+/// Waits until `node` runs as a replica streaming from the primary.
+fn wait_streaming(c: &TestCluster, i: usize, timeout: Duration) {
+    wait_for(
+        &format!("{} to stream again", c.nodes[i].name),
+        timeout,
+        || {
+            let s = c.nodes[i].status()?;
+            (s["role"] == "replica" && s["replication_state"] == "streaming").then_some(())
+        },
+    )
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+}
+
+fn start_time(n: &Node) -> Option<String> {
+    n.status()?["postmaster_start_time"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Switchover to a named candidate, then to any member, while a client writes: each answers
+/// with the new leader, no acknowledged row is lost, and the old primary streams again without
+/// a rewind or a re-clone. A scheduled switchover waits for its time; refused requests change
+/// nothing and say why; a failover names its candidate after the leader's machine is lost.
+#[test]
+fn switchover_and_failover_have_definite_outcomes() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "switchover".into(),
+        ttl: 10,
+        loop_wait: 2,
+        retry_timeout: 3,
+        ..Default::default()
+    };
+    let (mut lab, p) = healthy_lab(spec);
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    let writer = Writer::start(&c.nodes).unwrap();
+    writer.wait_more(30, Duration::from_secs(30)).unwrap();
+
+    // 1. to a named candidate
+    let old = c.nodes[p].name.clone();
+    let cand = (p + 1) % 3;
+    let target = c.nodes[cand].name.clone();
+    let began = Instant::now();
+    let (code, body) = call(
+        &c.nodes[p],
+        "POST",
+        "/switchover",
+        &json!({"leader": old, "candidate": target}),
+        None,
+    );
+    let took = began.elapsed();
+    assert_eq!(code, 200, "{body}\n{}", c.logs_tail());
+    assert!(
+        body.contains(&format!("Successfully switched over to \"{target}\"")),
+        "{body}"
+    );
+    assert_eq!(leader_name(c, etcd).as_deref(), Some(target.as_str()));
+    writer.wait_more(30, LONG).unwrap();
+    wait_streaming(c, p, LONG);
+    let streaming_after = began.elapsed();
+    let log = c.nodes[p].log();
+    assert!(
+        !log.contains("pg_rewind"),
+        "the old primary needed no rewind:\n{log}"
+    );
+    eprintln!(
+        "switchover: answered in {:.2}s, old primary streaming after {:.2}s",
+        took.as_secs_f64(),
+        streaming_after.as_secs_f64()
+    );
+
+    // 2. to any member (patroni's switchover without a candidate), asked on a replica
+    let other = (0..3).find(|i| *i != cand).unwrap();
+    let (code, body) = call(
+        &c.nodes[other],
+        "POST",
+        "/switchover",
+        &json!({"leader": target}),
+        None,
+    );
+    assert_eq!(code, 200, "{body}\n{}", c.logs_tail());
+    let now_leader = leader_name(c, etcd).unwrap();
+    assert_ne!(now_leader, target);
+    assert!(body.contains(&now_leader), "{body}");
+    writer.wait_more(30, LONG).unwrap();
+    wait_streaming(c, cand, LONG);
+
+    // 3. refused: nothing changes, the reason says why
+    let l = index_of(c, &now_leader);
+    let r = (l + 1) % 3;
+    let replica = c.nodes[r].name.clone();
+    for (body, want, text) in [
+        (
+            json!({"leader": now_leader, "candidate": "nobody"}),
+            412,
+            "does not exist",
+        ),
+        (
+            json!({"leader": replica, "candidate": now_leader}),
+            412,
+            "leader name does not match",
+        ),
+        (json!({"candidate": replica}), 400, "specific leader"),
+        (
+            json!({"leader": now_leader, "candidate": now_leader}),
+            400,
+            "same",
+        ),
+        (
+            json!({"leader": now_leader, "scheduled_at": "2020-01-01T00:00:00+00:00"}),
+            422,
+            "past",
+        ),
+        (
+            json!({"leader": now_leader, "scheduled_at": "2030-01-01T00:00:00"}),
+            400,
+            "Timezone",
+        ),
+        (
+            json!({"leader": now_leader, "scheduled_at": "soonish"}),
+            422,
+            "cannot parse",
+        ),
+    ] {
+        let (code, answer) = call(&c.nodes[l], "POST", "/switchover", &body, None);
+        assert_eq!(code, want, "{body}: {answer}");
+        assert!(answer.contains(text), "{body}: {answer}");
+    }
+    assert_eq!(leader_name(c, etcd).as_deref(), Some(now_leader.as_str()));
+    // a stopped candidate is refused with its state
+    let killed = c.nodes[r].postmaster_pid();
+    sql(&c.nodes[l], "SELECT 1").unwrap();
+    let (code, _) = call(
+        &c.nodes[l],
+        "PATCH",
+        "/config",
+        &json!({"pause": true}),
+        None,
+    );
+    assert_eq!(code, 200);
+    wait_for("members to see the pause", LONG, || {
+        c.nodes[r].status().filter(|s| s["pause"] == true)
+    })
+    .unwrap();
+    // paused: a switchover needs a named candidate
+    let (code, answer) = call(
+        &c.nodes[l],
+        "POST",
+        "/switchover",
+        &json!({"leader": now_leader}),
+        None,
+    );
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("paused"), "{answer}");
+    kill_postmaster(&c.nodes[r]);
+    wait_for("the killed replica to show as stopped", LONG, || {
+        let s = c.nodes[r].status()?;
+        (s["state"] != "running").then_some(())
+    })
+    .unwrap();
+    // paused: nothing restarts the killed postmaster
+    std::thread::sleep(Duration::from_secs(3 * c.spec.loop_wait));
+    assert!(
+        c.nodes[r].status().is_some_and(|s| s["state"] != "running"),
+        "a paused agent restarted PostgreSQL"
+    );
+    let (code, answer) = call(
+        &c.nodes[l],
+        "POST",
+        "/switchover",
+        &json!({"leader": now_leader, "candidate": replica}),
+        None,
+    );
+    assert_eq!(code, 412, "{answer}");
+    assert!(answer.contains("not healthy"), "{answer}");
+    assert!(killed.is_some());
+    let (code, _) = call(
+        &c.nodes[l],
+        "PATCH",
+        "/config",
+        &json!({"pause": null}),
+        None,
+    );
+    assert_eq!(code, 200);
+    wait_streaming(c, r, LONG);
+
+    // 4. scheduled a few seconds ahead: accepted with 202, visible, carried out at its time
+    let at = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let (code, answer) = call(
+        &c.nodes[l],
+        "POST",
+        "/switchover",
+        &json!({"leader": now_leader, "candidate": replica, "scheduled_at": at.to_rfc3339()}),
+        None,
+    );
+    assert_eq!(code, 202, "{answer}");
+    let (_, cluster) = c.nodes[l].get("/cluster").unwrap();
+    assert!(cluster.contains("scheduled_switchover"), "{cluster}");
+    wait_for("the scheduled switchover", LONG, || {
+        (leader_name(c, etcd).as_deref() == Some(replica.as_str())).then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert!(chrono::Utc::now() >= at, "carried out before its time");
+    wait_streaming(c, l, LONG);
+    // scheduled, then cancelled
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3600);
+    let rl = index_of(c, &replica);
+    let (code, _) = call(
+        &c.nodes[rl],
+        "POST",
+        "/switchover",
+        &json!({"leader": replica, "scheduled_at": at.to_rfc3339()}),
+        None,
+    );
+    assert_eq!(code, 202);
+    let (code, answer) = call(&c.nodes[rl], "DELETE", "/switchover", &json!({}), None);
+    assert_eq!(
+        (code, answer.as_str()),
+        (200, "scheduled switchover deleted")
+    );
+    let (code, _) = call(&c.nodes[rl], "DELETE", "/switchover", &json!({}), None);
+    assert_eq!(code, 404);
+
+    // 5. failover: the leader's machine is lost, the operator names the member to take over
+    let leader_now = index_of(c, &leader_name(c, etcd).unwrap());
+    let chosen = (leader_now + 2) % 3;
+    let chosen_name = c.nodes[chosen].name.clone();
+    c.kill_machine(leader_now);
+    let (code, answer) = call(
+        &c.nodes[chosen],
+        "POST",
+        "/failover",
+        &json!({"candidate": chosen_name}),
+        None,
+    );
+    assert_eq!(code, 200, "{answer}\n{}", c.logs_tail());
+    assert!(
+        answer.contains(&format!("Successfully failed over to \"{chosen_name}\"")),
+        "{answer}"
+    );
+    writer.wait_more(30, LONG).unwrap();
+
+    // every acknowledged row is on the final primary
+    let (ids, gap) = writer.finish(began);
+    let have = written_ids(&c.nodes[chosen]).unwrap();
+    let lost: Vec<&i64> = ids.iter().filter(|id| !have.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    eprintln!(
+        "longest write gap over the whole test: {:.2}s",
+        gap.as_secs_f64()
+    );
+}
+
+/// Basic credentials the `localops` cluster requires for every write.
+const ADMIN: Option<(&str, &str)> = Some(("admin", "admin-secret"));
+
+/// A callback program that appends its arguments to a log everyone can write.
+struct CallbackLog {
+    script: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl CallbackLog {
+    fn new() -> CallbackLog {
+        use std::os::unix::fs::PermissionsExt;
+        let base = format!("/var/tmp/pgpilot-callback-{}", std::process::id());
+        let script = std::path::PathBuf::from(format!("{base}.sh"));
+        let log = std::path::PathBuf::from(format!("{base}.log"));
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&log, "").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+        CallbackLog { script, log }
+    }
+
+    fn wait_line(&self, line: &str) {
+        wait_for(&format!("callback line {line:?}"), LONG, || {
+            let text = std::fs::read_to_string(&self.log).ok()?;
+            text.lines().any(|l| l == line).then_some(())
+        })
+        .map_err(|e| {
+            format!(
+                "{e}\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        })
+        .unwrap();
+    }
+}
+
+impl Drop for CallbackLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.script);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn show(n: &Node, guc: &str) -> String {
+    sql(n, &format!("SHOW {guc}"))
+        .ok()
+        .and_then(|r| r.into_iter().next())
+        .unwrap_or_default()
+}
+
+/// Restart (now, scheduled, pending-only), dynamic parameters, reload of an edited file,
+/// reinitialize and callbacks on a cluster whose REST API requires credentials, while a client
+/// writes; every acknowledged row survives.
+#[test]
+fn restart_reload_reinitialize_and_parameters_with_authentication() {
+    if !prerequisites() {
+        return;
+    }
+    let cb = CallbackLog::new();
+    let script = cb.script.display().to_string();
+    let spec = ClusterSpec {
+        scope: "localops".into(),
+        ttl: 10,
+        loop_wait: 2,
+        retry_timeout: 3,
+        restapi_yaml: "  authentication:\n    username: admin\n    password: admin-secret\n".into(),
+        postgresql_yaml: format!(
+            "  callbacks:\n    on_start: {script}\n    on_restart: {script}\n    on_role_change: {script}\n    on_reload: {script}\n"
+        ),
+        ..Default::default()
+    };
+    let (mut lab, p) = healthy_lab(spec);
+    let c = &mut lab.cluster;
+    let r = (p + 1) % 3;
+    let writer = Writer::start(&c.nodes).unwrap();
+    writer.wait_more(20, Duration::from_secs(30)).unwrap();
+
+    // authentication: writes need the credentials, reads do not; no secret in the log
+    let (code, body) = call(&c.nodes[r], "POST", "/restart", &json!({}), None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("no auth header received"), "{body}");
+    let (code, body) = call(
+        &c.nodes[r],
+        "POST",
+        "/restart",
+        &json!({}),
+        Some(("admin", "guess-pass")),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("not authenticated"), "{body}");
+    assert!(c.nodes[r].status().is_some());
+    let log = c.nodes[r].log();
+    assert!(
+        log.contains("wrong credentials") && !log.contains("guess-pass"),
+        "{log}"
+    );
+
+    // callbacks of the start: the primary and the replicas, with action, role and scope
+    cb.wait_line("on_start primary localops");
+    cb.wait_line("on_start replica localops");
+
+    // restart now
+    let before = start_time(&c.nodes[r]).unwrap();
+    let (code, body) = call(&c.nodes[r], "POST", "/restart", &json!({}), ADMIN);
+    assert_eq!((code, body.as_str()), (200, "restarted successfully"));
+    assert_ne!(start_time(&c.nodes[r]), Some(before));
+    cb.wait_line("on_restart replica localops");
+    // pending-only: nothing pending, nothing done
+    let (code, body) = call(
+        &c.nodes[r],
+        "POST",
+        "/restart",
+        &json!({"restart_pending": true}),
+        ADMIN,
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("restart conditions are not satisfied"),
+        "{body}"
+    );
+    // bad filters are refused with the key
+    let (code, body) = call(
+        &c.nodes[r],
+        "POST",
+        "/restart",
+        &json!({"role": "boss"}),
+        ADMIN,
+    );
+    assert_eq!(code, 400, "{body}");
+
+    // dynamic parameters: one applied by reload everywhere, one pending a restart
+    let (code, body) = call(
+        &c.nodes[r],
+        "PATCH",
+        "/config",
+        &json!({"postgresql": {"parameters": {"work_mem": "7MB", "max_connections": 60}}}),
+        ADMIN,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"max_connections\":60"), "{body}");
+    for n in &c.nodes {
+        wait_for(
+            &format!("{} to apply work_mem and flag the restart", n.name),
+            LONG,
+            || {
+                let s = n.status()?;
+                (show(n, "work_mem") == "7MB" && s["pending_restart"] == true).then_some(())
+            },
+        )
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    }
+    let (code, body) = call(
+        &c.nodes[r],
+        "PATCH",
+        "/config",
+        &json!({"ttl": "soon"}),
+        ADMIN,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("ttl"), "{body}");
+    for n in &c.nodes {
+        let (code, body) = call(
+            n,
+            "POST",
+            "/restart",
+            &json!({"restart_pending": true}),
+            ADMIN,
+        );
+        assert_eq!(code, 200, "{}: {body}", n.name);
+        assert_eq!(show(n, "max_connections"), "60");
+        let s = n.status().unwrap();
+        assert!(s.get("pending_restart").is_none(), "{s}");
+    }
+    writer.wait_more(20, LONG).unwrap();
+
+    // scheduled restart: visible in /patroni and the member key, one at a time, then done
+    let before = start_time(&c.nodes[r]).unwrap();
+    let at = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let (code, body) = call(
+        &c.nodes[r],
+        "POST",
+        "/restart",
+        &json!({"schedule": at.to_rfc3339(), "role": "replica"}),
+        ADMIN,
+    );
+    assert_eq!(code, 202, "{body}");
+    let s = c.nodes[r].status().unwrap();
+    assert_eq!(s["scheduled_restart"]["role"], "replica", "{s}");
+    let (code, _) = call(
+        &c.nodes[r],
+        "POST",
+        "/restart",
+        &json!({"schedule": at.to_rfc3339()}),
+        ADMIN,
+    );
+    assert_eq!(code, 409);
+    wait_for("the scheduled restart", LONG, || {
+        let now = start_time(&c.nodes[r])?;
+        (now != before).then_some(())
+    })
+    .unwrap();
+    assert!(chrono::Utc::now() >= at);
+    let (code, _) = call(&c.nodes[r], "DELETE", "/restart", &json!({}), ADMIN);
+    assert_eq!(code, 404);
+
+    // reload after editing the file: a local parameter changes; a broken file changes nothing
+    let path = c.nodes[r].config_path.clone();
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        original.replace("fsync: 'off'", "fsync: 'off'\n    work_mem: 9MB"),
+    )
+    .unwrap();
+    let (code, body) = call(&c.nodes[r], "POST", "/reload", &json!({}), ADMIN);
+    assert_eq!(code, 202, "{body}");
+    wait_for("the reloaded work_mem", LONG, || {
+        (show(&c.nodes[r], "work_mem") == "9MB").then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.nodes[r].log()))
+    .unwrap();
+    cb.wait_line("on_reload replica localops");
+    std::fs::write(&path, format!("{original}\n  : [broken")).unwrap();
+    let (code, body) = call(&c.nodes[r], "POST", "/reload", &json!({}), ADMIN);
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(show(&c.nodes[r], "work_mem"), "9MB");
+    std::fs::write(&path, &original).unwrap();
+
+    // reinitialize: refused on the leader, a replica is cloned again while writes go on
+    let (code, body) = call(&c.nodes[p], "POST", "/reinitialize", &json!({}), ADMIN);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("I am the leader"), "{body}");
+    let marker = c.nodes[r].data_dir.join("pgpilot-test-marker");
+    std::fs::write(&marker, "left by the test").unwrap();
+    let (code, body) = call(&c.nodes[r], "POST", "/reinitialize", &json!({}), ADMIN);
+    assert_eq!((code, body.as_str()), (200, "reinitialize started"));
+    wait_for("the reinitialized replica", LONG, || {
+        let s = c.nodes[r].status()?;
+        (!marker.exists() && s["role"] == "replica" && s["replication_state"] == "streaming")
+            .then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    writer.wait_more(20, LONG).unwrap();
+    let (ids, _) = writer.finish(Instant::now());
+    let last = *ids.last().unwrap();
+    wait_for("the reinitialized replica to hold every row", LONG, || {
+        let have = written_ids(&c.nodes[r]).ok()?;
+        (have.contains(&last) && ids.iter().all(|i| have.contains(i))).then_some(())
+    })
+    .unwrap();
+}

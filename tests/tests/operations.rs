@@ -559,3 +559,181 @@ fn restart_reload_reinitialize_and_parameters_with_authentication() {
     })
     .unwrap();
 }
+
+/// `patronictl ARGS…` with a node's YAML (its `restapi.authentication` is what patronictl
+/// sends): (success, stdout + stderr).
+fn patronictl(config: &std::path::Path, args: &[&str]) -> Option<(bool, String)> {
+    let ctl = patroni_program("patronictl")?;
+    let out = std::process::Command::new(ctl)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    Some((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// Real `patronictl` (Patroni 4.x) operates a pgpilot cluster whose REST API requires
+/// credentials: switchover, failover, restart, reload, reinit, pause/resume, edit-config and
+/// flush, each with its real effect.
+#[test]
+fn patronictl_operates_a_pgpilot_cluster() {
+    if !prerequisites() {
+        return;
+    }
+    if patroni_program("patronictl").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "patronictl is required in CI (see .ci/run)"
+        );
+        eprintln!("patronictl not installed: skipping");
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "ctlops".into(),
+        ttl: 10,
+        loop_wait: 2,
+        retry_timeout: 3,
+        restapi_yaml: "  authentication:\n    username: admin\n    password: admin-secret\n".into(),
+        ..Default::default()
+    };
+    let (mut lab, p) = healthy_lab(spec);
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    let cfg = c.nodes[p].config_path.clone();
+    let ctl = |args: &[&str]| {
+        let (ok, out) = patronictl(&cfg, args).unwrap();
+        assert!(ok, "patronictl {args:?}:\n{out}");
+        out
+    };
+    let writer = Writer::start(&c.nodes).unwrap();
+    writer.wait_more(20, Duration::from_secs(30)).unwrap();
+
+    // switchover to a named candidate
+    let old = c.nodes[p].name.clone();
+    let cand = c.nodes[(p + 1) % 3].name.clone();
+    let out = ctl(&[
+        "switchover",
+        "ctlops",
+        "--leader",
+        &old,
+        "--candidate",
+        &cand,
+        "--force",
+    ]);
+    assert!(
+        out.contains(&format!("Successfully switched over to \"{cand}\"")),
+        "{out}"
+    );
+    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+    wait_streaming(c, p, LONG);
+
+    // a refused switchover is reported with the reason, and nothing changes
+    let (ok, out) = patronictl(
+        &cfg,
+        &[
+            "switchover",
+            "ctlops",
+            "--leader",
+            &cand,
+            "--candidate",
+            &cand,
+            "--force",
+        ],
+    )
+    .unwrap();
+    assert!(
+        !ok || out.contains("failed") || out.contains("same"),
+        "{out}"
+    );
+    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+
+    // restart, reload, reinit of a replica
+    let replica = c.nodes[p].name.clone();
+    let before = start_time(&c.nodes[p]).unwrap();
+    let out = ctl(&["restart", "ctlops", &replica, "--force"]);
+    assert!(out.contains("Success: restart on member"), "{out}");
+    assert_ne!(start_time(&c.nodes[p]), Some(before));
+    let out = ctl(&["reload", "ctlops", &replica, "--force"]);
+    assert!(out.contains("Reload request received for member"), "{out}");
+    let marker = c.nodes[p].data_dir.join("pgpilot-test-marker");
+    std::fs::write(&marker, "left by the test").unwrap();
+    let out = ctl(&["reinit", "ctlops", &replica, "--force", "--wait"]);
+    assert!(out.contains("Success: reinitialize for member"), "{out}");
+    wait_for("the reinitialized replica", LONG, || {
+        let s = c.nodes[p].status()?;
+        (!marker.exists() && s["replication_state"] == "streaming").then_some(())
+    })
+    .unwrap();
+
+    // edit-config: a reloadable parameter reaches every member
+    ctl(&["edit-config", "ctlops", "--pg", "work_mem=5MB", "--force"]);
+    for n in &c.nodes {
+        wait_for(&format!("{} to apply work_mem", n.name), LONG, || {
+            (show(n, "work_mem") == "5MB").then_some(())
+        })
+        .unwrap();
+    }
+
+    // pause and resume, waiting as patronictl does for every member to see it
+    let out = ctl(&["pause", "ctlops", "--wait"]);
+    assert!(
+        out.contains("Success: cluster management is paused"),
+        "{out}"
+    );
+    let out = ctl(&["resume", "ctlops", "--wait"]);
+    assert!(
+        out.contains("Success: cluster management is resumed"),
+        "{out}"
+    );
+
+    // a scheduled restart and a scheduled switchover, both flushed
+    let at = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    ctl(&["restart", "ctlops", &replica, "--scheduled", &at, "--force"]);
+    assert!(c.nodes[p].status().unwrap()["scheduled_restart"].is_object());
+    ctl(&["flush", "ctlops", &replica, "restart", "--force"]);
+    assert!(
+        c.nodes[p]
+            .status()
+            .unwrap()
+            .get("scheduled_restart")
+            .is_none()
+    );
+    let out = ctl(&[
+        "switchover",
+        "ctlops",
+        "--leader",
+        &cand,
+        "--scheduled",
+        &at,
+        "--force",
+    ]);
+    assert!(out.contains("Switchover scheduled"), "{out}");
+    ctl(&["flush", "ctlops", "switchover", "--force"]);
+    let (_, cluster) = c.nodes[p].get("/cluster").unwrap();
+    assert!(!cluster.contains("scheduled_switchover"), "{cluster}");
+
+    // failover to a named replica (patronictl warns that it is not a switchover)
+    let target = c
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| *n != cand)
+        .unwrap();
+    let out = ctl(&["failover", "ctlops", "--candidate", &target, "--force"]);
+    assert!(out.contains(&target), "{out}");
+    wait_for("the failover target to lead", LONG, || {
+        (leader_name(c, etcd).as_deref() == Some(target.as_str())).then_some(())
+    })
+    .unwrap();
+    writer.wait_more(20, LONG).unwrap();
+}

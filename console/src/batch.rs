@@ -8,7 +8,7 @@ use shared::api::MemberClient;
 use shared::config::{ConfigError, ConsoleConfig};
 use shared::dcs::etcd::EtcdKv;
 use shared::dcs::{Cluster, Dcs, load_namespace};
-use shared::ops::{self, OpsError};
+use shared::ops::{self, OpsError, switchover};
 use shared::view::{self, Format, Table};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -176,6 +176,20 @@ impl Session {
         ops::operator_handle(self.kv.clone(), &self.cfg.namespace, &c.scope)
     }
 
+    /// One operation's outcome on stdout: a JSON object with -f json, else a line.
+    fn report(&self, operation: &str, target: &str, ok: bool, message: &str) {
+        if self.format == Format::Json {
+            println!(
+                "{}",
+                serde_json::json!({"operation": operation, "target": target, "ok": ok, "message": message})
+            );
+        } else if ok {
+            println!("{message}");
+        } else {
+            eprintln!("console: {message}");
+        }
+    }
+
     fn namespace_prefix(&self) -> String {
         shared::dcs::keys::namespace_prefix(&self.cfg.namespace)
     }
@@ -251,37 +265,360 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
         Command::Resume { cluster, wait } => pause(&s, cluster.as_ref(), false, wait).await,
         Command::Flush {
             cluster,
-            target: _,
+            target,
+            members,
+            force,
+        } => flush(&s, &cluster, &target, &members, force).await,
+        Command::Switchover {
+            cluster,
+            leader,
+            candidate,
+            scheduled,
+            force,
+        } => {
+            let at = match scheduled.as_deref() {
+                Some(t) => switchover::parse_time(t).map_err(ops_failure)?,
+                None => None,
+            };
+            let c = s.one(cluster.as_ref()).await?;
+            let leader = leader.or_else(|| c.leader.as_ref().map(|l| l.name.clone()));
+            let req = switchover::Request {
+                kind: switchover::Kind::Switchover,
+                leader,
+                candidate,
+                scheduled_at: at,
+            };
+            hand_over(&s, &c, req, force).await
+        }
+        Command::Failover {
+            cluster,
+            candidate,
+            force,
+        } => {
+            let c = s.one(cluster.as_ref()).await?;
+            let req = switchover::Request {
+                kind: switchover::Kind::Failover,
+                leader: None,
+                candidate,
+                scheduled_at: None,
+            };
+            hand_over(&s, &c, req, force).await
+        }
+        Command::Restart {
+            cluster,
+            members,
+            role,
+            any,
+            scheduled,
+            pg_version,
+            pending,
+            timeout,
+            force,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(t) = &scheduled {
+                body.insert("schedule".into(), Value::from(t.clone()));
+            }
+            if let Some(v) = &pg_version {
+                body.insert("postgres_version".into(), Value::from(v.clone()));
+            }
+            if let Some(t) = &timeout {
+                body.insert("timeout".into(), Value::from(t.clone()));
+            }
+            if pending {
+                body.insert("restart_pending".into(), Value::Bool(true));
+            }
+            let req = ops::RestartRequest::from_json(&Value::Object(body)).map_err(ops_failure)?;
+            let c = s.one(Some(&cluster)).await?;
+            let mut chosen = pick_members(&c, &members, role.as_deref())?;
+            if any {
+                chosen.truncate(1);
+            }
+            restart(&s, &c, &chosen, &req, force).await
+        }
+        Command::Reinit {
+            cluster,
+            members,
+            force,
+            wait,
+        } => {
+            let c = s.one(Some(&cluster)).await?;
+            let chosen = pick_members(&c, &members, None)?;
+            reinit(&s, &c, &chosen, force, wait).await
+        }
+        Command::Reload {
+            cluster,
+            members,
+            role,
             force,
         } => {
             let c = s.one(Some(&cluster)).await?;
-            let f = c
-                .failover
-                .as_ref()
-                .and_then(|f| f.value.scheduled_at.clone())
-                .unwrap_or_default();
-            if !f.is_empty() {
-                confirm(
-                    &format!("Cancel the switchover of {} scheduled at {f}?", c.scope),
-                    force,
-                )?;
+            let chosen = pick_members(&c, &members, role.as_deref())?;
+            confirm(
+                &format!("Reload the configuration of {}?", chosen.join(", ")),
+                force,
+            )?;
+            let client = MemberClient::new(Duration::from_secs(5));
+            let mut failed = 0;
+            for name in &chosen {
+                let Some(m) = c.member(name) else { continue };
+                match ops::member::reload(&client, s.cfg.rest_auth.as_ref(), m).await {
+                    Ok(_) => s.report("reload", name, true, "reload requested"),
+                    Err(e) => {
+                        failed += 1;
+                        s.report("reload", name, false, &e.to_string());
+                    }
+                }
             }
-            ops::clear_scheduled_switchover(&s.dcs(&c), &c)
-                .await
-                .map_err(ops_failure)?;
-            eprintln!(
-                "Success: the scheduled switchover of {} is cancelled",
-                c.scope
-            );
-            Ok(())
+            some_failed(failed, "reload")
         }
         Command::Remove { cluster, force } => remove(&s, &cluster, force).await,
     }
 }
 
+/// The member names an operation applies to: those named (each must exist), else every
+/// member, kept to `role` (leader/primary, replica, any) when given.
+fn pick_members(c: &Cluster, names: &[String], role: Option<&str>) -> Result<Vec<String>, Failure> {
+    for n in names {
+        if c.member(n).is_none() {
+            return Err(Failure::Usage(format!(
+                "{n} is not a member of {} (members: {})",
+                c.scope,
+                names_or_none(c.members.iter().map(|m| m.name.as_str()))
+            )));
+        }
+    }
+    let leader = c.leader.as_ref().map(|l| l.name.as_str());
+    let want = match role.unwrap_or("any") {
+        r @ ("leader" | "primary" | "master" | "replica" | "any") => r,
+        other => {
+            return Err(Failure::Usage(format!(
+                "--role {other:?}: expected leader, primary, replica or any"
+            )));
+        }
+    };
+    let chosen: Vec<String> = c
+        .members
+        .iter()
+        .filter(|m| names.is_empty() || names.contains(&m.name))
+        .filter(|m| match want {
+            "leader" | "primary" | "master" => Some(m.name.as_str()) == leader,
+            "replica" => Some(m.name.as_str()) != leader,
+            _ => true,
+        })
+        .map(|m| m.name.clone())
+        .collect();
+    if chosen.is_empty() {
+        return Err(Failure::Failed(format!(
+            "no member of {} matches (role {want})",
+            c.scope
+        )));
+    }
+    Ok(chosen)
+}
+
+/// Exit 1 when any member's operation failed.
+fn some_failed(failed: usize, what: &str) -> Outcome {
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(Failure::Failed(format!(
+            "{what} failed on {failed} member(s)"
+        )))
+    }
+}
+
+/// A switchover or failover: confirm, carry out, report the definite outcome.
+async fn hand_over(s: &Session, c: &Cluster, req: switchover::Request, force: bool) -> Outcome {
+    let noun = req.kind.noun();
+    let when = req
+        .scheduled_at
+        .map(|t| format!(" at {}", t.to_rfc3339()))
+        .unwrap_or_default();
+    confirm(
+        &format!(
+            "{} cluster {}{} from {} to {}{when}?",
+            if noun == "switchover" {
+                "Switch over"
+            } else {
+                "Fail over"
+            },
+            c.scope,
+            "",
+            req.leader.as_deref().unwrap_or("no leader"),
+            req.candidate.as_deref().unwrap_or("the healthiest replica"),
+        ),
+        force,
+    )?;
+    let client = MemberClient::new(Duration::from_secs(2));
+    let ttl = c.dynamic_config().timing().ttl;
+    let wait = Duration::from_secs(2 * ttl + 20);
+    match switchover::run(&s.dcs(c), &client, &req, wait).await {
+        Ok(switchover::Outcome::Done {
+            new_leader,
+            message,
+        }) => {
+            s.report(noun, &new_leader, true, &message);
+            Ok(())
+        }
+        Ok(switchover::Outcome::Scheduled { at }) => {
+            s.report(
+                noun,
+                req.candidate.as_deref().unwrap_or(""),
+                true,
+                &format!("Switchover scheduled at {}", at.to_rfc3339()),
+            );
+            Ok(())
+        }
+        Err(e) => Err(ops_failure(e)),
+    }
+}
+
+async fn restart(
+    s: &Session,
+    c: &Cluster,
+    names: &[String],
+    req: &ops::RestartRequest,
+    force: bool,
+) -> Outcome {
+    let when = req
+        .schedule
+        .map(|t| format!(" at {}", t.to_rfc3339()))
+        .unwrap_or_default();
+    confirm(&format!("Restart {}{when}?", names.join(", ")), force)?;
+    let client = MemberClient::new(Duration::from_secs(5));
+    let mut failed = 0;
+    for name in names {
+        let Some(m) = c.member(name) else { continue };
+        match ops::member::restart(&client, s.cfg.rest_auth.as_ref(), m, req).await {
+            Ok(text) => s.report("restart", name, true, &text),
+            Err(e) => {
+                failed += 1;
+                s.report("restart", name, false, &e.to_string());
+            }
+        }
+    }
+    some_failed(failed, "restart")
+}
+
+async fn reinit(s: &Session, c: &Cluster, names: &[String], force: bool, wait: bool) -> Outcome {
+    confirm(
+        &format!(
+            "Wipe the data directory of {} and clone it again?",
+            names.join(", ")
+        ),
+        force,
+    )?;
+    let client = MemberClient::new(Duration::from_secs(5));
+    let mut failed = 0;
+    let mut started = Vec::new();
+    for name in names {
+        let Some(m) = c.member(name) else { continue };
+        match ops::member::reinitialize(&client, s.cfg.rest_auth.as_ref(), m, force).await {
+            Ok(text) => {
+                s.report("reinit", name, true, &text);
+                started.push(name.clone());
+            }
+            Err(e) => {
+                failed += 1;
+                s.report("reinit", name, false, &e.to_string());
+            }
+        }
+    }
+    if wait && !started.is_empty() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = s.one(Some(&c.scope)).await?;
+            let states: Vec<String> = started
+                .iter()
+                .map(|n| {
+                    let st = now.member(n).map_or("gone", |m| {
+                        m.data
+                            .replication_state
+                            .as_deref()
+                            .unwrap_or(m.data.state.as_str())
+                    });
+                    format!("{n}: {st}")
+                })
+                .collect();
+            let line = states.join(", ");
+            if line != last {
+                eprintln!("{line}");
+                last = line;
+            }
+            if started.iter().all(|n| {
+                now.member(n)
+                    .is_some_and(|m| m.data.replication_state.as_deref() == Some("streaming"))
+            }) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Failure::Failed(format!(
+                    "not streaming again after an hour: {last}"
+                )));
+            }
+        }
+    }
+    some_failed(failed, "reinit")
+}
+
+async fn flush(s: &Session, cluster: &str, target: &str, names: &[String], force: bool) -> Outcome {
+    let c = s.one(Some(&cluster.to_string())).await?;
+    if target == "switchover" {
+        let f = c
+            .failover
+            .as_ref()
+            .and_then(|f| f.value.scheduled_at.clone())
+            .unwrap_or_default();
+        if !f.is_empty() {
+            confirm(
+                &format!("Cancel the switchover of {} scheduled at {f}?", c.scope),
+                force,
+            )?;
+        }
+        ops::clear_scheduled_switchover(&s.dcs(&c), &c)
+            .await
+            .map_err(ops_failure)?;
+        s.report("flush", &c.scope, true, "scheduled switchover deleted");
+        return Ok(());
+    }
+    let chosen: Vec<String> = pick_members(&c, names, None)?
+        .into_iter()
+        .filter(|n| {
+            c.member(n)
+                .is_some_and(|m| m.data.scheduled_restart.is_some())
+        })
+        .collect();
+    if chosen.is_empty() {
+        return Err(Failure::Failed(format!(
+            "no scheduled restart in {}",
+            c.scope
+        )));
+    }
+    confirm(
+        &format!("Cancel the scheduled restart of {}?", chosen.join(", ")),
+        force,
+    )?;
+    let client = MemberClient::new(Duration::from_secs(5));
+    let mut failed = 0;
+    for name in &chosen {
+        let Some(m) = c.member(name) else { continue };
+        match ops::member::cancel_restart(&client, s.cfg.rest_auth.as_ref(), m).await {
+            Ok(text) => s.report("flush", name, true, &text),
+            Err(e) => {
+                failed += 1;
+                s.report("flush", name, false, &e.to_string());
+            }
+        }
+    }
+    some_failed(failed, "flush")
+}
+
 fn ops_failure(e: OpsError) -> Failure {
     match e {
-        OpsError::Invalid(m) => Failure::Usage(m),
+        OpsError::Invalid(m) | OpsError::BadTime(m) => Failure::Usage(m),
         other => Failure::Failed(other.to_string()),
     }
 }

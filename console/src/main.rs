@@ -150,14 +150,118 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Cancel a scheduled switchover (`flush CLUSTER switchover`).
+    /// Hand the leader lock over to a replica, now or at a time, and report the outcome.
     ///
-    /// Example: flush demo switchover --force
+    /// The old primary checkpoints, stops, releases the lock and comes back as a replica of
+    /// the new leader; clients see a write gap of a fraction of a second. The command returns
+    /// when the new leader runs as primary (exit 0, its name printed) or with the reason it
+    /// did not happen (exit 1) — never "status unknown". Refused (exit 1, the numbers named)
+    /// when the candidate is not a healthy replica within maximum_lag_on_failover, or tagged
+    /// nofailover. Without --candidate the healthiest replica takes over.
+    ///
+    /// Examples: switchover demo --candidate node2 --force
+    ///           switchover demo --scheduled 2026-11-24T02:00+00:00 --force
+    Switchover {
+        cluster: Option<String>,
+        /// The current leader (default: whoever holds the lock).
+        #[arg(long, alias = "primary", alias = "master")]
+        leader: Option<String>,
+        /// The member to take over (default: the healthiest replica).
+        #[arg(long)]
+        candidate: Option<String>,
+        /// When, as ISO 8601 with a time zone (default: now).
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Promote a named replica when the cluster has no healthy leader.
+    ///
+    /// The candidate takes over even if it lags: that is the operator's choice. With a
+    /// healthy leader, prefer switchover.
+    ///
+    /// Example: failover demo --candidate node3 --force
+    Failover {
+        cluster: Option<String>,
+        /// The member to promote.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restart PostgreSQL on members (all, those named, or those of a role), now or at a
+    /// time; each restart is reported when it has finished.
+    ///
+    /// Examples: restart demo --pending --force        (only where a parameter needs it)
+    ///           restart demo node2 --scheduled 2026-11-24T03:00+00:00 --force
+    ///           restart demo -r replica --pg-version 15.9 --force
+    Restart {
+        cluster: String,
+        members: Vec<String>,
+        /// Only members of this role: leader, primary, replica, any.
+        #[arg(short = 'r', long)]
+        role: Option<String>,
+        /// Restart one member only, the first that matches.
+        #[arg(long)]
+        any: bool,
+        /// When, as ISO 8601 with a time zone (default: now).
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
+        /// Only members running an older PostgreSQL than this (e.g. 15.9).
+        #[arg(long = "pg-version", value_name = "VERSION")]
+        pg_version: Option<String>,
+        /// Only members with a pending restart.
+        #[arg(long)]
+        pending: bool,
+        /// Seconds the start may take.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wipe the data directory of replicas and clone them again from the leader.
+    ///
+    /// Refused on the leader. With --wait, returns when each member streams again.
+    ///
+    /// Example: reinit demo node3 --force --wait
+    Reinit {
+        cluster: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// Do not ask; also cancels a job the member is running.
+        #[arg(long)]
+        force: bool,
+        /// Wait until each member runs and streams again.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Make members re-read their configuration file (as SIGHUP does).
+    ///
+    /// Example: reload demo --force
+    Reload {
+        cluster: String,
+        members: Vec<String>,
+        /// Only members of this role: leader, primary, replica, any.
+        #[arg(short = 'r', long)]
+        role: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Cancel a scheduled switchover, or members' scheduled restarts.
+    ///
+    /// Examples: flush demo switchover --force
+    ///           flush demo restart node2 --force
     Flush {
         cluster: String,
-        /// What to cancel: switchover.
-        #[arg(value_parser = ["switchover"])]
+        /// What to cancel: switchover or restart.
+        #[arg(value_parser = ["switchover", "restart"])]
         target: String,
+        /// For restart: the members (default: all).
+        members: Vec<String>,
         /// Do not ask.
         #[arg(long)]
         force: bool,

@@ -72,6 +72,32 @@ impl MemberClient {
         resp.json::<Value>().await.ok()
     }
 
+    /// `method` on `path` beside a member's `api_url` (its `/patroni`), with a JSON body and
+    /// Basic credentials when given: (status, body text). The error is why nothing answered.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        api_url: &str,
+        path: &str,
+        body: &Value,
+        auth: Option<&crate::config::BasicAuth>,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        let base = api_url.trim_end_matches("/patroni").trim_end_matches('/');
+        let mut req = self
+            .http
+            .request(method, format!("{base}{path}"))
+            .timeout(timeout)
+            .json(body);
+        if let Some(a) = auth {
+            req = req.basic_auth(&a.username, Some(a.password.expose()));
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let code = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((code, text))
+    }
+
     /// `GET` each of `api_urls` at once; answers in the same order (`None` for an empty URL or
     /// no answer in time).
     pub async fn statuses(&self, api_urls: &[String]) -> Vec<Option<Value>> {

@@ -737,3 +737,126 @@ fn patronictl_operates_a_pgpilot_cluster() {
     .unwrap();
     writer.wait_more(20, LONG).unwrap();
 }
+
+/// `console --batch` carries out the same operations (one implementation in shared::ops) with
+/// exit codes for scripts: 0 done, 1 refused or failed, 2 bad input.
+#[test]
+fn console_batch_operates_a_cluster() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "batchops".into(),
+        ttl: 10,
+        loop_wait: 2,
+        retry_timeout: 3,
+        restapi_yaml: "  authentication:\n    username: admin\n    password: admin-secret\n".into(),
+        ..Default::default()
+    };
+    let (mut lab, p) = healthy_lab(spec);
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    let cfg = c.nodes[p].config_path.display().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["-c", cfg.as_str(), "--batch"];
+        all.extend_from_slice(args);
+        console(&all).unwrap()
+    };
+    let writer = Writer::start(&c.nodes).unwrap();
+    writer.wait_more(20, Duration::from_secs(30)).unwrap();
+
+    // switchover with JSON output
+    let cand = c.nodes[(p + 1) % 3].name.clone();
+    let (code, out, err) = run(&[
+        "-f",
+        "json",
+        "switchover",
+        "batchops",
+        "--candidate",
+        &cand,
+        "--force",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["target"], cand.as_str(), "{v}");
+    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+    wait_streaming(c, p, LONG);
+
+    // refused (exit 1) and bad input (exit 2), nothing changes
+    let (code, _, err) = run(&["switchover", "batchops", "--candidate", "nobody", "--force"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    let (code, _, err) = run(&[
+        "switchover",
+        "batchops",
+        "--scheduled",
+        "tomorrow",
+        "--force",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["restart", "batchops", "nobody", "--force"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["restart", "batchops", "--role", "boss", "--force"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["switchover", "batchops", "--candidate", &cand]);
+    assert_eq!(code, 2, "not on a terminal without --force: {err}");
+    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+
+    // restart replicas, only where pending: none is, so each reports the unmet condition
+    let (code, out, err) = run(&[
+        "restart",
+        "batchops",
+        "-r",
+        "replica",
+        "--pending",
+        "--force",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("restart conditions are not satisfied"),
+        "{err}"
+    );
+    let replica = c.nodes[p].name.clone();
+    let (code, out, err) = run(&["restart", "batchops", &replica, "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("restarted successfully"), "{out}");
+    let (code, out, err) = run(&["reload", "batchops", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // a scheduled restart, listed and flushed
+    let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (code, _, err) = run(&[
+        "restart",
+        "batchops",
+        &replica,
+        "--scheduled",
+        &at,
+        "--force",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["flush", "batchops", "restart", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("scheduled restart deleted"), "{out}");
+
+    // reinit with --wait returns once the member streams again; refused on the leader
+    let (code, _, err) = run(&["reinit", "batchops", &cand, "--force"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("I am the leader"), "{err}");
+    let (code, out, err) = run(&["reinit", "batchops", &replica, "--force", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(c.nodes[p].status().unwrap()["replication_state"] == "streaming");
+
+    // failover to a named member
+    let target = c
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| *n != cand)
+        .unwrap();
+    let (code, out, err) = run(&["failover", "batchops", "--candidate", &target, "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&target), "{out}");
+    writer.wait_more(20, LONG).unwrap();
+}

@@ -4,6 +4,7 @@
 //! clearing a scheduled switchover, and removing a cluster's keys. [`switchover`] holds the
 //! switchover and failover requests.
 
+pub mod member;
 pub mod restart;
 pub mod switchover;
 

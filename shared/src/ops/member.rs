@@ -1,0 +1,146 @@
+//! Operations one member's agent carries out, asked over its REST API with the operator's
+//! credentials: restart (now or scheduled, with filters), cancelling a scheduled restart,
+//! reinitialize and reload. The agent's answer becomes a sentence or an [`OpsError`].
+
+use super::{OpsError, RestartRequest};
+use crate::api::MemberClient;
+use crate::config::BasicAuth;
+use crate::dcs::Member;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// The reason text of an agent's answer: `{"error": …}` from pgpilot, plain text from Patroni.
+fn reason(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string())
+}
+
+async fn ask(
+    client: &MemberClient,
+    auth: Option<&BasicAuth>,
+    member: &Member,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+    timeout: Duration,
+) -> Result<(u16, String), OpsError> {
+    if member.data.api_url.is_empty() {
+        return Err(OpsError::Failed(format!(
+            "{} publishes no api_url: its agent cannot be asked",
+            member.name
+        )));
+    }
+    let (code, text) = client
+        .call(method, &member.data.api_url, path, &body, auth, timeout)
+        .await
+        .map_err(|e| {
+            OpsError::Failed(format!(
+                "{}: the REST API at {} does not answer: {e}",
+                member.name, member.data.api_url
+            ))
+        })?;
+    let why = reason(&text);
+    match code {
+        200..=299 => Ok((code, why)),
+        401 | 403 => Err(OpsError::Refused(format!(
+            "{}: the REST API refused the credentials ({why}); set ctl.authentication or restapi.authentication in the console's config",
+            member.name
+        ))),
+        400 | 422 => Err(OpsError::Invalid(format!("{}: {why}", member.name))),
+        404 => Err(OpsError::Refused(format!("{}: {why}", member.name))),
+        _ => Err(OpsError::Failed(format!("{}: {why}", member.name))),
+    }
+}
+
+/// Restarts (or schedules a restart of) a member's PostgreSQL; the agent answers when an
+/// immediate restart has finished.
+pub async fn restart(
+    client: &MemberClient,
+    auth: Option<&BasicAuth>,
+    member: &Member,
+    req: &RestartRequest,
+) -> Result<String, OpsError> {
+    let wait = Duration::from_secs(req.timeout.unwrap_or(60) + 30);
+    let (_, text) = ask(
+        client,
+        auth,
+        member,
+        reqwest::Method::POST,
+        "/restart",
+        req.to_json(),
+        wait,
+    )
+    .await?;
+    Ok(text)
+}
+
+/// Cancels a member's scheduled restart.
+pub async fn cancel_restart(
+    client: &MemberClient,
+    auth: Option<&BasicAuth>,
+    member: &Member,
+) -> Result<String, OpsError> {
+    let (_, text) = ask(
+        client,
+        auth,
+        member,
+        reqwest::Method::DELETE,
+        "/restart",
+        json!({}),
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok(text)
+}
+
+/// Asks a replica to wipe its data directory and clone it again from the leader.
+pub async fn reinitialize(
+    client: &MemberClient,
+    auth: Option<&BasicAuth>,
+    member: &Member,
+    force: bool,
+) -> Result<String, OpsError> {
+    let (_, text) = ask(
+        client,
+        auth,
+        member,
+        reqwest::Method::POST,
+        "/reinitialize",
+        json!({"force": force}),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(text)
+}
+
+/// Asks a member to re-read its configuration file.
+pub async fn reload(
+    client: &MemberClient,
+    auth: Option<&BasicAuth>,
+    member: &Member,
+) -> Result<String, OpsError> {
+    let (_, text) = ask(
+        client,
+        auth,
+        member,
+        reqwest::Method::POST,
+        "/reload",
+        json!({}),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_come_from_json_or_text() {
+        assert_eq!(reason(r#"{"error": "I am the leader"}"#), "I am the leader");
+        assert_eq!(reason("restart failed\n"), "restart failed");
+    }
+}

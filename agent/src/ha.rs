@@ -286,8 +286,16 @@ fn handover(obs: &Observation<'_>, cluster: &Cluster) -> Option<Handover> {
 /// changes nothing (`None`).
 fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, String)> {
     let f = &cluster.failover.as_ref()?.value;
-    if f.scheduled_at.is_some() {
-        return None;
+    // A switchover scheduled for later is the leader's business; once due, its leader may be
+    // handing over right now.
+    if let Some(at) = &f.scheduled_at {
+        let due = shared::ops::switchover::parse_time(at)
+            .ok()
+            .flatten()
+            .map(|t| t.timestamp_millis());
+        if due.is_none_or(|d| d > obs.now_ms + 1000) {
+            return None;
+        }
     }
     match f.member.as_deref() {
         Some(c) if c == obs.me => {

@@ -126,22 +126,23 @@ async fn ready_candidates(
     Ok(ready)
 }
 
-/// Waits until another member holds the lock and answers as primary; its name, or `None` when
-/// that takes longer than `limit`.
+/// Waits until another member holds the lock and answers as primary; its name and address,
+/// or `None` when that takes longer than `limit`.
 async fn wait_for_successor<K: Kv>(
     dcs: &Dcs<K>,
     client: &MemberClient,
     limit: Duration,
-) -> Option<String> {
+) -> Option<(String, Upstream)> {
     let began = Instant::now();
     while began.elapsed() < limit {
         if let Ok(c) = dcs.load().await
             && let Some(m) = c.leader_member()
             && m.name != dcs.member_name()
+            && let Some((host, port)) = m.data.host_port()
             && let Some(body) = client.status(&m.data.api_url).await
             && body.get("role").and_then(Value::as_str) == Some("primary")
         {
-            return Some(m.name.clone());
+            return Some((m.name.clone(), Upstream { host, port }));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -190,16 +191,25 @@ pub async fn hand_over<K: Kv>(
     // Start once the successor runs as primary: a standby that connects before the promotion
     // has to wait wal_retrieve_retry_interval (5 s) to follow the new timeline.
     let successor = wait_for_successor(&dcs, &client, Duration::from_secs(5)).await;
+    // With the new timeline's history file in pg_wal the replica follows it at once.
+    if let Some((_, up)) = &successor {
+        match pg.fetch_timeline_history(up).await {
+            Ok(Some(name)) => info!(file = name, "copied the new timeline's history file"),
+            Ok(None) => {}
+            Err(e) => warn!("cannot copy the new timeline's history file: {e:#}"),
+        }
+    }
     info!(
         ms = began.elapsed().as_millis() as u64,
-        successor = successor.as_deref().unwrap_or("none yet"),
+        successor = successor.as_ref().map_or("none yet", |(n, _)| n.as_str()),
         "switchover: starting as a replica"
     );
+    let upstream = successor.map(|(_, up)| up).or(plan.upstream);
     if let Err(e) = start_postgres(
         pg.clone(),
         plan.params,
         plan.hba,
-        Some(plan.upstream),
+        Some(upstream),
         plan.timeout,
     )
     .await

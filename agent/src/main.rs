@@ -188,9 +188,10 @@ async fn run(cfg: Config) -> Result<()> {
         dcs: dcs.clone(),
         auth: agent.rest_auth.clone(),
         client: shared::api::MemberClient::new(Duration::from_secs(2)),
-        commands: commands_tx,
+        commands: commands_tx.clone(),
         wake: agent.wake.clone(),
     });
+    spawn_reload_on_sighup(commands_tx.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await
         .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
@@ -236,6 +237,29 @@ async fn check_duplicate_name(cfg: &Config, dcs: &Dcs<EtcdKv>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGHUP re-reads the configuration, as `POST /reload` does (and as Patroni does).
+fn spawn_reload_on_sighup(commands: tokio::sync::mpsc::Sender<rest_write::Envelope>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP: reload through POST /reload instead");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            info!("SIGHUP received: reloading the configuration");
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let envelope = rest_write::Envelope {
+                command: rest_write::Command::Reload,
+                reply,
+            };
+            if commands.send(envelope).await.is_err() {
+                return;
+            }
+            let _ = answer.await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -584,34 +584,33 @@ async fn flush(s: &Session, cluster: &str, target: &str, names: &[String], force
         s.report("flush", &c.scope, true, "scheduled switchover deleted");
         return Ok(());
     }
-    let chosen: Vec<String> = pick_members(&c, names, None)?
-        .into_iter()
-        .filter(|n| {
-            c.member(n)
-                .is_some_and(|m| m.data.scheduled_restart.is_some())
-        })
-        .collect();
-    if chosen.is_empty() {
-        return Err(Failure::Failed(format!(
-            "no scheduled restart in {}",
-            c.scope
-        )));
-    }
+    // Every chosen member is asked: a member key may not show a restart scheduled a moment ago.
+    let chosen = pick_members(&c, names, None)?;
     confirm(
-        &format!("Cancel the scheduled restart of {}?", chosen.join(", ")),
+        &format!("Cancel the scheduled restarts of {}?", chosen.join(", ")),
         force,
     )?;
     let client = MemberClient::new(Duration::from_secs(5));
-    let mut failed = 0;
+    let (mut failed, mut cancelled) = (0, 0);
     for name in &chosen {
         let Some(m) = c.member(name) else { continue };
         match ops::member::cancel_restart(&client, s.cfg.rest_auth.as_ref(), m).await {
-            Ok(text) => s.report("flush", name, true, &text),
+            Ok(Some(text)) => {
+                cancelled += 1;
+                s.report("flush", name, true, &text);
+            }
+            Ok(None) => {}
             Err(e) => {
                 failed += 1;
                 s.report("flush", name, false, &e.to_string());
             }
         }
+    }
+    if cancelled == 0 && failed == 0 {
+        return Err(Failure::Failed(format!(
+            "no scheduled restart in {}",
+            c.scope
+        )));
     }
     some_failed(failed, "flush")
 }

@@ -448,9 +448,17 @@ fn batch_changes_config_pauses_flushes_and_removes() {
     let (code, _, err) = batch_any(&cfg, &["flush", "consoleops", "switchover", "--force"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no switchover is scheduled"), "{err}");
+    // (a request naming another member as leader would be cleared by the leader at once)
+    let (leader, _) = etcd.leader("consoleops").unwrap();
+    let other = ["consoleops-node1", "consoleops-node2"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
     etcd.put(
         "/service/consoleops/failover",
-        r#"{"leader":"consoleops-node1","member":"consoleops-node2","scheduled_at":"2099-01-01T00:00:00+00:00"}"#,
+        &format!(
+            r#"{{"leader":"{leader}","member":"{other}","scheduled_at":"2099-01-01T00:00:00+00:00"}}"#
+        ),
     )
     .unwrap();
     let pretty = batch(&cfg, &["list", "-f", "pretty"]);

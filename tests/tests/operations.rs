@@ -529,10 +529,26 @@ fn restart_reload_reinitialize_and_parameters_with_authentication() {
     .map_err(|e| format!("{e}\n{}", c.nodes[r].log()))
     .unwrap();
     cb.wait_line("on_reload replica localops");
+    // SIGHUP does the same
+    std::fs::write(
+        &path,
+        original.replace("fsync: 'off'", "fsync: 'off'\n    work_mem: 11MB"),
+    )
+    .unwrap();
+    c.nodes[r]
+        .agent
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("work_mem reloaded on SIGHUP", LONG, || {
+        (show(&c.nodes[r], "work_mem") == "11MB").then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.nodes[r].log()))
+    .unwrap();
     std::fs::write(&path, format!("{original}\n  : [broken")).unwrap();
     let (code, body) = call(&c.nodes[r], "POST", "/reload", &json!({}), ADMIN);
     assert_eq!(code, 400, "{body}");
-    assert_eq!(show(&c.nodes[r], "work_mem"), "9MB");
+    assert_eq!(show(&c.nodes[r], "work_mem"), "11MB");
     std::fs::write(&path, &original).unwrap();
 
     // reinitialize: refused on the leader, a replica is cloned again while writes go on
@@ -848,13 +864,19 @@ fn console_batch_operates_a_cluster() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(c.nodes[p].status().unwrap()["replication_state"] == "streaming");
 
-    // failover to a named member
+    // failover to a named member, once it has caught up (with a healthy leader the request is
+    // carried out as a switchover, lag limit included)
     let target = c
         .nodes
         .iter()
         .map(|n| n.name.clone())
         .find(|n| *n != cand)
         .unwrap();
+    let t = index_of(c, &target);
+    wait_for("the target to catch up", LONG, || {
+        (c.nodes[t].get("/replica?lag=64kB").ok()?.0 == 200).then_some(())
+    })
+    .unwrap();
     let (code, out, err) = run(&["failover", "batchops", "--candidate", &target, "--force"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&target), "{out}");

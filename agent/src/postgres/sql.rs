@@ -208,6 +208,53 @@ impl Postgres {
             .and_then(|s| s.split(',').next().map(|d| PathBuf::from(d.trim())))
     }
 
+    /// Copies the newest timeline history file of the primary at `from` into the local
+    /// pg_wal (when it has one and it is missing here), so that this server, started as its
+    /// replica, follows the new timeline at once instead of after wal_retrieve_retry_interval.
+    pub async fn fetch_timeline_history(&self, from: &super::Upstream) -> Result<Option<String>> {
+        let cfg = self.cfg();
+        let su = &cfg.postgresql.superuser;
+        let mut pgc = tokio_postgres::Config::new();
+        pgc.host(&from.host)
+            .port(from.port)
+            .user(&su.username)
+            .dbname(&cfg.postgresql.database)
+            .application_name("pgpilot")
+            .connect_timeout(Duration::from_secs(3));
+        if let Some(pw) = &su.password {
+            pgc.password(pw.expose());
+        }
+        let (client, conn) = pgc
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| anyhow!("cannot connect to {}:{}: {e:#}", from.host, from.port))?;
+        let task = tokio::spawn(conn);
+        let row = client
+            .query_one(
+                "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '.history'",
+                &[],
+            )
+            .await?;
+        let name: String = row.get(0);
+        let path = self.data_dir().join("pg_wal").join(&name);
+        let result = if name.starts_with("00000001") || path.exists() {
+            None
+        } else {
+            let row = client
+                .query_one(
+                    "SELECT pg_read_binary_file('pg_wal/' || $1::text)",
+                    &[&name],
+                )
+                .await?;
+            let bytes: Vec<u8> = row.get(0);
+            std::fs::write(&path, bytes)
+                .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+            Some(name)
+        };
+        task.abort();
+        Ok(result)
+    }
+
     /// Drops the cached connection (after a stop or restart).
     pub async fn disconnect(&self) {
         *self.client.lock().await = None;

@@ -9,6 +9,9 @@ use crate::dcs::Member;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// How a 404 answer (nothing to act on at that member) starts.
+const NOTHING_THERE: &str = "nothing to do: ";
+
 /// The reason text of an agent's answer: `{"error": …}` from pgpilot, plain text from Patroni.
 fn reason(body: &str) -> String {
     serde_json::from_str::<Value>(body)
@@ -49,7 +52,10 @@ async fn ask(
             member.name
         ))),
         400 | 422 => Err(OpsError::Invalid(format!("{}: {why}", member.name))),
-        404 => Err(OpsError::Refused(format!("{}: {why}", member.name))),
+        404 => Err(OpsError::Refused(format!(
+            "{NOTHING_THERE}{}: {why}",
+            member.name
+        ))),
         _ => Err(OpsError::Failed(format!("{}: {why}", member.name))),
     }
 }
@@ -76,13 +82,13 @@ pub async fn restart(
     Ok(text)
 }
 
-/// Cancels a member's scheduled restart.
+/// Cancels a member's scheduled restart; `None` when none was scheduled there.
 pub async fn cancel_restart(
     client: &MemberClient,
     auth: Option<&BasicAuth>,
     member: &Member,
-) -> Result<String, OpsError> {
-    let (_, text) = ask(
+) -> Result<Option<String>, OpsError> {
+    let answer = ask(
         client,
         auth,
         member,
@@ -91,8 +97,12 @@ pub async fn cancel_restart(
         json!({}),
         Duration::from_secs(10),
     )
-    .await?;
-    Ok(text)
+    .await;
+    match answer {
+        Ok((_, text)) => Ok(Some(text)),
+        Err(OpsError::Refused(m)) if m.starts_with(NOTHING_THERE) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Asks a replica to wipe its data directory and clone it again from the leader.

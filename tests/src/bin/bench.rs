@@ -10,6 +10,11 @@
 //! Usage: bench [REPS] [PATRONI_EXECUTABLE]
 //!        bench failover [REPS] [PATRONI_EXECUTABLE]
 //!        bench console [REPS] [PATRONICTL_EXECUTABLE]   (`console --batch list` vs `patronictl list`)
+//!        bench switchover [REPS] [PATRONI_EXECUTABLE]
+//!
+//! `switchover`: `POST /switchover` to a named candidate on the leader while the writer runs:
+//! the time until the request returns, the client write gap, and the time until the old
+//! primary streams from the new one.
 
 use anyhow::{Context, Result};
 use pgpilot_e2e::{ClusterSpec, Lab, Writer, bin_dir};
@@ -150,6 +155,92 @@ fn write_gap(
     Ok(gap.as_secs_f64())
 }
 
+/// One switchover measurement: (request returns, write gap, old primary streaming), seconds.
+fn switchover_once(kind: &str, daemon: Option<PathBuf>, rep: usize) -> Result<(f64, f64, f64)> {
+    let spec = ClusterSpec {
+        scope: format!("sw-{kind}-{rep}"),
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        daemon,
+        ..Default::default()
+    };
+    let mut lab = Lab::new(&format!("sw-{kind}"), spec, true)?;
+    let c = &mut lab.cluster;
+    c.start_all()?;
+    let p = c.wait_healthy(Duration::from_secs(180))?;
+    let cand = (p + 1) % c.nodes.len();
+    // every replica streaming before the measurement
+    pgpilot_e2e::wait_for("replicas streaming", Duration::from_secs(60), || {
+        c.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != p)
+            .all(|(_, n)| {
+                n.status()
+                    .is_some_and(|s| s["replication_state"] == "streaming")
+            })
+            .then_some(())
+    })?;
+    let writer = Writer::start(&c.nodes)?;
+    writer.wait_more(100, Duration::from_secs(60))?;
+    let body = json!({"leader": c.nodes[p].name, "candidate": c.nodes[cand].name}).to_string();
+    let at = Instant::now();
+    let (code, answer) = pgpilot_e2e::http_call(
+        "POST",
+        &c.nodes[p].api("/switchover"),
+        Some(&body),
+        None,
+        Duration::from_secs(120),
+    )?;
+    let returned = at.elapsed().as_secs_f64();
+    anyhow::ensure!(code == 200, "switchover answered {code}: {answer}");
+    pgpilot_e2e::wait_for(
+        "the old primary to stream",
+        Duration::from_secs(120),
+        || {
+            let s = c.nodes[p].status()?;
+            (s["role"] == "replica" && s["replication_state"] == "streaming").then_some(())
+        },
+    )?;
+    let streaming = at.elapsed().as_secs_f64();
+    writer.wait_more(50, Duration::from_secs(60))?;
+    let (_, gap) = writer.finish(at);
+    c.shutdown();
+    Ok((returned, gap.as_secs_f64(), streaming))
+}
+
+/// `bench switchover`: pgpilot then Patroni.
+fn switchover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
+    let mut kinds: Vec<(&str, Option<PathBuf>)> = vec![("pgpilot", None)];
+    if let Some(p) = patroni {
+        kinds.push(("patroni", Some(p)));
+    }
+    let mut summary = serde_json::Map::new();
+    for (kind, daemon) in kinds {
+        let (mut ret, mut gaps, mut streams) = (Vec::new(), Vec::new(), Vec::new());
+        for rep in 1..=reps {
+            let (r, g, s) = switchover_once(kind, daemon.clone(), rep)?;
+            println!(
+                "{kind} switchover run {rep}: request returned after {r:.2} s, write gap {g:.2} s, old primary streaming after {s:.2} s"
+            );
+            ret.push(r);
+            gaps.push(g);
+            streams.push(s);
+        }
+        summary.insert(
+            kind.into(),
+            json!({
+                "request_s": {"runs": ret.clone(), "median": median(ret)},
+                "write_gap_s": {"runs": gaps.clone(), "median": median(gaps)},
+                "old_primary_streaming_s": {"runs": streams.clone(), "median": median(streams)},
+            }),
+        );
+    }
+    println!("{}", Value::Object(summary));
+    Ok(())
+}
+
 /// `bench failover`: write gaps, pgpilot then Patroni.
 fn failover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
     let mut kinds: Vec<(&str, Option<PathBuf>)> = vec![("pgpilot", None)];
@@ -258,7 +349,7 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: bench [REPS] [PATRONI_EXECUTABLE]\n       bench failover [REPS] [PATRONI_EXECUTABLE]   (see BENCHMARKS.md)"
+            "usage: bench [REPS] [PATRONI_EXECUTABLE]\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]   (see BENCHMARKS.md)"
         );
         return Ok(());
     }
@@ -270,6 +361,15 @@ fn main() -> Result<()> {
             .unwrap_or(20)
             .max(1);
         return console_list(reps, args.get(1).map(PathBuf::from));
+    }
+    if args.first().is_some_and(|a| a == "switchover") {
+        args.remove(0);
+        let reps = args
+            .first()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3)
+            .max(1);
+        return switchover(reps, args.get(1).map(PathBuf::from));
     }
     if args.first().is_some_and(|a| a == "failover") {
         args.remove(0);

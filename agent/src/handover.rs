@@ -81,14 +81,15 @@ async fn ready_candidates(
         bail!("this node is not running as primary");
     }
     let mine = me.wal_position().unwrap_or(0);
-    let urls: Vec<String> = plan.candidates.iter().map(|(_, u)| u.clone()).collect();
-    let answers = client.statuses(&urls).await;
     let mut ready = Vec::new();
     let mut problems = Vec::new();
-    for ((name, _), answer) in plan.candidates.iter().zip(answers) {
-        let Some(body) = answer else {
-            problems.push(format!("{name} does not answer on its REST API"));
-            continue;
+    for (name, url) in &plan.candidates {
+        let body = match client.status_or_error(url).await {
+            Ok(b) => b,
+            Err(e) => {
+                problems.push(format!("{name} does not answer on its REST API ({e})"));
+                continue;
+            }
         };
         let st = PeerStatus::from_json(&body);
         let state = body

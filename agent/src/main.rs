@@ -182,12 +182,14 @@ async fn run(cfg: Config) -> Result<()> {
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(runtime::Snapshot::initial(&cfg)));
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
-    let agent = runtime::Agent::new(cfg.clone(), dcs.clone(), tx, commands_rx);
+    let peers = shared::api::MemberClient::with_tls(Duration::from_secs(2), &cfg.rest_client_tls)
+        .map_err(|e| anyhow::anyhow!("ctl.cacert / restapi.cafile: {e}"))?;
+    let mut agent = runtime::Agent::new(cfg.clone(), dcs.clone(), tx, commands_rx, peers.clone());
     let api = Arc::new(rest::Api {
         snapshot: rx,
         dcs: dcs.clone(),
         auth: agent.rest_auth.clone(),
-        client: shared::api::MemberClient::new(Duration::from_secs(2)),
+        client: peers,
         commands: commands_tx.clone(),
         wake: agent.wake.clone(),
     });
@@ -195,13 +197,35 @@ async fn run(cfg: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await
         .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
-    info!(listen = cfg.restapi.listen, "REST API listening");
     let app = rest::router(api);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            error!("REST server stopped: {e}");
+    match &cfg.restapi.certfile {
+        None => {
+            info!(listen = cfg.restapi.listen, "REST API listening (http)");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    error!("REST server stopped: {e}");
+                }
+            });
         }
-    });
+        Some(cert) => {
+            let key = cfg.restapi.keyfile.clone().unwrap_or_else(|| cert.clone());
+            shared::api::install_tls_provider();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, &key)
+                .await
+                .with_context(|| {
+                    format!("restapi.certfile {cert} / restapi.keyfile {key}: cannot load the certificate and key (PEM)")
+                })?;
+            agent.set_tls(tls.clone());
+            let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)
+                .context("cannot serve TLS on restapi.listen")?;
+            info!(listen = cfg.restapi.listen, "REST API listening (https)");
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(app.into_make_service()).await {
+                    error!("REST server stopped: {e}");
+                }
+            });
+        }
+    }
 
     agent.run(shutdown_signal()).await
 }

@@ -176,6 +176,12 @@ impl Session {
         ops::operator_handle(self.kv.clone(), &self.cfg.namespace, &c.scope)
     }
 
+    /// A client for the members' REST APIs, with the config's TLS settings.
+    fn client(&self, timeout: Duration) -> Result<MemberClient, Failure> {
+        MemberClient::with_tls(timeout, &self.cfg.rest_tls)
+            .map_err(|e| Failure::Usage(format!("ctl.cacert / restapi.cafile: {e}")))
+    }
+
     /// One operation's outcome on stdout: a JSON object with -f json, else a line.
     fn report(&self, operation: &str, target: &str, ok: bool, message: &str) {
         if self.format == Format::Json {
@@ -358,7 +364,7 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
                 &format!("Reload the configuration of {}?", chosen.join(", ")),
                 force,
             )?;
-            let client = MemberClient::new(Duration::from_secs(5));
+            let client = s.client(Duration::from_secs(5))?;
             let mut failed = 0;
             for name in &chosen {
                 let Some(m) = c.member(name) else { continue };
@@ -450,7 +456,7 @@ async fn hand_over(s: &Session, c: &Cluster, req: switchover::Request, force: bo
         ),
         force,
     )?;
-    let client = MemberClient::new(Duration::from_secs(2));
+    let client = s.client(Duration::from_secs(2))?;
     let ttl = c.dynamic_config().timing().ttl;
     let wait = Duration::from_secs(2 * ttl + 20);
     match switchover::run(&s.dcs(c), &client, &req, wait).await {
@@ -486,7 +492,7 @@ async fn restart(
         .map(|t| format!(" at {}", t.to_rfc3339()))
         .unwrap_or_default();
     confirm(&format!("Restart {}{when}?", names.join(", ")), force)?;
-    let client = MemberClient::new(Duration::from_secs(5));
+    let client = s.client(Duration::from_secs(5))?;
     let mut failed = 0;
     for name in names {
         let Some(m) = c.member(name) else { continue };
@@ -509,7 +515,7 @@ async fn reinit(s: &Session, c: &Cluster, names: &[String], force: bool, wait: b
         ),
         force,
     )?;
-    let client = MemberClient::new(Duration::from_secs(5));
+    let client = s.client(Duration::from_secs(5))?;
     let mut failed = 0;
     let mut started = Vec::new();
     for name in names {
@@ -590,7 +596,7 @@ async fn flush(s: &Session, cluster: &str, target: &str, names: &[String], force
         &format!("Cancel the scheduled restarts of {}?", chosen.join(", ")),
         force,
     )?;
-    let client = MemberClient::new(Duration::from_secs(5));
+    let client = s.client(Duration::from_secs(5))?;
     let (mut failed, mut cancelled) = (0, 0);
     for name in &chosen {
         let Some(m) = c.member(name) else { continue };
@@ -934,7 +940,7 @@ async fn version(s: &Session, cluster: Option<&String>, names: &[String]) -> Out
             )));
         }
     }
-    let client = MemberClient::new(Duration::from_secs(2));
+    let client = s.client(Duration::from_secs(2))?;
     let mut text = mine;
     for m in c
         .members

@@ -32,6 +32,13 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
         );
         return 2;
     }
+    let client = match MemberClient::with_tls(Duration::from_millis(900), &cfg.rest_tls) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("console: ctl.cacert / restapi.cafile: {e}");
+            return 2;
+        }
+    };
     let kv = match EtcdKv::connect(&cfg.etcd, Duration::from_secs(3)).await {
         Ok(kv) => kv,
         Err(e) => {
@@ -47,7 +54,7 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
         tx.clone(),
         urls_tx,
     ));
-    tokio::spawn(rest_feed(urls_rx, tx.clone()));
+    tokio::spawn(rest_feed(client, urls_rx, tx.clone()));
     spawn_keyboard(tx.clone());
     {
         let tx = tx.clone();
@@ -198,8 +205,11 @@ async fn etcd_feed(
 }
 
 /// Samples every member's `GET /patroni` concurrently, every [`SAMPLE`].
-async fn rest_feed(urls: watch::Receiver<Vec<String>>, tx: mpsc::UnboundedSender<Msg>) {
-    let client = MemberClient::new(Duration::from_millis(900));
+async fn rest_feed(
+    client: MemberClient,
+    urls: watch::Receiver<Vec<String>>,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
     loop {
         let list = urls.borrow().clone();
         let polls = list.into_iter().map(|url| {

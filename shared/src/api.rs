@@ -48,6 +48,15 @@ impl PeerStatus {
     }
 }
 
+/// Makes ring rustls's process-wide crypto provider (once), before any TLS client or server is
+/// built; the only provider compiled in.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// A client for member REST APIs.
 #[derive(Clone)]
 pub struct MemberClient {
@@ -56,6 +65,7 @@ pub struct MemberClient {
 
 impl MemberClient {
     pub fn new(timeout: Duration) -> MemberClient {
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -65,11 +75,54 @@ impl MemberClient {
         MemberClient { http }
     }
 
+    /// A client for members whose REST APIs may use https: certificates are checked against
+    /// `tls.cacert` (else the system's roots), or not at all with `tls.insecure`. The error
+    /// names the file at fault.
+    pub fn with_tls(
+        timeout: Duration,
+        tls: &crate::config::RestClientTls,
+    ) -> Result<MemberClient, String> {
+        install_tls_provider();
+        let mut b = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(2);
+        if let Some(path) = &tls.cacert {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{} holds no PEM certificate: {e}", path.display()))?;
+            b = b.tls_certs_only(certs);
+        }
+        if tls.insecure {
+            b = b.tls_danger_accept_invalid_certs(true);
+        }
+        let http = b
+            .build()
+            .map_err(|e| format!("cannot set up the REST client: {e}"))?;
+        Ok(MemberClient { http })
+    }
+
     /// `GET <api_url>` (the member's `/patroni`); `None` when it does not answer in time or the
     /// body is not JSON.
     pub async fn status(&self, api_url: &str) -> Option<Value> {
-        let resp = self.http.get(api_url).send().await.ok()?;
-        resp.json::<Value>().await.ok()
+        self.status_or_error(api_url).await.ok()
+    }
+
+    /// `GET <api_url>`, or why there is no answer (refused, timed out, certificate, not JSON).
+    pub async fn status_or_error(&self, api_url: &str) -> Result<Value, String> {
+        let resp = self.http.get(api_url).send().await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        })?;
+        resp.json::<Value>()
+            .await
+            .map_err(|e| format!("the answer is not JSON: {e}"))
     }
 
     /// `method` on `path` beside a member's `api_url` (its `/patroni`), with a JSON body and

@@ -85,7 +85,27 @@ pub struct RestApiConfig {
     pub listen: String,
     pub connect_address: String,
     pub authentication: Option<BasicAuth>,
+    /// TLS: the server certificate (PEM; may hold the key too).
     pub certfile: Option<String>,
+    /// TLS: the private key (PEM); defaults to `certfile`.
+    pub keyfile: Option<String>,
+}
+
+/// How an agent or the console checks the certificates of members' REST APIs over https:
+/// `ctl.cacert`, else `restapi.cafile`, as trusted roots; `ctl.insecure` skips the check.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RestClientTls {
+    pub cacert: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+/// Reads the REST client TLS settings (`ctl.cacert`/`restapi.cafile`, `ctl.insecure`).
+fn read_rest_client_tls(r: &mut Reader<'_>) -> RestClientTls {
+    let cafile = r.string("restapi.cafile");
+    RestClientTls {
+        cacert: r.string("ctl.cacert").or(cafile).map(PathBuf::from),
+        insecure: r.boolean("ctl.insecure").unwrap_or(false),
+    }
 }
 
 impl RestApiConfig {
@@ -277,6 +297,8 @@ pub struct Config {
     pub name: String,
     pub restapi: RestApiConfig,
     pub ctl_authentication: Option<BasicAuth>,
+    /// How this agent checks its peers' REST certificates.
+    pub rest_client_tls: RestClientTls,
     pub etcd: EtcdConfig,
     pub bootstrap: BootstrapConfig,
     pub postgresql: PostgresConfig,
@@ -411,6 +433,8 @@ pub struct ConsoleConfig {
     /// `scope`: the cluster commands act on by default; `None` = every cluster of the namespace.
     pub scope: Option<String>,
     pub rest_auth: Option<BasicAuth>,
+    /// How the members' REST certificates are checked.
+    pub rest_tls: RestClientTls,
     pub origin: String,
 }
 
@@ -468,12 +492,14 @@ impl ConsoleConfig {
         let rest_auth = r
             .basic_auth("ctl.authentication")
             .or_else(|| r.basic_auth("restapi.authentication"));
+        let rest_tls = read_rest_client_tls(&mut r);
         if r.errors.is_empty() {
             Ok(ConsoleConfig {
                 etcd,
                 namespace,
                 scope,
                 rest_auth,
+                rest_tls,
                 origin,
             })
         } else {
@@ -933,9 +959,7 @@ fn describe(v: &Value) -> String {
 /// reported as unknown.
 const ACCEPTED_KEYS: &[&str] = &[
     "thread_pool_size",
-    "restapi.keyfile",
     "restapi.keyfile_password",
-    "restapi.cafile",
     "restapi.ciphers",
     "restapi.verify_client",
     "restapi.allowlist",
@@ -945,8 +969,6 @@ const ACCEPTED_KEYS: &[&str] = &[
     "restapi.request_queue_size",
     "restapi.thread_pool_size",
     "restapi.server_tokens",
-    "ctl.insecure",
-    "ctl.cacert",
     "ctl.certfile",
     "ctl.keyfile",
     "ctl.keyfile_password",
@@ -1009,13 +1031,30 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
             .address("restapi.connect_address", true)
             .unwrap_or_default(),
         authentication: r.basic_auth("restapi.authentication"),
-        certfile: r.string("restapi.certfile").inspect(|_| {
-            r.err(
-                "restapi.certfile",
-                "TLS on the REST API is not supported by this pgpilot version; remove certfile/keyfile or terminate TLS in front of the agent",
-            )
-        }),
+        certfile: r.string("restapi.certfile"),
+        keyfile: r.string("restapi.keyfile"),
     };
+    if restapi.keyfile.is_some() && restapi.certfile.is_none() {
+        r.err(
+            "restapi.keyfile",
+            "needs restapi.certfile (the certificate)",
+        );
+    }
+    if r.string("restapi.keyfile_password").is_some() {
+        r.err(
+            "restapi.keyfile_password",
+            "encrypted private keys are not supported: decrypt the key (openssl pkey -in KEY -out KEY.plain) and point keyfile at it",
+        );
+    }
+    if r.string("restapi.verify_client")
+        .is_some_and(|v| v != "none")
+    {
+        r.err(
+            "restapi.verify_client",
+            "client certificates on the REST API are not supported: use restapi.authentication (HTTP Basic over TLS)",
+        );
+    }
+    let rest_client_tls = read_rest_client_tls(r);
     let ctl_authentication = r.basic_auth("ctl.authentication");
 
     // DCS
@@ -1212,6 +1251,7 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         name,
         restapi,
         ctl_authentication,
+        rest_client_tls,
         etcd,
         bootstrap,
         postgresql,

@@ -322,9 +322,12 @@ pub fn http_call(
     timeout: Duration,
 ) -> Result<(u16, String)> {
     use std::io::{Read, Write};
+    if url.starts_with("https://") {
+        return curl_call(method, url, body, basic, timeout);
+    }
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("only http:// URLs"))?;
+        .ok_or_else(|| anyhow!("only http:// and https:// URLs"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -369,6 +372,40 @@ pub fn http_call(
     Ok((code, payload))
 }
 
+/// An https request through `curl` (certificates not checked: the tests check them with
+/// `curl --cacert` where it matters): (status, body).
+fn curl_call(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    basic: Option<(&str, &str)>,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-X", method, "-H", "Content-Type: application/json"])
+        .args(["--max-time", &timeout.as_secs().max(1).to_string()])
+        .args(["-w", "\n%{http_code}"]);
+    if let Some(b) = body {
+        cmd.args(["--data-binary", b]);
+    }
+    if let Some((u, p)) = basic {
+        cmd.args(["-u", &format!("{u}:{p}")]);
+    }
+    let out = cmd.arg(url).output().context("cannot run curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (payload, code) = text
+        .rsplit_once('\n')
+        .ok_or_else(|| anyhow!("no answer from {url}"))?;
+    let code: u16 = code.trim().parse().unwrap_or(0);
+    if code == 0 {
+        return Err(anyhow!(
+            "{url}: no HTTP answer (curl exit {:?})",
+            out.status.code()
+        ));
+    }
+    Ok((code, payload.to_string()))
+}
+
 fn dechunk(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
@@ -394,11 +431,14 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub agent: Option<Proc>,
+    /// The REST API serves https (the harness trusts any certificate).
+    pub tls: bool,
 }
 
 impl Node {
     pub fn api(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.api_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.api_port)
     }
 
     /// `GET` on the node's REST API.
@@ -514,6 +554,7 @@ impl TestCluster {
                 data_dir,
                 log_path: node_dir.join("agent.log"),
                 agent: None,
+                tls: spec.restapi_yaml.contains("certfile:"),
             });
         }
         Ok(TestCluster {

@@ -882,3 +882,141 @@ fn console_batch_operates_a_cluster() {
     assert!(out.contains(&target), "{out}");
     writer.wait_more(20, LONG).unwrap();
 }
+
+/// A self-signed certificate for 127.0.0.1 made with `openssl`, readable by the agents.
+struct TestCert {
+    dir: std::path::PathBuf,
+}
+
+impl TestCert {
+    fn new() -> TestCert {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::path::PathBuf::from(format!("/var/tmp/pgpilot-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=pgpilot-test"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for f in ["key.pem", "cert.pem"] {
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        TestCert { dir }
+    }
+    fn cert(&self) -> String {
+        self.dir.join("cert.pem").display().to_string()
+    }
+    fn key(&self) -> String {
+        self.dir.join("key.pem").display().to_string()
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The REST API over TLS (`restapi.certfile`/`keyfile`, peers and the console checking it
+/// against `restapi.cafile`): health checks with certificate verification, no plain http, a
+/// switchover (the leader probes its candidate over https) and a console restart.
+#[test]
+fn rest_api_over_tls() {
+    if !prerequisites() {
+        return;
+    }
+    let cert = TestCert::new();
+    let spec = ClusterSpec {
+        scope: "tlsops".into(),
+        ttl: 10,
+        loop_wait: 2,
+        retry_timeout: 3,
+        restapi_yaml: format!(
+            "  certfile: {}\n  keyfile: {}\n  cafile: {}\n  authentication:\n    username: admin\n    password: admin-secret\n",
+            cert.cert(),
+            cert.key(),
+            cert.cert()
+        ),
+        ..Default::default()
+    };
+    let (mut lab, p) = healthy_lab(spec);
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    // the certificate verifies, the member keys advertise https, plain http gets nothing
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &cert.cert(),
+        ])
+        .arg(c.nodes[p].api("/primary"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let (_, cluster) = c.nodes[p].get("/cluster").unwrap();
+    let v: Value = serde_json::from_str(&cluster).unwrap();
+    assert!(
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["api_url"].as_str().unwrap().starts_with("https://")),
+        "{v}"
+    );
+    let plain = http_request(
+        "GET",
+        &format!("http://127.0.0.1:{}/patroni", c.nodes[p].api_port),
+        None,
+    );
+    assert!(
+        plain.is_err() || plain.as_ref().unwrap().0 != 200,
+        "{plain:?}"
+    );
+
+    // a switchover between TLS members
+    let cand = c.nodes[(p + 1) % 3].name.clone();
+    let (code, body) = call(
+        &c.nodes[p],
+        "POST",
+        "/switchover",
+        &json!({"leader": c.nodes[p].name, "candidate": cand}),
+        ADMIN,
+    );
+    assert_eq!(code, 200, "{body}\n{}", c.logs_tail());
+    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+    wait_streaming(c, p, LONG);
+
+    // the console talks to the members over https with the config's cafile and credentials
+    let cfg = c.nodes[p].config_path.display().to_string();
+    let replica = c.nodes[p].name.clone();
+    let (code, out, err) = console(&[
+        "-c", &cfg, "--batch", "restart", "tlsops", &replica, "--force",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("restarted successfully"), "{out}");
+}

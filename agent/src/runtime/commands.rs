@@ -45,7 +45,7 @@ impl<K: Kv> Agent<K> {
                 answer(Some(reply), r.0, r.1);
             }
             Command::Reload => {
-                let r = self.reload();
+                let r = self.reload().await;
                 answer(Some(reply), r.0, r.1);
             }
         }
@@ -226,7 +226,7 @@ impl<K: Kv> Agent<K> {
     /// Re-reads the configuration (file and `PATRONI_*` variables) and puts it in force. A
     /// file with errors changes nothing. Settings fixed for the agent's life are kept, with a
     /// warning; PostgreSQL parameters are applied by the next cycle (reload, or pending restart).
-    fn reload(&mut self) -> Reply {
+    async fn reload(&mut self) -> Reply {
         let origin = self.cfg.origin.clone();
         let path = std::path::Path::new(&origin);
         let loaded = if path.exists() {
@@ -287,6 +287,11 @@ impl<K: Kv> Agent<K> {
             kept.push("etcd3.hosts");
             new.etcd.hosts = old.etcd.hosts.clone();
         }
+        if new.restapi.certfile.is_some() != old.restapi.certfile.is_some() {
+            kept.push("restapi.certfile (switching between http and https)");
+            new.restapi.certfile = old.restapi.certfile.clone();
+            new.restapi.keyfile = old.restapi.keyfile.clone();
+        }
         if new.postgresql.data_dir != old.postgresql.data_dir {
             kept.push("postgresql.data_dir");
             new.postgresql.data_dir = old.postgresql.data_dir.clone();
@@ -296,6 +301,23 @@ impl<K: Kv> Agent<K> {
                 key = k,
                 "reload: {k} cannot change while the agent runs; keeping the old value (restart the agent to change it)"
             );
+        }
+        if let (Some(tls), Some(cert)) = (&self.tls, &new.restapi.certfile) {
+            let key = new.restapi.keyfile.clone().unwrap_or_else(|| cert.clone());
+            match tls.reload_from_pem_file(cert, &key).await {
+                Ok(()) => info!(certfile = cert, "reloaded the REST certificate"),
+                Err(e) => {
+                    error!(
+                        "reload failed, the running configuration is kept: restapi.certfile {cert} / keyfile {key}: {e}"
+                    );
+                    return (
+                        400,
+                        format!(
+                            "reload failed, the running configuration is kept: restapi.certfile {cert} / keyfile {key}: {e}"
+                        ),
+                    );
+                }
+            }
         }
         let new = Arc::new(new);
         *self.rest_auth.write().unwrap_or_else(|p| p.into_inner()) =

@@ -93,6 +93,8 @@ pub struct Agent<K: Kv> {
     callbacks: crate::callbacks::Callbacks,
     /// A callback for a finished job, fired once the cycle knows the role.
     pending_callback: Option<crate::callbacks::Event>,
+    /// The REST server's certificate, reloaded from its files by a reload.
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     /// `restapi.authentication`, shared with the REST API and replaced by a reload.
     pub rest_auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
 }
@@ -103,6 +105,7 @@ impl<K: Kv> Agent<K> {
         dcs: Arc<Dcs<K>>,
         snapshot: watch::Sender<Arc<Snapshot>>,
         commands: tokio::sync::mpsc::Receiver<Envelope>,
+        peers: MemberClient,
     ) -> Self {
         let pg = Arc::new(Postgres::new(cfg.clone()));
         let last_dynamic = DynamicConfig {
@@ -113,7 +116,7 @@ impl<K: Kv> Agent<K> {
             pg,
             snapshot,
             wake: Arc::new(Notify::new()),
-            peers: MemberClient::new(Duration::from_secs(2)),
+            peers,
             job: None,
             lock_renewed: None,
             last_role: Role::Uninitialized,
@@ -143,9 +146,15 @@ impl<K: Kv> Agent<K> {
             scheduled_restart: None,
             callbacks: Default::default(),
             pending_callback: None,
+            tls: None,
             rest_auth: Arc::new(std::sync::RwLock::new(cfg.restapi.authentication.clone())),
             cfg,
         }
+    }
+
+    /// The REST server's TLS configuration, so that a reload picks up a renewed certificate.
+    pub fn set_tls(&mut self, tls: axum_server::tls_rustls::RustlsConfig) {
+        self.tls = Some(tls);
     }
 
     /// Runs until `shutdown` resolves or a fatal condition; returns the reason for a fatal exit.

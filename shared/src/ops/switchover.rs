@@ -373,7 +373,7 @@ async fn follow<K: Kv>(
             let since = *cleared_since.get_or_insert_with(Instant::now);
             if since.elapsed() > Duration::from_secs(3) {
                 return Err(OpsError::Failed(format!(
-                    "{noun} failed: the leader {} withdrew the request without handing over; its log says why",
+                    "{noun} failed: the leader {} withdrew the request without handing over, and its REST API did not say why (see its log)",
                     old.as_deref().unwrap_or("?")
                 )));
             }

@@ -182,6 +182,19 @@ impl Session {
             .map_err(|e| Failure::Usage(format!("ctl.cacert / restapi.cafile: {e}")))
     }
 
+    /// A member's agent, asked with the config's credentials.
+    fn agent<'a>(
+        &'a self,
+        client: &'a MemberClient,
+        member: &'a shared::dcs::Member,
+    ) -> ops::member::MemberAgent<'a> {
+        ops::member::MemberAgent {
+            client,
+            auth: self.cfg.rest_auth.as_ref(),
+            member,
+        }
+    }
+
     /// One operation's outcome on stdout: a JSON object with -f json, else a line.
     fn report(&self, operation: &str, target: &str, ok: bool, message: &str) {
         if self.format == Format::Json {
@@ -368,7 +381,7 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             let mut failed = 0;
             for name in &chosen {
                 let Some(m) = c.member(name) else { continue };
-                match ops::member::reload(&client, s.cfg.rest_auth.as_ref(), m).await {
+                match s.agent(&client, m).reload().await {
                     Ok(_) => s.report("reload", name, true, "reload requested"),
                     Err(e) => {
                         failed += 1;
@@ -496,7 +509,7 @@ async fn restart(
     let mut failed = 0;
     for name in names {
         let Some(m) = c.member(name) else { continue };
-        match ops::member::restart(&client, s.cfg.rest_auth.as_ref(), m, req).await {
+        match s.agent(&client, m).restart(req).await {
             Ok(text) => s.report("restart", name, true, &text),
             Err(e) => {
                 failed += 1;
@@ -520,7 +533,7 @@ async fn reinit(s: &Session, c: &Cluster, names: &[String], force: bool, wait: b
     let mut started = Vec::new();
     for name in names {
         let Some(m) = c.member(name) else { continue };
-        match ops::member::reinitialize(&client, s.cfg.rest_auth.as_ref(), m, force).await {
+        match s.agent(&client, m).reinitialize(force).await {
             Ok(text) => {
                 s.report("reinit", name, true, &text);
                 started.push(name.clone());
@@ -600,7 +613,7 @@ async fn flush(s: &Session, cluster: &str, target: &str, names: &[String], force
     let (mut failed, mut cancelled) = (0, 0);
     for name in &chosen {
         let Some(m) = c.member(name) else { continue };
-        match ops::member::cancel_restart(&client, s.cfg.rest_auth.as_ref(), m).await {
+        match s.agent(&client, m).cancel_restart().await {
             Ok(Some(text)) => {
                 cancelled += 1;
                 s.report("flush", name, true, &text);

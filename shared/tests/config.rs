@@ -246,11 +246,41 @@ fn unsupported_tls_is_refused_clearly() {
         .replace("    - 192.0.2.1:2379\n", "    - https://192.0.2.1:2379\n")
         .replace(
             "    password: mySupeSecretPassword\n",
-            "    password: mySupeSecretPassword\n  certfile: /etc/ssl/api.pem\n",
+            "    password: mySupeSecretPassword\n  certfile: /etc/ssl/api.pem\n  keyfile_password: x\n  verify_client: required\n",
         );
     let keys = invalid_keys(&yaml);
     assert!(keys.contains(&"etcd3.hosts[0]".to_string()), "{keys:?}");
-    assert!(keys.contains(&"restapi.certfile".to_string()), "{keys:?}");
+    assert!(
+        keys.contains(&"restapi.keyfile_password".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"restapi.verify_client".to_string()),
+        "{keys:?}"
+    );
+    assert!(!keys.contains(&"restapi.certfile".to_string()), "{keys:?}");
+}
+
+#[test]
+fn rest_tls_settings_are_read() {
+    let yaml = fixture("cluster_in_a_box.yml").replace(
+        "    password: mySupeSecretPassword\n",
+        "    password: mySupeSecretPassword\n  certfile: /etc/ssl/api.pem\n  keyfile: /etc/ssl/api.key\n  cafile: /etc/ssl/ca.pem\nctl:\n  insecure: true\n",
+    );
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    assert!(c.restapi.api_url().starts_with("https://"));
+    assert_eq!(c.restapi.keyfile.as_deref(), Some("/etc/ssl/api.key"));
+    assert_eq!(
+        c.rest_client_tls.cacert.as_deref(),
+        Some(std::path::Path::new("/etc/ssl/ca.pem"))
+    );
+    assert!(c.rest_client_tls.insecure);
+    // a key without a certificate is refused
+    let keyonly = fixture("cluster_in_a_box.yml").replace(
+        "    password: mySupeSecretPassword\n",
+        "    password: mySupeSecretPassword\n  keyfile: /etc/ssl/api.key\n",
+    );
+    assert!(invalid_keys(&keyonly).contains(&"restapi.keyfile".to_string()));
 }
 
 #[test]

@@ -820,6 +820,30 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// A lab under `/var/tmp/pgpilot-e2e-<scope>-…` whose cluster is up: one primary and
+    /// streaming replicas within two minutes. Returns it and the primary's index.
+    pub fn healthy(spec: ClusterSpec) -> Result<(Lab, usize)> {
+        let mut lab = Lab::new(&format!("e2e-{}", spec.scope), spec, true)?;
+        lab.cluster.start_all()?;
+        let p = lab.cluster.wait_healthy(Duration::from_secs(120))?;
+        Ok((lab, p))
+    }
+}
+
+impl TestCluster {
+    /// Who holds the leader key now, as etcd says.
+    pub fn leader_name(&self, etcd: &Etcd) -> Option<String> {
+        etcd.leader(&self.spec.scope).map(|(n, _)| n)
+    }
+
+    /// The index of the member holding the leader key.
+    pub fn leader_index(&self, etcd: &Etcd) -> Option<usize> {
+        let name = self.leader_name(etcd)?;
+        self.nodes.iter().position(|n| n.name == name)
+    }
+}
+
 /// A real HAProxy routing a write port to whichever node answers `OPTIONS /primary` with 200 and
 /// a read port to nodes answering `OPTIONS /replica`, the checks Patroni users run.
 pub struct Haproxy {

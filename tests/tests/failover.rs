@@ -10,19 +10,6 @@ use std::time::{Duration, Instant};
 
 const HEALTHY: Duration = Duration::from_secs(120);
 
-/// A lab whose cluster is up: one primary, streaming replicas. Returns the primary's index.
-fn healthy_lab(spec: ClusterSpec) -> (Lab, usize) {
-    let mut lab = Lab::new(&format!("e2e-{}", spec.scope), spec, true).unwrap();
-    lab.cluster.start_all().unwrap();
-    let p = lab.cluster.wait_healthy(HEALTHY).unwrap();
-    (lab, p)
-}
-
-fn leader_index(c: &TestCluster, etcd: &Etcd) -> Option<usize> {
-    let (name, _) = etcd.leader(&c.spec.scope)?;
-    c.nodes.iter().position(|n| n.name == name)
-}
-
 /// (a) The leader's machine dies: a replica takes over, writes resume, and the old primary,
 /// started again, rejoins as a streaming replica through pg_rewind with every acknowledged row.
 #[test]
@@ -47,7 +34,7 @@ fn machine_loss(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
         retry_timeout,
         ..Default::default()
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -87,7 +74,7 @@ fn machine_loss(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
     c.wait_healthy(HEALTHY)
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
         .unwrap();
-    assert_eq!(leader_index(c, etcd), Some(new), "leadership moved again");
+    assert_eq!(c.leader_index(etcd), Some(new), "leadership moved again");
     let log = c.nodes[p].log();
     assert!(
         log.contains("rewinding the data directory from") && log.contains("pg_rewind"),
@@ -144,7 +131,7 @@ fn a_crashed_postmaster_is_restarted_by_the_same_leader() {
         retry_timeout: 10,
         ..Default::default()
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -175,7 +162,7 @@ fn a_crashed_postmaster_is_restarted_by_the_same_leader() {
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
         .unwrap();
     assert_ne!(c.nodes[p].postmaster_pid(), Some(pid));
-    assert_eq!(leader_index(c, etcd), Some(p), "the lock moved");
+    assert_eq!(c.leader_index(etcd), Some(p), "the lock moved");
     let st = c.nodes[p].status().unwrap();
     assert_eq!(st["role"], "primary");
     assert_eq!(st["timeline"], 1, "a crash restart keeps the timeline");
@@ -211,7 +198,7 @@ fn sigterm_on_the_leader_hands_over_and_writes_resume() {
         retry_timeout: 10,
         ..Default::default()
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -224,7 +211,7 @@ fn sigterm_on_the_leader_hands_over_and_writes_resume() {
         .wait_more(25, Duration::from_secs(40))
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
         .unwrap();
-    let new = leader_index(c, etcd).unwrap();
+    let new = c.leader_index(etcd).unwrap();
     assert_ne!(new, p);
     let (acked, gap) = writer.finish(stopped_at);
     eprintln!("SIGTERM hand-over: write gap {:.2}s", gap.as_secs_f64());
@@ -256,7 +243,7 @@ fn etcd_loss_stops_writes_and_the_cluster_recovers() {
         retry_timeout: 3,
         ..Default::default()
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -320,7 +307,7 @@ fn a_nofailover_replica_is_never_promoted() {
     // node 1 bootstraps alone and leads; then node 2 (nofailover) and node 3 join
     c.start_agent(0).unwrap();
     wait_for("node 1 to lead", HEALTHY, || {
-        (leader_index(c, etcd) == Some(0)).then_some(())
+        (c.leader_index(etcd) == Some(0)).then_some(())
     })
     .unwrap();
     let yaml = std::fs::read_to_string(&c.nodes[1].config_path)
@@ -368,7 +355,7 @@ fn a_replica_lagging_beyond_the_limit_is_not_promoted() {
     } = &mut lab;
     c.start_agent(0).unwrap();
     wait_for("node 1 to lead", HEALTHY, || {
-        (leader_index(c, etcd) == Some(0)).then_some(())
+        (c.leader_index(etcd) == Some(0)).then_some(())
     })
     .unwrap();
     let yaml = std::fs::read_to_string(&c.nodes[1].config_path)
@@ -427,7 +414,7 @@ fn a_replica_lagging_beyond_the_limit_is_not_promoted() {
     let _ = nix::sys::signal::kill(walrcv, nix::sys::signal::Signal::SIGCONT);
     // the old leader comes back and leads again (it is the most advanced)
     c.start_agent(0).unwrap();
-    let leader = wait_for("a leader", HEALTHY, || leader_index(c, etcd)).unwrap();
+    let leader = wait_for("a leader", HEALTHY, || c.leader_index(etcd)).unwrap();
     assert_eq!(leader, 0);
     c.wait_healthy(HEALTHY).unwrap();
     c.shutdown();
@@ -437,7 +424,7 @@ fn a_replica_lagging_beyond_the_limit_is_not_promoted() {
 fn lose_leader_machine(c: &mut TestCluster, etcd: &Etcd, p: usize) -> usize {
     c.kill_machine(p);
     wait_for("a new leader", Duration::from_secs(60), || {
-        leader_index(c, etcd).filter(|&i| i != p)
+        c.leader_index(etcd).filter(|&i| i != p)
     })
     .map_err(|e| format!("{e}\n{}", c.logs_tail()))
     .unwrap()
@@ -454,7 +441,7 @@ fn a_data_directory_with_an_unfinished_rewind_is_never_started() {
         scope: "halfrewind".into(),
         ..Default::default()
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -515,7 +502,7 @@ fn a_primary_that_cannot_start_hands_over_after_primary_start_timeout() {
         scope: "nostart".into(),
         ..Default::default()
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -538,7 +525,7 @@ fn a_primary_that_cannot_start_hands_over_after_primary_start_timeout() {
     )
     .unwrap();
     let new = wait_for("a replica to take over", Duration::from_secs(90), || {
-        leader_index(c, etcd).filter(|&i| i != p)
+        c.leader_index(etcd).filter(|&i| i != p)
     })
     .map_err(|e| format!("{e}\n{}", c.logs_tail()))
     .unwrap();
@@ -598,7 +585,7 @@ fn leader_partition(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
     std::fs::write(&c.nodes[0].config_path, yaml).unwrap();
     c.start_agent(0).unwrap();
     wait_for("node 1 to lead", HEALTHY, || {
-        (leader_index(c, etcd) == Some(0)).then_some(())
+        (c.leader_index(etcd) == Some(0)).then_some(())
     })
     .unwrap();
     c.start_agent(1).unwrap();
@@ -645,7 +632,7 @@ fn leader_partition(scope: &str, ttl: u64, loop_wait: u64, retry_timeout: u64) {
     c.wait_healthy(HEALTHY)
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
         .unwrap();
-    assert_eq!(leader_index(c, etcd), Some(new));
+    assert_eq!(c.leader_index(etcd), Some(new));
     c.shutdown();
 }
 
@@ -663,7 +650,7 @@ fn a_crashed_replica_restarts_and_streams_again() {
         retry_timeout: 10,
         ..Default::default()
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -678,7 +665,7 @@ fn a_crashed_replica_restarts_and_streams_again() {
     })
     .map_err(|e| format!("{e}\n{}", c.logs_tail()))
     .unwrap();
-    assert_eq!(leader_index(c, etcd), Some(p));
+    assert_eq!(c.leader_index(etcd), Some(p));
     assert!(c.nodes[r].log().contains("postmaster exited unexpectedly"));
     c.shutdown();
 }

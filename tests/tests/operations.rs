@@ -7,14 +7,18 @@ use pgpilot_e2e::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const HEALTHY: Duration = Duration::from_secs(120);
 const LONG: Duration = Duration::from_secs(90);
 
-fn healthy_lab(spec: ClusterSpec) -> (Lab, usize) {
-    let mut lab = Lab::new(&format!("e2e-{}", spec.scope), spec, true).unwrap();
-    lab.cluster.start_all().unwrap();
-    let p = lab.cluster.wait_healthy(HEALTHY).unwrap();
-    (lab, p)
+/// A cluster (ttl 10, loop_wait 2) whose REST API requires [`ADMIN`]'s credentials for writes.
+fn authenticated(scope: &str) -> ClusterSpec {
+    ClusterSpec {
+        scope: scope.into(),
+        ttl: 10,
+        loop_wait: 2,
+        retry_timeout: 3,
+        restapi_yaml: "  authentication:\n    username: admin\n    password: admin-secret\n".into(),
+        ..Default::default()
+    }
 }
 
 /// A REST call that may take as long as an operation does.
@@ -33,10 +37,6 @@ fn call(
         Duration::from_secs(120),
     )
     .unwrap()
-}
-
-fn leader_name(c: &TestCluster, etcd: &Etcd) -> Option<String> {
-    etcd.leader(&c.spec.scope).map(|(n, _)| n)
 }
 
 fn index_of(c: &TestCluster, name: &str) -> usize {
@@ -79,7 +79,7 @@ fn switchover_and_failover_have_definite_outcomes() {
         retry_timeout: 3,
         ..Default::default()
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -104,7 +104,7 @@ fn switchover_and_failover_have_definite_outcomes() {
         body.contains(&format!("Successfully switched over to \"{target}\"")),
         "{body}"
     );
-    assert_eq!(leader_name(c, etcd).as_deref(), Some(target.as_str()));
+    assert_eq!(c.leader_name(etcd).as_deref(), Some(target.as_str()));
     writer.wait_more(30, LONG).unwrap();
     wait_streaming(c, p, LONG);
     let streaming_after = began.elapsed();
@@ -129,7 +129,7 @@ fn switchover_and_failover_have_definite_outcomes() {
         None,
     );
     assert_eq!(code, 200, "{body}\n{}", c.logs_tail());
-    let now_leader = leader_name(c, etcd).unwrap();
+    let now_leader = c.leader_name(etcd).unwrap();
     assert_ne!(now_leader, target);
     assert!(body.contains(&now_leader), "{body}");
     writer.wait_more(30, LONG).unwrap();
@@ -176,7 +176,7 @@ fn switchover_and_failover_have_definite_outcomes() {
         assert_eq!(code, want, "{body}: {answer}");
         assert!(answer.contains(text), "{body}: {answer}");
     }
-    assert_eq!(leader_name(c, etcd).as_deref(), Some(now_leader.as_str()));
+    assert_eq!(c.leader_name(etcd).as_deref(), Some(now_leader.as_str()));
     // a stopped candidate is refused with its state
     let killed = c.nodes[r].postmaster_pid();
     sql(&c.nodes[l], "SELECT 1").unwrap();
@@ -247,7 +247,7 @@ fn switchover_and_failover_have_definite_outcomes() {
     let (_, cluster) = c.nodes[l].get("/cluster").unwrap();
     assert!(cluster.contains("scheduled_switchover"), "{cluster}");
     wait_for("the scheduled switchover", LONG, || {
-        (leader_name(c, etcd).as_deref() == Some(replica.as_str())).then_some(())
+        (c.leader_name(etcd).as_deref() == Some(replica.as_str())).then_some(())
     })
     .map_err(|e| format!("{e}\n{}", c.logs_tail()))
     .unwrap();
@@ -273,7 +273,7 @@ fn switchover_and_failover_have_definite_outcomes() {
     assert_eq!(code, 404);
 
     // 5. failover: the leader's machine is lost, the operator names the member to take over
-    let leader_now = index_of(c, &leader_name(c, etcd).unwrap());
+    let leader_now = index_of(c, &c.leader_name(etcd).unwrap());
     let chosen = (leader_now + 2) % 3;
     let chosen_name = c.nodes[chosen].name.clone();
     c.kill_machine(leader_now);
@@ -368,17 +368,12 @@ fn restart_reload_reinitialize_and_parameters_with_authentication() {
     let cb = CallbackLog::new();
     let script = cb.script.display().to_string();
     let spec = ClusterSpec {
-        scope: "localops".into(),
-        ttl: 10,
-        loop_wait: 2,
-        retry_timeout: 3,
-        restapi_yaml: "  authentication:\n    username: admin\n    password: admin-secret\n".into(),
         postgresql_yaml: format!(
             "  callbacks:\n    on_start: {script}\n    on_restart: {script}\n    on_role_change: {script}\n    on_reload: {script}\n"
         ),
-        ..Default::default()
+        ..authenticated("localops")
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let c = &mut lab.cluster;
     let r = (p + 1) % 3;
     let writer = Writer::start(&c.nodes).unwrap();
@@ -574,6 +569,18 @@ fn restart_reload_reinitialize_and_parameters_with_authentication() {
         (have.contains(&last) && ids.iter().all(|i| have.contains(i))).then_some(())
     })
     .unwrap();
+
+    // a switchover changes two roles: both callbacks fire
+    let (code, body) = call(
+        &c.nodes[p],
+        "POST",
+        "/switchover",
+        &json!({"leader": c.nodes[p].name, "candidate": c.nodes[r].name}),
+        ADMIN,
+    );
+    assert_eq!(code, 200, "{body}");
+    cb.wait_line("on_role_change primary localops");
+    cb.wait_line("on_role_change replica localops");
 }
 
 /// `patronictl ARGS…` with a node's YAML (its `restapi.authentication` is what patronictl
@@ -613,15 +620,8 @@ fn patronictl_operates_a_pgpilot_cluster() {
         eprintln!("patronictl not installed: skipping");
         return;
     }
-    let spec = ClusterSpec {
-        scope: "ctlops".into(),
-        ttl: 10,
-        loop_wait: 2,
-        retry_timeout: 3,
-        restapi_yaml: "  authentication:\n    username: admin\n    password: admin-secret\n".into(),
-        ..Default::default()
-    };
-    let (mut lab, p) = healthy_lab(spec);
+    let spec = authenticated("ctlops");
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -650,7 +650,7 @@ fn patronictl_operates_a_pgpilot_cluster() {
         out.contains(&format!("Successfully switched over to \"{cand}\"")),
         "{out}"
     );
-    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+    assert_eq!(c.leader_name(etcd).as_deref(), Some(cand.as_str()));
     wait_streaming(c, p, LONG);
 
     // a refused switchover is reported with the reason, and nothing changes
@@ -671,7 +671,7 @@ fn patronictl_operates_a_pgpilot_cluster() {
         !ok || out.contains("failed") || out.contains("same"),
         "{out}"
     );
-    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+    assert_eq!(c.leader_name(etcd).as_deref(), Some(cand.as_str()));
 
     // restart, reload, reinit of a replica
     let replica = c.nodes[p].name.clone();
@@ -748,7 +748,7 @@ fn patronictl_operates_a_pgpilot_cluster() {
     let out = ctl(&["failover", "ctlops", "--candidate", &target, "--force"]);
     assert!(out.contains(&target), "{out}");
     wait_for("the failover target to lead", LONG, || {
-        (leader_name(c, etcd).as_deref() == Some(target.as_str())).then_some(())
+        (c.leader_name(etcd).as_deref() == Some(target.as_str())).then_some(())
     })
     .unwrap();
     writer.wait_more(20, LONG).unwrap();
@@ -761,15 +761,8 @@ fn console_batch_operates_a_cluster() {
     if !prerequisites() {
         return;
     }
-    let spec = ClusterSpec {
-        scope: "batchops".into(),
-        ttl: 10,
-        loop_wait: 2,
-        retry_timeout: 3,
-        restapi_yaml: "  authentication:\n    username: admin\n    password: admin-secret\n".into(),
-        ..Default::default()
-    };
-    let (mut lab, p) = healthy_lab(spec);
+    let spec = authenticated("batchops");
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -797,7 +790,7 @@ fn console_batch_operates_a_cluster() {
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["target"], cand.as_str(), "{v}");
-    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+    assert_eq!(c.leader_name(etcd).as_deref(), Some(cand.as_str()));
     wait_streaming(c, p, LONG);
 
     // refused (exit 1) and bad input (exit 2), nothing changes
@@ -818,7 +811,7 @@ fn console_batch_operates_a_cluster() {
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = run(&["switchover", "batchops", "--candidate", &cand]);
     assert_eq!(code, 2, "not on a terminal without --force: {err}");
-    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+    assert_eq!(c.leader_name(etcd).as_deref(), Some(cand.as_str()));
 
     // restart replicas, only where pending: none is, so each reports the unmet condition
     let (code, out, err) = run(&[
@@ -946,19 +939,16 @@ fn rest_api_over_tls() {
     }
     let cert = TestCert::new();
     let spec = ClusterSpec {
-        scope: "tlsops".into(),
-        ttl: 10,
-        loop_wait: 2,
-        retry_timeout: 3,
         restapi_yaml: format!(
-            "  certfile: {}\n  keyfile: {}\n  cafile: {}\n  authentication:\n    username: admin\n    password: admin-secret\n",
+            "  certfile: {}\n  keyfile: {}\n  cafile: {}\n{}",
             cert.cert(),
             cert.key(),
-            cert.cert()
+            cert.cert(),
+            authenticated("tlsops").restapi_yaml
         ),
-        ..Default::default()
+        ..authenticated("tlsops")
     };
-    let (mut lab, p) = healthy_lab(spec);
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
@@ -1007,7 +997,7 @@ fn rest_api_over_tls() {
         ADMIN,
     );
     assert_eq!(code, 200, "{body}\n{}", c.logs_tail());
-    assert_eq!(leader_name(c, etcd).as_deref(), Some(cand.as_str()));
+    assert_eq!(c.leader_name(etcd).as_deref(), Some(cand.as_str()));
     wait_streaming(c, p, LONG);
 
     // the console talks to the members over https with the config's cafile and credentials

@@ -158,6 +158,22 @@ impl Postgres {
         Ok(st)
     }
 
+    /// Connection settings for the superuser (user, password, database); host and port are the
+    /// caller's.
+    fn superuser_login(&self) -> tokio_postgres::Config {
+        let cfg = self.cfg();
+        let su = &cfg.postgresql.superuser;
+        let mut pgc = tokio_postgres::Config::new();
+        pgc.user(&su.username)
+            .dbname(&cfg.postgresql.database)
+            .application_name("pgpilot")
+            .connect_timeout(Duration::from_secs(3));
+        if let Some(pw) = &su.password {
+            pgc.password(pw.expose());
+        }
+        pgc
+    }
+
     /// A connection to the local server as the superuser (reused across cycles).
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>> {
         let mut guard = self.client.lock().await;
@@ -166,8 +182,7 @@ impl Postgres {
         {
             return Ok(c.clone());
         }
-        let su = &self.cfg().postgresql.superuser;
-        let mut pgc = tokio_postgres::Config::new();
+        let mut pgc = self.superuser_login();
         let (host, port) = self.cfg().postgresql.local_host_port();
         if self.cfg().postgresql.use_unix_socket {
             let dir = self
@@ -177,14 +192,7 @@ impl Postgres {
         } else {
             pgc.host(&host);
         }
-        pgc.port(port)
-            .user(&su.username)
-            .dbname(&self.cfg().postgresql.database)
-            .application_name("pgpilot")
-            .connect_timeout(Duration::from_secs(3));
-        if let Some(pw) = &su.password {
-            pgc.password(pw.expose());
-        }
+        pgc.port(port);
         let (client, conn) = pgc
             .connect(tokio_postgres::NoTls)
             .await
@@ -212,18 +220,8 @@ impl Postgres {
     /// pg_wal (when it has one and it is missing here), so that this server, started as its
     /// replica, follows the new timeline at once instead of after wal_retrieve_retry_interval.
     pub async fn fetch_timeline_history(&self, from: &super::Upstream) -> Result<Option<String>> {
-        let cfg = self.cfg();
-        let su = &cfg.postgresql.superuser;
-        let mut pgc = tokio_postgres::Config::new();
-        pgc.host(&from.host)
-            .port(from.port)
-            .user(&su.username)
-            .dbname(&cfg.postgresql.database)
-            .application_name("pgpilot")
-            .connect_timeout(Duration::from_secs(3));
-        if let Some(pw) = &su.password {
-            pgc.password(pw.expose());
-        }
+        let mut pgc = self.superuser_login();
+        pgc.host(&from.host).port(from.port);
         let (client, conn) = pgc
             .connect(tokio_postgres::NoTls)
             .await

@@ -20,128 +20,101 @@ fn reason(body: &str) -> String {
         .unwrap_or_else(|| body.trim().to_string())
 }
 
-async fn ask(
-    client: &MemberClient,
-    auth: Option<&BasicAuth>,
-    member: &Member,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-    timeout: Duration,
-) -> Result<(u16, String), OpsError> {
-    if member.data.api_url.is_empty() {
-        return Err(OpsError::Failed(format!(
-            "{} publishes no api_url: its agent cannot be asked",
-            member.name
-        )));
+/// One member's agent, asked over its REST API with the operator's credentials.
+pub struct MemberAgent<'a> {
+    pub client: &'a MemberClient,
+    pub auth: Option<&'a BasicAuth>,
+    pub member: &'a Member,
+}
+
+impl MemberAgent<'_> {
+    /// Sends one request; a 2xx answer's text, else the reason as an [`OpsError`].
+    async fn ask(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<String, OpsError> {
+        let m = self.member;
+        if m.data.api_url.is_empty() {
+            return Err(OpsError::Failed(format!(
+                "{} publishes no api_url: its agent cannot be asked",
+                m.name
+            )));
+        }
+        let (code, text) = self
+            .client
+            .call(method, &m.data.api_url, path, &body, self.auth, timeout)
+            .await
+            .map_err(|e| {
+                OpsError::Failed(format!(
+                    "{}: the REST API at {} does not answer: {e}",
+                    m.name, m.data.api_url
+                ))
+            })?;
+        let why = reason(&text);
+        match code {
+            200..=299 => Ok(why),
+            401 | 403 => Err(OpsError::Refused(format!(
+                "{}: the REST API refused the credentials ({why}); set ctl.authentication or restapi.authentication in the console's config",
+                m.name
+            ))),
+            400 | 422 => Err(OpsError::Invalid(format!("{}: {why}", m.name))),
+            404 => Err(OpsError::Refused(format!(
+                "{NOTHING_THERE}{}: {why}",
+                m.name
+            ))),
+            _ => Err(OpsError::Failed(format!("{}: {why}", m.name))),
+        }
     }
-    let (code, text) = client
-        .call(method, &member.data.api_url, path, &body, auth, timeout)
+
+    /// Restarts (or schedules a restart of) the member's PostgreSQL; an immediate restart is
+    /// answered when it has finished.
+    pub async fn restart(&self, req: &RestartRequest) -> Result<String, OpsError> {
+        let wait = Duration::from_secs(req.timeout.unwrap_or(60) + 30);
+        self.ask(reqwest::Method::POST, "/restart", req.to_json(), wait)
+            .await
+    }
+
+    /// Cancels the member's scheduled restart; `None` when none was scheduled there.
+    pub async fn cancel_restart(&self) -> Result<Option<String>, OpsError> {
+        let answer = self
+            .ask(
+                reqwest::Method::DELETE,
+                "/restart",
+                json!({}),
+                Duration::from_secs(10),
+            )
+            .await;
+        match answer {
+            Ok(text) => Ok(Some(text)),
+            Err(OpsError::Refused(m)) if m.starts_with(NOTHING_THERE) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks a replica to wipe its data directory and clone it again from the leader.
+    pub async fn reinitialize(&self, force: bool) -> Result<String, OpsError> {
+        self.ask(
+            reqwest::Method::POST,
+            "/reinitialize",
+            json!({"force": force}),
+            Duration::from_secs(30),
+        )
         .await
-        .map_err(|e| {
-            OpsError::Failed(format!(
-                "{}: the REST API at {} does not answer: {e}",
-                member.name, member.data.api_url
-            ))
-        })?;
-    let why = reason(&text);
-    match code {
-        200..=299 => Ok((code, why)),
-        401 | 403 => Err(OpsError::Refused(format!(
-            "{}: the REST API refused the credentials ({why}); set ctl.authentication or restapi.authentication in the console's config",
-            member.name
-        ))),
-        400 | 422 => Err(OpsError::Invalid(format!("{}: {why}", member.name))),
-        404 => Err(OpsError::Refused(format!(
-            "{NOTHING_THERE}{}: {why}",
-            member.name
-        ))),
-        _ => Err(OpsError::Failed(format!("{}: {why}", member.name))),
     }
-}
 
-/// Restarts (or schedules a restart of) a member's PostgreSQL; the agent answers when an
-/// immediate restart has finished.
-pub async fn restart(
-    client: &MemberClient,
-    auth: Option<&BasicAuth>,
-    member: &Member,
-    req: &RestartRequest,
-) -> Result<String, OpsError> {
-    let wait = Duration::from_secs(req.timeout.unwrap_or(60) + 30);
-    let (_, text) = ask(
-        client,
-        auth,
-        member,
-        reqwest::Method::POST,
-        "/restart",
-        req.to_json(),
-        wait,
-    )
-    .await?;
-    Ok(text)
-}
-
-/// Cancels a member's scheduled restart; `None` when none was scheduled there.
-pub async fn cancel_restart(
-    client: &MemberClient,
-    auth: Option<&BasicAuth>,
-    member: &Member,
-) -> Result<Option<String>, OpsError> {
-    let answer = ask(
-        client,
-        auth,
-        member,
-        reqwest::Method::DELETE,
-        "/restart",
-        json!({}),
-        Duration::from_secs(10),
-    )
-    .await;
-    match answer {
-        Ok((_, text)) => Ok(Some(text)),
-        Err(OpsError::Refused(m)) if m.starts_with(NOTHING_THERE) => Ok(None),
-        Err(e) => Err(e),
+    /// Asks the member to re-read its configuration file.
+    pub async fn reload(&self) -> Result<String, OpsError> {
+        self.ask(
+            reqwest::Method::POST,
+            "/reload",
+            json!({}),
+            Duration::from_secs(30),
+        )
+        .await
     }
-}
-
-/// Asks a replica to wipe its data directory and clone it again from the leader.
-pub async fn reinitialize(
-    client: &MemberClient,
-    auth: Option<&BasicAuth>,
-    member: &Member,
-    force: bool,
-) -> Result<String, OpsError> {
-    let (_, text) = ask(
-        client,
-        auth,
-        member,
-        reqwest::Method::POST,
-        "/reinitialize",
-        json!({"force": force}),
-        Duration::from_secs(30),
-    )
-    .await?;
-    Ok(text)
-}
-
-/// Asks a member to re-read its configuration file.
-pub async fn reload(
-    client: &MemberClient,
-    auth: Option<&BasicAuth>,
-    member: &Member,
-) -> Result<String, OpsError> {
-    let (_, text) = ask(
-        client,
-        auth,
-        member,
-        reqwest::Method::POST,
-        "/reload",
-        json!({}),
-        Duration::from_secs(30),
-    )
-    .await?;
-    Ok(text)
 }
 
 #[cfg(test)]

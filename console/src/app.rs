@@ -66,8 +66,63 @@ impl Tab {
 /// An operation the console can run, through `shared::ops`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
-    Pause { scope: String, on: bool },
-    CancelSwitchover { scope: String },
+    Pause {
+        scope: String,
+        on: bool,
+    },
+    CancelSwitchover {
+        scope: String,
+    },
+    /// Hand the lock over from `leader` to `candidate` (the healthiest replica if `None`), now
+    /// or at `at` (ISO 8601 with a zone).
+    Switchover {
+        scope: String,
+        leader: String,
+        candidate: Option<String>,
+        at: Option<String>,
+    },
+    /// Promote `candidate` when there is no healthy leader.
+    Failover {
+        scope: String,
+        candidate: String,
+    },
+    /// Restart a member's PostgreSQL, now or at `at`, or only if a restart is pending.
+    Restart {
+        scope: String,
+        member: String,
+        pending_only: bool,
+        at: Option<String>,
+    },
+    CancelRestart {
+        scope: String,
+        member: String,
+    },
+    /// Wipe a replica's data directory and clone it again.
+    Reinit {
+        scope: String,
+        member: String,
+    },
+    /// Make a member's agent re-read its configuration file.
+    Reload {
+        scope: String,
+        member: String,
+    },
+}
+
+impl Operation {
+    /// The cluster the operation acts on.
+    pub fn scope(&self) -> &str {
+        match self {
+            Operation::Pause { scope, .. }
+            | Operation::CancelSwitchover { scope }
+            | Operation::Switchover { scope, .. }
+            | Operation::Failover { scope, .. }
+            | Operation::Restart { scope, .. }
+            | Operation::CancelRestart { scope, .. }
+            | Operation::Reinit { scope, .. }
+            | Operation::Reload { scope, .. } => scope,
+        }
+    }
 }
 
 /// A question waiting for y/n.
@@ -153,15 +208,35 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: ":",
-        what: "command (pause, resume, cancel-switchover, quit)",
+        what: "command: switchover [MEMBER] [at TIME], failover MEMBER, restart [MEMBER] [pending] [at TIME], reinit MEMBER, reload [MEMBER], cancel-restart [MEMBER], cancel-switchover, pause, resume, quit",
+    },
+    Binding {
+        keys: "s",
+        what: "switchover to the selected member (or the healthiest replica)",
+    },
+    Binding {
+        keys: "F",
+        what: "failover to the selected member",
+    },
+    Binding {
+        keys: "r / R",
+        what: "restart the selected member now / only if a restart is pending",
+    },
+    Binding {
+        keys: "i",
+        what: "reinitialize the selected replica (wipe and clone again)",
+    },
+    Binding {
+        keys: "o",
+        what: "reload the selected member's configuration file",
     },
     Binding {
         keys: "p",
-        what: "pause or resume the cluster (asks first)",
+        what: "pause or resume the cluster",
     },
     Binding {
-        keys: "x",
-        what: "cancel the scheduled switchover (asks first)",
+        keys: "x / X",
+        what: "cancel the scheduled switchover / the member's scheduled restart",
     },
     Binding {
         keys: "f",
@@ -399,7 +474,228 @@ impl App {
         }
     }
 
+    /// The selected member's name, on a cluster's members tab (replication-tree order).
+    pub fn selected_member(&self) -> Option<String> {
+        if self.view != View::Cluster(Tab::Members) {
+            return None;
+        }
+        let c = self.selected_cluster()?;
+        let list = ordered_members(c);
+        let (_, m) = list.get(self.member_idx)?;
+        m["name"].as_str().map(str::to_string)
+    }
+
+    /// The member an action names, else the selected one; a status line says what is missing.
+    fn target(&mut self, named: Option<&str>, what: &str) -> Option<(String, String)> {
+        let Some(scope) = self.selected_cluster().map(|c| c.scope.clone()) else {
+            self.status = Some(("open a cluster first".into(), true));
+            return None;
+        };
+        let member = named.map(str::to_string).or_else(|| self.selected_member());
+        match member {
+            Some(m)
+                if self
+                    .selected_cluster()
+                    .is_some_and(|c| c.member(&m).is_some()) =>
+            {
+                Some((scope, m))
+            }
+            Some(m) => {
+                self.status = Some((format!("{m} is not a member of {scope}"), true));
+                None
+            }
+            None => {
+                self.status = Some((
+                    format!("select a member on the Members tab (or name it) to {what}"),
+                    true,
+                ));
+                None
+            }
+        }
+    }
+
+    fn switchover_request(&mut self, named: Option<&str>, at: Option<String>) {
+        let Some(c) = self.selected_cluster() else {
+            self.status = Some(("open a cluster first".into(), true));
+            return;
+        };
+        let scope = c.scope.clone();
+        let Some(leader) = c.leader.as_ref().map(|l| l.name.clone()) else {
+            self.status = Some((
+                format!("{scope} has no leader: use failover (F) to promote a member"),
+                true,
+            ));
+            return;
+        };
+        let candidate = named
+            .map(str::to_string)
+            .or_else(|| self.selected_member())
+            .filter(|m| *m != leader);
+        if let Some(m) = &candidate
+            && self
+                .selected_cluster()
+                .is_none_or(|c| c.member(m).is_none())
+        {
+            self.status = Some((format!("{m} is not a member of {scope}"), true));
+            return;
+        }
+        let to = candidate
+            .clone()
+            .unwrap_or_else(|| "the healthiest replica".into());
+        let when = at
+            .as_deref()
+            .map(|t| format!(" at {t}"))
+            .unwrap_or_else(|| " now".into());
+        self.ask(Confirm {
+            title: "Switchover".into(),
+            text: format!(
+                "Switch over cluster {scope} from {leader} to {to}{when}: {leader} checkpoints, stops and hands the lock over; {to} promotes; {leader} comes back as its replica. Clients see a write gap of a fraction of a second. Refused if {to} is not a healthy replica within maximum_lag_on_failover."
+            ),
+            operation: Operation::Switchover {
+                scope,
+                leader,
+                candidate,
+                at,
+            },
+        });
+    }
+
+    fn failover_request(&mut self, named: Option<&str>) {
+        let Some((scope, candidate)) = self.target(named, "fail over to it") else {
+            return;
+        };
+        let leader = self
+            .selected_cluster()
+            .and_then(|c| c.leader.as_ref().map(|l| l.name.clone()));
+        let text = match &leader {
+            Some(l) => format!(
+                "Fail over cluster {scope} to {candidate}. {l} holds the lock: with a healthy leader this is carried out as a switchover (lag limit included)."
+            ),
+            None => format!(
+                "Fail over cluster {scope} to {candidate}: it is promoted even if it lags behind the last leader position (writes it never received are lost)."
+            ),
+        };
+        self.ask(Confirm {
+            title: "Failover".into(),
+            text,
+            operation: Operation::Failover { scope, candidate },
+        });
+    }
+
+    fn restart_request(&mut self, named: Option<&str>, pending_only: bool, at: Option<String>) {
+        let Some((scope, member)) = self.target(named, "restart it") else {
+            return;
+        };
+        let when = at
+            .as_deref()
+            .map(|t| format!(" at {t}"))
+            .unwrap_or_else(|| " now".into());
+        let only = if pending_only {
+            ", only if a parameter change left a restart pending"
+        } else {
+            ""
+        };
+        self.ask(Confirm {
+            title: "Restart".into(),
+            text: format!(
+                "Restart PostgreSQL on {member} ({scope}){when}{only}: it stops (fast) and starts again in the same role with the current parameters; a leader keeps its lock meanwhile."
+            ),
+            operation: Operation::Restart {
+                scope,
+                member,
+                pending_only,
+                at,
+            },
+        });
+    }
+
+    fn reinit_request(&mut self, named: Option<&str>) {
+        let Some((scope, member)) = self.target(named, "reinitialize it") else {
+            return;
+        };
+        if self
+            .selected_cluster()
+            .and_then(|c| c.leader.as_ref())
+            .is_some_and(|l| l.name == member)
+        {
+            self.status = Some((
+                format!("{member} is the leader: a leader is never reinitialized"),
+                true,
+            ));
+            return;
+        }
+        self.ask(Confirm {
+            title: "Reinitialize".into(),
+            text: format!(
+                "Reinitialize {member} ({scope}): PostgreSQL is stopped, its data directory REMOVED and cloned again from the leader. It is out of service until the copy ends."
+            ),
+            operation: Operation::Reinit { scope, member },
+        });
+    }
+
+    fn reload_request(&mut self, named: Option<&str>) {
+        let Some((scope, member)) = self.target(named, "reload it") else {
+            return;
+        };
+        self.ask(Confirm {
+            title: "Reload".into(),
+            text: format!(
+                "Make the agent of {member} ({scope}) re-read its configuration file (as SIGHUP): parameters, pg_hba, tags and credentials change without a restart; a file with errors changes nothing."
+            ),
+            operation: Operation::Reload { scope, member },
+        });
+    }
+
+    fn cancel_restart_request(&mut self, named: Option<&str>) {
+        let Some((scope, member)) = self.target(named, "cancel its restart") else {
+            return;
+        };
+        self.ask(Confirm {
+            title: "Cancel restart".into(),
+            text: format!("Cancel the scheduled restart of {member} ({scope})."),
+            operation: Operation::CancelRestart { scope, member },
+        });
+    }
+
     fn command(&mut self, line: &str) -> Vec<Effect> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // `... at TIME` schedules
+        let (args, at) = match words.iter().position(|w| *w == "at") {
+            Some(i) => (&words[..i], Some(words[i + 1..].join(" "))),
+            None => (&words[..], None),
+        };
+        let at = at.filter(|t| !t.is_empty());
+        let first = args.first().copied().unwrap_or("");
+        let arg = args.get(1).copied();
+        match first {
+            "switchover" => {
+                self.switchover_request(arg, at);
+                return vec![];
+            }
+            "failover" => {
+                self.failover_request(arg);
+                return vec![];
+            }
+            "restart" => {
+                let pending = args.contains(&"pending");
+                let member = arg.filter(|a| *a != "pending");
+                self.restart_request(member, pending, at);
+                return vec![];
+            }
+            "reinit" => {
+                self.reinit_request(arg);
+                return vec![];
+            }
+            "reload" => {
+                self.reload_request(arg);
+                return vec![];
+            }
+            "cancel-restart" => {
+                self.cancel_restart_request(arg);
+                return vec![];
+            }
+            _ => {}
+        }
         match line.trim() {
             "q" | "quit" => vec![Effect::Quit],
             "pause" | "resume" => {
@@ -424,7 +720,9 @@ impl App {
             "" => vec![],
             other => {
                 self.status = Some((
-                    format!("unknown command {other:?}: pause, resume, cancel-switchover, quit"),
+                    format!(
+                        "unknown command {other:?}: switchover, failover, restart, reinit, reload, cancel-restart, cancel-switchover, pause, resume, quit"
+                    ),
                     true,
                 ));
                 vec![]
@@ -515,6 +813,13 @@ impl App {
             }
             KeyCode::Char('p') => self.pause_request(),
             KeyCode::Char('x') => self.cancel_switchover_request(),
+            KeyCode::Char('X') => self.cancel_restart_request(None),
+            KeyCode::Char('s') => self.switchover_request(None, None),
+            KeyCode::Char('F') => self.failover_request(None),
+            KeyCode::Char('r') => self.restart_request(None, false, None),
+            KeyCode::Char('R') => self.restart_request(None, true, None),
+            KeyCode::Char('i') => self.reinit_request(None),
+            KeyCode::Char('o') => self.reload_request(None),
             KeyCode::Down | KeyCode::Char('j') => match self.view {
                 View::Clusters => self.cluster_idx += 1,
                 View::Cluster(_) => self.member_idx += 1,
@@ -603,6 +908,17 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![]
         }
     }
+}
+
+/// The members as `cluster_json` describes them, in replication-tree order with their depth
+/// (the order the members tab shows).
+pub fn ordered_members(c: &Cluster) -> Vec<(usize, Value)> {
+    let view = shared::api::cluster_json(c);
+    let list: Vec<Value> = view["members"].as_array().cloned().unwrap_or_default();
+    shared::view::topology_order(&list)
+        .into_iter()
+        .map(|(d, m)| (d, m.clone()))
+        .collect()
 }
 
 /// A replica's replay lag behind its received WAL, from `/patroni` (bytes).
@@ -762,5 +1078,143 @@ mod tests {
         feed(&mut app, vec![cluster("a", "a-n2", 3)]);
         assert_eq!(app.clusters[0].leader.as_ref().unwrap().name, "a-n1");
         assert!(app.etcd.last_ok.is_some());
+    }
+
+    fn enter() -> Msg {
+        Msg::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE))
+    }
+
+    fn typed(app: &mut App, text: &str) {
+        update(app, key(':'));
+        for c in text.chars() {
+            update(app, key(c));
+        }
+        update(app, enter());
+    }
+
+    #[test]
+    fn member_actions_ask_exactly_and_run_through_operations() {
+        let now = Instant::now();
+        let mut app = App::new("e".into(), "/service".into(), false, now);
+        feed(&mut app, vec![cluster("a", "a-n1", 3)]);
+        // on the cluster list no member is selected: a switchover goes to the healthiest
+        update(&mut app, key('s'));
+        let c = app.confirm.clone().expect("a confirmation");
+        assert!(
+            c.text.contains("from a-n1 to the healthiest replica now"),
+            "{}",
+            c.text
+        );
+        update(&mut app, key('n'));
+        // open the cluster, select the second member (tree order: leader first)
+        update(&mut app, enter());
+        update(&mut app, key('j'));
+        let picked = app.selected_member().unwrap();
+        assert_ne!(picked, "a-n1");
+        update(&mut app, key('s'));
+        assert_eq!(
+            update(&mut app, key('y')),
+            vec![Effect::Run(Operation::Switchover {
+                scope: "a".into(),
+                leader: "a-n1".into(),
+                candidate: Some(picked.clone()),
+                at: None
+            })]
+        );
+        for (k, want) in [
+            (
+                'r',
+                Operation::Restart {
+                    scope: "a".into(),
+                    member: picked.clone(),
+                    pending_only: false,
+                    at: None,
+                },
+            ),
+            (
+                'R',
+                Operation::Restart {
+                    scope: "a".into(),
+                    member: picked.clone(),
+                    pending_only: true,
+                    at: None,
+                },
+            ),
+            (
+                'i',
+                Operation::Reinit {
+                    scope: "a".into(),
+                    member: picked.clone(),
+                },
+            ),
+            (
+                'o',
+                Operation::Reload {
+                    scope: "a".into(),
+                    member: picked.clone(),
+                },
+            ),
+            (
+                'F',
+                Operation::Failover {
+                    scope: "a".into(),
+                    candidate: picked.clone(),
+                },
+            ),
+        ] {
+            update(&mut app, key(k));
+            let c = app
+                .confirm
+                .clone()
+                .unwrap_or_else(|| panic!("{k}: no dialog"));
+            assert!(c.text.contains(&picked), "{k}: {}", c.text);
+            assert_eq!(update(&mut app, key('y')), vec![Effect::Run(want)]);
+        }
+        // the leader is never reinitialized
+        update(&mut app, key('k'));
+        update(&mut app, key('i'));
+        assert!(app.confirm.is_none());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.1 && s.0.contains("leader"))
+        );
+        // commands name members and times
+        typed(&mut app, "switchover a-n3 at 2030-01-01T00:00:00+00:00");
+        assert_eq!(
+            update(&mut app, key('y')),
+            vec![Effect::Run(Operation::Switchover {
+                scope: "a".into(),
+                leader: "a-n1".into(),
+                candidate: Some("a-n3".into()),
+                at: Some("2030-01-01T00:00:00+00:00".into())
+            })]
+        );
+        typed(&mut app, "restart a-n2 pending");
+        assert_eq!(
+            update(&mut app, key('y')),
+            vec![Effect::Run(Operation::Restart {
+                scope: "a".into(),
+                member: "a-n2".into(),
+                pending_only: true,
+                at: None
+            })]
+        );
+        typed(&mut app, "reinit nobody");
+        assert!(app.confirm.is_none());
+        assert!(
+            app.status
+                .as_ref()
+                .is_some_and(|s| s.0.contains("not a member"))
+        );
+        // read-only: every action refused
+        let mut ro = App::new("e".into(), "/service".into(), true, now);
+        feed(&mut ro, vec![cluster("a", "a-n1", 3)]);
+        update(&mut ro, enter());
+        update(&mut ro, key('j'));
+        for k in ['s', 'r', 'i', 'o', 'F', 'X'] {
+            update(&mut ro, key(k));
+            assert!(ro.confirm.is_none(), "{k}");
+        }
     }
 }

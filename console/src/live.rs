@@ -7,10 +7,11 @@ use crate::app::{App, Effect, Msg, Operation, Sample, update};
 use crate::ui::{self, Theme};
 use crossterm::event::{self, Event, KeyEventKind};
 use shared::api::MemberClient;
+use shared::config::BasicAuth;
 use shared::config::ConsoleConfig;
 use shared::dcs::etcd::EtcdKv;
 use shared::dcs::{Kv, keys, load_namespace};
-use shared::ops;
+use shared::ops::{self, switchover};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -54,6 +55,10 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
         tx.clone(),
         urls_tx,
     ));
+    let reach = Reach {
+        client: client.clone(),
+        auth: cfg.rest_auth.clone(),
+    };
     tokio::spawn(rest_feed(client, urls_rx, tx.clone()));
     spawn_keyboard(tx.clone());
     {
@@ -96,8 +101,9 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
                     Effect::Quit => break 'outer,
                     Effect::Run(op) => {
                         let (kv, ns, tx) = (kv.clone(), cfg.namespace.clone(), tx.clone());
+                        let reach = reach.clone();
                         tokio::spawn(async move {
-                            let _ = tx.send(Msg::Done(execute(&kv, &ns, op).await));
+                            let _ = tx.send(Msg::Done(execute(&kv, &ns, &reach, op).await));
                         });
                     }
                 }
@@ -108,15 +114,22 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
     0
 }
 
-/// Runs one operation through `shared::ops` on a fresh read of its cluster.
+/// What an operation needs besides etcd: the members' REST client and credentials.
+#[derive(Clone)]
+pub struct Reach {
+    pub client: MemberClient,
+    pub auth: Option<BasicAuth>,
+}
+
+/// Runs one operation through `shared::ops` on a fresh read of its cluster; the sentence to
+/// show, or the reason it did not happen.
 pub async fn execute<K: Kv + Clone>(
     kv: &K,
     namespace: &str,
+    reach: &Reach,
     op: Operation,
 ) -> Result<String, String> {
-    let scope = match &op {
-        Operation::Pause { scope, .. } | Operation::CancelSwitchover { scope } => scope.clone(),
-    };
+    let scope = op.scope().to_string();
     let clusters = load_namespace(kv, namespace)
         .await
         .map_err(|e| format!("cannot read etcd: {e}"))?;
@@ -125,15 +138,105 @@ pub async fn execute<K: Kv + Clone>(
         .find(|c| c.scope == scope)
         .ok_or_else(|| format!("cluster {scope} is gone"))?;
     let dcs = ops::operator_handle(kv.clone(), namespace, &scope);
+    let agent = |name: &str| -> Result<ops::member::MemberAgent<'_>, String> {
+        let member = c
+            .member(name)
+            .ok_or_else(|| format!("{name} is no longer a member of {scope}"))?;
+        Ok(ops::member::MemberAgent {
+            client: &reach.client,
+            auth: reach.auth.as_ref(),
+            member,
+        })
+    };
+    let text = |e: ops::OpsError| e.to_string();
     match op {
         Operation::Pause { on, .. } => ops::set_pause(&dcs, &c, on)
             .await
             .map(|_| format!("cluster {scope} {}", if on { "paused" } else { "resumed" }))
-            .map_err(|e| e.to_string()),
+            .map_err(text),
         Operation::CancelSwitchover { .. } => ops::clear_scheduled_switchover(&dcs, &c)
             .await
             .map(|_| format!("scheduled switchover of {scope} cancelled"))
-            .map_err(|e| e.to_string()),
+            .map_err(text),
+        Operation::Switchover {
+            leader,
+            candidate,
+            at,
+            ..
+        } => {
+            let scheduled_at = match at.as_deref() {
+                Some(t) => switchover::parse_time(t).map_err(text)?,
+                None => None,
+            };
+            let req = switchover::Request {
+                kind: switchover::Kind::Switchover,
+                leader: Some(leader),
+                candidate,
+                scheduled_at,
+            };
+            hand_over(&dcs, reach, &c, req).await
+        }
+        Operation::Failover { candidate, .. } => {
+            let req = switchover::Request {
+                kind: switchover::Kind::Failover,
+                leader: None,
+                candidate: Some(candidate),
+                scheduled_at: None,
+            };
+            hand_over(&dcs, reach, &c, req).await
+        }
+        Operation::Restart {
+            member,
+            pending_only,
+            at,
+            ..
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(t) = at {
+                body.insert("schedule".into(), t.into());
+            }
+            if pending_only {
+                body.insert("restart_pending".into(), true.into());
+            }
+            let req = ops::RestartRequest::from_json(&body.into()).map_err(text)?;
+            agent(&member)?
+                .restart(&req)
+                .await
+                .map(|t| format!("{member}: {t}"))
+                .map_err(text)
+        }
+        Operation::CancelRestart { member, .. } => match agent(&member)?.cancel_restart().await {
+            Ok(Some(t)) => Ok(format!("{member}: {t}")),
+            Ok(None) => Err(format!("{member} has no scheduled restart")),
+            Err(e) => Err(text(e)),
+        },
+        Operation::Reinit { member, .. } => agent(&member)?
+            .reinitialize(false)
+            .await
+            .map(|t| format!("{member}: {t} (it streams again once the copy is done)"))
+            .map_err(text),
+        Operation::Reload { member, .. } => agent(&member)?
+            .reload()
+            .await
+            .map(|_| format!("{member}: configuration reloaded"))
+            .map_err(text),
+    }
+}
+
+/// A switchover or failover, followed to its definite outcome.
+async fn hand_over<K: Kv + Clone>(
+    dcs: &shared::dcs::Dcs<K>,
+    reach: &Reach,
+    c: &shared::dcs::Cluster,
+    req: switchover::Request,
+) -> Result<String, String> {
+    let wait = Duration::from_secs(2 * c.dynamic_config().timing().ttl + 20);
+    match switchover::run(dcs, &reach.client, &req, wait).await {
+        Ok(switchover::Outcome::Done { message, .. }) => Ok(message),
+        Ok(switchover::Outcome::Scheduled { at }) => {
+            Ok(format!("switchover scheduled at {}", at.to_rfc3339()))
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -280,14 +383,19 @@ mod tests {
             scope: "demo".into(),
             on: true,
         };
-        let done = execute(&kv, "/service", pause()).await;
+        let reach = Reach {
+            client: MemberClient::new(Duration::from_millis(200)),
+            auth: None,
+        };
+        let done = execute(&kv, "/service", &reach, pause()).await;
         assert_eq!(done, Ok("cluster demo paused".into()));
         assert!(dcs.load().await.unwrap().is_paused());
-        let again = execute(&kv, "/service", pause()).await;
+        let again = execute(&kv, "/service", &reach, pause()).await;
         assert!(again.unwrap_err().contains("already paused"));
         let gone = execute(
             &kv,
             "/service",
+            &reach,
             Operation::CancelSwitchover {
                 scope: "nope".into(),
             },

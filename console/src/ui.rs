@@ -435,7 +435,7 @@ fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
 }
 
 fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
-    let list = ordered_members(c);
+    let list = crate::app::ordered_members(c);
     let detail_h = if area.height >= 16 { 7 } else { 0 };
     let [table_area, detail_area] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(detail_h)]).areas(area);
@@ -582,22 +582,12 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
     );
 }
 
-/// The members as `cluster_json` describes them, in replication-tree order with their depth.
-fn ordered_members(c: &Cluster) -> Vec<(usize, Value)> {
-    let view = cluster_json(c);
-    let list: Vec<Value> = view["members"].as_array().cloned().unwrap_or_default();
-    shared::view::topology_order(&list)
-        .into_iter()
-        .map(|(d, m)| (d, m.clone()))
-        .collect()
-}
-
 /// The selected member's key and REST answer, in full.
 fn member_detail(f: &mut Frame, app: &App, area: Rect) {
     let Some(c) = app.selected_cluster() else {
         return;
     };
-    let list = ordered_members(c);
+    let list = crate::app::ordered_members(c);
     let Some((_, m)) = list.get(app.member_idx) else {
         return;
     };

@@ -1,12 +1,12 @@
 //! End-to-end: the live console in tmux against a real 3-node cluster. It shows the cluster,
-//! notices a lost node within seconds, and pauses the cluster after a confirmation (checked on
-//! the screen and in etcd).
+//! pauses it and switches it over after confirmations (checked on the screen and in etcd), and
+//! notices a lost node within seconds.
 
 use pgpilot_e2e::*;
 use std::time::{Duration, Instant};
 
 #[test]
-fn live_console_follows_the_cluster_and_pauses_it() {
+fn live_console_follows_the_cluster_pauses_and_switches_it_over() {
     if !prerequisites() {
         return;
     }
@@ -88,6 +88,46 @@ fn live_console_follows_the_cluster_and_pauses_it() {
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!("etcd change → screen: {:?}", t.elapsed());
+
+    // a switchover from the keyboard: select a replica, confirm, and the new leader shows on
+    // the screen and in etcd (the members tab lists the leader first, then replicas by name)
+    let leader = c.nodes[p].name.clone();
+    let candidate = c
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != leader)
+        .min()
+        .unwrap();
+    tmux.keys(&["j", "s"]);
+    // the dialog names both members (its text wraps: compare without line breaks and borders)
+    tmux.wait_for("Switch over cluster", Duration::from_secs(5))
+        .unwrap();
+    let words: String = tmux
+        .screen()
+        .replace(['│', '┌', '┐', '└', '┘', '─'], " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        words.contains(&format!("from {leader} to {candidate} now")),
+        "{words}"
+    );
+    tmux.keys(&["y"]);
+    tmux.wait_for("Successfully switched over", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        etcd.leader("livecon").map(|(n, _)| n).as_deref(),
+        Some(candidate.as_str())
+    );
+    wait_for("the new leader on screen", Duration::from_secs(10), || {
+        tmux.screen()
+            .lines()
+            .any(|l| l.contains(&candidate) && l.contains("leader"))
+            .then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", tmux.screen()))
+    .unwrap();
 
     // a node is lost: the screen shows it within seconds
     let lost = c.nodes[(p + 1) % 3].name.clone();

@@ -833,6 +833,31 @@ fn console_batch_operates_a_cluster() {
     assert!(out.contains("restarted successfully"), "{out}");
     let (code, out, err) = run(&["reload", "batchops", "--force"]);
     assert_eq!(code, 0, "{out}{err}");
+    // without the REST credentials the agents refuse, and the console says what to set
+    let bare = c.dir.join("no-credentials.yml");
+    std::fs::write(
+        &bare,
+        format!(
+            "scope: batchops\nnamespace: /service\netcd3:\n  hosts: {}\n",
+            c.etcd_endpoint
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = console(&[
+        "-c",
+        bare.to_str().unwrap(),
+        "--batch",
+        "restart",
+        "batchops",
+        &replica,
+        "--force",
+    ])
+    .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refused the credentials") && err.contains("ctl.authentication"),
+        "{err}"
+    );
 
     // a scheduled restart, listed and flushed
     let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();

@@ -21,6 +21,29 @@ pub struct Sample {
     pub at: Instant,
     /// The JSON body, or why there is none.
     pub body: Result<Value, String>,
+    /// A replica's replay delay in seconds at sampling time (see [`replay_delay`]).
+    pub delay: Option<f64>,
+}
+
+/// How far a replica's replay is behind in time: 0 when it has replayed all it received, else
+/// the age of the last replayed transaction at `now` (`None` for a primary or when unknown).
+pub fn replay_delay(body: &Value, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
+    let x = body.get("xlog")?;
+    let received = x.get("received_location")?.as_u64()?;
+    let replayed = x.get("replayed_location")?.as_u64()?;
+    if replayed >= received {
+        return Some(0.0);
+    }
+    let ts = x.get("replayed_timestamp")?.as_str()?;
+    let at = chrono::DateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f%:z")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(ts))
+        .ok()?;
+    Some(
+        (now - at.with_timezone(&chrono::Utc))
+            .num_milliseconds()
+            .max(0) as f64
+            / 1000.0,
+    )
 }
 
 /// What the console knows about etcd.
@@ -1216,5 +1239,22 @@ mod tests {
             update(&mut ro, key(k));
             assert!(ro.confirm.is_none(), "{k}");
         }
+    }
+
+    #[test]
+    fn replay_delay_is_zero_when_caught_up_and_the_age_when_behind() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:10Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let behind = serde_json::json!({"xlog": {"received_location": 200, "replayed_location": 100,
+            "replayed_timestamp": "2026-11-23 12:00:07.500000+00:00"}});
+        assert_eq!(replay_delay(&behind, now), Some(2.5));
+        let caught_up = serde_json::json!({"xlog": {"received_location": 200, "replayed_location": 200,
+            "replayed_timestamp": null}});
+        assert_eq!(replay_delay(&caught_up, now), Some(0.0));
+        assert_eq!(
+            replay_delay(&serde_json::json!({"xlog": {"location": 5}}), now),
+            None
+        );
     }
 }

@@ -323,11 +323,16 @@ async fn rest_feed(
                     .status(&url)
                     .await
                     .ok_or_else(|| "no answer".to_string());
+                let delay = body
+                    .as_ref()
+                    .ok()
+                    .and_then(|b| crate::app::replay_delay(b, chrono::Utc::now()));
                 let _ = tx.send(Msg::Sample {
                     api_url: url,
                     sample: Sample {
                         at: Instant::now(),
                         body,
+                        delay,
                     },
                 });
             })

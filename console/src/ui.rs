@@ -480,6 +480,13 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             ),
             Cell::from(lag("receive_lag")),
             Cell::from(lag("replay_lag")),
+            Cell::from(
+                sample
+                    .and_then(|s| s.delay)
+                    .filter(|_| m["role"] != "leader")
+                    .map(age)
+                    .unwrap_or_default(),
+            ),
             Cell::from(if m.get("pending_restart").is_some() {
                 "*"
             } else {
@@ -509,13 +516,15 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             Constraint::Length(3),
             Constraint::Length(9),
             Constraint::Length(9),
+            Constraint::Length(6),
             Constraint::Length(2),
             Constraint::Length(14),
         ],
     )
     .header(
         Row::new([
-            "Member", "Host", "Role", "State", "TL", "Recv lag", "Rply lag", "R", "Sampled",
+            "Member", "Host", "Role", "State", "TL", "Recv lag", "Rply lag", "Delay", "R",
+            "Sampled",
         ])
         .style(Style::default().add_modifier(Modifier::BOLD)),
     )
@@ -610,8 +619,40 @@ fn member_detail(f: &mut Frame, app: &App, area: Rect) {
         area.height.saturating_sub(2),
     );
     f.render_widget(Clear, r);
+    // this member's history: the events seen since the console started that name it
+    let mine: Vec<Line> = app
+        .events
+        .iter()
+        .filter(|e| e.scope == c.scope && e.text.contains(name))
+        .map(|e| Line::from(format!("{} {}", e.clock, e.text)))
+        .collect();
+    let events_h = if mine.is_empty() {
+        3
+    } else {
+        (mine.len() as u16 + 2).min(8)
+    };
+    let [panes, events_area] =
+        Layout::vertical([Constraint::Min(6), Constraint::Length(events_h)]).areas(r);
+    let skip = mine
+        .len()
+        .saturating_sub(events_h.saturating_sub(2) as usize);
+    let shown: Vec<Line> = if mine.is_empty() {
+        vec![Line::from(
+            "nothing changed for this member since the console started",
+        )]
+    } else {
+        mine.into_iter().skip(skip).collect()
+    };
+    f.render_widget(
+        Paragraph::new(shown).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" {name}: events since start ")),
+        ),
+        events_area,
+    );
     let [left, right] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(r);
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(panes);
     f.render_widget(
         Paragraph::new(key).wrap(Wrap { trim: false }).block(
             Block::default()
@@ -873,6 +914,7 @@ mod tests {
                 api_url: "http://10.0.0.2:8008/patroni".into(),
                 sample: Sample {
                     at: t0,
+                    delay: Some(4.0),
                     body: Ok(
                         serde_json::json!({"state":"running","role":"replica","timeline":3,
                         "replication_state":"streaming",
@@ -889,6 +931,7 @@ mod tests {
                 sample: Sample {
                     at: t0,
                     body: Err("no answer".into()),
+                    delay: None,
                 },
             },
         );
@@ -904,10 +947,12 @@ mod tests {
         assert!(s.contains("REST down 3.0s"), "{s}");
         assert!(s.contains("agent: replica following alpha-1"), "{s}");
         assert!(s.contains("replay lag"), "{s}");
-        // the member's key and REST answer in full
+        assert!(s.contains("Delay") && s.contains("4.0s"), "{s}");
+        // the member's key and REST answer in full, and its events
         press(&mut app, KeyCode::Enter);
         let s = render(&app, 100, 30);
         assert!(s.contains("members/alpha-2 in etcd"), "{s}");
+        assert!(s.contains("alpha-2: events since start"), "{s}");
         assert!(s.contains("\"received_location\": 100"), "{s}");
         press(&mut app, KeyCode::Esc);
         // the other tabs

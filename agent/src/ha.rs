@@ -143,6 +143,8 @@ pub struct Observation<'a> {
     pub primary_down_secs: Option<u64>,
     /// The wall-clock time of the observation (Unix milliseconds), for scheduled switchovers.
     pub now_ms: i64,
+    /// The revision of the `failover` key this node last handed the lock over for.
+    pub handed_over: Option<i64>,
 }
 
 /// One thing for the runtime to do.
@@ -226,9 +228,17 @@ enum Handover {
 /// leader, a stale or paused schedule, or an infeasible candidate is cleared with the reason).
 fn handover(obs: &Observation<'_>, cluster: &Cluster) -> Option<Handover> {
     use shared::ops::switchover::{self, Kind, Request};
-    let f = &cluster.failover.as_ref()?.value;
+    let versioned = cluster.failover.as_ref()?;
+    let f = &versioned.value;
     if f.member.as_deref() == Some(obs.me) {
         return Some(Handover::Clear(None));
+    }
+    if obs.handed_over == Some(versioned.mod_revision) {
+        // The lock came back: nobody else could take it. Doing it again would only loop.
+        return Some(Handover::Clear(Some(format!(
+            "{} handed the lock over for this request, but no other member took it; it leads again",
+            obs.me
+        ))));
     }
     if f.leader.as_deref().is_some_and(|l| l != obs.me) {
         // a switchover away from another leader: done (this node took over) or moot
@@ -353,7 +363,14 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
                     o.saturating_sub(p.wal_position.unwrap_or(0))
                         <= cluster.dynamic_config().maximum_lag_on_failover()
                 });
-                p.name != obs.me && p.reachable && !p.is_primary && !p.no_failover && within
+                // one that can win the race: as far ahead as this node
+                let level = p.wal_position >= obs.pg.wal_position;
+                p.name != obs.me
+                    && p.reachable
+                    && !p.is_primary
+                    && !p.no_failover
+                    && within
+                    && level
             })
             .then(|| {
                 (
@@ -1057,6 +1074,7 @@ mod tests {
             },
             primary_down_secs: None,
             now_ms: NOW_MS,
+            handed_over: None,
         }
     }
 
@@ -1717,6 +1735,15 @@ mod tests {
         assert!(
             d.actions.contains(&Action::ClearFailover { reason: None }),
             "{d:?}"
+        );
+        // the lock came back after a hand-over for this very request: cleared, not repeated
+        let c = with_failover(base.clone(), Some("n1"), None, None);
+        let mut o = obs("n1", Some(&c), primary_pg(), &[]);
+        o.handed_over = Some(7);
+        assert!(
+            matches!(decide(&o).actions.last(), Some(Action::ClearFailover { reason: Some(r) }) if r.contains("leads again")),
+            "{:?}",
+            decide(&o)
         );
         // while a switchover runs, the old holder does not renew (that could take it back)
         let mut o = obs("n1", Some(&base), primary_pg(), &[]);

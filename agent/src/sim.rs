@@ -113,6 +113,8 @@ struct SimNode {
     last_summary: String,
     /// pg_rewind found nothing to undo for following this leader on this timeline.
     rewind_ok_for: Option<(String, u64)>,
+    /// The `failover` key revision this node last handed the lock over for (agent memory).
+    handed_over: Option<i64>,
 }
 
 fn fresh_pg() -> SimPg {
@@ -153,6 +155,7 @@ impl SimNode {
             no_failover: false,
             last_summary: String::new(),
             rewind_ok_for: None,
+            handed_over: None,
         }
     }
 
@@ -173,6 +176,7 @@ impl SimNode {
         self.primary_down_since_ms = None;
         self.next_cycle_ms = now;
         self.job = None;
+        self.handed_over = None;
         self.dcs = Dcs::new(self.kv.clone(), "/service", "sim", &self.name, TTL as i64);
     }
 
@@ -363,9 +367,14 @@ impl Sim {
         }
         // an operator asks for a switchover: to a named member or to any, now or a little later
         if self.rng.chance(2) {
-            let leader = self.nodes[self.rng.below(self.nodes.len() as u64) as usize]
+            // usually the running primary (as the REST API checks), sometimes anyone
+            let random = self.nodes[self.rng.below(self.nodes.len() as u64) as usize]
                 .name
                 .clone();
+            let leader = match self.nodes.iter().find(|n| n.writable()) {
+                Some(p) if !self.rng.chance(200) => p.name.clone(),
+                _ => random,
+            };
             let member = self.rng.chance(700).then(|| {
                 self.nodes[self.rng.below(self.nodes.len() as u64) as usize]
                     .name
@@ -575,6 +584,7 @@ impl Sim {
             rewind: self.policy,
             primary_down_secs: n.primary_down_since_ms.map(|t| (now - t) / 1000),
             now_ms: now as i64,
+            handed_over: n.handed_over,
         };
         let decision = ha::decide(&obs);
         self.nodes[i].last_summary = decision.summary.clone();
@@ -764,6 +774,9 @@ impl Sim {
                     return Some(true);
                 }
                 let n = &mut self.nodes[i];
+                n.handed_over = cluster
+                    .and_then(|c| c.failover.as_ref())
+                    .map(|f| f.mod_revision);
                 // checkpoint, stop: no more writes from here
                 n.pg.running = false;
                 n.pg.clean = true;
@@ -1093,7 +1106,7 @@ async fn seeded_simulation_keeps_one_writable_primary() {
     );
     // operators' switchover requests were carried out, and some refused by the live check
     assert!(
-        total.switchovers > seeds && total.switchovers_refused > 0,
+        total.switchovers > seeds / 2 && total.switchovers_refused > 0,
         "{total:?}"
     );
 }

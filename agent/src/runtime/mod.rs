@@ -391,6 +391,11 @@ impl<K: Kv> Agent<K> {
                 rewind: self.rewind_policy(&dynamic),
                 primary_down_secs: self.primary_down_since.map(|t| t.elapsed().as_secs()),
                 now_ms: chrono::Utc::now().timestamp_millis(),
+                handed_over: self
+                    .handover
+                    .as_ref()
+                    .filter(|(r, _)| !matches!(r.outcome, handover::Outcome::Failed(_)))
+                    .map(|(r, _)| r.id),
             };
             ha::decide(&obs)
         };

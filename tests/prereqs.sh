@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgpilot needs to build and run on Debian 12, only what is missing:
 # etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
-# (the live console tests).
+# (the live console tests), wrk (the benchmark harness).
 # Sourced by demo.sh and run.sh.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ pgpilot_prereqs() {
     [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
     command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
     command -v tmux >/dev/null 2>&1 || need+=(tmux)
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
     command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
     command -v gcc >/dev/null 2>&1 || need+=(build-essential)
     if ((${#need[@]})); then

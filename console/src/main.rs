@@ -56,6 +56,9 @@ struct Cli {
     format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
+    /// Print the per-frame render time of a 1,000-member cluster list (for `bench`).
+    #[arg(long, hide = true)]
+    bench_render: bool,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -325,6 +328,14 @@ impl Watch {
 
 fn main() {
     let cli = Cli::parse();
+    if cli.bench_render {
+        let per_frame = ui::render_benchmark(50);
+        println!(
+            "{}",
+            serde_json::json!({"frame_ms_1000_members": per_frame.as_secs_f64() * 1000.0})
+        );
+        return;
+    }
     let filter = std::env::var("PGPILOT_LOG").unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

@@ -10,7 +10,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 use serde_json::Value;
 use shared::api::cluster_json;
-use shared::dcs::{Cluster, failover_blocked, likely_successor};
+use shared::dcs::{
+    Cluster, Leader, Member, MemberData, Status, failover_blocked, likely_successor,
+};
 use shared::view::initialize_label;
 
 /// Colours, or none.
@@ -788,6 +790,68 @@ fn confirm(f: &mut Frame, theme: Theme, area: Rect, title: &str, text: &str) {
     );
 }
 
+/// A made-up healthy cluster of `n` members (the first leads), for the render benchmark and
+/// the tests.
+pub fn synthetic_cluster(scope: &str, n: usize) -> Cluster {
+    Cluster {
+        scope: scope.into(),
+        initialize: Some("7449876543210987654".into()),
+        leader: Some(Leader {
+            name: format!("{scope}-1"),
+            lease: 1,
+            mod_revision: 1,
+        }),
+        status: Status {
+            optime: Some(80 << 20),
+            ..Default::default()
+        },
+        members: (1..=n)
+            .map(|i| Member {
+                name: format!("{scope}-{i}"),
+                data: MemberData {
+                    conn_url: format!("postgres://10.0.0.{i}:5432/postgres"),
+                    api_url: format!("http://10.0.0.{i}:8008/patroni"),
+                    state: "running".into(),
+                    role: if i == 1 { "primary" } else { "replica" }.into(),
+                    timeline: Some(3),
+                    xlog_location: Some((80 << 20) - (i as u64) * 1000),
+                    replication_state: (i > 1).then(|| "streaming".into()),
+                    ..Default::default()
+                },
+                lease: 1,
+                mod_revision: 1,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The time to draw the cluster list of 200 clusters × 5 members (1,000 members) on a 200×60
+/// off-screen terminal, per frame over `frames` frames: the figure BENCHMARKS.md keeps.
+pub fn render_benchmark(frames: u32) -> std::time::Duration {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    let clusters: Vec<Cluster> = (0..200)
+        .map(|i| synthetic_cluster(&format!("c{i:03}"), 5))
+        .collect();
+    let now = std::time::Instant::now();
+    let mut app = App::new("127.0.0.1:2379".into(), "/service".into(), true, now);
+    crate::app::update(
+        &mut app,
+        crate::app::Msg::Clusters {
+            clusters,
+            at: now,
+            clock: "12:00:00".into(),
+        },
+    );
+    let Ok(mut t) = Terminal::new(TestBackend::new(200, 60));
+    let started = std::time::Instant::now();
+    for _ in 0..frames.max(1) {
+        let _ = t.draw(|f| draw(f, &app, Theme { mono: false }));
+    }
+    started.elapsed() / frames.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -795,41 +859,11 @@ mod tests {
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
-    use shared::dcs::{Leader, Member, MemberData, Status};
+
     use std::time::{Duration, Instant};
 
     fn cluster(scope: &str, n: usize) -> Cluster {
-        Cluster {
-            scope: scope.into(),
-            initialize: Some("7449876543210987654".into()),
-            leader: Some(Leader {
-                name: format!("{scope}-1"),
-                lease: 1,
-                mod_revision: 1,
-            }),
-            status: Status {
-                optime: Some(80 << 20),
-                ..Default::default()
-            },
-            members: (1..=n)
-                .map(|i| Member {
-                    name: format!("{scope}-{i}"),
-                    data: MemberData {
-                        conn_url: format!("postgres://10.0.0.{i}:5432/postgres"),
-                        api_url: format!("http://10.0.0.{i}:8008/patroni"),
-                        state: "running".into(),
-                        role: if i == 1 { "primary" } else { "replica" }.into(),
-                        timeline: Some(3),
-                        xlog_location: Some((80 << 20) - (i as u64) * 1000),
-                        replication_state: (i > 1).then(|| "streaming".into()),
-                        ..Default::default()
-                    },
-                    lease: 1,
-                    mod_revision: 1,
-                })
-                .collect(),
-            ..Default::default()
-        }
+        synthetic_cluster(scope, n)
     }
 
     fn render(app: &App, w: u16, h: u16) -> String {
@@ -993,14 +1027,11 @@ mod tests {
     fn two_hundred_clusters_of_five_members() {
         let clusters: Vec<Cluster> = (0..200).map(|i| cluster(&format!("c{i:03}"), 5)).collect();
         let mut app = app_with(clusters);
-        let started = Instant::now();
-        let frames = 20;
-        for _ in 0..frames {
-            render(&app, 200, 60);
-        }
-        let per_frame = started.elapsed() / frames;
-        // measured, not asserted (BENCHMARKS.md keeps the number)
-        eprintln!("cluster list, 200 clusters / 1,000 members: {per_frame:?} per frame");
+        // measured, not asserted (BENCHMARKS.md keeps the number; `bench` runs it released)
+        eprintln!(
+            "cluster list, 200 clusters / 1,000 members: {:?} per frame",
+            render_benchmark(20)
+        );
         press(&mut app, KeyCode::Char('G'));
         for _ in 0..150 {
             press(&mut app, KeyCode::Down);

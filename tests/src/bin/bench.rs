@@ -1,20 +1,22 @@
 //! `bench`: pgpilot and Patroni side by side on this machine, with the same etcd, PostgreSQL 15
-//! and YAML. Scenarios: bootstrap (start → leader + 2 streaming replicas), REST `GET /primary`
-//! on the leader under wrk (16 connections), and idle daemon RSS; with `failover`, the client
-//! write gap (a writer inserting every 20 ms through a multi-host `target_session_attrs=
-//! read-write` connection string) when the leader's machine dies (agent, postmaster and
-//! children SIGKILLed) at default and at the fastest accepted timing, and when only the
-//! postmaster is killed. Prints a line per measurement and a JSON summary (medians) at the end.
-//! Timing is measured here, never asserted in tests.
+//! and YAML, in one run. Scenarios: bootstrap (start → leader + 2 streaming replicas); REST
+//! `GET /primary` on the leader under wrk (16 connections): throughput, p50, p99; idle daemon
+//! RSS and CPU; a planned switchover while a client writes (a writer inserting every 20 ms through
+//! a multi-host `target_session_attrs=read-write` connection string): request time, write gap,
+//! time until the old primary streams again; the write gap when the leader's machine dies
+//! (agent, postmaster and children SIGKILLed) at default and at the fastest accepted timing, and
+//! when only the postmaster is killed; `console --batch list` vs `patronictl list`; the live
+//! console's frame time with 1,000 members and its etcd change → screen latency. Prints a line
+//! per measurement and a JSON document (runs and medians) at the end. Every cluster is stopped by
+//! PID when its scenario ends. Timing is measured here, never asserted in tests.
 //!
-//! Usage: bench [REPS] [PATRONI_EXECUTABLE]
-//!        bench failover [REPS] [PATRONI_EXECUTABLE]
-//!        bench console [REPS] [PATRONICTL_EXECUTABLE]   (`console --batch list` vs `patronictl list`)
-//!        bench switchover [REPS] [PATRONI_EXECUTABLE]
-//!
-//! `switchover`: `POST /switchover` to a named candidate on the leader while the writer runs:
-//! the time until the request returns, the client write gap, and the time until the old
-//! primary streams from the new one.
+//! Usage: bench all [REPS] [PATRONI] [PATRONICTL]   every scenario, one JSON document
+//!        bench quick                              one repetition, pgpilot only, short (CI checks
+//!                                                 that every scenario yields a number)
+//!        bench [REPS] [PATRONI]                   bootstrap, REST, idle RSS and CPU
+//!        bench failover [REPS] [PATRONI]
+//!        bench switchover [REPS] [PATRONI]
+//!        bench console [REPS] [PATRONICTL]
 
 use anyhow::{Context, Result};
 use pgpilot_e2e::{ClusterSpec, Lab, Writer, bin_dir};
@@ -26,14 +28,34 @@ use std::time::{Duration, Instant};
 struct Run {
     bootstrap_s: f64,
     rest_rps: f64,
+    rest_p50_ms: f64,
     rest_p99_ms: f64,
     idle_rss_mib: f64,
+    idle_cpu_pct: f64,
 }
 
-/// Runs wrk against `url`: (requests per second, p99 latency in ms).
-fn wrk(url: &str) -> Result<(f64, f64)> {
+/// How long each measurement runs.
+#[derive(Clone, Copy)]
+struct Durations {
+    wrk_secs: u64,
+    idle_secs: u64,
+}
+
+impl Durations {
+    const FULL: Durations = Durations {
+        wrk_secs: 10,
+        idle_secs: 60,
+    };
+    const QUICK: Durations = Durations {
+        wrk_secs: 2,
+        idle_secs: 5,
+    };
+}
+
+/// Runs wrk against `url` for `secs`: (requests per second, p50 and p99 latency in ms).
+fn wrk(url: &str, secs: u64) -> Result<(f64, f64, f64)> {
     let out = Command::new("wrk")
-        .args(["-t2", "-c16", "-d10s", "--latency", url])
+        .args(["-t2", "-c16", &format!("-d{secs}s"), "--latency", url])
         .output()
         .context("cannot run wrk: apt-get install wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -42,22 +64,37 @@ fn wrk(url: &str) -> Result<(f64, f64)> {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| v.trim())
-        .and_then(|v| {
-            let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
-            let n: f64 = num.parse().ok()?;
-            Some(match unit {
-                "us" => n / 1000.0,
-                "ms" => n,
-                "s" => n * 1000.0,
-                _ => n,
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .map(|v| v.trim())
+            .and_then(|v| {
+                let (num, unit) =
+                    v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+                let n: f64 = num.parse().ok()?;
+                Some(match unit {
+                    "us" => n / 1000.0,
+                    "ms" => n,
+                    "s" => n * 1000.0,
+                    _ => n,
+                })
             })
+            .unwrap_or(0.0)
+    };
+    Ok((rps, percentile("50%"), percentile("99%")))
+}
+
+/// CPU time (user + system) a process has used, in seconds (/proc counts in USER_HZ = 100).
+fn cpu_secs(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let utime: f64 = after.get(11)?.parse().ok()?;
+            let stime: f64 = after.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
         })
-        .unwrap_or(0.0);
-    Ok((rps, p99))
+        .unwrap_or(0.0)
 }
 
 fn rss_mib(pid: i32) -> f64 {
@@ -72,7 +109,7 @@ fn rss_mib(pid: i32) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn run(kind: &str, daemon: Option<PathBuf>, rep: usize) -> Result<Run> {
+fn run(kind: &str, daemon: Option<PathBuf>, rep: usize, d: Durations) -> Result<Run> {
     let spec = ClusterSpec {
         scope: format!("bench-{kind}-{rep}"),
         // Patroni refuses ttl < 20: both run with Patroni's defaults.
@@ -87,21 +124,33 @@ fn run(kind: &str, daemon: Option<PathBuf>, rep: usize) -> Result<Run> {
     lab.cluster.start_all()?;
     let p = lab.cluster.wait_healthy(Duration::from_secs(180))?;
     let bootstrap_s = started.elapsed().as_secs_f64();
-    let (rest_rps, rest_p99_ms) = wrk(&lab.cluster.nodes[p].api("/primary"))?;
-    std::thread::sleep(Duration::from_secs(20));
-    let rss: Vec<f64> = lab
+    let (rest_rps, rest_p50_ms, rest_p99_ms) =
+        wrk(&lab.cluster.nodes[p].api("/primary"), d.wrk_secs)?;
+    // idle: every daemon's CPU over the window, and its RSS at the end (means of the nodes)
+    let pids: Vec<i32> = lab
         .cluster
         .nodes
         .iter()
-        .filter_map(|n| n.agent.as_ref().map(|a| rss_mib(a.pid())))
+        .filter_map(|n| n.agent.as_ref().map(|a| a.pid()))
         .collect();
-    let idle_rss_mib = rss.iter().sum::<f64>() / rss.len().max(1) as f64;
+    let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
+    std::thread::sleep(Duration::from_secs(d.idle_secs));
+    let used: f64 = pids
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| cpu_secs(*p) - b)
+        .sum::<f64>();
+    let n = pids.len().max(1) as f64;
+    let idle_cpu_pct = used / n / d.idle_secs as f64 * 100.0;
+    let idle_rss_mib = pids.iter().map(|p| rss_mib(*p)).sum::<f64>() / n;
     lab.cluster.shutdown();
     Ok(Run {
         bootstrap_s,
         rest_rps,
+        rest_p50_ms,
         rest_p99_ms,
         idle_rss_mib,
+        idle_cpu_pct,
     })
 }
 
@@ -212,12 +261,13 @@ fn switchover_once(kind: &str, daemon: Option<PathBuf>, rep: usize) -> Result<(f
 
 /// `bench switchover`: pgpilot then Patroni.
 fn switchover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
-    let mut kinds: Vec<(&str, Option<PathBuf>)> = vec![("pgpilot", None)];
-    if let Some(p) = patroni {
-        kinds.push(("patroni", Some(p)));
-    }
+    println!("{}", switchover_summary(reps, patroni)?);
+    Ok(())
+}
+
+fn switchover_summary(reps: usize, patroni: Option<PathBuf>) -> Result<Value> {
     let mut summary = serde_json::Map::new();
-    for (kind, daemon) in kinds {
+    for (kind, daemon) in kinds(patroni) {
         let (mut ret, mut gaps, mut streams) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 1..=reps {
             let (r, g, s) = switchover_once(kind, daemon.clone(), rep)?;
@@ -237,18 +287,28 @@ fn switchover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
             }),
         );
     }
-    println!("{}", Value::Object(summary));
-    Ok(())
+    Ok(Value::Object(summary))
+}
+
+/// The daemons to compare: pgpilot, and Patroni when its executable is given.
+fn kinds(patroni: Option<PathBuf>) -> Vec<(&'static str, Option<PathBuf>)> {
+    let mut k: Vec<(&'static str, Option<PathBuf>)> = vec![("pgpilot", None)];
+    if let Some(p) = patroni {
+        k.push(("patroni", Some(p)));
+    }
+    k
 }
 
 /// `bench failover`: write gaps, pgpilot then Patroni.
 fn failover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
-    let mut kinds: Vec<(&str, Option<PathBuf>)> = vec![("pgpilot", None)];
-    if let Some(p) = patroni {
-        kinds.push(("patroni", Some(p)));
-    }
+    println!("{}", failover_summary(reps, patroni, false)?);
+    Ok(())
+}
+
+/// Write gaps of the failure scenarios; `quick` uses ttl 10 for the default timing.
+fn failover_summary(reps: usize, patroni: Option<PathBuf>, quick: bool) -> Result<Value> {
     let mut summary = serde_json::Map::new();
-    for (kind, daemon) in kinds {
+    for (kind, daemon) in kinds(patroni) {
         // The fastest timing each accepts: pgpilot ttl 5 / loop_wait 1 / retry_timeout 1;
         // Patroni refuses a ttl under 20.
         let fast = if kind == "pgpilot" {
@@ -256,10 +316,11 @@ fn failover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
         } else {
             (20, 1, 5)
         };
+        let default = if quick { (10, 2, 3) } else { (30, 10, 10) };
         let scenarios = [
-            ("machine_loss_ttl30_s", Fault::MachineLoss, (30, 10, 10)),
+            ("machine_loss_default_s", Fault::MachineLoss, default),
             ("machine_loss_fastest_s", Fault::MachineLoss, fast),
-            ("postmaster_crash_s", Fault::PostmasterCrash, (30, 10, 10)),
+            ("postmaster_crash_s", Fault::PostmasterCrash, default),
         ];
         let mut out = serde_json::Map::new();
         for (name, fault, timing) in scenarios {
@@ -279,13 +340,13 @@ fn failover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
         }
         summary.insert(kind.into(), Value::Object(out));
     }
-    println!("{}", Value::Object(summary));
-    Ok(())
+    Ok(Value::Object(summary))
 }
 
 /// `bench console`: wall time of `console --batch list` and `patronictl list` on the same
-/// 3-node cluster, each run `reps` times.
-fn console_list(reps: usize, patronictl: Option<PathBuf>) -> Result<()> {
+/// 3-node cluster, each run `reps` times; the live console's frame time with 1,000 members and
+/// its etcd change → screen latency.
+fn console_summary(reps: usize, patronictl: Option<PathBuf>) -> Result<Value> {
     let spec = ClusterSpec {
         scope: "bench-console".into(),
         ..Default::default()
@@ -331,13 +392,66 @@ fn console_list(reps: usize, patronictl: Option<PathBuf>) -> Result<()> {
             theirs.iter().cloned().fold(0.0, f64::max)
         );
     }
-    println!(
-        "{}",
-        json!({"console_list_ms": {"runs": ours.clone(), "median": median(ours)},
-               "patronictl_list_ms": {"runs": theirs.clone(), "median": median(theirs)}})
-    );
+    let frame = render_ms()?;
+    println!("live console frame, 1,000 members: {frame:.2} ms");
+    let latency = change_to_screen_ms(&lab)?;
+    println!("live console, etcd change → screen: {latency:.0} ms");
     lab.cluster.shutdown();
-    Ok(())
+    let mut v = json!({"console_list_ms": {"runs": ours.clone(), "median": median(ours)},
+        "frame_ms_1000_members": frame, "change_to_screen_ms": latency});
+    if !theirs.is_empty() {
+        v["patronictl_list_ms"] = json!({"runs": theirs.clone(), "median": median(theirs)});
+    }
+    Ok(v)
+}
+
+/// `console --bench-render`: one frame of the 1,000-member cluster list, in ms.
+fn render_ms() -> Result<f64> {
+    let out = Command::new(bin_dir().join("console"))
+        .arg("--bench-render")
+        .output()
+        .context("cannot run console --bench-render")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("console --bench-render")?;
+    v["frame_ms_1000_members"]
+        .as_f64()
+        .context("no frame time in console --bench-render")
+}
+
+/// The live console in tmux: the time from a `config` write by another client until the screen
+/// shows it (polled every 5 ms).
+fn change_to_screen_ms(lab: &Lab) -> Result<f64> {
+    let scope = &lab.cluster.spec.scope;
+    let tmux = pgpilot_e2e::Tmux::start(
+        "bench-console",
+        120,
+        36,
+        &format!(
+            "TERM=xterm-256color {} --etcd {}",
+            bin_dir().join("console").display(),
+            lab.etcd.endpoint()
+        ),
+    )?;
+    tmux.wait_for(scope, Duration::from_secs(20))?;
+    let key = format!("/service/{scope}/config");
+    let (_, raw, _) = lab
+        .etcd
+        .get_prefix(&key)?
+        .into_iter()
+        .next()
+        .context("no config key")?;
+    let paused = raw.replacen('{', "{\"pause\":true,", 1);
+    let t = Instant::now();
+    lab.etcd.put(&key, &paused)?;
+    while !tmux.screen().contains("PAUSED") {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "the pause never showed on the console"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    lab.etcd.put(&key, &raw)?;
+    Ok(ms)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -349,7 +463,7 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: bench [REPS] [PATRONI_EXECUTABLE]\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]   (see BENCHMARKS.md)"
+            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]   (see BENCHMARKS.md)"
         );
         return Ok(());
     }
@@ -360,7 +474,25 @@ fn main() -> Result<()> {
             .and_then(|r| r.parse().ok())
             .unwrap_or(20)
             .max(1);
-        return console_list(reps, args.get(1).map(PathBuf::from));
+        println!("{}", console_summary(reps, args.get(1).map(PathBuf::from))?);
+        return Ok(());
+    }
+    if args.first().is_some_and(|a| a == "quick") {
+        return all(1, None, None, true);
+    }
+    if args.first().is_some_and(|a| a == "all") {
+        args.remove(0);
+        let reps = args
+            .first()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3)
+            .max(1);
+        return all(
+            reps,
+            args.get(1).map(PathBuf::from),
+            args.get(2).map(PathBuf::from),
+            false,
+        );
     }
     if args.first().is_some_and(|a| a == "switchover") {
         args.remove(0);
@@ -385,18 +517,28 @@ fn main() -> Result<()> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let mut kinds: Vec<(&str, Option<PathBuf>)> = vec![("pgpilot", None)];
-    if let Some(p) = args.get(1) {
-        kinds.push(("patroni", Some(PathBuf::from(p))));
-    }
+    println!(
+        "{}",
+        basics_summary(reps, args.get(1).map(PathBuf::from), Durations::FULL)?
+    );
+    Ok(())
+}
+
+/// Bootstrap, REST throughput/latency, idle RSS and CPU, pgpilot then Patroni.
+fn basics_summary(reps: usize, patroni: Option<PathBuf>, d: Durations) -> Result<Value> {
     let mut summary = serde_json::Map::new();
-    for (kind, daemon) in kinds {
+    for (kind, daemon) in kinds(patroni) {
         let mut runs = Vec::new();
         for rep in 1..=reps {
-            let r = run(kind, daemon.clone(), rep)?;
+            let r = run(kind, daemon.clone(), rep, d)?;
             println!(
-                "{kind} run {rep}: bootstrap {:.2} s, GET /primary {:.0} req/s p99 {:.2} ms, idle RSS {:.1} MiB",
-                r.bootstrap_s, r.rest_rps, r.rest_p99_ms, r.idle_rss_mib
+                "{kind} run {rep}: bootstrap {:.2} s, GET /primary {:.0} req/s p50 {:.2} ms p99 {:.2} ms, idle RSS {:.1} MiB, idle CPU {:.2} %",
+                r.bootstrap_s,
+                r.rest_rps,
+                r.rest_p50_ms,
+                r.rest_p99_ms,
+                r.idle_rss_mib,
+                r.idle_cpu_pct
             );
             runs.push(r);
         }
@@ -408,11 +550,78 @@ fn main() -> Result<()> {
             json!({
                 "bootstrap_s": col(|r| r.bootstrap_s),
                 "rest_primary_rps": col(|r| r.rest_rps),
+                "rest_primary_p50_ms": col(|r| r.rest_p50_ms),
                 "rest_primary_p99_ms": col(|r| r.rest_p99_ms),
                 "idle_rss_mib": col(|r| r.idle_rss_mib),
+                "idle_cpu_pct": col(|r| r.idle_cpu_pct),
             }),
         );
     }
-    println!("{}", Value::Object(summary));
+    Ok(Value::Object(summary))
+}
+
+/// `bench all` / `bench quick`: every scenario in one run, one JSON document at the end.
+fn all(
+    reps: usize,
+    patroni: Option<PathBuf>,
+    patronictl: Option<PathBuf>,
+    quick: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let d = if quick {
+        Durations::QUICK
+    } else {
+        Durations::FULL
+    };
+    let basics = basics_summary(reps, patroni.clone(), d)?;
+    let switchover = switchover_summary(reps, patroni.clone())?;
+    let failures = failover_summary(reps, patroni, quick)?;
+    let console = console_summary(if quick { 3 } else { 20 }, patronictl)?;
+    let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let doc = json!({
+        "date": date,
+        "quick": quick,
+        "seconds": started.elapsed().as_secs(),
+        "basics": basics,
+        "switchover": switchover,
+        "failures": failures,
+        "console": console,
+    });
+    let missing = missing_numbers(&doc);
+    println!("{doc}");
+    anyhow::ensure!(
+        missing.is_empty(),
+        "scenarios without a number: {missing:?}"
+    );
     Ok(())
+}
+
+/// The scenarios of an `all` document that produced no number (for pgpilot).
+fn missing_numbers(doc: &Value) -> Vec<String> {
+    let wanted = [
+        "/basics/pgpilot/bootstrap_s/median",
+        "/basics/pgpilot/rest_primary_rps/median",
+        "/basics/pgpilot/rest_primary_p50_ms/median",
+        "/basics/pgpilot/rest_primary_p99_ms/median",
+        "/basics/pgpilot/idle_rss_mib/median",
+        "/basics/pgpilot/idle_cpu_pct/median",
+        "/switchover/pgpilot/request_s/median",
+        "/switchover/pgpilot/write_gap_s/median",
+        "/switchover/pgpilot/old_primary_streaming_s/median",
+        "/failures/pgpilot/machine_loss_default_s/median",
+        "/failures/pgpilot/machine_loss_fastest_s/median",
+        "/failures/pgpilot/postmaster_crash_s/median",
+        "/console/console_list_ms/median",
+        "/console/frame_ms_1000_members",
+        "/console/change_to_screen_ms",
+    ];
+    wanted
+        .iter()
+        .filter(|p| {
+            !doc.pointer(p)
+                .and_then(Value::as_f64)
+                .is_some_and(|n| n.is_finite() && n >= 0.0)
+        })
+        .map(|p| p.to_string())
+        .collect()
 }

@@ -885,6 +885,18 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 return decision(actions, "holding the leader lock: promoting");
             }
             actions.push(Action::PublishStatus);
+            // The members' slots first: a member that just handed the lock over to this node
+            // connects at once and must find its slot.
+            if cluster.dynamic_config().use_slots() {
+                let members: Vec<String> = cluster
+                    .members
+                    .iter()
+                    .filter(|m| m.name != obs.me && !obs.nostream.contains(&m.name))
+                    .map(|m| m.name.clone())
+                    .collect();
+                actions.push(Action::EnsureSlots { members });
+            }
+            let mut summary = "leader: holding the lock".to_string();
             match handover(obs, cluster) {
                 None => {}
                 Some(Handover::Wait { ms, summary }) => {
@@ -893,12 +905,11 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                     return d;
                 }
                 Some(Handover::Clear(reason)) => {
-                    let summary = match &reason {
+                    summary = match &reason {
                         Some(why) => format!("leader: refusing the requested switchover: {why}"),
                         None => "leader: the switchover request is fulfilled; clearing it".into(),
                     };
                     actions.push(Action::ClearFailover { reason });
-                    return decision(actions, summary);
                 }
                 Some(Handover::Go(candidate)) => {
                     let summary = format!(
@@ -912,16 +923,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             if obs.pg.config_outdated {
                 actions.push(Action::ApplyConfig);
             }
-            if cluster.dynamic_config().use_slots() {
-                let members: Vec<String> = cluster
-                    .members
-                    .iter()
-                    .filter(|m| m.name != obs.me && !obs.nostream.contains(&m.name))
-                    .map(|m| m.name.clone())
-                    .collect();
-                actions.push(Action::EnsureSlots { members });
-            }
-            decision(actions, "leader: holding the lock")
+            decision(actions, summary)
         }
         Some(l) => {
             let upstream = upstream_for(obs, cluster);

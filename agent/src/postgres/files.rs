@@ -223,7 +223,7 @@ impl Postgres {
                     ],
                 );
                 text.push_str(&format!("primary_conninfo = {}\n", quote_guc(&ci)));
-                if !self.cfg().tags.nostream {
+                if !self.cfg().tags.nostream && self.use_slots() {
                     text.push_str(&format!(
                         "primary_slot_name = {}\n",
                         quote_guc(&shared::types::slot_name(&self.cfg().name))

@@ -49,6 +49,8 @@ pub struct Postgres {
     pub exited: Arc<Notify>,
     /// Set while pgpilot itself stops the postmaster, so its exit is not reported as a crash.
     stopping: Arc<AtomicBool>,
+    /// `use_slots` of the dynamic configuration in force: replicas name their slot only then.
+    use_slots: AtomicBool,
     sysid_cache: std::sync::Mutex<Option<String>>,
     /// The postmaster whose exit is being watched (ours or adopted).
     watched_pid: Arc<std::sync::Mutex<Option<i32>>>,
@@ -63,6 +65,7 @@ impl Postgres {
             client: Mutex::new(None),
             exited: Arc::new(Notify::new()),
             stopping: Arc::new(AtomicBool::new(false)),
+            use_slots: AtomicBool::new(true),
             sysid_cache: std::sync::Mutex::new(None),
             watched_pid: Arc::new(std::sync::Mutex::new(None)),
         }
@@ -71,6 +74,16 @@ impl Postgres {
     /// The configuration in force.
     pub fn cfg(&self) -> Arc<Config> {
         self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether replicas stream through a physical slot (`use_slots`, from the dynamic
+    /// configuration in force).
+    pub fn set_use_slots(&self, on: bool) {
+        self.use_slots.store(on, Ordering::Relaxed);
+    }
+
+    pub fn use_slots(&self) -> bool {
+        self.use_slots.load(Ordering::Relaxed)
     }
 
     /// Puts a reloaded configuration in force (the data directory is never changed by a reload).

@@ -216,10 +216,12 @@ impl Postgres {
             .and_then(|s| s.split(',').next().map(|d| PathBuf::from(d.trim())))
     }
 
-    /// Copies the newest timeline history file of the primary at `from` into the local
-    /// pg_wal (when it has one and it is missing here), so that this server, started as its
-    /// replica, follows the new timeline at once instead of after wal_retrieve_retry_interval.
+    /// Prepares this server to follow the primary at `from` at once (instead of after
+    /// wal_retrieve_retry_interval): creates its replication slot there if missing, and copies
+    /// the primary's newest timeline history file into the local pg_wal. Returns the file's name
+    /// when one was copied.
     pub async fn fetch_timeline_history(&self, from: &super::Upstream) -> Result<Option<String>> {
+        let cfg = self.cfg();
         let mut pgc = self.superuser_login();
         pgc.host(&from.host).port(from.port);
         let (client, conn) = pgc
@@ -235,6 +237,21 @@ impl Postgres {
             .await?;
         let name: String = row.get(0);
         let path = self.data_dir().join("pg_wal").join(&name);
+        // and this member's slot there, so that streaming starts at once
+        if self.use_slots() && !cfg.tags.nostream {
+            let slot = shared::types::slot_name(&cfg.name);
+            // the leader may create it at the same moment: that is fine too
+            if let Err(e) = client
+                .execute(
+                    "SELECT pg_create_physical_replication_slot($1, true) \
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    &[&slot],
+                )
+                .await
+            {
+                debug!(slot, "slot on the new primary not created here: {e}");
+            }
+        }
         let result = if name.starts_with("00000001") || path.exists() {
             None
         } else {

@@ -328,6 +328,7 @@ impl<K: Kv> Agent<K> {
             self.timing_warned = problem;
         }
         self.dcs.set_ttl(timing.ttl as i64);
+        self.pg.set_use_slots(dynamic.use_slots());
         if let Some(c) = &cluster {
             self.seen_leader |= c.leader.is_some();
             if c.leader.as_ref().is_none_or(|l| l.name != self.cfg.name) {

@@ -73,6 +73,27 @@ async fn ready_candidates(
     client: &MemberClient,
     plan: &Plan,
 ) -> Result<Vec<String>> {
+    match candidates_now(pg, client, plan).await? {
+        Ok(ready) => Ok(ready),
+        // A member's REST figures may be a second old (they are sampled every second): a
+        // replica that just caught up gets one more look before the request is refused.
+        Err((problems, true)) => {
+            info!("switchover: a candidate seems to lag ({problems}); looking again in a second");
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            candidates_now(pg, client, plan)
+                .await?
+                .map_err(|(p, _)| anyhow::anyhow!("{p}"))
+        }
+        Err((problems, false)) => Err(anyhow::anyhow!("{problems}")),
+    }
+}
+
+/// One look at the candidates: the ready ones, or every problem (and whether any is a lag).
+async fn candidates_now(
+    pg: &Postgres,
+    client: &MemberClient,
+    plan: &Plan,
+) -> Result<std::result::Result<Vec<String>, (String, bool)>> {
     let me = pg
         .status()
         .await
@@ -83,6 +104,7 @@ async fn ready_candidates(
     let mine = me.wal_position().unwrap_or(0);
     let mut ready = Vec::new();
     let mut problems = Vec::new();
+    let mut lagging = false;
     for (name, url) in &plan.candidates {
         let body = match client.status_or_error(url).await {
             Ok(b) => b,
@@ -106,6 +128,7 @@ async fn ready_candidates(
                 "{name} is {lag} bytes behind, more than maximum_lag_on_failover {}",
                 plan.max_lag
             ));
+            lagging = true;
             continue;
         }
         let streaming = me
@@ -120,11 +143,11 @@ async fn ready_candidates(
     }
     if ready.is_empty() {
         if problems.is_empty() {
-            bail!("no member could take over");
+            return Ok(Err(("no member could take over".into(), false)));
         }
-        bail!("{}", problems.join("; "));
+        return Ok(Err((problems.join("; "), lagging)));
     }
-    Ok(ready)
+    Ok(Ok(ready))
 }
 
 /// Waits until another member holds the lock and answers as primary; its name and address,

@@ -295,18 +295,10 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             scheduled,
             force,
         } => {
-            let at = match scheduled.as_deref() {
-                Some(t) => switchover::parse_time(t).map_err(ops_failure)?,
-                None => None,
-            };
             let c = s.one(cluster.as_ref()).await?;
             let leader = leader.or_else(|| c.leader.as_ref().map(|l| l.name.clone()));
-            let req = switchover::Request {
-                kind: switchover::Kind::Switchover,
-                leader,
-                candidate,
-                scheduled_at: at,
-            };
+            let req = switchover::Request::switchover(leader, candidate, scheduled.as_deref())
+                .map_err(ops_failure)?;
             hand_over(&s, &c, req, force).await
         }
         Command::Failover {
@@ -315,13 +307,7 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             force,
         } => {
             let c = s.one(cluster.as_ref()).await?;
-            let req = switchover::Request {
-                kind: switchover::Kind::Failover,
-                leader: None,
-                candidate,
-                scheduled_at: None,
-            };
-            hand_over(&s, &c, req, force).await
+            hand_over(&s, &c, switchover::Request::failover(candidate), force).await
         }
         Command::Restart {
             cluster,

@@ -164,26 +164,18 @@ pub async fn execute<K: Kv + Clone>(
             at,
             ..
         } => {
-            let scheduled_at = match at.as_deref() {
-                Some(t) => switchover::parse_time(t).map_err(text)?,
-                None => None,
-            };
-            let req = switchover::Request {
-                kind: switchover::Kind::Switchover,
-                leader: Some(leader),
-                candidate,
-                scheduled_at,
-            };
+            let req = switchover::Request::switchover(Some(leader), candidate, at.as_deref())
+                .map_err(text)?;
             hand_over(&dcs, reach, &c, req).await
         }
         Operation::Failover { candidate, .. } => {
-            let req = switchover::Request {
-                kind: switchover::Kind::Failover,
-                leader: None,
-                candidate: Some(candidate),
-                scheduled_at: None,
-            };
-            hand_over(&dcs, reach, &c, req).await
+            hand_over(
+                &dcs,
+                reach,
+                &c,
+                switchover::Request::failover(Some(candidate)),
+            )
+            .await
         }
         Operation::Restart {
             member,

@@ -78,6 +78,34 @@ pub fn parse_time(text: &str) -> Result<Option<DateTime<FixedOffset>>, OpsError>
 }
 
 impl Request {
+    /// A switchover from `leader` to `candidate` (the healthiest replica when `None`), now or at
+    /// `at` (ISO 8601 with a zone), as the console's command line and dialogs give it.
+    pub fn switchover(
+        leader: Option<String>,
+        candidate: Option<String>,
+        at: Option<&str>,
+    ) -> Result<Request, OpsError> {
+        Ok(Request {
+            kind: Kind::Switchover,
+            leader,
+            candidate,
+            scheduled_at: match at {
+                Some(t) => parse_time(t)?,
+                None => None,
+            },
+        })
+    }
+
+    /// A failover to `candidate`.
+    pub fn failover(candidate: Option<String>) -> Request {
+        Request {
+            kind: Kind::Failover,
+            leader: None,
+            candidate,
+            scheduled_at: None,
+        }
+    }
+
     /// Reads a `POST /switchover` or `/failover` body: `leader`, `candidate` (or Patroni's
     /// `member`), `scheduled_at`. A failover that names a leader is a switchover, as in Patroni.
     pub fn from_json(kind: Kind, body: &Value) -> Result<Request, OpsError> {

@@ -12,8 +12,9 @@ fn every_benchmark_scenario_produces_a_number() {
     if !prerequisites() {
         return;
     }
-    for tool in ["wrk", "tmux"] {
-        if Command::new(tool).arg("-v").output().is_err() {
+    // `tmux -V` prints the version; `tmux -v` would start a client with debug logs
+    for (tool, version_flag) in [("wrk", "-v"), ("tmux", "-V")] {
+        if Command::new(tool).arg(version_flag).output().is_err() {
             assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI");
             eprintln!("{tool} not installed: skipping");
             return;

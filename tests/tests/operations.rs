@@ -407,7 +407,10 @@ fn restart_reload_reinitialize_and_parameters_with_authentication() {
     let before = start_time(&c.nodes[r]).unwrap();
     let (code, body) = call(&c.nodes[r], "POST", "/restart", &json!({}), ADMIN);
     assert_eq!((code, body.as_str()), (200, "restarted successfully"));
-    assert_ne!(start_time(&c.nodes[r]), Some(before));
+    wait_for("the new postmaster start time", LONG, || {
+        (start_time(&c.nodes[r])? != before).then_some(())
+    })
+    .unwrap();
     cb.wait_line("on_restart replica localops");
     // pending-only: nothing pending, nothing done
     let (code, body) = call(
@@ -473,8 +476,12 @@ fn restart_reload_reinitialize_and_parameters_with_authentication() {
         );
         assert_eq!(code, 200, "{}: {body}", n.name);
         assert_eq!(show(n, "max_connections"), "60");
-        let s = n.status().unwrap();
-        assert!(s.get("pending_restart").is_none(), "{s}");
+        wait_for(
+            &format!("{}: pending_restart cleared", n.name),
+            LONG,
+            || n.status()?.get("pending_restart").is_none().then_some(()),
+        )
+        .unwrap();
     }
     writer.wait_more(20, LONG).unwrap();
 
@@ -678,7 +685,10 @@ fn patronictl_operates_a_pgpilot_cluster() {
     let before = start_time(&c.nodes[p]).unwrap();
     let out = ctl(&["restart", "ctlops", &replica, "--force"]);
     assert!(out.contains("Success: restart on member"), "{out}");
-    assert_ne!(start_time(&c.nodes[p]), Some(before));
+    wait_for("the new postmaster start time", LONG, || {
+        (start_time(&c.nodes[p])? != before).then_some(())
+    })
+    .unwrap();
     let out = ctl(&["reload", "ctlops", &replica, "--force"]);
     assert!(out.contains("Reload request received for member"), "{out}");
     let marker = c.nodes[p].data_dir.join("pgpilot-test-marker");
@@ -880,7 +890,8 @@ fn console_batch_operates_a_cluster() {
     assert!(err.contains("I am the leader"), "{err}");
     let (code, out, err) = run(&["reinit", "batchops", &replica, "--force", "--wait"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(c.nodes[p].status().unwrap()["replication_state"] == "streaming");
+    // (--wait followed the member key; the REST answer follows within a sampling period)
+    wait_streaming(c, p, LONG);
 
     // failover to a named member, once it has caught up (with a healthy leader the request is
     // carried out as a switchover, lag limit included)

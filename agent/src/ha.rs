@@ -307,6 +307,15 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
             return None;
         }
     }
+    // How far a position is behind the last leader position, against the limit.
+    let max = cluster.dynamic_config().maximum_lag_on_failover();
+    let lag_of = |pos: Option<u64>| {
+        cluster
+            .status
+            .optime
+            .map(|o| o.saturating_sub(pos.unwrap_or(0)))
+    };
+    let within = |pos: Option<u64>| lag_of(pos).is_none_or(|lag| lag <= max);
     match f.member.as_deref() {
         Some(c) if c == obs.me => {
             if obs.no_failover {
@@ -315,18 +324,14 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
             // A failover (no leader named) is the operator's explicit choice of this member,
             // whatever it lags. A switchover whose leader vanished still respects the lag limit.
             if f.leader.is_some()
-                && let Some(optime) = cluster.status.optime
+                && let Some(lag) = lag_of(obs.pg.wal_position).filter(|lag| *lag > max)
             {
-                let lag = optime.saturating_sub(obs.pg.wal_position.unwrap_or(0));
-                let max = cluster.dynamic_config().maximum_lag_on_failover();
-                if lag > max {
-                    return Some((
-                        false,
-                        format!(
-                            "no leader: requested as switchover candidate, but lagging {lag} bytes behind the last leader position, more than maximum_lag_on_failover {max}"
-                        ),
-                    ));
-                }
+                return Some((
+                    false,
+                    format!(
+                        "no leader: requested as switchover candidate, but lagging {lag} bytes behind the last leader position, more than maximum_lag_on_failover {max}"
+                    ),
+                ));
             }
             Some((
                 true,
@@ -337,17 +342,12 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
             .peers
             .iter()
             .any(|p| {
-                let within = f.leader.is_none()
-                    || cluster.status.optime.is_none_or(|o| {
-                        o.saturating_sub(p.wal_position.unwrap_or(0))
-                            <= cluster.dynamic_config().maximum_lag_on_failover()
-                    });
                 p.name == c
                     && p.reachable
                     && !p.is_primary
                     && !p.no_failover
                     && !p.watchdog_failed
-                    && within
+                    && (f.leader.is_none() || within(p.wal_position))
             })
             .then(|| {
                 (
@@ -359,18 +359,13 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
             .peers
             .iter()
             .any(|p| {
-                let within = cluster.status.optime.is_none_or(|o| {
-                    o.saturating_sub(p.wal_position.unwrap_or(0))
-                        <= cluster.dynamic_config().maximum_lag_on_failover()
-                });
-                // one that can win the race: as far ahead as this node
-                let level = p.wal_position >= obs.pg.wal_position;
+                // one that can win the race: within the limit and as far ahead as this node
                 p.name != obs.me
                     && p.reachable
                     && !p.is_primary
                     && !p.no_failover
-                    && within
-                    && level
+                    && within(p.wal_position)
+                    && p.wal_position >= obs.pg.wal_position
             })
             .then(|| {
                 (
@@ -541,9 +536,9 @@ fn rejoin_plan(
     leader: &str,
     was_primary: bool,
 ) -> Rejoin {
-    let leader_ready = cluster.member(leader).is_some_and(|m| {
-        m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master")
-    });
+    let leader_ready = cluster
+        .member(leader)
+        .is_some_and(|m| m.data.runs_as_primary());
     if obs.pg.rewind_not_needed {
         // pg_rewind compared this data with the leader's history and found nothing to undo.
         return Rejoin::Follow;

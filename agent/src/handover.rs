@@ -7,50 +7,14 @@
 use crate::jobs::start_postgres;
 use crate::postgres::{Postgres, Upstream};
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use shared::api::{MemberClient, PeerStatus};
 use shared::dcs::{Dcs, Kv, Status};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
-/// How the last switchover request this node acted on ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    InProgress,
-    Succeeded(String),
-    Failed(String),
-}
-
-/// The last switchover request this node handled as leader.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    /// The `failover` key's revision the request was read at.
-    pub id: i64,
-    pub candidate: Option<String>,
-    pub outcome: Outcome,
-}
-
-impl Report {
-    /// `pgpilot.switchover` in `GET /patroni`.
-    pub fn to_json(&self) -> Value {
-        let mut o = Map::new();
-        o.insert("id".into(), json!(self.id));
-        if let Some(c) = &self.candidate {
-            o.insert("candidate".into(), json!(c));
-        }
-        let (state, extra) = match &self.outcome {
-            Outcome::InProgress => ("in_progress", None),
-            Outcome::Succeeded(n) => ("succeeded", Some(("new_leader", n))),
-            Outcome::Failed(r) => ("failed", Some(("reason", r))),
-        };
-        o.insert("state".into(), json!(state));
-        if let Some((k, v)) = extra {
-            o.insert(k.into(), json!(v));
-        }
-        Value::Object(o)
-    }
-}
+pub use shared::ops::switchover::{Progress, Report};
 
 /// What the hand-over needs from the cluster view.
 pub struct Plan {

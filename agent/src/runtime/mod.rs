@@ -395,7 +395,7 @@ impl<K: Kv> Agent<K> {
                 handed_over: self
                     .handover
                     .as_ref()
-                    .filter(|(r, _)| !matches!(r.outcome, handover::Outcome::Failed(_)))
+                    .filter(|(r, _)| !matches!(r.progress, handover::Progress::Failed(_)))
                     .map(|(r, _)| r.id),
             };
             ha::decide(&obs)
@@ -628,7 +628,7 @@ impl<K: Kv> Agent<K> {
         let Some((report, since)) = self.handover.as_mut() else {
             return;
         };
-        if report.outcome != handover::Outcome::InProgress
+        if report.progress != handover::Progress::InProgress
             || self.job.as_ref().is_some_and(|j| j.kind == Job::Switchover)
         {
             return;
@@ -636,19 +636,17 @@ impl<K: Kv> Agent<K> {
         let successor = cluster
             .leader_member()
             .filter(|m| m.name != self.cfg.name)
-            .filter(|m| {
-                m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master")
-            });
+            .filter(|m| m.data.runs_as_primary());
         if let Some(m) = successor {
             info!(new_leader = m.name, "switchover succeeded");
-            report.outcome = handover::Outcome::Succeeded(m.name.clone());
+            report.progress = handover::Progress::Succeeded(m.name.clone());
         } else if since.elapsed() > Duration::from_secs(timing.ttl + 10) {
             let why = format!(
                 "no member took over within {}s after this node stepped down",
                 timing.ttl + 10
             );
             warn!("switchover failed: {why}");
-            report.outcome = handover::Outcome::Failed(why);
+            report.progress = handover::Progress::Failed(why);
         }
     }
 
@@ -1071,7 +1069,7 @@ impl<K: Kv> Agent<K> {
                     handover::Report {
                         id,
                         candidate: candidate.clone(),
-                        outcome: handover::Outcome::InProgress,
+                        progress: handover::Progress::InProgress,
                     },
                     Instant::now(),
                 ));
@@ -1104,7 +1102,7 @@ impl<K: Kv> Agent<K> {
                                 candidate: cluster
                                     .and_then(|c| c.failover.as_ref())
                                     .and_then(|f| f.value.member.clone()),
-                                outcome: handover::Outcome::Failed(why.clone()),
+                                progress: handover::Progress::Failed(why.clone()),
                             },
                             Instant::now(),
                         ));
@@ -1192,7 +1190,7 @@ impl<K: Kv> Agent<K> {
             (Job::Switchover, Err(e)) => {
                 error!("switchover failed: {e:#}; this node stays the leader");
                 if let Some((report, _)) = self.handover.as_mut() {
-                    report.outcome = handover::Outcome::Failed(format!("{e:#}"));
+                    report.progress = handover::Progress::Failed(format!("{e:#}"));
                 }
                 // the request is answered: nothing is left for the next cycle to carry out
                 if let Err(e) = self.dcs.set_failover(None, None).await {

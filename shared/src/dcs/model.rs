@@ -142,6 +142,11 @@ impl MemberData {
         }
     }
 
+    /// The member key says PostgreSQL runs as primary.
+    pub fn runs_as_primary(&self) -> bool {
+        self.state == "running" && matches!(self.role.as_str(), "primary" | "master")
+    }
+
     /// Whether the member's tags exclude it from leader races.
     pub fn no_failover(&self) -> bool {
         let nofailover = self.tags.get("nofailover").and_then(Value::as_bool);

@@ -298,25 +298,58 @@ pub async fn live_view(cluster: &Cluster, client: &MemberClient) -> Cluster {
     live
 }
 
+/// Where a switchover the old leader acted on stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    InProgress,
+    Succeeded(String),
+    Failed(String),
+}
+
 /// What the old leader reports about the last switchover it handled (`pgpilot.switchover` in
-/// its `GET /patroni`): `id` is the `failover` key's revision it acted on.
-#[derive(Debug, Clone, PartialEq)]
+/// its `GET /patroni`): `id` is the `failover` key's revision it acted on. The agent writes it,
+/// requesters read it: one type for both sides of the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub id: i64,
-    pub failed: Option<String>,
+    pub candidate: Option<String>,
+    pub progress: Progress,
 }
 
 impl Report {
+    pub fn to_json(&self) -> Value {
+        let mut o = serde_json::Map::new();
+        o.insert("id".into(), Value::from(self.id));
+        if let Some(c) = &self.candidate {
+            o.insert("candidate".into(), Value::from(c.clone()));
+        }
+        let (state, extra) = match &self.progress {
+            Progress::InProgress => ("in_progress", None),
+            Progress::Succeeded(n) => ("succeeded", Some(("new_leader", n))),
+            Progress::Failed(r) => ("failed", Some(("reason", r))),
+        };
+        o.insert("state".into(), Value::from(state));
+        if let Some((k, v)) = extra {
+            o.insert(k.into(), Value::from(v.clone()));
+        }
+        Value::Object(o)
+    }
+
+    /// Reads the report out of a `GET /patroni` body.
     pub fn from_status(body: &Value) -> Option<Report> {
         let r = body.get("pgpilot")?.get("switchover")?;
+        let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+        let progress = match r.get("state").and_then(Value::as_str)? {
+            "failed" => {
+                Progress::Failed(text("reason").unwrap_or_else(|| "no reason given".into()))
+            }
+            "succeeded" => Progress::Succeeded(text("new_leader").unwrap_or_default()),
+            _ => Progress::InProgress,
+        };
         Some(Report {
             id: r.get("id")?.as_i64()?,
-            failed: (r.get("state").and_then(Value::as_str) == Some("failed")).then(|| {
-                r.get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no reason given")
-                    .to_string()
-            }),
+            candidate: text("candidate"),
+            progress,
         })
     }
 }
@@ -368,9 +401,7 @@ async fn follow<K: Kv>(
             .as_ref()
             .filter(|l| Some(&l.name) != old.as_ref())
             .and_then(|l| c.member(&l.name))
-            .filter(|m| {
-                m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master")
-            })
+            .filter(|m| m.data.runs_as_primary())
             .map(|m| m.name.clone());
         if let Some(n) = new_leader {
             let message = match &req.candidate {
@@ -391,7 +422,7 @@ async fn follow<K: Kv>(
                 .as_ref()
                 .and_then(Report::from_status)
             && report.id > before
-            && let Some(why) = report.failed
+            && let Progress::Failed(why) = report.progress
         {
             return Err(OpsError::Failed(format!("{noun} failed: {why}")));
         }
@@ -631,5 +662,23 @@ mod tests {
         assert_eq!(parse_time("now").unwrap(), None);
         assert!(parse_time("2026-11-23 13:00:00+00:00").unwrap().is_some());
         assert!(parse_time("2026-11-23T13:00:00Z").unwrap().is_some());
+    }
+
+    #[test]
+    fn reports_read_back_what_the_agent_writes() {
+        for progress in [
+            Progress::InProgress,
+            Progress::Succeeded("n2".into()),
+            Progress::Failed("n2 is not streaming from this primary".into()),
+        ] {
+            let r = Report {
+                id: 42,
+                candidate: Some("n2".into()),
+                progress,
+            };
+            let body = json!({"pgpilot": {"switchover": r.to_json()}});
+            assert_eq!(Report::from_status(&body), Some(r));
+        }
+        assert_eq!(Report::from_status(&json!({"pgpilot": {}})), None);
     }
 }

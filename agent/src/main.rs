@@ -2,6 +2,7 @@
 //! API, and runs the HA loop that keeps this PostgreSQL server in its cluster.
 
 mod callbacks;
+mod guard;
 mod ha;
 mod handover;
 mod jobs;
@@ -46,10 +47,17 @@ struct Cli {
     /// Check the configuration and exit: 0 when valid, 2 with each wrong key otherwise.
     #[arg(long, value_name = "FILE")]
     validate_config: Option<PathBuf>,
+
+    /// Internal: run as the fencing guard of this data directory (started by the agent itself).
+    #[arg(long, value_name = "DATA_DIR", hide = true)]
+    fence_guard: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.fence_guard {
+        return ExitCode::from(guard::run_guard(dir));
+    }
     if let Some(path) = &cli.validate_config {
         return validate(path);
     }
@@ -185,6 +193,7 @@ async fn run(cfg: Config) -> Result<()> {
     let peers = shared::api::MemberClient::with_tls(Duration::from_secs(2), &cfg.rest_client_tls)
         .map_err(|e| anyhow::anyhow!("ctl.cacert / restapi.cafile: {e}"))?;
     let mut agent = runtime::Agent::new(cfg.clone(), dcs.clone(), tx, commands_rx, peers.clone());
+    agent.set_fence_guard(guard::FenceGuard::start(&cfg.postgresql.data_dir));
     let api = Arc::new(rest::Api {
         snapshot: rx,
         dcs: dcs.clone(),

@@ -415,6 +415,7 @@ pub fn status_json(s: &Snapshot) -> Value {
     if let Some(h) = &s.handover {
         own.insert("switchover".into(), h.to_json());
     }
+    own.insert("fencing".into(), json!(s.fencing.as_str()));
     o.insert("pgpilot".into(), Value::Object(own));
     Value::Object(o)
 }

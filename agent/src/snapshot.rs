@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub handover: Option<crate::handover::Report>,
     /// A scheduled restart (`schedule` and its filters).
     pub scheduled_restart: Option<Value>,
+    /// What the fencing guard does if the agent dies now.
+    pub fencing: crate::guard::Fencing,
 }
 
 impl Snapshot {
@@ -63,6 +65,7 @@ impl Snapshot {
             failover_blocked: None,
             handover: None,
             scheduled_restart: None,
+            fencing: crate::guard::Fencing::Unavailable,
         }
     }
 }

@@ -26,7 +26,8 @@ impl<K: Kv> Agent<K> {
         let Envelope { command, reply } = envelope;
         match command {
             Command::Restart(req) if req.schedule.is_some() => {
-                let r = self.schedule_restart(req);
+                let r = self.schedule_restart(req).await;
+                self.show_scheduled_restart();
                 answer(Some(reply), r.0, r.1);
             }
             Command::Restart(req) => self.start_restart(req, Some(reply)),
@@ -38,6 +39,7 @@ impl<K: Kv> Agent<K> {
                     }
                     None => (404, "no restarts are scheduled".to_string()),
                 };
+                self.show_scheduled_restart();
                 answer(Some(reply), r.0, r.1);
             }
             Command::Reinitialize { force } => {
@@ -49,7 +51,12 @@ impl<K: Kv> Agent<K> {
                 answer(Some(reply), r.0, r.1);
             }
         }
-        // the REST API shows a scheduled (or cancelled) restart at once
+        self.wake.notify_one();
+    }
+
+    /// Puts a scheduled (or cancelled) restart into the REST snapshot before the caller is
+    /// answered, so a read right after the answer sees it.
+    fn show_scheduled_restart(&self) {
         let scheduled = self.scheduled_restart_json(false);
         self.snapshot.send_if_modified(|s| {
             if s.scheduled_restart == scheduled {
@@ -58,10 +65,18 @@ impl<K: Kv> Agent<K> {
             Arc::make_mut(s).scheduled_restart = scheduled.clone();
             true
         });
-        self.wake.notify_one();
     }
 
-    fn schedule_restart(&mut self, req: RestartRequest) -> Reply {
+    /// When the running postmaster started, asked of PostgreSQL itself (the snapshot may
+    /// predate a restart that just finished); `None` when it does not answer.
+    async fn postmaster_start_time(&self) -> Option<String> {
+        match self.pg.status().await {
+            Ok(s) => Some(s.postmaster_start_time),
+            Err(_) => None,
+        }
+    }
+
+    async fn schedule_restart(&mut self, req: RestartRequest) -> Reply {
         let snap = self.snapshot.borrow().clone();
         if snap.paused {
             return (500, "Can't schedule restart in the paused state".into());
@@ -69,11 +84,7 @@ impl<K: Kv> Agent<K> {
         if self.scheduled_restart.is_some() {
             return (409, "Another restart is already scheduled".into());
         }
-        let started = snap
-            .server
-            .as_ref()
-            .map(|s| s.postmaster_start_time.clone())
-            .unwrap_or_default();
+        let started = self.postmaster_start_time().await.unwrap_or_default();
         let at = req.schedule.map(|t| t.to_rfc3339()).unwrap_or_default();
         info!(at, "restart scheduled");
         self.scheduled_restart = Some((req, started));
@@ -96,7 +107,7 @@ impl<K: Kv> Agent<K> {
     }
 
     /// Runs a scheduled restart once it is due; returns how long until it is, if it is later.
-    pub(super) fn run_scheduled_restart(&mut self, now_ms: i64) -> Option<Duration> {
+    pub(super) async fn run_scheduled_restart(&mut self, now_ms: i64) -> Option<Duration> {
         let (req, started) = self.scheduled_restart.as_ref()?;
         let due = req.schedule.map(|t| t.timestamp_millis()).unwrap_or(now_ms);
         if due > now_ms {
@@ -107,12 +118,7 @@ impl<K: Kv> Agent<K> {
         }
         let (req, started) = (req.clone(), started.clone());
         self.scheduled_restart = None;
-        let now_started = self
-            .snapshot
-            .borrow()
-            .server
-            .as_ref()
-            .map(|s| s.postmaster_start_time.clone());
+        let now_started = self.postmaster_start_time().await;
         if now_started.as_deref() != Some(started.as_str()) {
             info!(
                 "PostgreSQL was restarted (or stopped) since the restart was scheduled: dropping the scheduled restart"

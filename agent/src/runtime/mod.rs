@@ -97,6 +97,8 @@ pub struct Agent<K: Kv> {
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     /// `restapi.authentication`, shared with the REST API and replaced by a reload.
     pub rest_auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
+    /// The process that stops a primary PostgreSQL if this agent dies abruptly.
+    fence: Option<crate::guard::FenceGuard>,
 }
 
 impl<K: Kv> Agent<K> {
@@ -148,6 +150,7 @@ impl<K: Kv> Agent<K> {
             pending_callback: None,
             tls: None,
             rest_auth: Arc::new(std::sync::RwLock::new(cfg.restapi.authentication.clone())),
+            fence: None,
             cfg,
         }
     }
@@ -155,6 +158,27 @@ impl<K: Kv> Agent<K> {
     /// The REST server's TLS configuration, so that a reload picks up a renewed certificate.
     pub fn set_tls(&mut self, tls: axum_server::tls_rustls::RustlsConfig) {
         self.tls = Some(tls);
+    }
+
+    /// The guard that fences a primary PostgreSQL when this agent dies abruptly.
+    pub fn set_fence_guard(&mut self, guard: crate::guard::FenceGuard) {
+        self.fence = Some(guard);
+    }
+
+    /// Arms the fencing guard (PostgreSQL runs or is about to run as an unpaused primary) or
+    /// disarms it.
+    fn set_fencing(&mut self, armed: bool) {
+        if let Some(g) = self.fence.as_mut() {
+            g.check();
+            g.set(armed);
+        }
+    }
+
+    /// What the guard would do if the agent died now.
+    fn fencing(&self) -> crate::guard::Fencing {
+        self.fence
+            .as_ref()
+            .map_or(crate::guard::Fencing::Unavailable, |g| g.state())
     }
 
     /// Runs until `shutdown` resolves or a fatal condition; returns the reason for a fatal exit.
@@ -167,6 +191,9 @@ impl<K: Kv> Agent<K> {
             let wait = self.cycle().await;
             if let Some(reason) = self.fatal.take() {
                 self.stop_everything().await;
+                if let Some(g) = self.fence.as_mut() {
+                    g.release();
+                }
                 return Err(anyhow!(reason));
             }
             tokio::select! {
@@ -178,6 +205,9 @@ impl<K: Kv> Agent<K> {
             }
         }
         self.stop_everything().await;
+        if let Some(g) = self.fence.as_mut() {
+            g.release();
+        }
         Ok(())
     }
 
@@ -340,7 +370,9 @@ impl<K: Kv> Agent<K> {
         if let Some(c) = &cluster {
             self.follow_handover(c, timing);
         }
-        let restart_due = self.run_scheduled_restart(chrono::Utc::now().timestamp_millis());
+        let restart_due = self
+            .run_scheduled_restart(chrono::Utc::now().timestamp_millis())
+            .await;
         let (pg_view, server) = self.observe_pg(cluster.as_ref()).await;
         let holder = cluster
             .as_ref()
@@ -411,6 +443,17 @@ impl<K: Kv> Agent<K> {
             (pg_view, server)
         };
         let paused = cluster.as_ref().is_some_and(|c| c.is_paused());
+        if self.job.is_none() {
+            // A primary is fenced if this agent dies; a starting server keeps the last state.
+            let paused_known = cluster
+                .as_ref()
+                .map_or(self.snapshot.borrow().paused, |c| c.is_paused());
+            if !pg_view.running {
+                self.set_fencing(false);
+            } else if pg_view.ready {
+                self.set_fencing(!pg_view.in_recovery && !paused_known);
+            }
+        }
         let state = self.pg_state(&pg_view);
         let role = self.role(&pg_view);
         if let Some(event) = self.pending_callback.take() {
@@ -461,6 +504,7 @@ impl<K: Kv> Agent<K> {
             scheduled_restart: self.scheduled_restart_json(false),
             tags: self.cfg.tags.published(),
             failover_blocked: self.last_failover_blocked.clone(),
+            fencing: self.fencing(),
             ..(*prev).clone()
         };
         self.snapshot.send_replace(Arc::new(snap));
@@ -847,6 +891,7 @@ impl<K: Kv> Agent<K> {
             Action::BootstrapIfWon => {
                 if self.dcs.race_initialize().await? {
                     info!("won the initialize race: bootstrapping a new cluster with initdb");
+                    self.set_fencing(true);
                     self.spawn_job(
                         Job::Bootstrap,
                         bootstrap(self.cfg.clone(), self.pg.clone(), self.dcs.clone()),
@@ -898,6 +943,9 @@ impl<K: Kv> Agent<K> {
                     _ => None,
                 };
                 let replica_of = if *as_primary { None } else { Some(up) };
+                if *as_primary {
+                    self.set_fencing(!cluster.is_some_and(|c| c.is_paused()));
+                }
                 let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
                 self.spawn_job(
                     Job::Start,
@@ -938,6 +986,8 @@ impl<K: Kv> Agent<K> {
                 Ok(Step::Again)
             }
             Action::Promote => {
+                // fenced from before the first write it could accept
+                self.set_fencing(!cluster.is_some_and(|c| c.is_paused()));
                 let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
                 let pg = self.pg.clone();
                 self.spawn_job(Job::Promote, async move {

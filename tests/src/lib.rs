@@ -612,6 +612,13 @@ impl TestCluster {
     /// does to them.
     pub fn kill_machine(&mut self, i: usize) {
         if let Some(mut agent) = self.nodes[i].agent.take() {
+            // the fencing guard dies with the machine too, before it could act
+            for child in child_pids(agent.pid()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             agent.signal(nix::sys::signal::Signal::SIGKILL);
             let _ = agent.stop(Duration::from_secs(5));
         }
@@ -686,6 +693,23 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The PIDs of a process's children (from `/proc/*/stat`).
+pub fn child_pids(parent: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                == Some(parent)
+        })
+        .collect()
 }
 
 /// Stops a postmaster left running by a killed agent (immediate shutdown by PID).
@@ -1073,6 +1097,144 @@ async fn write_loop(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+/// Checks every node for writability every 100 ms (a write transaction: `txid_current()`
+/// fails on a standby or a server that stopped), each over its own connection, so that a
+/// window with two writable primaries is seen even while nobody writes to the second one.
+pub struct WriteProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Per node: the ticks (100 ms since the start) at which it accepted a write.
+    writable: std::sync::Arc<std::sync::Mutex<Vec<std::collections::BTreeSet<u64>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub started: std::time::Instant,
+}
+
+/// The probe's tick length.
+pub const PROBE_TICK: Duration = Duration::from_millis(100);
+
+impl WriteProbe {
+    pub fn start(nodes: &[Node]) -> WriteProbe {
+        let dsns: Vec<String> = nodes.iter().map(|n| n.dsn()).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writable = std::sync::Arc::new(std::sync::Mutex::new(vec![
+            std::collections::BTreeSet::new();
+            dsns.len()
+        ]));
+        let started = std::time::Instant::now();
+        let (s, w) = (stop.clone(), writable.clone());
+        let thread = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (i, dsn) in dsns.into_iter().enumerate() {
+                    tasks.spawn(probe_loop(i, dsn, started, s.clone(), w.clone()));
+                }
+                while tasks.join_next().await.is_some() {}
+            });
+        });
+        WriteProbe {
+            stop,
+            writable,
+            thread: Some(thread),
+            started,
+        }
+    }
+
+    /// The ticks at which two or more nodes accepted writes.
+    pub fn split_ticks(&self) -> Vec<u64> {
+        let w = self.writable.lock().map(|w| w.clone()).unwrap_or_default();
+        let mut count: std::collections::BTreeMap<u64, usize> = Default::default();
+        for ticks in &w {
+            for t in ticks {
+                *count.entry(*t).or_default() += 1;
+            }
+        }
+        count
+            .into_iter()
+            .filter(|(_, n)| *n >= 2)
+            .map(|(t, _)| t)
+            .collect()
+    }
+
+    /// The last tick at which node `i` accepted a write.
+    pub fn last_writable(&self, i: usize) -> Option<u64> {
+        let w = self.writable.lock().ok()?;
+        w.get(i)?.iter().next_back().copied()
+    }
+
+    /// The first tick at or after `from` at which node `i` accepted a write.
+    pub fn first_writable_since(&self, i: usize, from: u64) -> Option<u64> {
+        let w = self.writable.lock().ok()?;
+        w.get(i)?.range(from..).next().copied()
+    }
+
+    /// The tick an instant falls in.
+    pub fn tick_of(&self, at: std::time::Instant) -> u64 {
+        (at.saturating_duration_since(self.started).as_millis() / PROBE_TICK.as_millis()) as u64
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WriteProbe {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn probe_loop(
+    i: usize,
+    dsn: String,
+    started: std::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writable: std::sync::Arc<std::sync::Mutex<Vec<std::collections::BTreeSet<u64>>>>,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let next = tokio::time::Instant::now() + PROBE_TICK;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match tokio::time::timeout(
+                PROBE_TICK * 3,
+                tokio_postgres::connect(&dsn, tokio_postgres::NoTls),
+            )
+            .await
+            {
+                Ok(Ok((c, conn))) => {
+                    tokio::spawn(conn);
+                    Some(c)
+                }
+                _ => None,
+            };
+        }
+        if let Some(c) = client.as_ref() {
+            let asked = std::time::Instant::now();
+            match tokio::time::timeout(PROBE_TICK * 3, c.simple_query("SELECT txid_current()"))
+                .await
+            {
+                Ok(Ok(_)) => {
+                    let tick =
+                        (asked.duration_since(started).as_millis() / PROBE_TICK.as_millis()) as u64;
+                    if let Ok(mut w) = writable.lock() {
+                        w[i].insert(tick);
+                    }
+                }
+                Ok(Err(e)) if e.code().is_some() => {} // read-only: the connection is fine
+                _ => client = None,
+            }
+        }
+        tokio::time::sleep_until(next).await;
     }
 }
 

@@ -145,6 +145,11 @@ pub struct Observation<'a> {
     pub now_ms: i64,
     /// The revision of the `failover` key this node last handed the lock over for.
     pub handed_over: Option<i64>,
+    /// With etcd unreachable, PostgreSQL primary and `failsafe_mode` on: whether every member
+    /// listed in the `failsafe` key confirmed this primary over REST (`Ok`), or why not.
+    pub failsafe: Option<Result<(), String>>,
+    /// A primary in failsafe mode that reached this node over REST less than ttl ago.
+    pub failsafe_leader: Option<String>,
 }
 
 /// One thing for the runtime to do.
@@ -383,6 +388,12 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         return Some("tagged nofailover".into());
     }
     let cfg = cluster.dynamic_config();
+    if cfg.failsafe_mode()
+        && let Some(listed) = cluster.failsafe.as_ref().filter(|f| !f.is_empty())
+        && !listed.contains_key(obs.me)
+    {
+        return Some("failsafe mode is on and the failsafe key does not list this member".into());
+    }
     let Some(mine) = obs.pg.wal_position else {
         return Some("own WAL position unknown".into());
     };
@@ -655,6 +666,25 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         // so it is read-only before the lease can expire and another node can lead.
         let t = obs.timing;
         if obs.pg.running && !obs.pg.in_recovery {
+            // Failsafe: every member answered that it will not promote while this primary
+            // keeps asking, so staying writable cannot make a second primary.
+            match &obs.failsafe {
+                Some(Ok(())) => {
+                    return decision(
+                        vec![],
+                        "etcd is unreachable: failsafe mode, every member confirmed this primary; staying writable",
+                    );
+                }
+                Some(Err(why)) => {
+                    return decision(
+                        vec![Action::Demote { upstream: None }],
+                        format!(
+                            "etcd is unreachable and failsafe mode cannot keep this primary ({why}): demoting to read-only"
+                        ),
+                    );
+                }
+                None => {}
+            }
             let lease_ending = obs
                 .lock_age_secs
                 .is_none_or(|age| age + t.retry_timeout >= t.ttl);
@@ -838,6 +868,14 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                     return decision(actions, format!("PAUSE: {why}"));
                 }
                 return decision(actions, "PAUSE: no leader, not racing while paused");
+            }
+            if let Some(l) = obs.failsafe_leader.as_deref().filter(|l| *l != obs.me) {
+                return decision(
+                    actions,
+                    format!(
+                        "no leader, not racing: {l} runs as primary in failsafe mode and reached this node less than ttl ago"
+                    ),
+                );
             }
             match requested {
                 Some((true, why)) => {
@@ -1072,6 +1110,8 @@ mod tests {
             primary_down_secs: None,
             now_ms: NOW_MS,
             handed_over: None,
+            failsafe: None,
+            failsafe_leader: None,
         }
     }
 
@@ -1341,6 +1381,53 @@ mod tests {
         assert_eq!(decide(&o).actions, vec![Action::Demote { upstream: None }]);
         let d = decide(&obs("n2", None, replica_pg(1, None), &[]));
         assert_eq!(d.actions, vec![]);
+    }
+
+    #[test]
+    fn failsafe_keeps_a_confirmed_primary_and_confirmers_do_not_race() {
+        // every member confirmed: the primary stays writable past its lease
+        let mut o = obs("n1", None, primary_pg(), &[]);
+        o.dcs_unreachable_secs = 60;
+        o.lock_age_secs = Some(60);
+        o.failsafe = Some(Ok(()));
+        assert_eq!(decide(&o).actions, vec![]);
+        // one member did not answer: read-only at once
+        o.failsafe = Some(Err("n3 did not answer".into()));
+        o.dcs_unreachable_secs = 1;
+        o.lock_age_secs = Some(1);
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::Demote { upstream: None }]);
+        assert!(d.summary.contains("n3 did not answer"), "{}", d.summary);
+
+        // a replica that confirmed n1 lately does not race when etcd shows no leader
+        let mut c = cluster(None);
+        c.config = Some(Versioned {
+            value: DynamicConfig::parse(r#"{"failsafe_mode":true}"#).unwrap(),
+            mod_revision: 1,
+        });
+        let mut o = obs(
+            "n2",
+            Some(&c),
+            replica_pg(1000, Some("127.0.0.1:5432")),
+            &[],
+        );
+        assert_eq!(decide(&o).actions, vec![Action::AcquireLock]);
+        o.failsafe_leader = Some("n1".into());
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert!(d.summary.contains("failsafe"), "{}", d.summary);
+        // nor does a member the failsafe key does not list
+        o.failsafe_leader = None;
+        let listed: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"n1":"http://a/patroni","n3":"http://c/patroni"}"#).unwrap();
+        c.failsafe = Some(listed);
+        let o = obs(
+            "n2",
+            Some(&c),
+            replica_pg(1000, Some("127.0.0.1:5432")),
+            &[],
+        );
+        assert_eq!(decide(&o).actions, vec![]);
     }
 
     #[test]

@@ -201,6 +201,7 @@ async fn run(cfg: Config) -> Result<()> {
         client: peers,
         commands: commands_tx.clone(),
         wake: agent.wake.clone(),
+        failsafe_heard: agent.failsafe_heard.clone(),
     });
     spawn_reload_on_sighup(commands_tx.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)

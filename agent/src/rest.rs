@@ -28,6 +28,8 @@ pub struct Api<K: Kv> {
     pub commands: tokio::sync::mpsc::Sender<crate::rest_write::Envelope>,
     /// Wakes the agent's loop (after a configuration change).
     pub wake: Arc<tokio::sync::Notify>,
+    /// Records `POST /failsafe` from a primary that lost etcd.
+    pub failsafe_heard: crate::runtime::FailsafeHeard,
 }
 
 /// The router: one handler that dispatches on method and path, as Patroni's server does.
@@ -398,6 +400,9 @@ pub fn status_json(s: &Snapshot) -> Value {
         "patroni".into(),
         json!({"version": shared::PATRONI_COMPAT_VERSION, "scope": s.scope, "name": s.name}),
     );
+    if s.failsafe_active {
+        o.insert("failsafe_mode_is_active".into(), json!(true));
+    }
     // pgpilot's own additions; Patroni clients ignore unknown keys.
     let mut own = serde_json::Map::new();
     if !s.decision.is_empty() {
@@ -578,7 +583,7 @@ pub fn metrics(s: &Snapshot) -> String {
         "patroni_failsafe_mode_is_active",
         "gauge",
         "Value is 1 if failsafe mode is active, 0 if inactive.",
-        b(false),
+        b(s.failsafe_active),
     );
     metric(
         "patroni_postgres_timeline",
@@ -793,6 +798,7 @@ mod tests {
             client: shared::api::MemberClient::new(Duration::from_millis(200)),
             commands,
             wake: Arc::new(tokio::sync::Notify::new()),
+            failsafe_heard: Default::default(),
         }));
         let req = axum::http::Request::builder()
             .method(method)
@@ -850,6 +856,11 @@ mod tests {
         let (code, body) = call("TRACE", "/", "").await;
         assert_eq!(code, 405);
         assert!(body.contains("error"));
+        // a primary never confirms another primary in failsafe mode; a nameless ask is refused
+        let (code, body) = call("POST", "/failsafe", r#"{"name": "n2"}"#).await;
+        assert_eq!((code, body.as_str()), (500, "Running as a leader"));
+        let (code, body) = call("POST", "/failsafe", "{}").await;
+        assert_eq!(code, 400, "{body}");
     }
 
     proptest::proptest! {

@@ -1,6 +1,7 @@
 //! The REST API's write endpoints, Patroni-compatible: `POST /switchover`, `/failover`,
 //! `DELETE /switchover`, `PATCH`/`PUT /config`, `POST`/`DELETE /restart`, `POST /reinitialize`,
-//! `POST /reload`, with `restapi.authentication` (HTTP Basic) on every one of them. Cluster-wide
+//! `POST /reload`, `POST /failsafe` (a primary that lost etcd asking to be confirmed), with
+//! `restapi.authentication` (HTTP Basic) on every one of them. Cluster-wide
 //! operations go through [`shared::ops`]; local ones are [`Command`]s for the agent's loop, which
 //! answers each with a definite outcome.
 
@@ -129,7 +130,7 @@ pub async fn handle<K: Kv>(
         (method.as_str(), first),
         (
             "POST",
-            "switchover" | "failover" | "restart" | "reinitialize" | "reload"
+            "switchover" | "failover" | "restart" | "reinitialize" | "reload" | "failsafe"
         ) | ("DELETE", "switchover" | "restart")
             | ("PATCH" | "PUT", "config")
     );
@@ -159,8 +160,49 @@ pub async fn handle<K: Kv>(
             command(api, Command::Reinitialize { force }).await
         }
         ("POST", "reload") => command(api, Command::Reload).await,
+        ("POST", "failsafe") => confirm_failsafe(api, &body),
         _ => return None,
     })
+}
+
+/// `POST /failsafe` from a primary that lost etcd: a replica promises not to race for the lock
+/// for ttl seconds and answers `Accepted`, with its WAL position in the `lsn` header; a primary
+/// refuses.
+fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
+    let snap = api.snapshot.borrow().clone();
+    let Some(name) = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must name the primary asking (\"name\")",
+        );
+    };
+    if snap.server.as_ref().is_some_and(|s| !s.in_recovery) {
+        return text(500, "Running as a leader".into());
+    }
+    {
+        let mut heard = api.failsafe_heard.lock().unwrap_or_else(|p| p.into_inner());
+        if heard
+            .as_ref()
+            .is_none_or(|(n, at)| n != name || at.elapsed() > Duration::from_secs(snap.ttl))
+        {
+            info!(
+                primary = name,
+                "failsafe: {name} lost etcd and asked to stay primary; not racing for the lock while it keeps asking"
+            );
+        }
+        *heard = Some((name.to_string(), std::time::Instant::now()));
+    }
+    let mut r = text(200, "Accepted".into());
+    if let Some(lsn) = snap.server.as_ref().and_then(|s| s.wal_position())
+        && let Ok(v) = header::HeaderValue::from_str(&lsn.to_string())
+    {
+        r.headers_mut().insert("lsn", v);
+    }
+    r
 }
 
 async fn command<K: Kv>(api: &Api<K>, command: Command) -> Response {

@@ -585,6 +585,8 @@ impl Sim {
             primary_down_secs: n.primary_down_since_ms.map(|t| (now - t) / 1000),
             now_ms: now as i64,
             handed_over: n.handed_over,
+            failsafe: None,
+            failsafe_leader: None,
         };
         let decision = ha::decide(&obs);
         self.nodes[i].last_summary = decision.summary.clone();

@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub scheduled_restart: Option<Value>,
     /// What the fencing guard does if the agent dies now.
     pub fencing: crate::guard::Fencing,
+    /// A primary kept writable by its members' confirmations while etcd is unreachable.
+    pub failsafe_active: bool,
 }
 
 impl Snapshot {
@@ -66,6 +68,7 @@ impl Snapshot {
             handover: None,
             scheduled_restart: None,
             fencing: crate::guard::Fencing::Unavailable,
+            failsafe_active: false,
         }
     }
 }

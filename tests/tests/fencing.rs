@@ -136,3 +136,96 @@ fn killing_the_primarys_agent_fences_the_primary_and_loses_nothing() {
     );
     every_node_has(c, &acked);
 }
+
+/// `failsafe_mode`: etcd stopped with every member healthy → the primary keeps serving (every
+/// member confirms it over REST, nobody races); one member lost as well → it can no longer be
+/// confirmed and stops taking writes; etcd back → the cluster heals with every acknowledged id.
+#[test]
+fn failsafe_mode_keeps_the_primary_while_every_member_confirms_it() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "failsafe".into(),
+        ..Default::default()
+    };
+    let ttl = spec.ttl;
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    let (code, body) = http_request(
+        "PATCH",
+        &c.nodes[p].api("/config"),
+        Some(r#"{"failsafe_mode": true}"#),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let key = format!("/service/{}/failsafe", c.spec.scope);
+    wait_for("the failsafe key", Duration::from_secs(30), || {
+        let v = etcd.get_prefix(&key).ok()?;
+        let (_, value, _) = v.first()?;
+        c.nodes
+            .iter()
+            .all(|n| value.contains(&format!("\"{}\"", n.name)))
+            .then_some(())
+    })
+    .unwrap();
+    let writer = Writer::start(&c.nodes).unwrap();
+    let mut probe = WriteProbe::start(&c.nodes);
+    writer.wait_more(25, Duration::from_secs(30)).unwrap();
+
+    etcd.stop();
+    let stopped = Instant::now();
+    // well past the ttl the primary still takes writes, confirmed by both replicas
+    while stopped.elapsed() < Duration::from_secs(2 * ttl + 5) {
+        writer
+            .wait_more(10, Duration::from_secs(10))
+            .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+            .unwrap();
+    }
+    let s = c.nodes[p].status().unwrap();
+    assert_eq!(s["failsafe_mode_is_active"], true, "{s}");
+    assert_eq!(s["role"], "primary", "{s}");
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != p {
+            assert!(
+                n.log().contains("failsafe:"),
+                "{} never confirmed the primary",
+                n.name
+            );
+            assert_eq!(sql(n, "SELECT pg_is_in_recovery()").unwrap(), vec!["t"]);
+        }
+    }
+
+    // a replica's machine dies too: the primary cannot be confirmed and stops taking writes
+    let r = (p + 1) % c.nodes.len();
+    c.kill_machine(r);
+    wait_for(
+        "the primary to stop taking writes",
+        Duration::from_secs(ttl + 20),
+        || {
+            let rows = sql(&c.nodes[p], "SELECT pg_is_in_recovery()").ok()?;
+            (rows == vec!["t".to_string()]).then_some(())
+        },
+    )
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+
+    // etcd and the lost member come back: the cluster heals with every acknowledged row
+    etcd.start().unwrap();
+    c.start_agent(r).unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    writer
+        .wait_more(25, Duration::from_secs(90))
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    probe.stop();
+    let split = probe.split_ticks();
+    let (acked, _) = writer.finish(stopped);
+    assert!(
+        split.is_empty(),
+        "two writable primaries at ticks {split:?}"
+    );
+    every_node_has(c, &acked);
+}

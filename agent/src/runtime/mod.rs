@@ -7,6 +7,8 @@ use crate::ha::{
     self, Action, DataDir, Decision, Job, Observation, PeerReport, PgView, RewindPolicy, WalEnd,
 };
 mod commands;
+mod failsafe;
+pub use failsafe::FailsafeHeard;
 
 use crate::handover;
 use crate::jobs::{bootstrap, clone_replica, start_postgres};
@@ -99,6 +101,10 @@ pub struct Agent<K: Kv> {
     pub rest_auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
     /// The process that stops a primary PostgreSQL if this agent dies abruptly.
     fence: Option<crate::guard::FenceGuard>,
+    /// Who last asked this node over `POST /failsafe` to confirm it as primary, and when.
+    pub failsafe_heard: FailsafeHeard,
+    /// This primary runs on the members' confirmations while etcd is unreachable.
+    failsafe_active: bool,
 }
 
 impl<K: Kv> Agent<K> {
@@ -151,6 +157,8 @@ impl<K: Kv> Agent<K> {
             tls: None,
             rest_auth: Arc::new(std::sync::RwLock::new(cfg.restapi.authentication.clone())),
             fence: None,
+            failsafe_heard: Default::default(),
+            failsafe_active: false,
             cfg,
         }
     }
@@ -402,6 +410,28 @@ impl<K: Kv> Agent<K> {
                     .collect()
             })
             .unwrap_or_default();
+        let failsafe = if cluster.is_none()
+            && pg_view.ready
+            && !pg_view.in_recovery
+            && self.job.is_none()
+            && dynamic.failsafe_mode()
+        {
+            let r = self.failsafe_round(pg_view.wal_position).await;
+            match &r {
+                Ok(()) if !self.failsafe_active => {
+                    warn!(
+                        "etcd is unreachable: failsafe mode is active, every member confirmed this primary"
+                    )
+                }
+                Err(why) => warn!("failsafe mode cannot keep this primary: {why}"),
+                _ => {}
+            }
+            Some(r)
+        } else {
+            None
+        };
+        self.failsafe_active = matches!(failsafe, Some(Ok(())));
+        let failsafe_leader = self.failsafe_leader(timing.ttl);
         let decision = {
             let obs = Observation {
                 me: &self.cfg.name,
@@ -429,6 +459,8 @@ impl<K: Kv> Agent<K> {
                     .as_ref()
                     .filter(|(r, _)| !matches!(r.progress, handover::Progress::Failed(_)))
                     .map(|(r, _)| r.id),
+                failsafe,
+                failsafe_leader,
             };
             ha::decide(&obs)
         };
@@ -505,6 +537,7 @@ impl<K: Kv> Agent<K> {
             tags: self.cfg.tags.published(),
             failover_blocked: self.last_failover_blocked.clone(),
             fencing: self.fencing(),
+            failsafe_active: self.failsafe_active,
             ..(*prev).clone()
         };
         self.snapshot.send_replace(Arc::new(snap));
@@ -1174,6 +1207,7 @@ impl<K: Kv> Agent<K> {
             Action::PublishStatus => {
                 if let (Some(c), Some(s)) = (cluster, server) {
                     self.publish_status(c, s).await?;
+                    self.publish_failsafe(c).await;
                 }
                 Ok(Step::Continue)
             }

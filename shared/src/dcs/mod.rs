@@ -384,6 +384,15 @@ impl<K: Kv> Dcs<K> {
             .await?)
     }
 
+    /// Writes the `failsafe` key: every member's name and `api_url` (the leader included).
+    pub async fn write_failsafe(
+        &self,
+        members: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), DcsError> {
+        let value = serde_json::Value::Object(members.clone()).to_string();
+        Ok(self.kv.put(&self.key(keys::FAILSAFE), &value, None).await?)
+    }
+
     pub async fn write_history(&self, history: &[HistoryEntry]) -> Result<(), DcsError> {
         Ok(self
             .kv

@@ -520,6 +520,12 @@ impl DynamicConfig {
         self.flag("pause").unwrap_or(false)
     }
 
+    /// `failsafe_mode`: a primary that loses etcd keeps running while every member confirms it
+    /// over REST.
+    pub fn failsafe_mode(&self) -> bool {
+        self.flag("failsafe_mode").unwrap_or(false)
+    }
+
     pub fn check_timeline(&self) -> bool {
         self.flag("check_timeline").unwrap_or(false)
     }

@@ -52,6 +52,14 @@ pub struct PgView {
     /// The configuration files hold other parameters or pg_hba lines than the configuration in
     /// force asks for (the dynamic configuration changed, or a reload).
     pub config_outdated: bool,
+    /// Primary: the standbys connected to it.
+    pub standbys: Vec<crate::synchronous::StandbyLink>,
+    /// The members pgpilot put into `synchronous_standby_names` (`None`: not managed).
+    pub sync_names: Option<Vec<String>>,
+    /// For members of that setting that PostgreSQL reports synchronous: a primary position
+    /// read a cycle after that was first seen. Everything a client was told about before it
+    /// is below it; a standby that flushed past it may be published in `sync`.
+    pub sync_since: Vec<(String, u64)>,
 }
 
 /// The end of the local WAL: a position on a timeline.
@@ -198,6 +206,17 @@ pub enum Action {
     ClearFailover { reason: Option<String> },
     /// Rewrite the parameters and pg_hba.conf and reload PostgreSQL.
     ApplyConfig,
+    /// Put these members into `synchronous_standby_names` and reload (`None`: leave the
+    /// setting to the configuration again). A failure skips the actions after it.
+    SetSyncNames { names: Option<Vec<String>> },
+    /// Publish the synchronous standbys in the `sync` key (compare-and-swap on `version`). A
+    /// failure skips the actions after it.
+    WriteSync {
+        standbys: Vec<String>,
+        version: Option<i64>,
+    },
+    /// Delete the `sync` key (synchronous mode is off).
+    DeleteSync { version: i64 },
 }
 
 /// The outcome of one cycle.
@@ -326,6 +345,14 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
             if obs.no_failover {
                 return None;
             }
+            if let Some(why) =
+                crate::synchronous::requested_refusal(obs.me, cluster, f.leader.is_some())
+            {
+                return Some((
+                    false,
+                    format!("no leader: requested as candidate, but {why}"),
+                ));
+            }
             // A failover (no leader named) is the operator's explicit choice of this member,
             // whatever it lags. A switchover whose leader vanished still respects the lag limit.
             if f.leader.is_some()
@@ -353,6 +380,8 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
                     && !p.no_failover
                     && !p.watchdog_failed
                     && (f.leader.is_none() || within(p.wal_position))
+                    && crate::synchronous::requested_refusal(c, cluster, f.leader.is_some())
+                        .is_none()
             })
             .then(|| {
                 (
@@ -371,6 +400,7 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
                     && !p.no_failover
                     && within(p.wal_position)
                     && p.wal_position >= obs.pg.wal_position
+                    && crate::synchronous::competes(cluster, &p.name)
             })
             .then(|| {
                 (
@@ -386,6 +416,9 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
 pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> {
     if obs.no_failover {
         return Some("tagged nofailover".into());
+    }
+    if let Some(why) = crate::synchronous::race_refusal(obs.me, cluster) {
+        return Some(why);
     }
     let cfg = cluster.dynamic_config();
     if cfg.failsafe_mode()
@@ -428,7 +461,12 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         }
     }
     for peer in obs.peers {
-        if peer.name == obs.me || !peer.reachable || peer.no_failover || peer.watchdog_failed {
+        if peer.name == obs.me
+            || !peer.reachable
+            || peer.no_failover
+            || peer.watchdog_failed
+            || !crate::synchronous::competes(cluster, &peer.name)
+        {
             continue;
         }
         if peer.is_primary {
@@ -823,6 +861,9 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             actions.push(Action::RenewLock);
         }
         let as_primary = holds_lock && was_primary;
+        if as_primary && let Some(a) = crate::synchronous::before_primary(obs, cluster) {
+            actions.push(a);
+        }
         let summary = if as_primary {
             "starting PostgreSQL as primary (holding the leader lock)".to_string()
         } else {
@@ -914,6 +955,9 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                         "PAUSE: holding the lock as a replica; releasing it",
                     );
                 }
+                if let Some(a) = crate::synchronous::before_primary(obs, cluster) {
+                    actions.push(a);
+                }
                 actions.push(Action::Promote);
                 return decision(actions, "holding the leader lock: promoting");
             }
@@ -929,6 +973,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                     .collect();
                 actions.push(Action::EnsureSlots { members });
             }
+            actions.extend(crate::synchronous::primary_duty(obs, cluster));
             let mut summary = "leader: holding the lock".to_string();
             match handover(obs, cluster) {
                 None => {}
@@ -996,11 +1041,11 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shared::dcs::{DynamicConfig, Leader, Member, MemberData, Status, Versioned};
 
-    fn member(name: &str, port: u16, state: &str) -> Member {
+    pub(crate) fn member(name: &str, port: u16, state: &str) -> Member {
         Member {
             name: name.into(),
             data: MemberData {
@@ -1016,7 +1061,7 @@ mod tests {
         }
     }
 
-    fn cluster(leader: Option<&str>) -> Cluster {
+    pub(crate) fn cluster(leader: Option<&str>) -> Cluster {
         Cluster {
             scope: "demo".into(),
             initialize: Some("7000000000000000001".into()),
@@ -1042,7 +1087,7 @@ mod tests {
         }
     }
 
-    fn replica_pg(wal: u64, upstream: Option<&str>) -> PgView {
+    pub(crate) fn replica_pg(wal: u64, upstream: Option<&str>) -> PgView {
         PgView {
             data: DataDir::Present {
                 sysid: "7000000000000000001".into(),
@@ -1062,10 +1107,13 @@ mod tests {
             rewind_broken: false,
             rewind_not_needed: false,
             config_outdated: false,
+            standbys: Vec::new(),
+            sync_names: None,
+            sync_since: Vec::new(),
         }
     }
 
-    fn primary_pg() -> PgView {
+    pub(crate) fn primary_pg() -> PgView {
         PgView {
             in_recovery: false,
             upstream: None,
@@ -1077,7 +1125,7 @@ mod tests {
         }
     }
 
-    fn obs<'a>(
+    pub(crate) fn obs<'a>(
         me: &'a str,
         c: Option<&'a Cluster>,
         pg: PgView,

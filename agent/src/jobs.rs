@@ -120,6 +120,14 @@ async fn bootstrap_steps<K: Kv>(cfg: &Config, pg: &Postgres, dcs: &Dcs<K>) -> Re
         info!("running post_bootstrap script");
         pg.post_bootstrap(script).await?;
     }
+    if dynamic.synchronous_mode() != shared::dcs::SyncMode::Off && dynamic.synchronous_mode_strict()
+    {
+        // strict: from the first commit a client can make, none is acknowledged without a
+        // synchronous standby
+        pg.set_sync_names(Some(vec![shared::dcs::STRICT_SYNC_PLACEHOLDER.to_string()]));
+        pg.rewrite_parameters(&dynamic.parameters())?;
+        pg.reload().await?;
+    }
     let cd = pg.controldata().await?;
     dcs.set_initialize(&cd.system_identifier).await?;
     dcs.init_config(&dynamic).await?;

@@ -13,6 +13,7 @@ mod runtime;
 #[cfg(test)]
 mod sim;
 mod snapshot;
+mod synchronous;
 #[cfg(test)]
 mod tests_support;
 

@@ -60,6 +60,8 @@ struct SimPg {
     lag_until_ms: u64,
     /// PostgreSQL fails to start until then (a full disk, a broken config).
     start_fails_until_ms: u64,
+    /// `synchronous_standby_names` in its configuration file (survives agent restarts).
+    sync_guc: Option<Vec<String>>,
 }
 
 impl SimPg {
@@ -115,6 +117,9 @@ struct SimNode {
     rewind_ok_for: Option<(String, u64)>,
     /// The `failover` key revision this node last handed the lock over for (agent memory).
     handed_over: Option<i64>,
+    /// What the agent put into `synchronous_standby_names` (agent memory).
+    sync_names: Option<Vec<String>>,
+    sync_seen: std::collections::HashMap<String, Option<u64>>,
 }
 
 fn fresh_pg() -> SimPg {
@@ -131,6 +136,7 @@ fn fresh_pg() -> SimPg {
         streaming: false,
         lag_until_ms: 0,
         start_fails_until_ms: 0,
+        sync_guc: None,
     }
 }
 
@@ -156,6 +162,8 @@ impl SimNode {
             last_summary: String::new(),
             rewind_ok_for: None,
             handed_over: None,
+            sync_names: None,
+            sync_seen: Default::default(),
         }
     }
 
@@ -177,6 +185,8 @@ impl SimNode {
         self.next_cycle_ms = now;
         self.job = None;
         self.handed_over = None;
+        self.sync_names = None;
+        self.sync_seen.clear();
         self.dcs = Dcs::new(self.kv.clone(), "/service", "sim", &self.name, TTL as i64);
     }
 
@@ -200,6 +210,9 @@ impl SimNode {
             rewind_broken: pg.broken,
             rewind_not_needed: leader.is_some() && leader == self.rewind_ok_for,
             config_outdated: false,
+            standbys: Vec::new(),
+            sync_names: self.sync_names.clone(),
+            sync_since: Vec::new(),
         }
     }
 
@@ -250,6 +263,12 @@ struct Sim {
     policy: RewindPolicy,
     /// The highest timeline any node has created (PostgreSQL picks a fresh one on promotion).
     max_timeline: u64,
+    /// The dynamic configuration the cluster is bootstrapped with.
+    config: DynamicConfig,
+    /// `synchronous_mode_strict` is on: no acknowledged commit may ever be lost.
+    strict: bool,
+    /// The furthest commit a client was told about: `(timeline, position)`.
+    acked: Option<(u64, u64)>,
 }
 
 /// What happened in a run, to prove the faults really forced failovers and repairs.
@@ -267,6 +286,8 @@ struct Stats {
     lock_given_up: u64,
     switchovers: u64,
     switchovers_refused: u64,
+    /// `sync` key writes naming a synchronous standby.
+    sync_published: u64,
 }
 
 impl Stats {
@@ -283,11 +304,12 @@ impl Stats {
         self.rewind_failures += o.rewind_failures;
         self.wipes += o.wipes;
         self.lock_given_up += o.lock_given_up;
+        self.sync_published += o.sync_published;
     }
 }
 
 impl Sim {
-    fn new(seed: u64, n: usize) -> Sim {
+    fn with_sync(seed: u64, n: usize, sync: SyncSetting) -> Sim {
         let store = MemStore::new();
         let mut nodes: Vec<SimNode> = (1..=n)
             .map(|i| SimNode::new(&store, &format!("n{i}")))
@@ -314,6 +336,9 @@ impl Sim {
             stats: Stats::default(),
             policy,
             max_timeline: 1,
+            config: sim_config(sync),
+            strict: sync == SyncSetting::Strict,
+            acked: None,
         }
     }
 
@@ -346,6 +371,7 @@ impl Sim {
             }
         }
         self.replicate();
+        self.acknowledge();
         for i in 0..self.nodes.len() {
             self.finish_job(i).await;
             if self.nodes[i].agent_up() && self.nodes[i].next_cycle_ms <= self.now_ms {
@@ -515,6 +541,62 @@ impl Sim {
         }
     }
 
+    /// The standbys streaming from node `i`, as its `pg_stat_replication` shows them: the first
+    /// member of its `synchronous_standby_names` that streams is the synchronous one.
+    fn standby_links(&self, i: usize) -> Vec<crate::synchronous::StandbyLink> {
+        let p = &self.nodes[i];
+        let streaming: Vec<&SimNode> = self
+            .nodes
+            .iter()
+            .filter(|m| {
+                m.alive
+                    && m.pg.running
+                    && m.pg.in_recovery
+                    && m.pg.streaming
+                    && m.pg.upstream.as_deref() == Some(p.name.as_str())
+            })
+            .collect();
+        let sync = p.pg.sync_guc.as_ref().and_then(|names| {
+            names
+                .iter()
+                .find(|n| streaming.iter().any(|m| &m.name == *n))
+                .cloned()
+        });
+        streaming
+            .iter()
+            .map(|m| crate::synchronous::StandbyLink {
+                name: m.name.clone(),
+                streaming: true,
+                sync: sync.as_deref() == Some(m.name.as_str()),
+                flush_lsn: (m.pg.timeline == p.pg.timeline).then_some(m.pg.wal),
+            })
+            .collect()
+    }
+
+    /// Commits the writable primary acknowledged this tick: all of its WAL when nothing is
+    /// synchronous, else what its synchronous standby has flushed.
+    fn acknowledge(&mut self) {
+        let Some(i) = self.nodes.iter().position(|n| n.writable()) else {
+            return;
+        };
+        let p = &self.nodes[i].pg;
+        let acked = match &p.sync_guc {
+            Some(names) if !names.is_empty() => self
+                .standby_links(i)
+                .into_iter()
+                .find(|l| l.sync)
+                .and_then(|l| l.flush_lsn)
+                .map(|f| f.min(p.wal)),
+            _ => Some(p.wal),
+        };
+        if let Some(lsn) = acked {
+            let tl = p.timeline;
+            if self.acked.is_none_or(|(atl, alsn)| atl != tl || lsn > alsn) {
+                self.acked = Some((tl, lsn));
+            }
+        }
+    }
+
     fn peers(&self, i: usize) -> Vec<PeerReport> {
         self.nodes
             .iter()
@@ -560,6 +642,18 @@ impl Sim {
             }
         }
         let peers = self.peers(i);
+        let mut pg_view = self.nodes[i].view(cluster.as_ref());
+        if self.nodes[i].writable() {
+            pg_view.standbys = self.standby_links(i);
+            let names = self.nodes[i].sync_names.clone().unwrap_or_default();
+            let wal = self.nodes[i].pg.wal;
+            pg_view.sync_since = crate::synchronous::track_confirmations(
+                &mut self.nodes[i].sync_seen,
+                &names,
+                &pg_view.standbys,
+                Some(wal),
+            );
+        }
         let n = &self.nodes[i];
         let timing = shared::dcs::Timing {
             ttl: TTL,
@@ -569,7 +663,7 @@ impl Sim {
         let obs = Observation {
             me: &n.name,
             cluster: cluster.as_ref(),
-            pg: n.view(cluster.as_ref()),
+            pg: pg_view,
             job: n.job.as_ref().map(|j| j.0),
             no_failover: n.no_failover,
             failover_priority: 1,
@@ -724,7 +818,29 @@ impl Sim {
             }
             Action::EnsureSlots { .. } => Some(true),
             Action::WriteConfig => {
-                n.dcs.set_config(&sim_config(), None).await.ok()?;
+                let config = self.config.clone();
+                self.nodes[i].dcs.set_config(&config, None).await.ok()?;
+                Some(true)
+            }
+            Action::SetSyncNames { names } => {
+                n.sync_names = names.clone();
+                n.sync_seen.clear();
+                n.pg.sync_guc = names;
+                Some(true)
+            }
+            Action::WriteSync { standbys, version } => {
+                let named = !standbys.is_empty();
+                let state = shared::dcs::SyncState {
+                    leader: Some(n.name.clone()),
+                    quorum: 0,
+                    sync_standby: standbys,
+                };
+                let written = n.dcs.write_sync(&state, version).await.ok()?;
+                self.stats.sync_published += u64::from(written && named);
+                written.then_some(true)
+            }
+            Action::DeleteSync { version } => {
+                n.dcs.delete_sync(version).await.ok()?;
                 Some(true)
             }
             Action::PublishStatus => {
@@ -819,8 +935,9 @@ impl Sim {
             (Job::Bootstrap, _) => {
                 let sysid = format!("70000000000000{:05}", self.sysids.len() + 1);
                 let n = &mut self.nodes[i];
+                let strict = self.strict;
                 let ok = n.dcs.set_initialize(&sysid).await.is_ok()
-                    && n.dcs.init_config(&sim_config()).await.is_ok()
+                    && n.dcs.init_config(&self.config).await.is_ok()
                     && n.dcs.take_leader().await.is_ok();
                 if ok {
                     n.pg = SimPg {
@@ -833,6 +950,12 @@ impl Sim {
                         wal: 1000,
                         ..fresh_pg()
                     };
+                    if strict {
+                        // as the bootstrap job does before the cluster is announced
+                        let placeholder = vec![shared::dcs::STRICT_SYNC_PLACEHOLDER.to_string()];
+                        n.pg.sync_guc = Some(placeholder.clone());
+                        n.sync_names = Some(placeholder);
+                    }
                     n.lock_renewed_ms = Some(now);
                     self.sysids.push(sysid.clone());
                     self.trace(format!("{}: bootstrapped {sysid}", self.nodes[i].name));
@@ -979,6 +1102,22 @@ impl Sim {
         if writable.len() > 1 {
             self.fail(&format!("two writable primaries: {writable:?}"));
         }
+        if self.strict
+            && let Some((tl, lsn)) = self.acked
+            && let Some(p) = self.nodes.iter().find(|n| n.writable())
+        {
+            let holds = if p.pg.timeline == tl {
+                p.pg.wal >= lsn
+            } else {
+                p.pg.history.iter().any(|(t, at)| *t == tl && *at >= lsn)
+            };
+            if !holds {
+                self.fail(&format!(
+                    "{} is writable without the acknowledged commit at {lsn} on timeline {tl} (strict synchronous mode): {:?}",
+                    p.name, p.pg
+                ));
+            }
+        }
         if self.sysids.len() > 1 {
             self.fail(&format!(
                 "the cluster was initialized twice: {:?}",
@@ -1039,16 +1178,33 @@ impl ClonedPg for Option<&SimNode> {
     }
 }
 
-fn sim_config() -> DynamicConfig {
+/// Synchronous replication in a simulated cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncSetting {
+    Off,
+    On,
+    Strict,
+}
+
+fn sim_config(sync: SyncSetting) -> DynamicConfig {
+    let sync = match sync {
+        SyncSetting::Off => "",
+        SyncSetting::On => r#","synchronous_mode":true"#,
+        SyncSetting::Strict => r#","synchronous_mode":true,"synchronous_mode_strict":true"#,
+    };
     DynamicConfig::parse(&format!(
-        r#"{{"ttl":{TTL},"loop_wait":{LOOP_WAIT},"retry_timeout":{RETRY},"maximum_lag_on_failover":{MAX_LAG},"primary_start_timeout":{PRIMARY_START_TIMEOUT}}}"#
+        r#"{{"ttl":{TTL},"loop_wait":{LOOP_WAIT},"retry_timeout":{RETRY},"maximum_lag_on_failover":{MAX_LAG},"primary_start_timeout":{PRIMARY_START_TIMEOUT}{sync}}}"#
     ))
     .unwrap_or_default()
 }
 
 /// Runs one seed: bootstrap, `fault_steps` ticks of faults, then healing until converged.
 async fn run_seed(seed: u64, nodes: usize, fault_steps: u32) -> Stats {
-    let mut sim = Sim::new(seed, nodes);
+    run_seed_with(seed, nodes, fault_steps, SyncSetting::Off).await
+}
+
+async fn run_seed_with(seed: u64, nodes: usize, fault_steps: u32, sync: SyncSetting) -> Stats {
+    let mut sim = Sim::with_sync(seed, nodes, sync);
     // bootstrap without faults
     for _ in 0..300 {
         sim.step(false).await;
@@ -1082,6 +1238,23 @@ fn env_seeds(var: &str, default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// Synchronous mode, on and strict, under the same faults (partitions, agent deaths, lost
+/// machines, crashes, lagging standbys): never two writable primaries, and in strict mode
+/// every commit a client was told about is on whichever primary is writable next.
+#[tokio::test]
+async fn synchronous_mode_never_loses_an_acknowledged_commit() {
+    let seeds = env_seeds("PGPILOT_SIM_SYNC_SEEDS", 30);
+    for sync in [SyncSetting::On, SyncSetting::Strict] {
+        let mut total = Stats::default();
+        for seed in 1..=seeds {
+            total.add(run_seed_with(500_000 + seed, 3 + (seed as usize % 3), 3000, sync).await);
+        }
+        eprintln!("simulation of {seeds} seeds with {sync:?} synchronous mode: {total:?}");
+        assert!(total.promotions > seeds, "{sync:?}: {total:?}");
+        assert!(total.sync_published > seeds, "{sync:?}: {total:?}");
+    }
 }
 
 /// Long runs: ten simulated minutes of faults per seed.

@@ -124,6 +124,12 @@ impl Postgres {
         set("port", port.to_string());
         set("cluster_name", self.cfg().scope.clone());
         set("hot_standby", "on".into());
+        if let Some(names) = self.sync_names() {
+            set(
+                "synchronous_standby_names",
+                crate::synchronous::guc_value(&names),
+            );
+        }
         params
     }
 

@@ -54,6 +54,9 @@ pub struct Postgres {
     sysid_cache: std::sync::Mutex<Option<String>>,
     /// The postmaster whose exit is being watched (ours or adopted).
     watched_pid: Arc<std::sync::Mutex<Option<i32>>>,
+    /// The members pgpilot puts into `synchronous_standby_names` (synchronous mode), in place
+    /// of the configured value; `None` leaves the configuration's.
+    sync_names: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 impl Postgres {
@@ -68,6 +71,7 @@ impl Postgres {
             use_slots: AtomicBool::new(true),
             sysid_cache: std::sync::Mutex::new(None),
             watched_pid: Arc::new(std::sync::Mutex::new(None)),
+            sync_names: std::sync::Mutex::new(None),
         }
     }
 
@@ -84,6 +88,20 @@ impl Postgres {
 
     pub fn use_slots(&self) -> bool {
         self.use_slots.load(Ordering::Relaxed)
+    }
+
+    /// The members named in `synchronous_standby_names` by synchronous mode.
+    pub fn sync_names(&self) -> Option<Vec<String>> {
+        self.sync_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets (or with `None` gives back to the configuration) `synchronous_standby_names`; the
+    /// caller rewrites the parameters and reloads.
+    pub fn set_sync_names(&self, names: Option<Vec<String>>) {
+        *self.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = names;
     }
 
     /// Puts a reloaded configuration in force (the data directory is never changed by a reload).

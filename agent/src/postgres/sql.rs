@@ -19,6 +19,9 @@ pub struct Walsender {
     pub state: Option<String>,
     pub sync_state: Option<String>,
     pub sync_priority: Option<i32>,
+    /// How far the standby has flushed WAL (not part of Patroni's `/patroni` output).
+    #[serde(skip)]
+    pub flush_lsn: Option<u64>,
 }
 
 /// The server's state from one round of queries.
@@ -138,7 +141,8 @@ impl Postgres {
         } else {
             let rows = client
                 .query(
-                    "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority
+                    "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority,
+                            flush_lsn::text
                      FROM pg_stat_replication ORDER BY application_name",
                     &[],
                 )
@@ -152,6 +156,10 @@ impl Postgres {
                     state: r.get(3),
                     sync_state: r.get(4),
                     sync_priority: r.get(5),
+                    flush_lsn: r
+                        .get::<_, Option<String>>(6)
+                        .and_then(|s| s.parse::<Lsn>().ok())
+                        .map(|l| l.0),
                 })
                 .collect();
         }

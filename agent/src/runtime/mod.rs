@@ -105,6 +105,9 @@ pub struct Agent<K: Kv> {
     pub failsafe_heard: FailsafeHeard,
     /// This primary runs on the members' confirmations while etcd is unreachable.
     failsafe_active: bool,
+    /// Members of `synchronous_standby_names` PostgreSQL reports synchronous: `None` when
+    /// first seen so, then the primary position read at the next observation.
+    sync_seen: HashMap<String, Option<u64>>,
 }
 
 impl<K: Kv> Agent<K> {
@@ -159,6 +162,7 @@ impl<K: Kv> Agent<K> {
             fence: None,
             failsafe_heard: Default::default(),
             failsafe_active: false,
+            sync_seen: HashMap::new(),
             cfg,
         }
     }
@@ -653,8 +657,13 @@ impl<K: Kv> Agent<K> {
                 leader.is_some()
                     && leader == *self.rewind_ok_for.lock().unwrap_or_else(|p| p.into_inner())
             },
+            standbys: Vec::new(),
+            sync_names: None,
+            sync_since: Vec::new(),
         };
         self.last_wal_end = view.wal_end;
+        let mut view = view;
+        self.observe_sync(&mut view, server.as_ref());
         if view.ready && self.rewind_capable.is_none() {
             // Learn once whether pg_rewind could work on this data (and warn if not).
             if let Ok(cd) = self.pg.controldata().await {
@@ -662,6 +671,33 @@ impl<K: Kv> Agent<K> {
             }
         }
         (view, server)
+    }
+
+    /// Fills in the standbys connected to a primary and how far each synchronous one is
+    /// confirmed (see [`crate::synchronous`]).
+    fn observe_sync(&mut self, view: &mut PgView, server: Option<&ServerStatus>) {
+        let names = self.pg.sync_names();
+        view.sync_names = names.clone();
+        let Some(s) = server.filter(|s| !s.in_recovery) else {
+            self.sync_seen.clear();
+            return;
+        };
+        view.standbys = s
+            .replication
+            .iter()
+            .map(|w| crate::synchronous::StandbyLink {
+                name: w.application_name.clone(),
+                streaming: w.state.as_deref() == Some("streaming"),
+                sync: matches!(w.sync_state.as_deref(), Some("sync" | "quorum")),
+                flush_lsn: w.flush_lsn,
+            })
+            .collect();
+        view.sync_since = crate::synchronous::track_confirmations(
+            &mut self.sync_seen,
+            &names.unwrap_or_default(),
+            &view.standbys,
+            s.write_lsn,
+        );
     }
 
     fn use_pg_rewind(&self, dynamic: &DynamicConfig) -> bool {
@@ -1202,6 +1238,42 @@ impl<K: Kv> Agent<K> {
                     "configuration changed: rewrote the parameters and pg_hba.conf and reloaded PostgreSQL (parameters that need a restart show as pending_restart)"
                 );
                 self.run_callback(crate::callbacks::Event::Reload);
+                Ok(Step::Continue)
+            }
+            Action::SetSyncNames { names } => {
+                self.pg.set_sync_names(names.clone());
+                self.pg.rewrite_parameters(&params)?;
+                if server.is_some() {
+                    self.pg.reload().await?;
+                }
+                self.sync_seen.clear();
+                match names {
+                    Some(n) => info!(
+                        "synchronous mode: synchronous_standby_names = '{}'",
+                        crate::synchronous::guc_value(n)
+                    ),
+                    None => info!(
+                        "synchronous mode is off: synchronous_standby_names is the configuration's again"
+                    ),
+                }
+                Ok(Step::Continue)
+            }
+            Action::WriteSync { standbys, version } => {
+                let state = shared::dcs::SyncState {
+                    leader: Some(self.cfg.name.clone()),
+                    quorum: 0,
+                    sync_standby: standbys.clone(),
+                };
+                if !self.dcs.write_sync(&state, *version).await? {
+                    anyhow::bail!("the sync key changed meanwhile; looking again next cycle");
+                }
+                info!(standbys = ?standbys, "synchronous mode: published the synchronous standbys");
+                Ok(Step::Continue)
+            }
+            Action::DeleteSync { version } => {
+                if self.dcs.delete_sync(*version).await? {
+                    info!("synchronous mode is off: removed the sync key");
+                }
                 Ok(Step::Continue)
             }
             Action::PublishStatus => {

@@ -384,6 +384,31 @@ impl<K: Kv> Dcs<K> {
             .await?)
     }
 
+    /// Writes the `sync` key with compare-and-swap on the version read (create-if-absent when
+    /// there was none); returns whether it was written.
+    pub async fn write_sync(
+        &self,
+        sync: &SyncState,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        let cond = match version {
+            Some(rev) => Cond::ModRevisionIs(rev),
+            None => Cond::Absent,
+        };
+        Ok(self
+            .kv
+            .put_if(&self.key(keys::SYNC), &sync.to_json(), None, cond)
+            .await?)
+    }
+
+    /// Deletes the `sync` key if it is still at the version read (synchronous mode turned off).
+    pub async fn delete_sync(&self, version: i64) -> Result<bool, DcsError> {
+        Ok(self
+            .kv
+            .delete_if(&self.key(keys::SYNC), Some(Cond::ModRevisionIs(version)))
+            .await?)
+    }
+
     /// Writes the `failsafe` key: every member's name and `api_url` (the leader included).
     pub async fn write_failsafe(
         &self,

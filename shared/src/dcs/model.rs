@@ -364,6 +364,19 @@ impl Failover {
     }
 }
 
+/// `synchronous_mode` as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Off,
+    On,
+    /// Patroni's quorum commit; pgpilot runs it as `on` (priority mode) and says so.
+    Quorum,
+}
+
+/// The member name Patroni writes into `synchronous_standby_names` when strict mode has no
+/// synchronous standby: no real standby matches it, so commits wait.
+pub const STRICT_SYNC_PLACEHOLDER: &str = "__patroni_strict_sync_replica_placeholder__";
+
 /// The `sync` key.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SyncState {
@@ -408,6 +421,15 @@ impl SyncState {
         o.insert("quorum".into(), Value::from(self.quorum));
         o.insert("sync_standby".into(), standby);
         Value::Object(o).to_string()
+    }
+
+    /// Who may be promoted while this key holds: the synchronous standbys and the leader that
+    /// wrote it. `None` when it names no leader (nothing is restricted).
+    pub fn promotable(&self) -> Option<Vec<String>> {
+        let leader = self.leader.clone()?;
+        let mut names = self.sync_standby.clone();
+        names.push(leader);
+        Some(names)
     }
 
     /// Whether `name` is listed as synchronous (case-insensitive, as Patroni compares).
@@ -518,6 +540,26 @@ impl DynamicConfig {
 
     pub fn pause(&self) -> bool {
         self.flag("pause").unwrap_or(false)
+    }
+
+    /// `synchronous_mode`: `off`/`false`, `on`/`true`, or `quorum`.
+    pub fn synchronous_mode(&self) -> SyncMode {
+        match self.raw.get("synchronous_mode") {
+            Some(Value::Bool(true)) => SyncMode::On,
+            Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
+            Some(Value::String(s)) if crate::config::parse_bool(s) == Some(true) => SyncMode::On,
+            _ => SyncMode::Off,
+        }
+    }
+
+    /// `synchronous_mode_strict`: never acknowledge a commit without a synchronous standby.
+    pub fn synchronous_mode_strict(&self) -> bool {
+        self.flag("synchronous_mode_strict").unwrap_or(false)
+    }
+
+    /// `synchronous_node_count` (default 1, at least 1).
+    pub fn synchronous_node_count(&self) -> usize {
+        self.uint("synchronous_node_count").unwrap_or(1).max(1) as usize
     }
 
     /// `failsafe_mode`: a primary that loses etcd keeps running while every member confirms it
@@ -673,6 +715,18 @@ impl Cluster {
     pub fn is_paused(&self) -> bool {
         self.dynamic_config().pause()
     }
+
+    /// Synchronous mode only lets the published synchronous standbys (and the leader that
+    /// published them) be promoted: whether `name` may be.
+    pub fn sync_allows_promotion(&self, name: &str) -> bool {
+        if self.dynamic_config().synchronous_mode() == SyncMode::Off {
+            return true;
+        }
+        match self.sync.as_ref().and_then(|k| k.value.promotable()) {
+            Some(allowed) => allowed.iter().any(|n| n.eq_ignore_ascii_case(name)),
+            None => true,
+        }
+    }
 }
 
 /// Whether each member other than the leader could take over if the leader failed now, judged
@@ -697,6 +751,8 @@ pub fn failover_readiness(cluster: &Cluster) -> Vec<(String, Option<String>)> {
         .map(|m| {
             let why = if m.data.no_failover() {
                 Some("tagged nofailover".to_string())
+            } else if !cluster.sync_allows_promotion(&m.name) {
+                Some("not a synchronous standby (synchronous mode)".to_string())
             } else if m.data.state != "running" {
                 Some(format!("PostgreSQL is {}", m.data.state))
             } else if m.data.xlog_location.is_none() {

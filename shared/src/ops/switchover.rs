@@ -160,6 +160,13 @@ fn candidate_refusal(cluster: &Cluster, kind: Kind, candidate: &str) -> Option<S
         ));
     }
     if kind == Kind::Failover {
+        // the operator's explicit choice, except where strict mode promises no lost commit
+        let cfg = cluster.dynamic_config();
+        if cfg.synchronous_mode_strict() && !cluster.sync_allows_promotion(candidate) {
+            return Some(format!(
+                "candidate {candidate} is not a synchronous standby and synchronous_mode_strict is on: promoting it could lose acknowledged commits (turn synchronous_mode_strict off to force it)"
+            ));
+        }
         return None;
     }
     failover_readiness(cluster)

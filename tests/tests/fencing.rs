@@ -229,3 +229,113 @@ fn failsafe_mode_keeps_the_primary_while_every_member_confirms_it() {
     );
     every_node_has(c, &acked);
 }
+
+/// The `sync` key's synchronous standbys, when it names `leader`.
+fn sync_standbys(etcd: &Etcd, scope: &str, leader: &str) -> Option<Vec<String>> {
+    let v = etcd.get_prefix(&format!("/service/{scope}/sync")).ok()?;
+    let (_, raw, _) = v.first()?;
+    let json: serde_json::Value = serde_json::from_str(raw).ok()?;
+    if json["leader"] != leader {
+        return None;
+    }
+    let names = json["sync_standby"].as_str()?;
+    Some(names.split(',').map(str::to_string).collect())
+}
+
+/// `synchronous_mode_strict`: the primary's machine dies under load → only its synchronous
+/// standby is promoted and no acknowledged id is lost; a primary left without any standby
+/// takes no writes (they wait) instead of acknowledging unsafe commits; everything heals.
+#[test]
+fn strict_synchronous_mode_loses_no_acknowledged_commit() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "strictsync".into(),
+        ..Default::default()
+    };
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    let scope = c.spec.scope.clone();
+    let (code, body) = http_request(
+        "PATCH",
+        &c.nodes[p].api("/config"),
+        Some(r#"{"synchronous_mode": true, "synchronous_mode_strict": true}"#),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let leader = c.nodes[p].name.clone();
+    let s = wait_for("a published synchronous standby", HEALTHY, || {
+        let names = sync_standbys(etcd, &scope, &leader)?;
+        c.nodes.iter().position(|n| names.contains(&n.name))
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    let t = (0..c.nodes.len()).find(|&i| i != p && i != s).unwrap();
+    // the REST API of each member shows it (as of its next cycle)
+    wait_for(
+        "GET /sync to answer 200 on the synchronous standby",
+        Duration::from_secs(30),
+        || {
+            let shown = c.nodes[s].status()?["sync_standby"] == true;
+            (shown && c.nodes[s].get("/sync").ok()?.0 == 200).then_some(())
+        },
+    )
+    .unwrap();
+    assert_eq!(c.nodes[t].get("/sync").unwrap().0, 503);
+    let writer = Writer::start(&c.nodes).unwrap();
+    let mut probe = WriteProbe::start(&c.nodes);
+    writer.wait_more(50, Duration::from_secs(30)).unwrap();
+
+    // failover under load: only the synchronous standby may take over
+    let killed_at = Instant::now();
+    c.kill_machine(p);
+    let new = wait_for("a new leader", Duration::from_secs(90), || {
+        c.leader_index(etcd).filter(|&i| i != p)
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert_eq!(
+        new, s,
+        "a member that was not the synchronous standby was promoted"
+    );
+    writer
+        .wait_more(30, Duration::from_secs(90))
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+
+    // the new primary loses its last standby: commits wait rather than being acknowledged
+    c.kill_machine(t);
+    std::thread::sleep(Duration::from_secs(3));
+    let frozen = writer.acked_count();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        writer.acked_count(),
+        frozen,
+        "commits were acknowledged without a synchronous standby"
+    );
+    assert_eq!(
+        sql(&c.nodes[s], "SELECT pg_is_in_recovery()").unwrap(),
+        vec!["f"]
+    );
+
+    // both come back: writes resume, the old primary rejoins, nothing acknowledged is missing
+    c.start_agent(t).unwrap();
+    c.start_agent(p).unwrap();
+    writer
+        .wait_more(30, Duration::from_secs(90))
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    writer.wait_more(10, Duration::from_secs(30)).unwrap();
+    probe.stop();
+    let split = probe.split_ticks();
+    let (acked, _) = writer.finish(killed_at);
+    assert!(
+        split.is_empty(),
+        "two writable primaries at ticks {split:?}"
+    );
+    every_node_has(c, &acked);
+}

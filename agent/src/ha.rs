@@ -158,6 +158,8 @@ pub struct Observation<'a> {
     pub failsafe: Option<Result<(), String>>,
     /// A primary in failsafe mode that reached this node over REST less than ttl ago.
     pub failsafe_leader: Option<String>,
+    /// `watchdog.mode: required` and the watchdog cannot be used: why. Such a node never leads.
+    pub watchdog_refusal: Option<String>,
 }
 
 /// One thing for the runtime to do.
@@ -345,8 +347,13 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
             if obs.no_failover {
                 return None;
             }
-            if let Some(why) =
-                crate::synchronous::requested_refusal(obs.me, cluster, f.leader.is_some())
+            if let Some(why) = obs
+                .watchdog_refusal
+                .as_ref()
+                .map(|w| format!("watchdog required but unusable: {w}"))
+                .or_else(|| {
+                    crate::synchronous::requested_refusal(obs.me, cluster, f.leader.is_some())
+                })
             {
                 return Some((
                     false,
@@ -416,6 +423,9 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
 pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> {
     if obs.no_failover {
         return Some("tagged nofailover".into());
+    }
+    if let Some(why) = &obs.watchdog_refusal {
+        return Some(format!("watchdog required but unusable: {why}"));
     }
     if let Some(why) = crate::synchronous::race_refusal(obs.me, cluster) {
         return Some(why);
@@ -938,6 +948,18 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             }
         }
         Some(l) if l.name == obs.me => {
+            if let Some(why) = obs.watchdog_refusal.as_ref().filter(|_| !paused) {
+                // Patroni's rule: a leader whose required watchdog fails stops leading, the
+                // primary going read-only first and the lock following once it is
+                let summary =
+                    format!("watchdog required but unusable ({why}): giving up leadership");
+                if obs.pg.in_recovery {
+                    actions.push(Action::ReleaseLock);
+                } else {
+                    actions.push(Action::Demote { upstream: None });
+                }
+                return decision(actions, summary);
+            }
             actions.push(Action::RenewLock);
             if cluster.config.is_none() {
                 actions.push(Action::WriteConfig);
@@ -1160,6 +1182,7 @@ pub(crate) mod tests {
             handed_over: None,
             failsafe: None,
             failsafe_leader: None,
+            watchdog_refusal: None,
         }
     }
 
@@ -1476,6 +1499,30 @@ pub(crate) mod tests {
             &[],
         );
         assert_eq!(decide(&o).actions, vec![]);
+    }
+
+    #[test]
+    fn a_required_watchdog_that_fails_ends_leadership() {
+        let c = cluster(Some("n1"));
+        let mut o = obs("n1", Some(&c), primary_pg(), &[]);
+        o.watchdog_refusal = Some("cannot open /dev/watchdog".into());
+        assert_eq!(decide(&o).actions, vec![Action::Demote { upstream: None }]);
+        let mut o = obs("n1", Some(&c), replica_pg(1000, None), &[]);
+        o.watchdog_refusal = Some("cannot open /dev/watchdog".into());
+        assert_eq!(decide(&o).actions, vec![Action::ReleaseLock]);
+        // and such a node never races
+        let free = cluster(None);
+        let mut o = obs(
+            "n2",
+            Some(&free),
+            replica_pg(1000, Some("127.0.0.1:5432")),
+            &[],
+        );
+        assert_eq!(decide(&o).actions, vec![Action::AcquireLock]);
+        o.watchdog_refusal = Some("cannot open /dev/watchdog".into());
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert!(d.summary.contains("watchdog"), "{}", d.summary);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod snapshot;
 mod synchronous;
 #[cfg(test)]
 mod tests_support;
+mod watchdog;
 
 use anyhow::{Context, Result};
 use clap::Parser;

@@ -403,6 +403,9 @@ pub fn status_json(s: &Snapshot) -> Value {
     if s.failsafe_active {
         o.insert("failsafe_mode_is_active".into(), json!(true));
     }
+    if s.watchdog_failed {
+        o.insert("watchdog_failed".into(), json!(true));
+    }
     // pgpilot's own additions; Patroni clients ignore unknown keys.
     let mut own = serde_json::Map::new();
     if !s.decision.is_empty() {
@@ -421,6 +424,10 @@ pub fn status_json(s: &Snapshot) -> Value {
         own.insert("switchover".into(), h.to_json());
     }
     own.insert("fencing".into(), json!(s.fencing.as_str()));
+    own.insert(
+        "watchdog".into(),
+        json!(if s.watchdog_armed { "armed" } else { "off" }),
+    );
     o.insert("pgpilot".into(), Value::Object(own));
     Value::Object(o)
 }

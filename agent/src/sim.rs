@@ -681,6 +681,7 @@ impl Sim {
             handed_over: n.handed_over,
             failsafe: None,
             failsafe_leader: None,
+            watchdog_refusal: None,
         };
         let decision = ha::decide(&obs);
         self.nodes[i].last_summary = decision.summary.clone();

@@ -43,6 +43,10 @@ pub struct Snapshot {
     pub fencing: crate::guard::Fencing,
     /// A primary kept writable by its members' confirmations while etcd is unreachable.
     pub failsafe_active: bool,
+    /// The watchdog device is armed (this node leads).
+    pub watchdog_armed: bool,
+    /// `watchdog.mode: required` and the watchdog cannot be used.
+    pub watchdog_failed: bool,
 }
 
 impl Snapshot {
@@ -69,6 +73,8 @@ impl Snapshot {
             scheduled_restart: None,
             fencing: crate::guard::Fencing::Unavailable,
             failsafe_active: false,
+            watchdog_armed: false,
+            watchdog_failed: false,
         }
     }
 }

@@ -304,6 +304,7 @@ pub struct Config {
     pub postgresql: PostgresConfig,
     pub tags: Tags,
     pub log: LogConfig,
+    pub watchdog: WatchdogConfig,
     /// Where the configuration came from (file path, or the environment).
     pub origin: String,
     /// Keys that were not understood; logged, not fatal.
@@ -1002,7 +1003,93 @@ const ACCEPTED_KEYS: &[&str] = &[
     "log.deduplicate_heartbeat_logs",
 ];
 
-const OPEN_SECTIONS: &[&str] = &["watchdog", "citus", "ctl.authentication"];
+const OPEN_SECTIONS: &[&str] = &["citus", "ctl.authentication"];
+
+/// `watchdog.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogMode {
+    Off,
+    /// Use a watchdog device when one can be opened.
+    Automatic,
+    /// Refuse leadership without a working watchdog device.
+    Required,
+}
+
+/// The `watchdog` section, as Patroni reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    pub mode: WatchdogMode,
+    pub device: PathBuf,
+    /// Seconds between the watchdog firing and the leader lease ending; -1 = half the ttl.
+    pub safety_margin: i64,
+    /// `testing`: timeout requests are written to the device as text (`Ctimeout=N`) instead of
+    /// ioctls, so that a named pipe or file can stand in for a device in tests.
+    pub testing: bool,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            mode: WatchdogMode::Automatic,
+            device: PathBuf::from("/dev/watchdog"),
+            safety_margin: 5,
+            testing: false,
+        }
+    }
+}
+
+impl WatchdogConfig {
+    /// The timeout to program for a leader lease of `ttl` seconds.
+    pub fn timeout(&self, ttl: u64) -> u64 {
+        if self.safety_margin < 0 {
+            ttl / 2
+        } else {
+            ttl.saturating_sub(self.safety_margin as u64)
+        }
+    }
+}
+
+fn read_watchdog(r: &mut Reader<'_>) -> WatchdogConfig {
+    let mut w = WatchdogConfig::default();
+    match r.get("watchdog.mode") {
+        None => {}
+        Some(Value::Bool(false)) => w.mode = WatchdogMode::Off,
+        Some(Value::String(s)) => match s.trim().to_lowercase().as_str() {
+            "off" | "disable" | "disabled" | "false" => w.mode = WatchdogMode::Off,
+            "automatic" | "auto" => w.mode = WatchdogMode::Automatic,
+            "required" | "require" => w.mode = WatchdogMode::Required,
+            other => r.err(
+                "watchdog.mode",
+                format!("{other:?} is not a mode: use off, automatic or required"),
+            ),
+        },
+        Some(other) => r.err(
+            "watchdog.mode",
+            format!("expected off, automatic or required, found {}", kind(other)),
+        ),
+    }
+    if let Some(d) = r.string("watchdog.device") {
+        w.device = PathBuf::from(d);
+    }
+    if let Some(m) = r.integer("watchdog.safety_margin") {
+        if m < -1 {
+            r.err(
+                "watchdog.safety_margin",
+                "must be -1 (half the ttl) or more",
+            );
+        }
+        w.safety_margin = m;
+    }
+    match r.string("watchdog.driver").as_deref() {
+        None | Some("default") => {}
+        Some("testing") => w.testing = true,
+        Some(other) => r.err(
+            "watchdog.driver",
+            format!("{other:?} is not a driver: use default (Linux) or testing"),
+        ),
+    }
+    w
+}
 
 fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     for k in ACCEPTED_KEYS {
@@ -1244,6 +1331,7 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         level: r.string("log.level"),
         json: r.string("log.type").is_some_and(|t| t == "json"),
     };
+    let watchdog = read_watchdog(r);
 
     Config {
         scope,
@@ -1257,6 +1345,7 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         postgresql,
         tags,
         log,
+        watchdog,
         origin,
         warnings: Vec::new(),
     }

@@ -343,3 +343,29 @@ fn timing_must_leave_room_for_a_missed_loop_and_two_retries() {
     let c = Config::from_yaml(&fast, "fast.yml").unwrap();
     assert_eq!(c.bootstrap.dcs["ttl"], 5);
 }
+
+#[test]
+fn watchdog_settings_are_read_as_patroni_does() {
+    use shared::config::WatchdogMode;
+    let base = fixture("vmware.yml");
+    let c = Config::from_yaml(&base, "t.yml").unwrap();
+    assert_eq!(c.watchdog.mode, WatchdogMode::Automatic);
+    assert_eq!(c.watchdog.device, std::path::Path::new("/dev/watchdog"));
+    assert_eq!(c.watchdog.timeout(30), 25);
+    let yaml = format!(
+        "{base}\nwatchdog:\n  mode: require\n  device: /dev/watchdog1\n  safety_margin: -1\n"
+    );
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    assert_eq!(c.watchdog.mode, WatchdogMode::Required);
+    assert_eq!(c.watchdog.timeout(30), 15);
+    let off = format!("{base}\nwatchdog:\n  mode: false\n");
+    assert_eq!(
+        Config::from_yaml(&off, "t.yml").unwrap().watchdog.mode,
+        WatchdogMode::Off
+    );
+    for bad in ["mode: sometimes", "safety_margin: -5", "driver: magic"] {
+        let yaml = format!("{base}\nwatchdog:\n  {bad}\n");
+        let key = format!("watchdog.{}", bad.split(':').next().unwrap());
+        assert!(invalid_keys(&yaml).contains(&key), "{bad}");
+    }
+}

@@ -339,3 +339,108 @@ fn strict_synchronous_mode_loses_no_acknowledged_commit() {
     );
     every_node_has(c, &acked);
 }
+
+/// The watchdog, Patroni-compatible, through its `testing` driver (a plain file stands in for
+/// `/dev/watchdog`; the agent's code path is the real one otherwise): armed with
+/// `ttl - safety_margin` and kept alive only while the node leads, closed with the magic `V`
+/// when it hands the lock over; a node whose required watchdog cannot be opened never leads.
+#[test]
+fn the_watchdog_runs_only_while_leading_and_required_means_required() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "watchdog".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-watchdog", spec, true).unwrap();
+    let Lab {
+        cluster: c,
+        etcd,
+        work,
+    } = &mut lab;
+    let device = work.path.join("fake-watchdog-device");
+    std::fs::write(&device, "").unwrap();
+    chown_postgres(&device).unwrap();
+    let missing = work.path.join("no-such-watchdog");
+    let sections = [
+        format!(
+            "watchdog:\n  mode: required\n  device: {}\n  driver: testing\n",
+            device.display()
+        ),
+        format!(
+            "watchdog:\n  mode: required\n  device: {}\n  driver: testing\n",
+            missing.display()
+        ),
+        "watchdog:\n  mode: automatic\n".to_string(),
+    ];
+    for (n, extra) in c.nodes.iter().zip(sections) {
+        let mut text = std::fs::read_to_string(&n.config_path).unwrap();
+        text.push_str(&extra);
+        std::fs::write(&n.config_path, text).unwrap();
+    }
+    // node1 bootstraps and leads; the others join
+    c.start_agent(0).unwrap();
+    wait_for("node1 to lead", HEALTHY, || {
+        (c.leader_index(etcd) == Some(0) && c.primary() == Some(0)).then_some(())
+    })
+    .unwrap();
+    c.start_agent(1).unwrap();
+    c.start_agent(2).unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    let armed = wait_for(
+        "keepalives on node1's watchdog",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&device).ok()?;
+            (text.starts_with("Ctimeout=5\n") && text.matches('1').count() >= 3).then_some(text)
+        },
+    )
+    .unwrap();
+    assert!(!armed.contains('V'), "{armed}");
+    assert_eq!(c.nodes[0].status().unwrap()["pgpilot"]["watchdog"], "armed");
+    let s1 = c.nodes[1].status().unwrap();
+    assert_eq!(s1["watchdog_failed"], true, "{s1}");
+
+    // a switchover to node3: node1 stops leading and closes its watchdog with the magic V
+    let body = format!(
+        r#"{{"leader":"{}","candidate":"{}"}}"#,
+        c.nodes[0].name, c.nodes[2].name
+    );
+    let (code, text) = http_post(&c.nodes[0].api("/switchover"), &body).unwrap();
+    assert_eq!(code, 200, "{text}");
+    wait_for(
+        "node1's watchdog to be closed",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&device)
+                .ok()?
+                .ends_with('V')
+                .then_some(())
+        },
+    )
+    .unwrap();
+
+    // node3's machine dies: node2 (required watchdog missing) must not take over; node1 does
+    c.wait_healthy(HEALTHY).unwrap();
+    c.kill_machine(2);
+    let new = wait_for("a new leader", Duration::from_secs(60), || {
+        c.leader_index(etcd).filter(|&i| i != 2)
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert_eq!(
+        new, 0,
+        "the member without its required watchdog took the lock"
+    );
+    wait_for(
+        "node1's watchdog armed again",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&device).ok()?;
+            (text.matches("Ctimeout=5").count() == 2).then_some(())
+        },
+    )
+    .unwrap();
+    assert!(c.nodes[1].log().contains("watchdog required but unusable"));
+}

@@ -332,6 +332,7 @@ impl<K: Kv> Agent<K> {
         if let Err(e) = self.pg.write_pgpass() {
             warn!("reload: cannot rewrite the pgpass file: {e:#}");
         }
+        self.watchdog.reconfigure(new.watchdog.clone());
         self.cfg = new;
         info!(config = origin, "configuration reloaded");
         self.run_callback(crate::callbacks::Event::Reload);

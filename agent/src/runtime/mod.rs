@@ -108,6 +108,9 @@ pub struct Agent<K: Kv> {
     /// Members of `synchronous_standby_names` PostgreSQL reports synchronous: `None` when
     /// first seen so, then the primary position read at the next observation.
     sync_seen: HashMap<String, Option<u64>>,
+    watchdog: crate::watchdog::Watchdog,
+    /// Why the required watchdog could not be kept alive at the last try.
+    watchdog_failed: Option<String>,
 }
 
 impl<K: Kv> Agent<K> {
@@ -163,6 +166,8 @@ impl<K: Kv> Agent<K> {
             failsafe_heard: Default::default(),
             failsafe_active: false,
             sync_seen: HashMap::new(),
+            watchdog: crate::watchdog::Watchdog::new(cfg.watchdog.clone()),
+            watchdog_failed: None,
             cfg,
         }
     }
@@ -465,6 +470,11 @@ impl<K: Kv> Agent<K> {
                     .map(|(r, _)| r.id),
                 failsafe,
                 failsafe_leader,
+                watchdog_refusal: self
+                    .watchdog
+                    .allows_leading(timing.ttl, timing.loop_wait)
+                    .err()
+                    .or_else(|| self.watchdog_failed.clone()),
             };
             ha::decide(&obs)
         };
@@ -479,6 +489,7 @@ impl<K: Kv> Agent<K> {
             (pg_view, server)
         };
         let paused = cluster.as_ref().is_some_and(|c| c.is_paused());
+        self.tend_watchdog(cluster.as_ref(), &pg_view, paused, timing);
         if self.job.is_none() {
             // A primary is fenced if this agent dies; a starting server keeps the last state.
             let paused_known = cluster
@@ -542,6 +553,12 @@ impl<K: Kv> Agent<K> {
             failover_blocked: self.last_failover_blocked.clone(),
             fencing: self.fencing(),
             failsafe_active: self.failsafe_active,
+            watchdog_armed: self.watchdog.is_armed(),
+            watchdog_failed: self.watchdog_failed.is_some()
+                || self
+                    .watchdog
+                    .allows_leading(timing.ttl, timing.loop_wait)
+                    .is_err(),
             ..(*prev).clone()
         };
         self.snapshot.send_replace(Arc::new(snap));
@@ -671,6 +688,40 @@ impl<K: Kv> Agent<K> {
             }
         }
         (view, server)
+    }
+
+    /// Keeps the watchdog alive while this node leads and renewed the lock this cycle (or runs
+    /// confirmed in failsafe mode); disarms it once it does not lead, or the cluster is paused.
+    /// While etcd cannot be read it is left to run down: the demotion that follows disarms it.
+    fn tend_watchdog(
+        &mut self,
+        cluster: Option<&Cluster>,
+        pg: &PgView,
+        paused: bool,
+        timing: shared::dcs::Timing,
+    ) {
+        let renewed = self
+            .lock_renewed
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        let leads = match cluster {
+            Some(c) => {
+                !paused && renewed && c.leader.as_ref().is_none_or(|l| l.name == self.cfg.name)
+            }
+            None if self.failsafe_active => true,
+            None if pg.running && !pg.in_recovery => return,
+            None => false,
+        };
+        if leads {
+            match self.watchdog.keepalive(timing.ttl, timing.loop_wait) {
+                Ok(()) => self.watchdog_failed = None,
+                Err(e) => {
+                    self.watchdog_failed = Some(e);
+                    self.wake.notify_one();
+                }
+            }
+        } else {
+            self.watchdog.disarm();
+        }
     }
 
     /// Fills in the standbys connected to a primary and how far each synchronous one is

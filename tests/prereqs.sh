@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgpilot needs to build and run on Debian 12, only what is missing:
 # etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
-# (the live console tests), wrk (the benchmark harness).
+# (the live console tests), wrk (the benchmark harness), nftables and iproute2 (network partitions).
 # Sourced by demo.sh and run.sh.
 set -euo pipefail
 
@@ -15,6 +15,8 @@ pgpilot_prereqs() {
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
     command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
     command -v gcc >/dev/null 2>&1 || need+=(build-essential)
+    command -v nft >/dev/null 2>&1 || need+=(nftables)
+    command -v ip >/dev/null 2>&1 || need+=(iproute2)
     if ((${#need[@]})); then
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -221,6 +221,24 @@ fn flags(c: &Cluster) -> String {
     if c.is_paused() {
         v.push("PAUSED".to_string());
     }
+    let cfg = c.dynamic_config();
+    if cfg.synchronous_mode() != shared::dcs::SyncMode::Off {
+        let standbys = c
+            .sync
+            .as_ref()
+            .map(|k| k.value.sync_standby.join(","))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".into());
+        let strict = if cfg.synchronous_mode_strict() {
+            "strict "
+        } else {
+            ""
+        };
+        v.push(format!("{strict}sync: {standbys}"));
+    }
+    if cfg.failsafe_mode() {
+        v.push("failsafe".to_string());
+    }
     if let Some(at) = c
         .failover
         .as_ref()
@@ -561,6 +579,9 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             if let Some(d) = b["pgpilot"]["decision"].as_str() {
                 lines.push(Line::from(format!("agent: {d}")));
             }
+            if let Some(p) = protection(b) {
+                lines.push(Line::from(p));
+            }
             if let Some(r) = b.get("pending_restart_reason") {
                 lines.push(Line::from(format!("pending restart: {r}")));
             }
@@ -591,6 +612,25 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             ),
         spark_area,
     );
+}
+
+/// What guards this member against a second primary, from its `/patroni`: the fencing guard,
+/// the watchdog, failsafe mode.
+fn protection(b: &Value) -> Option<String> {
+    let own = &b["pgpilot"];
+    let mut v = Vec::new();
+    if let Some(f) = own["fencing"].as_str() {
+        v.push(format!("fencing {f}"));
+    }
+    if b["watchdog_failed"] == true {
+        v.push("watchdog FAILED (required)".to_string());
+    } else if let Some(w) = own["watchdog"].as_str() {
+        v.push(format!("watchdog {w}"));
+    }
+    if b["failsafe_mode_is_active"] == true {
+        v.push("failsafe ACTIVE (etcd unreachable)".to_string());
+    }
+    (!v.is_empty()).then(|| format!("protection: {}", v.join(", ")))
 }
 
 /// The selected member's key and REST answer, in full.
@@ -933,6 +973,30 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_show_synchronous_and_failsafe_modes() {
+        let mut c = cluster("alpha", 3);
+        c.config = Some(shared::dcs::Versioned {
+            value: shared::dcs::DynamicConfig::parse(
+                r#"{"synchronous_mode":true,"synchronous_mode_strict":true,"failsafe_mode":true}"#,
+            )
+            .unwrap(),
+            mod_revision: 1,
+        });
+        assert_eq!(flags(&c), "strict sync: none, failsafe");
+        c.sync = Some(shared::dcs::Versioned {
+            value: shared::dcs::SyncState {
+                leader: Some("alpha-1".into()),
+                quorum: 0,
+                sync_standby: vec!["alpha-2".into()],
+            },
+            mod_revision: 2,
+        });
+        assert_eq!(flags(&c), "strict sync: alpha-2, failsafe");
+        let s = render(&app_with(vec![c]), 120, 20);
+        assert!(s.contains("strict syn"), "{s}");
+    }
+
+    #[test]
     fn topology_view_shows_lags_samples_and_the_readiness_line() {
         let mut c = cluster("alpha", 3);
         c.members[1]
@@ -953,7 +1017,7 @@ mod tests {
                         serde_json::json!({"state":"running","role":"replica","timeline":3,
                         "replication_state":"streaming",
                         "xlog":{"received_location":100,"replayed_location":40},
-                        "pgpilot":{"decision":"replica following alpha-1"}}),
+                        "pgpilot":{"decision":"replica following alpha-1","fencing":"disarmed","watchdog":"off"}}),
                     ),
                 },
             },
@@ -980,6 +1044,10 @@ mod tests {
         assert!(s.contains("2 kB"), "{s}");
         assert!(s.contains("REST down 3.0s"), "{s}");
         assert!(s.contains("agent: replica following alpha-1"), "{s}");
+        assert!(
+            s.contains("protection: fencing disarmed, watchdog off"),
+            "{s}"
+        );
         assert!(s.contains("replay lag"), "{s}");
         assert!(s.contains("Delay") && s.contains("4.0s"), "{s}");
         // the member's key and REST answer in full, and its events

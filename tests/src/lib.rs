@@ -159,6 +159,8 @@ impl Drop for Proc {
 
 /// A single-member etcd on free loopback ports.
 pub struct Etcd {
+    /// The address etcd listens on (loopback unless a network lab gives it another).
+    pub host: String,
     pub client_port: u16,
     pub peer_port: u16,
     pub data_dir: PathBuf,
@@ -169,7 +171,13 @@ pub struct Etcd {
 impl Etcd {
     /// Prepares (does not start) an etcd under `dir`.
     pub fn new(dir: &Path) -> Etcd {
+        Etcd::on_host(dir, "127.0.0.1")
+    }
+
+    /// Prepares (does not start) an etcd under `dir` listening on `host`.
+    pub fn on_host(dir: &Path, host: &str) -> Etcd {
         Etcd {
+            host: host.to_string(),
             client_port: free_port(),
             peer_port: free_port(),
             data_dir: dir.join("etcd-data"),
@@ -179,7 +187,7 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
     /// Starts etcd and waits until it answers.
@@ -188,8 +196,8 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = format!("http://{}:{}", self.host, self.client_port);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
         let child = Command::new("etcd")
             .arg("--name")
             .arg("e2e")
@@ -425,6 +433,8 @@ fn dechunk(s: &str) -> String {
 /// One node of a test cluster.
 pub struct Node {
     pub name: String,
+    /// The address its REST API and PostgreSQL listen on.
+    pub host: String,
     pub api_port: u16,
     pub pg_port: u16,
     pub config_path: PathBuf,
@@ -438,7 +448,7 @@ pub struct Node {
 impl Node {
     pub fn api(&self, path: &str) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}{path}", self.api_port)
+        format!("{scheme}://{}:{}{path}", self.host, self.api_port)
     }
 
     /// `GET` on the node's REST API.
@@ -457,8 +467,8 @@ impl Node {
     /// A libpq connection string to this node's PostgreSQL as the superuser.
     pub fn dsn(&self) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres password=postgres-secret dbname=postgres connect_timeout=3",
-            self.pg_port
+            "host={} port={} user=postgres password=postgres-secret dbname=postgres connect_timeout=3",
+            self.host, self.pg_port
         )
     }
 
@@ -503,6 +513,10 @@ pub struct ClusterSpec {
     /// The daemon run for each node: pgpilot's `agent` (default) or, for side-by-side
     /// measurements, another program that takes the same YAML, such as Patroni's `patroni`.
     pub daemon: Option<PathBuf>,
+    /// Per node: the address it listens on (empty: all on loopback) and the network namespace
+    /// its agent and PostgreSQL run in (empty: none), from a [`NetLab`].
+    pub hosts: Vec<String>,
+    pub netns: Vec<String>,
 }
 
 impl Default for ClusterSpec {
@@ -518,6 +532,8 @@ impl Default for ClusterSpec {
             restapi_yaml: String::new(),
             postgresql_yaml: String::new(),
             daemon: None,
+            hosts: Vec::new(),
+            netns: Vec::new(),
         }
     }
 }
@@ -543,11 +559,23 @@ impl TestCluster {
             fs::set_permissions(&node_dir, fs::Permissions::from_mode(0o755))?;
             let data_dir = node_dir.join("data");
             let config_path = node_dir.join("pgpilot.yml");
-            let yaml = node_yaml(&spec, &name, api_port, pg_port, &node_dir, etcd_endpoint);
+            let host = spec
+                .hosts
+                .get(i - 1)
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let yaml = node_yaml(
+                &spec,
+                &name,
+                (&host, api_port, pg_port),
+                &node_dir,
+                etcd_endpoint,
+            );
             fs::write(&config_path, yaml)?;
             chown_postgres(&node_dir)?;
             nodes.push(Node {
                 name,
+                host,
                 api_port,
                 pg_port,
                 config_path,
@@ -576,8 +604,17 @@ impl TestCluster {
         if !agent.is_file() {
             bail!("{} not found: run `cargo build` first", agent.display());
         }
+        let netns = self.spec.netns.get(i).cloned();
         let mut cmd = if is_root() {
-            let mut c = Command::new("setpriv");
+            let mut c = match &netns {
+                // `ip netns exec` execs the command: the PID stays the agent's
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "setpriv"]);
+                    c
+                }
+                None => Command::new("setpriv"),
+            };
             c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
                 .arg(&agent);
             c.env("HOME", &self.dir);
@@ -732,8 +769,7 @@ pub fn kill_postmaster(n: &Node) {
 pub fn node_yaml(
     spec: &ClusterSpec,
     name: &str,
-    api_port: u16,
-    pg_port: u16,
+    (host, api_port, pg_port): (&str, u16, u16),
     node_dir: &Path,
     etcd: &str,
 ) -> String {
@@ -743,8 +779,8 @@ namespace: {ns}
 name: {name}
 
 restapi:
-  listen: 127.0.0.1:{api_port}
-  connect_address: 127.0.0.1:{api_port}
+  listen: {host}:{api_port}
+  connect_address: {host}:{api_port}
 {restapi_extra}
 etcd3:
   hosts: {etcd}
@@ -769,8 +805,8 @@ bootstrap:
     - auth-host: scram-sha-256
 
 postgresql:
-  listen: 127.0.0.1:{pg_port}
-  connect_address: 127.0.0.1:{pg_port}
+  listen: {host}:{pg_port}
+  connect_address: {host}:{pg_port}
   data_dir: {data}
   bin_dir: {bin}
   pgpass: {pgpass}
@@ -789,8 +825,8 @@ postgresql:
     fsync: 'off'
   pg_hba:
     - local all all trust
-    - host replication replicator 127.0.0.1/32 scram-sha-256
-    - host all all 127.0.0.1/32 scram-sha-256
+    - host replication replicator samenet scram-sha-256
+    - host all all samenet scram-sha-256
 {postgresql_extra}
 tags:
   nofailover: false
@@ -977,7 +1013,8 @@ pub struct Writer {
 impl Writer {
     /// The multi-host DSN over all nodes of a cluster.
     pub fn dsn(nodes: &[Node]) -> String {
-        let hosts = vec!["127.0.0.1"; nodes.len()].join(",");
+        let hosts: Vec<&str> = nodes.iter().map(|n| n.host.as_str()).collect();
+        let hosts = hosts.join(",");
         let ports: Vec<String> = nodes.iter().map(|n| n.pg_port.to_string()).collect();
         format!(
             "host={hosts} port={} user=postgres password=postgres-secret dbname=postgres connect_timeout=2 target_session_attrs=read-write",
@@ -1425,5 +1462,169 @@ impl CutProxy {
     /// Lets connections through again.
     pub fn heal(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A small network of namespaces for partition tests (root only): one bridge on the host
+/// carrying the test client's address (`.1`) and etcd's (`.2`), and one namespace per node
+/// (`.11`, `.12`, …) wired to it by a veth pair. [`NetLab::isolate`] drops, inside a node's
+/// namespace, every packet to or from etcd and the other nodes with nftables — the test client
+/// still reaches it, to see whether it takes writes. Everything is removed on drop.
+pub struct NetLab {
+    tag: String,
+    subnet: u8,
+    pub namespaces: Vec<String>,
+}
+
+impl NetLab {
+    /// Whether this machine can run one: root, `ip` and `nft`.
+    pub fn possible() -> bool {
+        let have = |cmd: &str, flag: &str| {
+            Command::new(cmd)
+                .arg(flag)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = is_root() && have("ip", "-V") && have("nft", "--version");
+        if !ok {
+            eprintln!(
+                "skipped: network partition tests need root, iproute2 and nftables (apt-get install nftables)"
+            );
+        }
+        ok
+    }
+
+    fn run(args: &[&str]) -> Result<()> {
+        let out = Command::new(args[0]).args(&args[1..]).output()?;
+        if !out.status.success() {
+            bail!(
+                "{} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the bridge and `nodes` namespaces.
+    pub fn create(nodes: usize) -> Result<NetLab> {
+        let subnet = (std::process::id() % 200 + 20) as u8;
+        let tag = format!("pgp{subnet}");
+        let mut lab = NetLab {
+            tag: tag.clone(),
+            subnet,
+            namespaces: Vec::new(),
+        };
+        // leftovers of a run with the same PID that was killed
+        let _ = Self::run(&["ip", "link", "del", &format!("{tag}br")]);
+        let br = format!("{tag}br");
+        Self::run(&["ip", "link", "add", &br, "type", "bridge"])?;
+        Self::run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", lab.host_ip()),
+            "dev",
+            &br,
+        ])?;
+        Self::run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", lab.etcd_ip()),
+            "dev",
+            &br,
+        ])?;
+        Self::run(&["ip", "link", "set", &br, "up"])?;
+        for i in 0..nodes {
+            let ns = format!("{tag}n{i}");
+            let _ = Self::run(&["ip", "netns", "del", &ns]);
+            Self::run(&["ip", "netns", "add", &ns])?;
+            lab.namespaces.push(ns.clone());
+            let (outside, inside) = (format!("{tag}v{i}"), format!("{tag}p{i}"));
+            Self::run(&[
+                "ip", "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ])?;
+            Self::run(&["ip", "link", "set", &inside, "netns", &ns])?;
+            Self::run(&["ip", "link", "set", &outside, "master", &br, "up"])?;
+            let addr = format!("{}/24", lab.node_ip(i));
+            Self::run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &inside])?;
+            Self::run(&["ip", "-n", &ns, "link", "set", &inside, "up"])?;
+            Self::run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(lab)
+    }
+
+    pub fn host_ip(&self) -> String {
+        format!("10.210.{}.1", self.subnet)
+    }
+
+    pub fn etcd_ip(&self) -> String {
+        format!("10.210.{}.2", self.subnet)
+    }
+
+    pub fn node_ip(&self, i: usize) -> String {
+        format!("10.210.{}.{}", self.subnet, 11 + i)
+    }
+
+    /// Cuts node `i` off from etcd and the other nodes (both directions).
+    pub fn isolate(&self, i: usize) -> Result<()> {
+        let ns = &self.namespaces[i];
+        let nft = |rule: &str| Self::run(&["ip", "netns", "exec", ns, "nft", rule]);
+        nft("add table inet pgpcut")?;
+        nft("add chain inet pgpcut in { type filter hook input priority 0; }")?;
+        nft("add chain inet pgpcut out { type filter hook output priority 0; }")?;
+        let mut peers = vec![self.etcd_ip()];
+        peers.extend(
+            (0..self.namespaces.len())
+                .filter(|&j| j != i)
+                .map(|j| self.node_ip(j)),
+        );
+        for ip in peers {
+            nft(&format!("add rule inet pgpcut in ip saddr {ip} drop"))?;
+            nft(&format!("add rule inet pgpcut out ip daddr {ip} drop"))?;
+        }
+        Ok(())
+    }
+
+    /// Lets node `i` reach everyone again.
+    pub fn heal(&self, i: usize) -> Result<()> {
+        Self::run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.namespaces[i],
+            "nft",
+            "delete table inet pgpcut",
+        ])
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let _ = Self::run(&["ip", "link", "del", &format!("{}v{i}", self.tag)]);
+            let _ = Self::run(&["ip", "netns", "del", ns]);
+        }
+        let _ = Self::run(&["ip", "link", "del", &format!("{}br", self.tag)]);
+    }
+}
+
+impl Lab {
+    /// A lab whose nodes run in the namespaces of `net`, with etcd on the bridge.
+    pub fn in_netns(tag: &str, mut spec: ClusterSpec, net: &NetLab) -> Result<Lab> {
+        let work = Workdir::new(tag)?;
+        let mut etcd = Etcd::on_host(&work.path, &net.etcd_ip());
+        etcd.start()?;
+        spec.hosts = (0..spec.nodes).map(|i| net.node_ip(i)).collect();
+        spec.netns = net.namespaces.clone();
+        let cluster = TestCluster::new(spec, &work.path, &etcd.endpoint())?;
+        Ok(Lab {
+            cluster,
+            etcd,
+            work,
+        })
     }
 }

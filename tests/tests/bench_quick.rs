@@ -56,6 +56,8 @@ fn every_benchmark_scenario_produces_a_number() {
         "/switchover/pgpilot/write_gap_s/median",
         "/failures/pgpilot/machine_loss_fastest_s/median",
         "/failures/pgpilot/postmaster_crash_s/median",
+        "/split/pgpilot/agent_sigkill/split_brain_s/median",
+        "/split/pgpilot/strict_sync_failover/lost_acknowledged/median",
         "/console/console_list_ms/median",
         "/console/frame_ms_1000_members",
         "/console/change_to_screen_ms",

@@ -444,3 +444,67 @@ fn the_watchdog_runs_only_while_leading_and_required_means_required() {
     .unwrap();
     assert!(c.nodes[1].log().contains("watchdog required but unusable"));
 }
+
+/// The primary cut off from etcd and from the other nodes (network namespaces + nftables; the
+/// test client still reaches it): it stops taking writes before a new leader is elected, no
+/// tick ever sees two writable primaries, and once the network heals it rejoins.
+#[test]
+fn an_isolated_primary_stops_taking_writes_before_a_new_leader_is_elected() {
+    if !prerequisites() || !NetLab::possible() {
+        return;
+    }
+    let net = NetLab::create(3).unwrap();
+    let spec = ClusterSpec {
+        scope: "isolated".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::in_netns("e2e-isolated", spec, &net).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    c.start_all().unwrap();
+    let p = c.wait_healthy(HEALTHY).unwrap();
+    let writer = Writer::start(&c.nodes).unwrap();
+    let mut probe = WriteProbe::start(&c.nodes);
+    writer.wait_more(30, Duration::from_secs(30)).unwrap();
+
+    let cut_at = Instant::now();
+    net.isolate(p).unwrap();
+    let new = wait_for("a new leader", Duration::from_secs(60), || {
+        c.leader_index(etcd).filter(|&i| i != p)
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    // etcd is polled: the election happened at most one poll (~0.2 s) before it was seen
+    let elected_tick = probe.tick_of(Instant::now()).saturating_sub(3);
+    writer
+        .wait_more(30, Duration::from_secs(60))
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    let fenced = probe.last_writable(p).unwrap();
+    let cut_tick = probe.tick_of(cut_at);
+    eprintln!(
+        "isolated at tick {cut_tick}: old primary last writable at tick {fenced}, new leader elected by tick {elected_tick}"
+    );
+    assert!(
+        fenced < elected_tick,
+        "the isolated primary took writes until tick {fenced}, after the new leader was elected (tick {elected_tick})"
+    );
+    assert!(
+        c.nodes[p].log().contains("etcd is unreachable"),
+        "{}",
+        c.logs_tail()
+    );
+
+    // the network heals: the old primary rejoins the new leader
+    net.heal(p).unwrap();
+    c.wait_healthy(HEALTHY).unwrap();
+    assert_eq!(c.leader_index(etcd), Some(new));
+    probe.stop();
+    let split = probe.split_ticks();
+    assert!(
+        split.is_empty(),
+        "two writable primaries at ticks {split:?}"
+    );
+    drop(writer);
+}

@@ -111,6 +111,8 @@ pub struct Agent<K: Kv> {
     watchdog: crate::watchdog::Watchdog,
     /// Why the required watchdog could not be kept alive at the last try.
     watchdog_failed: Option<String>,
+    /// `synchronous_mode: quorum` was warned about.
+    quorum_warned: bool,
 }
 
 impl<K: Kv> Agent<K> {
@@ -168,6 +170,7 @@ impl<K: Kv> Agent<K> {
             sync_seen: HashMap::new(),
             watchdog: crate::watchdog::Watchdog::new(cfg.watchdog.clone()),
             watchdog_failed: None,
+            quorum_warned: false,
             cfg,
         }
     }
@@ -318,7 +321,27 @@ impl<K: Kv> Agent<K> {
         if self.fatal.is_some() {
             return Duration::ZERO;
         }
-        let cluster = match self.dcs.load().await {
+        // While this node holds the lock, a read of etcd may not outlast the moment it must
+        // demote (retry_timeout before its lease can end): an unreachable etcd is noticed in
+        // time whatever the client's own timeout.
+        let read = match self.demote_deadline() {
+            Some(deadline) => {
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(200));
+                tokio::time::timeout(left, self.dcs.load())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(shared::dcs::DcsError::Kv(
+                            shared::dcs::KvError::Unavailable(
+                                "no answer before the leader lease runs short".into(),
+                            ),
+                        ))
+                    })
+            }
+            None => self.dcs.load().await,
+        };
+        let cluster = match read {
             Ok(c) => {
                 self.dcs_down_since = None;
                 if self.dcs_error_logged {
@@ -374,6 +397,13 @@ impl<K: Kv> Agent<K> {
             }
             self.timing_warned = problem;
         }
+        let quorum = dynamic.synchronous_mode() == shared::dcs::SyncMode::Quorum;
+        if quorum && !self.quorum_warned {
+            warn!(
+                "synchronous_mode: quorum is run as synchronous_mode: on (priority mode) by pgpilot"
+            );
+        }
+        self.quorum_warned = quorum;
         self.dcs.set_ttl(timing.ttl as i64);
         self.pg.set_use_slots(dynamic.use_slots());
         if let Some(c) = &cluster {
@@ -459,7 +489,10 @@ impl<K: Kv> Agent<K> {
                     .dcs_down_since
                     .map(|t| t.elapsed().as_secs())
                     .unwrap_or(0),
-                lock_age_secs: self.lock_renewed.map(|t| t.elapsed().as_secs()),
+                // rounded up: the demotion rule errs on the early side
+                lock_age_secs: self
+                    .lock_renewed
+                    .map(|t| t.elapsed().as_millis().div_ceil(1000) as u64),
                 rewind: self.rewind_policy(&dynamic),
                 primary_down_secs: self.primary_down_since.map(|t| t.elapsed().as_secs()),
                 now_ms: chrono::Utc::now().timestamp_millis(),
@@ -573,7 +606,13 @@ impl<K: Kv> Agent<K> {
         } else if let Some(due) = due.filter(|d| *d < Duration::from_secs(timing.loop_wait)) {
             due
         } else if cluster.is_none() {
-            Duration::from_secs(1)
+            // look again in a second, or sooner when the lease runs short
+            let short = self
+                .demote_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            short.map_or(Duration::from_secs(1), |s| {
+                s.clamp(Duration::from_millis(50), Duration::from_secs(1))
+            })
         } else if self.job.is_some() {
             Duration::from_millis(500)
         } else if !pg_view.ready {
@@ -722,6 +761,14 @@ impl<K: Kv> Agent<K> {
         } else {
             self.watchdog.disarm();
         }
+    }
+
+    /// While this node holds the lock: when it must have renewed it or demote (its last
+    /// renewal + ttl - retry_timeout).
+    fn demote_deadline(&self) -> Option<Instant> {
+        let t = self.last_dynamic.timing();
+        self.lock_renewed
+            .map(|r| r + Duration::from_secs(t.ttl.saturating_sub(t.retry_timeout)))
     }
 
     /// Fills in the standbys connected to a primary and how far each synchronous one is

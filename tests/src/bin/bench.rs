@@ -6,7 +6,10 @@
 //! time until the old primary streams again; the write gap when the leader's machine dies
 //! (agent, postmaster and children SIGKILLed) at default and at the fastest accepted timing, and
 //! when only the postmaster is killed; `console --batch list` vs `patronictl list`; the live
-//! console's frame time with 1,000 members and its etcd change → screen latency. Prints a line
+//! console's frame time with 1,000 members and its etcd change → screen latency; split brain
+//! and lost commits when only the primary's agent is SIGKILLed, when the primary loses the
+//! network (namespaces + nftables, root only), and in a strict synchronous failover (a probe
+//! asks every server for a write every 100 ms; acknowledged ids are checked after healing). Prints a line
 //! per measurement and a JSON document (runs and medians) at the end. Every cluster is stopped by
 //! PID when its scenario ends. Timing is measured here, never asserted in tests.
 //!
@@ -17,9 +20,10 @@
 //!        bench failover [REPS] [PATRONI]
 //!        bench switchover [REPS] [PATRONI]
 //!        bench console [REPS] [PATRONICTL]
+//!        bench split [REPS] [PATRONI]
 
 use anyhow::{Context, Result};
-use pgpilot_e2e::{ClusterSpec, Lab, Writer, bin_dir};
+use pgpilot_e2e::{ClusterSpec, Lab, NetLab, WriteProbe, Writer, bin_dir};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
@@ -343,6 +347,180 @@ fn failover_summary(reps: usize, patroni: Option<PathBuf>, quick: bool) -> Resul
     Ok(Value::Object(summary))
 }
 
+/// What a split-brain measurement breaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Only the primary's agent (pgpilot's agent, or the `patroni` process) is SIGKILLed;
+    /// PostgreSQL runs on.
+    AgentKill,
+    /// The primary is cut off from etcd and the other nodes (the clients still reach it).
+    NetworkLoss,
+    /// `synchronous_mode_strict` on, and the primary's machine dies under load.
+    StrictSyncFailover,
+}
+
+impl Split {
+    fn name(self) -> &'static str {
+        match self {
+            Split::AgentKill => "agent_sigkill",
+            Split::NetworkLoss => "network_loss",
+            Split::StrictSyncFailover => "strict_sync_failover",
+        }
+    }
+}
+
+/// One split-brain measurement.
+struct SplitRun {
+    /// The longest time without an acknowledged write after the fault.
+    write_gap_s: f64,
+    /// How long two servers took writes at once (probe ticks × 100 ms).
+    split_brain_s: f64,
+    /// Acknowledged ids missing on the leader once everything healed.
+    lost: usize,
+    acked: usize,
+}
+
+/// How long a broken node stays broken after another member took the lock (an agent that
+/// nobody restarts, a network that stays down), before it is healed and the cluster checked.
+const BROKEN_AFTER_TAKEOVER: Duration = Duration::from_secs(10);
+
+fn split_once(
+    kind: &str,
+    daemon: Option<PathBuf>,
+    rep: usize,
+    scenario: Split,
+    (ttl, loop_wait, retry_timeout): (u64, u64, u64),
+) -> Result<SplitRun> {
+    let net = match scenario {
+        Split::NetworkLoss => Some(NetLab::create(3)?),
+        _ => None,
+    };
+    let spec = ClusterSpec {
+        scope: format!("split-{kind}-{}-{rep}", scenario.name()),
+        ttl,
+        loop_wait,
+        retry_timeout,
+        daemon,
+        ..Default::default()
+    };
+    let tag = format!("split-{kind}");
+    let mut lab = match &net {
+        Some(n) => Lab::in_netns(&tag, spec, n)?,
+        None => Lab::new(&tag, spec, true)?,
+    };
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    c.start_all()?;
+    let p = c.wait_healthy(Duration::from_secs(180))?;
+    if scenario == Split::StrictSyncFailover {
+        let (code, text) = pgpilot_e2e::http_request(
+            "PATCH",
+            &c.nodes[p].api("/config"),
+            Some(r#"{"synchronous_mode": true, "synchronous_mode_strict": true}"#),
+        )?;
+        anyhow::ensure!(code == 200, "PATCH /config answered {code}: {text}");
+        let key = format!("/service/{}/sync", c.spec.scope);
+        pgpilot_e2e::wait_for("a synchronous standby", Duration::from_secs(120), || {
+            let v = etcd.get_prefix(&key).ok()?;
+            let (_, raw, _) = v.first()?;
+            let j: Value = serde_json::from_str(raw).ok()?;
+            j["sync_standby"].is_string().then_some(())
+        })?;
+    }
+    let writer = Writer::start(&c.nodes)?;
+    let mut probe = WriteProbe::start(&c.nodes);
+    writer.wait_more(100, Duration::from_secs(60))?;
+    let at = Instant::now();
+    match scenario {
+        Split::AgentKill => {
+            let mut agent = c.nodes[p].agent.take().context("no agent on the leader")?;
+            agent.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = agent.stop(Duration::from_secs(5));
+        }
+        Split::NetworkLoss => {
+            if let Some(n) = &net {
+                n.isolate(p)?;
+            }
+        }
+        Split::StrictSyncFailover => c.kill_machine(p),
+    }
+    pgpilot_e2e::wait_for("another leader", Duration::from_secs(ttl * 4 + 60), || {
+        c.leader_index(etcd).filter(|&i| i != p)
+    })?;
+    std::thread::sleep(BROKEN_AFTER_TAKEOVER);
+    match scenario {
+        Split::NetworkLoss => {
+            if let Some(n) = &net {
+                n.heal(p)?;
+            }
+        }
+        _ => c.start_agent(p)?,
+    }
+    c.wait_healthy(Duration::from_secs(300))?;
+    writer.wait_more(20, Duration::from_secs(120))?;
+    probe.stop();
+    let split_brain_s = probe.split_ticks().len() as f64 * pgpilot_e2e::PROBE_TICK.as_secs_f64();
+    let (acked, gap) = writer.finish(at);
+    let leader = c.primary().context("no primary after healing")?;
+    let held = pgpilot_e2e::written_ids(&c.nodes[leader])?;
+    let lost = acked.iter().filter(|id| !held.contains(id)).count();
+    c.shutdown();
+    drop(lab);
+    drop(net);
+    Ok(SplitRun {
+        write_gap_s: gap.as_secs_f64(),
+        split_brain_s,
+        lost,
+        acked: acked.len(),
+    })
+}
+
+/// `bench split`: split brain and lost commits, pgpilot then Patroni, at default timing (ttl
+/// 10 in quick mode). The network scenario needs root.
+fn split_summary(reps: usize, patroni: Option<PathBuf>, quick: bool) -> Result<Value> {
+    let timing = if quick { (10, 2, 3) } else { (30, 10, 10) };
+    let mut scenarios = vec![Split::AgentKill, Split::StrictSyncFailover];
+    if NetLab::possible() {
+        scenarios.insert(1, Split::NetworkLoss);
+    }
+    let mut summary = serde_json::Map::new();
+    for (kind, daemon) in kinds(patroni) {
+        let mut out = serde_json::Map::new();
+        for scenario in &scenarios {
+            let (mut gaps, mut splits, mut lost, mut acked) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for rep in 1..=reps {
+                let r = split_once(kind, daemon.clone(), rep, *scenario, timing)?;
+                println!(
+                    "{kind} {} run {rep}: write gap {:.2} s, two writable primaries for {:.1} s, {} of {} acknowledged writes lost",
+                    scenario.name(),
+                    r.write_gap_s,
+                    r.split_brain_s,
+                    r.lost,
+                    r.acked
+                );
+                gaps.push(r.write_gap_s);
+                splits.push(r.split_brain_s);
+                lost.push(r.lost as f64);
+                acked.push(r.acked as f64);
+            }
+            out.insert(
+                scenario.name().into(),
+                json!({
+                    "timing": [timing.0, timing.1, timing.2],
+                    "write_gap_s": {"runs": gaps.clone(), "median": median(gaps)},
+                    "split_brain_s": {"runs": splits.clone(), "median": median(splits)},
+                    "lost_acknowledged": {"runs": lost.clone(), "median": median(lost)},
+                    "acknowledged": {"runs": acked.clone(), "median": median(acked)},
+                }),
+            );
+        }
+        summary.insert(kind.into(), Value::Object(out));
+    }
+    Ok(Value::Object(summary))
+}
+
 /// `bench console`: wall time of `console --batch list` and `patronictl list` on the same
 /// 3-node cluster, each run `reps` times; the live console's frame time with 1,000 members and
 /// its etcd change → screen latency.
@@ -463,7 +641,7 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]   (see BENCHMARKS.md)"
+            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench split [REPS] [PATRONI_EXECUTABLE]      split brain, lost commits (see BENCHMARKS.md)"
         );
         return Ok(());
     }
@@ -475,6 +653,19 @@ fn main() -> Result<()> {
             .unwrap_or(20)
             .max(1);
         println!("{}", console_summary(reps, args.get(1).map(PathBuf::from))?);
+        return Ok(());
+    }
+    if args.first().is_some_and(|a| a == "split") {
+        args.remove(0);
+        let reps = args
+            .first()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1)
+            .max(1);
+        println!(
+            "{}",
+            split_summary(reps, args.get(1).map(PathBuf::from), false)?
+        );
         return Ok(());
     }
     if args.first().is_some_and(|a| a == "quick") {
@@ -575,7 +766,8 @@ fn all(
     };
     let basics = basics_summary(reps, patroni.clone(), d)?;
     let switchover = switchover_summary(reps, patroni.clone())?;
-    let failures = failover_summary(reps, patroni, quick)?;
+    let failures = failover_summary(reps, patroni.clone(), quick)?;
+    let split = split_summary(if quick { 1 } else { reps.min(2) }, patroni, quick)?;
     let console = console_summary(if quick { 3 } else { 20 }, patronictl)?;
     let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let doc = json!({
@@ -585,6 +777,7 @@ fn all(
         "basics": basics,
         "switchover": switchover,
         "failures": failures,
+        "split": split,
         "console": console,
     });
     let missing = missing_numbers(&doc);
@@ -611,6 +804,9 @@ fn missing_numbers(doc: &Value) -> Vec<String> {
         "/failures/pgpilot/machine_loss_default_s/median",
         "/failures/pgpilot/machine_loss_fastest_s/median",
         "/failures/pgpilot/postmaster_crash_s/median",
+        "/split/pgpilot/agent_sigkill/split_brain_s/median",
+        "/split/pgpilot/agent_sigkill/lost_acknowledged/median",
+        "/split/pgpilot/strict_sync_failover/lost_acknowledged/median",
         "/console/console_list_ms/median",
         "/console/frame_ms_1000_members",
         "/console/change_to_screen_ms",

@@ -195,7 +195,10 @@ async fn run(cfg: Config) -> Result<()> {
     let peers = shared::api::MemberClient::with_tls(Duration::from_secs(2), &cfg.rest_client_tls)
         .map_err(|e| anyhow::anyhow!("ctl.cacert / restapi.cafile: {e}"))?;
     let mut agent = runtime::Agent::new(cfg.clone(), dcs.clone(), tx, commands_rx, peers.clone());
-    agent.set_fence_guard(guard::FenceGuard::start(&cfg.postgresql.data_dir));
+    agent.set_fence_guard(guard::FenceGuard::start(
+        &cfg.postgresql.data_dir,
+        &cfg.etcd.hosts,
+    ));
     let api = Arc::new(rest::Api {
         snapshot: rx,
         dcs: dcs.clone(),

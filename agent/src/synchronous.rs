@@ -130,11 +130,7 @@ pub fn primary_duty(obs: &Observation<'_>, cluster: &Cluster) -> Vec<Action> {
     }
     let mut names = picked;
     if names.is_empty() && strict {
-        names = if publish.is_empty() {
-            vec![STRICT_SYNC_PLACEHOLDER.to_string()]
-        } else {
-            publish
-        };
+        names = strict_names(obs.me, cluster, publish);
     }
     names.sort();
     if obs.pg.sync_names.as_ref() != Some(&names) {
@@ -143,24 +139,43 @@ pub fn primary_duty(obs: &Observation<'_>, cluster: &Cluster) -> Vec<Action> {
     actions
 }
 
-/// Before this node promotes or starts as primary in synchronous mode: what
-/// `synchronous_standby_names` must say from its first commit (strict: the standbys it last
-/// published, else the placeholder, so nothing is acknowledged without a synchronous standby).
+/// Strict mode with no streaming standby to pick: the published ones, else the best running
+/// candidates from the member keys (so that commits flow the moment one of them streams from
+/// this node, without waiting for a cycle), else the placeholder. Naming a standby that is not
+/// confirmed yet is safe: commits wait for it, and it is published only once confirmed.
+fn strict_names(me: &str, cluster: &Cluster, published: Vec<String>) -> Vec<String> {
+    if !published.is_empty() {
+        return published;
+    }
+    let running: Vec<String> = candidates(cluster, me)
+        .into_iter()
+        .filter(|(n, _)| cluster.member(n).is_some_and(|m| m.data.state == "running"))
+        .take(cluster.dynamic_config().synchronous_node_count())
+        .map(|(n, _)| n)
+        .collect();
+    if running.is_empty() {
+        vec![STRICT_SYNC_PLACEHOLDER.to_string()]
+    } else {
+        running
+    }
+}
+
+/// Before this node promotes or starts as primary in strict synchronous mode: what
+/// `synchronous_standby_names` must say from its first commit, so that nothing is acknowledged
+/// without a synchronous standby.
 pub fn before_primary(obs: &Observation<'_>, cluster: &Cluster) -> Option<Action> {
     let cfg = cluster.dynamic_config();
     if cfg.synchronous_mode() == SyncMode::Off || !cfg.synchronous_mode_strict() {
         return None;
     }
-    let mut names: Vec<String> = cluster
+    let published: Vec<String> = cluster
         .sync
         .as_ref()
         .map(|k| &k.value)
         .filter(|k| k.leader.as_deref() == Some(obs.me))
         .map(|k| k.sync_standby.clone())
         .unwrap_or_default();
-    if names.is_empty() {
-        names.push(STRICT_SYNC_PLACEHOLDER.to_string());
-    }
+    let mut names = strict_names(obs.me, cluster, published);
     names.sort();
     (obs.pg.sync_names.as_ref() != Some(&names))
         .then_some(Action::SetSyncNames { names: Some(names) })
@@ -369,6 +384,16 @@ mod tests {
         let mut pg = primary_pg();
         pg.standbys = vec![link("n2", false, 900)];
         pg.sync_names = Some(vec![]);
+        // n3 runs (its member key says so) but does not stream from here yet: named already,
+        // so that commits flow as soon as it does
+        assert_eq!(
+            primary_duty(&obs("n1", Some(&c), pg.clone(), &[]), &c),
+            vec![Action::SetSyncNames {
+                names: Some(vec!["n3".into()])
+            }]
+        );
+        // nobody could serve: commits wait on a name nobody has
+        c.members[2].data.state = "stopped".into();
         assert_eq!(
             primary_duty(&obs("n1", Some(&c), pg, &[]), &c),
             vec![Action::SetSyncNames {

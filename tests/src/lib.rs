@@ -1032,15 +1032,7 @@ impl Writer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (s, a) = (stop.clone(), acked.clone());
-        let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(write_loop(dsn, s, a));
-        });
+        let thread = on_own_runtime(write_loop(dsn, s, a));
         Ok(Writer {
             stop,
             acked,
@@ -1137,6 +1129,20 @@ async fn write_loop(
     }
 }
 
+/// Runs a client loop on a thread of its own with a single-threaded runtime.
+fn on_own_runtime(
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(work);
+        }
+    })
+}
+
 /// Checks every node for writability every 100 ms (a write transaction: `txid_current()`
 /// fails on a standby or a server that stopped), each over its own connection, so that a
 /// window with two writable primaries is seen even while nobody writes to the second one.
@@ -1161,20 +1167,12 @@ impl WriteProbe {
         ]));
         let started = std::time::Instant::now();
         let (s, w) = (stop.clone(), writable.clone());
-        let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for (i, dsn) in dsns.into_iter().enumerate() {
-                    tasks.spawn(probe_loop(i, dsn, started, s.clone(), w.clone()));
-                }
-                while tasks.join_next().await.is_some() {}
-            });
+        let thread = on_own_runtime(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, dsn) in dsns.into_iter().enumerate() {
+                tasks.spawn(probe_loop(i, dsn, started, s.clone(), w.clone()));
+            }
+            while tasks.join_next().await.is_some() {}
         });
         WriteProbe {
             stop,

@@ -52,6 +52,24 @@ fn every_node_has(c: &TestCluster, acked: &[i64]) {
     }
 }
 
+/// The verdict of a run: no probe tick saw two writable servers, and every node holds every id
+/// the writer was told about.
+fn no_split_brain_and_nothing_lost(
+    c: &TestCluster,
+    mut probe: WriteProbe,
+    writer: Writer,
+    since: Instant,
+) {
+    probe.stop();
+    let split = probe.split_ticks();
+    let (acked, _) = writer.finish(since);
+    assert!(
+        split.is_empty(),
+        "two writable primaries at ticks {split:?}"
+    );
+    every_node_has(c, &acked);
+}
+
 /// A replica's agent killed: its PostgreSQL goes on streaming, the writes go on. The primary's
 /// agent killed: the guard stops the primary before the lease ends, a replica takes over after
 /// it, the old primary rejoins when its agent is back — 0 ticks with two writable primaries,
@@ -79,7 +97,7 @@ fn killing_the_primarys_agent_fences_the_primary_and_loses_nothing() {
     })
     .unwrap();
     let writer = Writer::start(&c.nodes).unwrap();
-    let mut probe = WriteProbe::start(&c.nodes);
+    let probe = WriteProbe::start(&c.nodes);
     writer.wait_more(30, Duration::from_secs(30)).unwrap();
 
     // a replica's agent dies: nothing else changes
@@ -127,14 +145,7 @@ fn killing_the_primarys_agent_fences_the_primary_and_loses_nothing() {
     c.wait_healthy(HEALTHY).unwrap();
     assert_eq!(c.leader_index(etcd), Some(new), "leadership moved again");
     writer.wait_more(10, Duration::from_secs(30)).unwrap();
-    probe.stop();
-    let split = probe.split_ticks();
-    let (acked, _gap) = writer.finish(killed_at);
-    assert!(
-        split.is_empty(),
-        "two writable primaries at ticks {split:?}"
-    );
-    every_node_has(c, &acked);
+    no_split_brain_and_nothing_lost(c, probe, writer, killed_at);
 }
 
 /// `failsafe_mode`: etcd stopped with every member healthy → the primary keeps serving (every
@@ -172,7 +183,7 @@ fn failsafe_mode_keeps_the_primary_while_every_member_confirms_it() {
     })
     .unwrap();
     let writer = Writer::start(&c.nodes).unwrap();
-    let mut probe = WriteProbe::start(&c.nodes);
+    let probe = WriteProbe::start(&c.nodes);
     writer.wait_more(25, Duration::from_secs(30)).unwrap();
 
     etcd.stop();
@@ -220,14 +231,7 @@ fn failsafe_mode_keeps_the_primary_while_every_member_confirms_it() {
         .wait_more(25, Duration::from_secs(90))
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
         .unwrap();
-    probe.stop();
-    let split = probe.split_ticks();
-    let (acked, _) = writer.finish(stopped);
-    assert!(
-        split.is_empty(),
-        "two writable primaries at ticks {split:?}"
-    );
-    every_node_has(c, &acked);
+    no_split_brain_and_nothing_lost(c, probe, writer, stopped);
 }
 
 /// The `sync` key's synchronous standbys, when it names `leader`.
@@ -286,7 +290,7 @@ fn strict_synchronous_mode_loses_no_acknowledged_commit() {
     .unwrap();
     assert_eq!(c.nodes[t].get("/sync").unwrap().0, 503);
     let writer = Writer::start(&c.nodes).unwrap();
-    let mut probe = WriteProbe::start(&c.nodes);
+    let probe = WriteProbe::start(&c.nodes);
     writer.wait_more(50, Duration::from_secs(30)).unwrap();
 
     // failover under load: only the synchronous standby may take over
@@ -330,14 +334,7 @@ fn strict_synchronous_mode_loses_no_acknowledged_commit() {
         .unwrap();
     c.wait_healthy(HEALTHY).unwrap();
     writer.wait_more(10, Duration::from_secs(30)).unwrap();
-    probe.stop();
-    let split = probe.split_ticks();
-    let (acked, _) = writer.finish(killed_at);
-    assert!(
-        split.is_empty(),
-        "two writable primaries at ticks {split:?}"
-    );
-    every_node_has(c, &acked);
+    no_split_brain_and_nothing_lost(c, probe, writer, killed_at);
 }
 
 /// The watchdog, Patroni-compatible, through its `testing` driver (a plain file stands in for

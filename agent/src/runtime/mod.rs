@@ -188,9 +188,10 @@ impl<K: Kv> Agent<K> {
     /// Arms the fencing guard (PostgreSQL runs or is about to run as an unpaused primary) or
     /// disarms it.
     fn set_fencing(&mut self, armed: bool) {
+        let lease = self.dcs.lease();
         if let Some(g) = self.fence.as_mut() {
             g.check();
-            g.set(armed);
+            g.set(armed, lease);
         }
     }
 
@@ -324,6 +325,7 @@ impl<K: Kv> Agent<K> {
         // While this node holds the lock, a read of etcd may not outlast the moment it must
         // demote (retry_timeout before its lease can end): an unreachable etcd is noticed in
         // time whatever the client's own timeout.
+        let read_started = Instant::now();
         let read = match self.demote_deadline() {
             Some(deadline) => {
                 let left = deadline
@@ -351,7 +353,8 @@ impl<K: Kv> Agent<K> {
                 Some(c)
             }
             Err(e) => {
-                self.dcs_down_since.get_or_insert_with(Instant::now);
+                // unreachable since the first read that failed began, not since it gave up
+                self.dcs_down_since.get_or_insert(read_started);
                 if !self.dcs_error_logged {
                     error!(
                         endpoints = ?self.cfg.etcd.hosts,

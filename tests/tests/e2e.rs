@@ -435,8 +435,11 @@ fn sigterm_on_the_leader_hands_over_at_once() {
     c.shutdown();
 }
 
+/// Every agent SIGKILLed at once: the replicas' PostgreSQL runs on and their restarted agents
+/// adopt it (same postmaster); the primary's fencing guard stops the primary and revokes its
+/// lease, and the restarted agents elect a leader again with every row.
 #[test]
-fn killed_agents_adopt_their_running_postgres_and_keep_the_lock() {
+fn killed_agents_adopt_running_replicas_and_the_primary_is_fenced() {
     if !prerequisites() {
         return;
     }
@@ -453,35 +456,43 @@ fn killed_agents_adopt_their_running_postgres_and_keep_the_lock() {
     } = &mut lab;
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
-    let leader_key = || etcd.leader("adopt");
-    let (leader, old_lease) = leader_key().unwrap();
-    assert_eq!(leader, c.nodes[p].name);
+    sql(&c.nodes[p], "CREATE TABLE before_kill(x int)").unwrap();
     let postmasters: Vec<Option<i32>> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
 
-    // SIGKILL every agent: PostgreSQL keeps running, the leader key stays until its lease ends
     for n in c.nodes.iter_mut() {
         let mut agent = n.agent.take().unwrap();
         agent.signal(nix::sys::signal::Signal::SIGKILL);
         agent.child.wait().unwrap();
     }
-    assert_eq!(leader_key().map(|(v, _)| v), Some(leader.clone()));
-    c.start_all().unwrap();
-
-    // the old leader re-attaches its new lease to the existing key and stays primary
-    wait_for(
-        "the leader key re-attached to a new lease",
-        Duration::from_secs(60),
-        || leader_key().filter(|(v, lease)| v == &leader && *lease != old_lease),
-    )
+    // the primary stops at once and its lease goes with it: no ttl to wait out
+    wait_for("the primary to be fenced", Duration::from_secs(30), || {
+        (c.nodes[p].postmaster_pid().is_none() && etcd.leader("adopt").is_none()).then_some(())
+    })
     .map_err(|e| anyhow_msg(e, c))
     .unwrap();
-    assert_eq!(c.wait_healthy(HEALTHY).unwrap(), p);
-    let now: Vec<Option<i32>> = c.nodes.iter().map(|n| n.postmaster_pid()).collect();
+    c.start_all().unwrap();
+    c.wait_healthy(HEALTHY)
+        .map_err(|e| anyhow_msg(e, c))
+        .unwrap();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != p {
+            assert_eq!(
+                n.postmaster_pid(),
+                postmasters[i],
+                "{}: PostgreSQL was restarted instead of adopted",
+                n.name
+            );
+        }
+    }
+    let leader = c.primary().unwrap();
     assert_eq!(
-        now, postmasters,
-        "PostgreSQL was restarted instead of adopted"
+        sql(
+            &c.nodes[leader],
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'before_kill'"
+        )
+        .unwrap(),
+        vec!["1"]
     );
-    sql(&c.nodes[p], "CREATE TABLE adopted(x int)").unwrap();
     c.shutdown();
 }
 

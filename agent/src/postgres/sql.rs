@@ -311,7 +311,7 @@ impl Postgres {
             if started.elapsed() > timeout {
                 bail!("the promotion did not finish within {}s", timeout.as_secs());
             }
-            if poll % 3 == 0 {
+            if poll.is_multiple_of(3) {
                 client.execute("SELECT pg_reload_conf()", &[]).await?;
             }
             poll += 1;

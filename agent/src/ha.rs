@@ -1050,6 +1050,22 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             }
             let want = upstream.as_deref().and_then(|u| member_address(cluster, u));
             if want.is_some() && want != obs.pg.upstream {
+                // A new leader is followed once it runs as primary: its slot for us and its
+                // timeline are then there, and streaming starts at once instead of after a
+                // failed attempt and wal_retrieve_retry_interval.
+                if upstream.as_deref() == Some(l.name.as_str())
+                    && !cluster
+                        .member(&l.name)
+                        .is_some_and(|m| m.data.runs_as_primary())
+                {
+                    return decision(
+                        actions,
+                        format!(
+                            "waiting for the new leader {} to run as primary before following it",
+                            l.name
+                        ),
+                    );
+                }
                 let summary = format!("following {}", upstream.as_deref().unwrap_or_default());
                 actions.push(Action::Follow { upstream });
                 return decision(actions, summary);
@@ -1405,7 +1421,7 @@ pub(crate) mod tests {
 
     #[test]
     fn primary_without_lock_demotes_and_replica_follows() {
-        let c = cluster(Some("n1"));
+        let mut c = cluster(Some("n1"));
         let d = decide(&obs("n2", Some(&c), primary_pg(), &[]));
         assert_eq!(
             d.actions,
@@ -1413,12 +1429,17 @@ pub(crate) mod tests {
                 upstream: Some("n1".into())
             }]
         );
-        let d = decide(&obs(
-            "n2",
-            Some(&c),
-            replica_pg(1000, Some("127.0.0.1:9999")),
-            &[],
-        ));
+        // a new leader is followed once its member key shows it running as primary
+        let elsewhere = replica_pg(1000, Some("127.0.0.1:9999"));
+        let d = decide(&obs("n2", Some(&c), elsewhere.clone(), &[]));
+        assert_eq!(d.actions, vec![]);
+        assert!(
+            d.summary.contains("waiting for the new leader n1"),
+            "{}",
+            d.summary
+        );
+        c.members[0].data.role = "primary".into();
+        let d = decide(&obs("n2", Some(&c), elsewhere, &[]));
         assert_eq!(
             d.actions,
             vec![Action::Follow {

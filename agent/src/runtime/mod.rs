@@ -1203,6 +1203,13 @@ impl<K: Kv> Agent<K> {
                     (Some(u), Some(c)) => upstream_of(c, u),
                     _ => None,
                 };
+                if let Some(u) = &up {
+                    // our slot and the new timeline's history there first: streaming then
+                    // starts at once
+                    if let Err(e) = self.pg.fetch_timeline_history(u).await {
+                        tracing::debug!("preparing to follow {}:{}: {e:#}", u.host, u.port);
+                    }
+                }
                 self.pg.write_config(&params, Some(up.as_ref()))?;
                 self.pg.reload().await?;
                 Ok(Step::Continue)

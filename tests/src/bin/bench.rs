@@ -632,6 +632,14 @@ fn change_to_screen_ms(lab: &Lab) -> Result<f64> {
     Ok(ms)
 }
 
+/// The repetition count given as the first argument, else `default`; at least 1.
+fn reps_arg(args: &[String], default: usize) -> usize {
+    args.first()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+        .max(1)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -647,21 +655,13 @@ fn main() -> Result<()> {
     }
     if args.first().is_some_and(|a| a == "console") {
         args.remove(0);
-        let reps = args
-            .first()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(20)
-            .max(1);
+        let reps = reps_arg(&args, 20);
         println!("{}", console_summary(reps, args.get(1).map(PathBuf::from))?);
         return Ok(());
     }
     if args.first().is_some_and(|a| a == "split") {
         args.remove(0);
-        let reps = args
-            .first()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(1)
-            .max(1);
+        let reps = reps_arg(&args, 1);
         println!(
             "{}",
             split_summary(reps, args.get(1).map(PathBuf::from), false)?
@@ -673,11 +673,7 @@ fn main() -> Result<()> {
     }
     if args.first().is_some_and(|a| a == "all") {
         args.remove(0);
-        let reps = args
-            .first()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(3)
-            .max(1);
+        let reps = reps_arg(&args, 3);
         return all(
             reps,
             args.get(1).map(PathBuf::from),
@@ -687,27 +683,15 @@ fn main() -> Result<()> {
     }
     if args.first().is_some_and(|a| a == "switchover") {
         args.remove(0);
-        let reps = args
-            .first()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(3)
-            .max(1);
+        let reps = reps_arg(&args, 3);
         return switchover(reps, args.get(1).map(PathBuf::from));
     }
     if args.first().is_some_and(|a| a == "failover") {
         args.remove(0);
-        let reps = args
-            .first()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(3)
-            .max(1);
+        let reps = reps_arg(&args, 3);
         return failover(reps, args.get(1).map(PathBuf::from));
     }
-    let reps: usize = args
-        .first()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let reps = reps_arg(&args, 3);
     println!(
         "{}",
         basics_summary(reps, args.get(1).map(PathBuf::from), Durations::FULL)?

@@ -407,7 +407,7 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
                     && !p.no_failover
                     && within(p.wal_position)
                     && p.wal_position >= obs.pg.wal_position
-                    && crate::synchronous::competes(cluster, &p.name)
+                    && cluster.sync_allows_promotion(&p.name)
             })
             .then(|| {
                 (
@@ -475,7 +475,7 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
             || !peer.reachable
             || peer.no_failover
             || peer.watchdog_failed
-            || !crate::synchronous::competes(cluster, &peer.name)
+            || !cluster.sync_allows_promotion(&peer.name)
         {
             continue;
         }

@@ -210,12 +210,6 @@ pub fn requested_refusal(name: &str, cluster: &Cluster, switchover: bool) -> Opt
     race_refusal(name, cluster)
 }
 
-/// In synchronous mode, whether a peer counts in the health comparison (only the members that
-/// may be promoted compete).
-pub fn competes(cluster: &Cluster, name: &str) -> bool {
-    cluster.sync_allows_promotion(name)
-}
-
 /// Follows which members of the setting PostgreSQL reports synchronous, across
 /// observations: a member first seen so is noted (`None`); at the next observation it gets the
 /// primary's position read then. Returns the members with a position (`sync_since`).

@@ -471,16 +471,15 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         }
     }
     for peer in obs.peers {
-        if peer.name == obs.me
-            || !peer.reachable
-            || peer.no_failover
-            || peer.watchdog_failed
-            || !cluster.sync_allows_promotion(&peer.name)
-        {
+        if peer.name == obs.me || !peer.reachable {
             continue;
         }
+        // a server still taking writes keeps everyone out, whatever its tags or sync state
         if peer.is_primary {
             return Some(format!("{} is still running as primary", peer.name));
+        }
+        if peer.no_failover || peer.watchdog_failed || !cluster.sync_allows_promotion(&peer.name) {
+            continue;
         }
         if let Some(theirs) = peer.wal_position {
             if theirs > mine {
@@ -1544,6 +1543,28 @@ pub(crate) mod tests {
         let d = decide(&o);
         assert_eq!(d.actions, vec![]);
         assert!(d.summary.contains("watchdog"), "{}", d.summary);
+    }
+
+    #[test]
+    fn a_peer_still_running_as_primary_blocks_the_race_whatever_its_tags() {
+        let mut c = cluster(None);
+        c.config = Some(Versioned {
+            value: DynamicConfig::parse(r#"{"synchronous_mode":true}"#).unwrap(),
+            mod_revision: 1,
+        });
+        c.sync = Some(Versioned {
+            value: shared::dcs::SyncState {
+                leader: Some("n3".into()),
+                quorum: 0,
+                sync_standby: vec!["n2".into()],
+            },
+            mod_revision: 2,
+        });
+        let mut stale = peer("n1", 900, true);
+        stale.no_failover = true;
+        let peers = [stale];
+        let o = obs("n2", Some(&c), replica_pg(1000, None), &peers);
+        assert!(race_refusal(&o, &c).is_some_and(|w| w.contains("n1 is still running as primary")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod runtime;
 mod sim;
 mod snapshot;
 mod synchronous;
+mod systemd;
 #[cfg(test)]
 mod tests_support;
 mod watchdog;
@@ -56,6 +57,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet (the runtime starts below).
+    let systemd = unsafe { systemd::Notifier::from_env() };
     let cli = Cli::parse();
     if let Some(dir) = &cli.fence_guard {
         return ExitCode::from(guard::run_guard(dir));
@@ -93,7 +96,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    match rt.block_on(run(cfg, systemd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("agent stopped: {e:#}");
@@ -162,7 +165,7 @@ fn init_tracing(cfg: &Config) {
     }
 }
 
-async fn run(cfg: Config) -> Result<()> {
+async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
     let cfg = Arc::new(cfg);
     info!(
         scope = cfg.scope,
@@ -195,6 +198,7 @@ async fn run(cfg: Config) -> Result<()> {
     let peers = shared::api::MemberClient::with_tls(Duration::from_secs(2), &cfg.rest_client_tls)
         .map_err(|e| anyhow::anyhow!("ctl.cacert / restapi.cafile: {e}"))?;
     let mut agent = runtime::Agent::new(cfg.clone(), dcs.clone(), tx, commands_rx, peers.clone());
+    agent.set_systemd(systemd);
     agent.set_fence_guard(guard::FenceGuard::start(
         &cfg.postgresql.data_dir,
         &cfg.etcd.hosts,

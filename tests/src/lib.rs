@@ -517,6 +517,11 @@ pub struct ClusterSpec {
     /// its agent and PostgreSQL run in (empty: none), from a [`NetLab`].
     pub hosts: Vec<String>,
     pub netns: Vec<String>,
+    /// Extra environment of every agent (e.g. systemd's NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
+    /// Start agents in their own process group, so that a terminal's Ctrl-C or the end of the
+    /// starting process leaves them running (the demo's cluster outlives `demo up`).
+    pub detached: bool,
 }
 
 impl Default for ClusterSpec {
@@ -534,6 +539,8 @@ impl Default for ClusterSpec {
             daemon: None,
             hosts: Vec::new(),
             netns: Vec::new(),
+            env: Vec::new(),
+            detached: false,
         }
     }
 }
@@ -627,9 +634,14 @@ impl TestCluster {
                 "PGPILOT_LOG",
                 std::env::var("PGPILOT_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if self.spec.detached {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
         let child = cmd.spawn().context("cannot start agent")?;
         node.agent = Some(Proc {
             child,

@@ -101,6 +101,8 @@ pub struct Agent<K: Kv> {
     pub rest_auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
     /// The process that stops a primary PostgreSQL if this agent dies abruptly.
     fence: Option<crate::guard::FenceGuard>,
+    /// systemd's notification socket and watchdog (inactive outside a `Type=notify` unit).
+    systemd: crate::systemd::Notifier,
     /// Who last asked this node over `POST /failsafe` to confirm it as primary, and when.
     pub failsafe_heard: FailsafeHeard,
     /// This primary runs on the members' confirmations while etcd is unreachable.
@@ -165,6 +167,7 @@ impl<K: Kv> Agent<K> {
             tls: None,
             rest_auth: Arc::new(std::sync::RwLock::new(cfg.restapi.authentication.clone())),
             fence: None,
+            systemd: crate::systemd::Notifier::default(),
             failsafe_heard: Default::default(),
             failsafe_active: false,
             sync_seen: HashMap::new(),
@@ -183,6 +186,11 @@ impl<K: Kv> Agent<K> {
     /// The guard that fences a primary PostgreSQL when this agent dies abruptly.
     pub fn set_fence_guard(&mut self, guard: crate::guard::FenceGuard) {
         self.fence = Some(guard);
+    }
+
+    /// Reports readiness, status and keepalives to systemd.
+    pub fn set_systemd(&mut self, notifier: crate::systemd::Notifier) {
+        self.systemd = notifier;
     }
 
     /// Arms the fencing guard (PostgreSQL runs or is about to run as an unpaused primary) or
@@ -208,23 +216,48 @@ impl<K: Kv> Agent<K> {
         self.spawn_sampler();
         let exited = self.pg.exited.clone();
         tokio::pin!(shutdown);
-        loop {
+        // systemd hears from the loop itself: keepalives stop when a cycle hangs
+        let keepalive_every = self
+            .systemd
+            .keepalive_every
+            .unwrap_or(Duration::from_secs(3600));
+        let mut ready = false;
+        let mut told = String::new();
+        'cycles: loop {
             let wait = self.cycle().await;
             if let Some(reason) = self.fatal.take() {
+                self.systemd.stopping();
                 self.stop_everything().await;
                 if let Some(g) = self.fence.as_mut() {
                     g.release();
                 }
                 return Err(anyhow!(reason));
             }
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep(wait) => {},
-                _ = self.wake.notified() => {},
-                _ = exited.notified() => { info!("postmaster exited: running a cycle now"); },
-                Some(envelope) = self.commands.recv() => self.on_command(envelope).await,
+            let decision = self.snapshot.borrow().decision.clone();
+            if !ready {
+                // the REST API listened before the loop started
+                self.systemd.ready(&decision);
+                ready = true;
+                told = decision;
+            } else if decision != told {
+                self.systemd.status(&decision);
+                told = decision;
+            }
+            self.systemd.keepalive();
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break 'cycles,
+                    _ = &mut sleep => break,
+                    _ = self.wake.notified() => break,
+                    _ = exited.notified() => { info!("postmaster exited: running a cycle now"); break },
+                    Some(envelope) = self.commands.recv() => { self.on_command(envelope).await; break },
+                    _ = tokio::time::sleep(keepalive_every) => self.systemd.keepalive(),
+                }
             }
         }
+        self.systemd.stopping();
         self.stop_everything().await;
         if let Some(g) = self.fence.as_mut() {
             g.release();

@@ -378,6 +378,33 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             some_failed(failed, "reload")
         }
         Command::Remove { cluster, force } => remove(&s, &cluster, force).await,
+        Command::HaproxyConfig {
+            cluster,
+            bind,
+            write_port,
+            read_port,
+            stats_port,
+            check_interval,
+            ca_file,
+        } => {
+            let c = s.one(cluster.as_ref()).await?;
+            let backends =
+                shared::haproxy::backends(&c).map_err(|e| Failure::Failed(e.to_string()))?;
+            if write_port == read_port {
+                return Err(Failure::Usage(format!(
+                    "--write-port and --read-port are both {write_port}"
+                )));
+            }
+            let options = shared::haproxy::Options {
+                bind,
+                write_port,
+                read_port,
+                stats_port: (stats_port != 0).then_some(stats_port),
+                check_interval_ms: check_interval,
+                ca_file,
+            };
+            print(&shared::haproxy::render(&c.scope, &backends, &options))
+        }
     }
 }
 

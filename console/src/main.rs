@@ -22,6 +22,7 @@ Examples:
   console -c node.yml --batch dsn demo -r replica            a replica's host and port
   console -c node.yml --batch edit-config demo -p work_mem=64MB --force
   console -c node.yml --batch pause demo --wait
+  console -c node.yml --batch haproxy-config demo > /etc/haproxy/haproxy.cfg
 
 Exit codes: 0 done; 1 refused or failed (the reason on stderr; also when etcd is unreachable
 or has no quorum, rather than printing stale data); 2 usage or configuration error.";
@@ -268,6 +269,35 @@ pub enum Command {
         /// Do not ask.
         #[arg(long)]
         force: bool,
+    },
+    /// Print an HAProxy configuration for a cluster: a write port reaching the member whose
+    /// REST API answers `OPTIONS /primary` with 200, a read port balanced over members answering
+    /// `OPTIONS /replica` (Patroni's checks, so it also fronts Patroni members).
+    ///
+    /// Servers come from the member keys' conn_url and api_url; an https API is checked with
+    /// check-ssl (verified with --ca-file). Members added later need a new file and a reload.
+    ///
+    /// Example: haproxy-config demo --write-port 5000 --read-port 5001 > /etc/haproxy/haproxy.cfg
+    HaproxyConfig {
+        cluster: Option<String>,
+        /// Address the frontends bind to.
+        #[arg(long, default_value = "*")]
+        bind: String,
+        /// Port for writes (the primary).
+        #[arg(long, default_value_t = 5000)]
+        write_port: u16,
+        /// Port for reads (the replicas, round robin).
+        #[arg(long, default_value_t = 5001)]
+        read_port: u16,
+        /// Port of HAProxy's statistics page; 0 for none.
+        #[arg(long, default_value_t = 7000)]
+        stats_port: u16,
+        /// Milliseconds between health checks (a new primary gets writes within about two).
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        check_interval: u64,
+        /// CA file that verifies https REST APIs (default: not verified).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<String>,
     },
     /// Delete every key of a cluster from etcd (PostgreSQL is not touched). Asks for the
     /// cluster's name, a phrase and the leader's name on a terminal; elsewhere --force.

@@ -3,11 +3,13 @@
 //! - [`config`]: Patroni-compatible YAML + `PATRONI_*` environment configuration;
 //! - [`dcs`]: the cluster model and Patroni's etcd v3 key layout (etcd and in-memory stores);
 //! - [`api`]: REST response types shared by the agent's server and its clients;
+//! - [`haproxy`]: HAProxy configuration with Patroni-style health checks;
 //! - [`types`]: LSNs, roles, states, slot names, units.
 
 pub mod api;
 pub mod config;
 pub mod dcs;
+pub mod haproxy;
 pub mod ops;
 pub mod types;
 pub mod view;

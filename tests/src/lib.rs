@@ -917,58 +917,85 @@ impl TestCluster {
 }
 
 /// A real HAProxy routing a write port to whichever node answers `OPTIONS /primary` with 200 and
-/// a read port to nodes answering `OPTIONS /replica`, the checks Patroni users run.
+/// a read port to nodes answering `OPTIONS /replica`, the checks Patroni users run; its
+/// configuration is `shared::haproxy`'s, as `console --batch haproxy-config` prints it.
 pub struct Haproxy {
     pub write_port: u16,
     pub read_port: u16,
     pub proc: Proc,
     log: PathBuf,
+    scope: String,
     nodes: usize,
 }
 
+/// The HAProxy backends of test nodes.
+pub fn haproxy_backends(nodes: &[Node]) -> Vec<shared::haproxy::Backend> {
+    nodes
+        .iter()
+        .map(|n| shared::haproxy::Backend {
+            name: n.name.clone(),
+            pg_host: n.host.clone(),
+            pg_port: n.pg_port,
+            api_host: n.host.clone(),
+            api_port: n.api_port,
+            api_tls: n.tls,
+        })
+        .collect()
+}
+
 impl Haproxy {
-    pub fn start(dir: &Path, nodes: &[Node]) -> Result<Haproxy> {
-        let write_port = free_port();
-        let read_port = free_port();
-        let servers = |check: &str| {
-            nodes
-                .iter()
-                .map(|n| {
-                    format!(
-                        "    server {} 127.0.0.1:{} check port {} inter 300ms fall 2 rise 1\n",
-                        n.name, n.pg_port, n.api_port
-                    )
-                })
-                .fold(format!("    option httpchk OPTIONS {check}\n    http-check expect status 200\n    default-server on-marked-down shutdown-sessions\n"), |acc, s| acc + &s)
+    /// Starts HAProxy for `nodes` (cluster `scope`) on free loopback ports, checking every 300 ms.
+    pub fn start(dir: &Path, scope: &str, nodes: &[Node]) -> Result<Haproxy> {
+        let options = shared::haproxy::Options {
+            bind: "127.0.0.1".into(),
+            write_port: free_port(),
+            read_port: free_port(),
+            stats_port: None,
+            check_interval_ms: 300,
+            ca_file: None,
         };
-        let cfg = format!(
-            "global\n    maxconn 100\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 2s\n\
-             listen primary\n    bind 127.0.0.1:{write_port}\n{}\
-             listen replicas\n    bind 127.0.0.1:{read_port}\n    balance roundrobin\n{}",
-            servers("/primary"),
-            servers("/replica"),
-        );
+        let cfg = shared::haproxy::render(scope, &haproxy_backends(nodes), &options);
+        Haproxy::start_with(dir, scope, nodes.len(), &cfg, &options, false)
+    }
+
+    /// Starts HAProxy with configuration `cfg` (made with `options`) for `nodes` servers;
+    /// `detached` puts it in its own process group.
+    pub fn start_with(
+        dir: &Path,
+        scope: &str,
+        nodes: usize,
+        cfg: &str,
+        options: &shared::haproxy::Options,
+        detached: bool,
+    ) -> Result<Haproxy> {
         let path = dir.join("haproxy.cfg");
         fs::write(&path, cfg)?;
-        let log = fs::File::create(dir.join("haproxy.log"))?;
-        let child = Command::new("haproxy")
-            .arg("-db")
+        let log_path = dir.join("haproxy.log");
+        let log = fs::File::create(&log_path)?;
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db")
             .arg("-f")
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
+            .stderr(log);
+        if detached {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd
             .spawn()
             .context("cannot start haproxy: install haproxy")?;
         Ok(Haproxy {
-            write_port,
-            read_port,
+            write_port: options.write_port,
+            read_port: options.read_port,
             proc: Proc {
                 child,
                 name: "haproxy".into(),
             },
-            log: dir.join("haproxy.log"),
-            nodes: nodes.len(),
+            log: log_path,
+            scope: scope.to_string(),
+            nodes,
         })
     }
 
@@ -979,8 +1006,9 @@ impl Haproxy {
         wait_for("HAProxy's first health checks", timeout, || {
             let log = fs::read_to_string(&self.log).unwrap_or_default();
             let down = |backend: &str| {
+                let server = format!("Server {}_{backend}/", self.scope);
                 log.lines()
-                    .filter(|l| l.contains(&format!("Server {backend}/")) && l.contains(" is DOWN"))
+                    .filter(|l| l.contains(&server) && l.contains(" is DOWN"))
                     .count()
             };
             (down("primary") + 1 >= self.nodes && down("replicas") >= 1).then_some(())

@@ -721,7 +721,7 @@ fn interrupted_clones_are_redone_and_foreign_directories_left_alone() {
 }
 
 #[test]
-fn haproxy_with_patroni_checks_routes_to_the_primary_and_follows_a_handover() {
+fn haproxy_config_from_the_console_routes_writes_to_the_leader_across_switchover_and_failover() {
     if !prerequisites() {
         return;
     }
@@ -743,11 +743,46 @@ fn haproxy_with_patroni_checks_routes_to_the_primary_and_follows_a_handover() {
     };
     let mut lab = Lab::new("e2e-haproxy", spec, true).unwrap();
     let Lab {
-        cluster: c, work, ..
+        cluster: c,
+        work,
+        etcd,
     } = &mut lab;
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
-    let haproxy = Haproxy::start(&work.path, &c.nodes).unwrap();
+    // the configuration an operator would generate: `console --batch haproxy-config`
+    let options = shared::haproxy::Options {
+        bind: "127.0.0.1".into(),
+        write_port: free_port(),
+        read_port: free_port(),
+        stats_port: None,
+        check_interval_ms: 300,
+        ca_file: None,
+    };
+    let (code, cfg, err) = console(&[
+        "--etcd",
+        &etcd.endpoint(),
+        "--batch",
+        "haproxy-config",
+        "haproxy",
+        "--bind",
+        "127.0.0.1",
+        "--write-port",
+        &options.write_port.to_string(),
+        "--read-port",
+        &options.read_port.to_string(),
+        "--stats-port",
+        "0",
+        "--check-interval",
+        "300",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        cfg,
+        shared::haproxy::render("haproxy", &haproxy_backends(&c.nodes), &options)
+    );
+    let haproxy =
+        Haproxy::start_with(&work.path, "haproxy", c.nodes.len(), &cfg, &options, false).unwrap();
     haproxy.wait_checked(Duration::from_secs(30)).unwrap();
     let port_of = |dsn: &str| sql_dsn(dsn, "SELECT current_setting('port')").ok();
     let write = Haproxy::dsn(haproxy.write_port);
@@ -767,7 +802,33 @@ fn haproxy_with_patroni_checks_routes_to_the_primary_and_follows_a_handover() {
         vec![c.nodes[p].pg_port.to_string()],
         "reads went to the primary"
     );
-    // the leader stops: HAProxy follows the new one through the same checks
+    // a switchover: HAProxy follows the new leader through the same checks
+    let old = c.nodes[p].pg_port.to_string();
+    let (code, out, err) = console(&[
+        "--etcd",
+        &etcd.endpoint(),
+        "--batch",
+        "switchover",
+        "haproxy",
+        "--force",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let moved = wait_for(
+        "HAProxy to route writes to the new primary",
+        Duration::from_secs(60),
+        || port_of(&write).filter(|v| v[0] != old),
+    )
+    .unwrap();
+    let new_idx = c
+        .nodes
+        .iter()
+        .position(|n| n.pg_port.to_string() == moved[0])
+        .unwrap();
+    assert_eq!(c.leader_index(etcd), Some(new_idx));
+    sql_dsn(&write, "INSERT INTO throughhaproxy VALUES (0)").unwrap();
+    // the (new) leader stops: HAProxy follows the next one
+    let p = new_idx;
     let old = c.nodes[p].pg_port.to_string();
     c.stop_agent(p);
     let moved = wait_for(

@@ -130,6 +130,14 @@ pub enum Operation {
         scope: String,
         member: String,
     },
+    /// Throw one of the demo's failure switches: `program --dir DIR ARGS…` (the `demo`
+    /// program recorded in the demo's `demo.json`).
+    Demo {
+        scope: String,
+        program: String,
+        dir: String,
+        args: Vec<String>,
+    },
 }
 
 impl Operation {
@@ -143,7 +151,8 @@ impl Operation {
             | Operation::Restart { scope, .. }
             | Operation::CancelRestart { scope, .. }
             | Operation::Reinit { scope, .. }
-            | Operation::Reload { scope, .. } => scope,
+            | Operation::Reload { scope, .. }
+            | Operation::Demo { scope, .. } => scope,
         }
     }
 }
@@ -155,6 +164,46 @@ pub struct Confirm {
     /// Exactly what will happen.
     pub text: String,
     pub operation: Operation,
+}
+
+/// The demo's failure switches (`console --demo DIR`), as its `demo.json` records them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DemoSwitches {
+    pub dir: String,
+    /// The `demo` program that throws the switches.
+    pub program: String,
+    /// The nodes run in network namespaces (isolation possible).
+    pub isolation: bool,
+    pub etcd_stopped: bool,
+    pub cut: Vec<String>,
+    pub isolated: Vec<String>,
+}
+
+impl DemoSwitches {
+    /// Reads a `demo.json` record; the reason when it is not one.
+    pub fn parse(dir: &str, text: &str) -> Result<DemoSwitches, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("{dir}/demo.json: {e}"))?;
+        let program = v["control"]
+            .as_str()
+            .ok_or_else(|| format!("{dir}/demo.json names no control program"))?
+            .to_string();
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        let named = |flag: &str| -> Vec<String> {
+            nodes
+                .iter()
+                .filter(|n| n[flag].as_bool() == Some(true))
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        Ok(DemoSwitches {
+            dir: dir.to_string(),
+            program,
+            isolation: !v["net"].is_null(),
+            etcd_stopped: v["etcd"]["stopped"].as_bool() == Some(true),
+            cut: named("cut"),
+            isolated: named("isolated"),
+        })
+    }
 }
 
 /// What the keyboard is typing into.
@@ -192,6 +241,8 @@ pub enum Msg {
     Tick(Instant),
     /// An operation finished: what to tell the operator.
     Done(Result<String, String>),
+    /// A fresh read of the demo's record (`console --demo`).
+    Demo(Result<DemoSwitches, String>),
 }
 
 /// What the runner must do after an update.
@@ -231,7 +282,7 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: ":",
-        what: "command: switchover [MEMBER] [at TIME], failover MEMBER, restart [MEMBER] [pending] [at TIME], reinit MEMBER, reload [MEMBER], cancel-restart [MEMBER], cancel-switchover, pause, resume, quit",
+        what: "command: switchover [MEMBER] [at TIME], failover MEMBER, restart [MEMBER] [pending] [at TIME], reinit MEMBER, reload [MEMBER], cancel-restart [MEMBER], cancel-switchover, pause, resume, quit; demo: cut|restore|crash|isolate|heal MEMBER, etcd stop|start",
     },
     Binding {
         keys: "s",
@@ -260,6 +311,14 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: "x / X",
         what: "cancel the scheduled switchover / the member's scheduled restart",
+    },
+    Binding {
+        keys: "C / K",
+        what: "demo: cut or restore the selected member's machine / crash its postmaster",
+    },
+    Binding {
+        keys: "N / E",
+        what: "demo: isolate or reconnect the selected member / stop or start etcd",
     },
     Binding {
         keys: "f",
@@ -301,6 +360,8 @@ pub struct App {
     pub now: Instant,
     pub endpoint: String,
     pub namespace: String,
+    /// The demo's switches, when the console watches the demo (`--demo`).
+    pub demo: Option<DemoSwitches>,
 }
 
 impl App {
@@ -326,6 +387,7 @@ impl App {
             now,
             endpoint,
             namespace,
+            demo: None,
         }
     }
 
@@ -680,6 +742,98 @@ impl App {
         });
     }
 
+    /// Asks before throwing a demo switch (`what` is cut, restore, crash, isolate, heal or
+    /// etcd-stop / etcd-start); `named` or the selected member.
+    fn demo_request(&mut self, what: &str, named: Option<&str>) {
+        let Some(demo) = self.demo.clone() else {
+            self.status = Some((
+                "failure switches work on the demo only (demo console, or console --demo DIR)"
+                    .into(),
+                true,
+            ));
+            return;
+        };
+        if self.read_only {
+            self.status = Some(("read-only console: switches are disabled".into(), true));
+            return;
+        }
+        let scope = self
+            .selected_cluster()
+            .map(|c| c.scope.clone())
+            .unwrap_or_else(|| "demo".into());
+        let (title, text, args) = if let Some(action) = what.strip_prefix("etcd-") {
+            let text = if action == "stop" {
+                "Stop etcd (SIGTERM). The primary keeps its lock for retry_timeout, then goes \
+                 read-only; nobody is promoted; replicas keep streaming. This screen shows the \
+                 last data it read until etcd is back (E again)."
+            } else {
+                "Start etcd again. The agents reach it, the primary takes the lock back and \
+                 writes resume."
+            };
+            (
+                format!("etcd {action}"),
+                text.to_string(),
+                vec!["etcd".to_string(), action.to_string()],
+            )
+        } else {
+            let Some((_, member)) = self.target(named, what) else {
+                return;
+            };
+            let what = match what {
+                "cut" if demo.cut.contains(&member) => "restore",
+                "restore" if !demo.cut.contains(&member) => "cut",
+                "isolate" if demo.isolated.contains(&member) => "heal",
+                "heal" if !demo.isolated.contains(&member) => "isolate",
+                w => w,
+            };
+            if matches!(what, "isolate" | "heal") && !demo.isolation {
+                self.status = Some((
+                    "isolating needs network namespaces, and this demo runs on loopback: start it as root with nftables (demo down --wipe; demo up)".into(),
+                    true,
+                ));
+                return;
+            }
+            let text = match what {
+                "cut" => format!(
+                    "SIGKILL {member}'s agent and PostgreSQL, as if its machine died. If it is \
+                     the primary, a replica takes over when the leader key expires (ttl). C again \
+                     brings it back."
+                ),
+                "restore" => format!(
+                    "Start {member}'s agent again: it starts PostgreSQL in the role the cluster \
+                     gives it (an old primary rejoins with pg_rewind)."
+                ),
+                "crash" => format!(
+                    "SIGKILL {member}'s postmaster only. Its agent notices and starts it again \
+                     (crash recovery); a primary keeps its lock."
+                ),
+                "isolate" => format!(
+                    "Drop {member}'s traffic to and from etcd and the other nodes (this console \
+                     still reaches it). A primary goes read-only after retry_timeout; a replica \
+                     takes over when the leader key expires. N again reconnects it."
+                ),
+                _ => {
+                    format!("Reconnect {member}: it reaches etcd and the other nodes and rejoins.")
+                }
+            };
+            (
+                format!("{what} {member}"),
+                text,
+                vec![what.to_string(), member],
+            )
+        };
+        self.ask(Confirm {
+            title,
+            text,
+            operation: Operation::Demo {
+                scope,
+                program: demo.program.clone(),
+                dir: demo.dir.clone(),
+                args,
+            },
+        });
+    }
+
     fn command(&mut self, line: &str) -> Vec<Effect> {
         let words: Vec<&str> = line.split_whitespace().collect();
         // `... at TIME` schedules
@@ -715,6 +869,14 @@ impl App {
             }
             "cancel-restart" => {
                 self.cancel_restart_request(arg);
+                return vec![];
+            }
+            "cut" | "restore" | "crash" | "isolate" | "heal" => {
+                self.demo_request(first, arg);
+                return vec![];
+            }
+            "etcd" if matches!(arg, Some("stop") | Some("start")) => {
+                self.demo_request(&format!("etcd-{}", arg.unwrap_or_default()), None);
                 return vec![];
             }
             _ => {}
@@ -843,6 +1005,13 @@ impl App {
             KeyCode::Char('R') => self.restart_request(None, true, None),
             KeyCode::Char('i') => self.reinit_request(None),
             KeyCode::Char('o') => self.reload_request(None),
+            KeyCode::Char('C') => self.demo_request("cut", None),
+            KeyCode::Char('K') => self.demo_request("crash", None),
+            KeyCode::Char('N') => self.demo_request("isolate", None),
+            KeyCode::Char('E') => {
+                let stopped = self.demo.as_ref().is_some_and(|d| d.etcd_stopped);
+                self.demo_request(if stopped { "etcd-start" } else { "etcd-stop" }, None)
+            }
             KeyCode::Down | KeyCode::Char('j') => match self.view {
                 View::Clusters => self.cluster_idx += 1,
                 View::Cluster(_) => self.member_idx += 1,
@@ -928,6 +1097,18 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 Ok(m) => (m, false),
                 Err(e) => (e, true),
             });
+            vec![]
+        }
+        Msg::Demo(r) => {
+            match r {
+                Ok(d) => app.demo = Some(d),
+                Err(e) => {
+                    if app.demo.is_some() {
+                        app.status = Some((e, true));
+                    }
+                    app.demo = None;
+                }
+            }
             vec![]
         }
     }
@@ -1113,6 +1294,79 @@ mod tests {
             update(app, key(c));
         }
         update(app, enter());
+    }
+
+    #[test]
+    fn demo_switches_ask_and_run_the_demo_program() {
+        let now = Instant::now();
+        let mut app = App::new("e".into(), "/service".into(), false, now);
+        feed(&mut app, vec![cluster("a", "a-n1", 3)]);
+        // without --demo the keys explain themselves and do nothing
+        assert!(update(&mut app, key('C')).is_empty());
+        assert!(app.confirm.is_none());
+        assert!(app.status.as_ref().unwrap().0.contains("demo only"));
+        let record = r#"{"control": "/bin/demo", "net": null, "etcd": {"stopped": false},
+            "nodes": [{"name": "a-n1", "cut": false, "isolated": false},
+                      {"name": "a-n2", "cut": true, "isolated": false}]}"#;
+        update(
+            &mut app,
+            Msg::Demo(DemoSwitches::parse("/var/tmp/d", record)),
+        );
+        update(&mut app, enter());
+        let run = |app: &mut App, k: char| {
+            update(app, key(k));
+            let title = app.confirm.as_ref().map(|c| c.title.clone());
+            (title, update(app, key('y')))
+        };
+        let demo = |args: &[&str]| {
+            vec![Effect::Run(Operation::Demo {
+                scope: "a".into(),
+                program: "/bin/demo".into(),
+                dir: "/var/tmp/d".into(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+            })]
+        };
+        assert_eq!(
+            run(&mut app, 'C'),
+            (Some("cut a-n1".into()), demo(&["cut", "a-n1"]))
+        );
+        assert_eq!(
+            run(&mut app, 'K'),
+            (Some("crash a-n1".into()), demo(&["crash", "a-n1"]))
+        );
+        assert_eq!(
+            run(&mut app, 'E'),
+            (Some("etcd stop".into()), demo(&["etcd", "stop"]))
+        );
+        // a cut member is restored by the same key
+        update(&mut app, key('j'));
+        assert_eq!(
+            run(&mut app, 'C'),
+            (Some("restore a-n2".into()), demo(&["restore", "a-n2"]))
+        );
+        // on loopback isolation is refused before asking, with the way out
+        assert!(update(&mut app, key('N')).is_empty());
+        assert!(app.confirm.is_none());
+        assert!(
+            app.status
+                .as_ref()
+                .unwrap()
+                .0
+                .contains("network namespaces")
+        );
+        // `:` commands name the member
+        typed(&mut app, "crash a-n3");
+        assert_eq!(update(&mut app, key('y')), demo(&["crash", "a-n3"]));
+        // a broken record is reported and switches go away
+        update(&mut app, Msg::Demo(DemoSwitches::parse("/var/tmp/d", "{")));
+        assert!(app.demo.is_none());
+        assert!(app.status.as_ref().unwrap().1);
+        // read-only consoles throw nothing
+        let mut ro = App::new("e".into(), "/service".into(), true, now);
+        update(&mut ro, Msg::Demo(DemoSwitches::parse("/d", record)));
+        feed(&mut ro, vec![cluster("a", "a-n1", 3)]);
+        update(&mut ro, key('E'));
+        assert!(ro.confirm.is_none());
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn clock() -> String {
 }
 
 /// Runs the live console until `q`; returns the exit code.
-pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
+pub async fn run(cfg: ConsoleConfig, read_only: bool, demo: Option<std::path::PathBuf>) -> i32 {
     if !std::io::stdout().is_terminal() {
         eprintln!(
             "console: the live console needs a terminal; for scripts use `console --batch COMMAND`"
@@ -61,6 +61,9 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
     };
     tokio::spawn(rest_feed(client, urls_rx, tx.clone()));
     spawn_keyboard(tx.clone());
+    if let Some(dir) = demo {
+        tokio::spawn(demo_feed(dir, tx.clone()));
+    }
     {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -114,6 +117,40 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool) -> i32 {
     0
 }
 
+/// Re-reads the demo's record every second (switches thrown elsewhere show up too).
+async fn demo_feed(dir: std::path::PathBuf, tx: mpsc::UnboundedSender<Msg>) {
+    let shown = dir.display().to_string();
+    let mut t = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        t.tick().await;
+        let read = tokio::fs::read_to_string(dir.join("demo.json"))
+            .await
+            .map_err(|e| format!("{shown}/demo.json: {e} (is the demo still there?)"))
+            .and_then(|text| crate::app::DemoSwitches::parse(&shown, &text));
+        if tx.send(Msg::Demo(read)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the demo program for one switch: its sentence, or its reason for refusing.
+async fn demo_switch(program: &str, dir: &str, args: &[String]) -> Result<String, String> {
+    let out = tokio::process::Command::new(program)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().replace('\n', " ");
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
 /// What an operation needs besides etcd: the members' REST client and credentials.
 #[derive(Clone)]
 pub struct Reach {
@@ -129,6 +166,13 @@ pub async fn execute<K: Kv + Clone>(
     reach: &Reach,
     op: Operation,
 ) -> Result<String, String> {
+    // the demo's switches need no etcd (one of them starts it)
+    if let Operation::Demo {
+        program, dir, args, ..
+    } = &op
+    {
+        return demo_switch(program, dir, args).await;
+    }
     let scope = op.scope().to_string();
     let clusters = load_namespace(kv, namespace)
         .await
@@ -212,6 +256,9 @@ pub async fn execute<K: Kv + Clone>(
             .await
             .map(|_| format!("{member}: configuration reloaded"))
             .map_err(text),
+        Operation::Demo {
+            program, dir, args, ..
+        } => demo_switch(&program, &dir, &args).await,
     }
 }
 

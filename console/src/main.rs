@@ -52,6 +52,11 @@ struct Cli {
     /// Live view only: disable every action (pause, resume, cancel).
     #[arg(long)]
     read_only: bool,
+    /// Live view only: watch the demo kept in DIR and enable its failure switches (C cut or
+    /// restore a member, K crash its postmaster, N isolate or reconnect it, E stop or start
+    /// etcd), run through the `demo` program its demo.json names.
+    #[arg(long, value_name = "DIR")]
+    demo: Option<PathBuf>,
     /// Output format: pretty (default on a terminal), tsv (default otherwise), json, yaml.
     #[arg(short = 'f', long, global = true, value_parser = ["pretty", "tsv", "json", "yaml", "yml"])]
     format: Option<String>,
@@ -396,7 +401,7 @@ fn main() {
             2
         }
         None => match batch::load_config(&opts) {
-            Ok(cfg) => rt.block_on(live::run(cfg, cli.read_only)),
+            Ok(cfg) => rt.block_on(live::run(cfg, cli.read_only, cli.demo)),
             Err(f) => {
                 eprintln!("console: {}", f.message());
                 f.code()

@@ -144,6 +144,21 @@ fn header(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
     if app.read_only {
         spans.push(Span::raw(" · read-only"));
     }
+    if let Some(d) = &app.demo {
+        spans.push(Span::raw(" · demo switches C K N E"));
+        let mut broken = Vec::new();
+        if d.etcd_stopped {
+            broken.push("etcd stopped".to_string());
+        }
+        broken.extend(d.cut.iter().map(|m| format!("{m} cut")));
+        broken.extend(d.isolated.iter().map(|m| format!("{m} isolated")));
+        if !broken.is_empty() {
+            spans.push(Span::styled(
+                format!(" · {}", broken.join(", ")),
+                theme.fg(Color::Magenta),
+            ));
+        }
+    }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 

@@ -1,7 +1,9 @@
 //! The end-to-end harness: starts a real etcd and real pgpilot agents (which run real PostgreSQL
 //! 15) on loopback ports, as the `postgres` OS user when running as root, inside a private temp
-//! directory. Everything started is tracked by PID and stopped on drop. The `demo` binary uses
-//! the same harness to run a local cluster for a person to look at.
+//! directory. Everything started is tracked by PID and stopped on drop. [`demo`] runs the same
+//! pieces detached, as a local cluster for a person to look at and break.
+
+pub mod demo;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -31,6 +33,12 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port after 1000 tries");
+}
+
+/// Whether `program` is on the PATH.
+pub fn have_program(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 /// Whether we run as root (then PostgreSQL and agents run as `postgres`).
@@ -146,6 +154,13 @@ impl Proc {
         self.child.wait().ok()
     }
 
+    /// Lets the process run on after we are gone; returns its PID.
+    pub fn detach(self) -> i32 {
+        let pid = self.pid();
+        std::mem::forget(self);
+        pid
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -166,12 +181,23 @@ pub struct Etcd {
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
     log: PathBuf,
+    /// Start it in its own process group (see [`ClusterSpec::detached`]).
+    pub detached: bool,
 }
 
 impl Etcd {
     /// Prepares (does not start) an etcd under `dir`.
     pub fn new(dir: &Path) -> Etcd {
         Etcd::on_host(dir, "127.0.0.1")
+    }
+
+    /// An etcd under `dir` on these ports (started or not).
+    pub fn at(dir: &Path, host: &str, client_port: u16, peer_port: u16) -> Etcd {
+        Etcd {
+            client_port,
+            peer_port,
+            ..Etcd::on_host(dir, host)
+        }
     }
 
     /// Prepares (does not start) an etcd under `dir` listening on `host`.
@@ -183,6 +209,7 @@ impl Etcd {
             data_dir: dir.join("etcd-data"),
             proc: None,
             log: dir.join("etcd.log"),
+            detached: false,
         }
     }
 
@@ -190,16 +217,16 @@ impl Etcd {
         format!("{}:{}", self.host, self.client_port)
     }
 
-    /// Starts etcd and waits until it answers.
-    pub fn start(&mut self) -> Result<()> {
+    /// The command that runs this etcd (its output appended to `etcd.log` beside its data).
+    pub fn command(&self) -> Result<Command> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
         let client = format!("http://{}:{}", self.host, self.client_port);
         let peer = format!("http://{}:{}", self.host, self.peer_port);
-        let child = Command::new("etcd")
-            .arg("--name")
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
             .arg("e2e")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -219,14 +246,30 @@ impl Etcd {
             .arg("warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
+            .stderr(log);
+        if self.detached {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        Ok(cmd)
+    }
+
+    /// Starts etcd and waits until it answers.
+    pub fn start(&mut self) -> Result<()> {
+        let child = self
+            .command()?
             .spawn()
             .context("cannot start etcd: install etcd-server")?;
         self.proc = Some(Proc {
             child,
             name: "etcd".into(),
         });
-        let url = format!("{client}/version");
+        self.wait_ready()
+    }
+
+    /// Waits until etcd answers `/version`.
+    pub fn wait_ready(&self) -> Result<()> {
+        let url = format!("http://{}:{}/version", self.host, self.client_port);
         wait_for("etcd to answer", Duration::from_secs(30), || {
             http_get(&url).ok().filter(|(code, _)| *code == 200)
         })?;
@@ -603,45 +646,16 @@ impl TestCluster {
     /// Starts the agent of node `i`.
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)?;
         let agent = self.spec.daemon.clone().unwrap_or_else(agent_bin);
-        if !agent.is_file() {
-            bail!("{} not found: run `cargo build` first", agent.display());
-        }
-        let netns = self.spec.netns.get(i).cloned();
-        let mut cmd = if is_root() {
-            let mut c = match &netns {
-                // `ip netns exec` execs the command: the PID stays the agent's
-                Some(ns) => {
-                    let mut c = Command::new("ip");
-                    c.args(["netns", "exec", ns, "setpriv"]);
-                    c
-                }
-                None => Command::new("setpriv"),
-            };
-            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
-                .arg(&agent);
-            c.env("HOME", &self.dir);
-            c
-        } else {
-            Command::new(&agent)
-        };
-        cmd.arg(&node.config_path)
-            .env(
-                "PGPILOT_LOG",
-                std::env::var("PGPILOT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if self.spec.detached {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
+        let mut cmd = agent_command(&AgentLaunch {
+            program: &agent,
+            config: &node.config_path,
+            log: &node.log_path,
+            netns: self.spec.netns.get(i).map(String::as_str),
+            home: &self.dir,
+            env: &self.spec.env,
+            detached: self.spec.detached,
+        })?;
         let child = cmd.spawn().context("cannot start agent")?;
         node.agent = Some(Proc {
             child,
@@ -742,6 +756,64 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// How to run one agent.
+pub struct AgentLaunch<'a> {
+    /// `agent` (or another daemon taking the same YAML, such as `patroni`).
+    pub program: &'a Path,
+    pub config: &'a Path,
+    /// Its output is appended here.
+    pub log: &'a Path,
+    /// The network namespace it runs in.
+    pub netns: Option<&'a str>,
+    /// `HOME` when it runs as `postgres`.
+    pub home: &'a Path,
+    pub env: &'a [(String, String)],
+    /// In its own process group (see [`ClusterSpec::detached`]).
+    pub detached: bool,
+}
+
+/// The command that starts an agent: as `postgres` through `setpriv` when we are root, inside
+/// its namespace through `ip netns exec` (both exec, so the PID stays the agent's).
+pub fn agent_command(l: &AgentLaunch) -> Result<Command> {
+    if !l.program.is_file() {
+        bail!("{} not found: run `cargo build` first", l.program.display());
+    }
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(l.log)?;
+    let mut cmd = if is_root() {
+        let mut c = match l.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "setpriv"]);
+                c
+            }
+            None => Command::new("setpriv"),
+        };
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(l.program);
+        c.env("HOME", l.home);
+        c
+    } else {
+        Command::new(l.program)
+    };
+    cmd.arg(l.config)
+        .env(
+            "PGPILOT_LOG",
+            std::env::var("PGPILOT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .envs(l.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if l.detached {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    Ok(cmd)
 }
 
 /// The PIDs of a process's children (from `/proc/*/stat`).
@@ -1512,11 +1584,24 @@ pub struct NetLab {
     tag: String,
     subnet: u8,
     pub namespaces: Vec<String>,
+    /// Created by us: deleted on drop.
+    owned: bool,
 }
 
 impl NetLab {
-    /// Whether this machine can run one: root, `ip` and `nft`.
+    /// Whether this machine can run one: root, `ip` and `nft`; says why not when it cannot.
     pub fn possible() -> bool {
+        let ok = NetLab::available();
+        if !ok {
+            eprintln!(
+                "skipped: network partition tests need root, iproute2 and nftables (apt-get install nftables)"
+            );
+        }
+        ok
+    }
+
+    /// Whether this machine can run one: root, `ip` and `nft`.
+    pub fn available() -> bool {
         let have = |cmd: &str, flag: &str| {
             Command::new(cmd)
                 .arg(flag)
@@ -1525,13 +1610,7 @@ impl NetLab {
                 .status()
                 .is_ok_and(|s| s.success())
         };
-        let ok = is_root() && have("ip", "-V") && have("nft", "--version");
-        if !ok {
-            eprintln!(
-                "skipped: network partition tests need root, iproute2 and nftables (apt-get install nftables)"
-            );
-        }
-        ok
+        is_root() && have("ip", "-V") && have("nft", "--version")
     }
 
     fn run(args: &[&str]) -> Result<()> {
@@ -1546,17 +1625,30 @@ impl NetLab {
         Ok(())
     }
 
-    /// Creates the bridge and `nodes` namespaces.
+    /// Creates the bridge and `nodes` namespaces (subnet 10.210.20-219.0/24, from our PID).
     pub fn create(nodes: usize) -> Result<NetLab> {
         let subnet = (std::process::id() % 200 + 20) as u8;
         let tag = format!("pgp{subnet}");
+        // leftovers of a killed run that had the same PID
+        NetLab::attach(&tag, subnet, nodes).destroy();
+        NetLab::create_named(&tag, subnet, nodes)
+    }
+
+    /// Creates a bridge `<tag>br` on 10.210.`subnet`.0/24 and `nodes` namespaces `<tag>n<i>`
+    /// (a tag of at most 10 characters).
+    pub fn create_named(tag: &str, subnet: u8, nodes: usize) -> Result<NetLab> {
+        let tag = tag.to_string();
+        if Path::new(&format!("/sys/class/net/{tag}br")).exists() {
+            bail!(
+                "a network bridge {tag}br already exists: another lab or demo uses subnet 10.210.{subnet}.0/24"
+            );
+        }
         let mut lab = NetLab {
             tag: tag.clone(),
             subnet,
             namespaces: Vec::new(),
+            owned: true,
         };
-        // leftovers of a run with the same PID that was killed
-        let _ = Self::run(&["ip", "link", "del", &format!("{tag}br")]);
         let br = format!("{tag}br");
         Self::run(&["ip", "link", "add", &br, "type", "bridge"])?;
         Self::run(&[
@@ -1640,13 +1732,47 @@ impl NetLab {
     }
 }
 
-impl Drop for NetLab {
-    fn drop(&mut self) {
+impl NetLab {
+    /// The lab `create_named(tag, subnet, nodes)` made, found again (nothing is created, and
+    /// nothing is deleted on drop).
+    pub fn attach(tag: &str, subnet: u8, nodes: usize) -> NetLab {
+        NetLab {
+            tag: tag.to_string(),
+            subnet,
+            namespaces: (0..nodes).map(|i| format!("{tag}n{i}")).collect(),
+            owned: false,
+        }
+    }
+
+    /// Leaves the namespaces and the bridge in place (for processes that outlive us).
+    pub fn keep(mut self) {
+        self.owned = false;
+    }
+
+    /// Deletes the namespaces, their veths and the bridge.
+    pub fn destroy(&self) {
         for (i, ns) in self.namespaces.iter().enumerate() {
             let _ = Self::run(&["ip", "link", "del", &format!("{}v{i}", self.tag)]);
             let _ = Self::run(&["ip", "netns", "del", ns]);
         }
         let _ = Self::run(&["ip", "link", "del", &format!("{}br", self.tag)]);
+    }
+
+    /// Whether any of its namespaces or its bridge exists.
+    pub fn exists(&self) -> bool {
+        Path::new(&format!("/sys/class/net/{}br", self.tag)).exists()
+            || self
+                .namespaces
+                .iter()
+                .any(|ns| Path::new(&format!("/run/netns/{ns}")).exists())
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        if self.owned {
+            self.destroy();
+        }
     }
 }
 

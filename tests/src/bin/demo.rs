@@ -1,103 +1,202 @@
-//! `demo`: a local 3-node pgpilot cluster (one etcd, three agents, three PostgreSQL 15 servers)
-//! on loopback, for trying pgpilot out. Opens the live console on it (on a terminal; otherwise
-//! prints the cluster every second) and stops everything it started when the console quits.
+//! `demo`: pgpilot's cluster in a box — a local etcd, three agents with PostgreSQL 15 and
+//! HAProxy, with failure switches to watch it heal. This module owns the command line; the
+//! work is in `pgpilot_e2e::demo`.
 
 use anyhow::Result;
-use pgpilot_e2e::{ClusterSpec, Lab, bin_dir};
-use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use clap::{Parser, Subcommand};
+use pgpilot_e2e::demo::{self, Switch, UpOptions};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!(
-            "demo: run a local 3-node pgpilot cluster\n\n\
-             Usage: demo [--exit-when-healthy]\n\n\
-             Starts etcd and three agents (PostgreSQL 15 as the postgres user when run as root)\n\
-             under /var/tmp, waits until there is a primary and two streaming replicas, then\n\
-             opens the live console on it (q quits it; on a non-terminal, `GET /cluster` is\n\
-             printed every second until Enter), and stops everything.\n\
-             --exit-when-healthy  stop as soon as the cluster is healthy (for scripts)"
-        );
-        return Ok(());
-    }
-    let exit_when_healthy = args.iter().any(|a| a == "--exit-when-healthy");
-    let spec = ClusterSpec {
-        scope: "demo".into(),
-        ..Default::default()
-    };
-    let mut lab = Lab::new("demo", spec, true)?;
-    println!("working directory: {}", lab.work.path.display());
-    println!("etcd listening on {}", lab.etcd.endpoint());
-    let Lab { cluster, etcd, .. } = &mut lab;
-    let started = Instant::now();
-    cluster.start_all()?;
-    println!("started 3 agents; waiting for a primary and two streaming replicas…");
-    let primary = cluster.wait_healthy(Duration::from_secs(120))?;
-    println!(
-        "healthy after {:.1}s: {} is primary",
-        started.elapsed().as_secs_f32(),
-        cluster.nodes[primary].name
-    );
-    for n in &cluster.nodes {
-        println!(
-            "  {}  REST http://127.0.0.1:{}  PostgreSQL port {}  log {}",
-            n.name,
-            n.api_port,
-            n.pg_port,
-            n.log_path.display()
-        );
-    }
-    if exit_when_healthy {
-        return Ok(());
-    }
-    if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
-        println!("opening the console (q quits it and stops the cluster)…");
-        let status = std::process::Command::new(bin_dir().join("console"))
-            .arg("--etcd")
-            .arg(etcd.endpoint())
-            .status();
-        if let Err(e) = status {
-            eprintln!("cannot run the console: {e}");
+const AFTER: &str = "\
+Examples:
+  demo                          start the cluster, wait until healthy, open the console
+  demo up --no-console          the same for scripts: returns once healthy
+  demo cut node1                kill node1's agent and PostgreSQL (a dead machine)
+  demo restore node1            start its agent again: it rejoins
+  demo crash node2              SIGKILL only node2's postmaster: its agent restarts it
+  demo isolate node1            cut node1 off from etcd and the other nodes (root: namespaces)
+  demo heal node1               reconnect it
+  demo etcd stop                stop etcd (the primary goes read-only); demo etcd start
+  demo status                   what runs, where; demo down --wipe stops and deletes it all
+
+In the console (demo console, or demo up): C cut/restore, K crash, N isolate/heal, E etcd
+stop/start on the selected member, each after a confirmation.
+
+Exit codes: 0 done; 1 failed or refused (the reason on stderr); 2 usage error.";
+
+/// pgpilot demo: a local 3-node cluster to watch and break.
+///
+/// Starts one etcd, three pgpilot agents that bootstrap PostgreSQL 15 (as the postgres user
+/// when run as root) and HAProxy (writes on port 5000, reads on 5001, when free), all under
+/// --dir and detached: they run until `demo down`. As root with nftables, each node gets its
+/// own network namespace so that it can be isolated; otherwise everything is on loopback.
+#[derive(Parser, Debug)]
+#[command(name = "demo", version, about, long_about, after_help = AFTER)]
+struct Cli {
+    /// Where the demo keeps its data, logs and record (demo.json).
+    #[arg(long, global = true, env = "PGPILOT_DEMO_DIR", default_value = demo::DEFAULT_DIR)]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the cluster (or the one `down` kept), wait until healthy, open the console.
+    ///
+    /// Quitting the console asks whether to stop the cluster.
+    Up {
+        /// Return once the cluster is healthy instead of opening the console.
+        #[arg(long)]
+        no_console: bool,
+        /// Do not start HAProxy.
+        #[arg(long)]
+        no_haproxy: bool,
+        /// Keep every node on loopback even as root (no isolate switch).
+        #[arg(long)]
+        no_netns: bool,
+    },
+    /// Stop everything the demo started, by PID, and check that no process or port is left.
+    Down {
+        /// Also delete the data directory (the next `up` starts from scratch).
+        #[arg(long)]
+        wipe: bool,
+    },
+    /// What runs and where.
+    Status,
+    /// Open the live console on the running demo, with the failure-switch keys.
+    Console,
+    /// Kill a node's agent and PostgreSQL with SIGKILL, as the machine's death would.
+    Cut { node: String },
+    /// Start a cut node's agent again.
+    Restore { node: String },
+    /// SIGKILL a node's postmaster only; its agent starts it again.
+    Crash { node: String },
+    /// Drop a node's traffic to and from etcd and the other nodes (needs the namespaces).
+    Isolate { node: String },
+    /// Reconnect an isolated node.
+    Heal { node: String },
+    /// Stop or start etcd.
+    Etcd {
+        #[arg(value_parser = ["stop", "start"])]
+        action: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e:#}");
+            ExitCode::FAILURE
         }
-        println!("stopping…");
-        cluster.shutdown();
-        etcd.stop();
-        return Ok(());
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        let mut buf = String::new();
-        let _ = std::io::stdin().read_line(&mut buf);
-        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dir = cli.dir;
+    let command = cli.command.unwrap_or(Command::Up {
+        no_console: false,
+        no_haproxy: false,
+        no_netns: false,
     });
-    println!("press Enter (or Ctrl-C) to stop the cluster");
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        if let Some(n) = cluster.nodes.first()
-            && let Ok((200, body)) = n.get("/cluster")
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
-        {
-            print!("\x1b[2K");
-            for m in v["members"].as_array().cloned().unwrap_or_default() {
-                print!(
-                    "{} {} {} lag={}  ",
-                    m["name"].as_str().unwrap_or(""),
-                    m["role"].as_str().unwrap_or(""),
-                    m["state"].as_str().unwrap_or(""),
-                    m.get("lag")
-                        .map(|l| l.to_string())
-                        .unwrap_or_else(|| "-".into())
-                );
-            }
-            print!("\r");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
+    let switch = match command {
+        Command::Up {
+            no_console,
+            no_haproxy,
+            no_netns,
+        } => return up(&dir, no_console, !no_haproxy, !no_netns),
+        Command::Down { wipe } => return down(&dir, wipe),
+        Command::Status => {
+            print!("{}", demo::status(&dir)?);
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_secs(1));
+        Command::Console => return console(&demo::State::load(&dir)?),
+        Command::Cut { node } => Switch::Cut(node),
+        Command::Restore { node } => Switch::Restore(node),
+        Command::Crash { node } => Switch::Crash(node),
+        Command::Isolate { node } => Switch::Isolate(node),
+        Command::Heal { node } => Switch::Heal(node),
+        Command::Etcd { action } if action == "stop" => Switch::EtcdStop,
+        Command::Etcd { .. } => Switch::EtcdStart,
+    };
+    match demo::flip(&dir, &switch) {
+        Ok(msg) => {
+            demo::journal(&dir, &msg);
+            println!("{msg}");
+            Ok(())
+        }
+        Err(e) => {
+            demo::journal(&dir, &format!("refused {switch:?}: {e:#}"));
+            Err(e)
+        }
     }
-    println!("\nstopping…");
-    cluster.shutdown();
-    etcd.stop();
+}
+
+fn up(dir: &Path, no_console: bool, haproxy: bool, netns: bool) -> Result<()> {
+    let options = UpOptions {
+        dir: dir.to_path_buf(),
+        haproxy,
+        netns,
+    };
+    let state = demo::up(&options, &mut |line| {
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+    })?;
+    print!("{}", demo::hints(&state));
+    if no_console {
+        return Ok(());
+    }
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if !interactive {
+        println!("not a terminal: the cluster keeps running (`demo down` stops it)");
+        return Ok(());
+    }
+    console(&state)?;
+    print!("stop the demo cluster? [Y]es / [n]o, keep it running / [w]ipe it too: ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    match answer.trim().to_lowercase().as_str() {
+        "n" | "no" => {
+            println!("still running: `demo console` opens the console again, `demo down` stops it");
+            Ok(())
+        }
+        "w" | "wipe" => down(dir, true),
+        _ => down(dir, false),
+    }
+}
+
+fn console(state: &demo::State) -> Result<()> {
+    let status = std::process::Command::new(state.bin_dir.join("console"))
+        .arg("--etcd")
+        .arg(state.etcd_endpoint())
+        .arg("--demo")
+        .arg(&state.dir)
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run the console: {e}"))?;
+    if !status.success() {
+        eprintln!("the console ended with {status}");
+    }
     Ok(())
+}
+
+fn down(dir: &Path, wipe: bool) -> Result<()> {
+    println!("stopping the demo in {}…", dir.display());
+    let report = demo::down(dir, wipe)?;
+    for s in &report.stopped {
+        println!("  {s}");
+    }
+    if report.left.is_empty() {
+        println!("nothing left running");
+        Ok(())
+    } else {
+        for l in &report.left {
+            eprintln!("  still there: {l}");
+        }
+        anyhow::bail!("some of the demo is still running (see above)")
+    }
 }

@@ -340,6 +340,19 @@ impl State {
         self.save()
     }
 
+    /// The primary's index when one node runs as primary and every other streams from it.
+    pub fn healthy(&self) -> Option<usize> {
+        let p = self.primary()?;
+        (0..self.nodes.len())
+            .all(|i| {
+                i == p
+                    || self.node_view(i).status().is_some_and(|s| {
+                        s["replication_state"] == "streaming" && s["role"] == "replica"
+                    })
+            })
+            .then_some(p)
+    }
+
     /// The primary's index, as the REST APIs say.
     pub fn primary(&self) -> Option<usize> {
         (0..self.nodes.len()).find(|&i| {
@@ -450,15 +463,7 @@ pub fn up(o: &UpOptions, say: &mut dyn FnMut(&str)) -> Result<State> {
                     *seen = line;
                 }
             }
-            let p = state.primary()?;
-            (0..state.nodes.len())
-                .all(|i| {
-                    i == p
-                        || state.node_view(i).status().is_some_and(|s| {
-                            s["replication_state"] == "streaming" && s["role"] == "replica"
-                        })
-                })
-                .then_some(p)
+            state.healthy()
         },
     );
     match healthy {
@@ -483,20 +488,37 @@ fn create(o: &UpOptions, say: &mut dyn FnMut(&str)) -> Result<State> {
     let mut namespaces = Vec::new();
     let mut etcd_host = "127.0.0.1".to_string();
     if o.netns && NetLab::available() {
-        // 10.210.220-254.0/24: the tests' labs use 20-219
-        let subnet = 220
-            + (o.dir
-                .display()
-                .to_string()
-                .bytes()
-                .map(u32::from)
-                .sum::<u32>()
-                % 35) as u8;
-        let tag = format!("pgpd{subnet}");
-        say(&format!(
-            "creating network namespaces {tag}n0..{tag}n2 on bridge {tag}br (10.210.{subnet}.0/24)"
-        ));
-        let lab = NetLab::create_named(&tag, subnet, 3)?;
+        // 10.210.220-254.0/24 (the tests' labs use 20-219): the first free one from a hash of
+        // the directory, so that two demos in different directories can run side by side
+        let hash = o
+            .dir
+            .display()
+            .to_string()
+            .bytes()
+            .map(u32::from)
+            .sum::<u32>();
+        let mut made = None;
+        for k in 0..35 {
+            let subnet = 220 + ((hash + k) % 35) as u8;
+            let tag = format!("pgpd{subnet}");
+            if Path::new(&format!("/sys/class/net/{tag}br")).exists() {
+                continue;
+            }
+            say(&format!(
+                "creating network namespaces {tag}n0..{tag}n2 on bridge {tag}br (10.210.{subnet}.0/24)"
+            ));
+            match NetLab::create_named(&tag, subnet, 3) {
+                Ok(lab) => {
+                    made = Some((lab, tag, subnet));
+                    break;
+                }
+                // a half-made lab removed itself on drop
+                Err(e) => say(&format!("{e:#}; trying the next subnet")),
+            }
+        }
+        let (lab, tag, subnet) = made.ok_or_else(|| {
+            anyhow!("no free subnet in 10.210.220-254.0/24 for the demo's namespaces")
+        })?;
         hosts = (0..3).map(|i| lab.node_ip(i)).collect();
         namespaces = lab.namespaces.clone();
         etcd_host = lab.etcd_ip();

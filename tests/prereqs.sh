@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pgpilot needs to build and run on Debian 12, only what is missing:
 # etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
-# (the live console tests), wrk (the benchmark harness), nftables and iproute2 (network partitions).
+# (the live console tests and screenshots), wrk (the benchmark harness), nftables and iproute2
+# (network partitions, the demo's isolate switch), DejaVu fonts (screenshots/make.sh).
 # Sourced by demo.sh and run.sh.
 set -euo pipefail
 
@@ -17,6 +18,7 @@ pgpilot_prereqs() {
     command -v gcc >/dev/null 2>&1 || need+=(build-essential)
     command -v nft >/dev/null 2>&1 || need+=(nftables)
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
+    [ -f /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || need+=(fonts-dejavu-core)
     if ((${#need[@]})); then
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -14,6 +14,8 @@ const LAG_SAMPLES: usize = 60;
 const EVENTS: usize = 500;
 /// How long a change stays highlighted.
 pub const HIGHLIGHT: Duration = Duration::from_secs(5);
+/// How long an operation's outcome stays on the status line (the key hints come back after).
+pub const STATUS_SHOWN: Duration = Duration::from_secs(20);
 
 /// A member's last answer to `GET /patroni`.
 #[derive(Debug, Clone)]
@@ -354,6 +356,8 @@ pub struct App {
     pub events: VecDeque<LogLine>,
     /// The last operation's outcome or a refusal: (text, is_error).
     pub status: Option<(String, bool)>,
+    /// The status line's text and when it first showed, so that it goes after [`STATUS_SHOWN`].
+    status_since: Option<(String, Instant)>,
     pub lag: HashMap<String, VecDeque<u64>>,
     /// When each `scope/member` last changed role, state or leadership.
     pub changed: HashMap<String, Instant>,
@@ -388,6 +392,7 @@ impl App {
             endpoint,
             namespace,
             demo: None,
+            status_since: None,
         }
     }
 
@@ -1081,6 +1086,15 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 }
             }
             if !app.frozen {
+                // a failed sample after a failed one keeps the time of the first: the screen
+                // says how long the API has been down
+                let sample = match app.samples.get(&api_url) {
+                    Some(prev) if prev.body.is_err() && sample.body.is_err() => Sample {
+                        at: prev.at,
+                        ..sample
+                    },
+                    _ => sample,
+                };
                 app.samples.insert(api_url, sample);
             }
             vec![]
@@ -1088,6 +1102,16 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         Msg::Key(k) => app.key(k),
         Msg::Tick(now) => {
             app.now = now;
+            match (&app.status, &app.status_since) {
+                (Some((text, _)), Some((seen, since))) if text == seen => {
+                    if now.duration_since(*since) >= STATUS_SHOWN {
+                        app.status = None;
+                        app.status_since = None;
+                    }
+                }
+                (Some((text, _)), _) => app.status_since = Some((text.clone(), now)),
+                (None, _) => app.status_since = None,
+            }
             app.changed
                 .retain(|_, t| now.duration_since(*t) < HIGHLIGHT);
             vec![]
@@ -1294,6 +1318,23 @@ mod tests {
             update(app, key(c));
         }
         update(app, enter());
+    }
+
+    #[test]
+    fn the_status_line_clears_itself() {
+        let t0 = Instant::now();
+        let mut app = App::new("e".into(), "/service".into(), false, t0);
+        update(&mut app, Msg::Done(Ok("switched over".into())));
+        update(&mut app, Msg::Tick(t0 + Duration::from_secs(1)));
+        update(&mut app, Msg::Tick(t0 + Duration::from_secs(15)));
+        assert!(app.status.is_some());
+        // a new message starts its own time
+        update(&mut app, Msg::Done(Err("refused".into())));
+        update(&mut app, Msg::Tick(t0 + Duration::from_secs(16)));
+        update(&mut app, Msg::Tick(t0 + Duration::from_secs(30)));
+        assert_eq!(app.status, Some(("refused".into(), true)));
+        update(&mut app, Msg::Tick(t0 + Duration::from_secs(37)));
+        assert_eq!(app.status, None);
     }
 
     #[test]

@@ -822,8 +822,37 @@ fn help(f: &mut Frame, theme: Theme, area: Rect) {
     );
 }
 
+/// How many lines `text` takes when word-wrapped to `width` columns.
+fn wrapped_lines(text: &str, width: usize) -> usize {
+    let width = width.max(1);
+    text.lines()
+        .map(|line| {
+            let mut lines = 1;
+            let mut used = 0;
+            for word in line.split_whitespace() {
+                let w = word.chars().count().max(1);
+                if used > 0 && used + 1 + w <= width {
+                    used += 1 + w;
+                    continue;
+                }
+                if used > 0 {
+                    lines += 1;
+                }
+                // the word starts a line; a longer one than the width is broken
+                let extra = (w - 1) / width;
+                lines += extra;
+                used = w - extra * width;
+            }
+            lines
+        })
+        .sum::<usize>()
+        .max(1)
+}
+
 fn confirm(f: &mut Frame, theme: Theme, area: Rect, title: &str, text: &str) {
-    let r = centered(area, 64, 9);
+    // the text, a blank line and the keys inside the border: the keys must always show
+    let height = wrapped_lines(text, 62) as u16 + 4;
+    let r = centered(area, 64, height);
     f.render_widget(Clear, r);
     let lines = vec![
         Line::from(text.to_string()),
@@ -954,6 +983,23 @@ mod tests {
     }
 
     #[test]
+    fn confirmation_dialogs_always_show_their_keys() {
+        let mut app = app_with(vec![cluster("alpha", 3)]);
+        // the longest dialogs: a switchover to a named member, a demo cut
+        press(&mut app, KeyCode::Enter);
+        press(&mut app, KeyCode::Char('j'));
+        press(&mut app, KeyCode::Char('s'));
+        assert!(app.confirm.is_some());
+        for (w, h) in [(80, 24), (120, 32)] {
+            let s = render(&app, w, h);
+            assert!(s.contains(" do it") && s.contains(" cancel"), "{s}");
+        }
+        assert_eq!(wrapped_lines("a b c", 3), 2);
+        assert_eq!(wrapped_lines("abcdefg", 3), 3);
+        assert_eq!(wrapped_lines("one\ntwo", 10), 2);
+    }
+
+    #[test]
     fn empty_namespace_and_waiting_for_etcd() {
         let app = App::new(
             "127.0.0.1:2379".into(),
@@ -1043,6 +1089,18 @@ mod tests {
                 api_url: "http://10.0.0.3:8008/patroni".into(),
                 sample: Sample {
                     at: t0,
+                    body: Err("no answer".into()),
+                    delay: None,
+                },
+            },
+        );
+        // sampled again, still down: the age counts from the first failure
+        update(
+            &mut app,
+            Msg::Sample {
+                api_url: "http://10.0.0.3:8008/patroni".into(),
+                sample: Sample {
+                    at: t0 + Duration::from_secs(2),
                     body: Err("no answer".into()),
                     delay: None,
                 },

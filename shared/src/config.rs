@@ -956,51 +956,137 @@ fn describe(v: &Value) -> String {
     }
 }
 
-/// Keys Patroni understands that pgpilot reads but does not (yet) act on, so they are not
-/// reported as unknown.
-const ACCEPTED_KEYS: &[&str] = &[
-    "thread_pool_size",
+/// Keys Patroni understands that pgpilot handles elsewhere (refused with a reason when they ask
+/// for something pgpilot does not do), so they are not reported as unknown.
+const CHECKED_KEYS: &[&str] = &[
     "restapi.keyfile_password",
-    "restapi.ciphers",
     "restapi.verify_client",
-    "restapi.allowlist",
-    "restapi.allowlist_include_members",
-    "restapi.http_extra_headers",
-    "restapi.https_extra_headers",
-    "restapi.request_queue_size",
-    "restapi.thread_pool_size",
-    "restapi.server_tokens",
-    "ctl.certfile",
-    "ctl.keyfile",
-    "ctl.keyfile_password",
-    "etcd3.cacert",
-    "etcd3.cert",
-    "etcd3.key",
-    "etcd3.use_proxies",
-    "etcd3.srv",
-    "etcd3.srv_suffix",
-    "etcd3.proxy",
     "bootstrap.method",
-    "bootstrap.users",
-    "postgresql.pg_ident",
-    "postgresql.custom_conf",
-    "postgresql.recovery_conf",
-    "postgresql.create_replica_methods",
-    "postgresql.rewind",
-    "postgresql.pre_promote",
-    "postgresql.before_stop",
-    "postgresql.use_unix_socket_repl",
-    "log.format",
-    "log.dateformat",
-    "log.traceback_level",
-    "log.static_fields",
-    "log.max_queue_size",
-    "log.dir",
-    "log.mode",
-    "log.file_num",
-    "log.file_size",
-    "log.loggers",
-    "log.deduplicate_heartbeat_logs",
+];
+
+/// Keys Patroni understands that pgpilot does not act on: each present one is a warning saying
+/// what that means for the operator.
+const IGNORED_KEYS: &[(&str, &str)] = &[
+    (
+        "thread_pool_size",
+        "pgpilot's HTTP server needs no thread pool: ignored",
+    ),
+    (
+        "restapi.allowlist",
+        "not enforced by pgpilot: every client that reaches the REST API is served; protect the write endpoints with restapi.authentication and the port with a firewall",
+    ),
+    (
+        "restapi.allowlist_include_members",
+        "not enforced by pgpilot (see restapi.allowlist)",
+    ),
+    (
+        "restapi.ciphers",
+        "pgpilot uses rustls' safe default cipher suites: ignored",
+    ),
+    ("restapi.http_extra_headers", "not sent by pgpilot: ignored"),
+    (
+        "restapi.https_extra_headers",
+        "not sent by pgpilot: ignored",
+    ),
+    (
+        "restapi.request_queue_size",
+        "not used by pgpilot's HTTP server: ignored",
+    ),
+    (
+        "restapi.thread_pool_size",
+        "not used by pgpilot's HTTP server: ignored",
+    ),
+    (
+        "restapi.server_tokens",
+        "pgpilot sends no Server header: ignored",
+    ),
+    (
+        "ctl.certfile",
+        "client certificates are not sent by pgpilot: ignored",
+    ),
+    (
+        "ctl.keyfile",
+        "client certificates are not sent by pgpilot: ignored",
+    ),
+    (
+        "ctl.keyfile_password",
+        "client certificates are not sent by pgpilot: ignored",
+    ),
+    (
+        "etcd3.cacert",
+        "TLS to etcd is not supported yet: the agent talks plain http to etcd3.hosts",
+    ),
+    (
+        "etcd3.cert",
+        "etcd client certificates are not supported yet: ignored",
+    ),
+    (
+        "etcd3.key",
+        "etcd client certificates are not supported yet: ignored",
+    ),
+    (
+        "etcd3.use_proxies",
+        "not supported: list the etcd members in etcd3.hosts",
+    ),
+    (
+        "etcd3.srv",
+        "DNS SRV discovery is not supported: list the etcd members in etcd3.hosts",
+    ),
+    (
+        "etcd3.srv_suffix",
+        "DNS SRV discovery is not supported: ignored",
+    ),
+    (
+        "etcd3.proxy",
+        "not supported: list the etcd members in etcd3.hosts",
+    ),
+    (
+        "bootstrap.users",
+        "not created by pgpilot (Patroni dropped it too): create them in bootstrap.post_bootstrap",
+    ),
+    (
+        "postgresql.pg_ident",
+        "pg_ident.conf is not written by pgpilot: ignored",
+    ),
+    (
+        "postgresql.custom_conf",
+        "not used: pgpilot includes the original postgresql.conf as postgresql.base.conf",
+    ),
+    ("postgresql.recovery_conf", "not used by pgpilot: ignored"),
+    (
+        "postgresql.create_replica_methods",
+        "replicas are always cloned with pg_basebackup (postgresql.basebackup options apply)",
+    ),
+    ("postgresql.rewind", "not used by pgpilot: ignored"),
+    ("postgresql.pre_promote", "not run by pgpilot: ignored"),
+    ("postgresql.before_stop", "not run by pgpilot: ignored"),
+    (
+        "postgresql.use_unix_socket_repl",
+        "replication connects over TCP: ignored",
+    ),
+    (
+        "log.format",
+        "pgpilot's log lines have their own format (log.type: json for JSON): ignored",
+    ),
+    ("log.dateformat", "ignored (log lines carry RFC 3339 times)"),
+    ("log.traceback_level", "ignored"),
+    ("log.static_fields", "ignored"),
+    ("log.max_queue_size", "ignored"),
+    (
+        "log.dir",
+        "pgpilot logs to stderr (the journal under systemd): log.dir is ignored",
+    ),
+    ("log.mode", "ignored (pgpilot writes no log files)"),
+    ("log.file_num", "ignored (pgpilot writes no log files)"),
+    ("log.file_size", "ignored (pgpilot writes no log files)"),
+    (
+        "log.loggers",
+        "use PGPILOT_LOG (e.g. agent=debug,info) for per-module levels: ignored",
+    ),
+    (
+        "log.deduplicate_heartbeat_logs",
+        "pgpilot logs only changes of decision: ignored",
+    ),
 ];
 
 const OPEN_SECTIONS: &[&str] = &["citus", "ctl.authentication"];
@@ -1092,8 +1178,17 @@ fn read_watchdog(r: &mut Reader<'_>) -> WatchdogConfig {
 }
 
 fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
-    for k in ACCEPTED_KEYS {
+    for k in CHECKED_KEYS {
         r.seen.push((*k).to_string());
+    }
+    for (k, why) in IGNORED_KEYS {
+        r.seen.push((*k).to_string());
+        if r.get(k).is_some() {
+            r.notes.push(ConfigIssue {
+                key: (*k).to_string(),
+                message: (*why).to_string(),
+            });
+        }
     }
     for k in OPEN_SECTIONS {
         r.open.push((*k).to_string());

@@ -369,3 +369,26 @@ fn watchdog_settings_are_read_as_patroni_does() {
         assert!(invalid_keys(&yaml).contains(&key), "{bad}");
     }
 }
+
+#[test]
+fn patroni_keys_pgpilot_does_not_act_on_are_warnings_that_say_so() {
+    let yaml = format!("{}\nlog:\n  dir: /var/log/patroni\n", fixture("vmware.yml"))
+        .replace("restapi:\n", "restapi:\n  allowlist: [10.0.0.0/8]\n");
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    let find = |key: &str| {
+        c.warnings
+            .iter()
+            .find(|w| w.key == key)
+            .map(|w| w.message.clone())
+            .unwrap_or_else(|| panic!("no warning for {key}: {:?}", c.warnings))
+    };
+    assert!(find("restapi.allowlist").contains("not enforced"));
+    assert!(find("restapi.allowlist").contains("restapi.authentication"));
+    assert!(find("log.dir").contains("stderr"));
+    // never reported as unknown on top
+    assert!(
+        !c.warnings
+            .iter()
+            .any(|w| w.message.contains("unknown key") && w.key.starts_with("restapi.allowlist"))
+    );
+}

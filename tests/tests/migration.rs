@@ -58,7 +58,10 @@ fn a_patroni_cluster_moves_to_pgpilot_member_by_member() {
     } = &mut lab;
     c.start_all().unwrap();
     let leader = c.wait_healthy(LONG).unwrap();
-    assert!(!runs_pgpilot(c, leader), "Patroni runs the cluster at first");
+    assert!(
+        !runs_pgpilot(c, leader),
+        "Patroni runs the cluster at first"
+    );
     let writer = Writer::start(&c.nodes).unwrap();
     writer.wait_more(20, LONG).unwrap();
     let started = std::time::Instant::now();
@@ -117,7 +120,10 @@ fn a_patroni_cluster_moves_to_pgpilot_member_by_member() {
     wait_replica(c, leader);
     let p = c.wait_healthy(LONG).unwrap();
     assert_eq!(c.nodes[p].name, candidate);
-    assert!((0..3).all(|i| runs_pgpilot(c, i)), "every member runs pgpilot");
+    assert!(
+        (0..3).all(|i| runs_pgpilot(c, i)),
+        "every member runs pgpilot"
+    );
     writer.wait_more(20, LONG).unwrap();
 
     // nothing acknowledged was lost, and every member holds it

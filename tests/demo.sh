@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Starts a local 3-node pgpilot cluster (etcd + 3 agents + 3 PostgreSQL 15) and opens the live
-# console on it; quitting the console (q) stops the cluster.
-# Extra arguments go to the demo binary (try --help).
+# Cluster in a box: installs what is missing, builds, then runs the demo binary — by default
+# `demo up`: etcd + 3 agents + 3 PostgreSQL 15 + HAProxy, healthy, with the live console on it
+# (quitting asks whether to stop it). Arguments go to the demo (try --help): `tests/demo.sh cut
+# node1`, `tests/demo.sh status`, `tests/demo.sh down --wipe`, `tests/demo.sh up --no-console`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tests/prereqs.sh

@@ -281,3 +281,50 @@ fn on_loopback_isolation_is_refused_with_the_way_out() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(!dir.exists());
 }
+
+#[test]
+fn the_interactive_demo_opens_the_console_switches_from_it_and_asks_before_stopping() {
+    if !prerequisites() || !have_program("tmux") {
+        return;
+    }
+    let dir = PathBuf::from(format!("/var/tmp/pgpilot-demotty-{}", std::process::id()));
+    let _down = Down(dir.clone());
+    let command = format!(
+        "{} --dir {} up --no-haproxy --no-netns; echo demo-exited-$?; sleep 60",
+        bin_dir().join("demo").display(),
+        dir.display()
+    );
+    let tty = Tmux::start("demotty", 120, 32, &command).unwrap();
+    // the console opens on the healthy cluster, with the demo's switches
+    tty.wait_for("demo switches C K N E", LONG).unwrap();
+    tty.wait_for("3/3", LONG).unwrap();
+    let state = State::load(&dir).unwrap();
+    let (_, p) = healthy(&dir);
+    let replica = (p + 1) % 3;
+    let before = state.node_view(replica).postmaster_pid().unwrap();
+    // crash a replica's postmaster from the console: a dialog, then the demo program runs
+    tty.keys(&["Enter"]);
+    tty.wait_for("Members", LONG).unwrap();
+    tty.keys(&[":"]);
+    tty.keys(&["-l", &format!("crash {}", state.nodes[replica].name)]);
+    tty.keys(&["Enter"]);
+    tty.wait_for(" do it", LONG).unwrap();
+    tty.keys(&["y"]);
+    tty.wait_for("crashed", LONG).unwrap();
+    wait_for("the crashed postmaster to be restarted", LONG, || {
+        state
+            .node_view(replica)
+            .postmaster_pid()
+            .filter(|pid| *pid != before && alive(*pid))
+    })
+    .unwrap();
+    // quitting asks; yes stops everything
+    tty.keys(&["q"]);
+    tty.wait_for("stop the demo cluster?", LONG).unwrap();
+    tty.keys(&["y", "Enter"]);
+    let screen = tty.wait_for("demo-exited-", LONG).unwrap();
+    assert!(screen.contains("nothing left running"), "{screen}");
+    assert!(screen.contains("demo-exited-0"), "{screen}");
+    let state = State::load(&dir).unwrap();
+    assert!(!state.anything_running(), "{screen}");
+}

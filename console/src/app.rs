@@ -366,6 +366,8 @@ pub struct App {
     pub namespace: String,
     /// The demo's switches, when the console watches the demo (`--demo`).
     pub demo: Option<DemoSwitches>,
+    /// Why the demo's record cannot be read (a wrong `--demo` directory, a demo wiped).
+    pub demo_problem: Option<String>,
 }
 
 impl App {
@@ -392,6 +394,7 @@ impl App {
             endpoint,
             namespace,
             demo: None,
+            demo_problem: None,
             status_since: None,
         }
     }
@@ -751,11 +754,14 @@ impl App {
     /// etcd-stop / etcd-start); `named` or the selected member.
     fn demo_request(&mut self, what: &str, named: Option<&str>) {
         let Some(demo) = self.demo.clone() else {
-            self.status = Some((
-                "failure switches work on the demo only (demo console, or console --demo DIR)"
-                    .into(),
-                true,
-            ));
+            let why = match &self.demo_problem {
+                Some(p) => format!("no failure switches: {p}"),
+                None => {
+                    "failure switches work on the demo only (demo console, or console --demo DIR)"
+                        .into()
+                }
+            };
+            self.status = Some((why, true));
             return;
         };
         if self.read_only {
@@ -1125,12 +1131,16 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         }
         Msg::Demo(r) => {
             match r {
-                Ok(d) => app.demo = Some(d),
+                Ok(d) => {
+                    app.demo = Some(d);
+                    app.demo_problem = None;
+                }
                 Err(e) => {
                     if app.demo.is_some() {
-                        app.status = Some((e, true));
+                        app.status = Some((e.clone(), true));
                     }
                     app.demo = None;
+                    app.demo_problem = Some(e);
                 }
             }
             vec![]
@@ -1398,10 +1408,16 @@ mod tests {
         // `:` commands name the member
         typed(&mut app, "crash a-n3");
         assert_eq!(update(&mut app, key('y')), demo(&["crash", "a-n3"]));
-        // a broken record is reported and switches go away
+        // a broken record is reported and switches go away, saying why
         update(&mut app, Msg::Demo(DemoSwitches::parse("/var/tmp/d", "{")));
         assert!(app.demo.is_none());
         assert!(app.status.as_ref().unwrap().1);
+        update(&mut app, key('E'));
+        let (text, _) = app.status.clone().unwrap();
+        assert!(
+            text.starts_with("no failure switches: /var/tmp/d/demo.json"),
+            "{text}"
+        );
         // read-only consoles throw nothing
         let mut ro = App::new("e".into(), "/service".into(), true, now);
         update(&mut ro, Msg::Demo(DemoSwitches::parse("/d", record)));

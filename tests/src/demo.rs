@@ -364,7 +364,15 @@ impl State {
 }
 
 /// Serializes the demo commands acting on one directory (the console may run a switch while a
-/// person types another).
+/// person types another); then reads the record, under the lock.
+fn lock_and_load(dir: &Path) -> Result<(nix::fcntl::Flock<fs::File>, State)> {
+    // say "no demo here" rather than fail to create the lock file in a missing directory
+    State::load(dir)?;
+    let lock = lock(dir)?;
+    Ok((lock, State::load(dir)?))
+}
+
+/// Serializes the demo commands acting on one directory.
 fn lock(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
     let f = fs::OpenOptions::new()
         .create(true)
@@ -484,6 +492,8 @@ pub fn up(o: &UpOptions, say: &mut dyn FnMut(&str)) -> Result<State> {
 fn create(o: &UpOptions, say: &mut dyn FnMut(&str)) -> Result<State> {
     chown_postgres(&o.dir)?;
     let mut net = None;
+    // the namespaces are removed again if anything fails before the record names them
+    let mut made_lab = None;
     let mut hosts = Vec::new();
     let mut namespaces = Vec::new();
     let mut etcd_host = "127.0.0.1".to_string();
@@ -527,7 +537,7 @@ fn create(o: &UpOptions, say: &mut dyn FnMut(&str)) -> Result<State> {
             subnet,
             host_ip: lab.host_ip(),
         });
-        lab.keep();
+        made_lab = Some(lab);
     } else if o.netns {
         say(
             "network namespaces need root, iproute2 and nftables: running on loopback (the isolate switch is off)",
@@ -597,6 +607,9 @@ fn create(o: &UpOptions, say: &mut dyn FnMut(&str)) -> Result<State> {
         ttl: spec.ttl,
     };
     state.save()?;
+    if let Some(lab) = made_lab {
+        lab.keep();
+    }
     Ok(state)
 }
 
@@ -611,8 +624,7 @@ pub struct DownReport {
 /// Stops everything the demo in `dir` started, by PID (replicas first, so nobody is promoted;
 /// then any postmaster left, etcd, HAProxy, the namespaces); with `wipe`, deletes `dir`.
 pub fn down(dir: &Path, wipe: bool) -> Result<DownReport> {
-    let mut state = State::load(dir)?;
-    let _lock = lock(dir)?;
+    let (_lock, mut state) = lock_and_load(dir)?;
     let mut r = DownReport::default();
     if let Some(h) = state.haproxy.as_mut()
         && let Some(pid) = h.pid.take()
@@ -707,8 +719,7 @@ pub fn down(dir: &Path, wipe: bool) -> Result<DownReport> {
 
 /// Throws a failure switch; returns what happened and what to watch for.
 pub fn flip(dir: &Path, switch: &Switch) -> Result<String> {
-    let _lock = lock(dir)?;
-    let mut state = State::load(dir)?;
+    let (_lock, mut state) = lock_and_load(dir)?;
     let ttl = state.ttl;
     match switch {
         Switch::Cut(name) => {

@@ -1017,18 +1017,16 @@ pub fn haproxy_backends(nodes: &[Node]) -> Vec<shared::haproxy::Backend> {
 }
 
 impl Haproxy {
-    /// Starts HAProxy for `nodes` (cluster `scope`) on free loopback ports, checking every 300 ms.
-    pub fn start(dir: &Path, scope: &str, nodes: &[Node]) -> Result<Haproxy> {
-        let options = shared::haproxy::Options {
+    /// Options for a test HAProxy: free loopback ports, no statistics page, checks every 300 ms.
+    pub fn loopback_options() -> shared::haproxy::Options {
+        shared::haproxy::Options {
             bind: "127.0.0.1".into(),
             write_port: free_port(),
             read_port: free_port(),
             stats_port: None,
             check_interval_ms: 300,
             ca_file: None,
-        };
-        let cfg = shared::haproxy::render(scope, &haproxy_backends(nodes), &options);
-        Haproxy::start_with(dir, scope, nodes.len(), &cfg, &options, false)
+        }
     }
 
     /// Starts HAProxy with configuration `cfg` (made with `options`) for `nodes` servers;
@@ -1419,6 +1417,20 @@ pub fn prerequisites() -> bool {
         eprintln!("skipped: needs postgresql-15, etcd-server and a built agent (cargo build)");
     }
     ok
+}
+
+/// Real Patroni's daemon for a side-by-side test: `None` (the test skips) only outside CI,
+/// where it need not be installed; in CI its absence fails the test.
+pub fn patroni_daemon_or_skip() -> Option<PathBuf> {
+    let found = patroni_program("patroni");
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Patroni is required in CI (see .ci/run)"
+        );
+        eprintln!("Patroni not installed: skipping");
+    }
+    found
 }
 
 /// A program of real Patroni (`patroni`, `patronictl`) from the venv `.ci/run` installs with

@@ -298,12 +298,7 @@ fn batch_reads_a_patroni_cluster_as_patronictl_does() {
     if !prerequisites() {
         return;
     }
-    let Some(patroni) = patroni_program("patroni") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Patroni is required in CI (see .ci/run)"
-        );
-        eprintln!("Patroni not installed: skipping");
+    let Some(patroni) = patroni_daemon_or_skip() else {
         return;
     };
     let spec = ClusterSpec {

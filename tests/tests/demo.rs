@@ -25,6 +25,12 @@ fn demo(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A demo directory of this test process, stopped and wiped whatever happens to the test.
+fn demo_dir(tag: &str) -> (PathBuf, Down) {
+    let dir = PathBuf::from(format!("/var/tmp/pgpilot-{tag}-{}", std::process::id()));
+    (dir.clone(), Down(dir))
+}
+
 /// Stops the demo whatever happens to the test.
 struct Down(PathBuf);
 
@@ -74,8 +80,7 @@ fn the_demo_starts_breaks_heals_and_leaves_nothing_behind() {
     if !prerequisites() {
         return;
     }
-    let dir = PathBuf::from(format!("/var/tmp/pgpilot-demotest-{}", std::process::id()));
-    let _down = Down(dir.clone());
+    let (dir, _down) = demo_dir("demotest");
     let (code, out, err) = demo(&dir, &["up", "--no-console"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("healthy after"), "{out}");
@@ -252,8 +257,7 @@ fn on_loopback_isolation_is_refused_with_the_way_out() {
     if !prerequisites() {
         return;
     }
-    let dir = PathBuf::from(format!("/var/tmp/pgpilot-demolo-{}", std::process::id()));
-    let _down = Down(dir.clone());
+    let (dir, _down) = demo_dir("demolo");
     let (code, out, err) = demo(&dir, &["up", "--no-console", "--no-netns", "--no-haproxy"]);
     assert_eq!(code, 0, "{out}{err}");
     let state = State::load(&dir).unwrap();
@@ -287,8 +291,7 @@ fn the_interactive_demo_opens_the_console_switches_from_it_and_asks_before_stopp
     if !prerequisites() || !have_program("tmux") {
         return;
     }
-    let dir = PathBuf::from(format!("/var/tmp/pgpilot-demotty-{}", std::process::id()));
-    let _down = Down(dir.clone());
+    let (dir, _down) = demo_dir("demotty");
     let command = format!(
         "{} --dir {} up --no-haproxy --no-netns; echo demo-exited-$?; sleep 60",
         bin_dir().join("demo").display(),

@@ -750,14 +750,7 @@ fn haproxy_config_from_the_console_routes_writes_to_the_leader_across_switchover
     c.start_all().unwrap();
     let p = c.wait_healthy(HEALTHY).unwrap();
     // the configuration an operator would generate: `console --batch haproxy-config`
-    let options = shared::haproxy::Options {
-        bind: "127.0.0.1".into(),
-        write_port: free_port(),
-        read_port: free_port(),
-        stats_port: None,
-        check_interval_ms: 300,
-        ca_file: None,
-    };
+    let options = Haproxy::loopback_options();
     let (code, cfg, err) = console(&[
         "--etcd",
         &etcd.endpoint(),
@@ -814,34 +807,26 @@ fn haproxy_config_from_the_console_routes_writes_to_the_leader_across_switchover
     ])
     .unwrap();
     assert_eq!(code, 0, "{out}{err}");
-    let moved = wait_for(
-        "HAProxy to route writes to the new primary",
-        Duration::from_secs(60),
-        || port_of(&write).filter(|v| v[0] != old),
-    )
-    .unwrap();
-    let new_idx = c
-        .nodes
-        .iter()
-        .position(|n| n.pg_port.to_string() == moved[0])
+    // the node writes through HAProxy land on, once it is no longer the one on `old`
+    let moved_from = |c: &TestCluster, old: &str| {
+        let moved = wait_for(
+            "HAProxy to route writes to the new primary",
+            Duration::from_secs(60),
+            || port_of(&write).filter(|v| v[0] != old),
+        )
         .unwrap();
+        c.nodes
+            .iter()
+            .position(|n| n.pg_port.to_string() == moved[0])
+            .unwrap()
+    };
+    let new_idx = moved_from(c, &old);
     assert_eq!(c.leader_index(etcd), Some(new_idx));
     sql_dsn(&write, "INSERT INTO throughhaproxy VALUES (0)").unwrap();
     // the (new) leader stops: HAProxy follows the next one
-    let p = new_idx;
-    let old = c.nodes[p].pg_port.to_string();
-    c.stop_agent(p);
-    let moved = wait_for(
-        "HAProxy to route writes to the new primary",
-        Duration::from_secs(60),
-        || port_of(&write).filter(|v| v[0] != old),
-    )
-    .unwrap();
-    let new_idx = c
-        .nodes
-        .iter()
-        .position(|n| n.pg_port.to_string() == moved[0])
-        .unwrap();
+    let old = c.nodes[new_idx].pg_port.to_string();
+    c.stop_agent(new_idx);
+    let new_idx = moved_from(c, &old);
     assert_eq!(c.primary(), Some(new_idx));
     sql_dsn(&write, "INSERT INTO throughhaproxy VALUES (1)").unwrap();
 }

@@ -36,12 +36,7 @@ fn a_patroni_cluster_moves_to_pgpilot_member_by_member() {
     if !prerequisites() {
         return;
     }
-    let Some(patroni) = patroni_program("patroni") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Patroni is required in CI (see .ci/run)"
-        );
-        eprintln!("Patroni not installed: skipping");
+    let Some(patroni) = patroni_daemon_or_skip() else {
         return;
     };
     let spec = ClusterSpec {

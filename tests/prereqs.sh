@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what pgpilot needs to build and run on Debian 12, only what is missing:
+# Installs what pgpilot needs to build and run on Debian 12, only what is missing: Rust through
+# rustup when there is no cargo (Debian's rustc is too old), and with apt-get:
 # etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
 # (the live console tests and screenshots), wrk (the benchmark harness), nftables and iproute2
 # (network partitions, the demo's isolate switch), DejaVu fonts (screenshots/make.sh).
@@ -7,6 +8,8 @@
 set -euo pipefail
 
 pgpilot_prereqs() {
+    # haproxy, nft and ip live in sbin, which a user's PATH may lack
+    export PATH="$PATH:/usr/sbin:/sbin"
     local need=()
     command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
     command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
@@ -26,8 +29,28 @@ pgpilot_prereqs() {
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
     fi
+    # Rust: Debian 12's own rustc is too old (1.63); rustup's stable toolchain, for this user
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
     if ! command -v cargo >/dev/null 2>&1; then
-        echo "error: cargo not found. Install Rust 1.90 or newer (https://rustup.rs), then run this again." >&2
+        echo ">> installing Rust (stable, minimal profile) with rustup into $HOME/.cargo"
+        if ! command -v curl >/dev/null 2>&1; then
+            local sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo="sudo"
+            $sudo apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq curl ca-certificates >/dev/null
+        fi
+        if ! curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component clippy,rustfmt >/dev/null; then
+            echo "error: cannot install Rust with rustup; install Rust 1.90 or newer (https://rustup.rs), then run this again." >&2
+            exit 2
+        fi
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    local rust
+    rust=$(rustc --version | awk '{ print $2 }')
+    if [ "$(printf '%s\n1.90.0\n' "$rust" | sort -V | head -1)" != "1.90.0" ]; then
+        echo "error: Rust $rust is too old: pgpilot needs 1.90 or newer (rustup update stable)" >&2
         exit 2
     fi
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgpilot-target}"

@@ -145,7 +145,7 @@ fn header(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
         spans.push(Span::raw(" · read-only"));
     }
     if let Some(d) = &app.demo {
-        spans.push(Span::raw(" · demo switches C K N E"));
+        spans.push(Span::raw(" · demo: C K N E"));
         let mut broken = Vec::new();
         if d.etcd_stopped {
             broken.push("etcd stopped".to_string());
@@ -502,8 +502,26 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
         } else {
             theme.fg(Color::Red)
         };
+        // the demo's switches thrown on this member
+        let switched = app.demo.as_ref().map(|d| {
+            let mut marks = Vec::new();
+            if d.cut.iter().any(|m| m == name) {
+                marks.push("cut");
+            }
+            if d.isolated.iter().any(|m| m == name) {
+                marks.push("isolated");
+            }
+            marks.join(", ")
+        });
+        let name_cell = match switched.filter(|m| !m.is_empty()) {
+            Some(marks) => Cell::from(Line::from(vec![
+                Span::raw(shown),
+                Span::styled(format!(" [{marks}]"), theme.fg(Color::Magenta)),
+            ])),
+            None => Cell::from(shown),
+        };
         let mut row = Row::new(vec![
-            Cell::from(shown),
+            name_cell,
             Cell::from(host),
             Cell::from(role),
             Cell::from(state).style(state_style),
@@ -997,6 +1015,26 @@ mod tests {
         assert_eq!(wrapped_lines("a b c", 3), 2);
         assert_eq!(wrapped_lines("abcdefg", 3), 3);
         assert_eq!(wrapped_lines("one\ntwo", 10), 2);
+    }
+
+    #[test]
+    fn demo_switches_show_in_the_header_and_on_their_members() {
+        let mut app = app_with(vec![cluster("alpha", 3)]);
+        let record = r#"{"control": "/bin/demo", "net": {}, "etcd": {"stopped": true},
+            "nodes": [{"name": "alpha-2", "cut": true}, {"name": "alpha-3", "isolated": true}]}"#;
+        update(
+            &mut app,
+            Msg::Demo(crate::app::DemoSwitches::parse("/d", record)),
+        );
+        press(&mut app, KeyCode::Enter);
+        let s = render(&app, 140, 24);
+        assert!(s.contains("demo: C K N E"), "{s}");
+        assert!(
+            s.contains("etcd stopped, alpha-2 cut, alpha-3 isolated"),
+            "{s}"
+        );
+        assert!(s.contains("alpha-2 [cut]"), "{s}");
+        assert!(s.contains("alpha-3 [isolated]"), "{s}");
     }
 
     #[test]

@@ -841,6 +841,34 @@ pub fn flip(dir: &Path, switch: &Switch) -> Result<String> {
     }
 }
 
+/// The demo for a script: its record, with what runs now (`running` for etcd, each agent and
+/// HAProxy; each member's `role`, `state` and `replication_state` from its REST API, or null).
+pub fn status_json(dir: &Path) -> Result<serde_json::Value> {
+    let state = State::load(dir)?;
+    let mut v = serde_json::to_value(&state)?;
+    let etcd_dir = state.dir.join("etcd-data").display().to_string();
+    v["etcd"]["running"] = state.etcd.pid.is_some_and(|p| is_ours(p, &etcd_dir)).into();
+    for (i, n) in state.nodes.iter().enumerate() {
+        let live = state.node_view(i).status();
+        let field = |k: &str| live.as_ref().map(|s| s[k].clone()).unwrap_or_default();
+        let node = &mut v["nodes"][i];
+        node["running"] = n
+            .agent_pid
+            .is_some_and(|p| is_ours(p, &n.config.display().to_string()))
+            .into();
+        node["role"] = field("role");
+        node["state"] = field("state");
+        node["replication_state"] = field("replication_state");
+    }
+    if let Some(h) = &state.haproxy {
+        v["haproxy"]["running"] = h
+            .pid
+            .is_some_and(|p| is_ours(p, &h.config.display().to_string()))
+            .into();
+    }
+    Ok(v)
+}
+
 /// The demo as a person reads it: what runs, where, and how to reach it.
 pub fn status(dir: &Path) -> Result<String> {
     let state = State::load(dir)?;

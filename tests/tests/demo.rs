@@ -198,6 +198,26 @@ fn the_demo_starts_breaks_heals_and_leaves_nothing_behind() {
     healthy(&dir);
     let status = demo(&dir, &["status"]).1;
     assert!(status.contains("running (pid"), "{status}");
+    let (code, out, _) = demo(&dir, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["etcd"]["running"], true, "{v:#}");
+    let roles: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["role"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "primary").count(),
+        1,
+        "{v:#}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == "replica").count(),
+        2,
+        "{v:#}"
+    );
 
     // down --wipe: nothing left
     let state = State::load(&dir).unwrap();
@@ -299,7 +319,7 @@ fn the_interactive_demo_opens_the_console_switches_from_it_and_asks_before_stopp
     );
     let tty = Tmux::start("demotty", 120, 32, &command).unwrap();
     // the console opens on the healthy cluster, with the demo's switches
-    tty.wait_for("demo switches C K N E", LONG).unwrap();
+    tty.wait_for("demo: C K N E", LONG).unwrap();
     tty.wait_for("3/3", LONG).unwrap();
     let state = State::load(&dir).unwrap();
     let (_, p) = healthy(&dir);

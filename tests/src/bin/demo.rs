@@ -19,7 +19,8 @@ Examples:
   demo isolate node1            cut node1 off from etcd and the other nodes (root: namespaces)
   demo heal node1               reconnect it
   demo etcd stop                stop etcd (the primary goes read-only); demo etcd start
-  demo status                   what runs, where; demo down --wipe stops and deletes it all
+  demo status                   what runs, where (--json for scripts); demo down --wipe stops
+                                and deletes it all
 
 In the console (demo console, or demo up): C cut/restore, K crash, N isolate/heal, E etcd
 stop/start on the selected member, each after a confirmation.
@@ -65,7 +66,12 @@ enum Command {
         wipe: bool,
     },
     /// What runs and where.
-    Status,
+    Status {
+        /// As JSON, for scripts: the record (demo.json) with what runs now and each member's
+        /// role and state.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open the live console on the running demo, with the failure-switch keys.
     Console,
     /// Kill a node's agent and PostgreSQL with SIGKILL, as the machine's death would.
@@ -110,8 +116,12 @@ fn run(cli: Cli) -> Result<()> {
             no_netns,
         } => return up(&dir, no_console, !no_haproxy, !no_netns),
         Command::Down { wipe } => return down(&dir, wipe),
-        Command::Status => {
+        Command::Status { json: false } => {
             print!("{}", demo::status(&dir)?);
+            return Ok(());
+        }
+        Command::Status { json: true } => {
+            println!("{:#}", demo::status_json(&dir)?);
             return Ok(());
         }
         Command::Console => return console(&demo::State::load(&dir)?),

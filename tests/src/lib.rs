@@ -248,10 +248,7 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if self.detached {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
+        own_process_group(&mut cmd, self.detached);
         Ok(cmd)
     }
 
@@ -759,6 +756,15 @@ impl Drop for TestCluster {
     }
 }
 
+/// Puts the process `cmd` starts in a process group of its own when `detached`: a terminal's
+/// Ctrl-C (sent to the foreground group) then leaves it running.
+pub fn own_process_group(cmd: &mut Command, detached: bool) {
+    if detached {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+}
+
 /// How to run one agent.
 pub struct AgentLaunch<'a> {
     /// `agent` (or another daemon taking the same YAML, such as `patroni`).
@@ -810,10 +816,7 @@ pub fn agent_command(l: &AgentLaunch) -> Result<Command> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    if l.detached {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
+    own_process_group(&mut cmd, l.detached);
     Ok(cmd)
 }
 
@@ -1050,10 +1053,7 @@ impl Haproxy {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if detached {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
+        own_process_group(&mut cmd, detached);
         let child = cmd
             .spawn()
             .context("cannot start haproxy: install haproxy")?;
@@ -1417,6 +1417,19 @@ pub fn prerequisites() -> bool {
         eprintln!("skipped: needs postgresql-15, etcd-server and a built agent (cargo build)");
     }
     ok
+}
+
+/// A 3-node cluster `scope` run by real Patroni, at its shortest timing (ttl 30, loop_wait 10,
+/// retry_timeout 10); `None` (the test skips) when Patroni is not installed outside CI.
+pub fn patroni_cluster_spec(scope: &str) -> Option<ClusterSpec> {
+    Some(ClusterSpec {
+        scope: scope.into(),
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        daemon: Some(patroni_daemon_or_skip()?),
+        ..Default::default()
+    })
 }
 
 /// Real Patroni's daemon for a side-by-side test: `None` (the test skips) only outside CI,

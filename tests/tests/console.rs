@@ -298,16 +298,8 @@ fn batch_reads_a_patroni_cluster_as_patronictl_does() {
     if !prerequisites() {
         return;
     }
-    let Some(patroni) = patroni_daemon_or_skip() else {
+    let Some(spec) = patroni_cluster_spec("consolepatroni") else {
         return;
-    };
-    let spec = ClusterSpec {
-        scope: "consolepatroni".into(),
-        ttl: 30,
-        loop_wait: 10,
-        retry_timeout: 10,
-        daemon: Some(patroni),
-        ..Default::default()
     };
     let mut lab = Lab::new("e2e-consolepatroni", spec, true).unwrap();
     lab.cluster.start_all().unwrap();

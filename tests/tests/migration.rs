@@ -36,16 +36,8 @@ fn a_patroni_cluster_moves_to_pgpilot_member_by_member() {
     if !prerequisites() {
         return;
     }
-    let Some(patroni) = patroni_daemon_or_skip() else {
+    let Some(spec) = patroni_cluster_spec("migrate") else {
         return;
-    };
-    let spec = ClusterSpec {
-        scope: "migrate".into(),
-        ttl: 30,
-        loop_wait: 10,
-        retry_timeout: 10,
-        daemon: Some(patroni),
-        ..Default::default()
     };
     let mut lab = Lab::new("e2e-migrate", spec, true).unwrap();
     let Lab {

@@ -10,7 +10,7 @@
 
 use crate::{
     AgentLaunch, ClusterSpec, Etcd, Haproxy, NetLab, Node, TestCluster, agent_command, bin_dir,
-    child_pids, chown_postgres, free_port, is_root, kill_postgres_group, wait_for,
+    child_pids, chown_postgres, free_port, is_root, kill_postgres_group, kill_postmaster, wait_for,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
@@ -144,11 +144,9 @@ fn is_ours(pid: i32, needle: &str) -> bool {
             .unwrap_or(false)
 }
 
-/// SIGTERM (or `first`), then SIGKILL after `grace`; true when it is gone.
-fn stop_pid(pid: i32, needle: &str, first: Signal, grace: Duration) -> bool {
-    if !is_ours(pid, needle) {
-        return true;
-    }
+/// `first` (SIGTERM), then SIGKILL (and its children) after `grace`; true when it is gone.
+/// Only for a PID one of the `running_*` checks just vouched for.
+fn stop_pid(pid: i32, first: Signal, grace: Duration) -> bool {
     let _ = kill(Pid::from_raw(pid), first);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
@@ -268,22 +266,35 @@ impl State {
 
     /// Whether anything the record names still runs.
     pub fn anything_running(&self) -> bool {
-        let etcd_dir = self.dir.join("etcd-data").display().to_string();
-        self.etcd.pid.is_some_and(|p| is_ours(p, &etcd_dir))
-            || self.nodes.iter().any(|n| {
-                n.agent_pid
-                    .is_some_and(|p| is_ours(p, &n.config.display().to_string()))
-                    || self.node_view_postmaster(n).is_some()
-            })
-            || self.haproxy.as_ref().is_some_and(|h| {
-                h.pid
-                    .is_some_and(|p| is_ours(p, &h.config.display().to_string()))
-            })
+        self.running_etcd().is_some()
+            || (0..self.nodes.len())
+                .any(|i| self.running_agent(i).is_some() || self.running_postmaster(i).is_some())
+            || self.running_haproxy().is_some()
     }
 
-    fn node_view_postmaster(&self, n: &NodeState) -> Option<i32> {
-        let text = fs::read_to_string(n.data_dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    /// etcd's PID while the recorded process runs (its command line names our data directory).
+    fn running_etcd(&self) -> Option<i32> {
+        let data_dir = self.etcd().data_dir.display().to_string();
+        self.etcd.pid.filter(|p| is_ours(*p, &data_dir))
+    }
+
+    /// Node `i`'s agent's PID while the recorded process runs (it names the node's config).
+    fn running_agent(&self, i: usize) -> Option<i32> {
+        let n = &self.nodes[i];
+        let config = n.config.display().to_string();
+        n.agent_pid.filter(|p| is_ours(*p, &config))
+    }
+
+    /// HAProxy's PID while the recorded process runs (it names the demo's configuration).
+    fn running_haproxy(&self) -> Option<i32> {
+        let h = self.haproxy.as_ref()?;
+        let config = h.config.display().to_string();
+        h.pid.filter(|p| is_ours(*p, &config))
+    }
+
+    /// Node `i`'s postmaster PID (postmaster.pid) while a `postgres` process has it.
+    fn running_postmaster(&self, i: usize) -> Option<i32> {
+        let pid = self.node_view(i).postmaster_pid()?;
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         (alive(pid) && comm.trim() == "postgres").then_some(pid)
     }
@@ -626,16 +637,12 @@ pub struct DownReport {
 pub fn down(dir: &Path, wipe: bool) -> Result<DownReport> {
     let (_lock, mut state) = lock_and_load(dir)?;
     let mut r = DownReport::default();
-    if let Some(h) = state.haproxy.as_mut()
-        && let Some(pid) = h.pid.take()
-    {
-        stop_pid(
-            pid,
-            &h.config.display().to_string(),
-            Signal::SIGTERM,
-            Duration::from_secs(5),
-        );
+    if let Some(pid) = state.running_haproxy() {
+        stop_pid(pid, Signal::SIGTERM, Duration::from_secs(5));
         r.stopped.push(format!("HAProxy (pid {pid})"));
+    }
+    if let Some(h) = state.haproxy.as_mut() {
+        h.pid = None;
     }
     let primary = state.primary();
     let mut order: Vec<usize> = (0..state.nodes.len())
@@ -643,35 +650,31 @@ pub fn down(dir: &Path, wipe: bool) -> Result<DownReport> {
         .collect();
     order.extend(primary);
     for i in order {
-        let n = &mut state.nodes[i];
-        if let Some(pid) = n.agent_pid.take() {
+        if let Some(pid) = state.running_agent(i) {
             // the agent stops PostgreSQL itself (fast) and hands the lock over
-            stop_pid(
-                pid,
-                &n.config.display().to_string(),
-                Signal::SIGTERM,
-                Duration::from_secs(90),
-            );
-            r.stopped.push(format!("agent of {} (pid {pid})", n.name));
+            stop_pid(pid, Signal::SIGTERM, Duration::from_secs(90));
+            r.stopped
+                .push(format!("agent of {} (pid {pid})", state.nodes[i].name));
         }
+        state.nodes[i].agent_pid = None;
     }
     for i in 0..state.nodes.len() {
-        let n = state.nodes[i].clone();
-        if let Some(pm) = state.node_view_postmaster(&n) {
-            stop_pid(pm, "postgres", Signal::SIGQUIT, Duration::from_secs(10));
-            kill_postgres_group(&state.node_view(i));
+        if let Some(pm) = state.running_postmaster(i) {
+            let view = state.node_view(i);
+            kill_postmaster(&view);
+            kill_postgres_group(&view);
             r.stopped
-                .push(format!("PostgreSQL of {} (pid {pm})", n.name));
+                .push(format!("PostgreSQL of {} (pid {pm})", state.nodes[i].name));
         }
     }
-    if let Some(pid) = state.etcd.pid.take() {
-        let etcd_dir = state.dir.join("etcd-data").display().to_string();
-        stop_pid(pid, &etcd_dir, Signal::SIGTERM, Duration::from_secs(10));
+    if let Some(pid) = state.running_etcd() {
+        stop_pid(pid, Signal::SIGTERM, Duration::from_secs(10));
         r.stopped.push(format!("etcd (pid {pid})"));
     }
+    state.etcd.pid = None;
     // what is left: processes, then ports (while the namespaces still exist to reach them)
     for (i, n) in state.nodes.iter().enumerate() {
-        if let Some(pm) = state.node_view_postmaster(n) {
+        if let Some(pm) = state.running_postmaster(i) {
             r.left.push(format!("PostgreSQL of {} (pid {pm})", n.name));
         }
         for (what, port) in [("REST API", n.api_port), ("PostgreSQL", n.pg_port)] {
@@ -733,9 +736,7 @@ pub fn flip(dir: &Path, switch: &Switch) -> Result<String> {
                 );
             }
             let was_primary = state.primary() == Some(i);
-            if let Some(pid) = n.agent_pid
-                && is_ours(pid, &n.config.display().to_string())
-            {
+            if let Some(pid) = state.running_agent(i) {
                 // the fencing guard dies with the machine, before it could act
                 for child in child_pids(pid) {
                     let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
@@ -761,9 +762,7 @@ pub fn flip(dir: &Path, switch: &Switch) -> Result<String> {
         Switch::Restore(name) => {
             let i = state.node(name)?;
             let n = state.nodes[i].clone();
-            if n.agent_pid
-                .is_some_and(|p| is_ours(p, &n.config.display().to_string()))
-            {
+            if state.running_agent(i).is_some() {
                 bail!("{} runs: nothing to restore", n.name);
             }
             state.start_agent(i)?;
@@ -775,7 +774,7 @@ pub fn flip(dir: &Path, switch: &Switch) -> Result<String> {
         Switch::Crash(name) => {
             let i = state.node(name)?;
             let n = state.nodes[i].clone();
-            let pm = state.node_view_postmaster(&n).ok_or_else(|| {
+            let pm = state.running_postmaster(i).ok_or_else(|| {
                 anyhow!("{}'s PostgreSQL is not running: nothing to crash", n.name)
             })?;
             let _ = kill(Pid::from_raw(pm), Signal::SIGKILL);
@@ -822,17 +821,16 @@ pub fn flip(dir: &Path, switch: &Switch) -> Result<String> {
             if state.etcd.stopped {
                 bail!("etcd is already stopped: `etcd start` starts it");
             }
-            if let Some(pid) = state.etcd.pid.take() {
-                let etcd_dir = state.dir.join("etcd-data").display().to_string();
-                stop_pid(pid, &etcd_dir, Signal::SIGTERM, Duration::from_secs(10));
+            if let Some(pid) = state.running_etcd() {
+                stop_pid(pid, Signal::SIGTERM, Duration::from_secs(10));
             }
+            state.etcd.pid = None;
             state.etcd.stopped = true;
             state.save()?;
             Ok("stopped etcd: the primary goes read-only after retry_timeout (no failsafe_mode) and nobody is promoted; replicas keep streaming. `etcd start` brings it back.".into())
         }
         Switch::EtcdStart => {
-            let etcd_dir = state.dir.join("etcd-data").display().to_string();
-            if state.etcd.pid.is_some_and(|p| is_ours(p, &etcd_dir)) {
+            if state.running_etcd().is_some() {
                 bail!("etcd runs: nothing to start");
             }
             state.start_etcd()?;
@@ -846,25 +844,18 @@ pub fn flip(dir: &Path, switch: &Switch) -> Result<String> {
 pub fn status_json(dir: &Path) -> Result<serde_json::Value> {
     let state = State::load(dir)?;
     let mut v = serde_json::to_value(&state)?;
-    let etcd_dir = state.dir.join("etcd-data").display().to_string();
-    v["etcd"]["running"] = state.etcd.pid.is_some_and(|p| is_ours(p, &etcd_dir)).into();
-    for (i, n) in state.nodes.iter().enumerate() {
+    v["etcd"]["running"] = state.running_etcd().is_some().into();
+    for i in 0..state.nodes.len() {
         let live = state.node_view(i).status();
         let field = |k: &str| live.as_ref().map(|s| s[k].clone()).unwrap_or_default();
         let node = &mut v["nodes"][i];
-        node["running"] = n
-            .agent_pid
-            .is_some_and(|p| is_ours(p, &n.config.display().to_string()))
-            .into();
+        node["running"] = state.running_agent(i).is_some().into();
         node["role"] = field("role");
         node["state"] = field("state");
         node["replication_state"] = field("replication_state");
     }
-    if let Some(h) = &state.haproxy {
-        v["haproxy"]["running"] = h
-            .pid
-            .is_some_and(|p| is_ours(p, &h.config.display().to_string()))
-            .into();
+    if state.haproxy.is_some() {
+        v["haproxy"]["running"] = state.running_haproxy().is_some().into();
     }
     Ok(v)
 }
@@ -873,8 +864,6 @@ pub fn status_json(dir: &Path) -> Result<serde_json::Value> {
 pub fn status(dir: &Path) -> Result<String> {
     let state = State::load(dir)?;
     let mut out = String::new();
-    let etcd_dir = state.dir.join("etcd-data").display().to_string();
-    let etcd_up = state.etcd.pid.is_some_and(|p| is_ours(p, &etcd_dir));
     let _ = writeln!(
         out,
         "demo in {}{}",
@@ -891,8 +880,8 @@ pub fn status(dir: &Path) -> Result<String> {
         out,
         "etcd        {}  {}",
         state.etcd_endpoint(),
-        if etcd_up {
-            format!("running (pid {})", state.etcd.pid.unwrap_or(0))
+        if let Some(pid) = state.running_etcd() {
+            format!("running (pid {pid})")
         } else if state.etcd.stopped {
             "STOPPED by the switch".into()
         } else {
@@ -903,9 +892,7 @@ pub fn status(dir: &Path) -> Result<String> {
         let _ = writeln!(out, "{}", member_line(&state, i));
     }
     if let Some(h) = &state.haproxy {
-        let up = h
-            .pid
-            .is_some_and(|p| is_ours(p, &h.config.display().to_string()));
+        let up = state.running_haproxy().is_some();
         let _ = writeln!(
             out,
             "haproxy     writes {b}:{w}  reads {b}:{r}  stats http://{b}:{s}/  {}",

@@ -195,23 +195,19 @@ impl Etcd {
     /// An etcd under `dir` on these ports (started or not).
     pub fn at(dir: &Path, host: &str, client_port: u16, peer_port: u16) -> Etcd {
         Etcd {
+            host: host.to_string(),
             client_port,
             peer_port,
-            ..Etcd::on_host(dir, host)
-        }
-    }
-
-    /// Prepares (does not start) an etcd under `dir` listening on `host`.
-    pub fn on_host(dir: &Path, host: &str) -> Etcd {
-        Etcd {
-            host: host.to_string(),
-            client_port: free_port(),
-            peer_port: free_port(),
             data_dir: dir.join("etcd-data"),
             proc: None,
             log: dir.join("etcd.log"),
             detached: false,
         }
+    }
+
+    /// Prepares (does not start) an etcd under `dir` listening on `host`, on free ports.
+    pub fn on_host(dir: &Path, host: &str) -> Etcd {
+        Etcd::at(dir, host, free_port(), free_port())
     }
 
     pub fn endpoint(&self) -> String {

@@ -67,6 +67,17 @@ fn leader(dir: &Path) -> Option<String> {
     etcd.leader(&state.scope).map(|(name, _)| name)
 }
 
+/// Waits until node `i` runs a postmaster other than the crashed `before`.
+fn wait_restarted(state: &State, i: usize, before: i32) {
+    wait_for("the crashed postmaster to be restarted", LONG, || {
+        state
+            .node_view(i)
+            .postmaster_pid()
+            .filter(|pid| *pid != before && alive(*pid))
+    })
+    .unwrap();
+}
+
 /// Port of the server a write through HAProxy lands on (and it is writable).
 fn write_lands_on(port: u16) -> Option<String> {
     let dsn = Haproxy::dsn(port);
@@ -147,13 +158,7 @@ fn the_demo_starts_breaks_heals_and_leaves_nothing_behind() {
     let (code, out, err) = demo(&dir, &["crash", &state.nodes[victim].name]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("crashed"), "{out}");
-    wait_for("the crashed postmaster to be restarted", LONG, || {
-        state
-            .node_view(victim)
-            .postmaster_pid()
-            .filter(|pid| *pid != before && alive(*pid))
-    })
-    .unwrap();
+    wait_restarted(&state, victim, before);
     healthy(&dir);
 
     // isolate the leader (namespaces) or be told why not (loopback)
@@ -334,13 +339,7 @@ fn the_interactive_demo_opens_the_console_switches_from_it_and_asks_before_stopp
     tty.wait_for(" do it", LONG).unwrap();
     tty.keys(&["y"]);
     tty.wait_for("crashed", LONG).unwrap();
-    wait_for("the crashed postmaster to be restarted", LONG, || {
-        state
-            .node_view(replica)
-            .postmaster_pid()
-            .filter(|pid| *pid != before && alive(*pid))
-    })
-    .unwrap();
+    wait_restarted(&state, replica, before);
     // quitting asks; yes stops everything
     tty.keys(&["q"]);
     tty.wait_for("stop the demo cluster?", LONG).unwrap();

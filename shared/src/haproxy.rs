@@ -146,22 +146,15 @@ pub fn render(scope: &str, backends: &[Backend], o: &Options) -> String {
         );
         for b in backends {
             let mut line = format!(
-                "    server {} {}:{} maxconn 100 check port {}",
+                "    server {} {}:{} maxconn 100 check",
                 b.name,
                 addr(&b.pg_host),
-                b.pg_port,
-                b.api_port
+                b.pg_port
             );
             if b.api_host != b.pg_host {
-                line = format!(
-                    "    server {} {}:{} maxconn 100 check addr {} port {}",
-                    b.name,
-                    addr(&b.pg_host),
-                    b.pg_port,
-                    addr(&b.api_host),
-                    b.api_port
-                );
+                let _ = write!(line, " addr {}", addr(&b.api_host));
             }
+            let _ = write!(line, " port {}", b.api_port);
             if b.api_tls {
                 line.push_str(" check-ssl");
                 match &o.ca_file {

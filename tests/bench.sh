@@ -10,19 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . tests/prereqs.sh
 pgpilot_prereqs
+pgpilot_patroni
 reps="${1:-3}"
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-if ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-fi
 venv=/var/tmp/patroni-sys-venv
-if [ ! -x "$venv/bin/patroni" ]; then
-    echo ">> installing Patroni (PyPI patroni[etcd3]) into $venv"
-    /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'patroni[etcd3]' psycopg2-binary
-fi
 cargo build --release --workspace --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -4,7 +4,8 @@
 # etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
 # (the live console tests and screenshots), wrk (the benchmark harness), nftables and iproute2
 # (network partitions, the demo's isolate switch), DejaVu fonts (screenshots/make.sh).
-# Sourced by demo.sh and run.sh.
+# pgpilot_patroni installs real Patroni for the compatibility tests.
+# Sourced by demo.sh, run.sh and .ci/run.
 set -euo pipefail
 
 pgpilot_prereqs() {
@@ -54,4 +55,23 @@ pgpilot_prereqs() {
         exit 2
     fi
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgpilot-target}"
+}
+
+# Real Patroni (PyPI patroni[etcd3]) for the compatibility tests (patronictl on pgpilot clusters,
+# the console and the agents beside Patroni's daemon), in a venv of Debian's Python under
+# /var/tmp/patroni-sys-venv, which the postgres user can run too (tests/src/lib.rs looks there;
+# PATRONI_VENV points elsewhere). Installs python3-venv with apt-get when Python lacks venv.
+pgpilot_patroni() {
+    local venv=/var/tmp/patroni-sys-venv
+    [ -x "$venv/bin/patroni" ] && [ -x "$venv/bin/patronictl" ] && return 0
+    if ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo ">> installing: python3-venv"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    fi
+    echo ">> installing Patroni (patroni[etcd3], psycopg2-binary) into $venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'patroni[etcd3]' psycopg2-binary
 }

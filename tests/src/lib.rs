@@ -1403,20 +1403,85 @@ pub fn written_ids(node: &Node) -> Result<std::collections::HashSet<i64>> {
         .collect())
 }
 
-/// Whether the end-to-end prerequisites are here (PostgreSQL 15, etcd, a built agent); prints
-/// why a test is skipped when not.
-pub fn prerequisites() -> bool {
-    let ok = Path::new(PG_BIN).join("postgres").exists()
-        && Command::new("etcd").arg("--version").output().is_ok()
-        && agent_bin().is_file();
+/// Whether a missing prerequisite must fail the test rather than skip it, from the value of the
+/// `CI` environment variable: set to anything but an empty string, `false` or `0`.
+pub fn ci_requires(ci: Option<&str>) -> bool {
+    ci.is_some_and(|v| {
+        let v = v.trim();
+        !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
+    })
+}
+
+/// Called by a test (or part of one) that cannot run because something is missing; `reason`
+/// names what and how to install it. In CI ([`ci_requires`]) it panics: the test fails.
+/// Elsewhere it prints the reason and appends `<test name>: <reason>` to the file named by
+/// `PGPILOT_SKIPPED` (tests/run.sh counts and lists those), and the caller returns.
+pub fn skip(reason: &str) {
+    let reason = reason.replace('\n', " ");
+    let ci = std::env::var_os("CI");
+    if ci_requires(ci.as_ref().map(|v| v.to_str().unwrap_or("1"))) {
+        panic!("missing prerequisite (required in CI): {reason}");
+    }
+    let thread = std::thread::current();
+    let test = match thread.name() {
+        Some(name) if name != "main" => name,
+        _ => "unnamed test",
+    };
+    eprintln!("skipped: {reason}");
+    if let Some(path) = std::env::var_os("PGPILOT_SKIPPED") {
+        use std::io::Write;
+        let written = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{test}: {reason}"));
+        if let Err(e) = written {
+            eprintln!(
+                "cannot record the skip in {}: {e}",
+                Path::new(&path).display()
+            );
+        }
+    }
+}
+
+/// Whether `program` is on the PATH; when not, [`skip`]s with the Debian `package` to install.
+pub fn need_program(program: &str, package: &str) -> bool {
+    let ok = have_program(program);
     if !ok {
-        eprintln!("skipped: needs postgresql-15, etcd-server and a built agent (cargo build)");
+        skip(&format!(
+            "{program} is not installed (apt-get install {package}, or tests/run.sh)"
+        ));
     }
     ok
 }
 
+/// Whether the end-to-end prerequisites are here (PostgreSQL 15, etcd, a built agent); when
+/// not, [`skip`]s naming what is missing.
+pub fn prerequisites() -> bool {
+    let mut missing = Vec::new();
+    if !Path::new(PG_BIN).join("postgres").exists() {
+        missing.push("PostgreSQL 15 (apt-get install postgresql-15)".to_string());
+    }
+    if Command::new("etcd").arg("--version").output().is_err() {
+        missing.push("etcd (apt-get install etcd-server)".to_string());
+    }
+    if !agent_bin().is_file() {
+        missing.push(format!(
+            "the agent binary {} (cargo build --workspace)",
+            agent_bin().display()
+        ));
+    }
+    if !missing.is_empty() {
+        skip(&format!(
+            "needs {}; tests/run.sh installs and builds all of it",
+            missing.join(", ")
+        ));
+    }
+    missing.is_empty()
+}
+
 /// A 3-node cluster `scope` run by real Patroni, at its shortest timing (ttl 30, loop_wait 10,
-/// retry_timeout 10); `None` (the test skips) when Patroni is not installed outside CI.
+/// retry_timeout 10); `None` (the test is skipped, see [`skip`]) when Patroni is not installed.
 pub fn patroni_cluster_spec(scope: &str) -> Option<ClusterSpec> {
     Some(ClusterSpec {
         scope: scope.into(),
@@ -1428,22 +1493,34 @@ pub fn patroni_cluster_spec(scope: &str) -> Option<ClusterSpec> {
     })
 }
 
-/// Real Patroni's daemon for a side-by-side test: `None` (the test skips) only outside CI,
-/// where it need not be installed; in CI its absence fails the test.
+/// How to install real Patroni, for a skip's reason.
+pub const PATRONI_INSTALL: &str = "tests/run.sh installs it: . tests/prereqs.sh; pgpilot_patroni \
+     (a venv in /var/tmp/patroni-sys-venv with patroni[etcd3] and psycopg2-binary)";
+
+/// Real Patroni's daemon for a side-by-side test: `None` when it is not installed, after
+/// [`skip`] (which fails the test in CI).
 pub fn patroni_daemon_or_skip() -> Option<PathBuf> {
     let found = patroni_program("patroni");
     if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Patroni is required in CI (see .ci/run)"
-        );
-        eprintln!("Patroni not installed: skipping");
+        skip(&format!("Patroni is not installed; {PATRONI_INSTALL}"));
     }
     found
 }
 
-/// A program of real Patroni (`patroni`, `patronictl`) from the venv `.ci/run` installs with
-/// Debian's Python (so the `postgres` user can run it), or from `PATRONI_VENV`.
+/// `patronictl` of real Patroni: `None` when it is not installed, after [`skip`] with `what`
+/// (the checks that cannot run).
+pub fn patronictl_or_skip(what: &str) -> Option<PathBuf> {
+    let found = patroni_program("patronictl");
+    if found.is_none() {
+        skip(&format!(
+            "patronictl is not installed, {what}; {PATRONI_INSTALL}"
+        ));
+    }
+    found
+}
+
+/// A program of real Patroni (`patroni`, `patronictl`) from the venv `tests/prereqs.sh` installs
+/// with Debian's Python (so the `postgres` user can run it), or from `PATRONI_VENV`.
 pub fn patroni_program(name: &str) -> Option<PathBuf> {
     let venvs = std::env::var_os("PATRONI_VENV")
         .map(PathBuf::from)
@@ -1611,12 +1688,12 @@ pub struct NetLab {
 }
 
 impl NetLab {
-    /// Whether this machine can run one: root, `ip` and `nft`; says why not when it cannot.
+    /// Whether this machine can run one: root, `ip` and `nft`; [`skip`]s saying why when not.
     pub fn possible() -> bool {
         let ok = NetLab::available();
         if !ok {
-            eprintln!(
-                "skipped: network partition tests need root, iproute2 and nftables (apt-get install nftables)"
+            skip(
+                "network partition tests need root, iproute2 and nftables (run as root; apt-get install iproute2 nftables)",
             );
         }
         ok
@@ -1812,5 +1889,27 @@ impl Lab {
             etcd,
             work,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ci_requires;
+
+    #[test]
+    fn a_missing_prerequisite_fails_only_when_ci_is_set_to_something_true() {
+        for ci in ["true", "1", "yes", "TRUE", "github"] {
+            assert!(ci_requires(Some(ci)), "CI={ci}");
+        }
+        for ci in [
+            None,
+            Some(""),
+            Some(" "),
+            Some("0"),
+            Some("false"),
+            Some("False"),
+        ] {
+            assert!(!ci_requires(ci), "CI={ci:?}");
+        }
     }
 }

@@ -131,6 +131,9 @@ fn the_demo_starts_breaks_heals_and_leaves_nothing_behind() {
             !have_program("haproxy"),
             "HAProxy installed but not started"
         );
+        skip(
+            "haproxy is not installed, so the demo's HAProxy checks were skipped (apt-get install haproxy, or tests/run.sh)",
+        );
     }
 
     // cut the leader: another member takes over; restore: it rejoins
@@ -313,7 +316,7 @@ fn on_loopback_isolation_is_refused_with_the_way_out() {
 
 #[test]
 fn the_interactive_demo_opens_the_console_switches_from_it_and_asks_before_stopping() {
-    if !prerequisites() || !have_program("tmux") {
+    if !prerequisites() || !need_program("tmux", "tmux") {
         return;
     }
     let (dir, _down) = demo_dir("demotty");

@@ -10,13 +10,7 @@ fn live_console_follows_the_cluster_pauses_and_switches_it_over() {
     if !prerequisites() {
         return;
     }
-    if std::process::Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        assert!(std::env::var_os("CI").is_none(), "tmux is required in CI");
-        eprintln!("tmux not installed: skipping");
+    if !need_program("tmux", "tmux") {
         return;
     }
     let spec = ClusterSpec {

@@ -6,7 +6,7 @@ use std::process::Command;
 
 #[test]
 fn the_screenshot_script_makes_every_picture() {
-    if !prerequisites() || !have_program("tmux") {
+    if !prerequisites() || !need_program("tmux", "tmux") {
         return;
     }
     let out = tempfile::tempdir_in("/var/tmp").unwrap();

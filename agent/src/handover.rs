@@ -161,7 +161,7 @@ pub async fn hand_over<K: Kv>(
     match pg.controldata().await {
         Ok(cd) => {
             if let Some(lsn) = cd.checkpoint_lsn {
-                status.optime = Some(lsn.0 + 1);
+                status.optime = Some(lsn.0.saturating_add(1));
                 if let Err(e) = dcs.write_status(&status).await {
                     warn!("cannot write the last leader position: {e}");
                 }

@@ -792,11 +792,29 @@ mod tests {
 
     /// Drives the real router (no socket) and returns status and body.
     async fn call(method: &str, uri: &str, body: &str) -> (u16, String) {
+        call_on(
+            snap(Role::Primary, true),
+            Default::default(),
+            method,
+            uri,
+            body,
+        )
+        .await
+    }
+
+    /// The same, with the snapshot given and `POST /failsafe` recorded in `heard`.
+    async fn call_on(
+        snapshot: Snapshot,
+        heard: crate::runtime::FailsafeHeard,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (u16, String) {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
         let store = shared::dcs::mem::MemStore::new();
         let dcs = Arc::new(Dcs::new(store.client(), "/service", "demo", "n1", 30));
-        let (_tx, rx) = watch::channel(Arc::new(snap(Role::Primary, true)));
+        let (_tx, rx) = watch::channel(Arc::new(snapshot));
         let (commands, _rx) = tokio::sync::mpsc::channel(1);
         let app = router(Arc::new(Api {
             snapshot: rx,
@@ -805,7 +823,7 @@ mod tests {
             client: shared::api::MemberClient::new(Duration::from_millis(200)),
             commands,
             wake: Arc::new(tokio::sync::Notify::new()),
-            failsafe_heard: Default::default(),
+            failsafe_heard: heard,
         }));
         let req = axum::http::Request::builder()
             .method(method)
@@ -863,11 +881,54 @@ mod tests {
         let (code, body) = call("TRACE", "/", "").await;
         assert_eq!(code, 405);
         assert!(body.contains("error"));
-        // a primary never confirms another primary in failsafe mode; a nameless ask is refused
+        // without failsafe_mode, POST /failsafe is refused as Patroni refuses it
         let (code, body) = call("POST", "/failsafe", r#"{"name": "n2"}"#).await;
+        assert_eq!(code, 502, "{body}");
+        assert!(body.contains("Error code: 502"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn failsafe_confirmations_only_for_the_last_leader_listed_in_the_key() {
+        let with_failsafe = |role: Role| {
+            let mut s = snap(role, false);
+            s.failsafe_mode = true;
+            s.last_leader = Some("n2".into());
+            let mut c = (**s.cluster.as_ref().unwrap()).clone();
+            c.failsafe = Some(
+                serde_json::from_str(
+                    r#"{"n1":"http://127.0.0.1:1/patroni","n2":"http://127.0.0.1:2/patroni"}"#,
+                )
+                .unwrap(),
+            );
+            s.cluster = Some(Arc::new(c));
+            s
+        };
+        let heard: crate::runtime::FailsafeHeard = Default::default();
+        let post = |s: Snapshot, body: &'static str| {
+            let heard = heard.clone();
+            async move { call_on(s, heard, "POST", "/failsafe", body).await }
+        };
+        // a primary never confirms another primary; a nameless ask is refused
+        let (code, body) = post(with_failsafe(Role::Primary), r#"{"name": "n2"}"#).await;
         assert_eq!((code, body.as_str()), (500, "Running as a leader"));
-        let (code, body) = call("POST", "/failsafe", "{}").await;
-        assert_eq!(code, 400, "{body}");
+        let (code, _) = post(with_failsafe(Role::Replica), "{}").await;
+        assert_eq!(code, 400);
+        // a name the failsafe key does not list, or that is not the last leader: refused,
+        // and nothing is recorded
+        let (code, body) = post(with_failsafe(Role::Replica), r#"{"name": "n9"}"#).await;
+        assert_eq!(code, 500, "{body}");
+        assert!(body.contains("not listed"), "{body}");
+        let (code, body) = post(with_failsafe(Role::Replica), r#"{"name": "n1"}"#).await;
+        assert_eq!(code, 500, "{body}");
+        assert!(
+            body.contains("not the leader this member last saw (n2)"),
+            "{body}"
+        );
+        assert!(heard.lock().unwrap().is_none());
+        // the last leader, listed: accepted and recorded
+        let (code, body) = post(with_failsafe(Role::Replica), r#"{"name": "n2"}"#).await;
+        assert_eq!((code, body.as_str()), (200, "Accepted"));
+        assert_eq!(heard.lock().unwrap().as_ref().unwrap().0, "n2");
     }
 
     proptest::proptest! {

@@ -167,9 +167,15 @@ pub async fn handle<K: Kv>(
 
 /// `POST /failsafe` from a primary that lost etcd: a replica promises not to race for the lock
 /// for ttl seconds and answers `Accepted`, with its WAL position in the `lsn` header; a primary
-/// refuses.
+/// refuses. Only with `failsafe_mode` on (Patroni answers 502 otherwise), and only for the
+/// member this node last saw holding the leader key, listed in the `failsafe` key: a request
+/// naming anyone else is refused. What a request can hold back is bounded anyway: the HA loop
+/// races regardless once that leader's own REST API stops answering as a running primary.
 fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
     let snap = api.snapshot.borrow().clone();
+    if !snap.failsafe_mode {
+        return python_error(StatusCode::BAD_GATEWAY);
+    }
     let Some(name) = body
         .get("name")
         .and_then(Value::as_str)
@@ -183,6 +189,32 @@ fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
     if snap.server.as_ref().is_some_and(|s| !s.in_recovery) {
         return text(500, "Running as a leader".into());
     }
+    let listed = snap
+        .cluster
+        .as_ref()
+        .and_then(|c| c.failsafe.as_ref())
+        .is_some_and(|f| f.contains_key(name));
+    if !listed {
+        warn!(
+            primary = name,
+            "failsafe: refused a confirmation for {name}: the failsafe key does not list it"
+        );
+        return text(500, format!("{name} is not listed in the failsafe key"));
+    }
+    if snap.last_leader.as_deref() != Some(name) {
+        warn!(
+            primary = name,
+            last_leader = snap.last_leader.as_deref().unwrap_or(""),
+            "failsafe: refused a confirmation for {name}: it is not the leader this member last saw"
+        );
+        return text(
+            500,
+            format!(
+                "{name} is not the leader this member last saw ({})",
+                snap.last_leader.as_deref().unwrap_or("none")
+            ),
+        );
+    }
     {
         let mut heard = api.failsafe_heard.lock().unwrap_or_else(|p| p.into_inner());
         if heard
@@ -191,7 +223,7 @@ fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
         {
             info!(
                 primary = name,
-                "failsafe: {name} lost etcd and asked to stay primary; not racing for the lock while it keeps asking"
+                "failsafe: {name} lost etcd and asked to stay primary; not racing for the lock while it keeps asking and answers as primary"
             );
         }
         *heard = Some((name.to_string(), std::time::Instant::now()));
@@ -203,6 +235,22 @@ fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
         r.headers_mut().insert("lsn", v);
     }
     r
+}
+
+/// The error page Python's HTTP server sends (`send_error`), which Patroni answers with on some
+/// refusals; clients compare status codes, and this keeps the body the same too.
+fn python_error(code: StatusCode) -> Response {
+    let reason = code.canonical_reason().unwrap_or("Error");
+    let explanation = match code {
+        StatusCode::BAD_GATEWAY => "Invalid responses from another server/proxy",
+        _ => reason,
+    };
+    let body = format!(
+        "<!DOCTYPE HTML>\n<html lang=\"en\">\n    <head>\n        <meta charset=\"utf-8\">\n        <title>Error response</title>\n    </head>\n    <body>\n        <h1>Error response</h1>\n        <p>Error code: {}</p>\n        <p>Message: {reason}.</p>\n        <p>Error code explanation: {} - {explanation}.</p>\n    </body>\n</html>\n",
+        code.as_u16(),
+        code.as_u16()
+    );
+    text_response(code, "text/html;charset=utf-8", body)
 }
 
 async fn command<K: Kv>(api: &Api<K>, command: Command) -> Response {

@@ -43,6 +43,10 @@ pub struct Snapshot {
     pub fencing: crate::guard::Fencing,
     /// A primary kept writable by its members' confirmations while etcd is unreachable.
     pub failsafe_active: bool,
+    /// `failsafe_mode` is on in the dynamic configuration in force.
+    pub failsafe_mode: bool,
+    /// The last member this node saw holding the leader key.
+    pub last_leader: Option<String>,
     /// The watchdog device is armed (this node leads).
     pub watchdog_armed: bool,
     /// `watchdog.mode: required` and the watchdog cannot be used.
@@ -73,6 +77,8 @@ impl Snapshot {
             scheduled_restart: None,
             fencing: crate::guard::Fencing::Unavailable,
             failsafe_active: false,
+            failsafe_mode: false,
+            last_leader: None,
             watchdog_armed: false,
             watchdog_failed: false,
         }

@@ -283,3 +283,44 @@ async fn watch_reports_changes_under_the_prefix() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn absurd_timing_is_refused_by_key_and_never_overflows() {
+    let c = |j: &str| DynamicConfig::parse(j).unwrap();
+    let max = u64::MAX;
+    let absurd = c(&format!(
+        r#"{{"ttl":{max},"loop_wait":{max},"retry_timeout":{max}}}"#
+    ));
+    let why = absurd.refusal().unwrap();
+    for key in ["ttl:", "loop_wait:", "retry_timeout:"] {
+        assert!(why.contains(key), "{why}");
+    }
+    // no panic and nothing wraps: every value is clamped into its range
+    let t = absurd.timing();
+    assert!(t.ttl <= shared::dcs::MAX_TIMING && t.loop_wait + 2 * t.retry_timeout <= t.ttl);
+    assert!(absurd.timing_problem().is_some());
+    // a type error is refused too, naming the key
+    assert!(c(r#"{"ttl":"soon"}"#).refusal().unwrap().contains("ttl"));
+    assert!(
+        c(r#"{"pause":"maybe"}"#)
+            .refusal()
+            .unwrap()
+            .contains("pause")
+    );
+    // a day is the longest ttl; the usual values pass
+    assert!(
+        c(r#"{"ttl":86401}"#)
+            .refusal()
+            .unwrap()
+            .contains("at most 86400")
+    );
+    assert_eq!(
+        c(r#"{"ttl":30,"loop_wait":10,"retry_timeout":10}"#).refusal(),
+        None
+    );
+    // a combination that cannot work is adjusted and warned about, not refused
+    assert_eq!(
+        c(r#"{"ttl":10,"loop_wait":10,"retry_timeout":10}"#).refusal(),
+        None
+    );
+}

@@ -64,7 +64,7 @@ impl ControlData {
         if min > ckpt {
             Some((self.min_recovery_timeline.unwrap_or(tl).max(tl), min))
         } else {
-            Some((tl, ckpt + 1))
+            Some((tl, ckpt.saturating_add(1)))
         }
     }
 

@@ -46,7 +46,11 @@ impl<K: Kv> Agent<K> {
 
     /// With etcd unreachable: asks every other member listed in the last `failsafe` key seen
     /// to confirm this primary. `Ok` only when all of them answered `Accepted`.
-    pub(super) async fn failsafe_round(&self, wal_position: Option<u64>) -> Result<(), String> {
+    pub(super) async fn failsafe_round(
+        &self,
+        wal_position: Option<u64>,
+        limit: Duration,
+    ) -> Result<(), String> {
         let last = self.snapshot.borrow().cluster.clone();
         let listed = last
             .as_ref()
@@ -100,18 +104,90 @@ impl<K: Kv> Agent<K> {
             });
         }
         let mut refusals = Vec::new();
-        while let Some(r) = asks.join_next().await {
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(why)) => refusals.push(why),
-                Err(e) => refusals.push(format!("confirmation task failed: {e}")),
+        let collect = async {
+            while let Some(r) = asks.join_next().await {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => refusals.push(why),
+                    Err(e) => refusals.push(format!("confirmation task failed: {e}")),
+                }
             }
+        };
+        if tokio::time::timeout(limit, collect).await.is_err() {
+            asks.abort_all();
+            return Err(format!(
+                "not every member confirmed within {} ms, the time left before this primary must be read-only",
+                limit.as_millis()
+            ));
         }
         if refusals.is_empty() {
             Ok(())
         } else {
             refusals.sort();
             Err(refusals.join("; "))
+        }
+    }
+
+    /// How long a failsafe round may take: never past the moment this primary must be
+    /// read-only (its last lock renewal, or last confirmed round, plus ttl - retry_timeout),
+    /// and at most two confirmation attempts.
+    pub(super) fn failsafe_round_limit(&self, t: shared::dcs::Timing) -> Duration {
+        let keep = Duration::from_secs(t.ttl.saturating_sub(t.retry_timeout));
+        let until = [self.lock_renewed, self.failsafe_confirmed]
+            .into_iter()
+            .flatten()
+            .map(|start| start + keep)
+            .max();
+        let left = until.map_or(Duration::ZERO, |u| {
+            u.saturating_duration_since(Instant::now())
+        });
+        left.min(CONFIRM_TIMEOUT * 2)
+            .max(Duration::from_millis(100))
+    }
+
+    /// Whether `name`, which asked this node over `POST /failsafe` not to race, still answers
+    /// on its REST API (at the address in the `failsafe` key) as a running primary. A member
+    /// that does not is forgotten, and this node races as usual.
+    pub(super) async fn failsafe_leader_alive(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        t: shared::dcs::Timing,
+    ) -> bool {
+        let url = cluster
+            .failsafe
+            .as_ref()
+            .and_then(|f| f.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let verdict = match url {
+            None => Err("the failsafe key does not list it".to_string()),
+            Some(url) => {
+                let wait = CONFIRM_TIMEOUT.min(Duration::from_secs(t.loop_wait.max(1)));
+                match tokio::time::timeout(wait, self.peers.status_or_error(&url)).await {
+                    Err(_) => Err(format!(
+                        "{url} did not answer within {} ms",
+                        wait.as_millis()
+                    )),
+                    Ok(Err(e)) => Err(format!("{url} did not answer: {e}")),
+                    Ok(Ok(body)) if shared::api::PeerStatus::from_json(&body).is_primary => Ok(()),
+                    Ok(Ok(_)) => Err(format!("{url} does not answer as a running primary")),
+                }
+            }
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(why) => {
+                warn!(
+                    primary = name,
+                    "failsafe: {name} asked this node not to race, but {why}: racing for the lock as usual"
+                );
+                *self
+                    .failsafe_heard
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                false
+            }
         }
     }
 

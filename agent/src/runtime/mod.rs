@@ -115,6 +115,12 @@ pub struct Agent<K: Kv> {
     watchdog_failed: Option<String>,
     /// `synchronous_mode: quorum` was warned about.
     quorum_warned: bool,
+    /// Why the `config` key in etcd is refused (logged once per reason).
+    config_refused: Option<String>,
+    /// The last member seen holding the leader key.
+    last_leader: Option<String>,
+    /// When the last failsafe round that every member confirmed began.
+    failsafe_confirmed: Option<Instant>,
 }
 
 impl<K: Kv> Agent<K> {
@@ -126,9 +132,14 @@ impl<K: Kv> Agent<K> {
         peers: MemberClient,
     ) -> Self {
         let pg = Arc::new(Postgres::new(cfg.clone()));
-        let last_dynamic = DynamicConfig {
-            raw: cfg.bootstrap.dcs.clone(),
-        };
+        // until etcd is read: the copy kept beside the data, else bootstrap.dcs
+        let last_dynamic = pg
+            .cached_dynamic_config()
+            .and_then(|text| DynamicConfig::parse(&text))
+            .filter(|d| d.refusal().is_none())
+            .unwrap_or_else(|| DynamicConfig {
+                raw: cfg.bootstrap.dcs.clone(),
+            });
         Agent {
             dcs,
             pg,
@@ -174,6 +185,9 @@ impl<K: Kv> Agent<K> {
             watchdog: crate::watchdog::Watchdog::new(cfg.watchdog.clone()),
             watchdog_failed: None,
             quorum_warned: false,
+            config_refused: None,
+            last_leader: None,
+            failsafe_confirmed: None,
             cfg,
         }
     }
@@ -376,7 +390,7 @@ impl<K: Kv> Agent<K> {
             }
             None => self.dcs.load().await,
         };
-        let cluster = match read {
+        let mut cluster = match read {
             Ok(c) => {
                 self.dcs_down_since = None;
                 if self.dcs_error_logged {
@@ -400,7 +414,9 @@ impl<K: Kv> Agent<K> {
         };
         // The dynamic configuration in force: etcd's, else bootstrap.dcs before the first
         // bootstrap wrote it, else (etcd unreachable) the last one seen.
-        let dynamic = match cluster.as_ref() {
+        // A `config` key with a value out of range or of the wrong type is refused: the last good
+        // configuration stays in force, for this node's decisions and for the core's view.
+        let dynamic = match cluster.as_mut() {
             Some(c) => {
                 let d = c
                     .config
@@ -409,14 +425,33 @@ impl<K: Kv> Agent<K> {
                     .unwrap_or_else(|| DynamicConfig {
                         raw: self.cfg.bootstrap.dcs.clone(),
                     });
-                self.last_dynamic = d.clone();
-                if let Some(v) = &c.config
-                    && self.pg.data_dir_initialized()
-                    && let Err(e) = self.pg.cache_dynamic_config(&v.value.to_json())
-                {
-                    warn!("cannot keep a copy of the dynamic configuration: {e:#}");
+                match d.refusal() {
+                    Some(why) => {
+                        if self.config_refused.as_deref() != Some(why.as_str()) {
+                            error!(
+                                "the dynamic configuration in etcd (the config key) is refused: {why}; the last good configuration stays in force until the key is fixed (console --batch edit-config)"
+                            );
+                            self.config_refused = Some(why);
+                        }
+                        if let Some(v) = c.config.as_mut() {
+                            v.value = self.last_dynamic.clone();
+                        }
+                        self.last_dynamic.clone()
+                    }
+                    None => {
+                        if self.config_refused.take().is_some() {
+                            info!("the dynamic configuration in etcd is valid again");
+                        }
+                        self.last_dynamic = d.clone();
+                        if let Some(v) = &c.config
+                            && self.pg.data_dir_initialized()
+                            && let Err(e) = self.pg.cache_dynamic_config(&v.value.to_json())
+                        {
+                            warn!("cannot keep a copy of the dynamic configuration: {e:#}");
+                        }
+                        d
+                    }
                 }
-                d
             }
             None => self.last_dynamic.clone(),
         };
@@ -444,6 +479,11 @@ impl<K: Kv> Agent<K> {
         self.pg.set_use_slots(dynamic.use_slots());
         if let Some(c) = &cluster {
             self.seen_leader |= c.leader.is_some();
+            if let Some(l) = &c.leader {
+                self.last_leader = Some(l.name.clone());
+            }
+            // etcd answers again: the lock, not the members' confirmations, keeps a primary
+            self.failsafe_confirmed = None;
             if c.leader.as_ref().is_none_or(|l| l.name != self.cfg.name) {
                 // whatever we renewed before, etcd says the lock is not ours now
                 self.lock_renewed = None;
@@ -491,7 +531,13 @@ impl<K: Kv> Agent<K> {
             && self.job.is_none()
             && dynamic.failsafe_mode()
         {
-            let r = self.failsafe_round(pg_view.wal_position).await;
+            let round_started = Instant::now();
+            let r = self
+                .failsafe_round(pg_view.wal_position, self.failsafe_round_limit(timing))
+                .await;
+            if r.is_ok() {
+                self.failsafe_confirmed = Some(round_started);
+            }
             match &r {
                 Ok(()) if !self.failsafe_active => {
                     warn!(
@@ -506,7 +552,19 @@ impl<K: Kv> Agent<K> {
             None
         };
         self.failsafe_active = matches!(failsafe, Some(Ok(())));
-        let failsafe_leader = self.failsafe_leader(timing.ttl);
+        // A member that asked over POST /failsafe keeps this node from racing only while its
+        // own REST API answers as a running primary: a forged request, or one from a leader that
+        // has died since, holds nothing back.
+        let failsafe_leader = match (&cluster, self.failsafe_leader(timing.ttl)) {
+            (Some(c), Some(name)) if c.leader.is_none() && dynamic.failsafe_mode() => {
+                if self.failsafe_leader_alive(c, &name, timing).await {
+                    Some(name)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
         let decision = {
             let obs = Observation {
                 me: &self.cfg.name,
@@ -622,6 +680,8 @@ impl<K: Kv> Agent<K> {
             failover_blocked: self.last_failover_blocked.clone(),
             fencing: self.fencing(),
             failsafe_active: self.failsafe_active,
+            failsafe_mode: dynamic.failsafe_mode(),
+            last_leader: self.last_leader.clone(),
             watchdog_armed: self.watchdog.is_armed(),
             watchdog_failed: self.watchdog_failed.is_some()
                 || self
@@ -1697,7 +1757,7 @@ impl<K: Kv> Agent<K> {
                     .unwrap_or_default();
                 // One byte past the start of the shutdown checkpoint: a replica that did not
                 // receive that record counts as behind, one that did is at or past it.
-                status.optime = Some(lsn.0 + 1);
+                status.optime = Some(lsn.0.saturating_add(1));
                 if let Err(e) = self.dcs.write_status(&status).await {
                     warn!("cannot write the final status: {e}");
                 }

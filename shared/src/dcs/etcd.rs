@@ -199,7 +199,7 @@ impl Kv for EtcdKv {
                         } else {
                             for ev in resp.events() {
                                 let Some(kv) = ev.kv() else { continue };
-                                next_rev = next_rev.max(kv.mod_revision() + 1);
+                                next_rev = next_rev.max(kv.mod_revision().saturating_add(1));
                                 let event = match ev.event_type() {
                                     EventType::Put => WatchEvent::Put(to_kv(kv)),
                                     EventType::Delete => WatchEvent::Delete {

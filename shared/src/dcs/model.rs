@@ -440,6 +440,12 @@ impl SyncState {
     }
 }
 
+/// The shortest ttl pgpilot accepts, in seconds.
+pub const MIN_TTL: u64 = 5;
+/// The longest ttl, loop_wait, retry_timeout or start/stop timeout accepted: one day. Larger
+/// values are refused (they would only ever mean a leader that is never replaced).
+pub const MAX_TIMING: u64 = 86_400;
+
 /// Timing after pgpilot's limits are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -487,13 +493,17 @@ impl DynamicConfig {
     /// loop_wait ≥ 1, retry_timeout ≥ 1, and `loop_wait + 2*retry_timeout ≤ ttl` (loop_wait
     /// lowered first, then retry_timeout).
     pub fn timing(&self) -> Timing {
-        let ttl = self.uint("ttl").unwrap_or(30).max(5);
-        let mut retry_timeout = self.uint("retry_timeout").unwrap_or(10).max(1);
-        let mut loop_wait = self.uint("loop_wait").unwrap_or(10).max(1);
+        // every value is clamped into its range first, so no sum or product below can overflow
+        let ttl = self.uint("ttl").unwrap_or(30).clamp(MIN_TTL, MAX_TIMING);
+        let mut retry_timeout = self
+            .uint("retry_timeout")
+            .unwrap_or(10)
+            .clamp(1, MAX_TIMING);
+        let mut loop_wait = self.uint("loop_wait").unwrap_or(10).clamp(1, MAX_TIMING);
         if loop_wait + 2 * retry_timeout > ttl {
             loop_wait = ttl.saturating_sub(2 * retry_timeout).max(1);
             if loop_wait + 2 * retry_timeout > ttl {
-                retry_timeout = ((ttl - 1) / 2).max(1);
+                retry_timeout = (ttl.saturating_sub(1) / 2).max(1);
             }
         }
         Timing {
@@ -510,12 +520,28 @@ impl DynamicConfig {
         let ttl = self.uint("ttl").unwrap_or(30);
         let loop_wait = self.uint("loop_wait").unwrap_or(10);
         let retry_timeout = self.uint("retry_timeout").unwrap_or(10);
-        let need = loop_wait + 2 * retry_timeout;
-        (ttl < need).then(|| {
-            format!(
+        // checked: the values come from etcd or a file
+        let need = retry_timeout
+            .checked_mul(2)
+            .and_then(|r| r.checked_add(loop_wait));
+        match need {
+            Some(need) if ttl >= need => None,
+            Some(need) => Some(format!(
                 "ttl {ttl} is too short for loop_wait {loop_wait} and retry_timeout {retry_timeout}: it must be at least loop_wait + 2 × retry_timeout = {need}"
-            )
-        })
+            )),
+            None => Some(format!(
+                "loop_wait {loop_wait} and retry_timeout {retry_timeout} are out of range"
+            )),
+        }
+    }
+
+    /// The problems that make this dynamic configuration unusable (a value of the wrong type or
+    /// out of its range), each with the key at fault. An agent refuses such a `config` key and
+    /// keeps the last good configuration in force.
+    pub fn refusal(&self) -> Option<String> {
+        let mut problems = Vec::new();
+        Self::check_values(&self.raw, |key, msg| problems.push(format!("{key}: {msg}")));
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     pub fn maximum_lag_on_failover(&self) -> u64 {
@@ -612,17 +638,25 @@ impl DynamicConfig {
     /// Checks the types and limits of a `bootstrap.dcs` (or a proposed `/config`) object, calling
     /// `report(key, message)` for each problem.
     pub fn check_bootstrap(raw: &Map<String, Value>, mut report: impl FnMut(&str, String)) {
+        Self::check_values(raw, &mut report);
+        if let Some(problem) = (DynamicConfig { raw: raw.clone() }).timing_problem() {
+            report("ttl", problem);
+        }
+    }
+
+    /// Types and ranges of the values, each problem reported with its key.
+    fn check_values(raw: &Map<String, Value>, mut report: impl FnMut(&str, String)) {
         let uint_keys = [
-            ("ttl", 5u64),
-            ("loop_wait", 1),
-            ("retry_timeout", 1),
-            ("maximum_lag_on_failover", 0),
-            ("primary_start_timeout", 0),
-            ("primary_stop_timeout", 0),
-            ("max_timelines_history", 0),
-            ("synchronous_node_count", 1),
+            ("ttl", MIN_TTL, MAX_TIMING),
+            ("loop_wait", 1, MAX_TIMING),
+            ("retry_timeout", 1, MAX_TIMING),
+            ("maximum_lag_on_failover", 0, i64::MAX as u64),
+            ("primary_start_timeout", 0, MAX_TIMING),
+            ("primary_stop_timeout", 0, MAX_TIMING),
+            ("max_timelines_history", 0, u32::MAX as u64),
+            ("synchronous_node_count", 1, 1024),
         ];
-        for (key, min) in uint_keys {
+        for (key, min, max) in uint_keys {
             let Some(v) = raw.get(key) else { continue };
             let n = match v {
                 Value::Number(n) => n.as_u64(),
@@ -632,11 +666,9 @@ impl DynamicConfig {
             match n {
                 None => report(key, format!("expected a non-negative integer, found {v}")),
                 Some(n) if n < min => report(key, format!("must be at least {min}, found {n}")),
+                Some(n) if n > max => report(key, format!("must be at most {max}, found {n}")),
                 _ => {}
             }
-        }
-        if let Some(problem) = (DynamicConfig { raw: raw.clone() }).timing_problem() {
-            report("ttl", problem);
         }
         for key in [
             "pause",
@@ -709,7 +741,10 @@ impl Cluster {
 
     /// Cluster timeline: last history entry + 1, or 1.
     pub fn timeline(&self) -> u64 {
-        self.history.last().map(|e| e.timeline + 1).unwrap_or(1)
+        self.history
+            .last()
+            .map(|e| e.timeline.saturating_add(1))
+            .unwrap_or(1)
     }
 
     pub fn is_paused(&self) -> bool {

@@ -1,18 +1,25 @@
-//! Agent-death fencing: a tiny guard process that stops a primary PostgreSQL the moment its
-//! agent dies abruptly (SIGKILL, OOM kill, panic), so that the old primary has stopped taking
-//! writes long before its leader lease can run out and a replica is promoted.
+//! Fencing of a primary whose agent dies or stalls: a tiny guard process that stops a primary
+//! PostgreSQL the moment its agent dies abruptly (SIGKILL, OOM kill, panic), or stops making
+//! progress (SIGSTOP, a process stuck in uninterruptible I/O, a swap storm), so that the old
+//! primary has stopped taking writes before its leader lease can run out and a replica is
+//! promoted.
 //!
 //! The agent starts the guard (its own binary with `--fence-guard <data_dir>`) with a pipe as the
-//! guard's stdin and tells it, one line at a time, the etcd endpoints (`etcd h1:p1,h2:p2`) and
+//! guard's stdin and tells it, one line at a time, the etcd endpoints (`etcd h1:p1,h2:p2`),
 //! whether the local PostgreSQL runs as an unpaused primary (`armed <lease>`, with the agent's
-//! etcd lease) or not (`disarmed`). An orderly exit says `exit`. When the pipe ends without
-//! `exit` — the kernel closes it whatever way the agent died — an armed guard sends the
-//! postmaster a fast shutdown (SIGINT: sessions are terminated at once, new ones refused), and an
-//! immediate one (SIGQUIT) if it has not stopped after [`FAST_STOP_GRACE`]. Once the postmaster
-//! is gone it revokes the agent's lease, so that the leader key goes at once and a replica takes
-//! over without waiting out the ttl (if etcd cannot be reached, the lease simply expires). A
-//! restarted agent finds PostgreSQL stopped and starts it again in whatever role the cluster
-//! gives it.
+//! etcd lease) or not (`disarmed`), and, while armed, how long the primary may stay writable
+//! without news from the HA loop (`deadline <ms>`: the agent's last lease renewal, or last
+//! confirmed failsafe round, plus ttl, less a margin). An orderly exit says `exit`.
+//!
+//! When the pipe ends without `exit` — the kernel closes it whatever way the agent died — or an
+//! armed guard's deadline passes without a newer one, the guard sends the postmaster a fast
+//! shutdown (SIGINT: sessions are terminated at once, new ones refused), and an immediate one
+//! (SIGQUIT) if it has not stopped after [`FAST_STOP_GRACE`]. A server with `standby.signal` is a
+//! replica and is left alone. Once the postmaster is gone the guard revokes the agent's lease, so
+//! that the leader key goes at once and a replica takes over without waiting out the ttl (if etcd
+//! cannot be reached, the lease simply expires). After a stall the guard stays, disarmed: a
+//! thawed agent finds PostgreSQL stopped and another member leading, and rejoins it as a replica;
+//! a restarted agent does the same.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +28,9 @@ use std::time::{Duration, Instant};
 
 /// How long the guard lets a fast shutdown run before it forces an immediate one.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// The longest deadline the guard takes (a day, the longest ttl); a longer one is ignored.
+const MAX_DEADLINE_MS: u64 = 86_400_000;
 
 /// What the guard does if the agent dies now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +164,21 @@ impl FenceGuard {
         }
     }
 
+    /// While armed: the primary may stay writable for `left` more without another deadline
+    /// from the HA loop; past it the guard fences PostgreSQL as if the agent had died.
+    pub fn deadline(&mut self, left: Duration) {
+        if self.state != Fencing::Armed {
+            return;
+        }
+        let Some((_, stdin)) = self.child.as_mut() else {
+            return;
+        };
+        let line = format!("deadline {}\n", left.as_millis());
+        if let Err(e) = stdin.write_all(line.as_bytes()).and_then(|_| stdin.flush()) {
+            tracing::warn!("cannot reach the fencing guard ({e}); it is started again next cycle");
+        }
+    }
+
     /// An orderly exit: the guard leaves PostgreSQL alone and ends.
     pub fn release(&mut self) {
         if let Some((mut child, mut stdin)) = self.child.take() {
@@ -182,8 +207,67 @@ impl FenceGuard {
     }
 }
 
+/// What ends an armed guard's wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The pipe ended without `exit`: the agent is dead.
+    Death,
+    /// The deadline passed without a newer one: the agent's HA loop stalled.
+    Stall,
+}
+
+/// The guard's view of the agent, from its lines.
+#[derive(Debug, Default)]
+struct Watch {
+    armed: bool,
+    lease: Option<i64>,
+    etcd: Vec<String>,
+    deadline: Option<Instant>,
+}
+
+impl Watch {
+    /// Takes one line; `true` for `exit`.
+    fn line(&mut self, line: &str, now: Instant) -> bool {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("armed"), id) => {
+                self.armed = true;
+                self.lease = id.and_then(|i| i.parse().ok());
+            }
+            (Some("disarmed"), _) => {
+                self.armed = false;
+                self.deadline = None;
+            }
+            (Some("deadline"), Some(ms)) if self.armed => {
+                // a malformed or absurd value is not a deadline: keep the last one
+                if let Some(at) = ms
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms <= MAX_DEADLINE_MS)
+                    .and_then(|ms| now.checked_add(Duration::from_millis(ms)))
+                {
+                    self.deadline = Some(at);
+                }
+            }
+            (Some("etcd"), Some(hosts)) => {
+                self.etcd = hosts.split(',').map(str::to_string).collect();
+            }
+            (Some("exit"), _) => return true,
+            _ => {}
+        }
+        false
+    }
+
+    /// How long to wait for the next line before fencing (`None`: no deadline).
+    fn wait(&self, now: Instant) -> Option<Duration> {
+        self.deadline
+            .filter(|_| self.armed)
+            .map(|d| d.saturating_duration_since(now))
+    }
+}
+
 /// The guard process's whole life: follows the agent's state lines on stdin, fences an armed
-/// primary when stdin ends without `exit`. Returns the process exit code.
+/// primary when stdin ends without `exit` or its deadline passes. Returns the process exit code.
 pub fn run_guard(data_dir: &Path) -> u8 {
     // Ctrl-C in a terminal reaches the whole process group: the agent handles it and says
     // `exit`; the guard must outlive it to see that.
@@ -195,39 +279,68 @@ pub fn run_guard(data_dir: &Path) -> u8 {
         // SAFETY: SIG_IGN installs no handler code; nothing can run concurrently this early.
         let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
     }
-    let mut armed = false;
-    let mut lease: Option<i64> = None;
-    let mut etcd: Vec<String> = Vec::new();
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("armed"), id) => {
-                armed = true;
-                lease = id.and_then(|i| i.parse().ok());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
             }
-            (Some("disarmed"), _) => armed = false,
-            (Some("etcd"), Some(hosts)) => {
-                etcd = hosts.split(',').map(str::to_string).collect();
-            }
-            (Some("exit"), _) => return 0,
-            _ => {}
         }
+    });
+    let say = |msg: &str| eprintln!("pgpilot fencing guard: {msg}");
+    let mut watch = Watch::default();
+    loop {
+        let next = match watch.wait(Instant::now()) {
+            Some(left) => rx.recv_timeout(left),
+            None => rx
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        let trigger = match next {
+            Ok(line) => {
+                if watch.line(&line, Instant::now()) {
+                    return 0;
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Trigger::Stall,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Trigger::Death,
+        };
+        if !watch.armed {
+            return 0;
+        }
+        let code = fence_primary(data_dir, &watch, trigger, &say);
+        if trigger == Trigger::Death {
+            return code;
+        }
+        // a stalled agent may come back: it finds PostgreSQL stopped and rejoins as a replica
+        watch.armed = false;
+        watch.deadline = None;
     }
-    if !armed {
+}
+
+/// Stops the primary and revokes the agent's lease once it is down; the exit code.
+fn fence_primary(data_dir: &Path, watch: &Watch, trigger: Trigger, say: &dyn Fn(&str)) -> u8 {
+    if data_dir.join("standby.signal").exists() {
+        say("PostgreSQL runs as a replica (standby.signal): nothing to fence");
         return 0;
     }
-    let say = |msg: &str| eprintln!("pgpilot fencing guard: {msg}");
-    say(&format!(
-        "the agent died while PostgreSQL ran as primary in {}: stopping it so that no second primary can appear",
-        data_dir.display()
-    ));
+    say(&match trigger {
+        Trigger::Death => format!(
+            "the agent died while PostgreSQL ran as primary in {}: stopping it so that no second primary can appear",
+            data_dir.display()
+        ),
+        Trigger::Stall => format!(
+            "the agent's HA loop made no progress before its deadline (stopped, swapping or stuck in I/O) while PostgreSQL ran as primary in {}: stopping it before the leader lease can run out",
+            data_dir.display()
+        ),
+    });
     match fence(data_dir) {
         Ok(msg) => {
             say(&msg);
-            if let Some(id) = lease {
-                match revoke_lease(&etcd, id) {
+            if let Some(id) = watch.lease {
+                match revoke_lease(&watch.etcd, id) {
                     Ok(host) => say(&format!(
                         "revoked the agent's etcd lease {id} at {host}: a replica can take over now"
                     )),
@@ -338,6 +451,39 @@ fn postmaster_pid(data_dir: &Path) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deadline_counts_only_while_armed_and_garbage_keeps_the_last_one() {
+        let now = Instant::now();
+        let mut w = Watch::default();
+        assert!(!w.line("deadline 100", now));
+        assert_eq!(w.wait(now), None, "a disarmed guard has no deadline");
+        w.line("armed 42", now);
+        assert_eq!(w.lease, Some(42));
+        assert_eq!(w.wait(now), None, "armed, no deadline yet: death only");
+        w.line("deadline 1500", now);
+        assert_eq!(w.wait(now), Some(Duration::from_millis(1500)));
+        w.line("deadline soon", now);
+        w.line(&format!("deadline {}", u64::MAX), now);
+        assert_eq!(w.wait(now), Some(Duration::from_millis(1500)));
+        w.line("deadline 500", now);
+        assert_eq!(w.wait(now), Some(Duration::from_millis(500)));
+        assert_eq!(w.wait(now + Duration::from_secs(1)), Some(Duration::ZERO));
+        w.line("disarmed", now);
+        assert_eq!(w.wait(now), None);
+        assert!(w.line("exit", now));
+    }
+
+    #[test]
+    fn a_replica_is_never_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("standby.signal"), "").unwrap();
+        let w = Watch {
+            armed: true,
+            ..Default::default()
+        };
+        assert_eq!(fence_primary(dir.path(), &w, Trigger::Stall, &|_| {}), 0);
+    }
 
     #[test]
     fn a_stale_pid_file_names_no_postmaster() {

@@ -219,6 +219,8 @@ pub enum Action {
     },
     /// Delete the `sync` key (synchronous mode is off).
     DeleteSync { version: i64 },
+    /// Stop the running job where it is (a demotion must not wait for it), for this reason.
+    CancelJob { reason: String },
 }
 
 /// The outcome of one cycle.
@@ -692,8 +694,52 @@ fn member_address(cluster: &Cluster, name: &str) -> Option<String> {
 }
 
 /// Decides what to do this cycle.
+/// With etcd unreachable, whether a primary must be read-only now: it has retried for
+/// retry_timeout, or less than retry_timeout of its lease may be left.
+fn unreachable_demote_due(obs: &Observation<'_>) -> bool {
+    let t = obs.timing;
+    let lease_ending = obs
+        .lock_age_secs
+        .is_none_or(|age| age.saturating_add(t.retry_timeout) >= t.ttl);
+    obs.dcs_unreachable_secs >= t.retry_timeout || lease_ending
+}
+
+/// While a job runs with PostgreSQL up as an unpaused primary: why that job must give way to a
+/// demotion — etcd is unreachable past the deadline, or another member holds the lock — if it
+/// must. A switchover hands the lock over itself and a demotion is what is needed.
+fn job_blocks_demotion(obs: &Observation<'_>, job: Job) -> Option<String> {
+    if matches!(job, Job::Demote | Job::Switchover) || !obs.pg.running || obs.pg.in_recovery {
+        return None;
+    }
+    match obs.cluster {
+        None if unreachable_demote_due(obs) => Some(format!(
+            "etcd is unreachable and the leader lease runs short while a {job:?} job runs: cancelling it to demote to read-only"
+        )),
+        None => None,
+        Some(c) if c.is_paused() => None,
+        Some(c) => match &c.leader {
+            Some(l) if l.name != obs.me => Some(format!(
+                "{} holds the lock while a {job:?} job runs on this primary: cancelling it to demote",
+                l.name
+            )),
+            _ => None,
+        },
+    }
+}
+
 pub fn decide(obs: &Observation<'_>) -> Decision {
     if let Some(job) = obs.job {
+        if let Some(why) = job_blocks_demotion(obs, job) {
+            return decision(
+                vec![
+                    Action::CancelJob {
+                        reason: why.clone(),
+                    },
+                    Action::Demote { upstream: None },
+                ],
+                why,
+            );
+        }
         // Long operations are never interrupted or doubled; the holder keeps its lock meanwhile.
         let holds_lock = obs
             .cluster
@@ -732,10 +778,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 }
                 None => {}
             }
-            let lease_ending = obs
-                .lock_age_secs
-                .is_none_or(|age| age + t.retry_timeout >= t.ttl);
-            if obs.dcs_unreachable_secs >= t.retry_timeout || lease_ending {
+            if unreachable_demote_due(obs) {
                 return decision(
                     vec![Action::Demote { upstream: None }],
                     "etcd is unreachable: demoting to read-only so that no second primary can appear",
@@ -1571,6 +1614,37 @@ pub(crate) mod tests {
     fn a_running_job_is_never_doubled_even_without_etcd() {
         let mut o = obs("n1", None, primary_pg(), &[]);
         o.job = Some(Job::Demote);
+        assert_eq!(decide(&o).actions, vec![]);
+    }
+
+    #[test]
+    fn a_running_job_never_keeps_a_primary_that_cannot_renew_from_demoting() {
+        // etcd lost during a slow restart of the primary: once the lease runs short, the job
+        // gives way to a demotion
+        let mut o = obs("n1", None, primary_pg(), &[]);
+        o.job = Some(Job::Restart);
+        o.lock_age_secs = Some(5);
+        o.dcs_unreachable_secs = 2;
+        assert_eq!(decide(&o).actions, vec![]);
+        o.dcs_unreachable_secs = o.timing.retry_timeout;
+        let d = decide(&o);
+        assert!(matches!(d.actions[0], Action::CancelJob { .. }), "{d:?}");
+        assert_eq!(d.actions[1], Action::Demote { upstream: None });
+        o.dcs_unreachable_secs = 0;
+        o.lock_age_secs = Some(o.timing.ttl - o.timing.retry_timeout);
+        assert!(matches!(decide(&o).actions[0], Action::CancelJob { .. }));
+        // another member holds the lock while the primary's job runs
+        let c = cluster(Some("n2"));
+        let mut o = obs("n1", Some(&c), primary_pg(), &[]);
+        o.job = Some(Job::Start);
+        assert!(matches!(decide(&o).actions[0], Action::CancelJob { .. }));
+        // a switchover or a demotion is left to finish; so is anything on a replica
+        o.job = Some(Job::Switchover);
+        assert_eq!(decide(&o).actions, vec![]);
+        o.job = Some(Job::Demote);
+        assert_eq!(decide(&o).actions, vec![]);
+        let mut o = obs("n1", Some(&c), replica_pg(100, None), &[]);
+        o.job = Some(Job::Restart);
         assert_eq!(decide(&o).actions, vec![]);
     }
 

@@ -805,6 +805,10 @@ impl Sim {
                 self.stats.promotions += 1;
                 Some(true)
             }
+            Action::CancelJob { .. } => {
+                n.job = None;
+                Some(true)
+            }
             Action::Demote { upstream } => {
                 // A stopping primary takes no more writes.
                 n.pg.running = false;

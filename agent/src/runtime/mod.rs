@@ -628,6 +628,13 @@ impl<K: Kv> Agent<K> {
                 self.set_fencing(!pg_view.in_recovery && !paused_known);
             }
         }
+        // the guard fences the primary if this loop does not come back in time
+        if self.fencing() == crate::guard::Fencing::Armed {
+            let window = self.fence_window(timing);
+            if let Some(g) = self.fence.as_mut() {
+                g.deadline(window);
+            }
+        }
         let state = self.pg_state(&pg_view);
         let role = self.role(&pg_view);
         if let Some(event) = self.pending_callback.take() {
@@ -856,6 +863,30 @@ impl<K: Kv> Agent<K> {
             }
         } else {
             self.watchdog.disarm();
+        }
+    }
+
+    /// The lock was renewed recently enough to act on: less than ttl - retry_timeout ago.
+    fn lock_fresh(&self) -> bool {
+        self.demote_deadline().is_some_and(|d| Instant::now() < d)
+    }
+
+    /// How long the local primary may stay writable without news from this loop, for the
+    /// fencing guard: until its last lock renewal (or last failsafe round every member
+    /// confirmed) plus ttl, less a margin of half retry_timeout (at least 1 s) — after the loop's
+    /// own demotion deadline, before the lease can end. A primary holding neither gets one such
+    /// span from now.
+    fn fence_window(&self, t: shared::dcs::Timing) -> Duration {
+        let margin =
+            Duration::from_millis(t.retry_timeout.saturating_mul(500)).max(Duration::from_secs(1));
+        let span = Duration::from_secs(t.ttl).saturating_sub(margin);
+        match [self.lock_renewed, self.failsafe_confirmed]
+            .into_iter()
+            .flatten()
+            .max()
+        {
+            Some(basis) => (basis + span).saturating_duration_since(Instant::now()),
+            None => span,
         }
     }
 
@@ -1129,6 +1160,24 @@ impl<K: Kv> Agent<K> {
         }
         let mut again = false;
         for action in &d.actions {
+            // A decision acts on an observation: if this loop was held up (stopped, swapping)
+            // long enough that the lease it renewed may run out, nothing makes or keeps a
+            // primary on its strength; the next cycle looks again.
+            let makes_primary = matches!(
+                action,
+                Action::Promote
+                    | Action::Start {
+                        as_primary: true,
+                        ..
+                    }
+            );
+            if makes_primary && !self.lock_fresh() {
+                warn!(
+                    ?action,
+                    "the leader lock was last renewed too long ago to act on this decision (was this agent stopped?); looking again"
+                );
+                return true;
+            }
             match self.execute_one(action, cluster, server, dynamic).await {
                 Ok(Step::Continue) => {}
                 Ok(Step::Again) => again = true,
@@ -1223,9 +1272,12 @@ impl<K: Kv> Agent<K> {
                 Ok(Step::Continue)
             }
             Action::AcquireLock => {
+                // the lease is renewed no earlier than the request starts: it ends no earlier
+                // than that instant + ttl, which is what the demotion deadlines count from
+                let started = Instant::now();
                 if self.dcs.acquire_leader().await? {
                     info!("acquired the leader lock");
-                    self.lock_renewed = Some(Instant::now());
+                    self.lock_renewed = Some(started);
                     Ok(Step::Again)
                 } else {
                     info!("another member took the leader lock first");
@@ -1234,8 +1286,22 @@ impl<K: Kv> Agent<K> {
             }
             Action::RenewLock => {
                 let cluster = cluster.ok_or_else(|| anyhow!("no cluster view"))?;
-                if self.dcs.update_leader(cluster).await? {
-                    self.lock_renewed = Some(Instant::now());
+                let started = Instant::now();
+                // never waits past the moment this primary must be read-only
+                let left = self.demote_deadline().map_or(Duration::from_secs(1), |d| {
+                    d.saturating_duration_since(started)
+                        .max(Duration::from_millis(200))
+                });
+                let renewed = tokio::time::timeout(left, self.dcs.update_leader(cluster))
+                    .await
+                    .map_err(|_| {
+                        anyhow!(
+                            "etcd did not answer the lock renewal within {} ms, before the lease runs short",
+                            left.as_millis()
+                        )
+                    })??;
+                if renewed {
+                    self.lock_renewed = Some(started);
                     Ok(Step::Continue)
                 } else {
                     warn!("lost the leader lock");
@@ -1266,6 +1332,18 @@ impl<K: Kv> Agent<K> {
                     });
                     Ok(())
                 });
+                Ok(Step::Continue)
+            }
+            Action::CancelJob { reason } => {
+                if let Some(job) = self.job.take() {
+                    warn!(job = ?job.kind, "cancelling the running job: {reason}");
+                    job.handle.abort();
+                    if let Some(tx) = job.reply {
+                        let _ = tx.send((503, format!("cancelled: {reason}")));
+                    }
+                    // the postmaster may be stopping or starting: the next cycle looks
+                    self.pg.disconnect().await;
+                }
                 Ok(Step::Continue)
             }
             Action::Demote { upstream } => {

@@ -1089,7 +1089,186 @@ const IGNORED_KEYS: &[(&str, &str)] = &[
     ),
 ];
 
-const OPEN_SECTIONS: &[&str] = &["citus", "ctl.authentication"];
+const OPEN_SECTIONS: &[&str] = &["ctl.authentication"];
+
+/// How pgpilot treats a key of the dynamic configuration (`bootstrap.dcs`, the `config` key)
+/// that it does not simply apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteLevel {
+    /// Accepted, but pgpilot does not do what the key asks: the message says what it does.
+    Warning,
+    /// pgpilot cannot run the cluster the way the key asks: the configuration is refused.
+    Refusal,
+}
+
+/// One key of a dynamic configuration that is warned about or refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyNote {
+    /// The dotted key inside the dynamic configuration (`slots`, `postgresql.pg_ident`).
+    pub key: String,
+    pub level: NoteLevel,
+    pub message: String,
+}
+
+impl fmt::Display for KeyNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Keys of the dynamic configuration that pgpilot applies as Patroni does (`postgresql` is
+/// looked into by [`dynamic_key_notes`]; `synchronous_mode: quorum` is a warning there).
+/// `ignore_slots` names slots that the slot cleanup leaves alone.
+const DYNAMIC_KEYS: &[&str] = &[
+    "ttl",
+    "loop_wait",
+    "retry_timeout",
+    "maximum_lag_on_failover",
+    "primary_start_timeout",
+    "master_start_timeout",
+    "member_slots_ttl",
+    "check_timeline",
+    "synchronous_mode",
+    "synchronous_mode_strict",
+    "synchronous_node_count",
+    "failsafe_mode",
+    "pause",
+    "ignore_slots",
+];
+
+/// Keys of the dynamic configuration's `postgresql` section that pgpilot applies.
+const DYNAMIC_POSTGRESQL_KEYS: &[&str] = &["parameters", "pg_hba", "use_pg_rewind", "use_slots"];
+
+/// Whether a numeric setting asks for something: above 0 (0 and negative values mean "off" to
+/// Patroni). A value that is not a number counts as set (its type is refused elsewhere).
+fn positive(v: &Value) -> bool {
+    let n = match v {
+        Value::Null => return false,
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    n.is_none_or(|n| n > 0.0)
+}
+
+/// Whether a value holds anything: not null, not an empty string, list or mapping, and not a
+/// mapping of only such values.
+fn has_content(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => m.values().any(has_content),
+        Value::Bool(_) | Value::Number(_) => true,
+    }
+}
+
+/// Why a `standby_cluster` value is refused, if it is: any mapping that names a `host`, a
+/// `port` or a `restore_command` (what makes Patroni run a standby cluster), or a value that
+/// is not a mapping at all. An absent, empty or all-blank section asks for nothing.
+fn standby_cluster_refusal(v: &Value) -> Option<String> {
+    let asks = match v {
+        Value::Null => false,
+        Value::Object(m) => ["host", "port", "restore_command"]
+            .iter()
+            .any(|k| m.get(*k).is_some_and(has_content)),
+        other => has_content(other),
+    };
+    asks.then(|| {
+        "pgpilot does not run standby clusters yet: it would run this cluster as an independent, writable primary instead of replicating from the other one; remove standby_cluster, or keep Patroni for this cluster".to_string()
+    })
+}
+
+/// The keys of a dynamic configuration (`bootstrap.dcs` or the `config` key in etcd) that
+/// pgpilot warns about or refuses, each with what that means; keys it applies give nothing.
+/// A refusal means the configuration must not be used (the agent keeps the last good one); a
+/// warning is logged once. Types and ranges of the applied keys are checked by
+/// [`crate::dcs::DynamicConfig::check_bootstrap`], not here.
+pub fn dynamic_key_notes(raw: &Map<String, Value>) -> Vec<KeyNote> {
+    let mut notes = Vec::new();
+    let mut note = |key: &str, level: NoteLevel, message: &str| {
+        notes.push(KeyNote {
+            key: key.to_string(),
+            level,
+            message: message.to_string(),
+        })
+    };
+    for (key, value) in raw {
+        match key.as_str() {
+            "synchronous_mode"
+                if value
+                    .as_str()
+                    .is_some_and(|s| s.trim().eq_ignore_ascii_case("quorum")) =>
+            {
+                note(
+                    key,
+                    NoteLevel::Warning,
+                    "quorum commit is not implemented by pgpilot: it runs as synchronous_mode: on (synchronous standbys named in priority order)",
+                )
+            }
+            k if DYNAMIC_KEYS.contains(&k) => {}
+            "standby_cluster" => {
+                if let Some(why) = standby_cluster_refusal(value) {
+                    note(key, NoteLevel::Refusal, &why);
+                }
+            }
+            "slots" if has_content(value) => note(
+                key,
+                NoteLevel::Warning,
+                "permanent replication slots are not created by pgpilot yet: create them on the primary yourself (pgpilot never drops a slot named here)",
+            ),
+            "maximum_lag_on_syncnode" if positive(value) => note(
+                key,
+                NoteLevel::Warning,
+                "pgpilot does not replace a lagging synchronous standby: it stays synchronous however far behind it falls, until it stops streaming",
+            ),
+            "primary_stop_timeout" | "master_stop_timeout" if positive(value) => note(
+                key,
+                NoteLevel::Warning,
+                "ignored: pgpilot stops PostgreSQL with a fast shutdown that may take up to postgresql.pg_ctl_timeout, then an immediate one if it is still running",
+            ),
+            "max_timelines_history" if positive(value) => note(
+                key,
+                NoteLevel::Warning,
+                "ignored: the history key keeps every timeline of PostgreSQL's timeline history",
+            ),
+            "slots"
+            | "maximum_lag_on_syncnode"
+            | "primary_stop_timeout"
+            | "master_stop_timeout"
+            | "max_timelines_history" => {}
+            "postgresql" => {
+                // a postgresql that is not a mapping is refused by the type checks
+                for (sub, v) in value.as_object().into_iter().flatten() {
+                    let dotted = format!("postgresql.{sub}");
+                    match sub.as_str() {
+                        s if DYNAMIC_POSTGRESQL_KEYS.contains(&s) => {}
+                        "pg_ident" if has_content(v) => note(
+                            &dotted,
+                            NoteLevel::Warning,
+                            "pg_ident.conf is not written by pgpilot: ignored",
+                        ),
+                        "recovery_conf" if has_content(v) => {
+                            note(&dotted, NoteLevel::Warning, "not used by pgpilot: ignored")
+                        }
+                        "pg_ident" | "recovery_conf" => {}
+                        _ => note(
+                            &dotted,
+                            NoteLevel::Warning,
+                            "not a dynamic configuration key pgpilot knows: ignored",
+                        ),
+                    }
+                }
+            }
+            _ => note(
+                key,
+                NoteLevel::Warning,
+                "not a dynamic configuration key pgpilot knows: ignored",
+            ),
+        }
+    }
+    notes
+}
 
 /// `watchdog.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1240,6 +1419,12 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     let ctl_authentication = r.basic_auth("ctl.authentication");
 
     // DCS
+    if r.get("citus").is_some() {
+        r.err(
+            "citus",
+            "Citus clusters are not supported by pgpilot: it would run the coordinator and each worker as unrelated clusters; keep Patroni for Citus",
+        );
+    }
     for other in ["consul", "zookeeper", "exhibitor", "kubernetes", "raft"] {
         if r.get(other).is_some() {
             r.err(
@@ -1272,6 +1457,16 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     crate::dcs::DynamicConfig::check_bootstrap(&bootstrap.dcs, |key, msg| {
         r.err(&format!("bootstrap.dcs.{key}"), msg)
     });
+    for note in dynamic_key_notes(&bootstrap.dcs) {
+        let key = format!("bootstrap.dcs.{}", note.key);
+        match note.level {
+            NoteLevel::Refusal => r.err(&key, note.message),
+            NoteLevel::Warning => r.notes.push(ConfigIssue {
+                key,
+                message: note.message,
+            }),
+        }
+    }
     if let Some(items) = r.get("bootstrap.initdb") {
         match items {
             Value::Array(items) => {

@@ -297,11 +297,171 @@ fn unknown_keys_are_warnings() {
     let keys: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
     assert!(keys.contains(&"mystery"), "{keys:?}");
     assert!(keys.contains(&"postgresql.data_dri"), "{keys:?}");
-    // free-form sections never warn
-    assert!(
-        !keys.iter().any(|k| k.starts_with("bootstrap.dcs")),
-        "{keys:?}"
+    // free-form sections never warn: no PostgreSQL parameter is reported
+    assert!(!keys.iter().any(|k| k.contains("parameters")), "{keys:?}");
+    // a key of bootstrap.dcs pgpilot does not know is a warning too
+    let typo = fixture("vmware.yml").replace(
+        "    loop_wait: 10\n",
+        "    loop_wait: 10\n    loop_wiat: 5\n",
     );
+    let c = Config::from_yaml(&typo, "t.yml").unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.key == "bootstrap.dcs.loop_wiat"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+/// The vmware seed's `bootstrap.dcs` with `extra` (indented lines) added to it.
+fn with_dcs(extra: &str) -> String {
+    fixture("vmware.yml").replace(
+        "    maximum_lag_on_failover: 1048576\n",
+        &format!("    maximum_lag_on_failover: 1048576\n{extra}"),
+    )
+}
+
+fn issues(yaml: &str) -> Vec<shared::config::ConfigIssue> {
+    match Config::from_yaml(yaml, "t.yml") {
+        Err(ConfigError::Invalid(issues)) => issues,
+        other => panic!("expected an invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_standby_cluster_is_refused_by_name() {
+    let yaml = with_dcs("    standby_cluster:\n      host: 10.1.0.11\n      port: 5432\n");
+    let refused = issues(&yaml);
+    let issue = refused
+        .iter()
+        .find(|i| i.key == "bootstrap.dcs.standby_cluster")
+        .unwrap_or_else(|| panic!("standby_cluster not named: {refused:?}"));
+    assert!(
+        issue.message.contains("standby clusters"),
+        "{}",
+        issue.message
+    );
+    assert!(
+        issue.message.contains("writable primary"),
+        "{}",
+        issue.message
+    );
+    // restore_command alone makes a standby cluster too
+    let yaml = with_dcs("    standby_cluster:\n      restore_command: cp /wal/%f %p\n");
+    assert!(invalid_keys(&yaml).contains(&"bootstrap.dcs.standby_cluster".to_string()));
+    // a section that asks for nothing (blank values) is not a standby cluster
+    let yaml = with_dcs("    standby_cluster:\n      host: ''\n      port: ''\n");
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    assert!(
+        !c.warnings.iter().any(|w| w.key.contains("standby_cluster")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn citus_is_refused_by_name() {
+    let yaml = format!(
+        "{}\ncitus:\n  group: 0\n  database: citus\n",
+        fixture("vmware.yml")
+    );
+    let refused = issues(&yaml);
+    let issue = refused
+        .iter()
+        .find(|i| i.key == "citus")
+        .unwrap_or_else(|| panic!("citus not named: {refused:?}"));
+    assert!(issue.message.contains("not supported"), "{}", issue.message);
+}
+
+#[test]
+fn dynamic_keys_pgpilot_does_not_act_on_are_warnings_that_name_them() {
+    let yaml = with_dcs(
+        "    maximum_lag_on_syncnode: 1048576\n    primary_stop_timeout: 30\n    max_timelines_history: 10\n    ignore_slots:\n      - {name: keep_me, type: physical}\n",
+    );
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    let find = |key: &str| {
+        c.warnings
+            .iter()
+            .find(|w| w.key == key)
+            .map(|w| w.message.clone())
+            .unwrap_or_else(|| panic!("no warning for {key}: {:?}", c.warnings))
+    };
+    // the seed's permanent slot
+    assert!(find("bootstrap.dcs.slots").contains("not created by pgpilot"));
+    assert!(find("bootstrap.dcs.maximum_lag_on_syncnode").contains("synchronous standby"));
+    assert!(find("bootstrap.dcs.primary_stop_timeout").contains("pg_ctl_timeout"));
+    assert!(find("bootstrap.dcs.max_timelines_history").contains("every timeline"));
+    // ignore_slots is applied (by the slot cleanup): no warning
+    assert!(
+        !c.warnings.iter().any(|w| w.key.contains("ignore_slots")),
+        "{:?}",
+        c.warnings
+    );
+    // the values that switch these off ask for what pgpilot does: no warning
+    let off = with_dcs(
+        "    maximum_lag_on_syncnode: -1\n    primary_stop_timeout: 0\n    max_timelines_history: 0\n",
+    )
+    .replace(
+        "    slots:\n      patroni_standby_leader:\n        type: physical\n",
+        "    slots: {}\n",
+    );
+    let c = Config::from_yaml(&off, "t.yml").unwrap();
+    assert!(
+        !c.warnings
+            .iter()
+            .any(|w| w.key.starts_with("bootstrap.dcs")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn the_dynamic_configuration_from_etcd_gets_the_same_notes() {
+    use shared::config::{NoteLevel, dynamic_key_notes};
+    let raw = |json: &str| match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(m)) => m,
+        other => panic!("not an object: {other:?}"),
+    };
+    let notes = dynamic_key_notes(&raw(
+        r#"{"ttl":30,"loop_wait":10,"standby_cluster":{"host":"10.1.0.11","port":5432},
+            "slots":{"keep":{"type":"physical"}},"ignore_slots":[{"name":"x"}],
+            "maximum_lag_on_syncnode":1000,"master_stop_timeout":5,"max_timelines_history":3,
+            "synchronous_mode":"quorum","postgresql":{"use_slots":true,"pg_ident":["a b c"],
+            "parameters":{"max_connections":100}},"mystery":1}"#,
+    ));
+    let level = |key: &str| {
+        notes
+            .iter()
+            .find(|n| n.key == key)
+            .map(|n| n.level)
+            .unwrap_or_else(|| panic!("no note for {key}: {notes:?}"))
+    };
+    assert_eq!(level("standby_cluster"), NoteLevel::Refusal);
+    for key in [
+        "slots",
+        "maximum_lag_on_syncnode",
+        "master_stop_timeout",
+        "max_timelines_history",
+        "synchronous_mode",
+        "postgresql.pg_ident",
+        "mystery",
+    ] {
+        assert_eq!(level(key), NoteLevel::Warning, "{key}");
+    }
+    assert_eq!(notes.len(), 8, "{notes:?}");
+    // what pgpilot applies gets no note
+    assert!(
+        dynamic_key_notes(&raw(
+            r#"{"ttl":30,"pause":true,"ignore_slots":[],"postgresql":{"use_pg_rewind":true}}"#
+        ))
+        .is_empty()
+    );
+    // console edit-config and PATCH /config refuse a standby cluster
+    let err = shared::ops::check_config(&raw(r#"{"standby_cluster":{"host":"h"}}"#))
+        .expect_err("refused");
+    assert!(err.to_string().contains("standby_cluster"), "{err}");
+    assert!(shared::ops::check_config(&raw(r#"{"slots":{"a":{"type":"physical"}}}"#)).is_ok());
 }
 
 #[test]

@@ -125,10 +125,17 @@ pub fn merge_patch(base: &mut Map<String, Value>, patch: &Map<String, Value>) {
     }
 }
 
-/// Checks a whole dynamic configuration; every problem is named by its key.
+/// Checks a whole dynamic configuration; every problem is named by its key. Keys pgpilot
+/// refuses (a `standby_cluster`, see [`crate::config::dynamic_key_notes`]) are problems too.
 pub fn check_config(config: &Map<String, Value>) -> Result<(), OpsError> {
     let mut problems = Vec::new();
     DynamicConfig::check_bootstrap(config, |key, msg| problems.push(format!("{key}: {msg}")));
+    problems.extend(
+        crate::config::dynamic_key_notes(config)
+            .into_iter()
+            .filter(|n| n.level == crate::config::NoteLevel::Refusal)
+            .map(|n| n.to_string()),
+    );
     if problems.is_empty() {
         Ok(())
     } else {

@@ -32,6 +32,9 @@ pub struct PgView {
     pub running: bool,
     /// It accepts queries (false while starting up).
     pub ready: bool,
+    /// Running, yet no status query has been answered within its deadline for this many
+    /// seconds (a frozen or stuck server, not one starting up).
+    pub unresponsive_secs: Option<u64>,
     pub in_recovery: bool,
     /// Primary: flush LSN; replica: max(receive, replay).
     pub wal_position: Option<u64>,
@@ -221,6 +224,8 @@ pub enum Action {
     DeleteSync { version: i64 },
     /// Stop the running job where it is (a demotion must not wait for it), for this reason.
     CancelJob { reason: String },
+    /// Kill every process of the local PostgreSQL (SIGKILL), for this reason.
+    KillPostgres { reason: String },
 }
 
 /// The outcome of one cycle.
@@ -573,6 +578,30 @@ fn primary_gives_up(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
     }
     Some(format!(
         "PostgreSQL has not run as primary for {down}s (primary_start_timeout {limit}s): giving the leader lock up so that a healthy replica ({}) takes over",
+        candidates.join(", ")
+    ))
+}
+
+/// For the lock holder whose PostgreSQL runs but has answered no query for retry_timeout (frozen,
+/// stuck in I/O): when another member could take over, the reason to kill it and give the lock
+/// up. Killed, not stopped: a frozen server cannot act on a shutdown request, and would take
+/// writes again the moment it thawed.
+fn unresponsive_primary_gives_up(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> {
+    let silent = obs.pg.unresponsive_secs?;
+    if silent < obs.timing.retry_timeout {
+        return None;
+    }
+    let candidates: Vec<String> = failover_readiness(cluster)
+        .into_iter()
+        .filter(|(n, why)| why.is_none() && n != obs.me)
+        .map(|(n, _)| n)
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "PostgreSQL has answered no query for {silent}s (retry_timeout {}s): killing it and giving the leader lock up so that a healthy replica ({}) takes over",
+        obs.timing.retry_timeout,
         candidates.join(", ")
     ))
 }
@@ -934,6 +963,16 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     if !obs.pg.ready {
         if holds_lock
             && !paused
+            && let Some(why) = unresponsive_primary_gives_up(obs, cluster)
+        {
+            actions.push(Action::KillPostgres {
+                reason: why.clone(),
+            });
+            actions.push(Action::ReleaseLock);
+            return decision(actions, why);
+        }
+        if holds_lock
+            && !paused
             && let Some(d) = primary_gives_up(obs, cluster)
         {
             actions.push(Action::ReleaseLock);
@@ -1175,6 +1214,7 @@ pub(crate) mod tests {
             },
             running: true,
             ready: true,
+            unresponsive_secs: None,
             in_recovery: true,
             wal_position: Some(wal),
             timeline: Some(1),
@@ -1646,6 +1686,30 @@ pub(crate) mod tests {
         let mut o = obs("n1", Some(&c), replica_pg(100, None), &[]);
         o.job = Some(Job::Restart);
         assert_eq!(decide(&o).actions, vec![]);
+    }
+
+    #[test]
+    fn a_frozen_primary_is_killed_and_the_lock_given_up_when_a_replica_can_take_over() {
+        let mut c = cluster(Some("n1"));
+        for m in &mut c.members {
+            m.data.xlog_location = Some(1000);
+        }
+        let frozen = |secs| PgView {
+            ready: false,
+            unresponsive_secs: Some(secs),
+            ..primary_pg()
+        };
+        let o = obs("n1", Some(&c), frozen(1), &[]);
+        assert_eq!(decide(&o).actions, vec![Action::RenewLock]);
+        let o = obs("n1", Some(&c), frozen(10), &[]);
+        let d = decide(&o);
+        assert!(matches!(d.actions[0], Action::KillPostgres { .. }), "{d:?}");
+        assert_eq!(d.actions[1], Action::ReleaseLock);
+        // nobody could take over: keep the lock, a kill would gain nothing
+        let mut alone = c.clone();
+        alone.members.retain(|m| m.name == "n1");
+        let o = obs("n1", Some(&alone), frozen(10), &[]);
+        assert_eq!(decide(&o).actions, vec![Action::RenewLock]);
     }
 
     #[test]

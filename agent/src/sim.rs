@@ -198,6 +198,7 @@ impl SimNode {
             data: pg.data.clone(),
             running: pg.running,
             ready: pg.running,
+            unresponsive_secs: None,
             in_recovery: pg.in_recovery,
             wal_position: pg.running.then_some(pg.wal),
             timeline: Some(pg.timeline),
@@ -807,6 +808,11 @@ impl Sim {
             }
             Action::CancelJob { .. } => {
                 n.job = None;
+                Some(true)
+            }
+            Action::KillPostgres { .. } => {
+                n.pg.running = false;
+                n.pg.clean = false;
                 Some(true)
             }
             Action::Demote { upstream } => {

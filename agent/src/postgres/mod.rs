@@ -7,7 +7,7 @@ mod files;
 mod sql;
 
 pub use controldata::ControlData;
-pub use sql::ServerStatus;
+pub use sql::{ServerStatus, Unresponsive};
 
 use anyhow::{Context, Result, anyhow, bail};
 use shared::config::Config;
@@ -51,6 +51,8 @@ pub struct Postgres {
     stopping: Arc<AtomicBool>,
     /// `use_slots` of the dynamic configuration in force: replicas name their slot only then.
     use_slots: AtomicBool,
+    /// How long a status query may take, in milliseconds (from the timing in force).
+    query_timeout_ms: std::sync::atomic::AtomicU64,
     sysid_cache: std::sync::Mutex<Option<String>>,
     /// The postmaster whose exit is being watched (ours or adopted).
     watched_pid: Arc<std::sync::Mutex<Option<i32>>>,
@@ -69,6 +71,7 @@ impl Postgres {
             exited: Arc::new(Notify::new()),
             stopping: Arc::new(AtomicBool::new(false)),
             use_slots: AtomicBool::new(true),
+            query_timeout_ms: std::sync::atomic::AtomicU64::new(5000),
             sysid_cache: std::sync::Mutex::new(None),
             watched_pid: Arc::new(std::sync::Mutex::new(None)),
             sync_names: std::sync::Mutex::new(None),
@@ -88,6 +91,16 @@ impl Postgres {
 
     pub fn use_slots(&self) -> bool {
         self.use_slots.load(Ordering::Relaxed)
+    }
+
+    /// The deadline of the HA loop's status queries: half retry_timeout, between 1 and 5 s.
+    pub fn set_query_timeout(&self, retry_timeout_secs: u64) {
+        let ms = retry_timeout_secs.saturating_mul(500).clamp(1000, 5000);
+        self.query_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// The members named in `synchronous_standby_names` by synchronous mode.
@@ -538,7 +551,7 @@ impl Postgres {
     /// Backends and auxiliary processes a killed postmaster left behind (their working directory
     /// is the data directory). While they live, the old shared memory is attached and a new
     /// postmaster refuses to start; the postmaster is gone, so they are killed.
-    async fn kill_orphans(&self) {
+    pub async fn kill_orphans(&self) {
         let Ok(dir) = std::fs::canonicalize(self.data_dir()) else {
             return;
         };

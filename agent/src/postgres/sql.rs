@@ -72,9 +72,23 @@ fn sql_ident(v: &str) -> String {
 
 impl Postgres {
     /// Queries the server's state. Fails when it does not accept connections.
+    /// The server's state. Never waits longer than the query deadline (see
+    /// [`Postgres::set_query_timeout`]): a server that is frozen or stuck answers with an error,
+    /// and the connection is dropped.
     pub async fn status(&self) -> Result<ServerStatus> {
-        let client = self.client().await?;
-        let res = Self::query_status(&client).await;
+        let limit = self.query_timeout();
+        let res = match tokio::time::timeout(limit, async {
+            let client = self.client().await?;
+            Self::query_status(&client).await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(
+                anyhow!("PostgreSQL did not answer within {} ms", limit.as_millis())
+                    .context(Unresponsive),
+            ),
+        };
         if res.is_err() {
             *self.client.lock().await = None;
         }
@@ -172,10 +186,17 @@ impl Postgres {
         let cfg = self.cfg();
         let su = &cfg.postgresql.superuser;
         let mut pgc = tokio_postgres::Config::new();
+        // TCP keepalives notice a peer whose machine is gone; a statement no agent call should
+        // need longer than a minute for is cancelled by the server itself
         pgc.user(&su.username)
             .dbname(&cfg.postgresql.database)
             .application_name("pgpilot")
-            .connect_timeout(Duration::from_secs(3));
+            .connect_timeout(Duration::from_secs(3))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .options("-c statement_timeout=60000");
         if let Some(pw) = &su.password {
             pgc.password(pw.expose());
         }
@@ -277,7 +298,20 @@ impl Postgres {
         task.abort();
         Ok(result)
     }
+}
 
+/// Marks a status query that ran out of time (the server is frozen or stuck), as opposed to one
+/// that was refused (the server is starting or stopping).
+#[derive(Debug, Clone, Copy)]
+pub struct Unresponsive;
+
+impl std::fmt::Display for Unresponsive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgreSQL is not answering")
+    }
+}
+
+impl Postgres {
     /// Drops the cached connection (after a stop or restart).
     pub async fn disconnect(&self) {
         *self.client.lock().await = None;

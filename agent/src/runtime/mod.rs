@@ -113,12 +113,14 @@ pub struct Agent<K: Kv> {
     watchdog: crate::watchdog::Watchdog,
     /// Why the required watchdog could not be kept alive at the last try.
     watchdog_failed: Option<String>,
-    /// `synchronous_mode: quorum` was warned about.
-    quorum_warned: bool,
+    /// The dynamic configuration's keys last warned about.
+    config_warned: Vec<String>,
     /// Why the `config` key in etcd is refused (logged once per reason).
     config_refused: Option<String>,
     /// The last member seen holding the leader key.
     last_leader: Option<String>,
+    /// Since when the running PostgreSQL has answered no status query within its deadline.
+    pg_unresponsive_since: Option<Instant>,
     /// When the last failsafe round that every member confirmed began.
     failsafe_confirmed: Option<Instant>,
 }
@@ -184,10 +186,11 @@ impl<K: Kv> Agent<K> {
             sync_seen: HashMap::new(),
             watchdog: crate::watchdog::Watchdog::new(cfg.watchdog.clone()),
             watchdog_failed: None,
-            quorum_warned: false,
+            config_warned: Vec::new(),
             config_refused: None,
             last_leader: None,
             failsafe_confirmed: None,
+            pg_unresponsive_since: None,
             cfg,
         }
     }
@@ -468,15 +471,17 @@ impl<K: Kv> Agent<K> {
             }
             self.timing_warned = problem;
         }
-        let quorum = dynamic.synchronous_mode() == shared::dcs::SyncMode::Quorum;
-        if quorum && !self.quorum_warned {
-            warn!(
-                "synchronous_mode: quorum is run as synchronous_mode: on (priority mode) by pgpilot"
-            );
+        // keys of the configuration in force that pgpilot does not act on, each change once
+        let warnings = dynamic.warnings();
+        if warnings != self.config_warned {
+            for w in &warnings {
+                warn!("dynamic configuration: {w}");
+            }
+            self.config_warned = warnings;
         }
-        self.quorum_warned = quorum;
         self.dcs.set_ttl(timing.ttl as i64);
         self.pg.set_use_slots(dynamic.use_slots());
+        self.pg.set_query_timeout(timing.retry_timeout);
         if let Some(c) = &cluster {
             self.seen_leader |= c.leader.is_some();
             if let Some(l) = &c.leader {
@@ -739,8 +744,23 @@ impl<K: Kv> Agent<K> {
         let running = pid.is_some();
         let mut stopped_end = None;
         let server = if running {
-            self.pg.status().await.ok()
+            match self.pg.status().await {
+                Ok(s) => {
+                    self.pg_unresponsive_since = None;
+                    Some(s)
+                }
+                Err(e) => {
+                    if e.downcast_ref::<crate::postgres::Unresponsive>().is_some() {
+                        if self.pg_unresponsive_since.is_none() {
+                            warn!("{e:#}: PostgreSQL seems frozen or stuck");
+                        }
+                        self.pg_unresponsive_since.get_or_insert_with(Instant::now);
+                    }
+                    None
+                }
+            }
         } else {
+            self.pg_unresponsive_since = None;
             None
         };
         let data = if !initialized {
@@ -788,6 +808,7 @@ impl<K: Kv> Agent<K> {
             data,
             running,
             ready: server.is_some(),
+            unresponsive_secs: self.pg_unresponsive_since.map(|t| t.elapsed().as_secs()),
             in_recovery: server.as_ref().is_none_or(|s| s.in_recovery),
             wal_position: server.as_ref().and_then(|s| s.wal_position()),
             timeline: server.as_ref().and_then(|s| s.timeline),
@@ -1334,6 +1355,13 @@ impl<K: Kv> Agent<K> {
                 });
                 Ok(Step::Continue)
             }
+            Action::KillPostgres { reason } => {
+                error!("{reason}");
+                self.pg.kill_orphans().await;
+                self.pg.disconnect().await;
+                self.pg_unresponsive_since = None;
+                Ok(Step::Continue)
+            }
             Action::CancelJob { reason } => {
                 if let Some(job) = self.job.take() {
                     warn!(job = ?job.kind, "cancelling the running job: {reason}");
@@ -1462,6 +1490,12 @@ impl<K: Kv> Agent<K> {
                     params,
                     hba: dynamic.pg_hba(),
                     timeout: Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
+                    checkpoint_limit: self
+                        .demote_deadline()
+                        .map_or(Duration::from_secs(1), |d| {
+                            d.saturating_duration_since(Instant::now())
+                        })
+                        .max(Duration::from_millis(500)),
                 };
                 self.handover = Some((
                     handover::Report {

@@ -541,7 +541,22 @@ impl DynamicConfig {
     pub fn refusal(&self) -> Option<String> {
         let mut problems = Vec::new();
         Self::check_values(&self.raw, |key, msg| problems.push(format!("{key}: {msg}")));
+        problems.extend(
+            crate::config::dynamic_key_notes(&self.raw)
+                .into_iter()
+                .filter(|n| n.level == crate::config::NoteLevel::Refusal)
+                .map(|n| n.to_string()),
+        );
         (!problems.is_empty()).then(|| problems.join("; "))
+    }
+
+    /// What this configuration asks for that pgpilot does not do, one line per key.
+    pub fn warnings(&self) -> Vec<String> {
+        crate::config::dynamic_key_notes(&self.raw)
+            .into_iter()
+            .filter(|n| n.level == crate::config::NoteLevel::Warning)
+            .map(|n| n.to_string())
+            .collect()
     }
 
     pub fn maximum_lag_on_failover(&self) -> u64 {

@@ -424,6 +424,8 @@ pub fn status_json(s: &Snapshot) -> Value {
         own.insert("switchover".into(), h.to_json());
     }
     own.insert("fencing".into(), json!(s.fencing.as_str()));
+    // the ttl in force (a refused config key leaves the last good one)
+    own.insert("ttl".into(), json!(s.ttl));
     own.insert(
         "watchdog".into(),
         json!(if s.watchdog_armed { "armed" } else { "off" }),

@@ -324,3 +324,21 @@ fn absurd_timing_is_refused_by_key_and_never_overflows() {
         None
     );
 }
+
+#[test]
+fn permanent_and_ignored_physical_slots_are_kept() {
+    let c = |j: &str| DynamicConfig::parse(j).unwrap();
+    let d = c(
+        r#"{"slots":{"debezium":{"type":"logical"},"archiver":{"type":"physical"}},
+            "ignore_slots":[{"name":"barman","type":"physical"},{"name":"cdc","plugin":"pgoutput"},{"type":"physical","name":"wal_rx"}]}"#,
+    );
+    for kept in ["archiver", "debezium", "barman", "wal_rx"] {
+        assert!(d.keeps_physical_slot(kept), "{kept}");
+    }
+    for dropped in ["cdc", "node2"] {
+        assert!(!d.keeps_physical_slot(dropped), "{dropped}");
+    }
+    // an empty entry matches nothing; garbage is ignored
+    assert!(!c(r#"{"ignore_slots":[{}]}"#).keeps_physical_slot("x"));
+    assert!(!c(r#"{"ignore_slots":"all","slots":[1]}"#).keeps_physical_slot("x"));
+}

@@ -1892,6 +1892,49 @@ impl Lab {
     }
 }
 
+/// Waits until every node holds every acknowledged id.
+pub fn every_node_has(c: &TestCluster, acked: &[i64]) {
+    for n in &c.nodes {
+        wait_for(
+            &format!("{} to hold every acknowledged id", n.name),
+            Duration::from_secs(30),
+            || {
+                let ids = written_ids(n).ok()?;
+                acked.iter().all(|id| ids.contains(id)).then_some(())
+            },
+        )
+        .map_err(|e| {
+            let ids = written_ids(n).unwrap_or_default();
+            let missing: Vec<&i64> = acked.iter().filter(|id| !ids.contains(id)).collect();
+            format!(
+                "{e}: {} of {} acknowledged ids missing, first {:?}",
+                missing.len(),
+                acked.len(),
+                &missing[..missing.len().min(10)]
+            )
+        })
+        .unwrap();
+    }
+}
+
+/// The verdict of a run: no probe tick saw two writable servers, and every node holds every id
+/// the writer was told about.
+pub fn no_split_brain_and_nothing_lost(
+    c: &TestCluster,
+    mut probe: WriteProbe,
+    writer: Writer,
+    since: std::time::Instant,
+) {
+    probe.stop();
+    let split = probe.split_ticks();
+    let (acked, _) = writer.finish(since);
+    assert!(
+        split.is_empty(),
+        "two writable primaries at ticks {split:?}"
+    );
+    every_node_has(c, &acked);
+}
+
 #[cfg(test)]
 mod tests {
     use super::ci_requires;

@@ -27,49 +27,6 @@ fn fencing(n: &Node) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Waits until every node holds every acknowledged id.
-fn every_node_has(c: &TestCluster, acked: &[i64]) {
-    for n in &c.nodes {
-        wait_for(
-            &format!("{} to hold every acknowledged id", n.name),
-            Duration::from_secs(30),
-            || {
-                let ids = written_ids(n).ok()?;
-                acked.iter().all(|id| ids.contains(id)).then_some(())
-            },
-        )
-        .map_err(|e| {
-            let ids = written_ids(n).unwrap_or_default();
-            let missing: Vec<&i64> = acked.iter().filter(|id| !ids.contains(id)).collect();
-            format!(
-                "{e}: {} of {} acknowledged ids missing, first {:?}",
-                missing.len(),
-                acked.len(),
-                &missing[..missing.len().min(10)]
-            )
-        })
-        .unwrap();
-    }
-}
-
-/// The verdict of a run: no probe tick saw two writable servers, and every node holds every id
-/// the writer was told about.
-fn no_split_brain_and_nothing_lost(
-    c: &TestCluster,
-    mut probe: WriteProbe,
-    writer: Writer,
-    since: Instant,
-) {
-    probe.stop();
-    let split = probe.split_ticks();
-    let (acked, _) = writer.finish(since);
-    assert!(
-        split.is_empty(),
-        "two writable primaries at ticks {split:?}"
-    );
-    every_node_has(c, &acked);
-}
-
 /// A replica's agent killed: its PostgreSQL goes on streaming, the writes go on. The primary's
 /// agent killed: the guard stops the primary before the lease ends, a replica takes over after
 /// it, the old primary rejoins when its agent is back — 0 ticks with two writable primaries,

@@ -1415,7 +1415,10 @@ impl<K: Kv> Agent<K> {
             }
             Action::EnsureSlots { members } => {
                 let keep = Duration::from_secs(dynamic.member_slots_ttl());
-                self.ensure_slots(members, keep).await?;
+                let retained = cluster
+                    .and_then(|c| c.status.retain_slots.clone())
+                    .unwrap_or_default();
+                self.ensure_slots(members, keep, &retained, dynamic).await?;
                 Ok(Step::Continue)
             }
             Action::WriteConfig => {
@@ -1684,7 +1687,19 @@ impl<K: Kv> Agent<K> {
         }
     }
 
-    async fn ensure_slots(&mut self, members: &[String], keep: Duration) -> Result<()> {
+    /// Creates the slots of the members that stream from this leader, and drops the slot of a
+    /// member gone for longer than `member_slots_ttl`. Which slots are members' survives agent
+    /// restarts and failovers: besides those this agent created, the names in the `status`
+    /// key's `retain_slots` (which every leader publishes), counted from when this agent first
+    /// sees them missing, as Patroni 4 does. Slots named by `ignore_slots` or the permanent
+    /// `slots` are never dropped, nor one in use; a failed drop is retried next cycle.
+    async fn ensure_slots(
+        &mut self,
+        members: &[String],
+        keep: Duration,
+        retained: &[String],
+        dynamic: &DynamicConfig,
+    ) -> Result<()> {
         let existing = self.pg.slots().await?;
         let wanted: HashSet<String> = members.iter().map(|m| slot_name(m)).collect();
         for name in &wanted {
@@ -1695,8 +1710,17 @@ impl<K: Kv> Agent<K> {
                 info!(slot = name, "created replication slot for member");
             }
         }
+        let own = slot_name(&self.cfg.name);
+        for name in retained {
+            if *name != own {
+                self.member_slots.insert(name.clone());
+            }
+        }
         for (name, _) in existing {
-            if wanted.contains(&name) || !self.member_slots.contains(&name) {
+            if wanted.contains(&name)
+                || !self.member_slots.contains(&name)
+                || dynamic.keeps_physical_slot(&name)
+            {
                 continue;
             }
             let since = *self
@@ -1708,7 +1732,10 @@ impl<K: Kv> Agent<K> {
                     slot = name,
                     "dropping the slot of a member gone for over member_slots_ttl"
                 );
-                self.pg.drop_slot(&name).await?;
+                if let Err(e) = self.pg.drop_slot(&name).await {
+                    warn!(slot = name, "cannot drop the slot yet: {e:#}");
+                    continue;
+                }
                 self.slot_missing_since.remove(&name);
                 self.member_slots.remove(&name);
             }

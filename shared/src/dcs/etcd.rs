@@ -16,6 +16,8 @@ use tracing::{debug, warn};
 #[derive(Clone)]
 pub struct EtcdKv {
     client: Client,
+    /// The deadline of each request, streamed answers included (the lease keepalive).
+    timeout: Duration,
 }
 
 impl EtcdKv {
@@ -33,7 +35,7 @@ impl EtcdKv {
         let client = Client::connect(cfg.endpoints(), Some(opts))
             .await
             .map_err(map_err)?;
-        Ok(EtcdKv { client })
+        Ok(EtcdKv { client, timeout })
     }
 
     fn client(&self) -> Client {
@@ -166,7 +168,16 @@ impl Kv for EtcdKv {
             .await
             .map_err(map_err)
             .map_err(|e| with_lease(e, Some(lease)))?;
-        match stream.message().await.map_err(map_err)? {
+        // a streamed answer has no deadline of its own in the gRPC client
+        let answer = tokio::time::timeout(self.timeout, stream.message())
+            .await
+            .map_err(|_| {
+                KvError::Unavailable(format!(
+                    "no keepalive answer within {} ms",
+                    self.timeout.as_millis()
+                ))
+            })?;
+        match answer.map_err(map_err)? {
             Some(resp) if resp.ttl() > 0 => Ok(()),
             Some(_) => Err(KvError::LeaseNotFound(lease)),
             None => Err(KvError::Unavailable("keepalive stream closed".into())),

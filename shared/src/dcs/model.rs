@@ -579,6 +579,33 @@ impl DynamicConfig {
         }
     }
 
+    /// Whether a physical slot of this name is the operator's, never to be dropped as a
+    /// vanished member's: named in the permanent `slots`, or matched by an `ignore_slots` entry
+    /// (by `name`, with `type` absent or `physical`; an entry naming a database or a plugin is
+    /// about logical slots).
+    pub fn keeps_physical_slot(&self, name: &str) -> bool {
+        let permanent = self
+            .raw
+            .get("slots")
+            .and_then(Value::as_object)
+            .is_some_and(|s| s.contains_key(name));
+        let ignored = self
+            .raw
+            .get("ignore_slots")
+            .and_then(Value::as_array)
+            .is_some_and(|list| {
+                list.iter().filter_map(Value::as_object).any(|m| {
+                    let field = |k: &str| m.get(k).and_then(Value::as_str);
+                    field("name").is_none_or(|n| n == name)
+                        && field("type").is_none_or(|t| t == "physical")
+                        && field("database").is_none()
+                        && field("plugin").is_none()
+                        && !m.is_empty()
+                })
+            });
+        permanent || ignored
+    }
+
     pub fn pause(&self) -> bool {
         self.flag("pause").unwrap_or(false)
     }

@@ -1,7 +1,8 @@
 //! Seeded simulation of several agents' decision cores over the in-memory etcd, with simulated
 //! PostgreSQL servers (WAL positions, timelines and their fork points), a manual clock and
 //! injected faults: etcd partitions of single nodes and of all of them, lost machines coming
-//! back, agents dying and restarting while PostgreSQL runs on, postmaster crashes, replicas that
+//! back, agents dying (their fencing guard stopping a primary) or stopped for up to 30 s (the
+//! guard fencing a primary past its deadline), postmaster crashes, replicas that
 //! lag, peers unreachable over REST, failing pg_rewind runs. After every step it checks the
 //! safety rules: at most one writable primary, never a promotion beyond
 //! `maximum_lag_on_failover` or of a `nofailover` member, never a start from a data directory
@@ -101,6 +102,11 @@ struct SimNode {
     alive: bool,
     /// The agent process is down until then while PostgreSQL keeps running (a restart).
     agent_down_until_ms: Option<u64>,
+    /// The agent process is stopped until then (SIGSTOP, a swap storm): alive, memory intact,
+    /// not scheduled, and neither are its jobs.
+    agent_stalled_until_ms: Option<u64>,
+    /// The fencing guard: armed with this deadline (simulated ms), or disarmed.
+    guard_deadline_ms: Option<u64>,
     pg: SimPg,
     job: Option<(Job, u64, Vec<Action>)>,
     next_cycle_ms: u64,
@@ -149,6 +155,8 @@ impl SimNode {
             kv,
             alive: true,
             agent_down_until_ms: None,
+            agent_stalled_until_ms: None,
+            guard_deadline_ms: None,
             pg: fresh_pg(),
             job: None,
             next_cycle_ms: 0,
@@ -172,7 +180,20 @@ impl SimNode {
     }
 
     fn agent_up(&self) -> bool {
-        self.alive && self.agent_down_until_ms.is_none()
+        self.alive && self.agent_down_until_ms.is_none() && self.agent_stalled_until_ms.is_none()
+    }
+
+    /// The guard stops the primary (fast shutdown: clean, read-only at once) and disarms.
+    fn fence(&mut self) -> bool {
+        let armed = self.guard_deadline_ms.take().is_some();
+        if armed && self.writable() {
+            self.pg.running = false;
+            self.pg.clean = true;
+            self.pg.streaming = false;
+            true
+        } else {
+            false
+        }
     }
 
     /// A restarted agent: its memory is gone, etcd and PostgreSQL are as they were.
@@ -281,6 +302,9 @@ struct Stats {
     etcd_cuts: u64,
     pg_crashes: u64,
     agent_restarts: u64,
+    /// Agents stopped (SIGSTOP) for a while, and primaries their guard fenced meanwhile.
+    agent_stalls: u64,
+    guard_fences: u64,
     rewinds: u64,
     rewind_failures: u64,
     wipes: u64,
@@ -301,6 +325,8 @@ impl Stats {
         self.etcd_cuts += o.etcd_cuts;
         self.pg_crashes += o.pg_crashes;
         self.agent_restarts += o.agent_restarts;
+        self.agent_stalls += o.agent_stalls;
+        self.guard_fences += o.guard_fences;
         self.rewinds += o.rewinds;
         self.rewind_failures += o.rewind_failures;
         self.wipes += o.wipes;
@@ -362,6 +388,23 @@ impl Sim {
         }
         let now = self.now_ms;
         for i in 0..self.nodes.len() {
+            if let Some(until) = self.nodes[i].agent_stalled_until_ms
+                && until <= now
+            {
+                // thawed: it goes on where it was, with everything it remembered
+                self.nodes[i].agent_stalled_until_ms = None;
+                self.nodes[i].next_cycle_ms = now;
+                let name = self.nodes[i].name.clone();
+                self.trace(format!("{name}: agent THAWED"));
+            }
+            if self.nodes[i].alive
+                && self.nodes[i].guard_deadline_ms.is_some_and(|d| d <= now)
+                && self.nodes[i].fence()
+            {
+                self.stats.guard_fences += 1;
+                let name = self.nodes[i].name.clone();
+                self.trace(format!("{name}: guard deadline passed: primary FENCED"));
+            }
             if let Some(until) = self.nodes[i].agent_down_until_ms
                 && until <= now
             {
@@ -468,6 +511,11 @@ impl Sim {
                 let down = 1000 + self.rng.below(2000);
                 let n = &mut self.nodes[i];
                 n.agent_down_until_ms = Some(now + down);
+                // the pipe closes: an armed guard stops the primary at once
+                if n.fence() {
+                    self.stats.guard_fences += 1;
+                }
+                let n = &mut self.nodes[i];
                 // a pg_rewind cut short leaves its marker: the directory is never started
                 if n.job.as_ref().is_some_and(|j| j.0 == Job::Rewind) {
                     n.pg.broken = true;
@@ -476,6 +524,15 @@ impl Sim {
                 let name = n.name.clone();
                 self.stats.agent_restarts += 1;
                 self.trace(format!("{name}: agent KILLED"));
+            }
+            // the agent stops being scheduled for 1–30 s, often longer than the ttl
+            if self.nodes[i].agent_up() && self.rng.chance(1) {
+                let stall = 1000 + self.rng.below(29_000);
+                let n = &mut self.nodes[i];
+                n.agent_stalled_until_ms = Some(now + stall);
+                let name = n.name.clone();
+                self.stats.agent_stalls += 1;
+                self.trace(format!("{name}: agent STOPPED for {stall}ms"));
             }
             // the whole machine dies (agent and PostgreSQL), and later comes back
             if self.nodes[i].alive && self.rng.chance(2) {
@@ -491,6 +548,8 @@ impl Sim {
                 }
                 n.job = None;
                 n.agent_down_until_ms = None;
+                n.agent_stalled_until_ms = None;
+                n.guard_deadline_ms = None;
                 let name = n.name.clone();
                 self.stats.machines_lost += 1;
                 self.trace(format!("{name}: machine LOST"));
@@ -710,6 +769,11 @@ impl Sim {
             let _ = self.nodes[i].dcs.touch_member(&m).await;
         }
         let n = &mut self.nodes[i];
+        // the guard, as the runtime tells it: armed for a writable unpaused primary, with the
+        // deadline of the last renewal + ttl - max(retry_timeout / 2, 1 s)
+        let span = TTL * 1000 - (RETRY * 500).max(1000);
+        n.guard_deadline_ms =
+            (n.writable() && !paused).then(|| n.lock_renewed_ms.map_or(now + span, |r| r + span));
         n.next_cycle_ms = now
             + if again {
                 TICK_MS
@@ -1144,6 +1208,9 @@ impl Sim {
             n.unreachable = false;
             n.pg.lag_until_ms = 0;
             n.pg.start_fails_until_ms = 0;
+            if n.agent_stalled_until_ms.take().is_some() {
+                n.next_cycle_ms = now;
+            }
             if !n.alive {
                 n.alive = true;
                 n.restart_agent(now);
@@ -1288,6 +1355,11 @@ async fn seeded_simulation_keeps_one_writable_primary() {
     );
     assert!(
         total.agent_restarts > 0 && total.lock_given_up > 0,
+        "{total:?}"
+    );
+    // agents were stopped past their deadline while leading, and their guards fenced them
+    assert!(
+        total.agent_stalls > seeds / 2 && total.guard_fences > 0,
         "{total:?}"
     );
     // operators' switchover requests were carried out, and some refused by the live check

@@ -216,6 +216,14 @@ enum Trigger {
     Stall,
 }
 
+/// How often a guard past its deadline (or whose agent died while a replica was being
+/// promoted) looks again at the server.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// How long a guard whose agent died watches a server that still has `standby.signal`, in
+/// case a promotion the agent started completes.
+const PROMOTION_WATCH: Duration = Duration::from_secs(120);
+
 /// The guard's view of the agent, from its lines.
 #[derive(Debug, Default)]
 struct Watch {
@@ -223,6 +231,10 @@ struct Watch {
     lease: Option<i64>,
     etcd: Vec<String>,
     deadline: Option<Instant>,
+    /// The deadline passed: every primary found running is fenced until a new deadline comes.
+    expired: bool,
+    /// The lease was revoked in this expiry (once is enough).
+    revoked: bool,
 }
 
 impl Watch {
@@ -237,16 +249,17 @@ impl Watch {
             (Some("disarmed"), _) => {
                 self.armed = false;
                 self.deadline = None;
+                self.expired = false;
             }
             (Some("deadline"), Some(ms)) if self.armed => {
                 // a malformed or absurd value is not a deadline: keep the last one
-                if let Some(at) = ms
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|ms| *ms <= MAX_DEADLINE_MS)
-                    .and_then(|ms| now.checked_add(Duration::from_millis(ms)))
-                {
-                    self.deadline = Some(at);
+                if let Some(ms) = ms.parse::<u64>().ok().filter(|ms| *ms <= MAX_DEADLINE_MS) {
+                    // a deadline of 0 (the lease is over) keeps an expired guard expired
+                    if ms > 0 || !self.expired {
+                        self.deadline = now.checked_add(Duration::from_millis(ms));
+                        self.expired = false;
+                        self.revoked = false;
+                    }
                 }
             }
             (Some("etcd"), Some(hosts)) => {
@@ -258,12 +271,29 @@ impl Watch {
         false
     }
 
-    /// How long to wait for the next line before fencing (`None`: no deadline).
+    /// How long to wait for the next line before acting (`None`: no deadline).
     fn wait(&self, now: Instant) -> Option<Duration> {
-        self.deadline
-            .filter(|_| self.armed)
-            .map(|d| d.saturating_duration_since(now))
+        if !self.armed {
+            return None;
+        }
+        if self.expired {
+            return Some(RECHECK);
+        }
+        self.deadline.map(|d| d.saturating_duration_since(now))
     }
+}
+
+/// What one look at the server found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// No postmaster runs.
+    Stopped,
+    /// A postmaster runs with `standby.signal`: a replica (perhaps being promoted).
+    Replica,
+    /// A primary ran and was stopped.
+    Fenced,
+    /// A primary runs and could not be stopped.
+    Failed,
 }
 
 /// The guard process's whole life: follows the agent's state lines on stdin, fences an armed
@@ -297,65 +327,97 @@ pub fn run_guard(data_dir: &Path) -> u8 {
                 .recv()
                 .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
         };
-        let trigger = match next {
+        match next {
             Ok(line) => {
                 if watch.line(&line, Instant::now()) {
                     return 0;
                 }
-                continue;
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Trigger::Stall,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Trigger::Death,
-        };
-        if !watch.armed {
-            return 0;
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // past the deadline: stays so (and armed, the agent may die too) until the
+                // agent sends a new deadline or disarms
+                if !watch.expired {
+                    watch.expired = true;
+                    watch.revoked = false;
+                }
+                let _ = look_and_fence(data_dir, &mut watch, Trigger::Stall, &say);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if !watch.armed {
+                    return 0;
+                }
+                // a replica the dead agent was promoting is watched until it is a primary (and
+                // fenced) or stops, for a while
+                let since = Instant::now();
+                loop {
+                    match look_and_fence(data_dir, &mut watch, Trigger::Death, &say) {
+                        Look::Replica if since.elapsed() < PROMOTION_WATCH => {
+                            std::thread::sleep(RECHECK)
+                        }
+                        Look::Failed => return 1,
+                        _ => return 0,
+                    }
+                }
+            }
         }
-        let code = fence_primary(data_dir, &watch, trigger, &say);
-        if trigger == Trigger::Death {
-            return code;
-        }
-        // a stalled agent may come back: it finds PostgreSQL stopped and rejoins as a replica
-        watch.armed = false;
-        watch.deadline = None;
     }
 }
 
-/// Stops the primary and revokes the agent's lease once it is down; the exit code.
-fn fence_primary(data_dir: &Path, watch: &Watch, trigger: Trigger, say: &dyn Fn(&str)) -> u8 {
-    if data_dir.join("standby.signal").exists() {
-        say("PostgreSQL runs as a replica (standby.signal): nothing to fence");
-        return 0;
+/// One look at the server for an armed guard whose agent died or stalled: a running primary is
+/// stopped, and the agent's lease is revoked (once) after that or after the agent's death.
+fn look_and_fence(
+    data_dir: &Path,
+    watch: &mut Watch,
+    trigger: Trigger,
+    say: &dyn Fn(&str),
+) -> Look {
+    // the PID first: a replica started after the check below cannot be taken for the primary
+    let pid = postmaster_pid(data_dir);
+    if pid.is_some() && data_dir.join("standby.signal").exists() {
+        return Look::Replica;
     }
-    say(&match trigger {
-        Trigger::Death => format!(
-            "the agent died while PostgreSQL ran as primary in {}: stopping it so that no second primary can appear",
-            data_dir.display()
-        ),
-        Trigger::Stall => format!(
-            "the agent's HA loop made no progress before its deadline (stopped, swapping or stuck in I/O) while PostgreSQL ran as primary in {}: stopping it before the leader lease can run out",
-            data_dir.display()
-        ),
-    });
-    match fence(data_dir) {
-        Ok(msg) => {
-            say(&msg);
-            if let Some(id) = watch.lease {
-                match revoke_lease(&watch.etcd, id) {
-                    Ok(host) => say(&format!(
-                        "revoked the agent's etcd lease {id} at {host}: a replica can take over now"
-                    )),
-                    Err(e) => say(&format!(
-                        "could not revoke the agent's etcd lease {id} ({e}); it expires after the ttl"
-                    )),
+    let look = match pid {
+        None => Look::Stopped,
+        Some(pid) => {
+            say(&match trigger {
+                Trigger::Death => format!(
+                    "the agent died while PostgreSQL ran as primary in {}: stopping it so that no second primary can appear",
+                    data_dir.display()
+                ),
+                Trigger::Stall => format!(
+                    "the agent's HA loop made no progress before its deadline (stopped, swapping or stuck in I/O) while PostgreSQL ran as primary in {}: stopping it before the leader lease can run out",
+                    data_dir.display()
+                ),
+            });
+            match stop_postmaster(pid) {
+                Ok(msg) => {
+                    say(&msg);
+                    Look::Fenced
+                }
+                Err(msg) => {
+                    say(&msg);
+                    Look::Failed
                 }
             }
-            0
         }
-        Err(msg) => {
-            say(&msg);
-            1
+    };
+    // after a death, or once a primary was stopped: the leader key can go now
+    let revoke = look == Look::Fenced || (trigger == Trigger::Death && look == Look::Stopped);
+    if revoke
+        && !watch.revoked
+        && let Some(id) = watch.lease
+    {
+        watch.revoked = true;
+        match revoke_lease(&watch.etcd, id) {
+            Ok(host) => say(&format!(
+                "revoked the agent's etcd lease {id} at {host}: a replica can take over now"
+            )),
+            Err(e) => say(&format!(
+                "could not revoke the agent's etcd lease {id} ({e}); it expires after the ttl"
+            )),
         }
     }
+    look
 }
 
 /// Revokes an etcd lease through the v3 JSON gateway (`POST /v3/lease/revoke`), trying each
@@ -403,16 +465,36 @@ fn revoke_lease(endpoints: &[String], id: i64) -> Result<String, String> {
 }
 
 /// Stops the postmaster of `data_dir`: fast, then immediate.
+#[cfg(test)]
 fn fence(data_dir: &Path) -> Result<String, String> {
+    match postmaster_pid(data_dir) {
+        None => Ok("PostgreSQL is not running".into()),
+        Some(pid) => stop_postmaster(pid),
+    }
+}
+
+/// Whether a process runs: exists and is not a zombie (a postmaster whose parent, a stopped
+/// agent, cannot reap it has exited all the same).
+fn running(pid: nix::unistd::Pid) -> bool {
+    if nix::sys::signal::kill(pid, None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // `pid (comm) state …`; comm may hold spaces and parentheses
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
+}
+
+/// Stops a postmaster: fast shutdown, then immediate after [`FAST_STOP_GRACE`].
+fn stop_postmaster(pid: i32) -> Result<String, String> {
     use nix::sys::signal::{Signal, kill};
-    let Some(pid) = postmaster_pid(data_dir) else {
-        return Ok("PostgreSQL is not running".into());
-    };
     let pid = nix::unistd::Pid::from_raw(pid);
     kill(pid, Signal::SIGINT).map_err(|e| format!("cannot signal the postmaster {pid}: {e}"))?;
     let started = Instant::now();
     let mut immediate = false;
-    while kill(pid, None).is_ok() {
+    while running(pid) {
         if !immediate && started.elapsed() > FAST_STOP_GRACE {
             let _ = kill(pid, Signal::SIGQUIT);
             immediate = true;
@@ -469,20 +551,70 @@ mod tests {
         w.line("deadline 500", now);
         assert_eq!(w.wait(now), Some(Duration::from_millis(500)));
         assert_eq!(w.wait(now + Duration::from_secs(1)), Some(Duration::ZERO));
+        // expired: it looks again and again until a fresh deadline; "the lease is over" (0)
+        // does not end that
+        w.expired = true;
+        assert_eq!(w.wait(now), Some(RECHECK));
+        w.line("deadline 0", now);
+        assert!(w.expired);
+        w.line("deadline 2000", now);
+        assert!(!w.expired);
+        assert_eq!(w.wait(now), Some(Duration::from_millis(2000)));
         w.line("disarmed", now);
         assert_eq!(w.wait(now), None);
         assert!(w.line("exit", now));
     }
 
     #[test]
-    fn a_replica_is_never_fenced() {
+    fn a_replica_is_watched_not_fenced_and_a_dead_agents_lease_revoked_once() {
         let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n{}\n", child.id(), dir.path().display()),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("standby.signal"), "").unwrap();
-        let w = Watch {
+        let mut w = Watch {
             armed: true,
+            lease: Some(7),
             ..Default::default()
         };
-        assert_eq!(fence_primary(dir.path(), &w, Trigger::Stall, &|_| {}), 0);
+        assert_eq!(
+            look_and_fence(dir.path(), &mut w, Trigger::Stall, &|_| {}),
+            Look::Replica
+        );
+        assert!(!w.revoked, "nothing is revoked while a replica runs");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            look_and_fence(dir.path(), &mut w, Trigger::Stall, &|_| {}),
+            Look::Stopped
+        );
+        assert!(
+            !w.revoked,
+            "a stalled agent's lease is left while nothing was fenced"
+        );
+        assert_eq!(
+            look_and_fence(dir.path(), &mut w, Trigger::Death, &|_| {}),
+            Look::Stopped
+        );
+        assert!(w.revoked, "tried once (no etcd here)");
+    }
+
+    #[test]
+    fn a_zombie_postmaster_counts_as_stopped() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // not reaped yet: a zombie, as the postmaster of a stopped agent
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!running(pid));
+        child.wait().unwrap();
+        assert!(!running(pid));
     }
 
     #[test]

@@ -737,7 +737,12 @@ fn unreachable_demote_due(obs: &Observation<'_>) -> bool {
 /// demotion — etcd is unreachable past the deadline, or another member holds the lock — if it
 /// must. A switchover hands the lock over itself and a demotion is what is needed.
 fn job_blocks_demotion(obs: &Observation<'_>, job: Job) -> Option<String> {
-    if matches!(job, Job::Demote | Job::Switchover) || !obs.pg.running || obs.pg.in_recovery {
+    // a bootstrap holds no lease yet (nobody else can lead before it ends); a switchover
+    // hands the lock over itself, but not past the demotion point when etcd is lost
+    if matches!(job, Job::Demote | Job::Bootstrap) || !obs.pg.running || obs.pg.in_recovery {
+        return None;
+    }
+    if job == Job::Switchover && obs.cluster.is_some() {
         return None;
     }
     match obs.cluster {
@@ -1678,11 +1683,18 @@ pub(crate) mod tests {
         let mut o = obs("n1", Some(&c), primary_pg(), &[]);
         o.job = Some(Job::Start);
         assert!(matches!(decide(&o).actions[0], Action::CancelJob { .. }));
-        // a switchover or a demotion is left to finish; so is anything on a replica
+        // a switchover, a demotion or a bootstrap is left to finish; so is anything on a replica
         o.job = Some(Job::Switchover);
         assert_eq!(decide(&o).actions, vec![]);
         o.job = Some(Job::Demote);
         assert_eq!(decide(&o).actions, vec![]);
+        let mut o = obs("n1", None, primary_pg(), &[]);
+        o.job = Some(Job::Bootstrap);
+        o.dcs_unreachable_secs = 60;
+        assert_eq!(decide(&o).actions, vec![]);
+        // a switchover whose leader lost etcd past the demotion point gives way
+        o.job = Some(Job::Switchover);
+        assert!(matches!(decide(&o).actions[0], Action::CancelJob { .. }));
         let mut o = obs("n1", Some(&c), replica_pg(100, None), &[]);
         o.job = Some(Job::Restart);
         assert_eq!(decide(&o).actions, vec![]);

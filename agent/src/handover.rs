@@ -28,9 +28,9 @@ pub struct Plan {
     pub params: Map<String, Value>,
     pub hba: Option<Vec<String>>,
     pub timeout: Duration,
-    /// How long the CHECKPOINT before the stop may take: the lock is not renewed during a
+    /// When the CHECKPOINT before the stop must have ended: the lock is not renewed during a
     /// hand-over, so it must end before the lease runs short.
-    pub checkpoint_limit: Duration,
+    pub checkpoint_deadline: Instant,
 }
 
 /// Which candidates can take over right now, asked live: running, a replica streaming from
@@ -152,13 +152,13 @@ pub async fn hand_over<K: Kv>(
     let began = Instant::now();
     let ready = ready_candidates(&pg, &client, &plan).await?;
     info!(candidates = ?ready, "switchover: checkpoint before stopping");
-    match tokio::time::timeout(plan.checkpoint_limit, pg.checkpoint()).await {
+    let deadline = tokio::time::Instant::from_std(plan.checkpoint_deadline);
+    match tokio::time::timeout_at(deadline, pg.checkpoint()).await {
         Ok(done) => done.context("CHECKPOINT before the switchover failed")?,
         Err(_) => {
             pg.disconnect().await;
             anyhow::bail!(
-                "the CHECKPOINT before the switchover did not finish within {} ms, before the leader lease runs short; the switchover is abandoned",
-                plan.checkpoint_limit.as_millis()
+                "the CHECKPOINT before the switchover did not finish before the leader lease runs short; the switchover is abandoned"
             );
         }
     }

@@ -889,17 +889,38 @@ mod tests {
         assert!(body.contains("Error code: 502"), "{body}");
     }
 
+    /// A member's REST API that answers every request with `body`; its `/patroni` URL.
+    async fn fake_member(body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://127.0.0.1:{port}/patroni")
+    }
+
     #[tokio::test]
     async fn failsafe_confirmations_only_for_the_last_leader_listed_in_the_key() {
-        let with_failsafe = |role: Role| {
+        let primary = fake_member(r#"{"role":"primary","xlog":{"location":100}}"#).await;
+        let replica = fake_member(r#"{"role":"replica","xlog":{"received_location":90}}"#).await;
+        let with_failsafe = |role: Role, leader_url: &str| {
             let mut s = snap(role, false);
             s.failsafe_mode = true;
             s.last_leader = Some("n2".into());
             let mut c = (**s.cluster.as_ref().unwrap()).clone();
             c.failsafe = Some(
-                serde_json::from_str(
-                    r#"{"n1":"http://127.0.0.1:1/patroni","n2":"http://127.0.0.1:2/patroni"}"#,
-                )
+                serde_json::from_str(&format!(
+                    r#"{{"n1":"http://127.0.0.1:1/patroni","n2":"{leader_url}"}}"#
+                ))
                 .unwrap(),
             );
             s.cluster = Some(Arc::new(c));
@@ -910,25 +931,39 @@ mod tests {
             let heard = heard.clone();
             async move { call_on(s, heard, "POST", "/failsafe", body).await }
         };
+        let alive = || with_failsafe(Role::Replica, &primary);
         // a primary never confirms another primary; a nameless ask is refused
-        let (code, body) = post(with_failsafe(Role::Primary), r#"{"name": "n2"}"#).await;
+        let (code, body) = post(with_failsafe(Role::Primary, &primary), r#"{"name": "n2"}"#).await;
         assert_eq!((code, body.as_str()), (500, "Running as a leader"));
-        let (code, _) = post(with_failsafe(Role::Replica), "{}").await;
+        let (code, _) = post(alive(), "{}").await;
         assert_eq!(code, 400);
         // a name the failsafe key does not list, or that is not the last leader: refused,
         // and nothing is recorded
-        let (code, body) = post(with_failsafe(Role::Replica), r#"{"name": "n9"}"#).await;
+        let (code, body) = post(alive(), r#"{"name": "n9"}"#).await;
         assert_eq!(code, 500, "{body}");
         assert!(body.contains("not listed"), "{body}");
-        let (code, body) = post(with_failsafe(Role::Replica), r#"{"name": "n1"}"#).await;
+        let (code, body) = post(alive(), r#"{"name": "n1"}"#).await;
         assert_eq!(code, 500, "{body}");
         assert!(
             body.contains("not the leader this member last saw (n2)"),
             "{body}"
         );
+        // the last leader, but its REST API is gone or it runs as a replica: refused
+        let gone = with_failsafe(Role::Replica, "http://127.0.0.1:1/patroni");
+        let (code, body) = post(gone, r#"{"name": "n2"}"#).await;
+        assert_eq!(code, 500, "{body}");
+        assert!(body.contains("did not answer"), "{body}");
+        let (code, body) = post(with_failsafe(Role::Replica, &replica), r#"{"name": "n2"}"#).await;
+        assert_eq!(code, 500, "{body}");
+        assert!(body.contains("running primary"), "{body}");
+        // this member holding the lock itself (promoting) never confirms another
+        let mut holder = alive();
+        holder.lock_until = Some(Instant::now() + Duration::from_secs(10));
+        let (code, _) = post(holder, r#"{"name": "n2"}"#).await;
+        assert_eq!(code, 500);
         assert!(heard.lock().unwrap().is_none());
-        // the last leader, listed: accepted and recorded
-        let (code, body) = post(with_failsafe(Role::Replica), r#"{"name": "n2"}"#).await;
+        // the last leader, listed, answering as a running primary: accepted and recorded
+        let (code, body) = post(alive(), r#"{"name": "n2"}"#).await;
         assert_eq!((code, body.as_str()), (200, "Accepted"));
         assert_eq!(heard.lock().unwrap().as_ref().unwrap().0, "n2");
     }

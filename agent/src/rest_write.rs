@@ -160,18 +160,20 @@ pub async fn handle<K: Kv>(
             command(api, Command::Reinitialize { force }).await
         }
         ("POST", "reload") => command(api, Command::Reload).await,
-        ("POST", "failsafe") => confirm_failsafe(api, &body),
+        ("POST", "failsafe") => confirm_failsafe(api, &body).await,
         _ => return None,
     })
 }
 
 /// `POST /failsafe` from a primary that lost etcd: a replica promises not to race for the lock
 /// for ttl seconds and answers `Accepted`, with its WAL position in the `lsn` header; a primary
-/// refuses. Only with `failsafe_mode` on (Patroni answers 502 otherwise), and only for the
-/// member this node last saw holding the leader key, listed in the `failsafe` key: a request
-/// naming anyone else is refused. What a request can hold back is bounded anyway: the HA loop
-/// races regardless once that leader's own REST API stops answering as a running primary.
-fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
+/// refuses. Only with `failsafe_mode` on (Patroni answers 502 otherwise), only for the member
+/// this node last saw holding the leader key, listed in the `failsafe` key, never while this node
+/// holds the lock itself, and only once that member's own REST API (at the address in the
+/// `failsafe` key) answers as a running primary: a forged request, or one naming a leader whose
+/// machine is gone, gets a 500 with the reason and no promise. A promise given is kept for the
+/// whole ttl, since the primary stays writable on its strength.
+async fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
     let snap = api.snapshot.borrow().clone();
     if !snap.failsafe_mode {
         return python_error(StatusCode::BAD_GATEWAY);
@@ -189,41 +191,55 @@ fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
     if snap.server.as_ref().is_some_and(|s| !s.in_recovery) {
         return text(500, "Running as a leader".into());
     }
-    let listed = snap
+    if snap.lock_until.is_some() {
+        return text(500, "this member holds the leader lock".into());
+    }
+    let url = snap
         .cluster
         .as_ref()
         .and_then(|c| c.failsafe.as_ref())
-        .is_some_and(|f| f.contains_key(name));
-    if !listed {
+        .and_then(|f| f.get(name))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let Some(url) = url else {
         warn!(
-            primary = name,
-            "failsafe: refused a confirmation for {name}: the failsafe key does not list it"
+            primary = ?name,
+            "failsafe: refused a confirmation: the failsafe key does not list {name:?}"
         );
-        return text(500, format!("{name} is not listed in the failsafe key"));
-    }
+        return text(500, format!("{name:?} is not listed in the failsafe key"));
+    };
     if snap.last_leader.as_deref() != Some(name) {
         warn!(
-            primary = name,
+            primary = ?name,
             last_leader = snap.last_leader.as_deref().unwrap_or(""),
-            "failsafe: refused a confirmation for {name}: it is not the leader this member last saw"
+            "failsafe: refused a confirmation for {name:?}: it is not the leader this member last saw"
         );
         return text(
             500,
             format!(
-                "{name} is not the leader this member last saw ({})",
+                "{name:?} is not the leader this member last saw ({})",
                 snap.last_leader.as_deref().unwrap_or("none")
             ),
         );
     }
+    // checked on every request: a forged one after a genuine one must not extend the promise
+    // past the primary's life
+    if let Err(why) = leader_answers_as_primary(&api.client, &url).await {
+        warn!(
+            primary = ?name,
+            "failsafe: refused a confirmation for {name:?}: {why}"
+        );
+        return text(500, format!("cannot confirm {name:?}: {why}"));
+    }
     {
         let mut heard = api.failsafe_heard.lock().unwrap_or_else(|p| p.into_inner());
-        if heard
+        let heard_recently = heard
             .as_ref()
-            .is_none_or(|(n, at)| n != name || at.elapsed() > Duration::from_secs(snap.ttl))
-        {
+            .is_some_and(|(n, at)| n == name && at.elapsed() < Duration::from_secs(snap.ttl));
+        if !heard_recently {
             info!(
-                primary = name,
-                "failsafe: {name} lost etcd and asked to stay primary; not racing for the lock while it keeps asking and answers as primary"
+                primary = ?name,
+                "failsafe: {name:?} lost etcd and asked to stay primary; not racing for the lock while it keeps asking"
             );
         }
         *heard = Some((name.to_string(), std::time::Instant::now()));
@@ -235,6 +251,26 @@ fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
         r.headers_mut().insert("lsn", v);
     }
     r
+}
+
+/// How long a member waits for the primary asking over `POST /failsafe` to answer its own
+/// `GET /patroni`: short, since the primary's confirmation call is waiting meanwhile.
+const FAILSAFE_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether the member at `url` answers on its REST API as a running primary.
+async fn leader_answers_as_primary(
+    client: &shared::api::MemberClient,
+    url: &str,
+) -> Result<(), String> {
+    match tokio::time::timeout(FAILSAFE_CHECK, client.status_or_error(url)).await {
+        Err(_) => Err(format!(
+            "{url} did not answer within {} ms",
+            FAILSAFE_CHECK.as_millis()
+        )),
+        Ok(Err(e)) => Err(format!("{url} did not answer: {e}")),
+        Ok(Ok(body)) if shared::api::PeerStatus::from_json(&body).is_primary => Ok(()),
+        Ok(Ok(_)) => Err(format!("{url} does not answer as a running primary")),
+    }
 }
 
 /// The error page Python's HTTP server sends (`send_error`), which Patroni answers with on some

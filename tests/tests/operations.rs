@@ -1054,3 +1054,85 @@ fn rest_api_over_tls() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("restarted successfully"), "{out}");
 }
+
+/// The slot of a member whose machine is gone is dropped after `member_slots_ttl` even when the
+/// leader's agent restarted in between (it learns which slots are members' from the `status`
+/// key's `retain_slots`, as Patroni 4 does); the other members' slots stay.
+#[test]
+fn a_vanished_members_slot_is_dropped_after_member_slots_ttl_across_an_agent_restart() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "slots".into(),
+        ..Default::default()
+    };
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
+    let Lab {
+        cluster: c, etcd, ..
+    } = &mut lab;
+    let (code, _) = call(
+        &c.nodes[p],
+        "PATCH",
+        "/config",
+        &json!({"member_slots_ttl": 20}),
+        None,
+    );
+    assert_eq!(code, 200);
+    let (r, q) = ((p + 1) % 3, (p + 2) % 3);
+    let slot_of = |i: usize| shared::types::slot_name(&c.nodes[i].name);
+    let (gone, kept) = (slot_of(r), slot_of(q));
+    let slots = |c: &TestCluster| {
+        sql(
+            &c.nodes[p],
+            "SELECT slot_name FROM pg_replication_slots ORDER BY 1",
+        )
+        .unwrap_or_default()
+    };
+    assert!(slots(c).contains(&gone) && slots(c).contains(&kept));
+    let status = format!("/service/{}/status", c.spec.scope);
+    wait_for("retain_slots in the status key", LONG, || {
+        let (_, raw, _) = etcd.get_prefix(&status).ok()?.pop()?;
+        raw.contains(&format!("\"{gone}\"")).then_some(())
+    })
+    .unwrap();
+
+    // a replica's machine is lost; meanwhile the leader's agent restarts (paused, so that
+    // PostgreSQL and the leadership stay) and forgets everything it knew
+    c.kill_machine(r);
+    let (code, _) = call(
+        &c.nodes[p],
+        "PATCH",
+        "/config",
+        &json!({"pause": true}),
+        None,
+    );
+    assert_eq!(code, 200);
+    wait_for("the leader to see the pause", LONG, || {
+        c.nodes[p].status().filter(|s| s["pause"] == true)
+    })
+    .unwrap();
+    c.stop_agent(p);
+    c.start_agent(p).unwrap();
+    wait_for("the restarted agent to lead again", LONG, || {
+        (c.leader_index(etcd) == Some(p)).then_some(())
+    })
+    .unwrap();
+    let (code, _) = call(
+        &c.nodes[p],
+        "PATCH",
+        "/config",
+        &json!({"pause": null}),
+        None,
+    );
+    assert_eq!(code, 200);
+    wait_for(
+        "the lost member's slot to be dropped",
+        Duration::from_secs(20 + 60),
+        || (!slots(c).contains(&gone)).then_some(()),
+    )
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert!(slots(c).contains(&kept), "{:?}", slots(c));
+    assert!(c.nodes[p].log().contains("member_slots_ttl"));
+}

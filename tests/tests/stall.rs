@@ -93,7 +93,7 @@ fn a_frozen_agent_is_fenced_by_its_guard_and_rejoins_when_thawed() {
 
 /// `failsafe_mode` on, the leader's machine lost, and every replica sent `POST /failsafe` in the
 /// old leader's name each second: a new leader is elected within ttl and a few seconds all the
-/// same (a replica defers only while the named leader itself answers as a running primary);
+/// same (a replica confirms only a leader whose own REST API answers as a running primary);
 /// requests naming any other member are refused outright.
 #[test]
 fn a_failsafe_flood_does_not_hold_back_a_failover() {
@@ -197,7 +197,7 @@ fn a_failsafe_flood_does_not_hold_back_a_failover() {
         c.nodes
             .iter()
             .enumerate()
-            .any(|(i, n)| i != p && n.log().contains("racing for the lock as usual")),
+            .any(|(i, n)| i != p && n.log().contains("refused a confirmation")),
         "{}",
         c.logs_tail()
     );

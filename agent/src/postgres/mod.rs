@@ -45,6 +45,9 @@ pub struct Postgres {
     /// The postmaster we started, if any; `None` for one adopted from a previous agent.
     child_pid: Mutex<Option<u32>>,
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    /// A connection of its own for the status queries, so that they never queue behind a
+    /// CHECKPOINT or another long statement on the shared one.
+    status_client: Mutex<Option<Arc<tokio_postgres::Client>>>,
     /// Signalled when the postmaster we started exits.
     pub exited: Arc<Notify>,
     /// Set while pgpilot itself stops the postmaster, so its exit is not reported as a crash.
@@ -68,6 +71,7 @@ impl Postgres {
             cfg: std::sync::RwLock::new(cfg),
             child_pid: Mutex::new(None),
             client: Mutex::new(None),
+            status_client: Mutex::new(None),
             exited: Arc::new(Notify::new()),
             stopping: Arc::new(AtomicBool::new(false)),
             use_slots: AtomicBool::new(true),

@@ -78,7 +78,7 @@ impl Postgres {
     pub async fn status(&self) -> Result<ServerStatus> {
         let limit = self.query_timeout();
         let res = match tokio::time::timeout(limit, async {
-            let client = self.client().await?;
+            let client = self.connected(&self.status_client).await?;
             Self::query_status(&client).await
         })
         .await
@@ -90,7 +90,7 @@ impl Postgres {
             ),
         };
         if res.is_err() {
-            *self.client.lock().await = None;
+            *self.status_client.lock().await = None;
         }
         res
     }
@@ -205,7 +205,15 @@ impl Postgres {
 
     /// A connection to the local server as the superuser (reused across cycles).
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>> {
-        let mut guard = self.client.lock().await;
+        self.connected(&self.client).await
+    }
+
+    /// The connection cached in `slot`, made again when it is gone.
+    async fn connected(
+        &self,
+        slot: &tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    ) -> Result<Arc<tokio_postgres::Client>> {
+        let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref()
             && !c.is_closed()
         {
@@ -315,6 +323,7 @@ impl Postgres {
     /// Drops the cached connection (after a stop or restart).
     pub async fn disconnect(&self) {
         *self.client.lock().await = None;
+        *self.status_client.lock().await = None;
     }
 
     /// Runs a statement as the superuser. The statement is never logged: it may carry a password.

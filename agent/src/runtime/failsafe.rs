@@ -145,52 +145,6 @@ impl<K: Kv> Agent<K> {
             .max(Duration::from_millis(100))
     }
 
-    /// Whether `name`, which asked this node over `POST /failsafe` not to race, still answers
-    /// on its REST API (at the address in the `failsafe` key) as a running primary. A member
-    /// that does not is forgotten, and this node races as usual.
-    pub(super) async fn failsafe_leader_alive(
-        &self,
-        cluster: &Cluster,
-        name: &str,
-        t: shared::dcs::Timing,
-    ) -> bool {
-        let url = cluster
-            .failsafe
-            .as_ref()
-            .and_then(|f| f.get(name))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let verdict = match url {
-            None => Err("the failsafe key does not list it".to_string()),
-            Some(url) => {
-                let wait = CONFIRM_TIMEOUT.min(Duration::from_secs(t.loop_wait.max(1)));
-                match tokio::time::timeout(wait, self.peers.status_or_error(&url)).await {
-                    Err(_) => Err(format!(
-                        "{url} did not answer within {} ms",
-                        wait.as_millis()
-                    )),
-                    Ok(Err(e)) => Err(format!("{url} did not answer: {e}")),
-                    Ok(Ok(body)) if shared::api::PeerStatus::from_json(&body).is_primary => Ok(()),
-                    Ok(Ok(_)) => Err(format!("{url} does not answer as a running primary")),
-                }
-            }
-        };
-        match verdict {
-            Ok(()) => true,
-            Err(why) => {
-                warn!(
-                    primary = name,
-                    "failsafe: {name} asked this node not to race, but {why}: racing for the lock as usual"
-                );
-                *self
-                    .failsafe_heard
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = None;
-                false
-            }
-        }
-    }
-
     /// The primary in failsafe mode that reached this node less than `ttl` ago, if any.
     pub(super) fn failsafe_leader(&self, ttl: u64) -> Option<String> {
         let heard = self

@@ -119,8 +119,18 @@ pub struct Agent<K: Kv> {
     config_refused: Option<String>,
     /// The last member seen holding the leader key.
     last_leader: Option<String>,
-    /// Since when the running PostgreSQL has answered no status query within its deadline.
-    pg_unresponsive_since: Option<Instant>,
+    /// Since when the running PostgreSQL has answered no status query within its deadline, and
+    /// how many queries in a row ran out of time.
+    pg_unresponsive_since: Option<(Instant, u32)>,
+    /// The ttl of the lease at the last successful lock renewal: a ttl raised since counts
+    /// only from the next renewal.
+    lock_renewed_ttl: u64,
+    /// The start of the last successful lock renewal, kept through a switchover (which stops
+    /// claiming the lock but still holds its lease): what the fencing guard's deadline counts
+    /// from.
+    lease_kept: Option<Instant>,
+    /// The last cluster view read shows another member holding the lock.
+    other_leads: bool,
     /// When the last failsafe round that every member confirmed began.
     failsafe_confirmed: Option<Instant>,
 }
@@ -191,6 +201,9 @@ impl<K: Kv> Agent<K> {
             last_leader: None,
             failsafe_confirmed: None,
             pg_unresponsive_since: None,
+            lock_renewed_ttl: u64::MAX,
+            lease_kept: None,
+            other_leads: false,
             cfg,
         }
     }
@@ -487,6 +500,7 @@ impl<K: Kv> Agent<K> {
             if let Some(l) = &c.leader {
                 self.last_leader = Some(l.name.clone());
             }
+            self.other_leads = c.leader.as_ref().is_some_and(|l| l.name != self.cfg.name);
             // etcd answers again: the lock, not the members' confirmations, keeps a primary
             self.failsafe_confirmed = None;
             if c.leader.as_ref().is_none_or(|l| l.name != self.cfg.name) {
@@ -557,19 +571,11 @@ impl<K: Kv> Agent<K> {
             None
         };
         self.failsafe_active = matches!(failsafe, Some(Ok(())));
-        // A member that asked over POST /failsafe keeps this node from racing only while its
-        // own REST API answers as a running primary: a forged request, or one from a leader that
-        // has died since, holds nothing back.
-        let failsafe_leader = match (&cluster, self.failsafe_leader(timing.ttl)) {
-            (Some(c), Some(name)) if c.leader.is_none() && dynamic.failsafe_mode() => {
-                if self.failsafe_leader_alive(c, &name, timing).await {
-                    Some(name)
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        };
+        // A primary this node confirmed over POST /failsafe (after checking that it answers as
+        // a running primary) stays writable on that promise for ttl: no racing meanwhile.
+        let failsafe_leader = self
+            .failsafe_leader(timing.ttl)
+            .filter(|_| dynamic.failsafe_mode());
         let decision = {
             let obs = Observation {
                 me: &self.cfg.name,
@@ -589,9 +595,12 @@ impl<K: Kv> Agent<K> {
                     .map(|t| t.elapsed().as_secs())
                     .unwrap_or(0),
                 // rounded up: the demotion rule errs on the early side
-                lock_age_secs: self
-                    .lock_renewed
-                    .map(|t| t.elapsed().as_millis().div_ceil(1000) as u64),
+                // (a ttl raised since the renewal does not lengthen that lease: the age counts
+                // as much older)
+                lock_age_secs: self.lock_renewed.map(|t| {
+                    (t.elapsed().as_millis().div_ceil(1000) as u64)
+                        .saturating_add(timing.ttl.saturating_sub(self.lock_renewed_ttl))
+                }),
                 rewind: self.rewind_policy(&dynamic),
                 primary_down_secs: self.primary_down_since.map(|t| t.elapsed().as_secs()),
                 now_ms: chrono::Utc::now().timestamp_millis(),
@@ -647,8 +656,14 @@ impl<K: Kv> Agent<K> {
         }
         if cluster.is_some() {
             let member = self.member_data(state, role, server.as_ref(), paused);
-            if let Err(e) = self.dcs.touch_member(&member).await {
-                warn!("cannot update member key: {e}");
+            let limit = self.dcs_call_limit(timing);
+            match tokio::time::timeout(limit, self.dcs.touch_member(&member)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("cannot update member key: {e}"),
+                Err(_) => warn!(
+                    "cannot update member key: etcd did not answer within {} ms",
+                    limit.as_millis()
+                ),
             }
         }
         let prev = self.snapshot.borrow().clone();
@@ -709,18 +724,12 @@ impl<K: Kv> Agent<K> {
             .into_iter()
             .chain(restart_due)
             .min();
-        if again {
+        let wait = if again {
             Duration::from_millis(10)
         } else if let Some(due) = due.filter(|d| *d < Duration::from_secs(timing.loop_wait)) {
             due
         } else if cluster.is_none() {
-            // look again in a second, or sooner when the lease runs short
-            let short = self
-                .demote_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            short.map_or(Duration::from_secs(1), |s| {
-                s.clamp(Duration::from_millis(50), Duration::from_secs(1))
-            })
+            Duration::from_secs(1)
         } else if self.job.is_some() {
             Duration::from_millis(500)
         } else if !pg_view.ready {
@@ -728,6 +737,28 @@ impl<K: Kv> Agent<K> {
             Duration::from_secs(timing.loop_wait.min(1))
         } else {
             Duration::from_secs(timing.loop_wait)
+        };
+        // A node that renewed the lock never sleeps past its demotion point (a renewal that
+        // failed while etcd could be read included); a primary kept by failsafe confirmations
+        // asks again each second.
+        match self.demote_deadline() {
+            Some(d) if !self.failsafe_active => wait.min(
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(50)),
+            ),
+            _ => wait,
+        }
+    }
+
+    /// The deadline of one etcd call of the loop: retry_timeout, and for a lock holder never
+    /// past its demotion point (at least 200 ms).
+    fn dcs_call_limit(&self, t: shared::dcs::Timing) -> Duration {
+        let limit = Duration::from_secs(t.retry_timeout);
+        match self.demote_deadline() {
+            Some(d) => limit
+                .min(d.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(200)),
+            None => limit,
         }
     }
 
@@ -754,7 +785,13 @@ impl<K: Kv> Agent<K> {
                         if self.pg_unresponsive_since.is_none() {
                             warn!("{e:#}: PostgreSQL seems frozen or stuck");
                         }
-                        self.pg_unresponsive_since.get_or_insert_with(Instant::now);
+                        let (_, count) = self
+                            .pg_unresponsive_since
+                            .get_or_insert_with(|| (Instant::now(), 0));
+                        *count = count.saturating_add(1);
+                    } else {
+                        // refused, not ignored: starting, stopping or restarting
+                        self.pg_unresponsive_since = None;
                     }
                     None
                 }
@@ -808,7 +845,11 @@ impl<K: Kv> Agent<K> {
             data,
             running,
             ready: server.is_some(),
-            unresponsive_secs: self.pg_unresponsive_since.map(|t| t.elapsed().as_secs()),
+            // three queries in a row out of time, not one slow answer
+            unresponsive_secs: self
+                .pg_unresponsive_since
+                .filter(|(_, count)| *count >= 3)
+                .map(|(t, _)| t.elapsed().as_secs()),
             in_recovery: server.as_ref().is_none_or(|s| s.in_recovery),
             wal_position: server.as_ref().and_then(|s| s.wal_position()),
             timeline: server.as_ref().and_then(|s| s.timeline),
@@ -898,16 +939,21 @@ impl<K: Kv> Agent<K> {
     /// own demotion deadline, before the lease can end. A primary holding neither gets one such
     /// span from now.
     fn fence_window(&self, t: shared::dcs::Timing) -> Duration {
+        if self.other_leads {
+            // another member holds the lock: this primary should not be writable at all
+            return Duration::ZERO;
+        }
         let margin =
             Duration::from_millis(t.retry_timeout.saturating_mul(500)).max(Duration::from_secs(1));
-        let span = Duration::from_secs(t.ttl).saturating_sub(margin);
-        match [self.lock_renewed, self.failsafe_confirmed]
-            .into_iter()
-            .flatten()
-            .max()
-        {
-            Some(basis) => (basis + span).saturating_duration_since(Instant::now()),
-            None => span,
+        let span = |ttl: u64| Duration::from_secs(ttl).saturating_sub(margin);
+        let lease = self
+            .lease_kept
+            .map(|r| r + span(t.ttl.min(self.lock_renewed_ttl)));
+        let failsafe = self.failsafe_confirmed.map(|r| r + span(t.ttl));
+        match lease.into_iter().chain(failsafe).max() {
+            Some(until) => until.saturating_duration_since(Instant::now()),
+            // bootstrap, or a running primary adopted before its first renewal
+            None => span(t.ttl),
         }
     }
 
@@ -915,8 +961,9 @@ impl<K: Kv> Agent<K> {
     /// renewal + ttl - retry_timeout).
     fn demote_deadline(&self) -> Option<Instant> {
         let t = self.last_dynamic.timing();
+        let ttl = t.ttl.min(self.lock_renewed_ttl);
         self.lock_renewed
-            .map(|r| r + Duration::from_secs(t.ttl.saturating_sub(t.retry_timeout)))
+            .map(|r| r + Duration::from_secs(ttl.saturating_sub(t.retry_timeout)))
     }
 
     /// Fills in the standbys connected to a primary and how far each synchronous one is
@@ -1299,6 +1346,8 @@ impl<K: Kv> Agent<K> {
                 if self.dcs.acquire_leader().await? {
                     info!("acquired the leader lock");
                     self.lock_renewed = Some(started);
+                    self.lock_renewed_ttl = self.last_dynamic.timing().ttl;
+                    self.lease_kept = Some(started);
                     Ok(Step::Again)
                 } else {
                     info!("another member took the leader lock first");
@@ -1323,6 +1372,8 @@ impl<K: Kv> Agent<K> {
                     })??;
                 if renewed {
                     self.lock_renewed = Some(started);
+                    self.lock_renewed_ttl = self.last_dynamic.timing().ttl;
+                    self.lease_kept = Some(started);
                     Ok(Step::Continue)
                 } else {
                     warn!("lost the leader lock");
@@ -1493,12 +1544,9 @@ impl<K: Kv> Agent<K> {
                     params,
                     hba: dynamic.pg_hba(),
                     timeout: Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
-                    checkpoint_limit: self
+                    checkpoint_deadline: self
                         .demote_deadline()
-                        .map_or(Duration::from_secs(1), |d| {
-                            d.saturating_duration_since(Instant::now())
-                        })
-                        .max(Duration::from_millis(500)),
+                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(1)),
                 };
                 self.handover = Some((
                     handover::Report {

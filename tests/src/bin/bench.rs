@@ -8,7 +8,9 @@
 //! when only the postmaster is killed; `console --batch list` vs `patronictl list`; the live
 //! console's frame time with 1,000 members and its etcd change → screen latency; split brain
 //! and lost commits when only the primary's agent is SIGKILLed, when the primary loses the
-//! network (namespaces + nftables, root only), and in a strict synchronous failover (a probe
+//! network (namespaces + nftables, root only), in a strict synchronous failover, when the
+//! primary's agent is stopped (SIGSTOP) until another member leads and then continued, and when
+//! the primary's machine dies under a flood of `POST /failsafe` in its name (a probe
 //! asks every server for a write every 100 ms; acknowledged ids are checked after healing). Prints a line
 //! per measurement and a JSON document (runs and medians) at the end. Every cluster is stopped by
 //! PID when its scenario ends. Timing is measured here, never asserted in tests.
@@ -20,7 +22,7 @@
 //!        bench failover [REPS] [PATRONI]
 //!        bench switchover [REPS] [PATRONI]
 //!        bench console [REPS] [PATRONICTL]
-//!        bench split [REPS] [PATRONI]
+//!        bench split [REPS] [PATRONI] [SCENARIOS]  (comma-separated names, default all)
 
 use anyhow::{Context, Result};
 use pgpilot_e2e::{ClusterSpec, Lab, NetLab, WriteProbe, Writer, bin_dir};
@@ -357,7 +359,16 @@ enum Split {
     NetworkLoss,
     /// `synchronous_mode_strict` on, and the primary's machine dies under load.
     StrictSyncFailover,
+    /// The primary's agent (or `patroni` process) stopped with SIGSTOP until another member
+    /// leads, then continued; PostgreSQL runs on.
+    AgentStop,
+    /// `failsafe_mode` on, the primary's machine dies, and every replica is sent
+    /// `POST /failsafe` in the old leader's name each second (for up to [`FLOOD_FOR`]).
+    FailsafeFlood,
 }
+
+/// How long the failsafe flood lasts at most (it stops once another member leads).
+const FLOOD_FOR: Duration = Duration::from_secs(90);
 
 impl Split {
     fn name(self) -> &'static str {
@@ -365,8 +376,18 @@ impl Split {
             Split::AgentKill => "agent_sigkill",
             Split::NetworkLoss => "network_loss",
             Split::StrictSyncFailover => "strict_sync_failover",
+            Split::AgentStop => "agent_sigstop",
+            Split::FailsafeFlood => "failsafe_flood",
         }
     }
+
+    const ALL: [Split; 5] = [
+        Split::AgentKill,
+        Split::NetworkLoss,
+        Split::StrictSyncFailover,
+        Split::AgentStop,
+        Split::FailsafeFlood,
+    ];
 }
 
 /// One split-brain measurement.
@@ -428,11 +449,64 @@ fn split_once(
             j["sync_standby"].is_string().then_some(())
         })?;
     }
+    if scenario == Split::FailsafeFlood {
+        let (code, text) = pgpilot_e2e::http_request(
+            "PATCH",
+            &c.nodes[p].api("/config"),
+            Some(r#"{"failsafe_mode": true}"#),
+        )?;
+        anyhow::ensure!(code == 200, "PATCH /config answered {code}: {text}");
+        let key = format!("/service/{}/failsafe", c.spec.scope);
+        pgpilot_e2e::wait_for("the failsafe key", Duration::from_secs(120), || {
+            let v = etcd.get_prefix(&key).ok()?;
+            let (_, raw, _) = v.first()?;
+            c.nodes
+                .iter()
+                .all(|n| raw.contains(&format!("\"{}\"", n.name)))
+                .then_some(())
+        })?;
+    }
     let writer = Writer::start(&c.nodes)?;
     let mut probe = WriteProbe::start(&c.nodes);
     writer.wait_more(100, Duration::from_secs(60))?;
     let at = Instant::now();
+    let mut stopped_agent = None;
+    let mut flood = None;
     match scenario {
+        Split::AgentStop => {
+            let pid = c.nodes[p]
+                .agent
+                .as_ref()
+                .context("no agent on the leader")?
+                .pid();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+            stopped_agent = Some(pid);
+        }
+        Split::FailsafeFlood => {
+            let ask = format!(r#"{{"name": "{}"}}"#, c.nodes[p].name);
+            let targets: Vec<String> = (0..c.nodes.len())
+                .filter(|&i| i != p)
+                .map(|i| c.nodes[i].api("/failsafe"))
+                .collect();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop2 = stop.clone();
+            let thread = std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop2.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < FLOOD_FOR
+                {
+                    for t in &targets {
+                        let _ = pgpilot_e2e::http_post(t, &ask);
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+            flood = Some((stop, thread));
+            c.kill_machine(p);
+        }
         Split::AgentKill => {
             let mut agent = c.nodes[p].agent.take().context("no agent on the leader")?;
             agent.signal(nix::sys::signal::Signal::SIGKILL);
@@ -445,16 +519,33 @@ fn split_once(
         }
         Split::StrictSyncFailover => c.kill_machine(p),
     }
-    pgpilot_e2e::wait_for("another leader", Duration::from_secs(ttl * 4 + 60), || {
-        c.leader_index(etcd).filter(|&i| i != p)
-    })?;
-    std::thread::sleep(BROKEN_AFTER_TAKEOVER);
+    let elected = pgpilot_e2e::wait_for(
+        "another leader",
+        FLOOD_FOR + Duration::from_secs(ttl * 4 + 60),
+        || c.leader_index(etcd).filter(|&i| i != p),
+    );
+    if let Some((stop, thread)) = flood {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
+    if let Some(pid) = stopped_agent {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+    elected?;
+    if scenario != Split::AgentStop {
+        std::thread::sleep(BROKEN_AFTER_TAKEOVER);
+    }
     match scenario {
         Split::NetworkLoss => {
             if let Some(n) = &net {
                 n.heal(p)?;
             }
         }
+        // the continued agent is still there
+        Split::AgentStop => {}
         _ => c.start_agent(p)?,
     }
     c.wait_healthy(Duration::from_secs(300))?;
@@ -478,11 +569,29 @@ fn split_once(
 
 /// `bench split`: split brain and lost commits, pgpilot then Patroni, at default timing (ttl
 /// 10 in quick mode). The network scenario needs root.
-fn split_summary(reps: usize, patroni: Option<PathBuf>, quick: bool) -> Result<Value> {
+fn split_summary(
+    reps: usize,
+    patroni: Option<PathBuf>,
+    quick: bool,
+    only: Option<&str>,
+) -> Result<Value> {
     let timing = if quick { (10, 2, 3) } else { (30, 10, 10) };
-    let mut scenarios = vec![Split::AgentKill, Split::StrictSyncFailover];
-    if NetLab::possible() {
-        scenarios.insert(1, Split::NetworkLoss);
+    let wanted = |s: &Split| only.is_none_or(|o| o.split(',').any(|n| n == s.name()));
+    let mut scenarios: Vec<Split> = Split::ALL.into_iter().filter(wanted).collect();
+    if let Some(o) = only {
+        for name in o.split(',') {
+            anyhow::ensure!(
+                Split::ALL.iter().any(|s| s.name() == name),
+                "unknown split scenario {name:?} (known: {})",
+                Split::ALL.map(|s| s.name()).join(", ")
+            );
+        }
+    }
+    if !NetLab::available() {
+        if scenarios.contains(&Split::NetworkLoss) {
+            eprintln!("network_loss left out: it needs root, iproute2 and nftables");
+        }
+        scenarios.retain(|s| *s != Split::NetworkLoss);
     }
     let mut summary = serde_json::Map::new();
     for (kind, daemon) in kinds(patroni) {
@@ -649,7 +758,7 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench split [REPS] [PATRONI_EXECUTABLE]      split brain, lost commits (see BENCHMARKS.md)"
+            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
         );
         return Ok(());
     }
@@ -664,7 +773,12 @@ fn main() -> Result<()> {
         let reps = reps_arg(&args, 1);
         println!(
             "{}",
-            split_summary(reps, args.get(1).map(PathBuf::from), false)?
+            split_summary(
+                reps,
+                args.get(1).map(PathBuf::from),
+                false,
+                args.get(2).map(String::as_str)
+            )?
         );
         return Ok(());
     }
@@ -751,7 +865,7 @@ fn all(
     let basics = basics_summary(reps, patroni.clone(), d)?;
     let switchover = switchover_summary(reps, patroni.clone())?;
     let failures = failover_summary(reps, patroni.clone(), quick)?;
-    let split = split_summary(if quick { 1 } else { reps.min(2) }, patroni, quick)?;
+    let split = split_summary(if quick { 1 } else { reps.min(2) }, patroni, quick, None)?;
     let console = console_summary(if quick { 3 } else { 20 }, patronictl)?;
     let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let doc = json!({

@@ -168,9 +168,9 @@ pub async fn handle<K: Kv>(
 /// `POST /failsafe` from a primary that lost etcd: a replica promises not to race for the lock
 /// for ttl seconds and answers `Accepted`, with its WAL position in the `lsn` header; a primary
 /// refuses. Only with `failsafe_mode` on (Patroni answers 502 otherwise), only for the member
-/// this node last saw holding the leader key, listed in the `failsafe` key, never while this node
-/// holds the lock itself, and only once that member's own REST API (at the address in the
-/// `failsafe` key) answers as a running primary: a forged request, or one naming a leader whose
+/// this node last saw holding the leader key, never while this node holds the lock itself, and
+/// only once that member's own REST API (at the address in the `failsafe` key, else in its
+/// member key) answers as a running primary: a forged request, or one naming a leader whose
 /// machine is gone, gets a 500 with the reason and no promise. A promise given is kept for the
 /// whole ttl, since the primary stays writable on its strength.
 async fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
@@ -194,17 +194,24 @@ async fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
     if snap.lock_until.is_some() {
         return text(500, "this member holds the leader lock".into());
     }
-    let url = snap
-        .cluster
-        .as_ref()
-        .and_then(|c| c.failsafe.as_ref())
-        .and_then(|f| f.get(name))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    // where to ask it: the failsafe key, else its member key (this member may have lost etcd
+    // before it read a failsafe key written just before); never the address in the body
+    let url = snap.cluster.as_ref().and_then(|c| {
+        c.failsafe
+            .as_ref()
+            .and_then(|f| f.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| {
+                c.member(name)
+                    .map(|m| m.data.api_url.clone())
+                    .filter(|u| !u.is_empty())
+            })
+    });
     let Some(url) = url else {
         warn!(
             primary = ?name,
-            "failsafe: refused a confirmation: the failsafe key does not list {name:?}"
+            "failsafe: refused a confirmation: neither the failsafe key nor a member key gives the REST API of {name:?}"
         );
         return text(500, format!("{name:?} is not listed in the failsafe key"));
     };

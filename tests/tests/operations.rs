@@ -1115,7 +1115,8 @@ fn a_vanished_members_slot_is_dropped_after_member_slots_ttl_across_an_agent_res
     c.stop_agent(p);
     c.start_agent(p).unwrap();
     wait_for("the restarted agent to lead again", LONG, || {
-        (c.leader_index(etcd) == Some(p)).then_some(())
+        let s = c.nodes[p].status()?;
+        (s["role"] == "primary" && c.leader_index(etcd) == Some(p)).then_some(())
     })
     .unwrap();
     let (code, _) = call(

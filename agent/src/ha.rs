@@ -477,6 +477,13 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
             None => return Some("own timeline unknown".into()),
         }
     }
+    // the leader a switchover without a candidate moves away from stands aside (see
+    // `requested_race`) once another member is as far ahead: it takes no part in ties
+    let standing_aside = cluster
+        .failover
+        .as_ref()
+        .filter(|f| f.value.member.is_none())
+        .and_then(|f| f.value.leader.clone());
     for peer in obs.peers {
         if peer.name == obs.me || !peer.reachable {
             continue;
@@ -492,7 +499,10 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
             if theirs > mine {
                 return Some(format!("{} is ahead (WAL {theirs} > {mine})", peer.name));
             }
-            if theirs == mine && peer.failover_priority > obs.failover_priority {
+            if theirs == mine
+                && peer.failover_priority > obs.failover_priority
+                && standing_aside.as_deref() != Some(peer.name.as_str())
+            {
                 return Some(format!(
                     "{} is as far ahead and has a higher failover_priority ({} > {})",
                     peer.name, peer.failover_priority, obs.failover_priority
@@ -2034,6 +2044,24 @@ pub(crate) mod tests {
             mod_revision: 7,
         });
         c
+    }
+
+    #[test]
+    fn a_leader_standing_aside_does_not_win_a_priority_tie_it_left() {
+        // found by the simulation: the old leader (priority 3) hands over to "anyone" and stands
+        // aside because n2 is as far ahead; n2 must not defer to its higher priority
+        let c = with_failover(cluster(None), Some("n1"), None, None);
+        let mut high = peer("n1", 1000, false);
+        high.failover_priority = 3;
+        let peers = [high, peer("n3", 900, false)];
+        let mut o = obs("n2", Some(&c), replica_pg(1000, None), &peers);
+        o.seen_leader = true;
+        assert_eq!(decide(&o).actions, vec![Action::AcquireLock]);
+        // without the request the higher priority wins the tie as usual
+        let c = cluster(None);
+        let mut o = obs("n2", Some(&c), replica_pg(1000, None), &peers);
+        o.seen_leader = true;
+        assert_eq!(decide(&o).actions, vec![]);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! injected faults: etcd partitions of single nodes and of all of them, lost machines coming
 //! back, agents dying (their fencing guard stopping a primary) or stopped for up to 30 s (the
 //! guard fencing a primary past its deadline), postmaster crashes, replicas that
-//! lag, peers unreachable over REST, failing pg_rewind runs. After every step it checks the
+//! lag, peers unreachable over REST, failing pg_rewind runs; seeds vary failover priorities,
+//! cascade a member (`replicatefrom`) and run in failsafe mode (a primary without etcd kept
+//! only while every member confirms it, confirmers not racing for a ttl). After every step it
+//! checks the
 //! safety rules: at most one writable primary, never a promotion beyond
 //! `maximum_lag_on_failover` or of a `nofailover` member, never a start from a data directory
 //! whose rewind failed, never two clusters initialized; and after the faults heal, that the
@@ -107,6 +110,16 @@ struct SimNode {
     agent_stalled_until_ms: Option<u64>,
     /// The fencing guard: armed with this deadline (simulated ms), or disarmed.
     guard_deadline_ms: Option<u64>,
+    /// `failover_priority` tag (higher wins a tie).
+    priority: i64,
+    /// `replicatefrom` tag: the member this one streams from (cascading).
+    replicatefrom: Option<String>,
+    /// The last member seen holding the lock (agent memory).
+    last_leader: Option<String>,
+    /// The primary this node last confirmed over `POST /failsafe`, and when.
+    failsafe_heard: Option<(String, u64)>,
+    /// When the last failsafe round every member confirmed began (this node as primary).
+    failsafe_confirmed_ms: Option<u64>,
     pg: SimPg,
     job: Option<(Job, u64, Vec<Action>)>,
     next_cycle_ms: u64,
@@ -157,6 +170,11 @@ impl SimNode {
             agent_down_until_ms: None,
             agent_stalled_until_ms: None,
             guard_deadline_ms: None,
+            priority: 1,
+            replicatefrom: None,
+            last_leader: None,
+            failsafe_heard: None,
+            failsafe_confirmed_ms: None,
             pg: fresh_pg(),
             job: None,
             next_cycle_ms: 0,
@@ -198,6 +216,9 @@ impl SimNode {
 
     /// A restarted agent: its memory is gone, etcd and PostgreSQL are as they were.
     fn restart_agent(&mut self, now: u64) {
+        self.last_leader = None;
+        self.failsafe_heard = None;
+        self.failsafe_confirmed_ms = None;
         self.started_ms = now;
         self.seen_leader = false;
         self.lock_renewed_ms = None;
@@ -248,6 +269,10 @@ impl SimNode {
         if self.no_failover {
             tags.insert("nofailover".into(), serde_json::Value::Bool(true));
         }
+        tags.insert("failover_priority".into(), self.priority.into());
+        if let Some(rf) = &self.replicatefrom {
+            tags.insert("replicatefrom".into(), rf.clone().into());
+        }
         MemberData {
             conn_url: format!("postgres://{}/postgres", address(&self.name)),
             api_url: format!("http://{}/patroni", address(&self.name)),
@@ -289,6 +314,8 @@ struct Sim {
     config: DynamicConfig,
     /// `synchronous_mode_strict` is on: no acknowledged commit may ever be lost.
     strict: bool,
+    /// `failsafe_mode` is on.
+    failsafe: bool,
     /// The furthest commit a client was told about: `(timeline, position)`.
     acked: Option<(u64, u64)>,
 }
@@ -347,6 +374,19 @@ impl Sim {
         {
             last.no_failover = true;
         }
+        // Failover priorities differ by seed; some seeds have the last member cascade from the
+        // first (replicatefrom).
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.priority = ((seed >> i) % 3) as i64 + 1;
+        }
+        if seed.is_multiple_of(5) && nodes.len() > 2 {
+            let first = nodes[0].name.clone();
+            if let Some(last) = nodes.last_mut() {
+                last.replicatefrom = Some(first);
+            }
+        }
+        // Some seeds run in failsafe mode.
+        let failsafe = seed.is_multiple_of(2);
         // Some seeds run without pg_rewind: diverged members are cloned again instead.
         let policy = RewindPolicy {
             possible: !seed.is_multiple_of(4),
@@ -363,8 +403,9 @@ impl Sim {
             stats: Stats::default(),
             policy,
             max_timeline: 1,
-            config: sim_config(sync),
+            config: sim_config(sync, failsafe),
             strict: sync == SyncSetting::Strict,
+            failsafe,
             acked: None,
         }
     }
@@ -657,6 +698,39 @@ impl Sim {
         }
     }
 
+    /// Node `i`, a primary without etcd, asks every other member to confirm it over REST, as
+    /// `POST /failsafe` is answered: a member that is up, reachable, not a primary, not holding
+    /// the lock, whose last leader was `i`, and that reaches `i`'s REST API, confirms and then
+    /// does not race for a ttl.
+    fn failsafe_round(&mut self, i: usize) -> Result<(), String> {
+        let now = self.now_ms;
+        let me = self.nodes[i].name.clone();
+        let reachable = !self.nodes[i].unreachable;
+        let mut refused = Vec::new();
+        for j in 0..self.nodes.len() {
+            if j == i {
+                continue;
+            }
+            let n = &mut self.nodes[j];
+            let confirms = reachable
+                && n.agent_up()
+                && !n.unreachable
+                && !n.writable()
+                && n.lock_renewed_ms.is_none()
+                && n.last_leader.as_deref() == Some(me.as_str());
+            if confirms {
+                n.failsafe_heard = Some((me.clone(), now));
+            } else {
+                refused.push(n.name.clone());
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not confirmed by {}", refused.join(", ")))
+        }
+    }
+
     fn peers(&self, i: usize) -> Vec<PeerReport> {
         self.nodes
             .iter()
@@ -670,7 +744,7 @@ impl Sim {
                     && !self.nodes[i].unreachable,
                 is_primary: !p.pg.in_recovery,
                 wal_position: p.pg.running.then_some(p.pg.wal),
-                failover_priority: 1,
+                failover_priority: p.priority,
                 no_failover: p.no_failover,
                 watchdog_failed: false,
             })
@@ -683,8 +757,10 @@ impl Sim {
         match &cluster {
             Some(c) => {
                 self.nodes[i].dcs_down_since_ms = None;
-                if c.leader.is_some() {
+                self.nodes[i].failsafe_confirmed_ms = None;
+                if let Some(l) = &c.leader {
                     self.nodes[i].seen_leader = true;
+                    self.nodes[i].last_leader = Some(l.name.clone());
                 }
                 let holder = c
                     .leader
@@ -702,6 +778,20 @@ impl Sim {
             }
         }
         let peers = self.peers(i);
+        // failsafe: a primary that lost etcd asks every other member, as the runtime does
+        let failsafe = (cluster.is_none()
+            && self.failsafe
+            && self.nodes[i].writable()
+            && self.nodes[i].job.is_none())
+        .then(|| self.failsafe_round(i));
+        if let Some(Ok(())) = failsafe {
+            self.nodes[i].failsafe_confirmed_ms = Some(now);
+        }
+        let failsafe_leader = self.nodes[i]
+            .failsafe_heard
+            .as_ref()
+            .filter(|(_, at)| self.failsafe && now < at + TTL * 1000)
+            .map(|(name, _)| name.clone());
         let mut pg_view = self.nodes[i].view(cluster.as_ref());
         if self.nodes[i].writable() {
             pg_view.standbys = self.standby_links(i);
@@ -726,8 +816,8 @@ impl Sim {
             pg: pg_view,
             job: n.job.as_ref().map(|j| j.0),
             no_failover: n.no_failover,
-            failover_priority: 1,
-            replicatefrom: None,
+            failover_priority: n.priority,
+            replicatefrom: n.replicatefrom.as_deref(),
             nostream: &[],
             peers: &peers,
             seen_leader: n.seen_leader,
@@ -739,8 +829,8 @@ impl Sim {
             primary_down_secs: n.primary_down_since_ms.map(|t| (now - t) / 1000),
             now_ms: now as i64,
             handed_over: n.handed_over,
-            failsafe: None,
-            failsafe_leader: None,
+            failsafe,
+            failsafe_leader,
             watchdog_refusal: None,
         };
         let decision = ha::decide(&obs);
@@ -772,8 +862,13 @@ impl Sim {
         // the guard, as the runtime tells it: armed for a writable unpaused primary, with the
         // deadline of the last renewal + ttl - max(retry_timeout / 2, 1 s)
         let span = TTL * 1000 - (RETRY * 500).max(1000);
+        let basis = n
+            .lock_renewed_ms
+            .into_iter()
+            .chain(n.failsafe_confirmed_ms)
+            .max();
         n.guard_deadline_ms =
-            (n.writable() && !paused).then(|| n.lock_renewed_ms.map_or(now + span, |r| r + span));
+            (n.writable() && !paused).then(|| basis.map_or(now + span, |r| r + span));
         n.next_cycle_ms = now
             + if again {
                 TICK_MS
@@ -1238,9 +1333,15 @@ impl Sim {
             // left alone on purpose: a failed rewind without remove_data_directory_on_rewind_failure
             .filter(|n| !n.pg.broken || self.policy.remove_on_failure)
             .all(|n| {
+                // a member tagged replicatefrom streams from that member while it exists
+                let upstream = n
+                    .replicatefrom
+                    .as_deref()
+                    .filter(|rf| c.member(rf).is_some())
+                    .unwrap_or(leader.name.as_str());
                 n.pg.running
                     && n.pg.in_recovery
-                    && n.pg.upstream.as_deref() == Some(leader.name.as_str())
+                    && n.pg.upstream.as_deref() == Some(upstream)
                     && n.pg.fits(&leader.pg)
             })
     }
@@ -1264,14 +1365,19 @@ enum SyncSetting {
     Strict,
 }
 
-fn sim_config(sync: SyncSetting) -> DynamicConfig {
+fn sim_config(sync: SyncSetting, failsafe: bool) -> DynamicConfig {
     let sync = match sync {
         SyncSetting::Off => "",
         SyncSetting::On => r#","synchronous_mode":true"#,
         SyncSetting::Strict => r#","synchronous_mode":true,"synchronous_mode_strict":true"#,
     };
+    let failsafe = if failsafe {
+        r#","failsafe_mode":true"#
+    } else {
+        ""
+    };
     DynamicConfig::parse(&format!(
-        r#"{{"ttl":{TTL},"loop_wait":{LOOP_WAIT},"retry_timeout":{RETRY},"maximum_lag_on_failover":{MAX_LAG},"primary_start_timeout":{PRIMARY_START_TIMEOUT}{sync}}}"#
+        r#"{{"ttl":{TTL},"loop_wait":{LOOP_WAIT},"retry_timeout":{RETRY},"maximum_lag_on_failover":{MAX_LAG},"primary_start_timeout":{PRIMARY_START_TIMEOUT}{sync}{failsafe}}}"#
     ))
     .unwrap_or_default()
 }

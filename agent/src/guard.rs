@@ -565,10 +565,11 @@ mod tests {
         assert!(w.line("exit", now));
     }
 
-    #[test]
-    fn a_replica_is_watched_not_fenced_and_a_dead_agents_lease_revoked_once() {
+    /// A stand-in postmaster: `sleep` running in a new data directory, named in its
+    /// postmaster.pid.
+    fn fake_postmaster() -> (tempfile::TempDir, std::process::Child) {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("sleep")
+        let child = Command::new("sleep")
             .arg("30")
             .current_dir(dir.path())
             .spawn()
@@ -578,6 +579,12 @@ mod tests {
             format!("{}\n{}\n", child.id(), dir.path().display()),
         )
         .unwrap();
+        (dir, child)
+    }
+
+    #[test]
+    fn a_replica_is_watched_not_fenced_and_a_dead_agents_lease_revoked_once() {
+        let (dir, mut child) = fake_postmaster();
         std::fs::write(dir.path().join("standby.signal"), "").unwrap();
         let mut w = Watch {
             armed: true,
@@ -630,18 +637,8 @@ mod tests {
 
     #[test]
     fn a_process_running_in_the_directory_is_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .current_dir(dir.path())
-            .spawn()
-            .unwrap();
+        let (dir, mut child) = fake_postmaster();
         let pid = child.id();
-        std::fs::write(
-            dir.path().join("postmaster.pid"),
-            format!("{pid}\n{}\n", dir.path().display()),
-        )
-        .unwrap();
         assert_eq!(postmaster_pid(dir.path()), Some(pid as i32));
         // reaped at once, as init reaps an orphaned postmaster
         let reaper = std::thread::spawn(move || child.wait());

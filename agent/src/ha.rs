@@ -570,6 +570,16 @@ pub fn divergence(cluster: &Cluster, end: Option<WalEnd>) -> Divergence {
 
 pub use shared::dcs::{failover_blocked, failover_readiness};
 
+/// The other members that could take over now, when there are any.
+fn takeover_candidates(obs: &Observation<'_>, cluster: &Cluster) -> Option<Vec<String>> {
+    let candidates: Vec<String> = failover_readiness(cluster)
+        .into_iter()
+        .filter(|(n, why)| why.is_none() && n != obs.me)
+        .map(|(n, _)| n)
+        .collect();
+    (!candidates.is_empty()).then_some(candidates)
+}
+
 /// For the lock holder whose PostgreSQL is down: after `primary_start_timeout`, and when some
 /// other member could take over, the reason to give the lock up (patroni#1663).
 fn primary_gives_up(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> {
@@ -578,14 +588,7 @@ fn primary_gives_up(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
     if down < limit {
         return None;
     }
-    let candidates: Vec<String> = failover_readiness(cluster)
-        .into_iter()
-        .filter(|(n, why)| why.is_none() && n != obs.me)
-        .map(|(n, _)| n)
-        .collect();
-    if candidates.is_empty() {
-        return None;
-    }
+    let candidates = takeover_candidates(obs, cluster)?;
     Some(format!(
         "PostgreSQL has not run as primary for {down}s (primary_start_timeout {limit}s): giving the leader lock up so that a healthy replica ({}) takes over",
         candidates.join(", ")
@@ -601,14 +604,7 @@ fn unresponsive_primary_gives_up(obs: &Observation<'_>, cluster: &Cluster) -> Op
     if silent < obs.timing.retry_timeout {
         return None;
     }
-    let candidates: Vec<String> = failover_readiness(cluster)
-        .into_iter()
-        .filter(|(n, why)| why.is_none() && n != obs.me)
-        .map(|(n, _)| n)
-        .collect();
-    if candidates.is_empty() {
-        return None;
-    }
+    let candidates = takeover_candidates(obs, cluster)?;
     Some(format!(
         "PostgreSQL has answered no query for {silent}s (retry_timeout {}s): killing it and giving the leader lock up so that a healthy replica ({}) takes over",
         obs.timing.retry_timeout,

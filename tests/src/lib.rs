@@ -1892,6 +1892,34 @@ impl Lab {
     }
 }
 
+/// What a node's fencing guard would do if its agent died now (`armed`, `disarmed`), from
+/// `/patroni`.
+pub fn fencing_state(n: &Node) -> Option<String> {
+    n.status()?["pgpilot"]["fencing"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Turns `failsafe_mode` on through the leader's REST API and waits until the leader has
+/// written the `failsafe` key listing every member.
+pub fn enable_failsafe(c: &TestCluster, etcd: &Etcd, leader: usize) -> Result<()> {
+    let (code, body) = http_request(
+        "PATCH",
+        &c.nodes[leader].api("/config"),
+        Some(r#"{"failsafe_mode": true}"#),
+    )?;
+    anyhow::ensure!(code == 200, "PATCH /config answered {code}: {body}");
+    let key = format!("{}/{}/failsafe", c.spec.namespace, c.spec.scope);
+    wait_for("the failsafe key", Duration::from_secs(60), || {
+        let v = etcd.get_prefix(&key).ok()?;
+        let (_, value, _) = v.first()?;
+        c.nodes
+            .iter()
+            .all(|n| value.contains(&format!("\"{}\"", n.name)))
+            .then_some(())
+    })
+}
+
 /// Waits until every node holds every acknowledged id.
 pub fn every_node_has(c: &TestCluster, acked: &[i64]) {
     for n in &c.nodes {

@@ -21,12 +21,6 @@ fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
-fn fencing(n: &Node) -> Option<String> {
-    n.status()?["pgpilot"]["fencing"]
-        .as_str()
-        .map(str::to_string)
-}
-
 /// A replica's agent killed: its PostgreSQL goes on streaming, the writes go on. The primary's
 /// agent killed: the guard stops the primary before the lease ends, a replica takes over after
 /// it, the old primary rejoins when its agent is back — 0 ticks with two writable primaries,
@@ -45,7 +39,7 @@ fn killing_the_primarys_agent_fences_the_primary_and_loses_nothing() {
         cluster: c, etcd, ..
     } = &mut lab;
     wait_for("the guards to report", Duration::from_secs(30), || {
-        let states: Vec<Option<String>> = c.nodes.iter().map(fencing).collect();
+        let states: Vec<Option<String>> = c.nodes.iter().map(fencing_state).collect();
         states
             .iter()
             .enumerate()
@@ -122,23 +116,7 @@ fn failsafe_mode_keeps_the_primary_while_every_member_confirms_it() {
     let Lab {
         cluster: c, etcd, ..
     } = &mut lab;
-    let (code, body) = http_request(
-        "PATCH",
-        &c.nodes[p].api("/config"),
-        Some(r#"{"failsafe_mode": true}"#),
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let key = format!("/service/{}/failsafe", c.spec.scope);
-    wait_for("the failsafe key", Duration::from_secs(30), || {
-        let v = etcd.get_prefix(&key).ok()?;
-        let (_, value, _) = v.first()?;
-        c.nodes
-            .iter()
-            .all(|n| value.contains(&format!("\"{}\"", n.name)))
-            .then_some(())
-    })
-    .unwrap();
+    enable_failsafe(c, etcd, p).unwrap();
     let writer = Writer::start(&c.nodes).unwrap();
     let probe = WriteProbe::start(&c.nodes);
     writer.wait_more(25, Duration::from_secs(30)).unwrap();

@@ -14,12 +14,6 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
-fn fencing(n: &Node) -> Option<String> {
-    n.status()?["pgpilot"]["fencing"]
-        .as_str()
-        .map(str::to_string)
-}
-
 /// The primary's agent stopped (SIGSTOP: alive, not scheduled) until another member leads, then
 /// continued: its guard fences the primary before the lease ends, so no tick sees two writable
 /// primaries and no acknowledged id is lost; the thawed agent rejoins as a replica.
@@ -39,7 +33,7 @@ fn a_frozen_agent_is_fenced_by_its_guard_and_rejoins_when_thawed() {
     wait_for(
         "the primary's guard to arm",
         Duration::from_secs(30),
-        || (fencing(&c.nodes[p]).as_deref() == Some("armed")).then_some(()),
+        || (fencing_state(&c.nodes[p]).as_deref() == Some("armed")).then_some(()),
     )
     .unwrap();
     let writer = Writer::start(&c.nodes).unwrap();
@@ -115,23 +109,7 @@ fn a_failsafe_flood_does_not_hold_back_a_failover() {
     let ask = format!(r#"{{"name": "{leader_name}"}}"#);
     let (code, _) = http_post(&c.nodes[r].api("/failsafe"), &ask).unwrap();
     assert_eq!(code, 502);
-    let (code, body) = http_request(
-        "PATCH",
-        &c.nodes[p].api("/config"),
-        Some(r#"{"failsafe_mode": true}"#),
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let key = format!("/service/{}/failsafe", c.spec.scope);
-    wait_for("the failsafe key", Duration::from_secs(30), || {
-        let v = etcd.get_prefix(&key).ok()?;
-        let (_, value, _) = v.first()?;
-        c.nodes
-            .iter()
-            .all(|n| value.contains(&format!("\"{}\"", n.name)))
-            .then_some(())
-    })
-    .unwrap();
+    enable_failsafe(c, etcd, p).unwrap();
     // a name other than the leader's is refused
     let other = c.nodes[(p + 2) % c.nodes.len()].name.clone();
     wait_for(

@@ -258,6 +258,21 @@ impl Postgres {
     /// the primary's newest timeline history file into the local pg_wal. Returns the file's name
     /// when one was copied.
     pub async fn fetch_timeline_history(&self, from: &super::Upstream) -> Result<Option<String>> {
+        // the HA loop waits for this: a new primary that does not answer cannot hold it
+        let limit = self.query_timeout().max(Duration::from_secs(5));
+        tokio::time::timeout(limit, self.fetch_timeline_history_now(from))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{}:{} did not answer within {} ms",
+                    from.host,
+                    from.port,
+                    limit.as_millis()
+                )
+            })?
+    }
+
+    async fn fetch_timeline_history_now(&self, from: &super::Upstream) -> Result<Option<String>> {
         let cfg = self.cfg();
         let mut pgc = self.superuser_login();
         pgc.host(&from.host).port(from.port);
@@ -308,6 +323,10 @@ impl Postgres {
     }
 }
 
+/// How long a statement of the agent's may take before the agent gives up on it (the server's
+/// own `statement_timeout` for the agent's connections is one minute; this bounds a frozen one).
+const STATEMENT_LIMIT: Duration = Duration::from_secs(65);
+
 /// Marks a status query that ran out of time (the server is frozen or stuck), as opposed to one
 /// that was refused (the server is starting or stopping).
 #[derive(Debug, Clone, Copy)]
@@ -326,14 +345,36 @@ impl Postgres {
         *self.status_client.lock().await = None;
     }
 
+    /// Runs `call` on the shared connection within `limit`: a server that is frozen or stuck
+    /// cannot hold the HA loop, and the connection it holds is dropped.
+    async fn bounded<T, F>(&self, what: &str, limit: Duration, call: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        match tokio::time::timeout(limit, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                *self.client.lock().await = None;
+                Err(anyhow!(
+                    "PostgreSQL did not answer {what} within {} ms",
+                    limit.as_millis()
+                )
+                .context(Unresponsive))
+            }
+        }
+    }
+
     /// Runs a statement as the superuser. The statement is never logged: it may carry a password.
     pub async fn execute(&self, sql: &str) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
-        Ok(())
+        self.bounded("a statement", STATEMENT_LIMIT, async {
+            let client = self.client().await?;
+            client
+                .batch_execute(sql)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Promotes a replica and waits until it accepts writes.
@@ -342,6 +383,16 @@ impl Postgres {
     /// default) that PostgreSQL 15 does not cut short for a promote request; a configuration
     /// reload wakes it, so the promotion is followed by reloads until it has happened.
     pub async fn promote(&self, timeout: Duration) -> Result<()> {
+        // every query below is bounded too: a frozen server ends the wait at `timeout`
+        self.bounded(
+            "the promotion",
+            timeout + Duration::from_secs(5),
+            self.promote_and_wait(timeout),
+        )
+        .await
+    }
+
+    async fn promote_and_wait(&self, timeout: Duration) -> Result<()> {
         let client = self.client().await?;
         client.query_one("SELECT pg_promote(false)", &[]).await?;
         let started = std::time::Instant::now();
@@ -365,16 +416,22 @@ impl Postgres {
     /// Runs a checkpoint. After a promotion it brings pg_control's timeline up to date, which
     /// pg_rewind on the other members reads to see that this server changed timeline.
     pub async fn checkpoint(&self) -> Result<()> {
-        let client = self.client().await?;
-        client.batch_execute("CHECKPOINT").await?;
-        Ok(())
+        self.bounded("a CHECKPOINT", STATEMENT_LIMIT, async {
+            let client = self.client().await?;
+            client.batch_execute("CHECKPOINT").await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Reloads the configuration files.
     pub async fn reload(&self) -> Result<()> {
-        let client = self.client().await?;
-        client.batch_execute("SELECT pg_reload_conf()").await?;
-        Ok(())
+        self.bounded("a reload", self.query_timeout(), async {
+            let client = self.client().await?;
+            client.batch_execute("SELECT pg_reload_conf()").await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Creates the replication (and rewind) roles and sets the superuser password, after
@@ -433,12 +490,16 @@ impl Postgres {
 
     /// Physical replication slots that exist, with their restart LSN.
     pub async fn slots(&self) -> Result<Vec<(String, Option<u64>)>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT slot_name::text, restart_lsn::text FROM pg_replication_slots WHERE slot_type = 'physical'",
-                &[],
-            )
+        let rows = self
+            .bounded("the slot list", self.query_timeout(), async {
+                let client = self.client().await?;
+                Ok(client
+                    .query(
+                        "SELECT slot_name::text, restart_lsn::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+                        &[],
+                    )
+                    .await?)
+            })
             .await?;
         Ok(rows
             .iter()
@@ -455,28 +516,34 @@ impl Postgres {
 
     /// Creates a physical slot reserving WAL at once, if it does not exist.
     pub async fn create_slot(&self, name: &str) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1, true)
-                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[&name],
-            )
-            .await?;
-        Ok(())
+        self.bounded("a slot creation", self.query_timeout(), async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "SELECT pg_create_physical_replication_slot($1, true)
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    &[&name],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Drops a slot if it exists and is not active.
     pub async fn drop_slot(&self, name: &str) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                 WHERE slot_name = $1 AND NOT active",
-                &[&name],
-            )
-            .await?;
-        Ok(())
+        self.bounded("a slot drop", self.query_timeout(), async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                     WHERE slot_name = $1 AND NOT active",
+                    &[&name],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -450,21 +450,7 @@ fn split_once(
         })?;
     }
     if scenario == Split::FailsafeFlood {
-        let (code, text) = pgpilot_e2e::http_request(
-            "PATCH",
-            &c.nodes[p].api("/config"),
-            Some(r#"{"failsafe_mode": true}"#),
-        )?;
-        anyhow::ensure!(code == 200, "PATCH /config answered {code}: {text}");
-        let key = format!("/service/{}/failsafe", c.spec.scope);
-        pgpilot_e2e::wait_for("the failsafe key", Duration::from_secs(120), || {
-            let v = etcd.get_prefix(&key).ok()?;
-            let (_, raw, _) = v.first()?;
-            c.nodes
-                .iter()
-                .all(|n| raw.contains(&format!("\"{}\"", n.name)))
-                .then_some(())
-        })?;
+        pgpilot_e2e::enable_failsafe(c, etcd, p)?;
     }
     let writer = Writer::start(&c.nodes)?;
     let mut probe = WriteProbe::start(&c.nodes);

@@ -8,6 +8,7 @@ mod handover;
 mod jobs;
 mod postgres;
 mod rest;
+mod rest_access;
 mod rest_write;
 mod runtime;
 #[cfg(test)]
@@ -203,10 +204,12 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         &cfg.postgresql.data_dir,
         &cfg.etcd.hosts,
     ));
+    *agent.rest_access.write().unwrap_or_else(|p| p.into_inner()) =
+        Arc::new(rest_access::Access::from_config(&cfg.restapi).await);
     let api = Arc::new(rest::Api {
         snapshot: rx,
         dcs: dcs.clone(),
-        auth: agent.rest_auth.clone(),
+        access: agent.rest_access.clone(),
         client: peers,
         commands: commands_tx.clone(),
         wake: agent.wake.clone(),
@@ -216,12 +219,18 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await
         .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
-    let app = rest::router(api);
+    let app = rest::router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let cap = rest_access::ConnectionCap::new(rest_access::MAX_CONNECTIONS);
+    let std_listener = listener.into_std()?;
     match &cfg.restapi.certfile {
         None => {
+            let mut server = axum_server::from_tcp(std_listener)
+                .context("cannot serve on restapi.listen")?
+                .acceptor(cap);
+            limit_requests(server.http_builder());
             info!(listen = cfg.restapi.listen, "REST API listening (http)");
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
+                if let Err(e) = server.serve(app).await {
                     error!("REST server stopped: {e}");
                 }
             });
@@ -235,11 +244,13 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
                     format!("restapi.certfile {cert} / restapi.keyfile {key}: cannot load the certificate and key (PEM)")
                 })?;
             agent.set_tls(tls.clone());
-            let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)
-                .context("cannot serve TLS on restapi.listen")?;
+            let mut server = axum_server::from_tcp(std_listener)
+                .context("cannot serve TLS on restapi.listen")?
+                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(cap));
+            limit_requests(server.http_builder());
             info!(listen = cfg.restapi.listen, "REST API listening (https)");
             tokio::spawn(async move {
-                if let Err(e) = server.serve(app.into_make_service()).await {
+                if let Err(e) = server.serve(app).await {
                     error!("REST server stopped: {e}");
                 }
             });
@@ -247,6 +258,17 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
     }
 
     agent.run(shutdown_signal()).await
+}
+
+/// HTTP/1 only (what Patroni's clients speak), and a client that takes longer than
+/// [`rest_access::HEADER_READ_TIMEOUT`] to send its request headers is cut off.
+fn limit_requests(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(rest_access::HEADER_READ_TIMEOUT);
 }
 
 /// Refuses to start when a live process already answers for our member name.

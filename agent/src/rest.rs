@@ -20,8 +20,8 @@ use tokio::sync::watch;
 pub struct Api<K: Kv> {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub dcs: Arc<Dcs<K>>,
-    /// `restapi.authentication`: required for every write endpoint.
-    pub auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
+    /// `restapi.allowlist` and `restapi.authentication`: checked for every write endpoint.
+    pub access: Arc<std::sync::RwLock<Arc<crate::rest_access::Access>>>,
     /// For probing members during a switchover.
     pub client: shared::api::MemberClient,
     /// Local operations for the agent's loop.
@@ -171,8 +171,12 @@ async fn handle<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response
     ) {
         let first = first.to_string();
         let (parts, body) = req.into_parts();
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
         if let Some(r) =
-            crate::rest_write::handle(&api, &method, &first, &parts.headers, body).await
+            crate::rest_write::handle(&api, &method, &first, &parts.headers, body, peer).await
         {
             return r;
         }
@@ -821,7 +825,7 @@ mod tests {
         let app = router(Arc::new(Api {
             snapshot: rx,
             dcs,
-            auth: Arc::new(std::sync::RwLock::new(None)),
+            access: Default::default(),
             client: shared::api::MemberClient::new(Duration::from_millis(200)),
             commands,
             wake: Arc::new(tokio::sync::Notify::new()),

@@ -9,7 +9,6 @@ use crate::rest::{Api, error, text_response};
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::Response;
-use base64::Engine;
 use serde_json::{Map, Value};
 use shared::dcs::{DynamicConfig, Kv};
 use shared::ops::{self, OpsError, RestartRequest, switchover};
@@ -38,10 +37,38 @@ pub struct Envelope {
 /// The largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Checks `restapi.authentication` for an unsafe method: `None` when the request may go on,
-/// else the 401 answer. The log line names the user, never the password.
-fn denied<K: Kv>(api: &Api<K>, headers: &HeaderMap, what: &str) -> Option<Response> {
-    let auth = api.auth.read().unwrap_or_else(|p| p.into_inner()).clone()?;
+/// Checks `restapi.allowlist` (403) and `restapi.authentication` (401) for an unsafe method:
+/// `None` when the request may go on, else the answer. The log lines name the address and the
+/// user, never the password.
+async fn denied<K: Kv>(
+    api: &Api<K>,
+    headers: &HeaderMap,
+    what: &str,
+    peer: Option<std::net::IpAddr>,
+) -> Option<Response> {
+    let access = api.access.read().unwrap_or_else(|p| p.into_inner()).clone();
+    if access.allowlist.restricts() {
+        let members: Vec<String> = api
+            .snapshot
+            .borrow()
+            .cluster
+            .as_ref()
+            .map(|c| c.members.iter().map(|m| m.data.api_url.clone()).collect())
+            .unwrap_or_default();
+        let allowed = match peer {
+            Some(ip) => access.allowlist.allows(ip, &members).await,
+            None => false,
+        };
+        if !allowed {
+            let from = peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+            warn!("REST {what}: refused, {from} is not in restapi.allowlist");
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                &format!("Access is denied: {from} is not in restapi.allowlist"),
+            ));
+        }
+    }
+    let credentials = access.credentials.as_ref()?;
     let deny = |text: &str| {
         let mut r = error(StatusCode::UNAUTHORIZED, text);
         r.headers_mut().insert(
@@ -54,35 +81,13 @@ fn denied<K: Kv>(api: &Api<K>, headers: &HeaderMap, what: &str) -> Option<Respon
         warn!("REST {what}: refused, no credentials sent (restapi.authentication is set)");
         return Some(deny("no auth header received"));
     };
-    let decoded = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|b| String::from_utf8(b).ok());
-    let (user, password) = decoded
-        .as_deref()
-        .and_then(|d| d.split_once(':'))
-        .unwrap_or(("", ""));
-    let ok = user == auth.username && constant_time_eq(password, auth.password.expose());
-    if ok {
+    if credentials.accept(value.as_bytes()) {
         None
     } else {
-        warn!(user, "REST {what}: refused, wrong credentials");
+        let user = crate::rest_access::user_of(value.as_bytes());
+        warn!(user = ?user, "REST {what}: refused, wrong credentials");
         Some(deny("not authenticated"))
     }
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// An [`OpsError`] as Patroni's status codes: 400 bad request, 422 bad time, 412 refused by the
@@ -98,15 +103,48 @@ fn ops_error(e: &OpsError) -> Response {
     error(code, &e.to_string())
 }
 
-/// Reads a JSON body; an empty body is `{}`. The error is the reason for a 400.
-async fn json_body(body: Body) -> Result<Value, String> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|e| format!("cannot read the body: {e}"))?;
+/// Reads a JSON body; an empty body is `{}`. The error is the answer's status and reason: 413
+/// for a body over [`MAX_BODY`], 408 for one not sent within the body timeout, 400 otherwise.
+async fn json_body(body: Body) -> Result<Value, (StatusCode, String)> {
+    let read = tokio::time::timeout(
+        crate::rest_access::BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY),
+    )
+    .await
+    .map_err(|_| {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s",
+                crate::rest_access::BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
+    })?;
+    let bytes = read.map_err(|e| {
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {} bytes", MAX_BODY),
+                );
+            }
+            source = err.source();
+        }
+        (
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )
+    })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("the body is not valid JSON: {e}"))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 fn text(code: u16, body: String) -> Response {
@@ -124,6 +162,7 @@ pub async fn handle<K: Kv>(
     first: &str,
     headers: &HeaderMap,
     body: Body,
+    peer: Option<std::net::IpAddr>,
 ) -> Option<Response> {
     let what = format!("{method} /{first}");
     let known = matches!(
@@ -137,12 +176,12 @@ pub async fn handle<K: Kv>(
     if !known {
         return None;
     }
-    if let Some(answer) = denied(api, headers, &what) {
+    if let Some(answer) = denied(api, headers, &what, peer).await {
         return Some(answer);
     }
     let body = match json_body(body).await {
         Ok(b) => b,
-        Err(why) => return Some(error(StatusCode::BAD_REQUEST, &why)),
+        Err((code, why)) => return Some(error(code, &why)),
     };
     Some(match (method.as_str(), first) {
         ("POST", "switchover") => switch(api, switchover::Kind::Switchover, &body).await,

@@ -89,6 +89,12 @@ pub struct RestApiConfig {
     pub certfile: Option<String>,
     /// TLS: the private key (PEM); defaults to `certfile`.
     pub keyfile: Option<String>,
+    /// `restapi.allowlist`: the addresses, networks (CIDR) and host names allowed to call the
+    /// write endpoints; empty = everyone.
+    pub allowlist: Vec<String>,
+    /// `restapi.allowlist_include_members`: the hosts of the members' REST APIs are allowed
+    /// too.
+    pub allowlist_include_members: bool,
 }
 
 /// How an agent or the console checks the certificates of members' REST APIs over https:
@@ -972,14 +978,6 @@ const IGNORED_KEYS: &[(&str, &str)] = &[
         "pgpilot's HTTP server needs no thread pool: ignored",
     ),
     (
-        "restapi.allowlist",
-        "not enforced by pgpilot: every client that reaches the REST API is served; protect the write endpoints with restapi.authentication and the port with a firewall",
-    ),
-    (
-        "restapi.allowlist_include_members",
-        "not enforced by pgpilot (see restapi.allowlist)",
-    ),
-    (
         "restapi.ciphers",
         "pgpilot uses rustls' safe default cipher suites: ignored",
     ),
@@ -1394,6 +1392,24 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         authentication: r.basic_auth("restapi.authentication"),
         certfile: r.string("restapi.certfile"),
         keyfile: r.string("restapi.keyfile"),
+        // `PATRONI_RESTAPI_ALLOWLIST` is a YAML list in a string: `[10.0.0.1, 10.0.1.0/24]`
+        allowlist: r
+            .string_list("restapi.allowlist")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                e.trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .trim()
+                    .trim_matches(|c| c == '\'' || c == '"')
+                    .to_string()
+            })
+            .filter(|e| !e.is_empty())
+            .collect(),
+        allowlist_include_members: r
+            .boolean("restapi.allowlist_include_members")
+            .unwrap_or(false),
     };
     if restapi.keyfile.is_some() && restapi.certfile.is_none() {
         r.err(

@@ -1137,3 +1137,91 @@ fn a_vanished_members_slot_is_dropped_after_member_slots_ttl_across_an_agent_res
     assert!(slots(c).contains(&kept), "{:?}", slots(c));
     assert!(c.nodes[p].log().contains("member_slots_ttl"));
 }
+
+/// The write endpoints of a REST API with `restapi.allowlist` and credentials: a write from an
+/// address outside the allowlist is refused with 403 even with the right credentials; once a
+/// reload (SIGHUP) allows it, the credentials decide. A client that never finishes its headers
+/// is cut off and an oversized body gets 413, while health checks keep answering.
+#[test]
+fn the_allowlist_and_the_listener_limits_guard_the_rest_api() {
+    if !prerequisites() {
+        return;
+    }
+    let mut spec = authenticated("access");
+    spec.nodes = 1;
+    spec.restapi_yaml
+        .push_str("  allowlist: [10.1.2.3, 192.168.0.0/16]\n");
+    let (mut lab, p) = Lab::healthy(spec).unwrap();
+    let c = &mut lab.cluster;
+    let n = &c.nodes[p];
+    // 127.0.0.1 is not in the allowlist: the right credentials do not help
+    let (code, body) = call(n, "POST", "/reload", &json!({}), ADMIN);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("restapi.allowlist"), "{body}");
+    // reads are never restricted
+    assert_eq!(n.get("/primary").unwrap().0, 200);
+    // allow loopback through the file and SIGHUP
+    let yaml = std::fs::read_to_string(&n.config_path).unwrap();
+    std::fs::write(
+        &n.config_path,
+        yaml.replace(
+            "allowlist: [10.1.2.3, 192.168.0.0/16]",
+            "allowlist: [10.1.2.3, 127.0.0.0/8]",
+        ),
+    )
+    .unwrap();
+    n.agent
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reloaded allowlist", LONG, || {
+        let (code, _) = call(n, "POST", "/reload", &json!({}), ADMIN);
+        (code == 202).then_some(())
+    })
+    .unwrap();
+    let (code, _) = call(n, "POST", "/reload", &json!({}), Some(("admin", "wrong")));
+    assert_eq!(code, 401);
+    // an oversized body
+    let big = format!("{{\"x\": \"{}\"}}", "a".repeat(100 * 1024));
+    let (code, body) = http_call(
+        "POST",
+        &n.api("/reload"),
+        Some(&big),
+        ADMIN,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(code, 413, "{body}");
+    // a client that never finishes its request headers is cut off
+    use std::io::{Read, Write};
+    let mut slow = std::net::TcpStream::connect((n.host.as_str(), n.api_port)).unwrap();
+    slow.write_all(b"GET /patroni HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let started = Instant::now();
+    // meanwhile health checks answer
+    assert_eq!(n.get("/primary").unwrap().0, 200);
+    let mut buf = [0u8; 512];
+    let cut = match slow.read(&mut buf) {
+        Ok(0) => true,
+        // hyper may answer 408 before it closes
+        Ok(k) => String::from_utf8_lossy(&buf[..k]).contains("408"),
+        // our own read timeout: the server kept waiting
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(_) => true,
+    };
+    assert!(
+        cut,
+        "the client that never finished its headers was still connected after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(n.get("/primary").unwrap().0, 200);
+}

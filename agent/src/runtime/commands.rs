@@ -328,6 +328,9 @@ impl<K: Kv> Agent<K> {
         let new = Arc::new(new);
         *self.rest_auth.write().unwrap_or_else(|p| p.into_inner()) =
             new.restapi.authentication.clone();
+        // the allowlist's names are resolved again, as Patroni does on a reload
+        *self.rest_access.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(crate::rest_access::Access::from_config(&new.restapi).await);
         self.pg.set_cfg(new.clone());
         if let Err(e) = self.pg.write_pgpass() {
             warn!("reload: cannot rewrite the pgpass file: {e:#}");

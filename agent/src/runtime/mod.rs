@@ -97,8 +97,11 @@ pub struct Agent<K: Kv> {
     pending_callback: Option<crate::callbacks::Event>,
     /// The REST server's certificate, reloaded from its files by a reload.
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
-    /// `restapi.authentication`, shared with the REST API and replaced by a reload.
+    /// `restapi.authentication`, for this agent's own calls to its peers; replaced by a reload.
     pub rest_auth: Arc<std::sync::RwLock<Option<shared::config::BasicAuth>>>,
+    /// What the REST API's write endpoints check (allowlist, credentials); replaced by a
+    /// reload.
+    pub rest_access: Arc<std::sync::RwLock<Arc<crate::rest_access::Access>>>,
     /// The process that stops a primary PostgreSQL if this agent dies abruptly.
     fence: Option<crate::guard::FenceGuard>,
     /// systemd's notification socket and watchdog (inactive outside a `Type=notify` unit).
@@ -189,6 +192,7 @@ impl<K: Kv> Agent<K> {
             pending_callback: None,
             tls: None,
             rest_auth: Arc::new(std::sync::RwLock::new(cfg.restapi.authentication.clone())),
+            rest_access: Default::default(),
             fence: None,
             systemd: crate::systemd::Notifier::default(),
             failsafe_heard: Default::default(),

@@ -1,0 +1,370 @@
+//! Who may call the REST API's write endpoints, and what a client may ask of the listener:
+//! `restapi.allowlist` (with `allowlist_include_members`), HTTP Basic credentials compared in
+//! constant time, a cap on open connections and a header read timeout for a port that may face
+//! untrusted networks.
+
+use ipnet::IpNet;
+use std::future::Ready;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::warn;
+
+/// How long a host name of the allowlist or a member's REST API may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most connections the REST API keeps open at once; one more is closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// What the write endpoints check, as configured now (replaced whole by a reload).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub allowlist: Allowlist,
+    /// `restapi.authentication`; `None`: no credentials asked.
+    pub credentials: Option<Credentials>,
+}
+
+impl Access {
+    pub async fn from_config(cfg: &shared::config::RestApiConfig) -> Access {
+        Access {
+            allowlist: Allowlist::resolve(&cfg.allowlist, cfg.allowlist_include_members).await,
+            credentials: cfg.authentication.as_ref().map(Credentials::new),
+        }
+    }
+}
+
+/// `restapi.allowlist` resolved to networks (at start and on reload, as Patroni does), and
+/// whether the members' own REST API hosts are allowed too.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    nets: Vec<IpNet>,
+    include_members: bool,
+    /// Some entry was configured: an allowlist whose names all failed to resolve allows nobody.
+    configured: bool,
+}
+
+impl Allowlist {
+    /// Resolves the configured entries: addresses, networks (`10.0.0.0/8`) and host names (all
+    /// their addresses). An entry that is none of these is logged and left out.
+    pub async fn resolve(entries: &[String], include_members: bool) -> Allowlist {
+        let mut nets = Vec::new();
+        for entry in entries {
+            match resolve_entry(entry).await {
+                Ok(found) => nets.extend(found),
+                Err(why) => warn!(
+                    entry = entry.as_str(),
+                    "restapi.allowlist: {why}; this entry allows nobody"
+                ),
+            }
+        }
+        Allowlist {
+            nets,
+            include_members,
+            configured: !entries.is_empty(),
+        }
+    }
+
+    /// Whether any check applies at all.
+    pub fn restricts(&self) -> bool {
+        self.configured || self.include_members
+    }
+
+    /// Whether `peer` may call a write endpoint; `members` are the REST API URLs of the
+    /// cluster's members (resolved now, as they may move).
+    pub async fn allows(&self, peer: IpAddr, members: &[String]) -> bool {
+        if !self.restricts() {
+            return true;
+        }
+        let peer = peer.to_canonical();
+        if self.nets.iter().any(|n| n.contains(&peer)) {
+            return true;
+        }
+        if self.include_members {
+            for url in members {
+                let Some(host) = url_host(url) else { continue };
+                if let Ok(found) = resolve_entry(&host).await
+                    && found.iter().any(|n| n.contains(&peer))
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// One allowlist entry as networks.
+async fn resolve_entry(entry: &str) -> Result<Vec<IpNet>, String> {
+    let entry = entry.trim();
+    if entry.contains('/') {
+        // host bits may be set, as Patroni accepts them
+        return entry
+            .parse::<IpNet>()
+            .map(|n| vec![n.trunc()])
+            .map_err(|e| format!("{entry:?} is not a network: {e}"));
+    }
+    let bare = entry.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(vec![IpNet::from(ip.to_canonical())]);
+    }
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, 0))).await {
+        Ok(Ok(addrs)) => {
+            let nets: Vec<IpNet> = addrs.map(|a| IpNet::from(a.ip().to_canonical())).collect();
+            if nets.is_empty() {
+                Err(format!("{bare:?} resolves to no address"))
+            } else {
+                Ok(nets)
+            }
+        }
+        Ok(Err(e)) => Err(format!("cannot resolve {bare:?}: {e}")),
+        Err(_) => Err(format!(
+            "{bare:?} did not resolve within {} s",
+            RESOLVE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// The host of `http(s)://host:port/...`.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// `restapi.authentication` as the one `Authorization` value that matches, kept only as a
+/// digest: the received value is hashed the same way and the digests compared in constant time,
+/// so neither the time of the comparison nor its length says anything about the credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    digest: [u8; 32],
+}
+
+impl Credentials {
+    pub fn new(auth: &shared::config::BasicAuth) -> Credentials {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            auth.username,
+            auth.password.expose()
+        ));
+        Credentials {
+            digest: digest(token.as_bytes()),
+        }
+    }
+
+    /// Whether an `Authorization` header value carries these credentials.
+    pub fn accept(&self, header: &[u8]) -> bool {
+        let token = header
+            .strip_prefix(b"Basic ")
+            .map(|t| t.trim_ascii())
+            .unwrap_or_default();
+        bool::from(digest(token).ct_eq(&self.digest))
+    }
+}
+
+fn digest(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The user name in an `Authorization: Basic` value, for a log line (never the password).
+pub fn user_of(header: &[u8]) -> String {
+    use base64::Engine;
+    header
+        .strip_prefix(b"Basic ")
+        .and_then(|t| {
+            base64::engine::general_purpose::STANDARD
+                .decode(t.trim_ascii())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|d| d.split_once(':').map(|(u, _)| u.to_string()))
+        .unwrap_or_default()
+}
+
+/// An acceptor that keeps at most [`MAX_CONNECTIONS`] connections open: one more is closed at
+/// once, before TLS or HTTP, so a flood of connections cannot exhaust the agent.
+#[derive(Clone)]
+pub struct ConnectionCap {
+    permits: Arc<Semaphore>,
+}
+
+impl ConnectionCap {
+    pub fn new(max: usize) -> ConnectionCap {
+        ConnectionCap {
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+impl<I, S> axum_server::accept::Accept<I, S> for ConnectionCap {
+    type Stream = Held<I>;
+    type Service = S;
+    type Future = Ready<io::Result<(Held<I>, S)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        std::future::ready(match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Ok((
+                Held {
+                    inner: stream,
+                    _permit: permit,
+                },
+                service,
+            )),
+            Err(_) => Err(io::Error::other(
+                "too many REST API connections: closing this one",
+            )),
+        })
+    }
+}
+
+/// A connection holding its place under the cap until it closes.
+pub struct Held<I> {
+    inner: I,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Held<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn addresses_networks_and_names_are_allowed_nothing_else() {
+        let list = Allowlist::resolve(
+            &[
+                "10.0.0.7".into(),
+                "192.168.1.77/24".into(),
+                "localhost".into(),
+                "not an address/99".into(),
+            ],
+            false,
+        )
+        .await;
+        assert!(list.allows(ip("10.0.0.7"), &[]).await);
+        assert!(list.allows(ip("192.168.1.200"), &[]).await);
+        assert!(list.allows(ip("127.0.0.1"), &[]).await);
+        // an IPv4 peer seen on a dual-stack listener
+        assert!(list.allows(ip("::ffff:10.0.0.7"), &[]).await);
+        assert!(!list.allows(ip("10.0.0.8"), &[]).await);
+        // members are allowed only with allowlist_include_members
+        let members = ["http://10.0.0.8:8008/patroni".to_string()];
+        assert!(!list.allows(ip("10.0.0.8"), &members).await);
+        let with_members = Allowlist::resolve(&["10.0.0.7".into()], true).await;
+        assert!(with_members.allows(ip("10.0.0.8"), &members).await);
+        assert!(!with_members.allows(ip("10.0.0.9"), &members).await);
+        // nothing configured: everyone; only members: only members
+        assert!(Allowlist::default().allows(ip("8.8.8.8"), &[]).await);
+        let only_members = Allowlist::resolve(&[], true).await;
+        assert!(!only_members.allows(ip("10.0.0.9"), &members).await);
+        // a list whose every entry is unusable allows nobody
+        let broken = Allowlist::resolve(&["nonsense/xx".into()], false).await;
+        assert!(!broken.allows(ip("127.0.0.1"), &[]).await);
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_refused_until_one_closes() {
+        use axum_server::accept::Accept;
+        let cap = ConnectionCap::new(2);
+        let stream = || tokio::io::duplex(64).0;
+        let a = cap.accept(stream(), ()).await.unwrap();
+        let _b = cap.accept(stream(), ()).await.unwrap();
+        assert!(cap.accept(stream(), ()).await.is_err());
+        drop(a);
+        assert!(cap.accept(stream(), ()).await.is_ok());
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("http://db1:8008/patroni").as_deref(), Some("db1"));
+        assert_eq!(url_host("https://[::1]:8008/").as_deref(), Some("::1"));
+        assert_eq!(
+            url_host("http://10.0.0.1/patroni").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(url_host("http:///x"), None);
+    }
+
+    #[test]
+    fn credentials_match_exactly() {
+        let c = Credentials::new(&shared::config::BasicAuth {
+            username: "admin".into(),
+            password: shared::config::Secret::new("s3cret"),
+        });
+        // admin:s3cret
+        assert!(c.accept(b"Basic YWRtaW46czNjcmV0"));
+        assert!(c.accept(b"Basic  YWRtaW46czNjcmV0 "));
+        for wrong in [
+            &b"Basic YWRtaW46czNjcmV1"[..],
+            b"Basic YWRtaW46czNjcmV0YQ==",
+            b"Bearer YWRtaW46czNjcmV0",
+            b"",
+            b"Basic ",
+        ] {
+            assert!(!c.accept(wrong), "{:?}", String::from_utf8_lossy(wrong));
+        }
+        assert_eq!(user_of(b"Basic YWRtaW46czNjcmV0"), "admin");
+        assert_eq!(user_of(b"garbage"), "");
+    }
+}

@@ -116,6 +116,7 @@ impl Callbacks {
         }
         let task = tokio::spawn(async move {
             let mut cmd = Command::new(&program);
+            crate::postgres::keep_secrets_out(&mut cmd);
             cmd.args(&words)
                 .arg(action)
                 .arg(&role)

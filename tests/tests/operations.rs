@@ -1225,3 +1225,89 @@ fn the_allowlist_and_the_listener_limits_guard_the_rest_api() {
     );
     assert_eq!(n.get("/primary").unwrap().0, 200);
 }
+
+/// Every process's command line, sampled while `during` runs: no role password may appear.
+fn argv_while<T>(secrets: &[&str], during: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(argv) = std::fs::read(entry.path().join("cmdline")) else {
+                        continue;
+                    };
+                    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+                    if secrets.iter().any(|s| argv.contains(s.as_str())) {
+                        seen.push(argv);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    let out = during();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, sampler.join().unwrap())
+}
+
+/// With `log_statement: all` from the first start, no role password reaches PostgreSQL's log,
+/// the agents' logs or any process's command line, through bootstrap, cloning and a switchover.
+#[test]
+fn role_passwords_never_reach_a_log_or_a_command_line() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "secrets".into(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("e2e-secrets", spec, true).unwrap();
+    let c = &mut lab.cluster;
+    for n in &c.nodes {
+        let yaml = std::fs::read_to_string(&n.config_path).unwrap();
+        std::fs::write(
+            &n.config_path,
+            yaml.replacen(
+                "max_connections: 50",
+                "max_connections: 50\n        log_statement: all",
+                1,
+            ),
+        )
+        .unwrap();
+    }
+    let secrets = ["postgres-secret", "rep-secret", "rewind-secret"];
+    let (p, argv) = argv_while(&secrets, || {
+        c.start_all().unwrap();
+        let p = c.wait_healthy(LONG).unwrap();
+        let r = (p + 1) % c.nodes.len();
+        let (code, body) = call(
+            &c.nodes[p],
+            "POST",
+            "/switchover",
+            &json!({"leader": c.nodes[p].name, "candidate": c.nodes[r].name}),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        c.wait_healthy(LONG).unwrap()
+    });
+    assert!(argv.is_empty(), "a password on a command line: {argv:?}");
+    let statements_logged = c.nodes.iter().any(|n| {
+        let log = std::fs::read_to_string(n.data_dir.join("log").join("postmaster.log"))
+            .unwrap_or_default();
+        log.contains("statement:")
+    });
+    assert!(statements_logged, "log_statement: all logged nothing");
+    for n in &c.nodes {
+        let pg_log = std::fs::read_to_string(n.data_dir.join("log").join("postmaster.log"))
+            .unwrap_or_default();
+        for s in secrets {
+            assert!(!pg_log.contains(s), "{s} in {}'s PostgreSQL log", n.name);
+            assert!(!n.log().contains(s), "{s} in {}'s agent log", n.name);
+        }
+    }
+    assert!(p < c.nodes.len());
+}

@@ -156,11 +156,7 @@ impl Postgres {
     /// A command for a PostgreSQL binary, with pgpilot's own secrets kept out of its environment.
     fn command(&self, name: &str) -> Command {
         let mut cmd = Command::new(self.bin(name));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PATRONI_") {
-                cmd.env_remove(k);
-            }
-        }
+        keep_secrets_out(&mut cmd);
         cmd.env("LC_ALL", "C")
             .env("PGPASSFILE", &self.cfg().postgresql.pgpass);
         // The postmaster must outlive the agent; short-lived tools opt in to kill_on_drop.
@@ -683,6 +679,8 @@ impl Postgres {
             .arg("-X")
             .arg("stream")
             .arg(format!("--dbname={conninfo}"))
+            // never a "Password:" prompt: a missing or unreadable pgpass fails at once
+            .arg("--no-password")
             .arg("--progress");
         if !self
             .cfg()
@@ -741,11 +739,13 @@ impl Postgres {
             self.cfg().postgresql.database
         );
         let mut cmd = Command::new("/bin/sh");
+        keep_secrets_out(&mut cmd);
         cmd.arg("-c")
             .arg(format!("{script} \"$1\""))
             .arg("post_bootstrap")
             .arg(url)
             .env("PGPASSFILE", &self.cfg().postgresql.pgpass)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let out = cmd.output().await.context("cannot run post_bootstrap")?;
@@ -801,7 +801,7 @@ fn wipe_dir(dir: &Path) {
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -809,6 +809,20 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // a file that existed before keeps its mode through open(): libpq ignores a pgpass others
+    // can read, and a secret must not stay readable
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private (mode 0600)", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// Removes pgpilot's own `PATRONI_*` variables (which may carry passwords) from the environment
+/// of a program the agent runs.
+pub(crate) fn keep_secrets_out(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PATRONI_") {
+            cmd.env_remove(k);
+        }
+    }
 }

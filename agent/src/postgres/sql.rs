@@ -323,6 +323,19 @@ impl Postgres {
     }
 }
 
+/// Session settings that keep statements out of the server's logs, and their reset.
+const QUIET: &str = "SET log_statement TO 'none'; SET log_min_duration_statement TO -1; SET log_min_error_statement TO 'log'";
+const LOUD: &str =
+    "RESET log_statement; RESET log_min_duration_statement; RESET log_min_error_statement";
+
+/// A password as a SQL literal holding its SCRAM-SHA-256 verifier: the server stores the same
+/// thing it would have computed, and the password itself never leaves this process.
+fn password_literal(password: &str) -> String {
+    sql_literal(&postgres_protocol::password::scram_sha_256(
+        password.as_bytes(),
+    ))
+}
+
 /// How long a statement of the agent's may take before the agent gives up on it (the server's
 /// own `statement_timeout` for the agent's connections is one minute; this bounds a frozen one).
 const STATEMENT_LIMIT: Duration = Duration::from_secs(65);
@@ -437,12 +450,22 @@ impl Postgres {
     /// Creates the replication (and rewind) roles and sets the superuser password, after
     /// bootstrap. Statements carry passwords and are never logged.
     pub async fn create_roles(&self) -> Result<()> {
+        // Passwords never reach the server's logs: statement logging is off in this session
+        // while they are sent (a separate round trip: the server logs a query string as a
+        // whole), and what is sent is a SCRAM verifier computed here, not the password.
+        self.execute(QUIET).await?;
+        let result = self.create_roles_quietly().await;
+        let reset = self.execute(LOUD).await;
+        result.and(reset)
+    }
+
+    async fn create_roles_quietly(&self) -> Result<()> {
         let pg = &self.cfg().postgresql;
         if let Some(pw) = &pg.superuser.password {
             self.execute(&format!(
                 "ALTER ROLE {} WITH PASSWORD {}",
                 sql_ident(&pg.superuser.username),
-                sql_literal(pw.expose())
+                password_literal(pw.expose())
             ))
             .await
             .context("cannot set the superuser password")?;
@@ -451,7 +474,7 @@ impl Postgres {
             let pw = user
                 .password
                 .as_ref()
-                .map(|p| format!(" PASSWORD {}", sql_literal(p.expose())))
+                .map(|p| format!(" PASSWORD {}", password_literal(p.expose())))
                 .unwrap_or_default();
             let name = sql_ident(&user.username);
             format!(

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 use shared::config::{PgUser, guc_value};
 use shared::types::Lsn;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One line of a timeline history file: parent timeline, switch LSN, reason.
 pub type TimelineSwitch = (u64, u64, String);
@@ -56,11 +56,52 @@ impl Postgres {
         {
             std::fs::create_dir_all(parent).ok();
         }
-        write_private(path, &text).context("cannot write the pgpass file (postgresql.pgpass)")
+        write_private(path, &text).context("cannot write the pgpass file (postgresql.pgpass)")?;
+        // the keys' passphrases (sslpassword) for the tools the agent runs, which must not get
+        // them on their command line: a libpq service file beside the pgpass file
+        let mut services = String::new();
+        for user in [
+            &self.cfg().postgresql.replication,
+            &self.cfg().postgresql.superuser,
+        ]
+        .into_iter()
+        .chain(self.cfg().postgresql.rewind.as_ref())
+        {
+            if let Some(p) = &user.sslpassword {
+                services.push_str(&format!(
+                    "[{}]\nsslpassword={}\n",
+                    service_name(&user.username),
+                    p.expose().replace(['\n', '\r'], "")
+                ));
+            }
+        }
+        write_private(&self.service_file(), &services)
+            .context("cannot write the libpq service file beside postgresql.pgpass")
     }
 
-    /// A libpq connection string for `user` to `host:port`, password taken from the pgpass file.
+    /// The libpq service file holding the keys' passphrases, beside the pgpass file.
+    pub fn service_file(&self) -> PathBuf {
+        let mut name = self.cfg().postgresql.pgpass.clone().into_os_string();
+        name.push(".service");
+        PathBuf::from(name)
+    }
+
+    /// A libpq connection string for `user` to `host:port`, password taken from the pgpass file,
+    /// for a program's command line: the key's passphrase comes from the service file.
     pub fn conninfo(&self, user: &PgUser, host: &str, port: u16, extra: &[(&str, &str)]) -> String {
+        self.conninfo_with(user, host, port, extra, false)
+    }
+
+    /// The same with the key's passphrase written in (for `primary_conninfo`, in a file only
+    /// the postgres user reads).
+    fn conninfo_with(
+        &self,
+        user: &PgUser,
+        host: &str,
+        port: u16,
+        extra: &[(&str, &str)],
+        inline_passphrase: bool,
+    ) -> String {
         let mut parts = vec![
             format!("user={}", quote_conninfo(&user.username)),
             format!(
@@ -74,7 +115,11 @@ impl Postgres {
             parts.push(format!("{k}={}", quote_conninfo(v)));
         }
         if let Some(p) = &user.sslpassword {
-            parts.push(format!("sslpassword={}", quote_conninfo(p.expose())));
+            if inline_passphrase {
+                parts.push(format!("sslpassword={}", quote_conninfo(p.expose())));
+            } else {
+                parts.push(format!("service={}", service_name(&user.username)));
+            }
         }
         for (k, v) in extra {
             parts.push(format!("{k}={}", quote_conninfo(v)));
@@ -219,7 +264,7 @@ impl Postgres {
             text.push_str(RECOVERY_MARK);
             text.push_str("recovery_target_timeline = 'latest'\n");
             if let Some(up) = upstream {
-                let ci = self.conninfo(
+                let ci = self.conninfo_with(
                     &self.cfg().postgresql.replication,
                     &up.host,
                     up.port,
@@ -227,6 +272,7 @@ impl Postgres {
                         ("application_name", &self.cfg().name),
                         ("dbname", "postgres"),
                     ],
+                    true,
                 );
                 text.push_str(&format!("primary_conninfo = {}\n", quote_guc(&ci)));
                 if !self.cfg().tags.nostream && self.use_slots() {
@@ -342,6 +388,11 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 /// Where the recovery settings start in `postgresql.conf`.
 const RECOVERY_MARK: &str = "\n# recovery\n";
 
+/// The section of the service file for `user`.
+fn service_name(user: &str) -> String {
+    format!("pgpilot_{}", shared::types::slot_name(user))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +403,42 @@ mod tests {
         assert_eq!(quote_conninfo("plain"), "plain");
         assert_eq!(quote_conninfo("a b"), "'a b'");
         assert_eq!(pgpass_field("a:b\\c"), "a\\:b\\\\c");
+    }
+
+    #[test]
+    fn a_keys_passphrase_never_goes_on_a_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = crate::tests_support::MIN_YAML
+            .replace(
+                "replication: {username: replicator, password: rep-pass}",
+                "replication: {username: replicator, password: rep-pass, sslmode: verify-full, sslkey: /k.pem, sslpassword: key-phrase}",
+            )
+            .replace("data_dir: /tmp/pgpilot-test/n1", &format!("data_dir: {}/data\n  pgpass: {}/pgpass", dir.path().display(), dir.path().display()));
+        let cfg = std::sync::Arc::new(shared::config::Config::from_yaml(&yaml, "test").unwrap());
+        let pg = super::super::Postgres::new(cfg.clone());
+        let user = &cfg.postgresql.replication;
+        let command_line = pg.conninfo(user, "10.0.0.2", 5432, &[]);
+        assert!(!command_line.contains("key-phrase"), "{command_line}");
+        assert!(
+            command_line.contains("service=pgpilot_replicator"),
+            "{command_line}"
+        );
+        let in_file = pg.conninfo_with(user, "10.0.0.2", 5432, &[], true);
+        assert!(in_file.contains("sslpassword=key-phrase"), "{in_file}");
+        // the service file holds it, private
+        pg.write_pgpass().unwrap();
+        let services = std::fs::read_to_string(pg.service_file()).unwrap();
+        assert_eq!(services, "[pgpilot_replicator]\nsslpassword=key-phrase\n");
+        use std::os::unix::fs::PermissionsExt;
+        for f in [pg.service_file(), dir.path().join("pgpass")] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+        // a pgpass file that existed readable by others is made private
+        let pgpass = dir.path().join("pgpass");
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        pg.write_pgpass().unwrap();
+        let mode = std::fs::metadata(&pgpass).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -158,7 +158,8 @@ impl Postgres {
         let mut cmd = Command::new(self.bin(name));
         keep_secrets_out(&mut cmd);
         cmd.env("LC_ALL", "C")
-            .env("PGPASSFILE", &self.cfg().postgresql.pgpass);
+            .env("PGPASSFILE", &self.cfg().postgresql.pgpass)
+            .env("PGSERVICEFILE", self.service_file());
         // The postmaster must outlive the agent; short-lived tools opt in to kill_on_drop.
         cmd.stdin(Stdio::null()).kill_on_drop(false);
         cmd

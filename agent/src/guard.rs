@@ -5,7 +5,8 @@
 //! promoted.
 //!
 //! The agent starts the guard (its own binary with `--fence-guard <data_dir>`) with a pipe as the
-//! guard's stdin and tells it, one line at a time, the etcd endpoints (`etcd h1:p1,h2:p2`),
+//! guard's stdin and tells it, one line at a time, how to reach etcd (`etcd-config <json>`:
+//! endpoints, TLS files and credentials, the same as the agent's, again after a reload),
 //! whether the local PostgreSQL runs as an unpaused primary (`armed <lease>`, with the agent's
 //! etcd lease) or not (`disarmed`), and, while armed, how long the primary may stay writable
 //! without news from the HA loop (`deadline <ms>`: the agent's last lease renewal, or last
@@ -56,8 +57,8 @@ impl Fencing {
 /// The agent's handle on its guard process.
 pub struct FenceGuard {
     data_dir: PathBuf,
-    /// `host:port` of each etcd endpoint, for revoking the lease.
-    etcd: Vec<String>,
+    /// How to reach etcd, for revoking the lease.
+    etcd: EtcdAccess,
     child: Option<(Child, ChildStdin)>,
     state: Fencing,
     /// The lease the guard was last told about while armed.
@@ -66,10 +67,10 @@ pub struct FenceGuard {
 
 impl FenceGuard {
     /// Starts a guard for the PostgreSQL in `data_dir`, disarmed.
-    pub fn start(data_dir: &Path, etcd: &[String]) -> FenceGuard {
+    pub fn start(data_dir: &Path, etcd: &shared::config::EtcdConfig) -> FenceGuard {
         let mut g = FenceGuard {
             data_dir: data_dir.to_path_buf(),
-            etcd: etcd.to_vec(),
+            etcd: EtcdAccess::from(etcd),
             child: None,
             state: Fencing::Unavailable,
             lease: None,
@@ -99,7 +100,7 @@ impl FenceGuard {
             Ok(mut child) => match child.stdin.take() {
                 Some(mut stdin) => {
                     tracing::debug!(pid = child.id(), "fencing guard started");
-                    let hello = format!("etcd {}\n", self.etcd.join(","));
+                    let hello = self.etcd.line();
                     let _ = stdin.write_all(hello.as_bytes());
                     self.child = Some((child, stdin));
                     self.state = Fencing::Disarmed;
@@ -179,6 +180,17 @@ impl FenceGuard {
         }
     }
 
+    /// Tells the guard how to reach etcd now (certificates or credentials changed on a
+    /// reload).
+    pub fn reconfigure(&mut self, etcd: &shared::config::EtcdConfig) {
+        self.etcd = EtcdAccess::from(etcd);
+        if let Some((_, stdin)) = self.child.as_mut() {
+            let _ = stdin
+                .write_all(self.etcd.line().as_bytes())
+                .and_then(|_| stdin.flush());
+        }
+    }
+
     /// An orderly exit: the guard leaves PostgreSQL alone and ends.
     pub fn release(&mut self) {
         if let Some((mut child, mut stdin)) = self.child.take() {
@@ -229,7 +241,7 @@ const PROMOTION_WATCH: Duration = Duration::from_secs(120);
 struct Watch {
     armed: bool,
     lease: Option<i64>,
-    etcd: Vec<String>,
+    etcd: EtcdAccess,
     deadline: Option<Instant>,
     /// The deadline passed: every primary found running is fenced until a new deadline comes.
     expired: bool,
@@ -262,8 +274,11 @@ impl Watch {
                     }
                 }
             }
-            (Some("etcd"), Some(hosts)) => {
-                self.etcd = hosts.split(',').map(str::to_string).collect();
+            (Some("etcd-config"), Some(_)) => {
+                let json = line.trim_start().trim_start_matches("etcd-config").trim();
+                if let Ok(access) = serde_json::from_str(json) {
+                    self.etcd = access;
+                }
             }
             (Some("exit"), _) => return true,
             _ => {}
@@ -420,48 +435,77 @@ fn look_and_fence(
     look
 }
 
-/// Revokes an etcd lease through the v3 JSON gateway (`POST /v3/lease/revoke`), trying each
-/// endpoint; returns the one that answered.
-fn revoke_lease(endpoints: &[String], id: i64) -> Result<String, String> {
-    use std::io::Read;
-    use std::net::ToSocketAddrs;
-    let body = format!("{{\"ID\":\"{id}\"}}");
-    let mut last = "no etcd endpoint known".to_string();
-    for host in endpoints {
-        let host = host
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        let attempt = (|| -> Result<(), String> {
-            let addr = host
-                .to_socket_addrs()
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or("no address")?;
-            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .map_err(|e| e.to_string())?;
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-            let req = format!(
-                "POST /v3/lease/revoke HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            conn.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-            let mut answer = String::new();
-            let _ = conn.read_to_string(&mut answer);
-            let status = answer.lines().next().unwrap_or_default().to_string();
-            if status.split_whitespace().nth(1) == Some("200") {
-                Ok(())
-            } else {
-                Err(format!("answered {status:?}"))
-            }
-        })();
-        match attempt {
-            Ok(()) => return Ok(host),
-            Err(e) => last = format!("{host}: {e}"),
+/// How the guard reaches etcd: what the agent's `etcd3` section says (endpoints, TLS files,
+/// credentials), passed over the private pipe.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct EtcdAccess {
+    hosts: Vec<String>,
+    protocol: String,
+    username: Option<String>,
+    password: Option<String>,
+    cacert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl EtcdAccess {
+    fn from(c: &shared::config::EtcdConfig) -> EtcdAccess {
+        EtcdAccess {
+            hosts: c.hosts.clone(),
+            protocol: c.protocol.clone(),
+            username: c.username.clone(),
+            password: c.password.as_ref().map(|p| p.expose().to_string()),
+            cacert: c.cacert.clone(),
+            cert: c.cert.clone(),
+            key: c.key.clone(),
         }
     }
-    Err(last)
+
+    fn config(&self) -> shared::config::EtcdConfig {
+        shared::config::EtcdConfig {
+            hosts: self.hosts.clone(),
+            protocol: self.protocol.clone(),
+            username: self.username.clone(),
+            password: self.password.clone().map(shared::config::Secret::new),
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
+    /// The line that tells the guard.
+    fn line(&self) -> String {
+        format!(
+            "etcd-config {}\n",
+            serde_json::to_string(self).unwrap_or_default()
+        )
+    }
+}
+
+/// Revokes an etcd lease the way the agent talks to etcd (TLS, client certificate, user), within
+/// a few seconds; returns the endpoints tried.
+fn revoke_lease(etcd: &EtcdAccess, id: i64) -> Result<String, String> {
+    let cfg = etcd.config();
+    if cfg.hosts.is_empty() {
+        return Err("no etcd endpoint known".into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        let attempt = async {
+            let kv = shared::dcs::etcd::EtcdKv::connect(&cfg, Duration::from_secs(2))
+                .await
+                .map_err(|e| e.to_string())?;
+            kv.revoke(id).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(())) => Ok(cfg.hosts.join(",")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("etcd did not answer within 5 s".into()),
+        }
+    })
 }
 
 /// Stops the postmaster of `data_dir`: fast, then immediate.

@@ -184,7 +184,7 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         Duration::from_secs(timing.retry_timeout.clamp(1, 5)),
     )
     .await
-    .context("cannot set up the etcd client (check etcd3.hosts)")?;
+    .with_context(|| etcd_hint(&cfg.etcd))?;
     let dcs = Arc::new(Dcs::new(
         kv,
         &cfg.namespace,
@@ -202,7 +202,7 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
     agent.set_systemd(systemd);
     agent.set_fence_guard(guard::FenceGuard::start(
         &cfg.postgresql.data_dir,
-        &cfg.etcd.hosts,
+        &cfg.etcd,
     ));
     *agent.rest_access.write().unwrap_or_else(|p| p.into_inner()) =
         Arc::new(rest_access::Access::from_config(&cfg.restapi).await);
@@ -271,6 +271,25 @@ fn limit_requests(
         .header_read_timeout(rest_access::HEADER_READ_TIMEOUT);
 }
 
+/// What to check when etcd cannot be reached, naming the keys involved.
+fn etcd_hint(etcd: &shared::config::EtcdConfig) -> String {
+    let mut keys = vec!["etcd3.hosts"];
+    if etcd.tls() {
+        keys.extend([
+            "etcd3.cacert (the CA that signed etcd's certificate)",
+            "etcd3.cert and etcd3.key (a client certificate etcd trusts)",
+        ]);
+    }
+    if etcd.username.is_some() {
+        keys.push("etcd3.username and etcd3.password");
+    }
+    format!(
+        "cannot reach etcd at {}: check {}",
+        etcd.endpoints().join(", "),
+        keys.join(", ")
+    )
+}
+
 /// Refuses to start when a live process already answers for our member name.
 async fn check_duplicate_name(cfg: &Config, dcs: &Dcs<EtcdKv>) -> Result<()> {
     let cluster = loop {
@@ -279,7 +298,7 @@ async fn check_duplicate_name(cfg: &Config, dcs: &Dcs<EtcdKv>) -> Result<()> {
             Err(e) => {
                 error!(
                     endpoints = ?cfg.etcd.hosts,
-                    "cannot reach etcd: {e}; is etcd running and are etcd3.hosts right? retrying in 2s"
+                    "{}: {e}; retrying in 2s", etcd_hint(&cfg.etcd)
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}

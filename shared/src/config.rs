@@ -134,9 +134,20 @@ pub struct EtcdConfig {
     pub protocol: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// TLS: the CA that signed etcd's certificate (PEM); without it, the system's roots.
+    pub cacert: Option<PathBuf>,
+    /// TLS: the client certificate (PEM; may hold the key too).
+    pub cert: Option<PathBuf>,
+    /// TLS: the client certificate's key (PEM); defaults to `cert`.
+    pub key: Option<PathBuf>,
 }
 
 impl EtcdConfig {
+    /// Whether etcd is reached over TLS (`protocol: https` or `https://` endpoints).
+    pub fn tls(&self) -> bool {
+        self.protocol == "https" || self.hosts.iter().any(|h| h.starts_with("https://"))
+    }
+
     /// Endpoints as URLs, as etcd-client wants them.
     pub fn endpoints(&self) -> Vec<String> {
         self.hosts
@@ -144,6 +155,8 @@ impl EtcdConfig {
             .map(|h| {
                 if h.contains("://") {
                     h.clone()
+                } else if self.tls() {
+                    format!("https://{h}")
                 } else {
                     format!("{}://{h}", self.protocol)
                 }
@@ -1011,18 +1024,6 @@ const IGNORED_KEYS: &[(&str, &str)] = &[
         "client certificates are not sent by pgpilot: ignored",
     ),
     (
-        "etcd3.cacert",
-        "TLS to etcd is not supported yet: the agent talks plain http to etcd3.hosts",
-    ),
-    (
-        "etcd3.cert",
-        "etcd client certificates are not supported yet: ignored",
-    ),
-    (
-        "etcd3.key",
-        "etcd client certificates are not supported yet: ignored",
-    ),
-    (
         "etcd3.use_proxies",
         "not supported: list the etcd members in etcd3.hosts",
     ),
@@ -1661,13 +1662,8 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
     let protocol = r
         .string(&format!("{section}.protocol"))
         .unwrap_or_else(|| "http".into());
-    match protocol.as_str() {
-        "http" => {}
-        "https" => r.err(
-            &format!("{section}.protocol"),
-            "TLS to etcd is not supported by this pgpilot version; use http",
-        ),
-        _ => r.err(&format!("{section}.protocol"), "must be http or https"),
+    if !matches!(protocol.as_str(), "http" | "https") {
+        r.err(&format!("{section}.protocol"), "must be http or https");
     }
     let mut hosts = Vec::new();
     if let Some(list) = r.string_list(&format!("{section}.hosts")) {
@@ -1679,11 +1675,12 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
     if let Some(u) = r.string(&format!("{section}.url")) {
         hosts.push(u);
     }
+    let tls = protocol == "https" || hosts.iter().any(|h| h.starts_with("https://"));
     for (i, h) in hosts.iter().enumerate() {
-        if h.starts_with("https://") {
+        if tls && h.starts_with("http://") {
             r.err(
                 &format!("{section}.hosts[{i}]"),
-                "TLS to etcd is not supported by this pgpilot version; use http://",
+                "mixes http:// with https (etcd3.protocol or another endpoint): use one scheme for every endpoint",
             );
         }
         let bare = h.split("://").last().unwrap_or(h).trim_end_matches('/');
@@ -1700,11 +1697,35 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
             "at least one etcd endpoint (host:port) is required",
         );
     }
+    let file =
+        |r: &mut Reader<'_>, key: &str| r.string(&format!("{section}.{key}")).map(PathBuf::from);
+    let cacert = file(r, "cacert");
+    let cert = file(r, "cert");
+    let key = file(r, "key");
+    if key.is_some() && cert.is_none() {
+        r.err(
+            &format!("{section}.key"),
+            "needs a client certificate (cert)",
+        );
+    }
+    if !tls {
+        for (name, v) in [("cacert", &cacert), ("cert", &cert)] {
+            if v.is_some() {
+                r.err(
+                    &format!("{section}.{name}"),
+                    "is for TLS: set protocol: https (or https:// hosts)",
+                );
+            }
+        }
+    }
     EtcdConfig {
         hosts,
         protocol,
         username: r.string(&format!("{section}.username")),
         password: r.string(&format!("{section}.password")).map(Secret),
+        cacert,
+        cert,
+        key,
     }
 }
 

@@ -242,14 +242,11 @@ fn required_sections_and_unsupported_stores() {
 
 #[test]
 fn unsupported_tls_is_refused_clearly() {
-    let yaml = fixture("cluster_in_a_box.yml")
-        .replace("    - 192.0.2.1:2379\n", "    - https://192.0.2.1:2379\n")
-        .replace(
-            "    password: mySupeSecretPassword\n",
-            "    password: mySupeSecretPassword\n  certfile: /etc/ssl/api.pem\n  keyfile_password: x\n  verify_client: required\n",
-        );
+    let yaml = fixture("cluster_in_a_box.yml").replace(
+        "    password: mySupeSecretPassword\n",
+        "    password: mySupeSecretPassword\n  certfile: /etc/ssl/api.pem\n  keyfile_password: x\n  verify_client: required\n",
+    );
     let keys = invalid_keys(&yaml);
-    assert!(keys.contains(&"etcd3.hosts[0]".to_string()), "{keys:?}");
     assert!(
         keys.contains(&"restapi.keyfile_password".to_string()),
         "{keys:?}"
@@ -261,6 +258,46 @@ fn unsupported_tls_is_refused_clearly() {
     assert!(!keys.contains(&"restapi.certfile".to_string()), "{keys:?}");
 }
 
+#[test]
+fn etcd_over_tls_is_read_as_patroni_writes_it() {
+    // https:// endpoints
+    let yaml = fixture("cluster_in_a_box.yml")
+        .replace("    - 192.0.2.1:2379\n", "    - https://192.0.2.1:2379\n");
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    assert!(c.etcd.tls());
+    assert!(c.etcd.endpoints().iter().all(|e| e.starts_with("https://")));
+    // protocol: https with host:port endpoints, CA and client certificate
+    let yaml = fixture("cluster_in_a_box.yml").replace(
+        "etcd3:\n",
+        "etcd3:\n  protocol: https\n  cacert: /etc/etcd/ca.pem\n  cert: /etc/etcd/client.pem\n  key: /etc/etcd/client.key\n",
+    );
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    assert!(c.etcd.endpoints().iter().all(|e| e.starts_with("https://")));
+    assert_eq!(
+        c.etcd.cacert.as_deref(),
+        Some(std::path::Path::new("/etc/etcd/ca.pem"))
+    );
+    assert!(c.etcd.cert.is_some() && c.etcd.key.is_some());
+    assert!(!c.warnings.iter().any(|w| w.key.starts_with("etcd3.c")));
+    // a CA without TLS, a key without a certificate, mixed schemes: refused by key
+    let plain_ca =
+        fixture("cluster_in_a_box.yml").replace("etcd3:\n", "etcd3:\n  cacert: /etc/etcd/ca.pem\n");
+    assert!(invalid_keys(&plain_ca).contains(&"etcd3.cacert".to_string()));
+    let key_only = fixture("cluster_in_a_box.yml").replace(
+        "etcd3:\n",
+        "etcd3:\n  protocol: https\n  key: /etc/etcd/client.key\n",
+    );
+    assert!(invalid_keys(&key_only).contains(&"etcd3.key".to_string()));
+    let mixed = fixture("cluster_in_a_box.yml").replace(
+        "    - 192.0.2.1:2379\n",
+        "    - https://192.0.2.1:2379\n    - http://192.0.2.2:2379\n",
+    );
+    assert!(
+        invalid_keys(&mixed)
+            .iter()
+            .any(|k| k.starts_with("etcd3.hosts["))
+    );
+}
 #[test]
 fn rest_tls_settings_are_read() {
     let yaml = fixture("cluster_in_a_box.yml").replace(
@@ -542,13 +579,26 @@ fn patroni_keys_pgpilot_does_not_act_on_are_warnings_that_say_so() {
             .map(|w| w.message.clone())
             .unwrap_or_else(|| panic!("no warning for {key}: {:?}", c.warnings))
     };
-    assert!(find("restapi.allowlist").contains("not enforced"));
-    assert!(find("restapi.allowlist").contains("restapi.authentication"));
     assert!(find("log.dir").contains("stderr"));
-    // never reported as unknown on top
+    // the allowlist is enforced now: read, never warned about nor reported as unknown
+    assert_eq!(c.restapi.allowlist, vec!["10.0.0.0/8".to_string()]);
     assert!(
         !c.warnings
             .iter()
-            .any(|w| w.message.contains("unknown key") && w.key.starts_with("restapi.allowlist"))
+            .any(|w| w.key.starts_with("restapi.allowlist"))
     );
+}
+
+#[test]
+fn the_allowlist_is_read_from_the_file_and_the_environment_list() {
+    let yaml = fixture("vmware.yml").replace(
+        "restapi:\n",
+        "restapi:\n  allowlist: ['10.0.0.1', db2.example.com, 10.1.0.0/16]\n  allowlist_include_members: true\n",
+    );
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    assert_eq!(
+        c.restapi.allowlist,
+        vec!["10.0.0.1", "db2.example.com", "10.1.0.0/16"]
+    );
+    assert!(c.restapi.allowlist_include_members);
 }

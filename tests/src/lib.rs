@@ -184,6 +184,129 @@ pub struct Etcd {
     log: PathBuf,
     /// Start it in its own process group (see [`ClusterSpec::detached`]).
     pub detached: bool,
+    /// Serve clients over TLS with these files and require client certificates.
+    pub tls: Option<EtcdTls>,
+}
+
+/// The files of an etcd that serves clients over TLS and requires client certificates.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A private certificate authority made with `openssl` for one test, with certificates it
+/// signs; files readable by the agents (run as `postgres`), removed on drop.
+pub struct TestCa {
+    pub dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(tag: &str) -> Result<TestCa> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PathBuf::from(format!("/var/tmp/pgpilot-ca-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        let ca = TestCa { dir };
+        ca.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=pgpilot-test-ca-{tag}"),
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])?;
+        Ok(ca)
+    }
+
+    fn openssl(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .context("cannot run openssl")?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate `name.pem` with key `name.key` for `cn`, valid for 127.0.0.1, for servers
+    /// and clients.
+    pub fn issue(&self, name: &str, cn: &str) -> Result<(PathBuf, PathBuf)> {
+        use std::os::unix::fs::PermissionsExt;
+        let (csr, key, pem, ext) = (
+            format!("{name}.csr"),
+            format!("{name}.key"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        fs::write(
+            self.dir.join(&ext),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )?;
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            // no CN for a client of etcd's JSON gateway (etcd refuses one there)
+            "-subj",
+            &if cn.is_empty() {
+                "/O=pgpilot-test".to_string()
+            } else {
+                format!("/CN={cn}")
+            },
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ])?;
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ])?;
+        for f in [&key, &pem, &"ca.pem".to_string()] {
+            fs::set_permissions(self.dir.join(f), fs::Permissions::from_mode(0o644))?;
+        }
+        Ok((self.dir.join(pem), self.dir.join(key)))
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Etcd {
@@ -202,6 +325,7 @@ impl Etcd {
             proc: None,
             log: dir.join("etcd.log"),
             detached: false,
+            tls: None,
         }
     }
 
@@ -214,15 +338,30 @@ impl Etcd {
         format!("{}:{}", self.host, self.client_port)
     }
 
+    /// The endpoint as a URL: `https://…` for a TLS etcd.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.endpoint())
+    }
+
     /// The command that runs this etcd (its output appended to `etcd.log` beside its data).
     pub fn command(&self) -> Result<Command> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let client = format!("http://{}:{}", self.host, self.client_port);
+        let client = self.url();
         let peer = format!("http://{}:{}", self.host, self.peer_port);
         let mut cmd = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         cmd.arg("--name")
             .arg("e2e")
             .arg("--data-dir")
@@ -261,8 +400,15 @@ impl Etcd {
         self.wait_ready()
     }
 
-    /// Waits until etcd answers `/version`.
+    /// Waits until etcd answers `/version` (a TLS etcd: until it is listening).
     pub fn wait_ready(&self) -> Result<()> {
+        if self.tls.is_some() {
+            let addr = self.endpoint();
+            wait_for("etcd to listen", Duration::from_secs(30), || {
+                std::net::TcpStream::connect(&addr).ok()
+            })?;
+            return Ok(());
+        }
         let url = format!("http://{}:{}/version", self.host, self.client_port);
         wait_for("etcd to answer", Duration::from_secs(30), || {
             http_get(&url).ok().filter(|(code, _)| *code == 200)
@@ -547,6 +693,8 @@ pub struct ClusterSpec {
     pub restapi_yaml: String,
     /// Extra lines inside the `postgresql` section (indented two spaces), e.g. callbacks.
     pub postgresql_yaml: String,
+    /// Extra lines inside the `etcd3` section (indented two spaces), e.g. TLS files.
+    pub etcd_yaml: String,
     /// The daemon run for each node: pgpilot's `agent` (default) or, for side-by-side
     /// measurements, another program that takes the same YAML, such as Patroni's `patroni`.
     pub daemon: Option<PathBuf>,
@@ -573,6 +721,7 @@ impl Default for ClusterSpec {
             extra_yaml: String::new(),
             restapi_yaml: String::new(),
             postgresql_yaml: String::new(),
+            etcd_yaml: String::new(),
             daemon: None,
             hosts: Vec::new(),
             netns: Vec::new(),
@@ -868,6 +1017,7 @@ restapi:
 {restapi_extra}
 etcd3:
   hosts: {etcd}
+{etcd_extra}
 
 bootstrap:
   dcs:
@@ -930,6 +1080,7 @@ tags:
         extra = spec.extra_yaml,
         restapi_extra = spec.restapi_yaml,
         postgresql_extra = spec.postgresql_yaml,
+        etcd_extra = spec.etcd_yaml,
     )
 }
 

@@ -336,6 +336,10 @@ impl<K: Kv> Agent<K> {
             warn!("reload: cannot rewrite the pgpass file: {e:#}");
         }
         self.watchdog.reconfigure(new.watchdog.clone());
+        // the guard revokes the lease with the same TLS files and credentials
+        if let Some(g) = self.fence.as_mut() {
+            g.reconfigure(&new.etcd);
+        }
         self.cfg = new;
         info!(config = origin, "configuration reloaded");
         self.run_callback(crate::callbacks::Event::Reload);

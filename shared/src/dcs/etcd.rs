@@ -24,20 +24,60 @@ impl EtcdKv {
     /// Connects lazily: an unreachable etcd is reported by the first request, not here, so an
     /// agent can start before etcd does. `timeout` bounds every request.
     pub async fn connect(cfg: &EtcdConfig, timeout: Duration) -> Result<EtcdKv, KvError> {
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(5), timeout)
-            .with_require_leader(true);
-        if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
-            opts = opts.with_user(user.clone(), pass.expose().to_string());
-        }
-        let client = Client::connect(cfg.endpoints(), Some(opts))
+        let client = Client::connect(cfg.endpoints(), Some(connect_options(cfg, timeout)?))
             .await
             .map_err(map_err)?;
         Ok(EtcdKv { client, timeout })
     }
 
+    /// Revokes a lease (the leader key and member key attached to it go at once).
+    pub async fn revoke(&self, lease: LeaseId) -> Result<(), KvError> {
+        match self.client().lease_revoke(lease).await.map_err(map_err) {
+            Ok(_) | Err(KvError::LeaseNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// How to reach etcd: deadlines, credentials and, with `protocol: https`, TLS with the CA
+/// (`cacert`, else the system's roots) and the client certificate (`cert`, `key`). A file that
+/// cannot be read is an error naming its key.
+pub fn connect_options(cfg: &EtcdConfig, timeout: Duration) -> Result<ConnectOptions, KvError> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        .with_keep_alive(Duration::from_secs(5), timeout)
+        .with_require_leader(true);
+    if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
+        opts = opts.with_user(user.clone(), pass.expose().to_string());
+    }
+    if cfg.tls() {
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                KvError::Other(format!(
+                    "etcd3.{key} {}: cannot read it: {e}",
+                    path.display()
+                ))
+            })
+        };
+        let mut tls = etcd_client::TlsOptions::new();
+        tls = match &cfg.cacert {
+            Some(ca) => tls.ca_certificate(etcd_client::Certificate::from_pem(read("cacert", ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let Some(cert) = &cfg.cert {
+            let key = cfg.key.as_ref().unwrap_or(cert);
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                read("cert", cert)?,
+                read("key", key)?,
+            ));
+        }
+        opts = opts.with_tls(tls);
+    }
+    Ok(opts)
+}
+
+impl EtcdKv {
     fn client(&self) -> Client {
         self.client.clone()
     }

@@ -3,7 +3,8 @@
 # rustup when there is no cargo (Debian's rustc is too old), and with apt-get:
 # etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
 # (the live console tests and screenshots), wrk (the benchmark harness), nftables and iproute2
-# (network partitions, the demo's isolate switch), DejaVu fonts (screenshots/make.sh).
+# (network partitions, the demo's isolate switch), openssl (the TLS tests' private CA), DejaVu
+# fonts (screenshots/make.sh).
 # pgpilot_patroni installs real Patroni for the compatibility tests.
 # Sourced by demo.sh, run.sh and .ci/run.
 set -euo pipefail
@@ -22,6 +23,7 @@ pgpilot_prereqs() {
     command -v gcc >/dev/null 2>&1 || need+=(build-essential)
     command -v nft >/dev/null 2>&1 || need+=(nftables)
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)
     [ -f /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || need+=(fonts-dejavu-core)
     if ((${#need[@]})); then
         local sudo=""

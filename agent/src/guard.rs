@@ -437,7 +437,7 @@ fn look_and_fence(
 
 /// How the guard reaches etcd: what the agent's `etcd3` section says (endpoints, TLS files,
 /// credentials), passed over the private pipe.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct EtcdAccess {
     hosts: Vec<String>,
     protocol: String,
@@ -446,6 +446,16 @@ struct EtcdAccess {
     cacert: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("hosts", &self.hosts)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdAccess {
@@ -493,7 +503,7 @@ fn revoke_lease(etcd: &EtcdAccess, id: i64) -> Result<String, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let attempt = async {
             let kv = shared::dcs::etcd::EtcdKv::connect(&cfg, Duration::from_secs(2))
                 .await
@@ -505,7 +515,10 @@ fn revoke_lease(etcd: &EtcdAccess, id: i64) -> Result<String, String> {
             Ok(Err(e)) => Err(e),
             Err(_) => Err("etcd did not answer within 5 s".into()),
         }
-    })
+    });
+    // a name lookup still running must not hold the guard
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    outcome
 }
 
 /// Stops the postmaster of `data_dir`: fast, then immediate.

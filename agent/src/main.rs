@@ -226,6 +226,7 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         None => {
             let mut server = axum_server::from_tcp(std_listener)
                 .context("cannot serve on restapi.listen")?
+                .http1_only()
                 .acceptor(cap);
             limit_requests(server.http_builder());
             info!(listen = cfg.restapi.listen, "REST API listening (http)");
@@ -238,14 +239,15 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         Some(cert) => {
             let key = cfg.restapi.keyfile.clone().unwrap_or_else(|| cert.clone());
             shared::api::install_tls_provider();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, &key)
-                .await
-                .with_context(|| {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_config(
+                rest_access::server_tls(cert, &key).with_context(|| {
                     format!("restapi.certfile {cert} / restapi.keyfile {key}: cannot load the certificate and key (PEM)")
-                })?;
+                })?,
+            );
             agent.set_tls(tls.clone());
             let mut server = axum_server::from_tcp(std_listener)
                 .context("cannot serve TLS on restapi.listen")?
+                .http1_only()
                 .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(cap));
             limit_requests(server.http_builder());
             info!(listen = cfg.restapi.listen, "REST API listening (https)");
@@ -260,8 +262,9 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
     agent.run(shutdown_signal()).await
 }
 
-/// HTTP/1 only (what Patroni's clients speak), and a client that takes longer than
-/// [`rest_access::HEADER_READ_TIMEOUT`] to send its request headers is cut off.
+/// A client that takes longer than [`rest_access::HEADER_READ_TIMEOUT`] to send its request
+/// headers (or sends nothing at all) is cut off; the server speaks HTTP/1 only (what Patroni's
+/// clients speak: nothing can hold a connection open outside these timeouts).
 fn limit_requests(
     builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
 ) {

@@ -4,6 +4,7 @@
 //! untrusted networks.
 
 use ipnet::IpNet;
+use std::collections::HashMap;
 use std::future::Ready;
 use std::io;
 use std::net::IpAddr;
@@ -53,15 +54,28 @@ pub struct Allowlist {
     include_members: bool,
     /// Some entry was configured: an allowlist whose names all failed to resolve allows nobody.
     configured: bool,
+    /// The addresses of members' REST API hosts, looked up at most every [`MEMBER_CACHE`].
+    members: Arc<std::sync::Mutex<MemberAddresses>>,
 }
+
+/// Member host → when it was looked up and its addresses.
+type MemberAddresses = HashMap<String, (std::time::Instant, Vec<IpAddr>)>;
+
+/// How long a member host's addresses are reused before they are looked up again.
+const MEMBER_CACHE: Duration = Duration::from_secs(30);
 
 impl Allowlist {
     /// Resolves the configured entries: addresses, networks (`10.0.0.0/8`) and host names (all
     /// their addresses). An entry that is none of these is logged and left out.
     pub async fn resolve(entries: &[String], include_members: bool) -> Allowlist {
+        // all at once: a reload runs on the HA loop, which must not wait on DNS name by name
+        let lookups = entries.iter().cloned().map(|e| async move {
+            let found = resolve_entry(&e).await;
+            (e, found)
+        });
         let mut nets = Vec::new();
-        for entry in entries {
-            match resolve_entry(entry).await {
+        for (entry, found) in crate::runtime::futures_join_all(lookups).await {
+            match found {
                 Ok(found) => nets.extend(found),
                 Err(why) => warn!(
                     entry = entry.as_str(),
@@ -73,7 +87,38 @@ impl Allowlist {
             nets,
             include_members,
             configured: !entries.is_empty(),
+            members: Default::default(),
         }
+    }
+
+    /// The addresses of a member's REST API host (an address or a name, never a network:
+    /// member keys are not the operator's word), from the cache when fresh.
+    async fn member_addresses(&self, host: &str) -> Vec<IpAddr> {
+        if host.contains('/') {
+            return Vec::new();
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return vec![ip.to_canonical()];
+        }
+        if let Some((at, found)) = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            && at.elapsed() < MEMBER_CACHE
+        {
+            return found.clone();
+        }
+        let found: Vec<IpAddr> =
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, 0))).await {
+                Ok(Ok(addrs)) => addrs.map(|a| a.ip().to_canonical()).collect(),
+                _ => Vec::new(),
+            };
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), (std::time::Instant::now(), found.clone()));
+        found
     }
 
     /// Whether any check applies at all.
@@ -94,15 +139,32 @@ impl Allowlist {
         if self.include_members {
             for url in members {
                 let Some(host) = url_host(url) else { continue };
-                if let Ok(found) = resolve_entry(&host).await
-                    && found.iter().any(|n| n.contains(&peer))
-                {
+                if self.member_addresses(&host).await.contains(&peer) {
                     return true;
                 }
             }
         }
         false
     }
+}
+
+/// The REST API's TLS configuration: the certificate chain and key (PEM), HTTP/1.1 only in
+/// ALPN (the server speaks nothing else).
+pub fn server_tls(cert: &str, key: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    shared::api::install_tls_provider();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?;
+    anyhow::ensure!(!chain.is_empty(), "{cert}: no certificate in it");
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// One allowlist entry as networks.
@@ -308,8 +370,12 @@ mod tests {
         // an IPv4 peer seen on a dual-stack listener
         assert!(list.allows(ip("::ffff:10.0.0.7"), &[]).await);
         assert!(!list.allows(ip("10.0.0.8"), &[]).await);
-        // members are allowed only with allowlist_include_members
+        // members are allowed only with allowlist_include_members, and a member key cannot
+        // smuggle a network in
         let members = ["http://10.0.0.8:8008/patroni".to_string()];
+        let sly = ["http://[0.0.0.0/0]:8008/patroni".to_string()];
+        let with = Allowlist::resolve(&["10.0.0.7".into()], true).await;
+        assert!(!with.allows(ip("10.9.9.9"), &sly).await);
         assert!(!list.allows(ip("10.0.0.8"), &members).await);
         let with_members = Allowlist::resolve(&["10.0.0.7".into()], true).await;
         assert!(with_members.allows(ip("10.0.0.8"), &members).await);

@@ -1665,7 +1665,7 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
     if !matches!(protocol.as_str(), "http" | "https") {
         r.err(&format!("{section}.protocol"), "must be http or https");
     }
-    let mut hosts = Vec::new();
+    let mut hosts: Vec<String> = Vec::new();
     if let Some(list) = r.string_list(&format!("{section}.hosts")) {
         hosts.extend(list);
     }
@@ -1674,6 +1674,20 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
     }
     if let Some(u) = r.string(&format!("{section}.url")) {
         hosts.push(u);
+    }
+    // `https://user:password@host:port` (Patroni's `url`): the credentials are taken out, and
+    // never printed with the endpoint
+    let mut url_user: Option<(String, String)> = None;
+    for h in hosts.iter_mut() {
+        let (scheme, rest) = match h.split_once("://") {
+            Some((s, r)) => (format!("{s}://"), r.to_string()),
+            None => (String::new(), h.clone()),
+        };
+        if let Some((userinfo, host)) = rest.rsplit_once('@') {
+            let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            url_user.get_or_insert((u.to_string(), p.to_string()));
+            *h = format!("{scheme}{host}");
+        }
     }
     let tls = protocol == "https" || hosts.iter().any(|h| h.starts_with("https://"));
     for (i, h) in hosts.iter().enumerate() {
@@ -1718,11 +1732,15 @@ fn read_etcd(r: &mut Reader<'_>, section: &str) -> EtcdConfig {
             }
         }
     }
+    let (url_name, url_password) = url_user.unzip();
     EtcdConfig {
         hosts,
         protocol,
-        username: r.string(&format!("{section}.username")),
-        password: r.string(&format!("{section}.password")).map(Secret),
+        username: r.string(&format!("{section}.username")).or(url_name),
+        password: r
+            .string(&format!("{section}.password"))
+            .or(url_password)
+            .map(Secret),
         cacert,
         cert,
         key,

@@ -297,6 +297,24 @@ fn etcd_over_tls_is_read_as_patroni_writes_it() {
             .iter()
             .any(|k| k.starts_with("etcd3.hosts["))
     );
+    // credentials in a URL are taken out of the endpoint
+    let url = fixture("cluster_in_a_box.yml").replace(
+        "etcd3:\n",
+        "etcd3:\n  protocol: https\n  url: https://pat:s3cret@192.0.2.9:2379\n",
+    );
+    let c = Config::from_yaml(&url, "t.yml").unwrap();
+    assert_eq!(c.etcd.username.as_deref(), Some("pat"));
+    assert_eq!(c.etcd.password.as_ref().map(|p| p.expose()), Some("s3cret"));
+    assert!(
+        c.etcd.hosts.iter().all(|h| !h.contains('@')),
+        "{:?}",
+        c.etcd.hosts
+    );
+    assert!(
+        c.etcd
+            .endpoints()
+            .contains(&"https://192.0.2.9:2379".to_string())
+    );
 }
 #[test]
 fn rest_tls_settings_are_read() {

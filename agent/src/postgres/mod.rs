@@ -808,6 +808,8 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        // a link planted where the secret goes is not followed
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     // a file that existed before keeps its mode through open(): libpq ignores a pgpass others

@@ -219,6 +219,13 @@ impl Postgres {
         {
             return Ok(c.clone());
         }
+        let client = Arc::new(self.connect_local().await?);
+        *guard = Some(client.clone());
+        Ok(client)
+    }
+
+    /// A new connection to the local server as the superuser.
+    async fn connect_local(&self) -> Result<tokio_postgres::Client> {
         let mut pgc = self.superuser_login();
         let (host, port) = self.cfg().postgresql.local_host_port();
         if self.cfg().postgresql.use_unix_socket {
@@ -239,8 +246,6 @@ impl Postgres {
                 debug!("local PostgreSQL connection closed: {e}");
             }
         });
-        let client = Arc::new(client);
-        *guard = Some(client.clone());
         Ok(client)
     }
 
@@ -323,18 +328,11 @@ impl Postgres {
     }
 }
 
-/// Session settings that keep statements out of the server's logs, and their reset.
-const QUIET: &str = "SET log_statement TO 'none'; SET log_min_duration_statement TO -1; SET log_min_error_statement TO 'log'";
-const LOUD: &str =
-    "RESET log_statement; RESET log_min_duration_statement; RESET log_min_error_statement";
-
-/// A password as a SQL literal holding its SCRAM-SHA-256 verifier: the server stores the same
-/// thing it would have computed, and the password itself never leaves this process.
-fn password_literal(password: &str) -> String {
-    sql_literal(&postgres_protocol::password::scram_sha_256(
-        password.as_bytes(),
-    ))
-}
+/// Session settings that keep statements out of the server's logs: no statement logging, no
+/// duration or sampled logging, and no statement printed beside an error.
+const QUIET: &str = "SET log_statement TO 'none'; SET log_min_duration_statement TO -1; \
+SET log_min_duration_sample TO -1; SET log_transaction_sample_rate TO 0; \
+SET log_min_error_statement TO 'panic'";
 
 /// How long a statement of the agent's may take before the agent gives up on it (the server's
 /// own `statement_timeout` for the agent's connections is one minute; this bounds a frozen one).
@@ -375,19 +373,6 @@ impl Postgres {
                 .context(Unresponsive))
             }
         }
-    }
-
-    /// Runs a statement as the superuser. The statement is never logged: it may carry a password.
-    pub async fn execute(&self, sql: &str) -> Result<()> {
-        self.bounded("a statement", STATEMENT_LIMIT, async {
-            let client = self.client().await?;
-            client
-                .batch_execute(sql)
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
-            Ok(())
-        })
-        .await
     }
 
     /// Promotes a replica and waits until it accepts writes.
@@ -450,31 +435,51 @@ impl Postgres {
     /// Creates the replication (and rewind) roles and sets the superuser password, after
     /// bootstrap. Statements carry passwords and are never logged.
     pub async fn create_roles(&self) -> Result<()> {
-        // Passwords never reach the server's logs: statement logging is off in this session
-        // while they are sent (a separate round trip: the server logs a query string as a
-        // whole), and what is sent is a SCRAM verifier computed here, not the password.
-        self.execute(QUIET).await?;
-        let result = self.create_roles_quietly().await;
-        let reset = self.execute(LOUD).await;
-        result.and(reset)
+        // Passwords never reach the server's logs: they are sent on a session of their own
+        // (ended afterwards, so nothing else runs with its settings) whose statement logging is
+        // off before they are sent (a separate round trip: the server logs a query string as a
+        // whole), and what is sent is a verifier computed here, never the password.
+        self.bounded("the role setup", STATEMENT_LIMIT, async {
+            let session = self.connect_local().await?;
+            session
+                .batch_execute(QUIET)
+                .await
+                .context("cannot turn statement logging off for the role setup")?;
+            let md5 = session
+                .query_one("SHOW password_encryption", &[])
+                .await?
+                .get::<_, String>(0)
+                .eq_ignore_ascii_case("md5");
+            self.create_roles_on(&session, md5).await
+        })
+        .await
     }
 
-    async fn create_roles_quietly(&self) -> Result<()> {
+    async fn create_roles_on(&self, session: &tokio_postgres::Client, md5: bool) -> Result<()> {
         let pg = &self.cfg().postgresql;
+        let verifier = |user: &str, password: &str| {
+            sql_literal(&if md5 {
+                postgres_protocol::password::md5(password.as_bytes(), user)
+            } else {
+                postgres_protocol::password::scram_sha_256(password.as_bytes())
+            })
+        };
         if let Some(pw) = &pg.superuser.password {
-            self.execute(&format!(
-                "ALTER ROLE {} WITH PASSWORD {}",
-                sql_ident(&pg.superuser.username),
-                password_literal(pw.expose())
-            ))
-            .await
-            .context("cannot set the superuser password")?;
+            session
+                .batch_execute(&format!(
+                    "ALTER ROLE {} WITH PASSWORD {}",
+                    sql_ident(&pg.superuser.username),
+                    verifier(&pg.superuser.username, pw.expose())
+                ))
+                .await
+                .map_err(|e| anyhow!("{e}"))
+                .context("cannot set the superuser password")?;
         }
         let create = |user: &PgUser, attrs: &str| {
             let pw = user
                 .password
                 .as_ref()
-                .map(|p| format!(" PASSWORD {}", password_literal(p.expose())))
+                .map(|p| format!(" PASSWORD {}", verifier(&user.username, p.expose())))
                 .unwrap_or_default();
             let name = sql_ident(&user.username);
             format!(
@@ -488,25 +493,31 @@ impl Postgres {
             )
         };
         if pg.replication.username != pg.superuser.username {
-            self.execute(&create(&pg.replication, "REPLICATION"))
+            session
+                .batch_execute(&create(&pg.replication, "REPLICATION"))
                 .await
+                .map_err(|e| anyhow!("{e}"))
                 .context("cannot create the replication role")?;
         }
         if let Some(rw) = &pg.rewind
             && rw.username != pg.superuser.username
         {
-            self.execute(&create(rw, ""))
+            session
+                .batch_execute(&create(rw, ""))
                 .await
+                .map_err(|e| anyhow!("{e}"))
                 .context("cannot create the rewind role")?;
             let name = sql_ident(&rw.username);
-            self.execute(&format!(
-                "GRANT EXECUTE ON function pg_catalog.pg_ls_dir(text, boolean, boolean) TO {name};
+            session
+                .batch_execute(&format!(
+                    "GRANT EXECUTE ON function pg_catalog.pg_ls_dir(text, boolean, boolean) TO {name};
                  GRANT EXECUTE ON function pg_catalog.pg_stat_file(text, boolean) TO {name};
                  GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text) TO {name};
                  GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {name};"
-            ))
-            .await
-            .context("cannot grant the rewind role its functions")?;
+                ))
+                .await
+                .map_err(|e| anyhow!("{e}"))
+                .context("cannot grant the rewind role its functions")?;
         }
         Ok(())
     }

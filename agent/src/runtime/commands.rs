@@ -293,6 +293,10 @@ impl<K: Kv> Agent<K> {
             kept.push("etcd3.hosts");
             new.etcd.hosts = old.etcd.hosts.clone();
         }
+        if new.etcd.protocol != old.etcd.protocol {
+            kept.push("etcd3.protocol");
+            new.etcd.protocol = old.etcd.protocol.clone();
+        }
         if new.restapi.certfile.is_some() != old.restapi.certfile.is_some() {
             kept.push("restapi.certfile (switching between http and https)");
             new.restapi.certfile = old.restapi.certfile.clone();
@@ -302,6 +306,11 @@ impl<K: Kv> Agent<K> {
             kept.push("postgresql.data_dir");
             new.postgresql.data_dir = old.postgresql.data_dir.clone();
         }
+        if new.etcd != old.etcd {
+            warn!(
+                "reload: the etcd3 TLS files or credentials changed: the fencing guard uses the new ones at once; this agent's own etcd connection keeps the ones it started with until it is restarted"
+            );
+        }
         for k in &kept {
             warn!(
                 key = k,
@@ -310,7 +319,14 @@ impl<K: Kv> Agent<K> {
         }
         if let (Some(tls), Some(cert)) = (&self.tls, &new.restapi.certfile) {
             let key = new.restapi.keyfile.clone().unwrap_or_else(|| cert.clone());
-            match tls.reload_from_pem_file(cert, &key).await {
+            let reloaded = match crate::rest_access::server_tls(cert, &key) {
+                Ok(config) => {
+                    tls.reload_from_config(config);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            match reloaded {
                 Ok(()) => info!(certfile = cert, "reloaded the REST certificate"),
                 Err(e) => {
                     error!(

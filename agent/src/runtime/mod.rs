@@ -1978,7 +1978,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn futures_join_all<
+/// Runs the futures as tasks at once and returns their outputs in order (a task that panicked
+/// is left out).
+pub(crate) async fn futures_join_all<
     F: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 >(

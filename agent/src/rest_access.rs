@@ -1,7 +1,7 @@
 //! Who may call the REST API's write endpoints, and what a client may ask of the listener:
 //! `restapi.allowlist` (with `allowlist_include_members`), HTTP Basic credentials compared in
-//! constant time, a cap on open connections and a header read timeout for a port that may face
-//! untrusted networks.
+//! constant time, a cap on open connections, an idle timeout and a header read timeout for a
+//! port that may face untrusted networks.
 
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -28,6 +28,10 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most connections the REST API keeps open at once; one more is closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// A connection on which nothing moves for this long is closed (a client that connects and
+/// stays silent, or idles between requests: Patroni's clients reconnect for each request).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the write endpoints check, as configured now (replaced whole by a reload).
 #[derive(Debug, Clone, Default)]
@@ -288,6 +292,7 @@ impl<I, S> axum_server::accept::Accept<I, S> for ConnectionCap {
                 Held {
                     inner: stream,
                     _permit: permit,
+                    idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
                 },
                 service,
             )),
@@ -298,10 +303,32 @@ impl<I, S> axum_server::accept::Accept<I, S> for ConnectionCap {
     }
 }
 
-/// A connection holding its place under the cap until it closes.
+/// A connection holding its place under the cap until it closes, and closed once nothing has
+/// moved on it for [`IDLE_TIMEOUT`].
 pub struct Held<I> {
     inner: I,
     _permit: OwnedSemaphorePermit,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<I> Held<I> {
+    fn moved(&mut self) {
+        self.idle
+            .as_mut()
+            .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    }
+
+    /// While waiting: the idle deadline has passed.
+    fn idled_out(&mut self, cx: &mut Context<'_>) -> bool {
+        self.idle.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "REST API connection idle: closing it",
+    )
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Held<I> {
@@ -310,7 +337,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for Held<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.idled_out(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -320,7 +357,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if self.idled_out(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -336,7 +383,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -399,6 +454,25 @@ mod tests {
         assert!(cap.accept(stream(), ()).await.is_err());
         drop(a);
         assert!(cap.accept(stream(), ()).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_once_idle() {
+        use axum_server::accept::Accept;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cap = ConnectionCap::new(1);
+        let (server_side, mut client) = tokio::io::duplex(64);
+        let (mut held, ()) = cap.accept(server_side, ()).await.unwrap();
+        // traffic keeps it open
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(held.read(&mut buf).await.unwrap(), 3);
+        // then silence: the read ends with an error after the idle timeout
+        let err = held.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(held);
+        // and its place under the cap is free again
+        assert!(cap.accept(tokio::io::duplex(8).0, ()).await.is_ok());
     }
 
     #[test]

@@ -1223,6 +1223,21 @@ fn the_allowlist_and_the_listener_limits_guard_the_rest_api() {
         "the client that never finished its headers was still connected after {:?}",
         started.elapsed()
     );
+    // nor can one that sends nothing at all, or an HTTP/2 preface, hold a connection
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+        let mut idle = std::net::TcpStream::connect((n.host.as_str(), n.api_port)).unwrap();
+        idle.write_all(opening).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let closed = match idle.read(&mut buf) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        assert!(closed, "a connection opened with {opening:?} was kept");
+    }
     assert_eq!(n.get("/primary").unwrap().0, 200);
 }
 

@@ -240,7 +240,7 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
             let key = cfg.restapi.keyfile.clone().unwrap_or_else(|| cert.clone());
             shared::api::install_tls_provider();
             let tls = axum_server::tls_rustls::RustlsConfig::from_config(
-                rest_access::server_tls(cert, &key).with_context(|| {
+                rest_access::server_tls(&cfg.restapi, cert, &key).with_context(|| {
                     format!("restapi.certfile {cert} / restapi.keyfile {key}: cannot load the certificate and key (PEM)")
                 })?,
             );
@@ -248,7 +248,9 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
             let mut server = axum_server::from_tcp(std_listener)
                 .context("cannot serve TLS on restapi.listen")?
                 .http1_only()
-                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(cap));
+                .acceptor(rest_access::CertAware::new(
+                    axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(cap),
+                ));
             limit_requests(server.http_builder());
             info!(listen = cfg.restapi.listen, "REST API listening (https)");
             tokio::spawn(async move {

@@ -175,8 +175,13 @@ async fn handle<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
+        let client_cert = parts
+            .extensions
+            .get::<crate::rest_access::ClientCert>()
+            .is_some_and(|c| c.0);
+        let caller = crate::rest_write::Caller { peer, client_cert };
         if let Some(r) =
-            crate::rest_write::handle(&api, &method, &first, &parts.headers, body, peer).await
+            crate::rest_write::handle(&api, &method, &first, &parts.headers, body, caller).await
         {
             return r;
         }

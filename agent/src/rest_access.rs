@@ -39,6 +39,9 @@ pub struct Access {
     pub allowlist: Allowlist,
     /// `restapi.authentication`; `None`: no credentials asked.
     pub credentials: Option<Credentials>,
+    /// `restapi.verify_client: optional`: the write endpoints need a verified client
+    /// certificate (with `required` the TLS handshake already refused a client without one).
+    pub client_cert_for_writes: bool,
 }
 
 impl Access {
@@ -46,7 +49,53 @@ impl Access {
         Access {
             allowlist: Allowlist::resolve(&cfg.allowlist, cfg.allowlist_include_members).await,
             credentials: cfg.authentication.as_ref().map(Credentials::new),
+            client_cert_for_writes: cfg.verify_client != shared::config::VerifyClient::None,
         }
+    }
+}
+
+/// Whether the connection's client presented a certificate the server verified.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCert(pub bool);
+
+/// The TLS acceptor, telling each request whether its connection presented a verified client
+/// certificate ([`ClientCert`]).
+#[derive(Clone)]
+pub struct CertAware<A> {
+    inner: axum_server::tls_rustls::RustlsAcceptor<A>,
+}
+
+impl<A> CertAware<A> {
+    pub fn new(inner: axum_server::tls_rustls::RustlsAcceptor<A>) -> CertAware<A> {
+        CertAware { inner }
+    }
+}
+
+impl<A, I, S> axum_server::accept::Accept<I, S> for CertAware<A>
+where
+    A: axum_server::accept::Accept<I, S>,
+    A::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A::Service: Send + 'static,
+    A::Future: Send + 'static,
+{
+    type Stream = tokio_rustls::server::TlsStream<A::Stream>;
+    type Service = <axum::Extension<ClientCert> as tower_layer::Layer<A::Service>>::Service;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>,
+    >;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        use tower_layer::Layer;
+        let handshake = self.inner.accept(stream, service);
+        Box::pin(async move {
+            let (tls, service) = handshake.await?;
+            let presented = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            Ok((tls, axum::Extension(ClientCert(presented)).layer(service)))
+        })
     }
 }
 
@@ -154,9 +203,14 @@ impl Allowlist {
 
 /// The REST API's TLS configuration: the certificate chain and key (PEM), HTTP/1.1 only in
 /// ALPN (the server speaks nothing else).
-pub fn server_tls(cert: &str, key: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn server_tls(
+    rest: &shared::config::RestApiConfig,
+    cert: &str,
+    key: &str,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use shared::config::VerifyClient;
     shared::api::install_tls_provider();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?
@@ -164,9 +218,33 @@ pub fn server_tls(cert: &str, key: &str) -> anyhow::Result<Arc<rustls::ServerCon
         .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?;
     anyhow::ensure!(!chain.is_empty(), "{cert}: no certificate in it");
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match (rest.verify_client, &rest.cafile) {
+        (VerifyClient::None, _) | (_, None) => builder.with_no_client_auth(),
+        (mode, Some(cafile)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(cafile)
+                .map_err(|e| anyhow::anyhow!("restapi.cafile {cafile}: {e}"))?
+            {
+                let ca = ca.map_err(|e| anyhow::anyhow!("restapi.cafile {cafile}: {e}"))?;
+                roots
+                    .add(ca)
+                    .map_err(|e| anyhow::anyhow!("restapi.cafile {cafile}: {e}"))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier = if mode == VerifyClient::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("restapi.cafile {cafile}: {e}"))?,
+            )
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

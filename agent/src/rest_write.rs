@@ -34,6 +34,14 @@ pub struct Envelope {
     pub reply: oneshot::Sender<Reply>,
 }
 
+/// Who is calling: the peer's address and whether its connection presented a verified client
+/// certificate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    pub peer: Option<std::net::IpAddr>,
+    pub client_cert: bool,
+}
+
 /// The largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -44,8 +52,9 @@ async fn denied<K: Kv>(
     api: &Api<K>,
     headers: &HeaderMap,
     what: &str,
-    peer: Option<std::net::IpAddr>,
+    caller: Caller,
 ) -> Option<Response> {
+    let peer = caller.peer;
     let access = api.access.read().unwrap_or_else(|p| p.into_inner()).clone();
     if access.allowlist.restricts() {
         let members: Vec<String> = api
@@ -67,6 +76,13 @@ async fn denied<K: Kv>(
                 &format!("Access is denied: {from} is not in restapi.allowlist"),
             ));
         }
+    }
+    if access.client_cert_for_writes && !caller.client_cert {
+        warn!("REST {what}: refused, no client certificate (restapi.verify_client)");
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "client certificate required (restapi.verify_client)",
+        ));
     }
     let credentials = access.credentials.as_ref()?;
     let deny = |text: &str| {
@@ -162,7 +178,7 @@ pub async fn handle<K: Kv>(
     first: &str,
     headers: &HeaderMap,
     body: Body,
-    peer: Option<std::net::IpAddr>,
+    caller: Caller,
 ) -> Option<Response> {
     let what = format!("{method} /{first}");
     let known = matches!(
@@ -176,7 +192,7 @@ pub async fn handle<K: Kv>(
     if !known {
         return None;
     }
-    if let Some(answer) = denied(api, headers, &what, peer).await {
+    if let Some(answer) = denied(api, headers, &what, caller).await {
         return Some(answer);
     }
     let body = match json_body(body).await {

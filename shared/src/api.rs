@@ -97,6 +97,26 @@ impl MemberClient {
         if tls.insecure {
             b = b.tls_danger_accept_invalid_certs(true);
         }
+        if let Some(cert) = &tls.certfile {
+            let key = tls.keyfile.as_ref().unwrap_or(cert);
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| format!("cannot read ctl.certfile {}: {e}", cert.display()))?;
+            if key != cert {
+                pem.push(b'\n');
+                pem.extend(
+                    std::fs::read(key)
+                        .map_err(|e| format!("cannot read ctl.keyfile {}: {e}", key.display()))?,
+                );
+            }
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                format!(
+                    "ctl.certfile {} / ctl.keyfile {}: not a PEM certificate and unencrypted key: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            b = b.identity(identity);
+        }
         let http = b
             .build()
             .map_err(|e| format!("cannot set up the REST client: {e}"))?;

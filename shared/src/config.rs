@@ -95,6 +95,23 @@ pub struct RestApiConfig {
     /// `restapi.allowlist_include_members`: the hosts of the members' REST APIs are allowed
     /// too.
     pub allowlist_include_members: bool,
+    /// `restapi.verify_client`: whether clients must present a certificate signed by
+    /// `restapi.cafile`.
+    pub verify_client: VerifyClient,
+    /// `restapi.cafile`: the CA that signs client certificates.
+    pub cafile: Option<String>,
+}
+
+/// `restapi.verify_client`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyClient {
+    /// No client certificates asked for.
+    #[default]
+    None,
+    /// A certificate is checked when sent; the write endpoints need one.
+    Optional,
+    /// Every connection needs one (the TLS handshake fails without).
+    Required,
 }
 
 /// How an agent or the console checks the certificates of members' REST APIs over https:
@@ -103,14 +120,30 @@ pub struct RestApiConfig {
 pub struct RestClientTls {
     pub cacert: Option<PathBuf>,
     pub insecure: bool,
+    /// `ctl.certfile`/`ctl.keyfile`: the client certificate presented to members' REST APIs.
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
 }
 
 /// Reads the REST client TLS settings (`ctl.cacert`/`restapi.cafile`, `ctl.insecure`).
 fn read_rest_client_tls(r: &mut Reader<'_>) -> RestClientTls {
     let cafile = r.string("restapi.cafile");
+    let certfile = r.string("ctl.certfile").map(PathBuf::from);
+    let keyfile = r.string("ctl.keyfile").map(PathBuf::from);
+    if keyfile.is_some() && certfile.is_none() {
+        r.err("ctl.keyfile", "needs ctl.certfile (the certificate)");
+    }
+    if r.string("ctl.keyfile_password").is_some() {
+        r.err(
+            "ctl.keyfile_password",
+            "encrypted private keys are not supported: decrypt the key (openssl pkey -in KEY -out KEY.plain) and point ctl.keyfile at it",
+        );
+    }
     RestClientTls {
         cacert: r.string("ctl.cacert").or(cafile).map(PathBuf::from),
         insecure: r.boolean("ctl.insecure").unwrap_or(false),
+        certfile,
+        keyfile,
     }
 }
 
@@ -1012,18 +1045,6 @@ const IGNORED_KEYS: &[(&str, &str)] = &[
         "pgpilot sends no Server header: ignored",
     ),
     (
-        "ctl.certfile",
-        "client certificates are not sent by pgpilot: ignored",
-    ),
-    (
-        "ctl.keyfile",
-        "client certificates are not sent by pgpilot: ignored",
-    ),
-    (
-        "ctl.keyfile_password",
-        "client certificates are not sent by pgpilot: ignored",
-    ),
-    (
         "etcd3.use_proxies",
         "not supported: list the etcd members in etcd3.hosts",
     ),
@@ -1411,6 +1432,23 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         allowlist_include_members: r
             .boolean("restapi.allowlist_include_members")
             .unwrap_or(false),
+        verify_client: match r
+            .string("restapi.verify_client")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("none") => VerifyClient::None,
+            Some("optional") => VerifyClient::Optional,
+            Some("required") => VerifyClient::Required,
+            Some(other) => {
+                r.err(
+                    "restapi.verify_client",
+                    format!("must be none, optional or required, found {other:?}"),
+                );
+                VerifyClient::None
+            }
+        },
+        cafile: r.string("restapi.cafile"),
     };
     if restapi.keyfile.is_some() && restapi.certfile.is_none() {
         r.err(
@@ -1424,13 +1462,17 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
             "encrypted private keys are not supported: decrypt the key (openssl pkey -in KEY -out KEY.plain) and point keyfile at it",
         );
     }
-    if r.string("restapi.verify_client")
-        .is_some_and(|v| v != "none")
-    {
-        r.err(
+    match restapi.verify_client {
+        VerifyClient::None => {}
+        _ if restapi.certfile.is_none() => r.err(
             "restapi.verify_client",
-            "client certificates on the REST API are not supported: use restapi.authentication (HTTP Basic over TLS)",
-        );
+            "needs restapi.certfile: client certificates are asked for over https only",
+        ),
+        _ if restapi.cafile.is_none() => r.err(
+            "restapi.verify_client",
+            "needs restapi.cafile, the CA that signs the client certificates",
+        ),
+        _ => {}
     }
     let rest_client_tls = read_rest_client_tls(r);
     let ctl_authentication = r.basic_auth("ctl.authentication");

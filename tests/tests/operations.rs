@@ -1326,3 +1326,106 @@ fn role_passwords_never_reach_a_log_or_a_command_line() {
     }
     assert!(p < c.nodes.len());
 }
+
+/// `curl` against a node's REST API with the test CA, with or without a client certificate;
+/// the HTTP status, or `000` when no TLS session came about.
+fn curl_status(
+    url: &str,
+    method: &str,
+    ca: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+        "--cacert",
+    ])
+    .arg(ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Client certificates on the REST API (`restapi.verify_client` with `restapi.cafile`): with
+/// `optional`, reads need none and writes are refused (403) without one; after a reload to
+/// `required`, a client without a certificate gets no TLS session at all, one with a
+/// certificate the CA signed is served.
+#[test]
+fn client_certificates_guard_the_rest_api() {
+    if !prerequisites() || !need_program("openssl", "openssl") || !need_program("curl", "curl") {
+        return;
+    }
+    let ca = TestCa::new("rest").unwrap();
+    let (server_cert, server_key) = ca.issue("server", "127.0.0.1").unwrap();
+    let (cert, key) = ca.issue("client", "console").unwrap();
+    let spec = ClusterSpec {
+        scope: "clientcert".into(),
+        nodes: 1,
+        restapi_yaml: format!(
+            "  certfile: {}\n  keyfile: {}\n  cafile: {}\n  verify_client: optional\n",
+            server_cert.display(),
+            server_key.display(),
+            ca.ca().display()
+        ),
+        extra_yaml: format!(
+            "ctl:\n  certfile: {}\n  keyfile: {}\n",
+            cert.display(),
+            key.display()
+        ),
+        ..Default::default()
+    };
+    let (lab, p) = Lab::healthy(spec).unwrap();
+    let n = &lab.cluster.nodes[p];
+    let client = Some((cert.as_path(), key.as_path()));
+    assert_eq!(
+        curl_status(&n.api("/patroni"), "GET", &ca.ca(), None),
+        "200"
+    );
+    assert_eq!(
+        curl_status(&n.api("/reload"), "POST", &ca.ca(), None),
+        "403"
+    );
+    assert_eq!(
+        curl_status(&n.api("/reload"), "POST", &ca.ca(), client),
+        "202"
+    );
+    // required, by a reload
+    let yaml = std::fs::read_to_string(&n.config_path).unwrap();
+    std::fs::write(
+        &n.config_path,
+        yaml.replace("verify_client: optional", "verify_client: required"),
+    )
+    .unwrap();
+    n.agent
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload to require certificates", LONG, || {
+        (curl_status(&n.api("/patroni"), "GET", &ca.ca(), None) == "000").then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", lab.cluster.logs_tail()))
+    .unwrap();
+    assert_eq!(
+        curl_status(&n.api("/patroni"), "GET", &ca.ca(), client),
+        "200"
+    );
+    assert_eq!(
+        curl_status(&n.api("/reload"), "POST", &ca.ca(), client),
+        "202"
+    );
+    // a certificate from another CA is no better than none
+    let other = TestCa::new("rest-other").unwrap();
+    let (ocert, okey) = other.issue("client", "intruder").unwrap();
+    assert_eq!(
+        curl_status(&n.api("/patroni"), "GET", &ca.ca(), Some((&ocert, &okey))),
+        "000"
+    );
+}

@@ -319,7 +319,7 @@ impl<K: Kv> Agent<K> {
         }
         if let (Some(tls), Some(cert)) = (&self.tls, &new.restapi.certfile) {
             let key = new.restapi.keyfile.clone().unwrap_or_else(|| cert.clone());
-            let reloaded = match crate::rest_access::server_tls(cert, &key) {
+            let reloaded = match crate::rest_access::server_tls(&new.restapi, cert, &key) {
                 Ok(config) => {
                     tls.reload_from_config(config);
                     Ok(())

@@ -217,7 +217,10 @@ pub fn server_tls(
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?;
     anyhow::ensure!(!chain.is_empty(), "{cert}: no certificate in it");
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    let key_pem =
+        shared::api::private_key_pem(std::path::Path::new(key), rest.keyfile_password.as_ref())
+            .map_err(|e| anyhow::anyhow!("restapi.keyfile {key}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
     let builder = rustls::ServerConfig::builder();
     let builder = match (rest.verify_client, &rest.cafile) {
         (VerifyClient::None, _) | (_, None) => builder.with_no_client_auth(),

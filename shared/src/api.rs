@@ -99,18 +99,17 @@ impl MemberClient {
         }
         if let Some(cert) = &tls.certfile {
             let key = tls.keyfile.as_ref().unwrap_or(cert);
-            let mut pem = std::fs::read(cert)
+            let text = std::fs::read_to_string(cert)
                 .map_err(|e| format!("cannot read ctl.certfile {}: {e}", cert.display()))?;
-            if key != cert {
-                pem.push(b'\n');
-                pem.extend(
-                    std::fs::read(key)
-                        .map_err(|e| format!("cannot read ctl.keyfile {}: {e}", key.display()))?,
-                );
-            }
+            // the certificates, then the key alone, decrypted when it is encrypted
+            let mut pem = pem_blocks(&text, "CERTIFICATE").into_bytes();
+            pem.extend(
+                private_key_pem(key, tls.keyfile_password.as_ref())
+                    .map_err(|e| format!("ctl.keyfile {}: {e}", key.display()))?,
+            );
             let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
                 format!(
-                    "ctl.certfile {} / ctl.keyfile {}: not a PEM certificate and unencrypted key: {e}",
+                    "ctl.certfile {} / ctl.keyfile {}: not a PEM certificate and key: {e}",
                     cert.display(),
                     key.display()
                 )
@@ -309,6 +308,64 @@ pub fn cluster_json(cluster: &crate::dcs::Cluster) -> Value {
         out.insert("scheduled_switchover".into(), Value::Object(s));
     }
     Value::Object(out)
+}
+
+/// The PEM blocks of `text` whose label is `label`, as text.
+fn pem_blocks(text: &str, label: &str) -> String {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.trim() == begin {
+            inside = true;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line.trim() == end {
+            inside = false;
+        }
+    }
+    out
+}
+
+/// The private key in the PEM file `path` as unencrypted PEM: an encrypted PKCS#8 key
+/// (`ENCRYPTED PRIVATE KEY`, PBES2) is decrypted with `password`; another key is returned as it
+/// is. An OpenSSL "traditional" encrypted key (`Proc-Type: 4,ENCRYPTED`) is refused with the
+/// command that converts it.
+pub fn private_key_pem(
+    path: &std::path::Path,
+    password: Option<&crate::config::Secret>,
+) -> Result<Vec<u8>, String> {
+    use pkcs8::der::pem::LineEnding;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err("an OpenSSL traditional encrypted key: convert it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.p8` (PKCS#8)".into());
+    }
+    let encrypted = pem_blocks(&text, "ENCRYPTED PRIVATE KEY");
+    if encrypted.is_empty() {
+        let plain = ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"]
+            .into_iter()
+            .map(|l| pem_blocks(&text, l))
+            .find(|b| !b.is_empty())
+            .ok_or("no private key in it")?;
+        return Ok(plain.into_bytes());
+    }
+    let password = password.ok_or("the key is encrypted: set its passphrase (keyfile_password)")?;
+    let (_, doc) = pkcs8::der::Document::from_pem(&encrypted)
+        .map_err(|e| format!("not a PEM encrypted key: {e}"))?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(doc.as_bytes())
+        .map_err(|e| format!("not a PKCS#8 encrypted key: {e}"))?;
+    let key = info.decrypt(password.expose()).map_err(|_| {
+        "cannot decrypt the key: wrong passphrase (keyfile_password) or an unsupported cipher"
+            .to_string()
+    })?;
+    let pem = key
+        .to_pem("PRIVATE KEY", LineEnding::LF)
+        .map_err(|e| format!("cannot re-encode the key: {e}"))?;
+    Ok(pem.as_bytes().to_vec())
 }
 
 #[cfg(test)]

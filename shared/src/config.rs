@@ -100,6 +100,8 @@ pub struct RestApiConfig {
     pub verify_client: VerifyClient,
     /// `restapi.cafile`: the CA that signs client certificates.
     pub cafile: Option<String>,
+    /// `restapi.keyfile_password`: the passphrase of an encrypted (PKCS#8) key.
+    pub keyfile_password: Option<Secret>,
 }
 
 /// `restapi.verify_client`.
@@ -123,6 +125,8 @@ pub struct RestClientTls {
     /// `ctl.certfile`/`ctl.keyfile`: the client certificate presented to members' REST APIs.
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
+    /// `ctl.keyfile_password`: the passphrase of an encrypted (PKCS#8) `ctl.keyfile`.
+    pub keyfile_password: Option<Secret>,
 }
 
 /// Reads the REST client TLS settings (`ctl.cacert`/`restapi.cafile`, `ctl.insecure`).
@@ -133,17 +137,12 @@ fn read_rest_client_tls(r: &mut Reader<'_>) -> RestClientTls {
     if keyfile.is_some() && certfile.is_none() {
         r.err("ctl.keyfile", "needs ctl.certfile (the certificate)");
     }
-    if r.string("ctl.keyfile_password").is_some() {
-        r.err(
-            "ctl.keyfile_password",
-            "encrypted private keys are not supported: decrypt the key (openssl pkey -in KEY -out KEY.plain) and point ctl.keyfile at it",
-        );
-    }
     RestClientTls {
         cacert: r.string("ctl.cacert").or(cafile).map(PathBuf::from),
         insecure: r.boolean("ctl.insecure").unwrap_or(false),
         certfile,
         keyfile,
+        keyfile_password: r.string("ctl.keyfile_password").map(Secret),
     }
 }
 
@@ -1449,17 +1448,12 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
             }
         },
         cafile: r.string("restapi.cafile"),
+        keyfile_password: r.string("restapi.keyfile_password").map(Secret),
     };
     if restapi.keyfile.is_some() && restapi.certfile.is_none() {
         r.err(
             "restapi.keyfile",
             "needs restapi.certfile (the certificate)",
-        );
-    }
-    if r.string("restapi.keyfile_password").is_some() {
-        r.err(
-            "restapi.keyfile_password",
-            "encrypted private keys are not supported: decrypt the key (openssl pkey -in KEY -out KEY.plain) and point keyfile at it",
         );
     }
     match restapi.verify_client {

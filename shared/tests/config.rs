@@ -247,8 +247,9 @@ fn unsupported_tls_is_refused_clearly() {
         "    password: mySupeSecretPassword\n  certfile: /etc/ssl/api.pem\n  keyfile_password: x\n  verify_client: required\n",
     );
     let keys = invalid_keys(&yaml);
+    // verify_client without cafile is refused; keyfile_password is read
     assert!(
-        keys.contains(&"restapi.keyfile_password".to_string()),
+        !keys.contains(&"restapi.keyfile_password".to_string()),
         "{keys:?}"
     );
     assert!(
@@ -619,4 +620,35 @@ fn the_allowlist_is_read_from_the_file_and_the_environment_list() {
         vec!["10.0.0.1", "db2.example.com", "10.1.0.0/16"]
     );
     assert!(c.restapi.allowlist_include_members);
+}
+
+#[test]
+fn an_encrypted_pkcs8_key_is_decrypted_with_its_passphrase() {
+    use shared::api::private_key_pem;
+    use shared::config::Secret;
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encrypted_key.pem");
+    let pem = private_key_pem(&path, Some(&Secret::new("fixture-pass"))).unwrap();
+    assert!(
+        String::from_utf8(pem)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    let wrong = private_key_pem(&path, Some(&Secret::new("nope"))).unwrap_err();
+    assert!(wrong.contains("wrong passphrase"), "{wrong}");
+    let none = private_key_pem(&path, None).unwrap_err();
+    assert!(none.contains("keyfile_password"), "{none}");
+    // a traditional OpenSSL encrypted key is refused with the way out
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.pem");
+    std::fs::write(
+        &old,
+        "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nAAAA\n-----END EC PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    assert!(
+        private_key_pem(&old, None)
+            .unwrap_err()
+            .contains("openssl pkcs8 -topk8")
+    );
 }

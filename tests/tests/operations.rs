@@ -1354,7 +1354,8 @@ fn curl_status(
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Client certificates on the REST API (`restapi.verify_client` with `restapi.cafile`): with
+/// Client certificates on the REST API (`restapi.verify_client` with `restapi.cafile`, the
+/// server's key encrypted and opened with `restapi.keyfile_password`): with
 /// `optional`, reads need none and writes are refused (403) without one; after a reload to
 /// `required`, a client without a certificate gets no TLS session at all, one with a
 /// certificate the CA signed is served.
@@ -1366,13 +1367,39 @@ fn client_certificates_guard_the_rest_api() {
     let ca = TestCa::new("rest").unwrap();
     let (server_cert, server_key) = ca.issue("server", "127.0.0.1").unwrap();
     let (cert, key) = ca.issue("client", "console").unwrap();
+    // the server's key encrypted (PKCS#8), opened with restapi.keyfile_password
+    let encrypted = ca.dir.join("server-encrypted.key");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:key-phrase",
+            "-in",
+        ])
+        .arg(&server_key)
+        .arg("-out")
+        .arg(&encrypted)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&encrypted, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let spec = ClusterSpec {
         scope: "clientcert".into(),
         nodes: 1,
         restapi_yaml: format!(
-            "  certfile: {}\n  keyfile: {}\n  cafile: {}\n  verify_client: optional\n",
+            "  certfile: {}\n  keyfile: {}\n  keyfile_password: key-phrase\n  cafile: {}\n  verify_client: optional\n",
             server_cert.display(),
-            server_key.display(),
+            encrypted.display(),
             ca.ca().display()
         ),
         extra_yaml: format!(

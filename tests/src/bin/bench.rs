@@ -22,6 +22,7 @@
 //!        bench failover [REPS] [PATRONI]
 //!        bench switchover [REPS] [PATRONI]
 //!        bench console [REPS] [PATRONICTL]
+//!        bench tls [REPS] [PATRONI]               bootstrap over etcd TLS, REST over TLS
 //!        bench split [REPS] [PATRONI] [SCENARIOS]  (comma-separated names, default all)
 
 use anyhow::{Context, Result};
@@ -158,6 +159,87 @@ fn run(kind: &str, daemon: Option<PathBuf>, rep: usize, d: Durations) -> Result<
         idle_rss_mib,
         idle_cpu_pct,
     })
+}
+
+/// One secured-estate run: etcd over TLS with client certificates and the REST API over TLS,
+/// the same certificates for both daemons: (bootstrap s, GET /primary req/s, p50 ms, p99 ms).
+fn tls_once(
+    kind: &str,
+    daemon: Option<PathBuf>,
+    rep: usize,
+    wrk_secs: u64,
+) -> Result<(f64, f64, f64, f64)> {
+    let work = pgpilot_e2e::Workdir::new(&format!("bench-tls-{kind}"))?;
+    let ca = pgpilot_e2e::TestCa::new(&format!("bench-{kind}-{rep}"))?;
+    let (server_cert, server_key) = ca.issue("server", "127.0.0.1")?;
+    // no CN: Patroni talks to etcd's JSON gateway, which refuses a client certificate with one
+    let (cert, key) = ca.issue("client", "")?;
+    let mut etcd = pgpilot_e2e::Etcd::new(&work.path);
+    etcd.tls = Some(pgpilot_e2e::EtcdTls {
+        ca: ca.ca(),
+        cert: server_cert.clone(),
+        key: server_key.clone(),
+    });
+    etcd.start()?;
+    let spec = ClusterSpec {
+        scope: format!("bench-tls-{kind}-{rep}"),
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        daemon,
+        restapi_yaml: format!(
+            "  certfile: {}\n  keyfile: {}\n  cafile: {}\n",
+            server_cert.display(),
+            server_key.display(),
+            ca.ca().display()
+        ),
+        etcd_yaml: format!(
+            "  protocol: https\n  cacert: {}\n  cert: {}\n  key: {}\n",
+            ca.ca().display(),
+            cert.display(),
+            key.display()
+        ),
+        ..Default::default()
+    };
+    let mut cluster = pgpilot_e2e::TestCluster::new(spec, &work.path, &etcd.endpoint())?;
+    let started = Instant::now();
+    cluster.start_all()?;
+    let p = cluster.wait_healthy(Duration::from_secs(180))?;
+    let bootstrap_s = started.elapsed().as_secs_f64();
+    let (rps, p50, p99) = wrk(&cluster.nodes[p].api("/primary"), wrk_secs)?;
+    cluster.shutdown();
+    etcd.stop();
+    Ok((bootstrap_s, rps, p50, p99))
+}
+
+/// `bench tls`: bootstrap with etcd over TLS (client certificates) and REST `GET /primary`
+/// over TLS, pgpilot then Patroni.
+fn tls_summary(reps: usize, patroni: Option<PathBuf>, wrk_secs: u64) -> Result<Value> {
+    let mut summary = serde_json::Map::new();
+    for (kind, daemon) in kinds(patroni) {
+        let (mut boot, mut rps, mut p50, mut p99) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for rep in 1..=reps {
+            let (b, r, m, t) = tls_once(kind, daemon.clone(), rep, wrk_secs)?;
+            println!(
+                "{kind} tls run {rep}: bootstrap {b:.2} s over etcd TLS, GET /primary over TLS {r:.0} req/s, p50 {m:.2} ms, p99 {t:.2} ms"
+            );
+            boot.push(b);
+            rps.push(r);
+            p50.push(m);
+            p99.push(t);
+        }
+        summary.insert(
+            kind.into(),
+            json!({
+                "bootstrap_etcd_tls_s": {"runs": boot.clone(), "median": median(boot)},
+                "rest_tls_rps": {"runs": rps.clone(), "median": median(rps)},
+                "rest_tls_p50_ms": {"runs": p50.clone(), "median": median(p50)},
+                "rest_tls_p99_ms": {"runs": p99.clone(), "median": median(p99)},
+            }),
+        );
+    }
+    Ok(Value::Object(summary))
 }
 
 /// What is broken in a failover measurement.
@@ -744,7 +826,7 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
+            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench tls [REPS] [PATRONI_EXECUTABLE]        bootstrap over etcd TLS, REST over TLS\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
         );
         return Ok(());
     }
@@ -766,6 +848,12 @@ fn main() -> Result<()> {
                 args.get(2).map(String::as_str)
             )?
         );
+        return Ok(());
+    }
+    if args.first().is_some_and(|a| a == "tls") {
+        args.remove(0);
+        let reps = reps_arg(&args, 3);
+        println!("{}", tls_summary(reps, args.get(1).map(PathBuf::from), 10)?);
         return Ok(());
     }
     if args.first().is_some_and(|a| a == "quick") {

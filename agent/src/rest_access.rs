@@ -29,9 +29,10 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most connections the REST API keeps open at once; one more is closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// A connection on which nothing moves for this long is closed (a client that connects and
-/// stays silent, or idles between requests: Patroni's clients reconnect for each request).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection whose client has sent nothing this long after connecting (or, over TLS, after
+/// the handshake) is closed; once a request has begun, hyper's header read timeout and the
+/// body timeout take over (a request that runs long, a switchover, is never cut).
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the write endpoints check, as configured now (replaced whole by a reload).
 #[derive(Debug, Clone, Default)]
@@ -78,7 +79,7 @@ where
     A::Service: Send + 'static,
     A::Future: Send + 'static,
 {
-    type Stream = tokio_rustls::server::TlsStream<A::Stream>;
+    type Stream = Held<tokio_rustls::server::TlsStream<A::Stream>>;
     type Service = <axum::Extension<ClientCert> as tower_layer::Layer<A::Service>>::Service;
     type Future = Pin<
         Box<dyn std::future::Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>,
@@ -94,7 +95,12 @@ where
                 .1
                 .peer_certificates()
                 .is_some_and(|c| !c.is_empty());
-            Ok((tls, axum::Extension(ClientCert(presented)).layer(service)))
+            // silence after the handshake closes it too (the cap's own deadline counted the
+            // handshake's bytes)
+            Ok((
+                Held::new(tls, None),
+                axum::Extension(ClientCert(presented)).layer(service),
+            ))
         })
     }
 }
@@ -369,14 +375,7 @@ impl<I, S> axum_server::accept::Accept<I, S> for ConnectionCap {
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
         std::future::ready(match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Ok((
-                Held {
-                    inner: stream,
-                    _permit: permit,
-                    idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
-                },
-                service,
-            )),
+            Ok(permit) => Ok((Held::new(stream, Some(permit)), service)),
             Err(_) => Err(io::Error::other(
                 "too many REST API connections: closing this one",
             )),
@@ -384,31 +383,40 @@ impl<I, S> axum_server::accept::Accept<I, S> for ConnectionCap {
     }
 }
 
-/// A connection holding its place under the cap until it closes, and closed once nothing has
-/// moved on it for [`IDLE_TIMEOUT`].
+/// A connection (holding its place under the cap, when it has one), closed when its client sends
+/// nothing within [`SILENCE_TIMEOUT`] of the start.
 pub struct Held<I> {
     inner: I,
-    _permit: OwnedSemaphorePermit,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Until the first byte arrives; `None` afterwards.
+    silence: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<I> Held<I> {
-    fn moved(&mut self) {
-        self.idle
-            .as_mut()
-            .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    pub fn new(inner: I, permit: Option<OwnedSemaphorePermit>) -> Held<I> {
+        Held {
+            inner,
+            _permit: permit,
+            silence: Some(Box::pin(tokio::time::sleep(SILENCE_TIMEOUT))),
+        }
     }
 
-    /// While waiting: the idle deadline has passed.
+    fn moved(&mut self) {
+        self.silence = None;
+    }
+
+    /// While waiting for the first byte: the deadline has passed.
     fn idled_out(&mut self, cx: &mut Context<'_>) -> bool {
-        self.idle.as_mut().poll(cx).is_ready()
+        self.silence
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
     }
 }
 
 fn idle_error() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
-        "REST API connection idle: closing it",
+        "REST API client sent nothing: closing the connection",
     )
 }
 
@@ -438,17 +446,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if self.idled_out(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -464,15 +462,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            other => other,
-        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -538,19 +528,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_silent_connection_is_closed_once_idle() {
+    async fn a_silent_connection_is_closed_a_speaking_one_never_for_a_pause() {
         use axum_server::accept::Accept;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let cap = ConnectionCap::new(1);
-        let (server_side, mut client) = tokio::io::duplex(64);
+        // the client end stays open, silent
+        let (server_side, _client) = tokio::io::duplex(64);
         let (mut held, ()) = cap.accept(server_side, ()).await.unwrap();
-        // traffic keeps it open
-        client.write_all(b"GET").await.unwrap();
+        // silence from the start: the read ends with an error after the timeout
         let mut buf = [0u8; 8];
-        assert_eq!(held.read(&mut buf).await.unwrap(), 3);
-        // then silence: the read ends with an error after the idle timeout
         let err = held.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(held);
+        // a client that spoke is never cut for a pause (a long request, a switchover)
+        let (server_side, mut client) = tokio::io::duplex(64);
+        let (mut held, ()) = cap.accept(server_side, ()).await.unwrap();
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(held.read(&mut buf).await.unwrap(), 3);
+        let pause = tokio::time::timeout(SILENCE_TIMEOUT * 3, held.read(&mut buf)).await;
+        assert!(pause.is_err(), "the read was cut: {pause:?}");
         drop(held);
         // and its place under the cap is free again
         assert!(cap.accept(tokio::io::duplex(8).0, ()).await.is_ok());

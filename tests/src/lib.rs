@@ -1313,6 +1313,11 @@ impl Writer {
 
     /// Stops writing; returns the acknowledged ids and the longest time without an
     /// acknowledgement after `since` (the write gap of a failure injected then).
+    /// Every id acknowledged so far, with when.
+    pub fn acked(&self) -> Vec<(i64, std::time::Instant)> {
+        self.acked.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
     pub fn finish(mut self, since: std::time::Instant) -> (Vec<i64>, Duration) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.thread.take() {

@@ -947,74 +947,22 @@ fn console_batch_operates_a_cluster() {
     writer.wait_more(20, LONG).unwrap();
 }
 
-/// A self-signed certificate for 127.0.0.1 made with `openssl`, readable by the agents.
-struct TestCert {
-    dir: std::path::PathBuf,
-}
-
-impl TestCert {
-    fn new() -> TestCert {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::path::PathBuf::from(format!("/var/tmp/pgpilot-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let out = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", "/CN=pgpilot-test"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for f in ["key.pem", "cert.pem"] {
-            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
-        }
-        TestCert { dir }
-    }
-    fn cert(&self) -> String {
-        self.dir.join("cert.pem").display().to_string()
-    }
-    fn key(&self) -> String {
-        self.dir.join("key.pem").display().to_string()
-    }
-}
-
-impl Drop for TestCert {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The REST API over TLS (`restapi.certfile`/`keyfile`, peers and the console checking it
 /// against `restapi.cafile`): health checks with certificate verification, no plain http, a
 /// switchover (the leader probes its candidate over https) and a console restart.
 #[test]
 fn rest_api_over_tls() {
-    if !prerequisites() {
+    if !prerequisites() || !need_program("openssl", "openssl") {
         return;
     }
-    let cert = TestCert::new();
+    let ca = TestCa::new("restapi").unwrap();
+    let (cert, key) = ca.issue("server", "127.0.0.1").unwrap();
     let spec = ClusterSpec {
         restapi_yaml: format!(
             "  certfile: {}\n  keyfile: {}\n  cafile: {}\n{}",
-            cert.cert(),
-            cert.key(),
-            cert.cert(),
+            cert.display(),
+            key.display(),
+            ca.ca().display(),
             authenticated("tlsops").restapi_yaml
         ),
         ..authenticated("tlsops")
@@ -1032,7 +980,7 @@ fn rest_api_over_tls() {
             "-w",
             "%{http_code}",
             "--cacert",
-            &cert.cert(),
+            &ca.ca().display().to_string(),
         ])
         .arg(c.nodes[p].api("/primary"))
         .output()

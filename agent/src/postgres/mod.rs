@@ -5,6 +5,7 @@
 mod controldata;
 mod files;
 mod sql;
+mod tls;
 
 pub use controldata::ControlData;
 pub use sql::{ServerStatus, Unresponsive};
@@ -537,8 +538,10 @@ impl Postgres {
                         );
                     }
                     if Instant::now() > deadline {
+                        // the last attempt's reason: a TLS or authentication setting at
+                        // fault is named there
                         bail!(
-                            "PostgreSQL did not accept connections within {}s; see {}",
+                            "PostgreSQL did not accept connections within {}s ({e:#}); see {}",
                             timeout.as_secs(),
                             log_path.display()
                         );

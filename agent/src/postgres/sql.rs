@@ -203,6 +203,23 @@ impl Postgres {
         pgc
     }
 
+    /// TLS for a superuser connection, from `postgresql.authentication.superuser`'s libpq
+    /// options (errors name the option at fault).
+    fn superuser_tls(
+        &self,
+        pgc: &mut tokio_postgres::Config,
+        unix_socket: bool,
+    ) -> Result<(tokio_postgres_rustls::MakeRustlsConnect, String)> {
+        let su = &self.cfg().postgresql.superuser;
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let tls = super::tls::PgTls::from_user(su, home.as_deref())
+            .map_err(|e| anyhow!("postgresql.authentication.superuser: {e:#}"))?;
+        let connector = tls
+            .connector(pgc, unix_socket, su.sslpassword.as_ref())
+            .map_err(|e| anyhow!("postgresql.authentication.superuser: {e:#}"))?;
+        Ok((connector, tls.describe(unix_socket)))
+    }
+
     /// A connection to the local server as the superuser (reused across cycles).
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>> {
         self.connected(&self.client).await
@@ -237,10 +254,12 @@ impl Postgres {
             pgc.host(&host);
         }
         pgc.port(port);
-        let (client, conn) = pgc
-            .connect(tokio_postgres::NoTls)
-            .await
+        let (tls, how) = self
+            .superuser_tls(&mut pgc, self.cfg().postgresql.use_unix_socket)
             .map_err(|e| anyhow!("cannot connect to local PostgreSQL at {host}:{port}: {e:#}"))?;
+        let (client, conn) = pgc.connect(tls).await.map_err(|e| {
+            anyhow!("cannot connect to local PostgreSQL at {host}:{port} ({how}): {e:#}")
+        })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!("local PostgreSQL connection closed: {e}");
@@ -281,10 +300,16 @@ impl Postgres {
         let cfg = self.cfg();
         let mut pgc = self.superuser_login();
         pgc.host(&from.host).port(from.port);
-        let (client, conn) = pgc
-            .connect(tokio_postgres::NoTls)
-            .await
+        let (tls, how) = self
+            .superuser_tls(&mut pgc, false)
             .map_err(|e| anyhow!("cannot connect to {}:{}: {e:#}", from.host, from.port))?;
+        let (client, conn) = pgc.connect(tls).await.map_err(|e| {
+            anyhow!(
+                "cannot connect to {}:{} ({how}): {e:#}",
+                from.host,
+                from.port
+            )
+        })?;
         let task = tokio::spawn(conn);
         let row = client
             .query_one(

@@ -126,9 +126,88 @@ fn a_cluster_runs_on_an_etcd_with_tls_client_certificates_and_users() {
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
         .unwrap();
 
-    // a wrong CA: the agent says which keys to check and exits, it does not hang
+    // a reload to a renewed client certificate moves the agent's connection to it (proved by a
+    // switchover to that member afterwards); a reload to another CA's files or to an address
+    // where no etcd answers is refused by name and the running connection stays
     let other = TestCa::new("wrong").unwrap();
     let (wrong_cert, wrong_key) = other.issue("client", "").unwrap();
+    let leader = c.primary().unwrap();
+    let r = (leader + 1) % 3;
+    let (renewed_cert, renewed_key) = ca.issue("client-renewed", "").unwrap();
+    let yaml = std::fs::read_to_string(&c.nodes[r].config_path).unwrap();
+    let with = |new_ca: &Path, new_cert: &Path, new_key: &Path, hosts: &str| {
+        let y = yaml.replace(
+            &etcd_yaml(&ca.ca(), &cert, &key),
+            &etcd_yaml(new_ca, new_cert, new_key),
+        );
+        y.replace(
+            &format!("hosts: {}", etcd.endpoint()),
+            &format!("hosts: {hosts}"),
+        )
+    };
+    assert!(yaml.contains(&etcd_yaml(&ca.ca(), &cert, &key)), "{yaml}");
+    let reload = |text: String| {
+        std::fs::write(&c.nodes[r].config_path, text).unwrap();
+        http_post(&c.nodes[r].api("/reload"), "").unwrap()
+    };
+    let (code, body) = reload(with(
+        &ca.ca(),
+        &renewed_cert,
+        &renewed_key,
+        &etcd.endpoint(),
+    ));
+    assert_eq!(code, 202, "{body}\n{}", c.logs_tail());
+    assert!(
+        c.nodes[r]
+            .log()
+            .contains("etcd reached with the new settings"),
+        "{}\n{}",
+        c.nodes[r].log(),
+        std::fs::read_to_string(&c.nodes[r].config_path).unwrap()
+    );
+    for (text, what) in [
+        (
+            with(&other.ca(), &wrong_cert, &wrong_key, &etcd.endpoint()),
+            "another CA",
+        ),
+        (
+            with(
+                &ca.ca(),
+                &renewed_cert,
+                &renewed_key,
+                &format!("127.0.0.1:{}", free_port()),
+            ),
+            "no etcd at that address",
+        ),
+    ] {
+        let (code, body) = reload(text);
+        assert_eq!(code, 400, "{what}: {body}");
+        assert!(body.contains("etcd3"), "{what}: {body}");
+    }
+    // the renewed certificate's connection carries the switchover to that member
+    std::fs::write(
+        &c.nodes[r].config_path,
+        with(&ca.ca(), &renewed_cert, &renewed_key, &etcd.endpoint()),
+    )
+    .unwrap();
+    let (code, body) = http_call(
+        "POST",
+        &c.nodes[leader].api("/switchover"),
+        Some(
+            &serde_json::json!({"leader": c.nodes[leader].name, "candidate": c.nodes[r].name})
+                .to_string(),
+        ),
+        None,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}\n{}", c.logs_tail());
+    c.wait_healthy(Duration::from_secs(120))
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    assert_eq!(c.primary(), Some(r));
+
+    // a wrong CA: the agent says which keys to check and exits, it does not hang
     let spec = ClusterSpec {
         scope: "tlswrong".into(),
         nodes: 1,

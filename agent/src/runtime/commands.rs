@@ -289,14 +289,6 @@ impl<K: Kv> Agent<K> {
             kept.push("restapi.listen");
             new.restapi.listen = old.restapi.listen.clone();
         }
-        if new.etcd.hosts != old.etcd.hosts {
-            kept.push("etcd3.hosts");
-            new.etcd.hosts = old.etcd.hosts.clone();
-        }
-        if new.etcd.protocol != old.etcd.protocol {
-            kept.push("etcd3.protocol");
-            new.etcd.protocol = old.etcd.protocol.clone();
-        }
         if new.restapi.certfile.is_some() != old.restapi.certfile.is_some() {
             kept.push("restapi.certfile (switching between http and https)");
             new.restapi.certfile = old.restapi.certfile.clone();
@@ -306,40 +298,47 @@ impl<K: Kv> Agent<K> {
             kept.push("postgresql.data_dir");
             new.postgresql.data_dir = old.postgresql.data_dir.clone();
         }
-        if new.etcd != old.etcd {
-            warn!(
-                "reload: the etcd3 TLS files or credentials changed: the fencing guard uses the new ones at once; this agent's own etcd connection keeps the ones it started with until it is restarted"
-            );
-        }
         for k in &kept {
             warn!(
                 key = k,
                 "reload: {k} cannot change while the agent runs; keeping the old value (restart the agent to change it)"
             );
         }
+        // the REST certificate is read and checked first, put in force only once nothing else
+        // can fail
+        let mut rest_tls = None;
         if let (Some(tls), Some(cert)) = (&self.tls, &new.restapi.certfile) {
             let key = new.restapi.keyfile.clone().unwrap_or_else(|| cert.clone());
-            let reloaded = match crate::rest_access::server_tls(&new.restapi, cert, &key) {
-                Ok(config) => {
-                    tls.reload_from_config(config);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            };
-            match reloaded {
-                Ok(()) => info!(certfile = cert, "reloaded the REST certificate"),
+            match crate::rest_access::server_tls(&new.restapi, cert, &key) {
+                Ok(config) => rest_tls = Some((tls.clone(), config, cert.clone())),
                 Err(e) => {
-                    error!(
+                    let reason = format!(
                         "reload failed, the running configuration is kept: restapi.certfile {cert} / keyfile {key}: {e}"
                     );
-                    return (
-                        400,
-                        format!(
-                            "reload failed, the running configuration is kept: restapi.certfile {cert} / keyfile {key}: {e}"
-                        ),
-                    );
+                    error!("{reason}");
+                    return (400, reason);
                 }
             }
+        }
+        // etcd: endpoints, TLS files and credentials are proved (the same cluster answers
+        // through them) before the connection moves to them; the files are read again even
+        // when their names did not change (renewed certificates)
+        if new.etcd.tls() || new.etcd != old.etcd {
+            if let Err(e) = self.dcs.reconnect(&new.etcd).await {
+                let reason = format!(
+                    "reload failed, the running configuration is kept: etcd3 ({}): {e}",
+                    new.etcd.endpoints().join(",")
+                );
+                error!("{reason}");
+                return (400, reason);
+            }
+            if new.etcd != old.etcd {
+                info!(endpoints = ?new.etcd.endpoints(), "reload: etcd reached with the new settings");
+            }
+        }
+        if let Some((tls, config, cert)) = rest_tls {
+            tls.reload_from_config(config);
+            info!(certfile = cert, "reloaded the REST certificate");
         }
         let new = Arc::new(new);
         *self.rest_auth.write().unwrap_or_else(|p| p.into_inner()) =

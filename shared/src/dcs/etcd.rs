@@ -12,10 +12,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// An etcd v3 connection. Cloning shares the underlying channel.
+/// An etcd v3 connection. Cloning shares the underlying channel; [`Kv::reconnect`] replaces it
+/// for every clone.
 #[derive(Clone)]
 pub struct EtcdKv {
-    client: Client,
+    client: std::sync::Arc<tokio::sync::watch::Sender<Client>>,
     /// The deadline of each request, streamed answers included (the lease keepalive).
     timeout: Duration,
 }
@@ -27,7 +28,10 @@ impl EtcdKv {
         let client = Client::connect(cfg.endpoints(), Some(connect_options(cfg, timeout)?))
             .await
             .map_err(map_err)?;
-        Ok(EtcdKv { client, timeout })
+        Ok(EtcdKv {
+            client: std::sync::Arc::new(tokio::sync::watch::Sender::new(client)),
+            timeout,
+        })
     }
 
     /// Revokes a lease (the leader key and member key attached to it go at once).
@@ -79,7 +83,7 @@ pub fn connect_options(cfg: &EtcdConfig, timeout: Duration) -> Result<ConnectOpt
 
 impl EtcdKv {
     fn client(&self) -> Client {
-        self.client.clone()
+        self.client.borrow().clone()
     }
 }
 
@@ -230,13 +234,19 @@ impl Kv for EtcdKv {
         revision: i64,
     ) -> Result<mpsc::Receiver<WatchEvent>, KvError> {
         let (tx, rx) = mpsc::channel(1024);
-        let client = self.client();
+        let mut clients = self.client.subscribe();
         let prefix = prefix.to_string();
-        let mut stream = open_watch(&client, &prefix, revision).await?;
+        let first = clients.borrow_and_update().clone();
+        let mut stream = open_watch(&first, &prefix, revision).await?;
         tokio::spawn(async move {
             let mut next_rev = revision;
             loop {
-                match stream.message().await {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    // a new connection (reload): the stream moves to it
+                    Ok(()) = clients.changed() => Ok(None),
+                };
+                match message {
                     Ok(Some(resp)) => {
                         if resp.canceled() {
                             warn!(
@@ -276,6 +286,7 @@ impl Kv for EtcdKv {
                     if tx.is_closed() {
                         return;
                     }
+                    let client = clients.borrow_and_update().clone();
                     match open_watch(&client, &prefix, next_rev).await {
                         Ok(s) => {
                             stream = s;
@@ -287,6 +298,35 @@ impl Kv for EtcdKv {
             }
         });
         Ok(rx)
+    }
+
+    async fn reconnect(&self, cfg: &EtcdConfig, probe: &str) -> Result<(), KvError> {
+        // one deadline for the whole proof: the HA loop waits for it
+        tokio::time::timeout(self.timeout, self.reconnect_now(cfg, probe))
+            .await
+            .map_err(|_| {
+                KvError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
+            })?
+    }
+}
+
+impl EtcdKv {
+    async fn reconnect_now(&self, cfg: &EtcdConfig, probe: &str) -> Result<(), KvError> {
+        let client = Client::connect(cfg.endpoints(), Some(connect_options(cfg, self.timeout)?))
+            .await
+            .map_err(map_err)?;
+        let value = |r: etcd_client::GetResponse| r.kvs().first().map(|kv| kv.value().to_vec());
+        let new = client.clone().get(probe, None).await.map_err(map_err)?;
+        // endpoints of another etcd cluster would lose the lease and the keys: refused
+        if let Ok(old) = self.client().get(probe, None).await
+            && value(old) != value(new)
+        {
+            return Err(KvError::Other(format!(
+                "the new endpoints hold another {probe} than the current ones: another etcd cluster?"
+            )));
+        }
+        self.client.send_replace(client);
+        Ok(())
     }
 }
 

@@ -1245,7 +1245,9 @@ fn argv_while<T>(secrets: &[&str], during: impl FnOnce() -> T) -> (T, Vec<String
 }
 
 /// With `log_statement: all` from the first start, no role password reaches PostgreSQL's log,
-/// the agents' logs or any process's command line, through bootstrap, cloning and a switchover.
+/// the agents' logs or any process's command line, through bootstrap, cloning, a switchover, a
+/// failover with the old primary's rejoin, and new passwords set by a reload (then used by a
+/// restarted replica to stream).
 #[test]
 fn role_passwords_never_reach_a_log_or_a_command_line() {
     if !prerequisites() {
@@ -1269,7 +1271,14 @@ fn role_passwords_never_reach_a_log_or_a_command_line() {
         )
         .unwrap();
     }
-    let secrets = ["postgres-secret", "rep-secret", "rewind-secret"];
+    let secrets = [
+        "postgres-secret",
+        "rep-secret",
+        "rewind-secret",
+        "postgres-rotated",
+        "rep-rotated",
+        "rewind-rotated",
+    ];
     let (p, argv) = argv_while(&secrets, || {
         c.start_all().unwrap();
         let p = c.wait_healthy(LONG).unwrap();
@@ -1282,6 +1291,44 @@ fn role_passwords_never_reach_a_log_or_a_command_line() {
             None,
         );
         assert_eq!(code, 200, "{body}");
+        let p = c.wait_healthy(LONG).unwrap();
+        // a failover: the primary's machine dies; it comes back and rejoins (pg_rewind with
+        // the rewind role's password)
+        c.kill_machine(p);
+        wait_for("a replica to take over", LONG, || {
+            c.primary().filter(|&i| i != p)
+        })
+        .unwrap();
+        c.start_agent(p).unwrap();
+        let p = c.wait_healthy(LONG).unwrap();
+        // the passwords changed in every member's YAML and reloaded: the primary sets them
+        for n in &c.nodes {
+            let yaml = std::fs::read_to_string(&n.config_path).unwrap();
+            let yaml = ["postgres", "rep", "rewind"].iter().fold(yaml, |y, role| {
+                y.replace(
+                    &format!("password: {role}-secret"),
+                    &format!("password: {role}-rotated"),
+                )
+            });
+            std::fs::write(&n.config_path, yaml).unwrap();
+        }
+        for n in &c.nodes {
+            let (code, body) = call(n, "POST", "/reload", &json!({}), None);
+            assert_eq!(code, 202, "{body}");
+        }
+        let rotated = format!(
+            "host={} port={} user=postgres password=postgres-rotated dbname=postgres connect_timeout=3",
+            c.nodes[p].host, c.nodes[p].pg_port
+        );
+        wait_for("the new superuser password to work", LONG, || {
+            sql_dsn(&rotated, "SELECT 1").ok()
+        })
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+        // a replica restarted connects to the primary with the new replication password
+        let r = (p + 1) % c.nodes.len();
+        let (code, body) = call(&c.nodes[r], "POST", "/restart", &json!({}), None);
+        assert_eq!(code, 200, "{body}\n{}", c.logs_tail());
         c.wait_healthy(LONG).unwrap()
     });
     assert!(argv.is_empty(), "a password on a command line: {argv:?}");

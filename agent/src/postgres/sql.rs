@@ -180,10 +180,9 @@ impl Postgres {
         Ok(st)
     }
 
-    /// Connection settings for the superuser (user, password, database); host and port are the
-    /// caller's.
-    fn superuser_login(&self) -> tokio_postgres::Config {
-        let cfg = self.cfg();
+    /// Connection settings for the superuser (user, password, database) of `cfg`; host and
+    /// port are the caller's.
+    fn superuser_login(cfg: &shared::config::Config) -> tokio_postgres::Config {
         let su = &cfg.postgresql.superuser;
         let mut pgc = tokio_postgres::Config::new();
         // TCP keepalives notice a peer whose machine is gone; a statement no agent call should
@@ -206,11 +205,11 @@ impl Postgres {
     /// TLS for a superuser connection, from `postgresql.authentication.superuser`'s libpq
     /// options (errors name the option at fault).
     fn superuser_tls(
-        &self,
+        cfg: &shared::config::Config,
         pgc: &mut tokio_postgres::Config,
         unix_socket: bool,
     ) -> Result<(tokio_postgres_rustls::MakeRustlsConnect, String)> {
-        let su = &self.cfg().postgresql.superuser;
+        let su = &cfg.postgresql.superuser;
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let tls = super::tls::PgTls::from_user(su, home.as_deref())
             .map_err(|e| anyhow!("postgresql.authentication.superuser: {e:#}"))?;
@@ -236,16 +235,17 @@ impl Postgres {
         {
             return Ok(c.clone());
         }
-        let client = Arc::new(self.connect_local().await?);
+        let client = Arc::new(self.connect_local(&self.cfg()).await?);
         *guard = Some(client.clone());
         Ok(client)
     }
 
-    /// A new connection to the local server as the superuser.
-    async fn connect_local(&self) -> Result<tokio_postgres::Client> {
-        let mut pgc = self.superuser_login();
-        let (host, port) = self.cfg().postgresql.local_host_port();
-        if self.cfg().postgresql.use_unix_socket {
+    /// A new connection to the local server as the superuser of `cfg` (the running
+    /// configuration, or the one before a reload).
+    async fn connect_local(&self, cfg: &shared::config::Config) -> Result<tokio_postgres::Client> {
+        let mut pgc = Self::superuser_login(cfg);
+        let (host, port) = cfg.postgresql.local_host_port();
+        if cfg.postgresql.use_unix_socket {
             let dir = self
                 .socket_dir()
                 .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
@@ -254,11 +254,13 @@ impl Postgres {
             pgc.host(&host);
         }
         pgc.port(port);
-        let (tls, how) = self
-            .superuser_tls(&mut pgc, self.cfg().postgresql.use_unix_socket)
+        let (tls, how) = Self::superuser_tls(cfg, &mut pgc, cfg.postgresql.use_unix_socket)
             .map_err(|e| anyhow!("cannot connect to local PostgreSQL at {host}:{port}: {e:#}"))?;
         let (client, conn) = pgc.connect(tls).await.map_err(|e| {
-            anyhow!("cannot connect to local PostgreSQL at {host}:{port} ({how}): {e:#}")
+            anyhow!(
+                "cannot connect to local PostgreSQL at {host}:{port} ({how}): {:#}",
+                anyhow::Error::new(e)
+            )
         })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -298,16 +300,16 @@ impl Postgres {
 
     async fn fetch_timeline_history_now(&self, from: &super::Upstream) -> Result<Option<String>> {
         let cfg = self.cfg();
-        let mut pgc = self.superuser_login();
+        let mut pgc = Self::superuser_login(&cfg);
         pgc.host(&from.host).port(from.port);
-        let (tls, how) = self
-            .superuser_tls(&mut pgc, false)
+        let (tls, how) = Self::superuser_tls(&cfg, &mut pgc, false)
             .map_err(|e| anyhow!("cannot connect to {}:{}: {e:#}", from.host, from.port))?;
         let (client, conn) = pgc.connect(tls).await.map_err(|e| {
             anyhow!(
-                "cannot connect to {}:{} ({how}): {e:#}",
+                "cannot connect to {}:{} ({how}): {:#}",
                 from.host,
-                from.port
+                from.port,
+                anyhow::Error::new(e)
             )
         })?;
         let task = tokio::spawn(conn);
@@ -460,12 +462,18 @@ impl Postgres {
     /// Creates the replication (and rewind) roles and sets the superuser password, after
     /// bootstrap. Statements carry passwords and are never logged.
     pub async fn create_roles(&self) -> Result<()> {
+        self.create_roles_as(&self.cfg()).await
+    }
+
+    /// The same, logged in as `login`'s superuser: after a reload that changed the passwords,
+    /// the configuration before it (whose password the server still knows).
+    pub async fn create_roles_as(&self, login: &shared::config::Config) -> Result<()> {
         // Passwords never reach the server's logs: they are sent on a session of their own
         // (ended afterwards, so nothing else runs with its settings) whose statement logging is
         // off before they are sent (a separate round trip: the server logs a query string as a
         // whole), and what is sent is a verifier computed here, never the password.
         self.bounded("the role setup", STATEMENT_LIMIT, async {
-            let session = self.connect_local().await?;
+            let session = self.connect_local(login).await?;
             session
                 .batch_execute(QUIET)
                 .await

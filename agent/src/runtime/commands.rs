@@ -355,9 +355,50 @@ impl<K: Kv> Agent<K> {
         if let Some(g) = self.fence.as_mut() {
             g.reconfigure(&new.etcd);
         }
+        // changed role passwords are set on the primary (the change replicates), on a session
+        // of their own beside the loop, never logged
+        if passwords(&old) != passwords(&new)
+            && self.last_role == shared::types::Role::Primary
+            && self.lock_renewed.is_some()
+        {
+            let pg = self.pg.clone();
+            let before = old.clone();
+            tokio::spawn(async move {
+                // logged in with the old password, which the server still has
+                let set = match pg.create_roles_as(&before).await {
+                    Err(_) => pg.create_roles().await,
+                    done => done,
+                };
+                match set {
+                    Ok(()) => info!("reload: the changed role passwords are set"),
+                    Err(e) => error!(
+                        "reload: cannot set the changed role passwords: {e:#}; set them with ALTER ROLE, or reload again"
+                    ),
+                }
+            });
+        }
         self.cfg = new;
         info!(config = origin, "configuration reloaded");
         self.run_callback(crate::callbacks::Event::Reload);
         (202, "reload scheduled".into())
     }
+}
+
+/// The roles' names and passwords in `postgresql.authentication`, to notice a change.
+fn passwords(cfg: &Config) -> Vec<(String, Option<String>)> {
+    let pg = &cfg.postgresql;
+    [
+        Some(&pg.superuser),
+        Some(&pg.replication),
+        pg.rewind.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|u| {
+        (
+            u.username.clone(),
+            u.password.as_ref().map(|p| p.expose().to_string()),
+        )
+    })
+    .collect()
 }

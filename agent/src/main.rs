@@ -220,7 +220,10 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
     let app = rest::router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let cap = rest_access::ConnectionCap::new(rest_access::MAX_CONNECTIONS);
+    let cap = rest_access::ConnectionCap::new(
+        rest_access::MAX_CONNECTIONS,
+        rest_access::MAX_CONNECTIONS_PER_ADDRESS,
+    );
     let std_listener = listener.into_std()?;
     match &cfg.restapi.certfile {
         None => {

@@ -29,6 +29,10 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most connections the REST API keeps open at once; one more is closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 
+/// The most connections one client address may hold open at once: one noisy or hostile client
+/// cannot take every place under [`MAX_CONNECTIONS`] from the health checks of the others.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
+
 /// A connection whose client has sent nothing this long after connecting (or, over TLS, after
 /// the handshake) is closed; once a request has begun, hyper's header read timeout and the
 /// body timeout take over (a request that runs long, a switchover, is never cut).
@@ -353,29 +357,98 @@ pub fn user_of(header: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// An acceptor that keeps at most [`MAX_CONNECTIONS`] connections open: one more is closed at
-/// once, before TLS or HTTP, so a flood of connections cannot exhaust the agent.
+/// An acceptor that keeps at most `max` connections open, and at most `per_address` from one
+/// client address: one more is closed at once, before TLS or HTTP, so a flood of connections
+/// cannot exhaust the agent nor shut out the other clients.
 #[derive(Clone)]
 pub struct ConnectionCap {
     permits: Arc<Semaphore>,
+    per_address: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
 }
 
 impl ConnectionCap {
-    pub fn new(max: usize) -> ConnectionCap {
+    pub fn new(max: usize, per_address: usize) -> ConnectionCap {
         ConnectionCap {
             permits: Arc::new(Semaphore::new(max)),
+            per_address,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, if it has one left.
+    fn hold_address(&self, ip: IpAddr) -> Option<AddressHold> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressHold {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// A stream that knows its client's address.
+pub trait PeerIp {
+    fn peer_ip(&self) -> Option<IpAddr>;
+}
+
+impl PeerIp for tokio::net::TcpStream {
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.peer_addr().ok().map(|a| a.ip().to_canonical())
+    }
+}
+
+impl PeerIp for tokio::io::DuplexStream {
+    fn peer_ip(&self) -> Option<IpAddr> {
+        None
+    }
+}
+
+/// One connection's place among its address's; given back on drop.
+pub struct AddressHold {
+    ip: IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for AddressHold {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
 
-impl<I, S> axum_server::accept::Accept<I, S> for ConnectionCap {
+impl<I: PeerIp, S> axum_server::accept::Accept<I, S> for ConnectionCap {
     type Stream = Held<I>;
     type Service = S;
     type Future = Ready<io::Result<(Held<I>, S)>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
+        let address = match stream.peer_ip() {
+            Some(ip) => match self.hold_address(ip) {
+                Some(hold) => Some(hold),
+                None => {
+                    return std::future::ready(Err(io::Error::other(format!(
+                        "too many REST API connections from {ip}: closing this one"
+                    ))));
+                }
+            },
+            None => None,
+        };
         std::future::ready(match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Ok((Held::new(stream, Some(permit)), service)),
+            Ok(permit) => {
+                let mut held = Held::new(stream, Some(permit));
+                held._address = address;
+                Ok((held, service))
+            }
             Err(_) => Err(io::Error::other(
                 "too many REST API connections: closing this one",
             )),
@@ -388,6 +461,7 @@ impl<I, S> axum_server::accept::Accept<I, S> for ConnectionCap {
 pub struct Held<I> {
     inner: I,
     _permit: Option<OwnedSemaphorePermit>,
+    _address: Option<AddressHold>,
     /// Until the first byte arrives; `None` afterwards.
     silence: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -397,6 +471,7 @@ impl<I> Held<I> {
         Held {
             inner,
             _permit: permit,
+            _address: None,
             silence: Some(Box::pin(tokio::time::sleep(SILENCE_TIMEOUT))),
         }
     }
@@ -518,7 +593,7 @@ mod tests {
     #[tokio::test]
     async fn connections_over_the_cap_are_refused_until_one_closes() {
         use axum_server::accept::Accept;
-        let cap = ConnectionCap::new(2);
+        let cap = ConnectionCap::new(2, 2);
         let stream = || tokio::io::duplex(64).0;
         let a = cap.accept(stream(), ()).await.unwrap();
         let _b = cap.accept(stream(), ()).await.unwrap();
@@ -527,11 +602,38 @@ mod tests {
         assert!(cap.accept(stream(), ()).await.is_ok());
     }
 
+    #[tokio::test]
+    async fn one_address_cannot_take_every_place() {
+        use axum_server::accept::Accept;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cap = ConnectionCap::new(10, 2);
+        let mut clients = Vec::new();
+        let mut accepted = Vec::new();
+        for _ in 0..3 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (server_side, _) = listener.accept().await.unwrap();
+            accepted.push(cap.accept(server_side, ()).await);
+        }
+        assert!(accepted[0].is_ok() && accepted[1].is_ok());
+        let err = accepted.pop().unwrap().err().unwrap().to_string();
+        assert!(err.contains("from 127.0.0.1"), "{err}");
+        // a connection closed gives its address's place back
+        accepted.pop();
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (server_side, _) = listener.accept().await.unwrap();
+        let again = cap.accept(server_side, ()).await;
+        assert!(again.is_ok());
+        assert_eq!(cap.open.lock().unwrap().get(&ip("127.0.0.1")), Some(&2));
+        drop((accepted, again));
+        assert!(cap.open.lock().unwrap().is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_closed_a_speaking_one_never_for_a_pause() {
         use axum_server::accept::Accept;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let cap = ConnectionCap::new(1);
+        let cap = ConnectionCap::new(1, 1);
         // the client end stays open, silent
         let (server_side, _client) = tokio::io::duplex(64);
         let (mut held, ()) = cap.accept(server_side, ()).await.unwrap();

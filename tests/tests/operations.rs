@@ -1115,8 +1115,9 @@ fn a_vanished_members_slot_is_dropped_after_member_slots_ttl_across_an_agent_res
 
 /// The write endpoints of a REST API with `restapi.allowlist` and credentials: a write from an
 /// address outside the allowlist is refused with 403 even with the right credentials; once a
-/// reload (SIGHUP) allows it, the credentials decide. A client that never finishes its headers
-/// is cut off and an oversized body gets 413, while health checks keep answering.
+/// reload (SIGHUP) allows it, the credentials decide. A client that never finishes its headers,
+/// or stays silent on a kept-alive connection, is cut off, an oversized body gets 413, and one
+/// address holding its whole share of connections cannot shut out another's health check.
 #[test]
 fn the_allowlist_and_the_listener_limits_guard_the_rest_api() {
     if !prerequisites() {
@@ -1198,6 +1199,51 @@ fn the_allowlist_and_the_listener_limits_guard_the_rest_api() {
         "the client that never finished its headers was still connected after {:?}",
         started.elapsed()
     );
+    // nor one that made a request and then stays silent on its kept-alive connection
+    let mut kept = std::net::TcpStream::connect((n.host.as_str(), n.api_port)).unwrap();
+    kept.write_all(b"GET /liveness HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let k = kept.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..k]).starts_with("HTTP/1.1 200"));
+    assert!(
+        matches!(kept.read(&mut buf), Ok(0) | Err(_)),
+        "an idle kept-alive connection was kept"
+    );
+    // one address holding its whole share of connections: its next one is closed at once,
+    // another address's health check is answered
+    if need_program("curl", "curl") {
+        let flood: Vec<std::net::TcpStream> = (0..128)
+            .map(|_| std::net::TcpStream::connect((n.host.as_str(), n.api_port)).unwrap())
+            .collect();
+        // the server takes connections in tasks of their own: let it take these first
+        std::thread::sleep(Duration::from_secs(1));
+        let mut extra = std::net::TcpStream::connect((n.host.as_str(), n.api_port)).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = extra.write_all(b"GET /liveness HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            matches!(extra.read(&mut buf), Ok(0) | Err(_)),
+            "a connection over the address's share was served"
+        );
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--interface",
+                "127.0.0.2",
+            ])
+            .arg(n.api("/primary"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+        drop(flood);
+    }
     // nor can one that sends nothing at all, or an HTTP/2 preface, hold a connection
     for opening in [&b""[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
         let mut idle = std::net::TcpStream::connect((n.host.as_str(), n.api_port)).unwrap();

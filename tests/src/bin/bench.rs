@@ -25,10 +25,10 @@
 //!        bench tls [REPS] [PATRONI]               bootstrap over etcd TLS, REST over TLS
 //!        bench split [REPS] [PATRONI] [SCENARIOS]  (comma-separated names, default all)
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use pgpilot_e2e::{ClusterSpec, Lab, NetLab, WriteProbe, Writer, bin_dir};
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,99 @@ fn wrk(url: &str, secs: u64) -> Result<(f64, f64, f64)> {
             })
             .unwrap_or(0.0)
     };
+    if rps == 0.0 {
+        bail!(
+            "wrk measured nothing at {url}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok((rps, percentile("50%"), percentile("99%")))
+}
+
+/// `GET path` over TLS to `127.0.0.1:port` from 16 clients for `secs`, each request on a
+/// connection of its own (`Connection: close`: what an HAProxy health check does, and the only
+/// way to read Patroni, whose HTTP/1.0 answers end when it closes the connection, which wrk
+/// cannot count over TLS). Certificates are checked against `ca`. (requests per second, p50
+/// and p99 latency in ms); every answer must be 200.
+fn tls_load(port: u16, path: &str, ca: &Path, secs: u64) -> Result<(f64, f64, f64)> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    shared::api::install_tls_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let until = Instant::now() + Duration::from_secs(secs);
+    let results = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let request = request.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = 0usize;
+                while Instant::now() < until {
+                    let began = Instant::now();
+                    let once = async {
+                        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+                        let mut tls = connector.connect(name, tcp).await?;
+                        tls.write_all(request.as_bytes()).await?;
+                        let mut answer = Vec::new();
+                        // a close without TLS's close_notify ends the answer too
+                        match tls.read_to_end(&mut answer).await {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                            Err(e) => return Err(anyhow::Error::from(e)),
+                        }
+                        let head = String::from_utf8_lossy(&answer[..answer.len().min(16)])
+                            .into_owned();
+                        anyhow::ensure!(
+                            head.starts_with("HTTP/1.") && head[8..].starts_with(" 200"),
+                            "answer {head:?}"
+                        );
+                        anyhow::Ok(())
+                    };
+                    match once.await {
+                        Ok(()) => latencies.push(began.elapsed().as_secs_f64() * 1000.0),
+                        Err(_) => failures += 1,
+                    }
+                }
+                (latencies, failures)
+            }));
+        }
+        let mut all = Vec::new();
+        let mut failures = 0;
+        for t in tasks {
+            if let Ok((l, f)) = t.await {
+                all.extend(l);
+                failures += f;
+            }
+        }
+        (all, failures)
+    });
+    let (mut latencies, failures) = results;
+    if latencies.is_empty() || failures > latencies.len() / 100 {
+        bail!(
+            "GET {path} over TLS on port {port}: {} answered 200, {failures} failed",
+            latencies.len()
+        );
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    Ok((latencies.len() as f64 / secs as f64, at(0.5), at(0.99)))
 }
 
 /// CPU time (user + system) a process has used, in seconds (/proc counts in USER_HZ = 100).
@@ -206,7 +298,7 @@ fn tls_once(
     cluster.start_all()?;
     let p = cluster.wait_healthy(Duration::from_secs(180))?;
     let bootstrap_s = started.elapsed().as_secs_f64();
-    let (rps, p50, p99) = wrk(&cluster.nodes[p].api("/primary"), wrk_secs)?;
+    let (rps, p50, p99) = tls_load(cluster.nodes[p].api_port, "/primary", &ca.ca(), wrk_secs)?;
     cluster.shutdown();
     etcd.stop();
     Ok((bootstrap_s, rps, p50, p99))

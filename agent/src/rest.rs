@@ -34,7 +34,17 @@ pub struct Api<K: Kv> {
 
 /// The router: one handler that dispatches on method and path, as Patroni's server does.
 pub fn router<K: Kv>(api: Arc<Api<K>>) -> Router {
-    Router::new().fallback(handle::<K>).with_state(api)
+    Router::new().fallback(serve::<K>).with_state(api)
+}
+
+/// One request: its answer, with `restapi.http_extra_headers` (and `https_extra_headers`).
+async fn serve<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response {
+    let access = api.access.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut response = handle(State(api), req).await;
+    for (name, value) in &access.extra_headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 pub(crate) fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -813,6 +823,68 @@ mod tests {
         .await
     }
 
+    /// The real router over an in-memory store.
+    fn app_with(
+        snapshot: Snapshot,
+        heard: crate::runtime::FailsafeHeard,
+        access: crate::rest_access::Access,
+    ) -> Router {
+        let store = shared::dcs::mem::MemStore::new();
+        let dcs = Arc::new(Dcs::new(store.client(), "/service", "demo", "n1", 30));
+        // the snapshot stays as given (a receiver keeps the last value)
+        let (_, rx) = watch::channel(Arc::new(snapshot));
+        let (commands, _rx) = tokio::sync::mpsc::channel(1);
+        router(Arc::new(Api {
+            snapshot: rx,
+            dcs,
+            access: Arc::new(std::sync::RwLock::new(Arc::new(access))),
+            client: shared::api::MemberClient::new(Duration::from_millis(200)),
+            commands,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            failsafe_heard: heard,
+        }))
+    }
+
+    #[tokio::test]
+    async fn extra_headers_go_on_every_answer() {
+        use tower::ServiceExt;
+        let mut rest = shared::config::RestApiConfig {
+            listen: "127.0.0.1:8008".into(),
+            connect_address: "127.0.0.1:8008".into(),
+            authentication: None,
+            certfile: None,
+            keyfile: None,
+            allowlist: Vec::new(),
+            allowlist_include_members: false,
+            verify_client: Default::default(),
+            cafile: None,
+            keyfile_password: None,
+            extra_headers: vec![("X-Frame-Options".into(), "DENY".into())],
+        };
+        let access = crate::rest_access::Access::from_config(&rest).await;
+        let app = app_with(snap(Role::Primary, true), Default::default(), access);
+        for (method, uri) in [
+            ("GET", "/primary"),
+            ("OPTIONS", "/replica"),
+            ("POST", "/nothing"),
+        ] {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.headers()["x-frame-options"], "DENY", "{method} {uri}");
+        }
+        rest.extra_headers.clear();
+        assert!(
+            crate::rest_access::Access::from_config(&rest)
+                .await
+                .extra_headers
+                .is_empty()
+        );
+    }
+
     /// The same, with the snapshot given and `POST /failsafe` recorded in `heard`.
     async fn call_on(
         snapshot: Snapshot,
@@ -823,19 +895,7 @@ mod tests {
     ) -> (u16, String) {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
-        let store = shared::dcs::mem::MemStore::new();
-        let dcs = Arc::new(Dcs::new(store.client(), "/service", "demo", "n1", 30));
-        let (_tx, rx) = watch::channel(Arc::new(snapshot));
-        let (commands, _rx) = tokio::sync::mpsc::channel(1);
-        let app = router(Arc::new(Api {
-            snapshot: rx,
-            dcs,
-            access: Default::default(),
-            client: shared::api::MemberClient::new(Duration::from_millis(200)),
-            commands,
-            wake: Arc::new(tokio::sync::Notify::new()),
-            failsafe_heard: heard,
-        }));
+        let app = app_with(snapshot, heard, Default::default());
         let req = axum::http::Request::builder()
             .method(method)
             .uri(uri)

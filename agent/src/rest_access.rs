@@ -38,7 +38,8 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 /// body timeout take over (a request that runs long, a switchover, is never cut).
 pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the write endpoints check, as configured now (replaced whole by a reload).
+/// What the write endpoints check and what every answer carries, as configured now (replaced
+/// whole by a reload).
 #[derive(Debug, Clone, Default)]
 pub struct Access {
     pub allowlist: Allowlist,
@@ -47,6 +48,8 @@ pub struct Access {
     /// `restapi.verify_client: optional`: the write endpoints need a verified client
     /// certificate (with `required` the TLS handshake already refused a client without one).
     pub client_cert_for_writes: bool,
+    /// `restapi.http_extra_headers` (+ `https_extra_headers` with TLS), added to every answer.
+    pub extra_headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
 }
 
 impl Access {
@@ -55,6 +58,25 @@ impl Access {
             allowlist: Allowlist::resolve(&cfg.allowlist, cfg.allowlist_include_members).await,
             credentials: cfg.authentication.as_ref().map(Credentials::new),
             client_cert_for_writes: cfg.verify_client != shared::config::VerifyClient::None,
+            // the configuration checked names and values; one that still does not convert is
+            // logged and left out
+            extra_headers: cfg
+                .extra_headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    let header = (
+                        axum::http::HeaderName::try_from(name.as_str()),
+                        axum::http::HeaderValue::try_from(value.as_str()),
+                    );
+                    match header {
+                        (Ok(n), Ok(v)) => Some((n, v)),
+                        _ => {
+                            warn!(header = name, "restapi extra header not usable: left out");
+                            None
+                        }
+                    }
+                })
+                .collect(),
         }
     }
 }

@@ -102,6 +102,9 @@ pub struct RestApiConfig {
     pub cafile: Option<String>,
     /// `restapi.keyfile_password`: the passphrase of an encrypted (PKCS#8) key.
     pub keyfile_password: Option<Secret>,
+    /// Headers added to every answer: `restapi.http_extra_headers`, and with TLS
+    /// `restapi.https_extra_headers` too (as Patroni merges them).
+    pub extra_headers: Vec<(String, String)>,
 }
 
 /// `restapi.verify_client`.
@@ -872,6 +875,36 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A mapping of HTTP header names to values; a name or value HTTP does not allow is an
+    /// error naming it.
+    fn headers(&mut self, key: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, value) in self.open_map(key) {
+            let at = format!("{key}.{name}");
+            let value = match value {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    self.err(&at, format!("expected a string, found {}", kind(&other)));
+                    continue;
+                }
+            };
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(token) {
+                self.err(&at, "is not an HTTP header name");
+            } else if !value.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
+                self.err(
+                    &at,
+                    "an HTTP header value holds printable ASCII only (no line breaks)",
+                );
+            } else {
+                out.push((name, value));
+            }
+        }
+        out
+    }
+
     fn open_map(&mut self, key: &str) -> Map<String, Value> {
         self.open.push(key.to_string());
         self.map(key).cloned().unwrap_or_default()
@@ -1024,12 +1057,7 @@ const IGNORED_KEYS: &[(&str, &str)] = &[
     ),
     (
         "restapi.ciphers",
-        "pgpilot uses rustls' safe default cipher suites: ignored",
-    ),
-    ("restapi.http_extra_headers", "not sent by pgpilot: ignored"),
-    (
-        "restapi.https_extra_headers",
-        "not sent by pgpilot: ignored",
+        "pgpilot's TLS (rustls) offers only TLS 1.2 and 1.3 suites with forward secrecy and authenticated encryption (ECDHE with AES-GCM or ChaCha20-Poly1305), what a cipher list is set for: ignored",
     ),
     (
         "restapi.request_queue_size",
@@ -1449,7 +1477,13 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         },
         cafile: r.string("restapi.cafile"),
         keyfile_password: r.string("restapi.keyfile_password").map(Secret),
+        extra_headers: r.headers("restapi.http_extra_headers"),
     };
+    let mut restapi = restapi;
+    let https_headers = r.headers("restapi.https_extra_headers");
+    if restapi.certfile.is_some() {
+        restapi.extra_headers.extend(https_headers);
+    }
     if restapi.keyfile.is_some() && restapi.certfile.is_none() {
         r.err(
             "restapi.keyfile",

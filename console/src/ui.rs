@@ -602,8 +602,13 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
     ))];
     match app.samples.get(api).map(|s| &s.body) {
         Some(Ok(b)) => {
+            let version = b["server_version"]
+                .as_i64()
+                .filter(|v| *v > 0)
+                .map(|v| format!("  PostgreSQL {}.{}", v / 10000, v % 10000))
+                .unwrap_or_default();
             lines.push(Line::from(format!(
-                "state {}  role {}  timeline {}  replication {}",
+                "state {}  role {}  timeline {}  replication {}{version}",
                 b["state"].as_str().unwrap_or("?"),
                 b["role"].as_str().unwrap_or("?"),
                 b["timeline"],

@@ -102,9 +102,22 @@ pub struct RestApiConfig {
     pub cafile: Option<String>,
     /// `restapi.keyfile_password`: the passphrase of an encrypted (PKCS#8) key.
     pub keyfile_password: Option<Secret>,
-    /// Headers added to every answer: `restapi.http_extra_headers`, and with TLS
-    /// `restapi.https_extra_headers` too (as Patroni merges them).
-    pub extra_headers: Vec<(String, String)>,
+    /// `restapi.http_extra_headers`: added to every answer.
+    pub http_extra_headers: Vec<(String, String)>,
+    /// `restapi.https_extra_headers`: added to every answer too when the API serves TLS.
+    pub https_extra_headers: Vec<(String, String)>,
+}
+
+impl RestApiConfig {
+    /// The headers added to every answer: the http ones, and with TLS the https ones too (as
+    /// Patroni merges them).
+    pub fn extra_headers(&self) -> Vec<(String, String)> {
+        let mut all = self.http_extra_headers.clone();
+        if self.certfile.is_some() {
+            all.extend(self.https_extra_headers.iter().cloned());
+        }
+        all
+    }
 }
 
 /// `restapi.verify_client`.
@@ -1493,13 +1506,9 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         },
         cafile: r.string("restapi.cafile"),
         keyfile_password: r.string("restapi.keyfile_password").map(Secret),
-        extra_headers: r.headers("restapi.http_extra_headers"),
+        http_extra_headers: r.headers("restapi.http_extra_headers"),
+        https_extra_headers: r.headers("restapi.https_extra_headers"),
     };
-    let mut restapi = restapi;
-    let https_headers = r.headers("restapi.https_extra_headers");
-    if restapi.certfile.is_some() {
-        restapi.extra_headers.extend(https_headers);
-    }
     if restapi.keyfile.is_some() && restapi.certfile.is_none() {
         r.err(
             "restapi.keyfile",

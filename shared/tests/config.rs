@@ -666,7 +666,7 @@ fn extra_headers_are_read_and_checked() {
     let headers = "  http_extra_headers:\n    X-Frame-Options: SAMEORIGIN\n  https_extra_headers:\n    Strict-Transport-Security: max-age=31536000\n";
     let plain = Config::from_yaml(&with(headers, false), "t.yml").unwrap();
     assert_eq!(
-        plain.restapi.extra_headers,
+        plain.restapi.extra_headers(),
         vec![("X-Frame-Options".to_string(), "SAMEORIGIN".to_string())]
     );
     assert!(
@@ -677,7 +677,7 @@ fn extra_headers_are_read_and_checked() {
     );
     // with TLS the https ones are sent too, as Patroni merges them
     let tls = Config::from_yaml(&with(headers, true), "t.yml").unwrap();
-    assert_eq!(tls.restapi.extra_headers.len(), 2);
+    assert_eq!(tls.restapi.extra_headers().len(), 2);
     // a broken name or a value with a line break is refused by name
     let keys = invalid_keys(&with(
         "  http_extra_headers:\n    'Bad Name': x\n    X-Ok: \"a\\r\\nInjected: 1\"\n    Content-Length: 0\n",

@@ -184,6 +184,23 @@ fn a_cluster_runs_on_an_etcd_with_tls_client_certificates_and_users() {
         assert_eq!(code, 400, "{what}: {body}");
         assert!(body.contains("etcd3"), "{what}: {body}");
     }
+    // another etcd cluster that the same files and user reach (a restored copy, a test
+    // cluster): refused, its empty store is never taken for this cluster's
+    let other_dir = work.path.join("other-etcd");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let mut other_etcd = Etcd::new(&other_dir);
+    other_etcd.tls = etcd.tls.clone();
+    other_etcd.start().unwrap();
+    enable_auth(&other_etcd, &ca.ca(), &cert, &key).unwrap();
+    let (code, body) = reload(with(
+        &ca.ca(),
+        &renewed_cert,
+        &renewed_key,
+        &other_etcd.endpoint(),
+    ));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("another etcd cluster"), "{body}");
+    other_etcd.stop();
     // the renewed certificate's connection carries the switchover to that member
     std::fs::write(
         &c.nodes[r].config_path,

@@ -150,6 +150,9 @@ impl Postgres {
             Some(p) => p.1 = v,
             None => params.push((k.to_string(), v)),
         };
+        let mut dropped = Vec::new();
+        let mut given_keep_size = false;
+        let mut keep_segments = None;
         for (k, v) in dynamic
             .iter()
             .chain(self.cfg().postgresql.parameters.iter())
@@ -161,7 +164,23 @@ impl Postgres {
             {
                 continue;
             }
+            // the pre-13 name, converted below when nothing names the new one
+            if k == "wal_keep_segments" {
+                keep_segments = Some(guc_value(v));
+                continue;
+            }
+            given_keep_size |= k == "wal_keep_size";
             set(k, guc_value(v));
+        }
+        if let Some(segments) = keep_segments
+            && !given_keep_size
+        {
+            match super::catalog::wal_keep_size_of_segments(&segments) {
+                Some(size) => set("wal_keep_size", size),
+                None => dropped.push(format!(
+                    "wal_keep_segments ({segments:?} is not a number of segments)"
+                )),
+            }
         }
         let (host, port) = shared::config::split_host_port(&self.cfg().postgresql.listen)
             .unwrap_or(("127.0.0.1".into(), 5432));
@@ -175,6 +194,18 @@ impl Postgres {
                 crate::synchronous::guc_value(&names),
             );
         }
+        // names this server does not know (misspelt, retired, internal) would keep it from
+        // starting: left out, with a warning
+        if let Some(catalog) = self.catalog() {
+            params.retain(|(k, _)| {
+                let keep = catalog.accepts(k);
+                if !keep {
+                    dropped.push(k.clone());
+                }
+                keep
+            });
+        }
+        self.note_dropped(dropped);
         params
     }
 

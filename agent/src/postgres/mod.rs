@@ -2,11 +2,13 @@
 //! child (so its exit is seen at once), stopping and the binaries' environment. The configuration
 //! files live in [`files`], the libpq queries in [`sql`], pg_control in [`controldata`].
 
+mod catalog;
 mod controldata;
 mod files;
 mod sql;
 mod tls;
 
+pub use catalog::{Catalog, version_text};
 pub use controldata::ControlData;
 pub use sql::{ServerStatus, Unresponsive};
 
@@ -63,6 +65,9 @@ pub struct Postgres {
     /// The members pgpilot puts into `synchronous_standby_names` (synchronous mode), in place
     /// of the configured value; `None` leaves the configuration's.
     sync_names: std::sync::Mutex<Option<Vec<String>>>,
+    /// The parameters last left out of postgresql.conf (warned about once per change), and
+    /// why the binaries' catalog could not be read (logged once).
+    dropped_parameters: std::sync::Mutex<(Vec<String>, Option<String>)>,
 }
 
 impl Postgres {
@@ -80,7 +85,66 @@ impl Postgres {
             sysid_cache: std::sync::Mutex::new(None),
             watched_pid: Arc::new(std::sync::Mutex::new(None)),
             sync_names: std::sync::Mutex::new(None),
+            dropped_parameters: std::sync::Mutex::new((Vec::new(), None)),
         }
+    }
+
+    /// The version and parameters of the `postgres` binary in `bin_dir`; `None` when it cannot
+    /// be run (logged once per reason): parameters are then written as configured.
+    pub fn catalog(&self) -> Option<Arc<Catalog>> {
+        match Catalog::of(&self.bin("postgres")) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                let mut noted = self
+                    .dropped_parameters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if noted.1.as_deref() != Some(reason.as_str()) {
+                    warn!(
+                        "cannot read the PostgreSQL binaries' version and parameters: {reason}; parameters are written unchecked"
+                    );
+                    noted.1 = Some(reason);
+                }
+                None
+            }
+        }
+    }
+
+    /// Warns about parameters left out of postgresql.conf when the list changes.
+    fn note_dropped(&self, dropped: Vec<String>) {
+        let mut noted = self
+            .dropped_parameters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if noted.0 != dropped {
+            if !dropped.is_empty() {
+                let version = self
+                    .catalog_version()
+                    .map(version_text)
+                    .unwrap_or_else(|| "?".into());
+                warn!(
+                    parameters = ?dropped,
+                    "left out of postgresql.conf: PostgreSQL {version} in bin_dir does not know these parameters (misspelt, retired, or internal); fix them in the configuration"
+                );
+            }
+            noted.0 = dropped;
+        }
+    }
+
+    /// The major version the data directory was made by (`PG_VERSION`: 15, 18).
+    pub fn data_major(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data_dir().join("PG_VERSION"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn catalog_version(&self) -> Option<i32> {
+        Catalog::of(&self.bin("postgres"))
+            .ok()
+            .map(|c| c.version_num)
     }
 
     /// The configuration in force.

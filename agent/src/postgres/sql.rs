@@ -209,14 +209,28 @@ impl Postgres {
         pgc: &mut tokio_postgres::Config,
         unix_socket: bool,
     ) -> Result<(tokio_postgres_rustls::MakeRustlsConnect, String)> {
+        // libpq ignores every TLS option on a Unix socket, errors in them included
+        if unix_socket {
+            return Ok((
+                super::tls::PgTls::plain(pgc),
+                "Unix socket, without TLS".into(),
+            ));
+        }
         let su = &cfg.postgresql.superuser;
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        let tls = super::tls::PgTls::from_user(su, home.as_deref())
+        let tls = super::tls::PgTls::from_user(su, super::tls::home().as_deref())
             .map_err(|e| anyhow!("postgresql.authentication.superuser: {e:#}"))?;
         let connector = tls
-            .connector(pgc, unix_socket, su.sslpassword.as_ref())
+            .connector(pgc, false, su.sslpassword.as_ref())
             .map_err(|e| anyhow!("postgresql.authentication.superuser: {e:#}"))?;
-        Ok((connector, tls.describe(unix_socket)))
+        Ok((connector, tls.describe(false)))
+    }
+
+    /// Whether `cfg`'s superuser TLS options can make a connection (files readable, values
+    /// known): a reload is refused rather than the next connection failing.
+    pub fn check_superuser_tls(&self, cfg: &shared::config::Config) -> Result<()> {
+        let mut pgc = tokio_postgres::Config::new();
+        // the local connection, and the remote ones (a new primary's history) over TCP
+        Self::superuser_tls(cfg, &mut pgc, false).map(|_| ())
     }
 
     /// A connection to the local server as the superuser (reused across cycles).
@@ -462,12 +476,18 @@ impl Postgres {
     /// Creates the replication (and rewind) roles and sets the superuser password, after
     /// bootstrap. Statements carry passwords and are never logged.
     pub async fn create_roles(&self) -> Result<()> {
-        self.create_roles_as(&self.cfg()).await
+        let cfg = self.cfg();
+        self.create_roles_as(&cfg, &cfg).await
     }
 
-    /// The same, logged in as `login`'s superuser: after a reload that changed the passwords,
-    /// the configuration before it (whose password the server still knows).
-    pub async fn create_roles_as(&self, login: &shared::config::Config) -> Result<()> {
+    /// The same with `target`'s passwords, logged in as `login`'s superuser: after a reload
+    /// that changed the passwords, the configuration before it (whose password the server
+    /// still knows).
+    pub async fn create_roles_as(
+        &self,
+        login: &shared::config::Config,
+        target: &shared::config::Config,
+    ) -> Result<()> {
         // Passwords never reach the server's logs: they are sent on a session of their own
         // (ended afterwards, so nothing else runs with its settings) whose statement logging is
         // off before they are sent (a separate round trip: the server logs a query string as a
@@ -483,13 +503,17 @@ impl Postgres {
                 .await?
                 .get::<_, String>(0)
                 .eq_ignore_ascii_case("md5");
-            self.create_roles_on(&session, md5).await
+            Self::create_roles_on(target, &session, md5).await
         })
         .await
     }
 
-    async fn create_roles_on(&self, session: &tokio_postgres::Client, md5: bool) -> Result<()> {
-        let pg = &self.cfg().postgresql;
+    async fn create_roles_on(
+        target: &shared::config::Config,
+        session: &tokio_postgres::Client,
+        md5: bool,
+    ) -> Result<()> {
+        let pg = &target.postgresql;
         let verifier = |user: &str, password: &str| {
             sql_literal(&if md5 {
                 postgres_protocol::password::md5(password.as_bytes(), user)

@@ -16,8 +16,36 @@ use std::sync::Arc;
 use tokio_postgres::config::{ChannelBinding, SslMode, SslNegotiation};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// Where Debian (and most distributions) keep the system's trusted roots (`sslrootcert=system`).
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where distributions keep the system's trusted roots (`sslrootcert=system`): Debian and
+/// Ubuntu, Red Hat and Fedora, SUSE and Alpine; the first that exists is used.
+const SYSTEM_ROOTS: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+fn system_roots() -> PathBuf {
+    SYSTEM_ROOTS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_ROOTS[0]))
+}
+
+/// The home directory libpq looks in for `~/.postgresql/`: `$HOME`, else the user's entry in
+/// the password database.
+pub(super) fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+}
 
 /// How far the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +63,8 @@ enum Verify {
 pub(super) struct PgTls {
     mode: SslMode,
     verify: Verify,
+    /// `sslrootcert=system`: a bundle where one unreadable root must not spoil the others.
+    system: bool,
     root: Option<PathBuf>,
     client: Option<(PathBuf, PathBuf)>,
     crls: Vec<PathBuf>,
@@ -57,8 +87,9 @@ impl PgTls {
             home.map(|h| h.join(".postgresql").join(name))
                 .filter(|p| p.is_file())
         };
+        let system = opt("sslrootcert") == Some("system");
         let root = match opt("sslrootcert") {
-            Some("system") => Some(PathBuf::from(SYSTEM_ROOTS)),
+            Some("system") => Some(system_roots()),
             Some(p) => Some(PathBuf::from(p)),
             None => default_file("root.crt"),
         };
@@ -81,6 +112,12 @@ impl PgTls {
                 "sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
             ),
         };
+        // libpq: every public root would vouch for any name
+        if system && verify != Verify::Full {
+            bail!(
+                "sslrootcert system needs sslmode verify-full (a weaker mode would accept any publicly issued certificate)"
+            );
+        }
         if verify != Verify::Nothing && root.is_none() {
             bail!(
                 "sslmode {} checks the server's certificate: set sslrootcert (or put the CA in ~/.postgresql/root.crt)",
@@ -135,6 +172,7 @@ impl PgTls {
         Ok(PgTls {
             mode,
             verify,
+            system,
             root,
             client,
             crls,
@@ -171,6 +209,17 @@ impl PgTls {
         format!("{mode}, {check}{client}")
     }
 
+    /// A connection without TLS (a Unix socket).
+    pub(super) fn plain(pgc: &mut tokio_postgres::Config) -> MakeRustlsConnect {
+        pgc.ssl_mode(SslMode::Disable);
+        MakeRustlsConnect::new(
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+                .with_no_client_auth(),
+        )
+    }
+
     /// Applies the mode to `pgc` and makes the connector (reading the files now). A Unix-socket
     /// connection never uses TLS, as with libpq.
     pub(super) fn connector(
@@ -182,14 +231,8 @@ impl PgTls {
         shared::api::install_tls_provider();
         pgc.channel_binding(self.channel_binding);
         if unix_socket || self.mode == SslMode::Disable {
-            pgc.ssl_mode(SslMode::Disable);
             // never used, but the connect call wants one
-            return Ok(MakeRustlsConnect::new(
-                rustls::ClientConfig::builder()
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-                    .with_no_client_auth(),
-            ));
+            return Ok(Self::plain(pgc));
         }
         pgc.ssl_mode(self.mode).ssl_negotiation(self.negotiation);
         let verifier: Arc<dyn ServerCertVerifier> = match self.verify {
@@ -200,10 +243,14 @@ impl PgTls {
                     .as_ref()
                     .ok_or_else(|| anyhow!("no sslrootcert"))?;
                 let mut roots = rustls::RootCertStore::empty();
-                for ca in read_certs(root, "sslrootcert")? {
-                    roots
-                        .add(ca)
-                        .map_err(|e| anyhow!("sslrootcert {}: {e}", root.display()))?;
+                if self.system {
+                    roots.add_parsable_certificates(read_certs(root, "sslrootcert")?);
+                } else {
+                    for ca in read_certs(root, "sslrootcert")? {
+                        roots
+                            .add(ca)
+                            .map_err(|e| anyhow!("sslrootcert {}: {e}", root.display()))?;
+                    }
                 }
                 let mut crls = Vec::new();
                 for path in &self.crls {
@@ -215,6 +262,8 @@ impl PgTls {
                 }
                 let inner = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
                     .with_crls(crls)
+                    // as OpenSSL (libpq): a CRL past its next update does not count as current
+                    .enforce_revocation_expiration()
                     .build()
                     .map_err(|e| anyhow!("sslrootcert {}: {e}", root.display()))?;
                 if self.verify == Verify::Full {
@@ -232,8 +281,13 @@ impl PgTls {
             Some((cert, key)) => {
                 let chain = read_certs(cert, "sslcert")?;
                 check_key_mode(key)?;
-                let pem = shared::api::private_key_pem(key, sslpassword)
-                    .map_err(|e| anyhow!("sslkey {}: {e}", key.display()))?;
+                let pem = shared::api::private_key_pem(key, sslpassword).map_err(|e| {
+                    anyhow!(
+                        "sslkey {}: {}",
+                        key.display(),
+                        e.replace("keyfile_password", "sslpassword")
+                    )
+                })?;
                 let key_der = PrivateKeyDer::from_pem_slice(&pem)
                     .map_err(|e| anyhow!("sslkey {}: {e}", key.display()))?;
                 builder
@@ -269,7 +323,7 @@ fn check_key_mode(key: &Path) -> Result<()> {
     let allowed = if meta.uid() == 0 { 0o640 } else { 0o600 };
     if mode & !allowed != 0 {
         bail!(
-            "sslkey {}: mode {mode:o} lets others read it; libpq refuses such a key: chmod 600 it",
+            "sslkey {}: mode {mode:o} gives access beyond its owner; libpq refuses such a key: chmod 600 it",
             key.display()
         );
     }
@@ -404,12 +458,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(full.verify, Verify::Full);
-        // system roots default to verify-full
+        // system roots default to verify-full, and take nothing weaker
         let system = PgTls::from_user(&user(&[("sslrootcert", "system")]), None).unwrap();
-        assert_eq!(
-            (system.verify, system.root.as_deref()),
-            (Verify::Full, Some(Path::new(SYSTEM_ROOTS)))
-        );
+        assert_eq!(system.verify, Verify::Full);
+        assert!(system.system);
+        for weak in ["require", "verify-ca"] {
+            let err =
+                PgTls::from_user(&user(&[("sslrootcert", "system"), ("sslmode", weak)]), None)
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("verify-full"), "{weak}: {err}");
+        }
     }
 
     #[test]

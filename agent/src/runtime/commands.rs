@@ -323,7 +323,7 @@ impl<K: Kv> Agent<K> {
         // etcd: endpoints, TLS files and credentials are proved (the same cluster answers
         // through them) before the connection moves to them; the files are read again even
         // when their names did not change (renewed certificates)
-        if new.etcd.tls() || new.etcd != old.etcd {
+        if new.etcd != old.etcd {
             if let Err(e) = self.dcs.reconnect(&new.etcd).await {
                 let reason = format!(
                     "reload failed, the running configuration is kept: etcd3 ({}): {e}",
@@ -332,9 +332,22 @@ impl<K: Kv> Agent<K> {
                 error!("{reason}");
                 return (400, reason);
             }
-            if new.etcd != old.etcd {
-                info!(endpoints = ?new.etcd.endpoints(), "reload: etcd reached with the new settings");
+            info!(endpoints = ?new.etcd.endpoints(), "reload: etcd reached with the new settings");
+        } else if new.etcd.tls() {
+            // the same settings: renewed files are taken when etcd answers through them; an
+            // etcd outage must not stop the rest of the reload
+            if let Err(e) = self.dcs.reconnect(&new.etcd).await {
+                warn!(
+                    "reload: etcd3 TLS files not re-read ({e}); the current connection stays, reload again once etcd answers"
+                );
             }
+        }
+        // the superuser's TLS options for the agent's own connections, checked now rather than
+        // at the next new connection
+        if let Err(e) = self.pg.check_superuser_tls(&new) {
+            let reason = format!("reload failed, the running configuration is kept: {e:#}");
+            error!("{reason}");
+            return (400, reason);
         }
         if let Some((tls, config, cert)) = rest_tls {
             tls.reload_from_config(config);
@@ -363,10 +376,15 @@ impl<K: Kv> Agent<K> {
         {
             let pg = self.pg.clone();
             let before = old.clone();
-            tokio::spawn(async move {
+            let target = Arc::new(new.clone());
+            // a newer rotation replaces one still running
+            if let Some(previous) = self.password_task.take() {
+                previous.abort();
+            }
+            self.password_task = Some(tokio::spawn(async move {
                 // logged in with the old password, which the server still has
-                let set = match pg.create_roles_as(&before).await {
-                    Err(_) => pg.create_roles().await,
+                let set = match pg.create_roles_as(&before, &target).await {
+                    Err(_) => pg.create_roles_as(&target, &target).await,
                     done => done,
                 };
                 match set {
@@ -375,7 +393,7 @@ impl<K: Kv> Agent<K> {
                         "reload: cannot set the changed role passwords: {e:#}; set them with ALTER ROLE, or reload again"
                     ),
                 }
-            });
+            }));
         }
         self.cfg = new;
         info!(config = origin, "configuration reloaded");

@@ -136,6 +136,8 @@ pub struct Agent<K: Kv> {
     other_leads: bool,
     /// When the last failsafe round that every member confirmed began.
     failsafe_confirmed: Option<Instant>,
+    /// Role passwords being set after a reload changed them.
+    password_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<K: Kv> Agent<K> {
@@ -204,6 +206,7 @@ impl<K: Kv> Agent<K> {
             config_refused: None,
             last_leader: None,
             failsafe_confirmed: None,
+            password_task: None,
             pg_unresponsive_since: None,
             lock_renewed_ttl: u64::MAX,
             lease_kept: None,
@@ -719,6 +722,7 @@ impl<K: Kv> Agent<K> {
                     .watchdog
                     .allows_leading(timing.ttl, timing.loop_wait)
                     .is_err(),
+            binaries_version: self.pg.catalog().map(|c| c.version_num),
             ..(*prev).clone()
         };
         self.snapshot.send_replace(Arc::new(snap));
@@ -1291,11 +1295,20 @@ impl<K: Kv> Agent<K> {
                     .ok_or_else(|| anyhow!("member {from} has no usable conn_url"))?;
                 let leader = cluster.leader.as_ref().map(|l| l.name.clone());
                 let leader_up = leader.as_deref().and_then(|l| upstream_of(cluster, l));
+                let source = crate::jobs::CloneSource {
+                    upstream: up,
+                    name: from.clone(),
+                    api_url: cluster
+                        .member(from)
+                        .map(|m| m.data.api_url.clone())
+                        .unwrap_or_default(),
+                    peers: self.peers.clone(),
+                };
                 self.spawn_job(
                     Job::Clone,
                     clone_replica(
                         self.pg.clone(),
-                        up,
+                        source,
                         leader_up,
                         params,
                         dynamic.pg_hba(),

@@ -17,6 +17,9 @@ use tracing::{debug, warn};
 #[derive(Clone)]
 pub struct EtcdKv {
     client: std::sync::Arc<tokio::sync::watch::Sender<Client>>,
+    /// The etcd cluster's id, from the answers' headers (0 until one came): a reconnect must
+    /// reach the same cluster.
+    cluster_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The deadline of each request, streamed answers included (the lease keepalive).
     timeout: Duration,
 }
@@ -30,6 +33,7 @@ impl EtcdKv {
             .map_err(map_err)?;
         Ok(EtcdKv {
             client: std::sync::Arc::new(tokio::sync::watch::Sender::new(client)),
+            cluster_id: Default::default(),
             timeout,
         })
     }
@@ -133,6 +137,10 @@ impl Kv for EtcdKv {
             .await
             .map_err(map_err)?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if let Some(id) = resp.header().map(|h| h.cluster_id()).filter(|id| *id != 0) {
+            self.cluster_id
+                .store(id, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok((resp.kvs().iter().map(to_kv).collect(), rev))
     }
 
@@ -315,14 +323,21 @@ impl EtcdKv {
         let client = Client::connect(cfg.endpoints(), Some(connect_options(cfg, self.timeout)?))
             .await
             .map_err(map_err)?;
-        let value = |r: etcd_client::GetResponse| r.kvs().first().map(|kv| kv.value().to_vec());
-        let new = client.clone().get(probe, None).await.map_err(map_err)?;
-        // endpoints of another etcd cluster would lose the lease and the keys: refused
-        if let Ok(old) = self.client().get(probe, None).await
-            && value(old) != value(new)
+        let id = |r: &etcd_client::GetResponse| r.header().map(|h| h.cluster_id()).unwrap_or(0);
+        let new = id(&client.clone().get(probe, None).await.map_err(map_err)?);
+        // endpoints of another etcd cluster (a restored copy, a test cluster) would lose the
+        // lease and show an empty store a member could bootstrap on: refused. The cluster's id
+        // comes from the answers read so far, else from the current connection now.
+        let mut known = self.cluster_id.load(std::sync::atomic::Ordering::Relaxed);
+        if known == 0
+            && let Ok(Ok(old)) =
+                tokio::time::timeout(self.timeout / 2, self.client().get(probe, None)).await
         {
+            known = id(&old);
+        }
+        if known != 0 && new != known {
             return Err(KvError::Other(format!(
-                "the new endpoints hold another {probe} than the current ones: another etcd cluster?"
+                "the new settings reach another etcd cluster (id {new:x}, the current one is {known:x})"
             )));
         }
         self.client.send_replace(client);

@@ -92,9 +92,9 @@ pub trait Kv: Send + Sync + 'static {
         revision: i64,
     ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<WatchEvent>, KvError>> + Send;
     /// Connects again with new settings (endpoints, TLS files, credentials) once a read of the
-    /// key `probe` through them works and finds what the current connection finds there; until
-    /// then, and when it fails, the current connection stays. Watches move to the new
-    /// connection. A store without such settings has nothing to do.
+    /// key `probe` through them works and is answered by the same store (etcd: the same
+    /// cluster id); until then, and when it fails, the current connection stays. Watches move
+    /// to the new connection. A store without such settings has nothing to do.
     fn reconnect(
         &self,
         _cfg: &crate::config::EtcdConfig,

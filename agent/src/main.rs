@@ -78,7 +78,10 @@ fn main() -> ExitCode {
     for w in &cfg.warnings {
         warn!(key = w.key, "configuration: {}", w.message);
     }
-    let env_issues = cfg.check_environment();
+    let mut env_issues = cfg.check_environment();
+    if env_issues.is_empty() {
+        env_issues = postgres::binaries_issues(&cfg);
+    }
     if !env_issues.is_empty() {
         for i in &env_issues {
             error!(key = i.key, "configuration: {}", i.message);
@@ -112,7 +115,10 @@ fn validate(path: &std::path::Path) -> ExitCode {
             for w in &cfg.warnings {
                 eprintln!("warning: {}: {}", w.key, w.message);
             }
-            let issues = cfg.check_environment();
+            let mut issues = cfg.check_environment();
+            if issues.is_empty() {
+                issues = postgres::binaries_issues(&cfg);
+            }
             if issues.is_empty() {
                 println!("{}: configuration is valid", path.display());
                 ExitCode::SUCCESS

@@ -40,31 +40,53 @@ fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn valid_config_exits_zero() {
-    // validation only looks for the binaries: stand-ins make the test need no PostgreSQL
-    let dir = tempfile::tempdir().unwrap();
+/// A configuration whose `bin_dir` holds stand-ins for PostgreSQL's programs (validation only
+/// looks for them and asks `postgres` its version and parameters): the test needs no
+/// PostgreSQL.
+fn with_stand_ins(dir: &tempfile::TempDir, version: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
-    for b in [
-        "pg_ctl",
-        "initdb",
-        "pg_basebackup",
-        "pg_controldata",
-        "postgres",
-    ] {
+    for b in ["pg_ctl", "initdb", "pg_basebackup", "pg_controldata"] {
         std::fs::write(bin.join(b), "").unwrap();
     }
-    let p = write(
-        &dir,
+    let postgres = bin.join("postgres");
+    std::fs::write(
+        &postgres,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n--version) echo 'postgres (PostgreSQL) {version}' ;;\n--describe-config) printf 'wal_keep_size\\tsighup\\tReplication\\tINTEGER\\n' ;;\nesac\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&postgres, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write(
+        dir,
         "good.yml",
         &GOOD
             .replace("/tmp/pgpilot-cli-test", &dir.path().display().to_string())
             .replace("/usr/lib/postgresql/15/bin", &bin.display().to_string()),
-    );
+    )
+}
+
+#[test]
+fn valid_config_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = with_stand_ins(&dir, "18.6");
     let (code, out, err) = run(&["--validate-config".as_ref(), p.as_os_str()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("configuration is valid"));
+}
+
+#[test]
+fn postgresql_older_than_13_exits_two_with_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = with_stand_ins(&dir, "12.22");
+    let (code, out, err) = run(&["--validate-config".as_ref(), p.as_os_str()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("postgresql.bin_dir") && err.contains("PostgreSQL 12.22"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! a switchover through real `patronictl`, the primary's machine lost and the old primary back
 //! through pg_rewind, and `synchronous_mode_strict` losing no acknowledged commit in a failover.
 //! A member whose `bin_dir` holds another major version than the leader's is refused with both
-//! versions named, and never gets a data directory. On 15, parameters are fitted to the server.
+//! versions named, and never gets a data directory; `restart --pg-version` restarts only the
+//! members running an older version. On 15, parameters are fitted to the server.
 
 use pgpilot_e2e::*;
 use std::time::{Duration, Instant};
@@ -144,6 +145,47 @@ fn the_core_set_runs_on_postgresql_18() {
     let on_leader = written_ids(&c.nodes[new]).unwrap();
     let missing: Vec<&i64> = acked.iter().filter(|id| !on_leader.contains(id)).collect();
     assert!(missing.is_empty(), "acknowledged rows lost: {missing:?}");
+
+    // restart --pg-version: only members running an older version restart
+    let started = |i: usize| {
+        c.nodes[i]
+            .status()
+            .map(|s| s["postmaster_start_time"].clone())
+    };
+    let before: Vec<_> = members.iter().map(|&i| started(i)).collect();
+    let config = c.nodes[now].config_path.display().to_string();
+    let restart = |version: &str| {
+        console(&[
+            "-c",
+            &config,
+            "--batch",
+            "restart",
+            "pg18",
+            "--pg-version",
+            version,
+            "--force",
+        ])
+        .unwrap()
+    };
+    let (_, out, err) = restart("18.0");
+    assert!(
+        format!("{out}{err}").contains("not lower than"),
+        "{out}{err}"
+    );
+    let after: Vec<_> = members.iter().map(|&i| started(i)).collect();
+    assert_eq!(before, after, "a member restarted although it runs 18.x");
+    let (code, out, err) = restart("19.0");
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("every member restarted", LONG, || {
+        members
+            .iter()
+            .zip(&before)
+            .all(|(&i, b)| started(i).is_some_and(|s| Some(&s) != b.as_ref()))
+            .then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    wait_streaming(c, &members);
 
     // the member with PostgreSQL 15 binaries: refused with both versions named, no data
     c.start_agent(stray).unwrap();

@@ -86,6 +86,28 @@ impl Catalog {
     }
 }
 
+/// The oldest PostgreSQL pgpilot runs: recovery settings in postgresql.conf with
+/// `standby.signal` (12) and a reload that changes `primary_conninfo` (13).
+pub const OLDEST_VERSION: i32 = 130000;
+
+/// What is wrong with the binaries in `bin_dir`: a `postgres` that does not run, or a version
+/// older than [`OLDEST_VERSION`].
+pub fn binaries_issues(cfg: &shared::config::Config) -> Vec<shared::config::ConfigIssue> {
+    let issue = |message: String| shared::config::ConfigIssue {
+        key: "postgresql.bin_dir".into(),
+        message,
+    };
+    match Catalog::of(&cfg.postgresql.binary("postgres")) {
+        Err(e) => vec![issue(format!("{e:#}"))],
+        Ok(c) if c.version_num < OLDEST_VERSION => vec![issue(format!(
+            "PostgreSQL {} there: pgpilot runs PostgreSQL {} or newer",
+            version_text(c.version_num),
+            OLDEST_VERSION / 10000
+        ))],
+        Ok(_) => Vec::new(),
+    }
+}
+
 /// `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → 150018; `18.6` → 180006;
 /// `18beta1`/`18rc1` → 180000.
 pub fn parse_version(text: &str) -> Option<i32> {

@@ -8,7 +8,7 @@ mod files;
 mod sql;
 mod tls;
 
-pub use catalog::{Catalog, version_text};
+pub use catalog::{Catalog, binaries_issues, version_text};
 pub use controldata::ControlData;
 pub use sql::{ServerStatus, Unresponsive};
 

@@ -345,7 +345,7 @@ enum Fault {
 /// One failover measurement: the client write gap in seconds.
 fn write_gap(
     kind: &str,
-    daemon: Option<PathBuf>,
+    (daemon, bin_dir): (Option<PathBuf>, Option<PathBuf>),
     rep: usize,
     fault: Fault,
     (ttl, loop_wait, retry_timeout): (u64, u64, u64),
@@ -356,6 +356,7 @@ fn write_gap(
         loop_wait,
         retry_timeout,
         daemon,
+        bin_dir,
         ..Default::default()
     };
     let mut lab = Lab::new(&format!("gap-{kind}"), spec, true)?;
@@ -384,13 +385,18 @@ fn write_gap(
 }
 
 /// One switchover measurement: (request returns, write gap, old primary streaming), seconds.
-fn switchover_once(kind: &str, daemon: Option<PathBuf>, rep: usize) -> Result<(f64, f64, f64)> {
+fn switchover_once(
+    kind: &str,
+    (daemon, bin_dir): (Option<PathBuf>, Option<PathBuf>),
+    rep: usize,
+) -> Result<(f64, f64, f64)> {
     let spec = ClusterSpec {
         scope: format!("sw-{kind}-{rep}"),
         ttl: 30,
         loop_wait: 10,
         retry_timeout: 10,
         daemon,
+        bin_dir,
         ..Default::default()
     };
     let mut lab = Lab::new(&format!("sw-{kind}"), spec, true)?;
@@ -438,6 +444,62 @@ fn switchover_once(kind: &str, daemon: Option<PathBuf>, rep: usize) -> Result<(f
     Ok((returned, gap.as_secs_f64(), streaming))
 }
 
+/// `bench versions`: pgpilot on PostgreSQL 15 and on 18, the same run: bootstrap (3 agents →
+/// leader + 2 streaming), a switchover's write gap, and the write gap when the leader's
+/// postmaster alone is SIGKILLed.
+fn versions_summary(reps: usize) -> Result<Value> {
+    let pg18 = pgpilot_e2e::pg18_bin()
+        .context("PostgreSQL 18 is not installed: . tests/prereqs.sh; pgpilot_pg18")?;
+    let mut summary = serde_json::Map::new();
+    for (label, bin) in [
+        ("postgresql15", PathBuf::from(pgpilot_e2e::PG_BIN)),
+        ("postgresql18", pg18),
+    ] {
+        let (mut boot, mut sw, mut crash) = (Vec::new(), Vec::new(), Vec::new());
+        for rep in 1..=reps {
+            let kind = format!("v{}", &label[10..]);
+            let spec = ClusterSpec {
+                scope: format!("boot-{kind}-{rep}"),
+                ttl: 30,
+                loop_wait: 10,
+                retry_timeout: 10,
+                bin_dir: Some(bin.clone()),
+                ..Default::default()
+            };
+            let mut lab = Lab::new(&format!("boot-{kind}"), spec, true)?;
+            let started = Instant::now();
+            lab.cluster.start_all()?;
+            lab.cluster.wait_healthy(Duration::from_secs(180))?;
+            let b = started.elapsed().as_secs_f64();
+            lab.cluster.shutdown();
+            drop(lab);
+            let (_, g, _) = switchover_once(&kind, (None, Some(bin.clone())), rep)?;
+            let c = write_gap(
+                &kind,
+                (None, Some(bin.clone())),
+                rep,
+                Fault::PostmasterCrash,
+                (30, 10, 10),
+            )?;
+            println!(
+                "{label} run {rep}: bootstrap {b:.2} s, switchover gap {g:.2} s, postmaster crash gap {c:.2} s"
+            );
+            boot.push(b);
+            sw.push(g);
+            crash.push(c);
+        }
+        summary.insert(
+            label.into(),
+            json!({
+                "bootstrap_s": {"runs": boot.clone(), "median": median(boot)},
+                "switchover_gap_s": {"runs": sw.clone(), "median": median(sw)},
+                "postmaster_crash_gap_s": {"runs": crash.clone(), "median": median(crash)},
+            }),
+        );
+    }
+    Ok(Value::Object(summary))
+}
+
 /// `bench switchover`: pgpilot then Patroni.
 fn switchover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
     println!("{}", switchover_summary(reps, patroni)?);
@@ -449,7 +511,7 @@ fn switchover_summary(reps: usize, patroni: Option<PathBuf>) -> Result<Value> {
     for (kind, daemon) in kinds(patroni) {
         let (mut ret, mut gaps, mut streams) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 1..=reps {
-            let (r, g, s) = switchover_once(kind, daemon.clone(), rep)?;
+            let (r, g, s) = switchover_once(kind, (daemon.clone(), None), rep)?;
             println!(
                 "{kind} switchover run {rep}: request returned after {r:.2} s, write gap {g:.2} s, old primary streaming after {s:.2} s"
             );
@@ -505,7 +567,7 @@ fn failover_summary(reps: usize, patroni: Option<PathBuf>, quick: bool) -> Resul
         for (name, fault, timing) in scenarios {
             let mut gaps = Vec::new();
             for rep in 1..=reps {
-                let g = write_gap(kind, daemon.clone(), rep, fault, timing)?;
+                let g = write_gap(kind, (daemon.clone(), None), rep, fault, timing)?;
                 println!(
                     "{kind} {name} (ttl {}/loop_wait {}/retry_timeout {}) run {rep}: write gap {g:.2} s",
                     timing.0, timing.1, timing.2
@@ -917,7 +979,7 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench tls [REPS] [PATRONI_EXECUTABLE]        bootstrap over etcd TLS, REST over TLS\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
+            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench tls [REPS] [PATRONI_EXECUTABLE]        bootstrap over etcd TLS, REST over TLS\n       bench versions [REPS]                        pgpilot on PostgreSQL 15 and 18: bootstrap, switchover gap, postmaster crash gap\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
         );
         return Ok(());
     }
@@ -939,6 +1001,12 @@ fn main() -> Result<()> {
                 args.get(2).map(String::as_str)
             )?
         );
+        return Ok(());
+    }
+    if args.first().is_some_and(|a| a == "versions") {
+        args.remove(0);
+        let reps = reps_arg(&args, 3);
+        println!("{}", versions_summary(reps)?);
         return Ok(());
     }
     if args.first().is_some_and(|a| a == "tls") {

@@ -3,8 +3,8 @@
 # rustup when there is no cargo (Debian's rustc is too old), and with apt-get:
 # etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
 # (the live console tests and screenshots), wrk (the benchmark harness), nftables and iproute2
-# (network partitions, the demo's isolate switch), openssl and curl (the TLS tests' private CA and client), DejaVu
-# fonts (screenshots/make.sh).
+# (network partitions, the demo's isolate switch), openssl and curl (the TLS tests' private CA and client),
+# pgbackrest (replicas and point-in-time bootstrap from backups), DejaVu fonts (screenshots/make.sh).
 # pgpilot_patroni installs real Patroni for the compatibility tests.
 # Sourced by demo.sh, run.sh and .ci/run.
 set -euo pipefail
@@ -25,6 +25,7 @@ pgpilot_prereqs() {
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
     command -v openssl >/dev/null 2>&1 || need+=(openssl)
     command -v curl >/dev/null 2>&1 || need+=(curl)
+    command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
     [ -f /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || need+=(fonts-dejavu-core)
     if ((${#need[@]})); then
         local sudo=""

@@ -47,16 +47,20 @@ fn same_major(source: &str, theirs: i32, ours: i32) -> Result<()> {
     Ok(())
 }
 
-/// Clones the data directory from `source` and starts as a replica of the leader.
+/// Builds the data directory from `source` with the replica methods in order
+/// (`create_replica_methods`: pg_basebackup, or a named method such as a pgBackRest restore,
+/// falling back to the next when one fails) and starts as a replica of the leader.
 pub(crate) async fn clone_replica(
     pg: Arc<Postgres>,
     source: CloneSource,
     leader: Option<Upstream>,
-    params: Map<String, Value>,
+    (params, dynamic_pg): (Map<String, Value>, Option<Map<String, Value>>),
     hba: Option<Vec<String>>,
     timeout: Duration,
 ) -> Result<()> {
+    use crate::postgres::methods::{self, ReplicaMethod};
     let started = Instant::now();
+    let cfg = pg.cfg();
     let ours = pg.catalog().map(|c| c.version_num);
     // before copying anything: the source's version, from its REST API
     if let Some(ours) = ours
@@ -69,21 +73,97 @@ pub(crate) async fn clone_replica(
         same_major(&source.name, theirs, ours)?;
     }
     let from = source.upstream;
-    info!(
-        host = from.host,
-        port = from.port,
-        "creating replica with pg_basebackup"
+    let connstring = pg.conninfo(
+        &cfg.postgresql.replication,
+        &from.host,
+        from.port,
+        &[("dbname", cfg.postgresql.database.as_str())],
     );
+    let data_dir = pg.data_dir().display().to_string();
+    let tries = methods::replica_methods(
+        &cfg.postgresql,
+        dynamic_pg.as_ref(),
+        &methods::Source {
+            scope: &cfg.scope,
+            data_dir: &data_dir,
+            connstring: &connstring,
+        },
+    )?;
     pg.write_pgpass()?;
     pg.begin_creation()?;
     std::fs::create_dir_all(pg.data_dir())
         .with_context(|| format!("cannot create {}", pg.data_dir().display()))?;
     set_mode_0700(pg.data_dir());
-    if let Err(e) = pg.basebackup(&from).await {
-        // Only what this clone wrote is removed: the directory was empty before (see ha.rs).
-        pg.discard_creation();
-        return Err(e);
+    let mut failures = Vec::new();
+    let mut built_with = None;
+    for method in &tries {
+        pg.set_replica_method(Some(method.name()));
+        let outcome = match method {
+            ReplicaMethod::Basebackup => {
+                info!(
+                    host = from.host,
+                    port = from.port,
+                    "creating replica with pg_basebackup"
+                );
+                // a method before it may have left files (keep_data)
+                pg.empty_data_dir();
+                pg.basebackup(&from).await
+            }
+            ReplicaMethod::Command {
+                name,
+                argv,
+                keep_data,
+                ..
+            } => {
+                info!(
+                    method = name,
+                    command = argv.join(" "),
+                    "creating replica with {name}"
+                );
+                if !keep_data {
+                    pg.empty_data_dir();
+                }
+                match pg.run_method(&format!("replica method {name}"), argv).await {
+                    Ok(()) if pg.data_major().is_none() => Err(anyhow::anyhow!(
+                        "replica method {name} succeeded but left no data directory (no PG_VERSION in {data_dir})"
+                    )),
+                    other => other,
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                built_with = Some(method.name().to_string());
+                break;
+            }
+            Err(e) => {
+                warn!(
+                    method = method.name(),
+                    "{e:#}; trying the next replica method"
+                );
+                failures.push(format!("{}: {e:#}", method.name()));
+                let keep = matches!(
+                    method,
+                    ReplicaMethod::Command {
+                        keep_data: true,
+                        ..
+                    }
+                );
+                if !keep {
+                    pg.empty_data_dir();
+                }
+            }
+        }
     }
+    pg.set_replica_method(None);
+    let Some(method) = built_with else {
+        // only what this clone wrote is removed: the directory was empty before (see ha.rs)
+        pg.discard_creation();
+        bail!(
+            "no replica method built the data directory: {}",
+            failures.join("; ")
+        );
+    };
     // and after it, from the copy itself (a source whose REST API did not answer)
     if let (Some(ours), Some(theirs)) = (ours, pg.data_major())
         && let Err(e) = same_major(&source.name, theirs.saturating_mul(10000), ours)
@@ -91,10 +171,14 @@ pub(crate) async fn clone_replica(
         pg.discard_creation();
         return Err(e);
     }
+    // a restore leaves its own recovery settings: pgpilot's are the ones in force
+    pg.sanitize_auto_conf()?;
+    let _ = std::fs::remove_file(pg.data_dir().join("recovery.signal"));
     pg.end_creation();
     info!(
+        method,
         seconds = started.elapsed().as_secs_f32(),
-        "pg_basebackup finished"
+        "replica data directory built"
     );
     let upstream = leader.or(Some(from));
     start_postgres(pg, params, hba, Some(upstream), timeout).await?;
@@ -102,6 +186,111 @@ pub(crate) async fn clone_replica(
         seconds = started.elapsed().as_secs_f32(),
         "replica is running"
     );
+    Ok(())
+}
+
+/// A custom `bootstrap.method`: its command builds the data directory (a restore from a
+/// backup); PostgreSQL then recovers with the section's `recovery_conf` (a point-in-time
+/// target, `recovery_target_action: promote`) and this returns once it accepts writes. A
+/// server that pauses at its target waits for the operator; one that shuts down there fails
+/// the bootstrap.
+async fn restore(
+    cfg: &Config,
+    pg: &Postgres,
+    dynamic: &DynamicConfig,
+    name: &str,
+    section: &Map<String, Value>,
+) -> Result<()> {
+    use crate::postgres::methods;
+    let started = Instant::now();
+    let data_dir = pg.data_dir().display().to_string();
+    let argv = methods::bootstrap_command(name, section, &cfg.scope, &data_dir)?;
+    info!(
+        method = name,
+        command = argv.join(" "),
+        "bootstrapping the cluster with bootstrap method {name}"
+    );
+    pg.begin_creation()?;
+    std::fs::create_dir_all(pg.data_dir())
+        .with_context(|| format!("cannot create {}", pg.data_dir().display()))?;
+    set_mode_0700(pg.data_dir());
+    pg.run_method(&format!("bootstrap method {name}"), &argv)
+        .await?;
+    if pg.data_major().is_none() {
+        bail!(
+            "bootstrap method {name} succeeded but left no data directory (no PG_VERSION in {data_dir})"
+        );
+    }
+    pg.end_creation();
+    info!(
+        method = name,
+        seconds = started.elapsed().as_secs_f32(),
+        "data directory restored; starting PostgreSQL to recover"
+    );
+    pg.write_pgpass()?;
+    let recovery = section.get("recovery_conf").and_then(Value::as_object);
+    let keep = methods::keeps_existing_recovery_conf(section);
+    let _ = std::fs::remove_file(pg.data_dir().join("standby.signal"));
+    match recovery {
+        Some(settings) => {
+            pg.sanitize_auto_conf()?;
+            pg.write_recovery_target(&dynamic.parameters(), settings)?;
+        }
+        None if keep => {
+            // what the restore wrote stays in force (postgresql.auto.conf, recovery.signal)
+            pg.write_config(&dynamic.parameters(), None)?;
+        }
+        None => {
+            pg.sanitize_auto_conf()?;
+            let _ = std::fs::remove_file(pg.data_dir().join("recovery.signal"));
+            pg.write_config(&dynamic.parameters(), None)?;
+        }
+    }
+    pg.write_hba(dynamic.pg_hba(), true)?;
+    // reaching a consistent state may replay a lot of WAL: no start timeout, the postmaster
+    // exiting is what ends the wait
+    pg.start(Duration::from_secs(7 * 24 * 3600)).await?;
+    let mut last_log = Instant::now();
+    loop {
+        match pg.status().await {
+            Ok(s) if !s.in_recovery => break,
+            Ok(s) => {
+                if last_log.elapsed() > Duration::from_secs(15) {
+                    if s.replay_paused {
+                        warn!(
+                            "recovery paused at its target: check the data, then end recovery with SELECT pg_promote() (or resume replay with pg_wal_replay_resume()); the bootstrap waits"
+                        );
+                    } else {
+                        info!(
+                            replayed = s.replay_lsn.map(|l| shared::types::Lsn(l).to_string()),
+                            "waiting for the end of recovery after the restore"
+                        );
+                    }
+                    last_log = Instant::now();
+                }
+            }
+            Err(e) => {
+                if pg.running_pid().is_none() {
+                    bail!(
+                        "PostgreSQL stopped during recovery after bootstrap method {name} (a recovery_target_action of shutdown, or a missing WAL file): {e:#}"
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    info!(
+        method = name,
+        seconds = started.elapsed().as_secs_f32(),
+        "recovery ended: the restored server accepts writes"
+    );
+    // from now on a primary like any other: no recovery settings left anywhere (they take
+    // effect only at a start: a restart, before the cluster is announced)
+    pg.sanitize_auto_conf()?;
+    pg.write_config(&dynamic.parameters(), None)?;
+    let timeout = Duration::from_secs(cfg.postgresql.pg_ctl_timeout);
+    pg.stop("fast", timeout).await?;
+    pg.start(timeout).await?;
     Ok(())
 }
 
@@ -140,22 +329,26 @@ pub(crate) async fn bootstrap<K: Kv>(
 
 async fn bootstrap_steps<K: Kv>(cfg: &Config, pg: &Postgres, dcs: &Dcs<K>) -> Result<()> {
     let started = Instant::now();
-    info!(data_dir = %pg.data_dir().display(), "running initdb");
-    pg.begin_creation()?;
-    pg.initdb().await?;
-    pg.end_creation();
-    info!(
-        seconds = started.elapsed().as_secs_f32(),
-        "initdb finished; starting PostgreSQL"
-    );
     let dynamic = DynamicConfig {
         raw: cfg.bootstrap.dcs.clone(),
     };
-    pg.write_pgpass()?;
-    pg.write_config(&dynamic.parameters(), None)?;
-    pg.write_hba(dynamic.pg_hba(), true)?;
-    pg.start(Duration::from_secs(cfg.postgresql.pg_ctl_timeout))
-        .await?;
+    if let Some((name, section)) = &cfg.bootstrap.method {
+        restore(cfg, pg, &dynamic, name, section).await?;
+    } else {
+        info!(data_dir = %pg.data_dir().display(), "running initdb");
+        pg.begin_creation()?;
+        pg.initdb().await?;
+        pg.end_creation();
+        info!(
+            seconds = started.elapsed().as_secs_f32(),
+            "initdb finished; starting PostgreSQL"
+        );
+        pg.write_pgpass()?;
+        pg.write_config(&dynamic.parameters(), None)?;
+        pg.write_hba(dynamic.pg_hba(), true)?;
+        pg.start(Duration::from_secs(cfg.postgresql.pg_ctl_timeout))
+            .await?;
+    }
     info!("creating roles");
     pg.create_roles().await?;
     if let Some(script) = &cfg.bootstrap.post_bootstrap {

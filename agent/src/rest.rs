@@ -444,6 +444,9 @@ pub fn status_json(s: &Snapshot) -> Value {
         own.insert("switchover".into(), h.to_json());
     }
     own.insert("fencing".into(), json!(s.fencing.as_str()));
+    if let Some(m) = &s.replica_method {
+        own.insert("replica_method".into(), json!(m));
+    }
     if let Some(v) = s.binaries_version {
         // what bin_dir holds: the version the server runs after its next start
         own.insert(

@@ -53,6 +53,8 @@ pub struct Snapshot {
     pub watchdog_failed: bool,
     /// The version of the PostgreSQL binaries in `bin_dir` (as `server_version_num`).
     pub binaries_version: Option<i32>,
+    /// The replica method building the data directory now (`basebackup`, `pgbackrest`, …).
+    pub replica_method: Option<String>,
 }
 
 impl Snapshot {
@@ -84,6 +86,7 @@ impl Snapshot {
             watchdog_armed: false,
             watchdog_failed: false,
             binaries_version: None,
+            replica_method: None,
         }
     }
 }

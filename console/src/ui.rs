@@ -617,6 +617,9 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             if let Some(d) = b["pgpilot"]["decision"].as_str() {
                 lines.push(Line::from(format!("agent: {d}")));
             }
+            if let Some(m) = b["pgpilot"]["replica_method"].as_str() {
+                lines.push(Line::from(format!("creating replica with {m}")));
+            }
             if let Some(p) = protection(b) {
                 lines.push(Line::from(p));
             }

@@ -218,6 +218,10 @@ impl EtcdConfig {
 pub struct BootstrapConfig {
     /// Dynamic configuration written to the `config` key by the node that bootstraps the cluster.
     pub dcs: Map<String, Value>,
+    /// `bootstrap.method` other than `initdb`, with its section `bootstrap.<method>` (which
+    /// holds a `command`): the first member restores the cluster with it (e.g. a
+    /// point-in-time recovery from a backup).
+    pub method: Option<(String, Map<String, Value>)>,
     /// Options for initdb, already rendered as `--key=value` / `--flag`.
     pub initdb: Vec<String>,
     /// Lines appended to pg_hba.conf after initdb.
@@ -312,6 +316,13 @@ pub struct PostgresConfig {
     pub remove_data_directory_on_rewind_failure: bool,
     pub remove_data_directory_on_diverged_timelines: bool,
     pub basebackup: Vec<String>,
+    /// `create_replica_methods` (or the older `create_replica_method`), when set here (else
+    /// the dynamic configuration's, else `basebackup`).
+    pub create_replica_methods: Option<Vec<String>>,
+    /// Sections of replica methods: `postgresql.<name>` mappings holding a `command`.
+    pub methods: Map<String, Value>,
+    /// `recovery_conf`: recovery settings for replicas (`restore_command`, …), when set here.
+    pub recovery_conf: Option<Map<String, Value>>,
     pub pg_ctl_timeout: u64,
     pub callbacks: Map<String, Value>,
 }
@@ -1128,11 +1139,6 @@ const IGNORED_KEYS: &[(&str, &str)] = &[
         "postgresql.custom_conf",
         "not used: pgpilot includes the original postgresql.conf as postgresql.base.conf",
     ),
-    ("postgresql.recovery_conf", "not used by pgpilot: ignored"),
-    (
-        "postgresql.create_replica_methods",
-        "replicas are always cloned with pg_basebackup (postgresql.basebackup options apply)",
-    ),
     ("postgresql.rewind", "not used by pgpilot: ignored"),
     ("postgresql.pre_promote", "not run by pgpilot: ignored"),
     ("postgresql.before_stop", "not run by pgpilot: ignored"),
@@ -1324,10 +1330,11 @@ pub fn dynamic_key_notes(raw: &Map<String, Value>) -> Vec<KeyNote> {
                             NoteLevel::Warning,
                             "pg_ident.conf is not written by pgpilot: ignored",
                         ),
-                        "recovery_conf" if has_content(v) => {
-                            note(&dotted, NoteLevel::Warning, "not used by pgpilot: ignored")
-                        }
-                        "pg_ident" | "recovery_conf" => {}
+                        // replica methods, their sections, and replicas' recovery settings
+                        // (the member's own YAML wins over them)
+                        "recovery_conf" | "create_replica_methods" | "create_replica_method" => {}
+                        _ if v.get("command").is_some_and(Value::is_string) => {}
+                        "pg_ident" => {}
                         _ => note(
                             &dotted,
                             NoteLevel::Warning,
@@ -1602,13 +1609,21 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     if let Some(method) = r.string("bootstrap.method")
         && method != "initdb"
     {
-        r.open.push(format!("bootstrap.{method}"));
-        r.err(
-            "bootstrap.method",
-            format!(
-                "custom bootstrap method {method:?} is not supported by pgpilot yet; use initdb"
+        // Patroni falls back to initdb when the section has no command; pgpilot refuses: a
+        // cluster meant to be restored must not start empty
+        let key = format!("bootstrap.{method}");
+        let section = r.open_map(&key);
+        match section.get("command") {
+            Some(Value::String(c)) if !c.trim().is_empty() => {
+                bootstrap.method = Some((method, section));
+            }
+            _ => r.err(
+                &format!("{key}.command"),
+                format!(
+                    "bootstrap.method is {method:?}: its section needs a command (the program that restores the data directory)"
+                ),
             ),
-        );
+        }
     }
 
     // PostgreSQL
@@ -1672,6 +1687,42 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         }
         None => Vec::new(),
     };
+    let create_replica_methods = r
+        .string_list("postgresql.create_replica_methods")
+        .or_else(|| r.string_list("postgresql.create_replica_method"));
+    // a method's section: a mapping with a command, or one the method list names
+    let mut methods = Map::new();
+    if let Some(Value::Object(pg)) = r.tree.get("postgresql") {
+        for (name, v) in pg {
+            let named = create_replica_methods
+                .as_ref()
+                .is_some_and(|m| m.contains(name));
+            if let Value::Object(section) = v
+                && (section.contains_key("command") || named)
+                && !matches!(
+                    name.as_str(),
+                    "parameters" | "authentication" | "callbacks" | "recovery_conf" | "bin_name"
+                )
+            {
+                methods.insert(name.clone(), v.clone());
+                r.open.push(format!("postgresql.{name}"));
+            }
+        }
+    }
+    for (name, v) in &methods {
+        if let Some(c) = v.get("command")
+            && !c.is_string()
+        {
+            r.err(
+                &format!("postgresql.{name}.command"),
+                "expected the command as a string",
+            );
+        }
+    }
+    let recovery_conf = r
+        .get("postgresql.recovery_conf")
+        .is_some()
+        .then(|| r.open_map("postgresql.recovery_conf"));
     let postgresql = PostgresConfig {
         listen: pg_listen,
         connect_address: pg_connect,
@@ -1698,6 +1749,9 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
             .boolean("postgresql.remove_data_directory_on_diverged_timelines")
             .unwrap_or(false),
         basebackup,
+        create_replica_methods,
+        methods,
+        recovery_conf,
         pg_ctl_timeout: pg_ctl_timeout.max(1) as u64,
         callbacks: r.open_map("postgresql.callbacks"),
     };

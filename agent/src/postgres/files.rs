@@ -294,6 +294,14 @@ impl Postgres {
         if let Some(upstream) = replica_of {
             text.push_str(RECOVERY_MARK);
             text.push_str("recovery_target_timeline = 'latest'\n");
+            // recovery_conf: restore_command (a replica that cannot stream keeps up from the
+            // archive), archive_cleanup_command, recovery_min_apply_delay, …
+            let catalog = self.catalog();
+            for (k, v) in self.replica_recovery_settings() {
+                if catalog.as_ref().is_none_or(|c| c.accepts(&k)) {
+                    text.push_str(&format!("{k} = {}\n", quote_guc(&v)));
+                }
+            }
             if let Some(up) = upstream {
                 let ci = self.conninfo_with(
                     &self.cfg().postgresql.replication,
@@ -318,6 +326,29 @@ impl Postgres {
             std::fs::remove_file(&signal)?;
         }
         write_atomic(&conf, &text)?;
+        Ok(())
+    }
+
+    /// Writes `postgresql.conf` for a server that recovers to a target and ends recovery (a
+    /// custom bootstrap's `recovery_conf`): the parameters, then `settings`, with
+    /// `recovery.signal`.
+    pub fn write_recovery_target(
+        &self,
+        dynamic: &Map<String, Value>,
+        settings: &Map<String, Value>,
+    ) -> Result<()> {
+        self.write_config(dynamic, None)?;
+        let conf = self.conf_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+        text.push_str(RECOVERY_MARK);
+        for (k, v) in settings {
+            if v.is_null() || k == "standby_mode" {
+                continue;
+            }
+            text.push_str(&format!("{k} = {}\n", quote_guc(&guc_value(v))));
+        }
+        write_atomic(&conf, &text)?;
+        std::fs::write(self.data_dir().join("recovery.signal"), "")?;
         Ok(())
     }
 

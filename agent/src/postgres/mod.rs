@@ -5,6 +5,7 @@
 mod catalog;
 mod controldata;
 mod files;
+pub mod methods;
 mod sql;
 mod tls;
 
@@ -68,6 +69,13 @@ pub struct Postgres {
     /// The parameters last left out of postgresql.conf (warned about once per change), and
     /// why the binaries' catalog could not be read (logged once).
     dropped_parameters: std::sync::Mutex<(Vec<String>, Option<String>)>,
+    /// The replica method building the data directory now.
+    replica_method: std::sync::Mutex<Option<String>>,
+    /// The dynamic configuration's `postgresql` section in force (`recovery_conf`, replica
+    /// methods).
+    dynamic_postgresql: std::sync::Mutex<Option<serde_json::Map<String, serde_json::Value>>>,
+    /// The `recovery_conf` keys last left out (warned about once per change).
+    recovery_left_out: std::sync::Mutex<Vec<String>>,
 }
 
 impl Postgres {
@@ -86,7 +94,63 @@ impl Postgres {
             watched_pid: Arc::new(std::sync::Mutex::new(None)),
             sync_names: std::sync::Mutex::new(None),
             dropped_parameters: std::sync::Mutex::new((Vec::new(), None)),
+            replica_method: std::sync::Mutex::new(None),
+            dynamic_postgresql: std::sync::Mutex::new(None),
+            recovery_left_out: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Puts the dynamic configuration's `postgresql` section in force.
+    pub fn set_dynamic_postgresql(
+        &self,
+        section: Option<serde_json::Map<String, serde_json::Value>>,
+    ) {
+        *self
+            .dynamic_postgresql
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = section;
+    }
+
+    /// A replica's settings from `recovery_conf` (the member's own, else the dynamic
+    /// configuration's); the keys pgpilot owns on a replica are left out, with a warning once.
+    pub fn replica_recovery_settings(&self) -> Vec<(String, String)> {
+        let dynamic = self
+            .dynamic_postgresql
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (kept, left_out) =
+            methods::replica_recovery_settings(&self.cfg().postgresql, dynamic.as_ref());
+        let mut warned = self
+            .recovery_left_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *warned != left_out {
+            if !left_out.is_empty() {
+                warn!(
+                    keys = ?left_out,
+                    "recovery_conf: left out on replicas (pgpilot sets the upstream, the slot and the timeline itself; a recovery target would stop, pause or promote a replica)"
+                );
+            }
+            *warned = left_out;
+        }
+        kept
+    }
+
+    /// Records the replica method building the data directory (shown in `/patroni`).
+    pub fn set_replica_method(&self, method: Option<&str>) {
+        *self
+            .replica_method
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = method.map(str::to_string);
+    }
+
+    /// The replica method building the data directory now, if one is.
+    pub fn replica_method(&self) -> Option<String> {
+        self.replica_method
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The version and parameters of the `postgres` binary in `bin_dir`; `None` when it cannot
@@ -727,6 +791,82 @@ impl Postgres {
         self.run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
             .await
             .map(|_| ())
+    }
+
+    /// Runs a replica or bootstrap method's command (`what` names it in the log), as the
+    /// agent's user with the pgpass file (`PGPASSFILE`) and without pgpilot's secrets in its
+    /// environment; its output goes to the agent's log line by line. Fails with the exit status
+    /// and the last lines of output.
+    pub async fn run_method(&self, what: &str, argv: &[String]) -> Result<()> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| anyhow!("{what}: no command"))?;
+        let mut cmd = Command::new(program);
+        keep_secrets_out(&mut cmd);
+        cmd.args(args)
+            .env("PGPASSFILE", &self.cfg().postgresql.pgpass)
+            .env("PGSERVICEFILE", self.service_file())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("{what}: cannot run {program}"))?;
+        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+            bail!("{what}: output not captured");
+        };
+        let tail = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let pump = |stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+            let tail = tail.clone();
+            let what = what.to_string();
+            async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    info!(method = what, "{line}");
+                    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    t.push_back(line);
+                    if t.len() > 5 {
+                        t.pop_front();
+                    }
+                }
+            }
+        };
+        let (_, _, status) = tokio::join!(pump(Box::new(out)), pump(Box::new(err)), child.wait());
+        let status = status.with_context(|| format!("{what}: cannot wait for {program}"))?;
+        if !status.success() {
+            let last: Vec<String> = tail
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            bail!("{what} failed ({status}): {}", last.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Removes recovery settings a restore wrote into `postgresql.auto.conf` (they would
+    /// override the ones pgpilot writes).
+    pub fn sanitize_auto_conf(&self) -> Result<()> {
+        let path = self.data_dir().join("postgresql.auto.conf");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        if let Some(clean) = methods::without_recovery_settings(&text) {
+            info!(file = %path.display(), "removed the recovery settings a restore left there");
+            std::fs::write(&path, clean)
+                .with_context(|| format!("cannot rewrite {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Empties the data directory (before a method that needs it empty).
+    pub fn empty_data_dir(&self) {
+        wipe_dir(self.data_dir());
     }
 
     /// Clones the data directory from `from` with pg_basebackup, logging progress.

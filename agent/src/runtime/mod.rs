@@ -501,6 +501,7 @@ impl<K: Kv> Agent<K> {
         }
         self.dcs.set_ttl(timing.ttl as i64);
         self.pg.set_use_slots(dynamic.use_slots());
+        self.pg.set_dynamic_postgresql(dynamic.postgresql_section());
         self.pg.set_query_timeout(timing.retry_timeout);
         if let Some(c) = &cluster {
             self.seen_leader |= c.leader.is_some();
@@ -723,6 +724,7 @@ impl<K: Kv> Agent<K> {
                     .allows_leading(timing.ttl, timing.loop_wait)
                     .is_err(),
             binaries_version: self.pg.catalog().map(|c| c.version_num),
+            replica_method: self.pg.replica_method(),
             ..(*prev).clone()
         };
         self.snapshot.send_replace(Arc::new(snap));
@@ -1310,7 +1312,7 @@ impl<K: Kv> Agent<K> {
                         self.pg.clone(),
                         source,
                         leader_up,
-                        params,
+                        (params, dynamic.postgresql_section()),
                         dynamic.pg_hba(),
                         Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
                     ),

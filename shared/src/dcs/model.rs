@@ -668,6 +668,11 @@ impl DynamicConfig {
     }
 
     /// `postgresql.pg_hba` from the dynamic configuration.
+    /// The `postgresql` section (replica methods, `recovery_conf`, … beside the parameters).
+    pub fn postgresql_section(&self) -> Option<Map<String, Value>> {
+        self.postgresql().cloned()
+    }
+
     pub fn pg_hba(&self) -> Option<Vec<String>> {
         let list = self.postgresql()?.get("pg_hba")?.as_array()?;
         Some(

@@ -1,0 +1,270 @@
+//! Backups and disaster recovery the way seed 000 runs them, with real pgBackRest (a repository
+//! on local disk, no ssh; each member its own pgBackRest configuration file):
+//! `create_replica_methods: [pgbackrest, basebackup]` — with no backup yet the first replicas
+//! fall back to pg_basebackup; after `stanza-create` and a full backup a new member is built by
+//! pgBackRest's restore and streams, and `reinit` goes through pgBackRest too; replicas carry
+//! `recovery_conf`'s `restore_command`. Then a new cluster is bootstrapped by point-in-time
+//! recovery (`bootstrap.method` with pgBackRest's time restore and `recovery_conf`): the rows
+//! committed before the target are there, those after are not, and the restored cluster fails
+//! over like any other.
+
+use pgpilot_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Runs `pgbackrest` with `args` as the agents' user; its output when it fails.
+fn pgbackrest(args: &[&str]) -> Result<String, String> {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "pgbackrest",
+        ]);
+        c
+    } else {
+        Command::new("pgbackrest")
+    };
+    let out = cmd.args(args).output().map_err(|e| e.to_string())?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// A pgBackRest configuration for one member: the shared repository, the member's own data
+/// directory, port and socket.
+fn backrest_conf(dir: &Path, repo: &Path, stanza: &str, node: &Node) -> PathBuf {
+    let path = dir.join("pgbackrest.conf");
+    let logs = dir.join("pgbackrest");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[global]\nrepo1-path={}\nlog-path={}\nlock-path={}\nlog-level-console=info\nlog-level-file=off\nstart-fast=y\narchive-timeout=60\n\n[{stanza}]\npg1-path={}\npg1-port={}\npg1-socket-path={}\npg1-user=postgres\n",
+            repo.display(),
+            logs.display(),
+            logs.display(),
+            node.data_dir.display(),
+            node.pg_port,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    chown_postgres(dir).unwrap();
+    path
+}
+
+/// The member's YAML with seed 000's settings: archiving through pgBackRest, the pgbackrest
+/// replica method before basebackup, and restore_command for replicas.
+fn with_backrest(yaml: &str, conf: &Path, stanza: &str) -> String {
+    let conf = conf.display();
+    yaml.replace(
+        "    fsync: 'off'\n",
+        &format!(
+            "    fsync: 'off'\n    archive_mode: 'on'\n    archive_command: pgbackrest --config={conf} --stanza={stanza} archive-push %p\n"
+        ),
+    )
+    .replace(
+        "  pg_hba:\n",
+        &format!(
+            "  create_replica_methods:\n    - pgbackrest\n    - basebackup\n  pgbackrest:\n    command: pgbackrest --config={conf} --stanza={stanza} --log-level-file=off --delta restore\n    keep_data: true\n    no_params: true\n  recovery_conf:\n    restore_command: pgbackrest --config={conf} --stanza={stanza} archive-get %f \"%p\"\n  pg_hba:\n"
+        ),
+    )
+}
+
+/// Waits until every node in `nodes` but the primary streams; returns the primary.
+fn wait_streaming(c: &TestCluster, nodes: &[usize]) -> usize {
+    wait_for("one primary and streaming replicas", LONG, || {
+        let p = c.primary()?;
+        nodes
+            .iter()
+            .filter(|&&i| i != p)
+            .all(|&i| {
+                c.nodes[i].status().is_some_and(|s| {
+                    s["replication_state"] == "streaming" && s["role"] == "replica"
+                })
+            })
+            .then_some(p)
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap()
+}
+
+#[test]
+fn pgbackrest_builds_replicas_and_restores_a_cluster_to_a_point_in_time() {
+    if !prerequisites() || !need_program("pgbackrest", "pgbackrest") {
+        return;
+    }
+    let stanza = "backups";
+    let spec = ClusterSpec {
+        scope: stanza.into(),
+        nodes: 4,
+        ..Default::default()
+    };
+    let mut lab = Lab::new("backups", spec, true).unwrap();
+    let repo = lab.work.path.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    chown_postgres(&repo).unwrap();
+    let mut confs = Vec::new();
+    for n in &lab.cluster.nodes {
+        let dir = n.config_path.parent().unwrap().to_path_buf();
+        let conf = backrest_conf(&dir, &repo, stanza, n);
+        let yaml = std::fs::read_to_string(&n.config_path).unwrap();
+        let yaml = with_backrest(&yaml, &conf, stanza);
+        assert!(yaml.contains("create_replica_methods"), "{yaml}");
+        std::fs::write(&n.config_path, yaml).unwrap();
+        confs.push(conf);
+    }
+    let c = &mut lab.cluster;
+    let three = [0, 1, 2];
+    for i in three {
+        c.start_agent(i).unwrap();
+    }
+    let p = wait_streaming(c, &three);
+
+    // no backup yet: the replicas fell back to pg_basebackup
+    for i in three.iter().filter(|&&i| i != p) {
+        let log = c.nodes[*i].log();
+        assert!(
+            log.contains("replica method pgbackrest failed")
+                && log.contains("replica data directory built method=\"basebackup\""),
+            "{}",
+            c.logs_tail()
+        );
+    }
+    // a replica carries restore_command from recovery_conf
+    let r = three.into_iter().find(|&i| i != p).unwrap();
+    let restore = sql(&c.nodes[r], "SHOW restore_command").unwrap();
+    assert!(restore[0].contains("archive-get"), "{restore:?}");
+
+    // the stanza and a full backup, taken on the primary
+    let conf = confs[p].display().to_string();
+    let config = format!("--config={conf}");
+    let stanza_arg = format!("--stanza={stanza}");
+    pgbackrest(&[&config, &stanza_arg, "stanza-create"]).unwrap();
+    pgbackrest(&[&config, &stanza_arg, "--type=full", "backup"])
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+
+    // a new member is built by pgBackRest and streams
+    c.start_agent(3).unwrap();
+    let all = [0, 1, 2, 3];
+    wait_streaming(c, &all);
+    let log = c.nodes[3].log();
+    assert!(
+        log.contains("restore command begin")
+            && log.contains("replica data directory built method=\"pgbackrest\""),
+        "{log}"
+    );
+    let shown = c.nodes[3].status().unwrap();
+    assert_eq!(shown["role"], "replica");
+
+    // reinit goes through pgBackRest too
+    let before = c.nodes[r].log().len();
+    let (code, body) = http_post(&c.nodes[r].api("/reinitialize"), "{}").unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_for("the reinitialized member built by pgBackRest", LONG, || {
+        let log = c.nodes[r].log();
+        log.get(before..)
+            .filter(|l| l.contains("replica data directory built method=\"pgbackrest\""))
+            .map(|_| ())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    let p = wait_streaming(c, &all);
+
+    // rows before and after a point in time, the WAL archived past it
+    let n = &c.nodes[p];
+    sql(n, "CREATE TABLE pitr (id int, at text)").unwrap();
+    sql(
+        n,
+        "INSERT INTO pitr SELECT g, 'before' FROM generate_series(1, 10) g",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let target = sql(n, "SELECT (now() AT TIME ZONE 'UTC')::text || '+00'").unwrap()[0].clone();
+    std::thread::sleep(Duration::from_millis(1500));
+    sql(
+        n,
+        "INSERT INTO pitr SELECT g, 'after' FROM generate_series(11, 20) g",
+    )
+    .unwrap();
+    let segment = sql(n, "SELECT pg_walfile_name(pg_switch_wal())").unwrap()[0].clone();
+    wait_for("the WAL past the target archived", LONG, || {
+        let last = sql(
+            n,
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        )
+        .ok()?;
+        (last[0].as_str() >= segment.as_str()).then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+
+    // a new cluster restored to that point in time by its first member
+    let pitr_spec = ClusterSpec {
+        scope: "pitr".into(),
+        nodes: 2,
+        ..Default::default()
+    };
+    let pitr_dir = lab.work.path.join("pitr");
+    std::fs::create_dir_all(&pitr_dir).unwrap();
+    chown_postgres(&pitr_dir).unwrap();
+    let mut restored = TestCluster::new(pitr_spec, &pitr_dir, &lab.etcd.endpoint()).unwrap();
+    for n in &restored.nodes {
+        let dir = n.config_path.parent().unwrap().to_path_buf();
+        let conf = backrest_conf(&dir, &repo, stanza, n).display().to_string();
+        let yaml = std::fs::read_to_string(&n.config_path).unwrap();
+        let bootstrap = format!(
+            "bootstrap:\n  method: pitr_restore_by_pgbackrest\n  pitr_restore_by_pgbackrest:\n    command: 'pgbackrest --config={conf} --stanza={stanza} --log-level-file=off --type=time \"--target={target}\" restore'\n    keep_existing_recovery_conf: true\n    no_params: true\n    recovery_conf:\n      recovery_target_action: promote\n      recovery_target_time: '{target}'\n      recovery_target_inclusive: true\n      restore_command: 'pgbackrest --config={conf} --stanza={stanza} archive-get %f \"%p\"'\n"
+        );
+        std::fs::write(&n.config_path, yaml.replacen("bootstrap:\n", &bootstrap, 1)).unwrap();
+    }
+    restored.start_all().unwrap();
+    let rp = restored
+        .wait_healthy(LONG)
+        .map_err(|e| format!("{e}\n{}", restored.logs_tail()))
+        .unwrap();
+    let leader_log = restored.nodes[rp].log();
+    assert!(
+        leader_log
+            .contains("bootstrapping the cluster with bootstrap method pitr_restore_by_pgbackrest")
+            && leader_log.contains("recovery ended"),
+        "{}",
+        restored.logs_tail()
+    );
+    let rows = sql(
+        &restored.nodes[rp],
+        "SELECT at, count(*) FROM pitr GROUP BY at",
+    )
+    .unwrap();
+    assert_eq!(rows, vec!["before"], "the restored rows: {rows:?}");
+    let count = sql(&restored.nodes[rp], "SELECT count(*) FROM pitr").unwrap();
+    assert_eq!(count, vec!["10"]);
+    // no recovery setting of the restore is left on the new primary
+    let target_left = sql(&restored.nodes[rp], "SHOW recovery_target_time").unwrap();
+    assert_eq!(target_left, vec![""], "{target_left:?}");
+
+    // and the restored cluster fails over like any other
+    restored.kill_machine(rp);
+    let other = 1 - rp;
+    wait_for("the restored cluster's replica to take over", LONG, || {
+        (restored.primary() == Some(other)).then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", restored.logs_tail()))
+    .unwrap();
+    let count = sql(&restored.nodes[other], "SELECT count(*) FROM pitr").unwrap();
+    assert_eq!(count, vec!["10"]);
+    restored.shutdown();
+}

@@ -194,8 +194,11 @@ pub enum Action {
     Demote { upstream: Option<String> },
     /// Point the replica at a (new) upstream member.
     Follow { upstream: Option<String> },
-    /// Create the physical slots of these members (if missing).
+    /// Create the physical slots of these members (if missing), and the permanent slots.
     EnsureSlots { members: Vec<String> },
+    /// On a replica that may become leader: keep the permanent slots (physical and logical)
+    /// here too, at the positions the leader publishes.
+    SyncSlots,
     /// Write the dynamic configuration from `bootstrap.dcs` (the key is missing or invalid).
     WriteConfig,
     /// Publish `status` (optime, slots) and, when the timeline moved, `history`.
@@ -1164,6 +1167,14 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             }
             if obs.pg.config_outdated {
                 actions.push(Action::ApplyConfig);
+            }
+            // a member that may be promoted carries the permanent slots, so that their
+            // consumers go on after a failover
+            if !obs.no_failover
+                && cluster.dynamic_config().use_slots()
+                && !cluster.dynamic_config().permanent_slots().is_empty()
+            {
+                actions.push(Action::SyncSlots);
             }
             decision(actions, format!("replica following {}", l.name))
         }

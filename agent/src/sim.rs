@@ -986,7 +986,7 @@ impl Sim {
                 n.pg.upstream = upstream;
                 Some(true)
             }
-            Action::EnsureSlots { .. } => Some(true),
+            Action::EnsureSlots { .. } | Action::SyncSlots => Some(true),
             Action::WriteConfig => {
                 let config = self.config.clone();
                 self.nodes[i].dcs.set_config(&config, None).await.ok()?;

@@ -1294,11 +1294,18 @@ pub fn dynamic_key_notes(raw: &Map<String, Value>) -> Vec<KeyNote> {
                     note(key, NoteLevel::Refusal, &why);
                 }
             }
-            "slots" if has_content(value) => note(
-                key,
-                NoteLevel::Warning,
-                "permanent replication slots are not created by pgpilot yet: create them on the primary yourself (pgpilot never drops a slot named here)",
-            ),
+            "slots" | "permanent_slots" | "permanent_replication_slots" => {
+                let one = crate::dcs::DynamicConfig {
+                    raw: Map::from_iter([("slots".to_string(), value.clone())]),
+                };
+                for (name, why) in one.permanent_slot_problems() {
+                    note(
+                        &format!("{key}.{name}"),
+                        NoteLevel::Warning,
+                        &format!("{why}: this slot is left out"),
+                    );
+                }
+            }
             "maximum_lag_on_syncnode" if positive(value) => note(
                 key,
                 NoteLevel::Warning,
@@ -1314,8 +1321,7 @@ pub fn dynamic_key_notes(raw: &Map<String, Value>) -> Vec<KeyNote> {
                 NoteLevel::Warning,
                 "ignored: the history key keeps every timeline of PostgreSQL's timeline history",
             ),
-            "slots"
-            | "maximum_lag_on_syncnode"
+            "maximum_lag_on_syncnode"
             | "primary_stop_timeout"
             | "master_stop_timeout"
             | "max_timelines_history" => {}
@@ -1717,6 +1723,12 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
                 &format!("postgresql.{name}.command"),
                 "expected the command as a string",
             );
+        }
+        if v.get("no_leader").is_some_and(truthy) {
+            r.notes.push(ConfigIssue {
+                key: format!("postgresql.{name}.no_leader"),
+                message: "not acted on: a member without data waits for a leader to clone from; the method still runs then (and is passed --no_leader unless no_params)".into(),
+            });
         }
     }
     let recovery_conf = r

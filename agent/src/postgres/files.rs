@@ -188,6 +188,10 @@ impl Postgres {
         set("port", port.to_string());
         set("cluster_name", self.cfg().scope.clone());
         set("hot_standby", "on".into());
+        // copies of logical slots on replicas need the primary to keep their catalog rows
+        if self.logical_slots() {
+            set("hot_standby_feedback", "on".into());
+        }
         if let Some(names) = self.sync_names() {
             set(
                 "synchronous_standby_names",

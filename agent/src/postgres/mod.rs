@@ -11,7 +11,7 @@ mod tls;
 
 pub use catalog::{Catalog, binaries_issues, version_text};
 pub use controldata::ControlData;
-pub use sql::{ServerStatus, Unresponsive};
+pub use sql::{ServerStatus, SlotInfo, Unresponsive};
 
 use anyhow::{Context, Result, anyhow, bail};
 use shared::config::Config;
@@ -76,6 +76,9 @@ pub struct Postgres {
     dynamic_postgresql: std::sync::Mutex<Option<serde_json::Map<String, serde_json::Value>>>,
     /// The `recovery_conf` keys last left out (warned about once per change).
     recovery_left_out: std::sync::Mutex<Vec<String>>,
+    /// Permanent logical slots are configured: replicas send hot standby feedback, so the
+    /// primary keeps the catalog rows their copies of the slots need.
+    logical_slots: AtomicBool,
 }
 
 impl Postgres {
@@ -97,7 +100,17 @@ impl Postgres {
             replica_method: std::sync::Mutex::new(None),
             dynamic_postgresql: std::sync::Mutex::new(None),
             recovery_left_out: std::sync::Mutex::new(Vec::new()),
+            logical_slots: AtomicBool::new(false),
         }
+    }
+
+    /// Whether permanent logical slots are configured (see [`Postgres::logical_slots`]).
+    pub fn set_logical_slots(&self, on: bool) {
+        self.logical_slots.store(on, Ordering::Relaxed);
+    }
+
+    pub fn logical_slots(&self) -> bool {
+        self.logical_slots.load(Ordering::Relaxed)
     }
 
     /// Puts the dynamic configuration's `postgresql` section in force.
@@ -861,6 +874,35 @@ impl Postgres {
             std::fs::write(&path, clean)
                 .with_context(|| format!("cannot rewrite {}", path.display()))?;
         }
+        Ok(())
+    }
+
+    /// Puts a logical slot's state file, copied from the leader, into this (stopped) server's
+    /// `pg_replslot`, written to a temporary directory, synced and renamed into place as
+    /// PostgreSQL does.
+    pub fn install_slot_state(&self, name: &str, state: &[u8]) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        anyhow::ensure!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "not a slot name: {name:?}"
+        );
+        let dir = self.data_dir().join("pg_replslot");
+        let tmp = dir.join(format!("{name}.tmp"));
+        let target = dir.join(name);
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+        let file = tmp.join("state");
+        std::fs::write(&file, state).with_context(|| format!("cannot write {}", file.display()))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::File::open(&file)?.sync_all()?;
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::rename(&tmp, &target)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))?;
+        std::fs::File::open(&dir)?.sync_all()?;
         Ok(())
     }
 

@@ -24,6 +24,17 @@ pub struct Walsender {
     pub flush_lsn: Option<u64>,
 }
 
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub name: String,
+    pub logical: bool,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+    pub restart_lsn: Option<u64>,
+    pub confirmed_flush_lsn: Option<u64>,
+}
+
 /// The server's state from one round of queries.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServerStatus {
@@ -257,7 +268,20 @@ impl Postgres {
     /// A new connection to the local server as the superuser of `cfg` (the running
     /// configuration, or the one before a reload).
     async fn connect_local(&self, cfg: &shared::config::Config) -> Result<tokio_postgres::Client> {
+        self.connect_local_to(cfg, None).await
+    }
+
+    /// The same, to database `dbname` instead of `postgresql.database` (a logical slot lives in
+    /// its database).
+    async fn connect_local_to(
+        &self,
+        cfg: &shared::config::Config,
+        dbname: Option<&str>,
+    ) -> Result<tokio_postgres::Client> {
         let mut pgc = Self::superuser_login(cfg);
+        if let Some(db) = dbname {
+            pgc.dbname(db);
+        }
         let (host, port) = cfg.postgresql.local_host_port();
         if cfg.postgresql.use_unix_socket {
             let dir = self
@@ -619,6 +643,117 @@ impl Postgres {
             Ok(())
         })
         .await
+    }
+
+    /// Every replication slot that is not temporary, with its kind and position.
+    pub async fn slot_list(&self) -> Result<Vec<SlotInfo>> {
+        let rows = self
+            .bounded("the slot list", self.query_timeout(), async {
+                let client = self.client().await?;
+                Ok(client
+                    .query(
+                        "SELECT slot_name::text, slot_type, database::text, plugin::text,
+                                restart_lsn::text, confirmed_flush_lsn::text
+                         FROM pg_replication_slots WHERE NOT temporary",
+                        &[],
+                    )
+                    .await?)
+            })
+            .await?;
+        let lsn = |v: Option<String>| v.and_then(|s| s.parse::<Lsn>().ok()).map(|l| l.0);
+        Ok(rows
+            .iter()
+            .map(|r| SlotInfo {
+                name: r.get(0),
+                logical: r.get::<_, String>(1) == "logical",
+                database: r.get(2),
+                plugin: r.get(3),
+                restart_lsn: lsn(r.get(4)),
+                confirmed_flush_lsn: lsn(r.get(5)),
+            })
+            .collect())
+    }
+
+    /// Creates a logical slot in `database` with `plugin`, if it does not exist.
+    pub async fn create_logical_slot(&self, name: &str, database: &str, plugin: &str) -> Result<()> {
+        let cfg = self.cfg();
+        // creating a logical slot waits for running transactions: bounded by the statement
+        // limit, beside the loop's status queries
+        self.bounded("a logical slot creation", STATEMENT_LIMIT, async {
+            let client = self.connect_local_to(&cfg, Some(database)).await?;
+            client
+                .execute(
+                    "SELECT pg_create_logical_replication_slot($1, $2)
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    &[&name, &plugin],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves a slot forward to `lsn` (never past what this server has replayed or flushed);
+    /// a logical slot is moved from a session in its database.
+    pub async fn advance_slot(&self, name: &str, database: Option<&str>, lsn: u64) -> Result<()> {
+        let cfg = self.cfg();
+        let target = Lsn(lsn).to_string();
+        self.bounded("a slot advance", STATEMENT_LIMIT, async {
+            let client = self.connect_local_to(&cfg, database).await?;
+            client
+                .execute(
+                    "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                    &[&name, &target],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The state file of slot `name` on the server at `from` (the leader), read over a
+    /// superuser connection (`pg_read_binary_file`), with its type, database and plugin there.
+    pub async fn remote_slot_state(
+        &self,
+        from: &super::Upstream,
+        name: &str,
+    ) -> Result<(Vec<u8>, Option<String>, Option<String>)> {
+        let cfg = self.cfg();
+        let limit = self.query_timeout().max(Duration::from_secs(5));
+        tokio::time::timeout(limit, async {
+            let mut pgc = Self::superuser_login(&cfg);
+            pgc.host(&from.host).port(from.port);
+            let (tls, how) = Self::superuser_tls(&cfg, &mut pgc, false)?;
+            let (client, conn) = pgc.connect(tls).await.map_err(|e| {
+                anyhow!(
+                    "cannot connect to {}:{} ({how}): {:#}",
+                    from.host,
+                    from.port,
+                    anyhow::Error::new(e)
+                )
+            })?;
+            let task = tokio::spawn(conn);
+            let row = client
+                .query_opt(
+                    "SELECT database::text, plugin::text,
+                            pg_read_binary_file('pg_replslot/' || slot_name || '/state')
+                     FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'logical'",
+                    &[&name],
+                )
+                .await?;
+            task.abort();
+            let row = row.ok_or_else(|| anyhow!("no logical slot {name} on the leader"))?;
+            Ok((row.get(2), row.get(0), row.get(1)))
+        })
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "{}:{} did not answer within {} ms",
+                from.host,
+                from.port,
+                limit.as_millis()
+            )
+        })?
     }
 
     /// Drops a slot if it exists and is not active.

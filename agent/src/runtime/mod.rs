@@ -8,6 +8,7 @@ use crate::ha::{
 };
 mod commands;
 mod failsafe;
+mod slots;
 pub use failsafe::FailsafeHeard;
 
 use crate::handover;
@@ -501,6 +502,12 @@ impl<K: Kv> Agent<K> {
         }
         self.dcs.set_ttl(timing.ttl as i64);
         self.pg.set_use_slots(dynamic.use_slots());
+        self.pg.set_logical_slots(
+            dynamic
+                .permanent_slots()
+                .iter()
+                .any(|s| s.logical.is_some()),
+        );
         self.pg.set_dynamic_postgresql(dynamic.postgresql_section());
         self.pg.set_query_timeout(timing.retry_timeout);
         if let Some(c) = &cluster {
@@ -1489,8 +1496,13 @@ impl<K: Kv> Agent<K> {
                     .and_then(|c| c.status.retain_slots.clone())
                     .unwrap_or_default();
                 self.ensure_slots(members, keep, &retained, dynamic).await?;
+                self.ensure_permanent_slots(dynamic).await;
                 Ok(Step::Continue)
             }
+            Action::SyncSlots => match cluster {
+                Some(c) => self.sync_permanent_slots(c, dynamic, server).await,
+                None => Ok(Step::Continue),
+            },
             Action::WriteConfig => {
                 let (cfg, source) = match self
                     .pg
@@ -1825,6 +1837,11 @@ impl<K: Kv> Agent<K> {
                     }
                 }
             }
+            // the permanent slots' positions: replicas move their copies to them
+            slots.extend(
+                self.permanent_slot_positions(&cluster.dynamic_config())
+                    .await,
+            );
             let own = slot_name(&self.cfg.name);
             if let Some(o) = optime {
                 slots.insert(own.clone(), Value::from(o));

@@ -193,6 +193,48 @@ pub struct Leader {
     pub mod_revision: i64,
 }
 
+/// A permanent replication slot from the dynamic configuration's `slots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermanentSlot {
+    pub name: String,
+    /// `None`: physical; `Some((database, plugin))`: logical.
+    pub logical: Option<(String, String)>,
+}
+
+impl PermanentSlot {
+    fn from_entry(name: &str, v: &Value) -> Result<PermanentSlot, String> {
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err("a slot name is 1 to 63 of a-z, 0-9 and _".into());
+        }
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let (kind, database, plugin) = (field("type"), field("database"), field("plugin"));
+        let logical = match kind.as_deref() {
+            Some("physical") => false,
+            Some("logical") => true,
+            None => database.is_some() && plugin.is_some(),
+            Some(other) => return Err(format!("type {other:?} is not physical or logical")),
+        };
+        if !logical {
+            return Ok(PermanentSlot {
+                name: name.to_string(),
+                logical: None,
+            });
+        }
+        match (database, plugin) {
+            (Some(d), Some(p)) if !d.is_empty() && !p.is_empty() => Ok(PermanentSlot {
+                name: name.to_string(),
+                logical: Some((d, p)),
+            }),
+            _ => Err("a logical slot needs a database and a plugin".into()),
+        }
+    }
+}
+
 /// The `status` key.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Status {
@@ -577,6 +619,35 @@ impl DynamicConfig {
             Some(Value::String(s)) => crate::types::parse_seconds(s).unwrap_or(1800),
             _ => 1800,
         }
+    }
+
+    /// The permanent replication slots of `slots` (also read as `permanent_slots` or
+    /// `permanent_replication_slots`): physical unless `type: logical` or both `database` and
+    /// `plugin` are given. Entries with an unusable name or an incomplete logical definition
+    /// are left out (see [`DynamicConfig::permanent_slot_problems`]).
+    pub fn permanent_slots(&self) -> Vec<PermanentSlot> {
+        self.permanent_slot_entries()
+            .filter_map(|(name, v)| PermanentSlot::from_entry(name, v).ok())
+            .collect()
+    }
+
+    /// What is wrong with the entries of `slots`, by name.
+    pub fn permanent_slot_problems(&self) -> Vec<(String, String)> {
+        self.permanent_slot_entries()
+            .filter_map(|(name, v)| {
+                PermanentSlot::from_entry(name, v)
+                    .err()
+                    .map(|e| (name.to_string(), e))
+            })
+            .collect()
+    }
+
+    fn permanent_slot_entries(&self) -> impl Iterator<Item = (&str, &Value)> {
+        ["slots", "permanent_slots", "permanent_replication_slots"]
+            .into_iter()
+            .find_map(|k| self.raw.get(k).and_then(Value::as_object))
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
     /// Whether a physical slot of this name is the operator's, never to be dropped as a

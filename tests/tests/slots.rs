@@ -1,0 +1,182 @@
+//! Permanent replication slots from the dynamic configuration: a logical slot (test_decoding,
+//! a CDC consumer's) and a physical one are created on the leader and kept on every replica
+//! that may be promoted; across a switchover and a failover the logical consumer reads every
+//! change exactly once (skipping, by LSN, what a new primary's copy of the slot delivers again,
+//! as CDC consumers such as Debezium do), and the physical slot is there on each new primary.
+
+use pgpilot_e2e::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// A logical consumer: changes read from the slot with `pg_logical_slot_get_changes`, each
+/// inserted id kept once (a change at or before the last LSN seen is one already read).
+#[derive(Default)]
+struct Consumer {
+    last_lsn: u64,
+    ids: BTreeMap<i64, u32>,
+}
+
+impl Consumer {
+    fn read(&mut self, node: &Node) -> anyhow::Result<()> {
+        let rows = sql(
+            node,
+            "SELECT lsn::text || ' ' || data FROM pg_logical_slot_get_changes('cdc', NULL, NULL)",
+        )?;
+        for row in rows {
+            let (lsn, data) = row.split_once(' ').unwrap_or_default();
+            let lsn = lsn.parse::<shared::types::Lsn>().map(|l| l.0).unwrap_or(0);
+            let Some(id) = data
+                .strip_prefix("table public.cdc_t: INSERT: id[integer]:")
+                .and_then(|v| v.trim().parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if lsn <= self.last_lsn {
+                continue;
+            }
+            self.last_lsn = lsn;
+            *self.ids.entry(id).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+fn insert(node: &Node, from: i64, to: i64) {
+    for id in from..=to {
+        sql(node, &format!("INSERT INTO cdc_t VALUES ({id})")).unwrap();
+    }
+}
+
+/// The kind of slot `name` on `node`, if it has one.
+fn slot_kind(node: &Node, name: &str) -> Option<String> {
+    sql(
+        node,
+        &format!("SELECT slot_type FROM pg_replication_slots WHERE slot_name = '{name}'"),
+    )
+    .ok()?
+    .into_iter()
+    .next()
+}
+
+/// Waits until every running member has both permanent slots.
+fn wait_slots_everywhere(c: &TestCluster, nodes: &[usize]) {
+    wait_for("the permanent slots on every member", LONG, || {
+        nodes
+            .iter()
+            .all(|&i| {
+                slot_kind(&c.nodes[i], "cdc").as_deref() == Some("logical")
+                    && slot_kind(&c.nodes[i], "keeper").as_deref() == Some("physical")
+            })
+            .then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+}
+
+/// Waits until every node in `nodes` holds `n` rows.
+fn wait_replicated(c: &TestCluster, nodes: &[usize], n: i64) {
+    wait_for("the rows on every member", LONG, || {
+        nodes
+            .iter()
+            .all(|&i| {
+                sql(&c.nodes[i], "SELECT count(*) FROM cdc_t").ok() == Some(vec![n.to_string()])
+            })
+            .then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn permanent_slots_survive_switchover_and_failover() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "slots".into(),
+        extra_yaml: String::new(),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("slots", spec, true).unwrap();
+    for n in &lab.cluster.nodes {
+        let yaml = std::fs::read_to_string(&n.config_path).unwrap();
+        let yaml = yaml
+            .replace(
+                "        max_connections: 50\n",
+                "        max_connections: 50\n        wal_level: logical\n",
+            )
+            .replace(
+                "    maximum_lag_on_failover: 1048576\n",
+                "    maximum_lag_on_failover: 1048576\n    slots:\n      cdc:\n        type: logical\n        database: postgres\n        plugin: test_decoding\n      keeper:\n        type: physical\n",
+            );
+        std::fs::write(&n.config_path, yaml).unwrap();
+    }
+    let c = &mut lab.cluster;
+    c.start_all().unwrap();
+    let p = c.wait_healthy(LONG).unwrap();
+    let all = [0, 1, 2];
+    sql(&c.nodes[p], "CREATE TABLE cdc_t (id int PRIMARY KEY)").unwrap();
+    wait_slots_everywhere(c, &all);
+    // replicas send feedback for their copies of the logical slot
+    let r = (p + 1) % 3;
+    assert_eq!(
+        sql(&c.nodes[r], "SHOW hot_standby_feedback").unwrap(),
+        vec!["on"]
+    );
+
+    let mut consumer = Consumer::default();
+    insert(&c.nodes[p], 1, 20);
+    consumer.read(&c.nodes[p]).unwrap();
+    insert(&c.nodes[p], 21, 40);
+    consumer.read(&c.nodes[p]).unwrap();
+    wait_replicated(c, &all, 40);
+
+    // a switchover: the consumer goes on on the new primary
+    let (code, body) = http_call(
+        "POST",
+        &c.nodes[p].api("/switchover"),
+        Some(&json!({"leader": c.nodes[p].name, "candidate": c.nodes[r].name}).to_string()),
+        None,
+        LONG,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let p = c.wait_healthy(LONG).unwrap();
+    assert_eq!(p, r);
+    consumer.read(&c.nodes[p]).unwrap();
+    insert(&c.nodes[p], 41, 60);
+    consumer.read(&c.nodes[p]).unwrap();
+    wait_slots_everywhere(c, &all);
+    wait_replicated(c, &all, 60);
+
+    // a failover: the primary's machine is lost
+    c.kill_machine(p);
+    let q = wait_for("a new primary", LONG, || c.primary().filter(|&i| i != p))
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    consumer
+        .read(&c.nodes[q])
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    insert(&c.nodes[q], 61, 80);
+    consumer.read(&c.nodes[q]).unwrap();
+
+    // every change exactly once, none missing
+    let expected: Vec<i64> = (1..=80).collect();
+    let seen: Vec<i64> = consumer.ids.keys().copied().collect();
+    assert_eq!(seen, expected, "changes missing or extra");
+    assert!(
+        consumer.ids.values().all(|&n| n == 1),
+        "a change read twice: {:?}",
+        consumer.ids.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+    // the physical slot is on the new primary, holding WAL
+    let keeper = sql(
+        &c.nodes[q],
+        "SELECT restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'keeper'",
+    )
+    .unwrap();
+    assert_eq!(keeper, vec!["t"]);
+}

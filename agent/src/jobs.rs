@@ -80,7 +80,7 @@ pub(crate) async fn clone_replica(
         &[("dbname", cfg.postgresql.database.as_str())],
     );
     let data_dir = pg.data_dir().display().to_string();
-    let tries = methods::replica_methods(
+    let (tries, problems) = methods::replica_methods(
         &cfg.postgresql,
         dynamic_pg.as_ref(),
         &methods::Source {
@@ -88,7 +88,15 @@ pub(crate) async fn clone_replica(
             data_dir: &data_dir,
             connstring: &connstring,
         },
-    )?;
+    );
+    for p in &problems {
+        warn!("replica method skipped: {p}");
+    }
+    anyhow::ensure!(
+        !tries.is_empty(),
+        "no replica method can run: {}",
+        problems.join("; ")
+    );
     pg.write_pgpass()?;
     pg.begin_creation()?;
     std::fs::create_dir_all(pg.data_dir())
@@ -117,7 +125,7 @@ pub(crate) async fn clone_replica(
             } => {
                 info!(
                     method = name,
-                    command = argv.join(" "),
+                    command = methods::redacted(argv),
                     "creating replica with {name}"
                 );
                 if !keep_data {
@@ -172,7 +180,10 @@ pub(crate) async fn clone_replica(
         return Err(e);
     }
     // a restore leaves its own recovery settings: pgpilot's are the ones in force
-    pg.sanitize_auto_conf()?;
+    if let Err(e) = pg.sanitize_auto_conf() {
+        pg.discard_creation();
+        return Err(e);
+    }
     let _ = std::fs::remove_file(pg.data_dir().join("recovery.signal"));
     pg.end_creation();
     info!(
@@ -207,7 +218,7 @@ async fn restore(
     let argv = methods::bootstrap_command(name, section, &cfg.scope, &data_dir)?;
     info!(
         method = name,
-        command = argv.join(" "),
+        command = methods::redacted(&argv),
         "bootstrapping the cluster with bootstrap method {name}"
     );
     pg.begin_creation()?;
@@ -221,7 +232,8 @@ async fn restore(
             "bootstrap method {name} succeeded but left no data directory (no PG_VERSION in {data_dir})"
         );
     }
-    pg.end_creation();
+    // the creation marker stays until the restored server has ended recovery: a directory an
+    // interrupted restore left is never started as it is
     info!(
         method = name,
         seconds = started.elapsed().as_secs_f32(),
@@ -290,6 +302,7 @@ async fn restore(
     pg.write_config(&dynamic.parameters(), None)?;
     let timeout = Duration::from_secs(cfg.postgresql.pg_ctl_timeout);
     pg.stop("fast", timeout).await?;
+    pg.end_creation();
     pg.start(timeout).await?;
     Ok(())
 }

@@ -170,7 +170,11 @@ fn permanent_slots_survive_switchover_and_failover() {
     assert!(
         consumer.ids.values().all(|&n| n == 1),
         "a change read twice: {:?}",
-        consumer.ids.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+        consumer
+            .ids
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .collect::<Vec<_>>()
     );
     // the physical slot is on the new primary, holding WAL
     let keeper = sql(

@@ -39,12 +39,33 @@ impl Catalog {
     /// Reads the binary's version and parameters.
     pub fn read(postgres: &Path) -> Result<Catalog> {
         let run = |arg: &str| -> Result<String> {
-            let out = std::process::Command::new(postgres)
+            let child = std::process::Command::new(postgres)
                 .arg(arg)
                 .env("LC_ALL", "C")
                 .stdin(std::process::Stdio::null())
-                .output()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .with_context(|| format!("cannot run {} {arg}", postgres.display()))?;
+            // a binary that hangs (a stuck network file system) must not hold the agent: its
+            // output is read beside, for at most 10 s
+            let pid = child.id();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(child.wait_with_output());
+            });
+            let out = match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(out) => out?,
+                Err(_) => {
+                    if let Ok(pid) = i32::try_from(pid) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    bail!("{} {arg} did not finish within 10 s", postgres.display());
+                }
+            };
             if !out.status.success() {
                 bail!(
                     "{} {arg} failed: {}",

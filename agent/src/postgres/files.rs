@@ -198,6 +198,16 @@ impl Postgres {
                 crate::synchronous::guc_value(&names),
             );
         }
+        // a name that is no parameter name could inject lines; the upstream, the slot and
+        // the recovery targets are pgpilot's (in parameters they would make a replica stop,
+        // pause or promote at a target)
+        params.retain(|(k, _)| {
+            let keep = super::methods::is_parameter_name(k) && !super::methods::replica_owned(k);
+            if !keep {
+                dropped.push(k.clone());
+            }
+            keep
+        });
         // names this server does not know (misspelt, retired, internal) would keep it from
         // starting: left out, with a warning
         if let Some(catalog) = self.catalog() {
@@ -346,7 +356,10 @@ impl Postgres {
         let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
         text.push_str(RECOVERY_MARK);
         for (k, v) in settings {
-            if v.is_null() || k == "standby_mode" {
+            if v.is_null()
+                || k.eq_ignore_ascii_case("standby_mode")
+                || !super::methods::is_parameter_name(k)
+            {
                 continue;
             }
             text.push_str(&format!("{k} = {}\n", quote_guc(&guc_value(v))));

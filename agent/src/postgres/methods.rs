@@ -89,7 +89,7 @@ pub fn replica_methods(
     local: &PostgresConfig,
     dynamic_pg: Option<&Map<String, Value>>,
     source: &Source<'_>,
-) -> Result<Vec<ReplicaMethod>> {
+) -> (Vec<ReplicaMethod>, Vec<String>) {
     let local_list = local
         .create_replica_methods
         .as_ref()
@@ -114,19 +114,59 @@ pub fn replica_methods(
     } else {
         names
     };
-    names
-        .into_iter()
-        .map(|name| {
-            if name == BASEBACKUP {
-                return Ok(ReplicaMethod::Basebackup);
+    // a method that cannot be run is reported and skipped: the others (basebackup) still can
+    let mut methods = Vec::new();
+    let mut problems = Vec::new();
+    for name in names {
+        if name == BASEBACKUP {
+            methods.push(ReplicaMethod::Basebackup);
+            continue;
+        }
+        let section = effective(local.methods.get(&name), dynamic_pg, &name)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        match replica_command(&name, &section, source) {
+            Ok(m) => methods.push(m),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    (methods, problems)
+}
+
+/// Whether `name` can be a PostgreSQL parameter in a configuration file (a letter or `_`,
+/// then letters, digits, `_`, `.`): anything else could inject lines.
+pub fn is_parameter_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// Whether a parameter is one pgpilot owns on a replica or that would stop, pause or promote
+/// one (case does not matter to PostgreSQL).
+pub fn replica_owned(name: &str) -> bool {
+    REPLICA_OWNED.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// The values of a method's command line for the log: those of options whose name speaks of
+/// a secret are replaced.
+pub fn redacted(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, _))
+                if ["pass", "secret", "token", "key"]
+                    .iter()
+                    .any(|w| k.to_ascii_lowercase().contains(w))
+                    && !k.contains("keep_") =>
+            {
+                format!("{k}=…")
             }
-            let section = effective(local.methods.get(&name), dynamic_pg, &name)
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            replica_command(&name, &section, source)
+            _ => a.clone(),
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A custom replica method's command line: its `command` (shell words; the method's name when
@@ -258,7 +298,7 @@ pub fn replica_recovery_settings(
         if v.is_null() {
             continue;
         }
-        if REPLICA_OWNED.contains(&k.as_str()) {
+        if replica_owned(k) || !is_parameter_name(k) {
             left_out.push(k.clone());
         } else {
             kept.push((k.clone(), shared::config::guc_value(v)));
@@ -334,7 +374,7 @@ mod tests {
 
     #[test]
     fn basebackup_alone_by_default() {
-        let m = replica_methods(&pg(None, json!({})), None, &SOURCE).unwrap();
+        let (m, _) = replica_methods(&pg(None, json!({})), None, &SOURCE);
         assert_eq!(m, vec![ReplicaMethod::Basebackup]);
     }
 
@@ -344,7 +384,7 @@ mod tests {
             Some(&["wal_g", "basebackup"]),
             json!({"wal_g": {"command": "/usr/bin/restore --fast 'a b'", "keep_data": true, "threads": 4}}),
         );
-        let m = replica_methods(&local, None, &SOURCE).unwrap();
+        let (m, _) = replica_methods(&local, None, &SOURCE);
         assert_eq!(m.len(), 2);
         let ReplicaMethod::Command {
             argv,
@@ -384,7 +424,7 @@ mod tests {
                 "no_params": true
             }
         });
-        let m = replica_methods(&pg(None, json!({})), dynamic.as_object(), &SOURCE).unwrap();
+        let (m, _) = replica_methods(&pg(None, json!({})), dynamic.as_object(), &SOURCE);
         let ReplicaMethod::Command {
             argv, keep_data, ..
         } = &m[0]
@@ -404,19 +444,25 @@ mod tests {
         );
         // the member's own list wins over the dynamic one
         let local = pg(Some(&["basebackup"]), json!({}));
-        let m = replica_methods(&local, dynamic.as_object(), &SOURCE).unwrap();
+        let (m, _) = replica_methods(&local, dynamic.as_object(), &SOURCE);
         assert_eq!(m, vec![ReplicaMethod::Basebackup]);
     }
 
     #[test]
     fn a_method_without_a_section_runs_its_name() {
-        let m = replica_methods(&pg(Some(&["my_clone"]), json!({})), None, &SOURCE).unwrap();
+        let (m, _) = replica_methods(&pg(Some(&["my_clone"]), json!({})), None, &SOURCE);
         let ReplicaMethod::Command { argv, .. } = &m[0] else {
             panic!()
         };
         assert_eq!(argv[0], "my_clone");
-        let broken = pg(Some(&["x"]), json!({"x": {"command": "restore 'unclosed"}}));
-        assert!(replica_methods(&broken, None, &SOURCE).is_err());
+        // a broken one is reported and skipped, basebackup still runs
+        let broken = pg(
+            Some(&["x", "basebackup"]),
+            json!({"x": {"command": "restore 'unclosed"}}),
+        );
+        let (m, problems) = replica_methods(&broken, None, &SOURCE);
+        assert_eq!(m, vec![ReplicaMethod::Basebackup]);
+        assert!(problems[0].contains("postgresql.x.command"), "{problems:?}");
     }
 
     #[test]
@@ -461,7 +507,9 @@ mod tests {
                 "restore_command": "pgbackrest --stanza=s archive-get %f \"%p\"",
                 "recovery_min_apply_delay": "5min",
                 "recovery_target_time": "2024-01-01",
-                "primary_conninfo": "host=x"
+                "primary_conninfo": "host=x",
+                "Recovery_Target_Action": "promote",
+                "a.b = 1\nrecovery_target_action": "x"
             })
             .as_object()
             .cloned(),
@@ -478,7 +526,24 @@ mod tests {
                 ("recovery_min_apply_delay".to_string(), "5min".to_string()),
             ]
         );
-        assert_eq!(left_out, vec!["recovery_target_time", "primary_conninfo"]);
+        assert_eq!(
+            left_out,
+            vec![
+                "recovery_target_time",
+                "primary_conninfo",
+                "Recovery_Target_Action",
+                "a.b = 1\nrecovery_target_action"
+            ]
+        );
+        assert!(is_parameter_name("pg_stat_statements.max") && !is_parameter_name("9x"));
+        assert_eq!(
+            redacted(&[
+                "restore".into(),
+                "--repo-password=s3cr3t".into(),
+                "--keep_data=True".into()
+            ]),
+            "restore --repo-password=… --keep_data=True"
+        );
     }
 
     #[test]

@@ -822,10 +822,14 @@ impl Postgres {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // its own process group: a cancelled method (reinit --force, shutdown) takes its
+            // children with it
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("{what}: cannot run {program}"))?;
+        let _group = child.id().map(ProcessGroupGuard);
         let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
             bail!("{what}: output not captured");
         };
@@ -848,8 +852,18 @@ impl Postgres {
                 }
             }
         };
-        let (_, _, status) = tokio::join!(pump(Box::new(out)), pump(Box::new(err)), child.wait());
-        let status = status.with_context(|| format!("{what}: cannot wait for {program}"))?;
+        let pumps = tokio::spawn({
+            let (a, b) = (pump(Box::new(out)), pump(Box::new(err)));
+            async move {
+                tokio::join!(a, b);
+            }
+        });
+        let status = child
+            .wait()
+            .await
+            .with_context(|| format!("{what}: cannot wait for {program}"))?;
+        // a process it left behind may hold its output open: read what is there, not forever
+        let _ = tokio::time::timeout(Duration::from_secs(5), pumps).await;
         if !status.success() {
             let last: Vec<String> = tail
                 .lock()
@@ -893,7 +907,8 @@ impl Postgres {
         let tmp = dir.join(format!("{name}.tmp"));
         let target = dir.join(name);
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
         let file = tmp.join("state");
         std::fs::write(&file, state).with_context(|| format!("cannot write {}", file.display()))?;
@@ -1071,6 +1086,20 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 
 /// Removes pgpilot's own `PATRONI_*` variables (which may carry passwords) from the environment
 /// of a program the agent runs.
+/// Kills a method's whole process group when the method ends or is cancelled.
+struct ProcessGroupGuard(u32);
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 pub(crate) fn keep_secrets_out(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("PATRONI_") {

@@ -645,6 +645,18 @@ impl Postgres {
         .await
     }
 
+    /// A setting's current value (`SHOW`).
+    pub async fn show(&self, setting: &str) -> Result<String> {
+        self.bounded("a SHOW", self.query_timeout(), async {
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT current_setting($1)", &[&setting])
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
+    }
+
     /// Every replication slot that is not temporary, with its kind and position.
     pub async fn slot_list(&self) -> Result<Vec<SlotInfo>> {
         let rows = self
@@ -675,7 +687,12 @@ impl Postgres {
     }
 
     /// Creates a logical slot in `database` with `plugin`, if it does not exist.
-    pub async fn create_logical_slot(&self, name: &str, database: &str, plugin: &str) -> Result<()> {
+    pub async fn create_logical_slot(
+        &self,
+        name: &str,
+        database: &str,
+        plugin: &str,
+    ) -> Result<()> {
         let cfg = self.cfg();
         // creating a logical slot waits for running transactions: bounded by the statement
         // limit, beside the loop's status queries

@@ -250,7 +250,10 @@ impl<K: Kv> Agent<K> {
                 );
             }
         };
-        let issues = new.check_environment();
+        let mut issues = new.check_environment();
+        if issues.is_empty() {
+            issues = crate::postgres::binaries_issues(&new);
+        }
         if !issues.is_empty() {
             let text: Vec<String> = issues
                 .iter()

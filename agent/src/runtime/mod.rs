@@ -139,6 +139,10 @@ pub struct Agent<K: Kv> {
     failsafe_confirmed: Option<Instant>,
     /// Role passwords being set after a reload changed them.
     password_task: Option<tokio::task::JoinHandle<()>>,
+    /// Permanent-slot work running beside the loop; on a replica its result is the logical
+    /// slots' state files read from the leader (`slot_copy_from`), to install with a restart.
+    slot_work: Option<tokio::task::JoinHandle<Vec<slots::SlotState>>>,
+    slot_copy_from: Option<Upstream>,
 }
 
 impl<K: Kv> Agent<K> {
@@ -208,6 +212,8 @@ impl<K: Kv> Agent<K> {
             last_leader: None,
             failsafe_confirmed: None,
             password_task: None,
+            slot_work: None,
+            slot_copy_from: None,
             pg_unresponsive_since: None,
             lock_renewed_ttl: u64::MAX,
             lease_kept: None,
@@ -780,7 +786,19 @@ impl<K: Kv> Agent<K> {
     }
 
     async fn observe_pg(&mut self, cluster: Option<&Cluster>) -> (PgView, Option<ServerStatus>) {
-        let initialized = self.pg.data_dir_initialized();
+        // a creation (initdb, clone, restore) that did not finish — the agent died in it — left
+        // a directory that is no server to run, even if its pg_control exists: it is made again
+        let unfinished = self.job.is_none() && self.pg.creation_interrupted();
+        if unfinished && self.pg.data_dir_initialized() && self.pg.running_pid().is_some() {
+            warn!(
+                "stopping the PostgreSQL an unfinished creation of the data directory left running"
+            );
+            let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+            if let Err(e) = self.pg.stop("immediate", timeout).await {
+                warn!("cannot stop it: {e:#}");
+            }
+        }
+        let initialized = self.pg.data_dir_initialized() && !unfinished;
         let pid = if initialized {
             self.pg.running_pid()
         } else {
@@ -1496,7 +1514,7 @@ impl<K: Kv> Agent<K> {
                     .and_then(|c| c.status.retain_slots.clone())
                     .unwrap_or_default();
                 self.ensure_slots(members, keep, &retained, dynamic).await?;
-                self.ensure_permanent_slots(dynamic).await;
+                self.ensure_permanent_slots(dynamic);
                 Ok(Step::Continue)
             }
             Action::SyncSlots => match cluster {

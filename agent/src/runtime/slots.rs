@@ -8,12 +8,16 @@
 
 use super::{Agent, Step, upstream_of};
 use crate::jobs::start_postgres;
+use crate::postgres::Upstream;
 use crate::postgres::{ServerStatus, SlotInfo};
 use anyhow::Result;
 use serde_json::{Map, Value};
 use shared::dcs::{Cluster, DynamicConfig, Kv, PermanentSlot};
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// A logical slot's name and its state file read from the leader.
+pub(super) type SlotState = (String, Vec<u8>);
 
 /// A slot's position for the `status` key: a logical slot's confirmed flush position, a
 /// physical slot's restart position.
@@ -26,41 +30,53 @@ fn position(slot: &SlotInfo) -> Option<u64> {
 }
 
 impl<K: Kv> Agent<K> {
-    /// On the leader: creates the permanent slots that are missing. A failure is logged and
-    /// tried again next cycle; it never stops the cycle.
-    pub(super) async fn ensure_permanent_slots(&mut self, dynamic: &DynamicConfig) {
+    /// Whether the slot work of an earlier cycle still runs (it runs beside the loop: creating
+    /// a logical slot waits for running transactions, an advance decodes WAL).
+    fn slot_work_running(&self) -> bool {
+        self.slot_work.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// On the leader: creates the permanent slots that are missing, beside the loop. A failure
+    /// is logged and tried again next cycle.
+    pub(super) fn ensure_permanent_slots(&mut self, dynamic: &DynamicConfig) {
         let wanted = dynamic.permanent_slots();
-        if wanted.is_empty() {
+        if wanted.is_empty() || self.slot_work_running() {
             return;
         }
-        let existing = match self.pg.slot_list().await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!("cannot list the replication slots: {e:#}");
-                return;
-            }
-        };
-        for slot in wanted {
-            if existing.iter().any(|s| s.name == slot.name) {
-                continue;
-            }
-            let made = match &slot.logical {
-                None => self.pg.create_slot(&slot.name).await,
-                Some((database, plugin)) => {
-                    self.pg
-                        .create_logical_slot(&slot.name, database, plugin)
-                        .await
+        let pg = self.pg.clone();
+        self.slot_work = Some(tokio::spawn(async move {
+            let existing = match pg.slot_list().await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!("cannot list the replication slots: {e:#}");
+                    return Vec::new();
                 }
             };
-            match made {
-                Ok(()) => info!(
-                    slot = slot.name,
-                    kind = if slot.logical.is_some() { "logical" } else { "physical" },
-                    "created permanent replication slot"
-                ),
-                Err(e) => warn!(slot = slot.name, "cannot create the permanent slot: {e:#}"),
+            for slot in wanted {
+                if existing.iter().any(|s| s.name == slot.name) {
+                    continue;
+                }
+                let made = match &slot.logical {
+                    None => pg.create_slot(&slot.name).await,
+                    Some((database, plugin)) => {
+                        pg.create_logical_slot(&slot.name, database, plugin).await
+                    }
+                };
+                match made {
+                    Ok(()) => info!(
+                        slot = slot.name,
+                        kind = if slot.logical.is_some() {
+                            "logical"
+                        } else {
+                            "physical"
+                        },
+                        "created permanent replication slot"
+                    ),
+                    Err(e) => warn!(slot = slot.name, "cannot create the permanent slot: {e:#}"),
+                }
             }
-        }
+            Vec::new()
+        }));
     }
 
     /// The permanent slots' positions on this server, for the `status` key.
@@ -86,113 +102,48 @@ impl<K: Kv> Agent<K> {
     }
 
     /// On a replica that may become leader: the permanent slots exist here and stand at the
-    /// positions the leader published (never past what this server replayed). Logical slots
-    /// missing here are copied from the leader, which takes a restart (a job).
+    /// positions the leader published (never past what this server replayed), worked out
+    /// beside the loop. Logical slots missing here are read from the leader there; installing
+    /// them takes a restart (a job), started once that work has finished.
     pub(super) async fn sync_permanent_slots(
         &mut self,
         cluster: &Cluster,
         dynamic: &DynamicConfig,
         server: &Option<ServerStatus>,
     ) -> Result<Step> {
-        let Some(server) = server else {
+        if self.slot_work_running() {
+            return Ok(Step::Continue);
+        }
+        if let Some(done) = self.slot_work.take()
+            && let Ok(states) = done.await
+            && !states.is_empty()
+            && self.job.is_none()
+            && let Some(from) = self.slot_copy_from.take()
+        {
+            self.install_logical_slots(states, from);
+            return Ok(Step::Continue);
+        }
+        let Some(server) = server.clone() else {
             return Ok(Step::Continue);
         };
+        let leader = cluster.leader.as_ref().map(|l| l.name.clone());
+        let from = leader.as_deref().and_then(|l| upstream_of(cluster, l));
+        self.slot_copy_from = from.clone();
         let published = cluster.status.slots.clone().unwrap_or_default();
-        let target = |name: &str| -> Option<u64> {
-            let p = published.get(name)?.as_u64()?;
-            Some(match server.replay_lsn {
-                Some(r) => p.min(r),
-                None => p,
-            })
-        };
-        let local = self.pg.slot_list().await?;
-        let mut to_copy: Vec<PermanentSlot> = Vec::new();
-        for slot in dynamic.permanent_slots() {
-            let here = local.iter().find(|s| s.name == slot.name);
-            match (&slot.logical, here) {
-                (None, None) => {
-                    if let Err(e) = self.pg.create_slot(&slot.name).await {
-                        warn!(slot = slot.name, "cannot create the permanent slot here: {e:#}");
-                    } else {
-                        info!(slot = slot.name, "created permanent physical slot on this replica");
-                    }
-                }
-                (None, Some(h)) if !h.logical => {
-                    if let Some(t) = target(&slot.name)
-                        && h.restart_lsn.is_some_and(|r| r < t)
-                    {
-                        self.advance(&slot.name, None, t).await;
-                    }
-                }
-                (Some(_), None) => {
-                    // copied once the leader has a position for it
-                    if published.contains_key(&slot.name) {
-                        to_copy.push(slot);
-                    }
-                }
-                (Some((database, _)), Some(h)) if h.logical => {
-                    if let Some(t) = target(&slot.name)
-                        && h.confirmed_flush_lsn.is_some_and(|c| c < t)
-                    {
-                        self.advance(&slot.name, Some(database), t).await;
-                    }
-                }
-                (_, Some(_)) => warn!(
-                    slot = slot.name,
-                    "a slot of this name exists here with another type than the permanent slot: left alone"
-                ),
-            }
-        }
-        if to_copy.is_empty() {
-            return Ok(Step::Continue);
-        }
-        self.copy_logical_slots(cluster, &to_copy).await
+        let slots = dynamic.permanent_slots();
+        let pg = self.pg.clone();
+        self.slot_work = Some(tokio::spawn(async move {
+            sync_slots(pg, slots, published, server, from, leader).await
+        }));
+        Ok(Step::Continue)
     }
 
-    async fn advance(&self, name: &str, database: Option<&str>, to: u64) {
-        if let Err(e) = self.pg.advance_slot(name, database, to).await {
-            warn!(
-                slot = name,
-                "cannot move the permanent slot to the leader's position: {e:#}"
-            );
-        }
-    }
-
-    /// Reads the logical slots' state files from the leader and restarts this replica with
-    /// them in place (PostgreSQL reads slots only at start).
-    async fn copy_logical_slots(&mut self, cluster: &Cluster, slots: &[PermanentSlot]) -> Result<Step> {
-        let Some(leader) = cluster.leader.as_ref().map(|l| l.name.clone()) else {
-            return Ok(Step::Continue);
-        };
-        let Some(from) = upstream_of(cluster, &leader) else {
-            return Ok(Step::Continue);
-        };
-        let mut states = Vec::new();
-        for slot in slots {
-            let Some((database, plugin)) = &slot.logical else {
-                continue;
-            };
-            match self.pg.remote_slot_state(&from, &slot.name).await {
-                Ok((state, db, pl))
-                    if db.as_deref() == Some(database.as_str())
-                        && pl.as_deref() == Some(plugin.as_str()) =>
-                {
-                    states.push((slot.name.clone(), state));
-                }
-                Ok((_, db, pl)) => warn!(
-                    slot = slot.name,
-                    "the leader's slot is in database {db:?} with plugin {pl:?}, not as configured: not copied"
-                ),
-                Err(e) => warn!(slot = slot.name, "cannot read the slot from {leader}: {e:#}"),
-            }
-        }
-        if states.is_empty() {
-            return Ok(Step::Continue);
-        }
+    /// Restarts this replica with the logical slots' state files from the leader in place
+    /// (PostgreSQL reads slots only at start).
+    fn install_logical_slots(&mut self, states: Vec<SlotState>, from: Upstream) {
         let names: Vec<&str> = states.iter().map(|(n, _)| n.as_str()).collect();
         info!(
             slots = ?names,
-            leader,
             "copying permanent logical slots from the leader: restarting to load them"
         );
         let pg = self.pg.clone();
@@ -206,6 +157,124 @@ impl<K: Kv> Agent<K> {
             }
             start_postgres(pg, params, hba, Some(Some(from)), timeout).await
         });
-        Ok(Step::Continue)
     }
+}
+
+/// One round of a replica's slot work: creates the missing physical slots, moves the slots to
+/// the published positions, and reads from the leader the state files of the logical slots
+/// missing here (returned, to be installed with a restart).
+async fn sync_slots(
+    pg: std::sync::Arc<crate::postgres::Postgres>,
+    slots: Vec<PermanentSlot>,
+    published: Map<String, Value>,
+    server: ServerStatus,
+    from: Option<Upstream>,
+    leader: Option<String>,
+) -> Vec<SlotState> {
+    let target = |name: &str| -> Option<u64> {
+        let p = published.get(name)?.as_u64()?;
+        Some(match server.replay_lsn {
+            Some(r) => p.min(r),
+            None => p,
+        })
+    };
+    let local = match pg.slot_list().await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("cannot list the replication slots: {e:#}");
+            return Vec::new();
+        }
+    };
+    let advance = |name: String, database: Option<String>, to: u64| {
+        let pg = pg.clone();
+        async move {
+            if let Err(e) = pg.advance_slot(&name, database.as_deref(), to).await {
+                warn!(
+                    slot = name,
+                    "cannot move the permanent slot to the leader's position: {e:#}"
+                );
+            }
+        }
+    };
+    let mut missing_logical = Vec::new();
+    for slot in slots {
+        let here = local.iter().find(|s| s.name == slot.name);
+        match (&slot.logical, here) {
+            (None, None) => match pg.create_slot(&slot.name).await {
+                Ok(()) => info!(
+                    slot = slot.name,
+                    "created permanent physical slot on this replica"
+                ),
+                Err(e) => warn!(
+                    slot = slot.name,
+                    "cannot create the permanent slot here: {e:#}"
+                ),
+            },
+            (None, Some(h)) if !h.logical => {
+                if let Some(t) = target(&slot.name)
+                    && h.restart_lsn.is_some_and(|r| r < t)
+                {
+                    advance(slot.name.clone(), None, t).await;
+                }
+            }
+            // copied once the leader has a position for it
+            (Some(_), None) if published.contains_key(&slot.name) => missing_logical.push(slot),
+            (Some(_), None) => {}
+            (Some((database, _)), Some(h)) if h.logical => {
+                if let Some(t) = target(&slot.name)
+                    && h.confirmed_flush_lsn.is_some_and(|c| c < t)
+                {
+                    advance(slot.name.clone(), Some(database.clone()), t).await;
+                }
+            }
+            (_, Some(_)) => warn!(
+                slot = slot.name,
+                "a slot of this name exists here with another type than the permanent slot: left alone"
+            ),
+        }
+    }
+    if missing_logical.is_empty() {
+        return Vec::new();
+    }
+    let (Some(from), Some(leader)) = (from, leader) else {
+        return Vec::new();
+    };
+    // a logical slot in a server below wal_level logical keeps it from starting
+    match pg.show("wal_level").await {
+        Ok(level) if level == "logical" => {}
+        Ok(level) => {
+            warn!(
+                wal_level = level,
+                "permanent logical slots are not copied to this replica: they need wal_level logical (set it in postgresql.parameters)"
+            );
+            return Vec::new();
+        }
+        Err(e) => {
+            warn!("cannot read wal_level: {e:#}");
+            return Vec::new();
+        }
+    }
+    let mut states = Vec::new();
+    for slot in missing_logical {
+        let Some((database, plugin)) = &slot.logical else {
+            continue;
+        };
+        match pg.remote_slot_state(&from, &slot.name).await {
+            Ok((state, db, pl))
+                if db.as_deref() == Some(database.as_str())
+                    && pl.as_deref() == Some(plugin.as_str()) =>
+            {
+                states.push((slot.name.clone(), state));
+            }
+            Ok((_, db, pl)) => warn!(
+                slot = slot.name,
+                "the leader's slot is in database {db:?} with plugin {pl:?}, not as configured: not copied"
+            ),
+            Err(e) => warn!(
+                slot = slot.name,
+                "cannot read the slot from {leader}: {e:#}"
+            ),
+        }
+    }
+    states
 }

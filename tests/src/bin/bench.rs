@@ -500,6 +500,124 @@ fn versions_summary(reps: usize) -> Result<Value> {
     Ok(Value::Object(summary))
 }
 
+/// Bytes sent over the loopback interface so far (all of this machine's test traffic: the
+/// replica builds below run alone, so a difference is what the build moved).
+fn loopback_tx_bytes() -> u64 {
+    std::fs::read_to_string("/proc/net/dev")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.trim_start().starts_with("lo:"))
+                .and_then(|l| l.split_once(':'))
+                .and_then(|(_, rest)| rest.split_whitespace().nth(8)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `bench replicas`: a replica of a pgbench database (`scale` 70 ≈ 1 GB) built with
+/// pg_basebackup from the primary, then another with a pgBackRest restore from a full backup
+/// (`create_replica_methods: [pgbackrest, basebackup]`, seed 000's YAML), for each daemon:
+/// wall time from the daemon's start until the replica streams, and bytes sent over the
+/// loopback meanwhile (the primary's copy to the replica; a restore reads the repository).
+fn replicas_summary(patroni: Option<PathBuf>, scale: u32) -> Result<Value> {
+    let mut summary = serde_json::Map::new();
+    for (kind, daemon) in kinds(patroni) {
+        let stanza = format!("benchrep{kind}");
+        let spec = ClusterSpec {
+            scope: stanza.clone(),
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10,
+            daemon,
+            ..Default::default()
+        };
+        let mut lab = Lab::new(&format!("replicas-{kind}"), spec, true)?;
+        let repo = lab.work.path.join("repo");
+        std::fs::create_dir_all(&repo)?;
+        pgpilot_e2e::chown_postgres(&repo)?;
+        let mut confs = Vec::new();
+        for (i, n) in lab.cluster.nodes.iter().enumerate() {
+            let dir = n
+                .config_path
+                .parent()
+                .context("a node's directory")?
+                .to_path_buf();
+            let conf = pgpilot_e2e::backrest_conf(&dir, &repo, &stanza, n);
+            let mut yaml = pgpilot_e2e::with_backrest(
+                &std::fs::read_to_string(&n.config_path)?,
+                &conf,
+                &stanza,
+            );
+            if i == 1 {
+                yaml = yaml.replace("    - pgbackrest\n    - basebackup\n", "    - basebackup\n");
+            }
+            std::fs::write(&n.config_path, yaml)?;
+            confs.push(conf);
+        }
+        let c = &mut lab.cluster;
+        c.start_agent(0)?;
+        pgpilot_e2e::wait_for("the primary", Duration::from_secs(120), || {
+            (c.primary() == Some(0)).then_some(())
+        })?;
+        let n = &c.nodes[0];
+        let loaded = Instant::now();
+        let out = Command::new(Path::new(pgpilot_e2e::PG_BIN).join("pgbench"))
+            .args(["-i", "-q", "-s", &scale.to_string(), "-h", &n.host, "-p"])
+            .arg(n.pg_port.to_string())
+            .args(["-U", "postgres", "postgres"])
+            .env("PGPASSWORD", "postgres-secret")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let size = pgpilot_e2e::sql(n, "SELECT pg_database_size('postgres')")?;
+        println!(
+            "{kind}: pgbench scale {scale} loaded in {:.0} s ({} bytes)",
+            loaded.elapsed().as_secs_f64(),
+            size[0]
+        );
+        let config = format!("--config={}", confs[0].display());
+        let stanza_arg = format!("--stanza={stanza}");
+        pgpilot_e2e::pgbackrest(&[&config, &stanza_arg, "stanza-create"])
+            .map_err(|e| anyhow::anyhow!("stanza-create: {e}"))?;
+        let backed = Instant::now();
+        pgpilot_e2e::pgbackrest(&[&config, &stanza_arg, "--type=full", "backup"])
+            .map_err(|e| anyhow::anyhow!("backup: {e}"))?;
+        let backup_s = backed.elapsed().as_secs_f64();
+        let mut results = serde_json::Map::new();
+        for (i, method) in [(1, "pg_basebackup"), (2, "pgbackrest")] {
+            let sent = loopback_tx_bytes();
+            let started = Instant::now();
+            c.start_agent(i)?;
+            pgpilot_e2e::wait_for(
+                "the new replica to stream",
+                Duration::from_secs(1800),
+                || {
+                    let s = c.nodes[i].status()?;
+                    (s["role"] == "replica" && s["replication_state"] == "streaming").then_some(())
+                },
+            )?;
+            let secs = started.elapsed().as_secs_f64();
+            let bytes = loopback_tx_bytes().saturating_sub(sent);
+            println!(
+                "{kind}: replica built with {method} and streaming in {secs:.1} s, {:.0} MB over the loopback",
+                bytes as f64 / 1e6
+            );
+            results.insert(
+                method.into(),
+                json!({"seconds": secs, "loopback_bytes": bytes}),
+            );
+        }
+        results.insert("backup_s".into(), json!(backup_s));
+        results.insert("database_bytes".into(), json!(size[0]));
+        summary.insert(kind.into(), Value::Object(results));
+        c.shutdown();
+    }
+    Ok(Value::Object(summary))
+}
+
 /// `bench switchover`: pgpilot then Patroni.
 fn switchover(reps: usize, patroni: Option<PathBuf>) -> Result<()> {
     println!("{}", switchover_summary(reps, patroni)?);
@@ -979,7 +1097,7 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench tls [REPS] [PATRONI_EXECUTABLE]        bootstrap over etcd TLS, REST over TLS\n       bench versions [REPS]                        pgpilot on PostgreSQL 15 and 18: bootstrap, switchover gap, postmaster crash gap\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
+            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench tls [REPS] [PATRONI_EXECUTABLE]        bootstrap over etcd TLS, REST over TLS\n       bench versions [REPS]                        pgpilot on PostgreSQL 15 and 18: bootstrap, switchover gap, postmaster crash gap\n       bench replicas [PATRONI_EXECUTABLE] [SCALE]  a replica of a pgbench database (scale 70: ~1 GB) by pg_basebackup and by pgBackRest\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
         );
         return Ok(());
     }
@@ -1000,6 +1118,15 @@ fn main() -> Result<()> {
                 false,
                 args.get(2).map(String::as_str)
             )?
+        );
+        return Ok(());
+    }
+    if args.first().is_some_and(|a| a == "replicas") {
+        args.remove(0);
+        let scale = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(70);
+        println!(
+            "{}",
+            replicas_summary(args.first().map(PathBuf::from), scale)?
         );
         return Ok(());
     }

@@ -1,7 +1,8 @@
 //! pgpilot against an etcd run the way production estates run it: clients over TLS, client
 //! certificates required (`--client-cert-auth`), authentication enabled (a user with a
 //! password), all from a private CA made by the test with openssl. The cluster bootstraps, the
-//! console and real patronictl read it with the same YAML, the primary's agent SIGKILLed is
+//! console (batch and live) and real patronictl read it with the same YAML, patronictl switches
+//! it over, the primary's agent SIGKILLed is
 //! fenced and its lease revoked over TLS (a replica leads long before the ttl), and a wrong CA
 //! is a clear error naming the key, not a hang.
 
@@ -84,19 +85,64 @@ fn a_cluster_runs_on_an_etcd_with_tls_client_certificates_and_users() {
     for n in &c.nodes {
         assert!(out.contains(&n.name), "{out}");
     }
-    // real patronictl with the same YAML
-    if let Some(ctl) = patronictl_or_skip("patronictl list over etcd TLS") {
-        let out = std::process::Command::new(ctl)
-            .args(["-c", &config, "list"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && c.nodes.iter().all(|n| text.contains(&n.name)),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if need_program("tmux", "tmux") {
+        let tmux = Tmux::start(
+            "tlscon",
+            120,
+            36,
+            &format!(
+                "TERM=xterm-256color {} -c {config}",
+                bin_dir().join("console").display()
+            ),
+        )
+        .unwrap();
+        tmux.wait_for("tlsetcd", Duration::from_secs(30)).unwrap();
+        tmux.keys(&["Enter"]);
+        let screen = tmux.wait_for("Members", Duration::from_secs(20)).unwrap();
+        for n in &c.nodes {
+            assert!(screen.contains(&n.name), "{screen}");
+        }
     }
+    // real patronictl with the same YAML lists the cluster and switches it over
+    let p = if let Some(ctl) = patronictl_or_skip("patronictl over etcd TLS") {
+        let ctl_run = |args: &[&str]| {
+            let out = std::process::Command::new(&ctl)
+                .args(["-c", &config])
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        };
+        let (ok, text) = ctl_run(&["list"]);
+        assert!(
+            ok && c.nodes.iter().all(|n| text.contains(&n.name)),
+            "{text}"
+        );
+        let cand = (p + 1) % 3;
+        let (ok, text) = ctl_run(&[
+            "switchover",
+            "tlsetcd",
+            "--leader",
+            &c.nodes[p].name,
+            "--candidate",
+            &c.nodes[cand].name,
+            "--force",
+        ]);
+        assert!(ok && text.contains("Successfully switched over"), "{text}");
+        c.wait_healthy(Duration::from_secs(120))
+            .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+            .unwrap()
+    } else {
+        p
+    };
 
     // the primary's agent SIGKILLed: its guard stops PostgreSQL and revokes the lease over
     // TLS with the same certificate and user, so a replica leads long before the ttl

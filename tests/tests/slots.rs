@@ -3,6 +3,7 @@
 //! that may be promoted; across a switchover and a failover the logical consumer reads every
 //! change exactly once (skipping, by LSN, what a new primary's copy of the slot delivers again,
 //! as CDC consumers such as Debezium do), and the physical slot is there on each new primary.
+//! On PostgreSQL 15 and 18.
 
 use pgpilot_e2e::*;
 use serde_json::json;
@@ -94,12 +95,25 @@ fn permanent_slots_survive_switchover_and_failover() {
     if !prerequisites() {
         return;
     }
+    slots_across_switchover_and_failover("slots", None);
+}
+
+#[test]
+fn permanent_slots_survive_switchover_and_failover_on_postgresql_18() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(pg18) = pg18_or_skip() else { return };
+    slots_across_switchover_and_failover("slots18", Some(pg18));
+}
+
+fn slots_across_switchover_and_failover(scope: &str, bin_dir: Option<std::path::PathBuf>) {
     let spec = ClusterSpec {
-        scope: "slots".into(),
-        extra_yaml: String::new(),
+        scope: scope.into(),
+        bin_dir,
         ..Default::default()
     };
-    let mut lab = Lab::new("slots", spec, true).unwrap();
+    let mut lab = Lab::new(scope, spec, true).unwrap();
     for n in &lab.cluster.nodes {
         let yaml = std::fs::read_to_string(&n.config_path).unwrap();
         let yaml = yaml

@@ -946,16 +946,21 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         {
             return d;
         }
+        let standby = cluster.dynamic_config().standby_cluster();
         let leader_other = cluster
             .leader
             .as_ref()
             .filter(|l| l.name != obs.me)
             .map(|_| upstream_for(obs, cluster))
-            .unwrap_or(None);
+            .unwrap_or(None)
+            // a standby leader starts as a replica of the remote primary
+            .or_else(|| {
+                (holds_lock && standby.is_some()).then(|| shared::dcs::STANDBY_REMOTE.to_string())
+            });
         if holds_lock {
             actions.push(Action::RenewLock);
         }
-        let as_primary = holds_lock && was_primary;
+        let as_primary = holds_lock && was_primary && standby.is_none();
         if as_primary && let Some(a) = crate::synchronous::before_primary(obs, cluster) {
             actions.push(a);
         }
@@ -1063,6 +1068,51 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 .failover
                 .as_ref()
                 .is_some_and(|f| f.value.member.as_deref() == Some(obs.me));
+            let standby = cluster.dynamic_config().standby_cluster();
+            if let Some(sc) = &standby
+                && !obs.pg.in_recovery
+                && !paused
+            {
+                // standby_cluster set on a running cluster (demote-cluster): its primary
+                // becomes the standby leader, replicating from the remote primary
+                actions.push(Action::Demote {
+                    upstream: Some(shared::dcs::STANDBY_REMOTE.to_string()),
+                });
+                return decision(
+                    actions,
+                    format!(
+                        "standby_cluster is set: demoting this primary to standby leader of {}",
+                        sc.address().unwrap_or_else(|| "the archive".into())
+                    ),
+                );
+            }
+            if obs.pg.in_recovery
+                && let Some(sc) = &standby
+            {
+                // the standby leader: it holds the lock and feeds the cascade, replicates from
+                // the remote primary (or its archive) and never promotes on its own
+                actions.push(Action::PublishStatus);
+                if cluster.dynamic_config().use_slots() {
+                    let members: Vec<String> = cluster
+                        .members
+                        .iter()
+                        .filter(|m| m.name != obs.me && !obs.nostream.contains(&m.name))
+                        .map(|m| m.name.clone())
+                        .collect();
+                    actions.push(Action::EnsureSlots { members });
+                }
+                let source = sc.address().unwrap_or_else(|| "the archive".into());
+                if obs.pg.upstream != sc.address() {
+                    actions.push(Action::Follow {
+                        upstream: Some(shared::dcs::STANDBY_REMOTE.to_string()),
+                    });
+                    return decision(actions, format!("standby leader: following {source}"));
+                }
+                return decision(
+                    actions,
+                    format!("standby leader: replicating from {source}"),
+                );
+            }
             if obs.pg.in_recovery {
                 if paused && !requested_here {
                     actions.pop();
@@ -1226,6 +1276,88 @@ pub(crate) mod tests {
             },
             ..Default::default()
         }
+    }
+
+    /// A cluster whose dynamic configuration makes it a standby cluster of 10.0.9.9:5432.
+    fn standby_cluster(leader: Option<&str>) -> Cluster {
+        let mut c = cluster(leader);
+        c.config = Some(Versioned {
+            value: DynamicConfig {
+                raw: serde_json::json!({"standby_cluster": {"host": "10.0.9.9", "port": 5432}})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            mod_revision: 1,
+        });
+        c
+    }
+
+    #[test]
+    fn a_standby_leader_follows_the_remote_and_never_promotes() {
+        let c = standby_cluster(Some("n1"));
+        let remote = Some(shared::dcs::STANDBY_REMOTE.to_string());
+        // the holder in recovery: follows the remote primary, no promotion
+        let d = decide(&obs(
+            "n1",
+            Some(&c),
+            replica_pg(1000, Some("127.0.0.1:5433")),
+            &[],
+        ));
+        assert!(!d.actions.contains(&Action::Promote), "{d:?}");
+        assert!(
+            d.actions.contains(&Action::Follow {
+                upstream: remote.clone()
+            }),
+            "{d:?}"
+        );
+        assert!(d.actions.contains(&Action::RenewLock), "{d:?}");
+        // already following it: nothing to change
+        let d = decide(&obs(
+            "n1",
+            Some(&c),
+            replica_pg(1000, Some("10.0.9.9:5432")),
+            &[],
+        ));
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Follow { .. } | Action::Promote)),
+            "{d:?}"
+        );
+        // a primary under standby_cluster (demote-cluster) becomes the standby leader
+        let d = decide(&obs("n1", Some(&c), primary_pg(), &[]));
+        assert!(
+            d.actions.contains(&Action::Demote {
+                upstream: remote.clone()
+            }),
+            "{d:?}"
+        );
+        // stopped: started as a replica of the remote, never as a primary
+        let mut stopped = primary_pg();
+        stopped.running = false;
+        stopped.ready = false;
+        let d = decide(&obs("n1", Some(&c), stopped, &[]));
+        assert!(
+            d.actions.contains(&Action::Start {
+                as_primary: false,
+                upstream: remote
+            }),
+            "{d:?}"
+        );
+        // the other members follow the standby leader
+        let d = decide(&obs(
+            "n2",
+            Some(&c),
+            replica_pg(1000, Some("127.0.0.1:5432")),
+            &[],
+        ));
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Promote | Action::Follow { .. })),
+            "{d:?}"
+        );
     }
 
     pub(crate) fn replica_pg(wal: u64, upstream: Option<&str>) -> PgView {

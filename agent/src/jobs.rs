@@ -31,6 +31,8 @@ pub(crate) struct CloneSource {
     pub name: String,
     pub api_url: String,
     pub peers: shared::api::MemberClient,
+    /// Replica methods that replace `create_replica_methods` (a standby cluster's own).
+    pub methods: Option<Vec<String>>,
 }
 
 /// Refuses a source whose PostgreSQL major version is not this member's (`bin_dir`): a clone
@@ -60,7 +62,10 @@ pub(crate) async fn clone_replica(
 ) -> Result<()> {
     use crate::postgres::methods::{self, ReplicaMethod};
     let started = Instant::now();
-    let cfg = pg.cfg();
+    let mut cfg = (*pg.cfg()).clone();
+    if let Some(list) = &source.methods {
+        cfg.postgresql.create_replica_methods = Some(list.clone());
+    }
     let ours = pg.catalog().map(|c| c.version_num);
     // before copying anything: the source's version, from its REST API
     if let Some(ours) = ours
@@ -310,6 +315,67 @@ async fn restore(
 fn set_mode_0700(dir: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// A standby cluster's first member: a copy of the remote primary made with
+/// `standby_cluster.create_replica_methods` (default `basebackup`), started as its replica; then
+/// the initialize key (the remote's system identifier), the config key and the leader key —
+/// this member is the standby leader. No roles and no post_bootstrap: the remote's replicate.
+pub(crate) async fn bootstrap_standby<K: Kv>(
+    pg: Arc<Postgres>,
+    dcs: Arc<Dcs<K>>,
+    sc: shared::dcs::StandbyCluster,
+    params: (Map<String, Value>, Option<Map<String, Value>>),
+    dynamic: DynamicConfig,
+    peers: shared::api::MemberClient,
+) -> Result<()> {
+    let result = async {
+        let address = sc.address().ok_or_else(|| {
+            anyhow::anyhow!(
+                "standby_cluster without a host: a standby cluster fed by the archive alone needs a replica method that restores without a primary, which pgpilot does not run yet; set standby_cluster.host"
+            )
+        })?;
+        let (host, port) = shared::config::split_host_port(&address)
+            .ok_or_else(|| anyhow::anyhow!("standby_cluster.host {address:?} is not host:port"))?;
+        let source = CloneSource {
+            upstream: Upstream { host, port },
+            name: format!("the remote primary {address}"),
+            api_url: String::new(),
+            peers,
+            methods: Some(
+                sc.create_replica_methods
+                    .clone()
+                    .unwrap_or_else(|| vec!["basebackup".into()]),
+            ),
+        };
+        let hba = dynamic.pg_hba();
+        let timeout = Duration::from_secs(pg.cfg().postgresql.pg_ctl_timeout);
+        clone_replica(pg.clone(), source, None, params, hba, timeout).await?;
+        let cd = pg.controldata().await?;
+        dcs.set_initialize(&cd.system_identifier).await?;
+        dcs.init_config(&dynamic).await?;
+        dcs.take_leader().await?;
+        info!(
+            sysid = cd.system_identifier,
+            remote = address,
+            "standby cluster bootstrapped: this node is its standby leader"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        error!(
+            "standby cluster bootstrap failed: {e:#}; removing the initialize key so another attempt can be made"
+        );
+        if let Err(e) = dcs.cancel_initialization().await {
+            warn!("cannot delete the initialize key: {e}");
+        }
+        let _ = pg.stop("immediate", Duration::from_secs(30)).await;
+        if pg.data_dir_initialized() {
+            pg.discard_creation();
+        }
+    }
+    result
 }
 
 /// initdb → configuration → start → roles → post_bootstrap → initialize/config/leader keys.

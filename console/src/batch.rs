@@ -280,6 +280,57 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
         }
         Command::Version { cluster, members } => version(&s, cluster.as_ref(), &members).await,
         Command::EditConfig(edit) => edit_config(&s, edit).await,
+        Command::DemoteCluster {
+            cluster,
+            host,
+            port,
+            restore_command,
+            primary_slot_name,
+            force,
+        } => {
+            let c = s.one(cluster.as_ref()).await?;
+            let mut m = serde_json::Map::new();
+            for (k, v) in [
+                ("host", host.map(Value::from)),
+                ("port", port.map(Value::from)),
+                ("restore_command", restore_command.map(Value::from)),
+                ("primary_slot_name", primary_slot_name.map(Value::from)),
+            ] {
+                if let Some(v) = v {
+                    m.insert(k.into(), v);
+                }
+            }
+            confirm(
+                &format!(
+                    "Demote cluster {} to a standby cluster (its primary stops taking writes)?",
+                    c.scope
+                ),
+                force,
+            )?;
+            ops::set_standby_cluster(&s.dcs(&c), &c, Some(m))
+                .await
+                .map_err(ops_failure)?;
+            eprintln!("Success: cluster {} is a standby cluster now", c.scope);
+            Ok(())
+        }
+        Command::PromoteCluster { cluster, force } => {
+            let c = s.one(cluster.as_ref()).await?;
+            confirm(
+                &format!(
+                    "Promote standby cluster {} (its standby leader starts taking writes)?",
+                    c.scope
+                ),
+                force,
+            )?;
+            ops::set_standby_cluster(&s.dcs(&c), &c, None)
+                .await
+                .map_err(ops_failure)?;
+            eprintln!(
+                "Success: cluster {} is promoted: its leader becomes a primary",
+                c.scope
+            );
+            Ok(())
+        }
         Command::Pause { cluster, wait } => pause(&s, cluster.as_ref(), true, wait).await,
         Command::Resume { cluster, wait } => pause(&s, cluster.as_ref(), false, wait).await,
         Command::Flush {

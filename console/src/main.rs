@@ -150,6 +150,38 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Make a cluster a standby cluster of another cluster's primary (patronictl 4.1's
+    /// demote-cluster): its primary becomes the standby leader, replicating from HOST:PORT
+    /// (and/or fetching WAL with --restore-command), and never promotes on its own.
+    ///
+    /// Example: demote-cluster dr --host 10.0.1.5 --port 5432 --force
+    DemoteCluster {
+        cluster: Option<String>,
+        /// The other cluster's primary (or a proxy that reaches it).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// How to fetch WAL from the other cluster's archive.
+        #[arg(long = "restore-command")]
+        restore_command: Option<String>,
+        /// A replication slot on the other cluster's primary to stream from.
+        #[arg(long = "primary-slot-name")]
+        primary_slot_name: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a standby cluster a cluster of its own (patronictl 4.1's promote-cluster): its
+    /// standby leader promotes and takes writes.
+    ///
+    /// Example: promote-cluster dr --force
+    PromoteCluster {
+        cluster: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
     /// Resume automatic failover after a pause.
     ///
     /// Example: resume demo --wait

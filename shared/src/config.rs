@@ -1245,20 +1245,27 @@ fn has_content(v: &Value) -> bool {
     }
 }
 
-/// Why a `standby_cluster` value is refused, if it is: any mapping that names a `host`, a
-/// `port` or a `restore_command` (what makes Patroni run a standby cluster), or a value that
-/// is not a mapping at all. An absent, empty or all-blank section asks for nothing.
-fn standby_cluster_refusal(v: &Value) -> Option<String> {
-    let asks = match v {
-        Value::Null => false,
-        Value::Object(m) => ["host", "port", "restore_command"]
-            .iter()
-            .any(|k| m.get(*k).is_some_and(has_content)),
-        other => has_content(other),
-    };
-    asks.then(|| {
-        "pgpilot does not run standby clusters yet: it would run this cluster as an independent, writable primary instead of replicating from the other one; remove standby_cluster, or keep Patroni for this cluster".to_string()
-    })
+/// What makes a `standby_cluster` section unusable: not a mapping, or a `port` that is no
+/// port number. An absent or empty section asks for nothing.
+fn standby_cluster_problem(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::Object(m) => match m.get("port") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) if p.trim().is_empty() => None,
+            Some(p) => {
+                let port = match p {
+                    Value::Number(n) => n.as_u64(),
+                    Value::String(s) => s.trim().parse().ok(),
+                    _ => None,
+                };
+                port.filter(|p| (1..=65535).contains(p))
+                    .is_none()
+                    .then(|| format!("standby_cluster.port {p} is not a port number"))
+            }
+        },
+        other => has_content(other).then(|| "standby_cluster must be a mapping".to_string()),
+    }
 }
 
 /// The keys of a dynamic configuration (`bootstrap.dcs` or the `config` key in etcd) that
@@ -1290,7 +1297,7 @@ pub fn dynamic_key_notes(raw: &Map<String, Value>) -> Vec<KeyNote> {
             }
             k if DYNAMIC_KEYS.contains(&k) => {}
             "standby_cluster" => {
-                if let Some(why) = standby_cluster_refusal(value) {
+                if let Some(why) = standby_cluster_problem(value) {
                     note(key, NoteLevel::Refusal, &why);
                 }
             }

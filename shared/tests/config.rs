@@ -386,34 +386,41 @@ fn issues(yaml: &str) -> Vec<shared::config::ConfigIssue> {
 }
 
 #[test]
-fn a_standby_cluster_is_refused_by_name() {
+fn a_standby_cluster_is_read_and_a_broken_one_refused() {
     let yaml = with_dcs("    standby_cluster:\n      host: 10.1.0.11\n      port: 5432\n");
-    let refused = issues(&yaml);
-    let issue = refused
-        .iter()
-        .find(|i| i.key == "bootstrap.dcs.standby_cluster")
-        .unwrap_or_else(|| panic!("standby_cluster not named: {refused:?}"));
-    assert!(
-        issue.message.contains("standby clusters"),
-        "{}",
-        issue.message
-    );
-    assert!(
-        issue.message.contains("writable primary"),
-        "{}",
-        issue.message
-    );
-    // restore_command alone makes a standby cluster too
-    let yaml = with_dcs("    standby_cluster:\n      restore_command: cp /wal/%f %p\n");
-    assert!(invalid_keys(&yaml).contains(&"bootstrap.dcs.standby_cluster".to_string()));
-    // a section that asks for nothing (blank values) is not a standby cluster
-    let yaml = with_dcs("    standby_cluster:\n      host: ''\n      port: ''\n");
     let c = Config::from_yaml(&yaml, "t.yml").unwrap();
     assert!(
         !c.warnings.iter().any(|w| w.key.contains("standby_cluster")),
         "{:?}",
         c.warnings
     );
+    let dynamic = shared::dcs::DynamicConfig {
+        raw: c.bootstrap.dcs.clone(),
+    };
+    let sc = dynamic.standby_cluster().expect("a standby cluster");
+    assert_eq!(sc.address().as_deref(), Some("10.1.0.11:5432"));
+    // restore_command alone makes a standby cluster too
+    let dynamic = shared::dcs::DynamicConfig {
+        raw: serde_json::json!({"standby_cluster": {"restore_command": "cp /wal/%f %p"}})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    };
+    assert!(
+        dynamic
+            .standby_cluster()
+            .is_some_and(|s| s.address().is_none())
+    );
+    // a section that asks for nothing (blank values) is not a standby cluster
+    let yaml = with_dcs("    standby_cluster:\n      host: ''\n      port: ''\n");
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    let dynamic = shared::dcs::DynamicConfig {
+        raw: c.bootstrap.dcs.clone(),
+    };
+    assert!(dynamic.standby_cluster().is_none());
+    // a port that is no port is refused by name
+    let yaml = with_dcs("    standby_cluster:\n      host: h\n      port: 99999\n");
+    assert!(invalid_keys(&yaml).contains(&"bootstrap.dcs.standby_cluster".to_string()));
 }
 
 #[test]
@@ -443,8 +450,14 @@ fn dynamic_keys_pgpilot_does_not_act_on_are_warnings_that_name_them() {
             .map(|w| w.message.clone())
             .unwrap_or_else(|| panic!("no warning for {key}: {:?}", c.warnings))
     };
-    // the seed's permanent slot
-    assert!(find("bootstrap.dcs.slots").contains("not created by pgpilot"));
+    // the seed's permanent slot is applied: no warning
+    assert!(
+        !c.warnings
+            .iter()
+            .any(|w| w.key.starts_with("bootstrap.dcs.slots")),
+        "{:?}",
+        c.warnings
+    );
     assert!(find("bootstrap.dcs.maximum_lag_on_syncnode").contains("synchronous standby"));
     assert!(find("bootstrap.dcs.primary_stop_timeout").contains("pg_ctl_timeout"));
     assert!(find("bootstrap.dcs.max_timelines_history").contains("every timeline"));
@@ -493,9 +506,7 @@ fn the_dynamic_configuration_from_etcd_gets_the_same_notes() {
             .map(|n| n.level)
             .unwrap_or_else(|| panic!("no note for {key}: {notes:?}"))
     };
-    assert_eq!(level("standby_cluster"), NoteLevel::Refusal);
     for key in [
-        "slots",
         "maximum_lag_on_syncnode",
         "master_stop_timeout",
         "max_timelines_history",
@@ -505,7 +516,8 @@ fn the_dynamic_configuration_from_etcd_gets_the_same_notes() {
     ] {
         assert_eq!(level(key), NoteLevel::Warning, "{key}");
     }
-    assert_eq!(notes.len(), 8, "{notes:?}");
+    // a standby cluster and a valid permanent slot are applied: no note
+    assert_eq!(notes.len(), 6, "{notes:?}");
     // what pgpilot applies gets no note
     assert!(
         dynamic_key_notes(&raw(
@@ -513,8 +525,9 @@ fn the_dynamic_configuration_from_etcd_gets_the_same_notes() {
         ))
         .is_empty()
     );
-    // console edit-config and PATCH /config refuse a standby cluster
-    let err = shared::ops::check_config(&raw(r#"{"standby_cluster":{"host":"h"}}"#))
+    // console edit-config and PATCH /config take a standby cluster, refuse a broken one
+    assert!(shared::ops::check_config(&raw(r#"{"standby_cluster":{"host":"h"}}"#)).is_ok());
+    let err = shared::ops::check_config(&raw(r#"{"standby_cluster":{"host":"h","port":"x"}}"#))
         .expect_err("refused");
     assert!(err.to_string().contains("standby_cluster"), "{err}");
     assert!(shared::ops::check_config(&raw(r#"{"slots":{"a":{"type":"physical"}}}"#)).is_ok());

@@ -308,10 +308,35 @@ impl Postgres {
         if let Some(upstream) = replica_of {
             text.push_str(RECOVERY_MARK);
             text.push_str("recovery_target_timeline = 'latest'\n");
+            // a standby cluster's remote primary (the standby leader follows it)
+            let standby = self.standby_cluster();
+            let to_remote = standby
+                .as_ref()
+                .is_some_and(|sc| match (upstream, sc.address()) {
+                    (Some(up), Some(addr)) => format!("{}:{}", up.host, up.port) == addr,
+                    (None, None) => true,
+                    _ => false,
+                });
             // recovery_conf: restore_command (a replica that cannot stream keeps up from the
-            // archive), archive_cleanup_command, recovery_min_apply_delay, …
+            // archive), archive_cleanup_command, recovery_min_apply_delay, …; in a standby
+            // cluster its own restore and cleanup commands on every member, its apply delay on
+            // the standby leader
             let catalog = self.catalog();
-            for (k, v) in self.replica_recovery_settings() {
+            let mut settings = self.replica_recovery_settings();
+            if let Some(sc) = &standby {
+                let mut set = |k: &str, v: &Option<String>| {
+                    if let Some(v) = v {
+                        settings.retain(|(sk, _)| sk != k);
+                        settings.push((k.to_string(), v.clone()));
+                    }
+                };
+                set("restore_command", &sc.restore_command);
+                set("archive_cleanup_command", &sc.archive_cleanup_command);
+                if to_remote {
+                    set("recovery_min_apply_delay", &sc.recovery_min_apply_delay);
+                }
+            }
+            for (k, v) in settings {
                 if catalog.as_ref().is_none_or(|c| c.accepts(&k)) {
                     text.push_str(&format!("{k} = {}\n", quote_guc(&v)));
                 }
@@ -328,7 +353,13 @@ impl Postgres {
                     true,
                 );
                 text.push_str(&format!("primary_conninfo = {}\n", quote_guc(&ci)));
-                if !self.cfg().tags.nostream && self.use_slots() {
+                if to_remote {
+                    // on the remote primary: the slot standby_cluster names, or none
+                    if let Some(slot) = standby.as_ref().and_then(|sc| sc.primary_slot_name.clone())
+                    {
+                        text.push_str(&format!("primary_slot_name = {}\n", quote_guc(&slot)));
+                    }
+                } else if !self.cfg().tags.nostream && self.use_slots() {
                     text.push_str(&format!(
                         "primary_slot_name = {}\n",
                         quote_guc(&shared::types::slot_name(&self.cfg().name))

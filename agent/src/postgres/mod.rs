@@ -79,6 +79,8 @@ pub struct Postgres {
     /// Permanent logical slots are configured: replicas send hot standby feedback, so the
     /// primary keeps the catalog rows their copies of the slots need.
     logical_slots: AtomicBool,
+    /// The dynamic configuration's `standby_cluster` in force.
+    standby_cluster: std::sync::Mutex<Option<shared::dcs::StandbyCluster>>,
 }
 
 impl Postgres {
@@ -101,7 +103,23 @@ impl Postgres {
             dynamic_postgresql: std::sync::Mutex::new(None),
             recovery_left_out: std::sync::Mutex::new(Vec::new()),
             logical_slots: AtomicBool::new(false),
+            standby_cluster: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Puts the dynamic configuration's `standby_cluster` in force.
+    pub fn set_standby_cluster(&self, sc: Option<shared::dcs::StandbyCluster>) {
+        *self
+            .standby_cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = sc;
+    }
+
+    pub fn standby_cluster(&self) -> Option<shared::dcs::StandbyCluster> {
+        self.standby_cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether permanent logical slots are configured (see [`Postgres::logical_slots`]).

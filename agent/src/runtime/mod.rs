@@ -515,6 +515,7 @@ impl<K: Kv> Agent<K> {
                 .any(|s| s.logical.is_some()),
         );
         self.pg.set_dynamic_postgresql(dynamic.postgresql_section());
+        self.pg.set_standby_cluster(dynamic.standby_cluster());
         self.pg.set_query_timeout(timing.retry_timeout);
         if let Some(c) = &cluster {
             self.seen_leader |= c.leader.is_some();
@@ -671,7 +672,16 @@ impl<K: Kv> Agent<K> {
             }
         }
         let state = self.pg_state(&pg_view);
-        let role = self.role(&pg_view);
+        let mut role = self.role(&pg_view);
+        // the lock holder of a standby cluster, replicating from the remote primary
+        if role == Role::Replica
+            && let Some(c) = &cluster
+            && c.leader.as_ref().is_some_and(|l| l.name == self.cfg.name)
+            && c.dynamic_config().standby_cluster().is_some()
+        {
+            role = Role::StandbyLeader;
+            self.last_role = role;
+        }
         if let Some(event) = self.pending_callback.take() {
             self.run_callback(event);
         }
@@ -1304,13 +1314,39 @@ impl<K: Kv> Agent<K> {
         let params = dynamic.parameters();
         match action {
             Action::BootstrapIfWon => {
+                // before the cluster exists its configuration is bootstrap.dcs
+                let standby = dynamic.standby_cluster();
                 if self.dcs.race_initialize().await? {
-                    info!("won the initialize race: bootstrapping a new cluster with initdb");
-                    self.set_fencing(true);
-                    self.spawn_job(
-                        Job::Bootstrap,
-                        bootstrap(self.cfg.clone(), self.pg.clone(), self.dcs.clone()),
-                    );
+                    match standby {
+                        Some(sc) => {
+                            // a standby cluster starts as a copy of the remote primary
+                            info!(
+                                remote = sc.address(),
+                                "won the initialize race: bootstrapping a standby cluster from the remote primary"
+                            );
+                            self.spawn_job(
+                                Job::Bootstrap,
+                                crate::jobs::bootstrap_standby(
+                                    self.pg.clone(),
+                                    self.dcs.clone(),
+                                    sc,
+                                    (params, dynamic.postgresql_section()),
+                                    dynamic.clone(),
+                                    self.peers.clone(),
+                                ),
+                            );
+                        }
+                        None => {
+                            info!(
+                                "won the initialize race: bootstrapping a new cluster with initdb"
+                            );
+                            self.set_fencing(true);
+                            self.spawn_job(
+                                Job::Bootstrap,
+                                bootstrap(self.cfg.clone(), self.pg.clone(), self.dcs.clone()),
+                            );
+                        }
+                    }
                 } else {
                     info!("another member is bootstrapping the cluster; waiting for it");
                 }
@@ -1330,6 +1366,7 @@ impl<K: Kv> Agent<K> {
                         .map(|m| m.data.api_url.clone())
                         .unwrap_or_default(),
                     peers: self.peers.clone(),
+                    methods: None,
                 };
                 self.spawn_job(
                     Job::Clone,
@@ -2047,6 +2084,12 @@ pub(crate) async fn futures_join_all<
 }
 
 fn upstream_of(cluster: &Cluster, member: &str) -> Option<Upstream> {
+    if member == shared::dcs::STANDBY_REMOTE {
+        // a standby cluster's remote primary (none: it replicates from the archive alone)
+        let address = cluster.dynamic_config().standby_cluster()?.address()?;
+        let (host, port) = shared::config::split_host_port(&address)?;
+        return Some(Upstream { host, port });
+    }
     let (host, port) = cluster.member(member)?.data.host_port()?;
     Some(Upstream { host, port })
 }

@@ -193,6 +193,35 @@ pub struct Leader {
     pub mod_revision: i64,
 }
 
+/// The dynamic configuration's `standby_cluster`: this cluster replicates from another one's
+/// primary (`host`/`port`) and/or its archive (`restore_command`); its leader is a standby
+/// leader that never promotes on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StandbyCluster {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub primary_slot_name: Option<String>,
+    pub restore_command: Option<String>,
+    pub archive_cleanup_command: Option<String>,
+    pub recovery_min_apply_delay: Option<String>,
+    pub create_replica_methods: Option<Vec<String>>,
+}
+
+impl StandbyCluster {
+    /// The remote primary as `host:port` (port 5432 by default), when a host is set.
+    pub fn address(&self) -> Option<String> {
+        let host = self.host.as_deref().filter(|h| !h.is_empty())?;
+        // several hosts (a list for target_session_attrs) are not followed here: the first
+        let host = host.split(',').next().unwrap_or(host).trim();
+        Some(format!("{host}:{}", self.port.unwrap_or(5432)))
+    }
+}
+
+/// The name under which the decision core refers to a standby cluster's remote primary as an
+/// upstream; never a member's (a member name in etcd has no parentheses from pgpilot or
+/// Patroni's own tooling).
+pub const STANDBY_REMOTE: &str = "(standby_cluster)";
+
 /// A permanent replication slot from the dynamic configuration's `slots`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PermanentSlot {
@@ -619,6 +648,39 @@ impl DynamicConfig {
             Some(Value::String(s)) => crate::types::parse_seconds(s).unwrap_or(1800),
             _ => 1800,
         }
+    }
+
+    /// `standby_cluster`, when it asks for one (a `host`, `port` or `restore_command`).
+    pub fn standby_cluster(&self) -> Option<StandbyCluster> {
+        let m = self.raw.get("standby_cluster")?.as_object()?;
+        let text = |k: &str| match m.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let sc = StandbyCluster {
+            host: text("host"),
+            port: text("port").and_then(|p| p.parse().ok()),
+            primary_slot_name: text("primary_slot_name").map(|s| crate::types::slot_name(&s)),
+            restore_command: text("restore_command"),
+            archive_cleanup_command: text("archive_cleanup_command"),
+            recovery_min_apply_delay: text("recovery_min_apply_delay"),
+            create_replica_methods: match m.get("create_replica_methods") {
+                Some(Value::Array(a)) => Some(
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                ),
+                Some(Value::String(s)) => Some(
+                    s.split(',')
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect(),
+                ),
+                _ => None,
+            },
+        };
+        (sc.host.is_some() || sc.port.is_some() || sc.restore_command.is_some()).then_some(sc)
     }
 
     /// The permanent replication slots of `slots` (also read as `permanent_slots` or

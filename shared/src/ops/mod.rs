@@ -199,6 +199,52 @@ pub async fn set_pause<K: Kv>(
     write_config(dcs, &config, version).await
 }
 
+/// Makes a cluster a standby cluster of the primary at `standby` (`demote-cluster`: the
+/// `standby_cluster` section written, compare-and-swap), or with `None` a cluster of its own
+/// again (`promote-cluster`: the section removed; its standby leader promotes). Refused when
+/// the cluster already is what is asked.
+pub async fn set_standby_cluster<K: Kv>(
+    dcs: &Dcs<K>,
+    cluster: &Cluster,
+    standby: Option<Map<String, Value>>,
+) -> Result<(), OpsError> {
+    let is_standby = cluster.dynamic_config().standby_cluster().is_some();
+    match (&standby, is_standby) {
+        (None, false) => {
+            return Err(OpsError::Refused(format!(
+                "cluster {} is not a standby cluster",
+                cluster.scope
+            )));
+        }
+        (Some(m), _)
+            if !["host", "port", "restore_command"]
+                .iter()
+                .any(|k| m.contains_key(*k)) =>
+        {
+            return Err(OpsError::Refused(
+                "a standby cluster needs a host, a port or a restore_command".into(),
+            ));
+        }
+        (Some(_), true) => {
+            return Err(OpsError::Refused(format!(
+                "cluster {} is already a standby cluster",
+                cluster.scope
+            )));
+        }
+        _ => {}
+    }
+    let (mut config, version) = current_config(cluster);
+    match standby {
+        Some(m) => {
+            config.insert("standby_cluster".into(), Value::Object(m));
+        }
+        None => {
+            config.remove("standby_cluster");
+        }
+    }
+    write_config(dcs, &config, version).await
+}
+
 /// Whether every member's key agrees with the pause state (members publish `pause: true`
 /// while paused).
 pub fn members_see_pause(cluster: &Cluster, pause: bool) -> bool {

@@ -1,0 +1,127 @@
+//! A standby cluster (a DR site) following a running primary cluster through
+//! `standby_cluster` in its dynamic configuration: its first member clones the other cluster's
+//! primary and is the standby leader (`/standby-leader` 200, never writable), the other member
+//! cascades from it; writes on the primary cluster appear on both; when the standby leader's
+//! machine is lost the other member becomes standby leader and keeps replicating; `console
+//! --batch promote-cluster` makes the standby cluster a cluster of its own that takes writes.
+
+use pgpilot_e2e::*;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn role(n: &Node) -> Option<String> {
+    n.status()
+        .and_then(|s| s["role"].as_str().map(str::to_string))
+}
+
+/// Waits until `rows` rows are in the table on node `n`.
+fn wait_rows(n: &Node, rows: usize, c: &TestCluster) {
+    wait_for("the rows replicated", LONG, || {
+        (sql(n, "SELECT count(*) FROM dr").ok()? == vec![rows.to_string()]).then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+}
+
+#[test]
+fn a_standby_cluster_follows_fails_over_and_is_promoted() {
+    if !prerequisites() {
+        return;
+    }
+    let spec = ClusterSpec {
+        scope: "dcmain".into(),
+        nodes: 1,
+        ..Default::default()
+    };
+    let (lab, p) = Lab::healthy(spec).unwrap();
+    let main = &lab.cluster.nodes[p];
+    sql(main, "CREATE TABLE dr (id int)").unwrap();
+    sql(main, "INSERT INTO dr VALUES (1)").unwrap();
+
+    // the standby cluster, in the same etcd under another scope
+    let spec = ClusterSpec {
+        scope: "dcstandby".into(),
+        nodes: 2,
+        ..Default::default()
+    };
+    let dir = lab.work.path.join("standby");
+    std::fs::create_dir_all(&dir).unwrap();
+    chown_postgres(&dir).unwrap();
+    let mut dr = TestCluster::new(spec, &dir, &lab.etcd.endpoint()).unwrap();
+    for n in &dr.nodes {
+        let yaml = std::fs::read_to_string(&n.config_path).unwrap();
+        std::fs::write(
+            &n.config_path,
+            yaml.replace(
+                "    maximum_lag_on_failover: 1048576\n",
+                &format!(
+                    "    maximum_lag_on_failover: 1048576\n    standby_cluster:\n      host: {}\n      port: {}\n",
+                    main.host, main.pg_port
+                ),
+            ),
+        )
+        .unwrap();
+    }
+    dr.start_all().unwrap();
+    let leader = wait_for("a standby leader and a cascading replica", LONG, || {
+        let l = dr
+            .nodes
+            .iter()
+            .position(|n| role(n).as_deref() == Some("standby_leader"))?;
+        let other = &dr.nodes[1 - l];
+        other
+            .status()
+            .is_some_and(|s| s["role"] == "replica" && s["replication_state"] == "streaming")
+            .then_some(l)
+    })
+    .map_err(|e| format!("{e}\n{}", dr.logs_tail()))
+    .unwrap();
+    let other = 1 - leader;
+    assert_eq!(dr.nodes[leader].get("/standby-leader").unwrap().0, 200);
+    assert_eq!(dr.nodes[other].get("/standby-leader").unwrap().0, 503);
+    for n in &dr.nodes {
+        assert_eq!(n.get("/primary").unwrap().0, 503, "{}", n.name);
+    }
+    // writes on the primary cluster reach both members; the standby cluster takes none
+    sql(main, "INSERT INTO dr VALUES (2)").unwrap();
+    for n in &dr.nodes {
+        wait_rows(n, 2, &dr);
+    }
+    assert!(sql(&dr.nodes[leader], "INSERT INTO dr VALUES (99)").is_err());
+
+    // the standby leader's machine is lost: the other member becomes standby leader
+    dr.kill_machine(leader);
+    wait_for("the other member as standby leader", LONG, || {
+        (role(&dr.nodes[other]).as_deref() == Some("standby_leader")).then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", dr.logs_tail()))
+    .unwrap();
+    sql(main, "INSERT INTO dr VALUES (3)").unwrap();
+    wait_rows(&dr.nodes[other], 3, &dr);
+    assert_eq!(dr.nodes[other].get("/primary").unwrap().0, 503);
+
+    // promote-cluster: the standby cluster becomes a cluster of its own
+    let config = dr.nodes[other].config_path.display().to_string();
+    let (code, out, err) = console(&[
+        "-c",
+        &config,
+        "--batch",
+        "promote-cluster",
+        "dcstandby",
+        "--force",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the promoted cluster's primary", LONG, || {
+        (dr.nodes[other].get("/primary").ok()?.0 == 200).then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", dr.logs_tail()))
+    .unwrap();
+    sql(&dr.nodes[other], "INSERT INTO dr VALUES (4)").unwrap();
+    assert_eq!(
+        sql(&dr.nodes[other], "SELECT count(*) FROM dr").unwrap(),
+        vec!["4"]
+    );
+    dr.shutdown();
+}

@@ -95,6 +95,12 @@ pub enum Operation {
         scope: String,
         on: bool,
     },
+    /// Make the cluster a standby cluster of the primary at `remote` (`host:port`), or with
+    /// `None` a cluster of its own (demote-cluster / promote-cluster).
+    StandbyCluster {
+        scope: String,
+        remote: Option<String>,
+    },
     CancelSwitchover {
         scope: String,
     },
@@ -147,6 +153,7 @@ impl Operation {
     pub fn scope(&self) -> &str {
         match self {
             Operation::Pause { scope, .. }
+            | Operation::StandbyCluster { scope, .. }
             | Operation::CancelSwitchover { scope }
             | Operation::Switchover { scope, .. }
             | Operation::Failover { scope, .. }
@@ -546,6 +553,43 @@ impl App {
         });
     }
 
+    /// Asks to confirm making the selected cluster a standby cluster of `remote`, or (with
+    /// `None`) promoting a standby cluster.
+    fn standby_request(&mut self, remote: Option<String>) {
+        let Some(c) = self.selected_cluster() else {
+            return;
+        };
+        let scope = c.scope.clone();
+        let is_standby = c.dynamic_config().standby_cluster().is_some();
+        let (title, text) = match &remote {
+            None if !is_standby => {
+                self.status = Some((format!("{scope} is not a standby cluster"), true));
+                return;
+            }
+            None => (
+                "Promote cluster",
+                format!(
+                    "Promote standby cluster {scope}: its standby leader becomes a primary and takes writes; it stops following its source."
+                ),
+            ),
+            Some(_) if is_standby => {
+                self.status = Some((format!("{scope} is already a standby cluster"), true));
+                return;
+            }
+            Some(r) => (
+                "Demote cluster",
+                format!(
+                    "Demote cluster {scope} to a standby cluster of {r}: its primary stops taking writes and replicates from {r}."
+                ),
+            ),
+        };
+        self.ask(Confirm {
+            title: title.into(),
+            text,
+            operation: Operation::StandbyCluster { scope, remote },
+        });
+    }
+
     fn cancel_switchover_request(&mut self) {
         let Some(c) = self.selected_cluster() else {
             return;
@@ -880,6 +924,22 @@ impl App {
             }
             "cancel-restart" => {
                 self.cancel_restart_request(arg);
+                return vec![];
+            }
+            "promote-cluster" => {
+                self.standby_request(None);
+                return vec![];
+            }
+            "demote-cluster" => {
+                match arg.filter(|a| shared::config::split_host_port(a).is_some()) {
+                    Some(remote) => self.standby_request(Some(remote.to_string())),
+                    None => {
+                        self.status = Some((
+                            "demote-cluster HOST:PORT (the other cluster's primary)".into(),
+                            true,
+                        ))
+                    }
+                }
                 return vec![];
             }
             "cut" | "restore" | "crash" | "isolate" | "heal" => {
@@ -1328,6 +1388,47 @@ mod tests {
             update(app, key(c));
         }
         update(app, enter());
+    }
+
+    #[test]
+    fn demote_and_promote_cluster_ask_first() {
+        let now = Instant::now();
+        let mut app = App::new("e".into(), "/service".into(), false, now);
+        feed(&mut app, vec![cluster("a", "a-n1", 3)]);
+        // not a standby cluster: nothing to promote
+        typed(&mut app, "promote-cluster");
+        assert!(app.confirm.is_none());
+        typed(&mut app, "demote-cluster 10.0.0.9:5432");
+        let c = app.confirm.clone().expect("a confirmation");
+        assert!(
+            c.text.contains("standby cluster of 10.0.0.9:5432"),
+            "{}",
+            c.text
+        );
+        assert_eq!(
+            update(&mut app, key('y')),
+            vec![Effect::Run(Operation::StandbyCluster {
+                scope: "a".into(),
+                remote: Some("10.0.0.9:5432".into())
+            })]
+        );
+        // a standby cluster: promote asks, demote refuses
+        let mut standby = cluster("a", "a-n1", 3);
+        standby.config = Some(shared::dcs::Versioned {
+            value: shared::dcs::DynamicConfig {
+                raw: serde_json::json!({"standby_cluster": {"host": "10.0.0.9", "port": 5432}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            },
+            mod_revision: 1,
+        });
+        feed(&mut app, vec![standby]);
+        typed(&mut app, "demote-cluster 10.0.0.9:5432");
+        assert!(app.confirm.is_none());
+        typed(&mut app, "promote-cluster");
+        let c = app.confirm.clone().expect("a confirmation");
+        assert!(c.text.contains("Promote standby cluster a"), "{}", c.text);
     }
 
     #[test]

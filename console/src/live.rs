@@ -198,6 +198,28 @@ pub async fn execute<K: Kv + Clone>(
             .await
             .map(|_| format!("cluster {scope} {}", if on { "paused" } else { "resumed" }))
             .map_err(text),
+        Operation::StandbyCluster { remote, .. } => {
+            let section = remote
+                .as_deref()
+                .and_then(shared::config::split_host_port)
+                .map(|(host, port)| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("host".into(), host.into());
+                    m.insert("port".into(), port.into());
+                    m
+                });
+            let promote = section.is_none();
+            ops::set_standby_cluster(&dcs, &c, section)
+                .await
+                .map(|_| {
+                    if promote {
+                        format!("cluster {scope} promoted: its standby leader becomes a primary")
+                    } else {
+                        format!("cluster {scope} is a standby cluster now")
+                    }
+                })
+                .map_err(text)
+        }
         Operation::CancelSwitchover { .. } => ops::clear_scheduled_switchover(&dcs, &c)
             .await
             .map(|_| format!("scheduled switchover of {scope} cancelled"))

@@ -237,6 +237,12 @@ fn flags(c: &Cluster) -> String {
         v.push("PAUSED".to_string());
     }
     let cfg = c.dynamic_config();
+    if let Some(sc) = cfg.standby_cluster() {
+        v.push(format!(
+            "standby of {}",
+            sc.address().unwrap_or_else(|| "the archive".into())
+        ));
+    }
     if cfg.synchronous_mode() != shared::dcs::SyncMode::Off {
         let standbys = c
             .sync
@@ -1074,6 +1080,21 @@ mod tests {
         assert!(s.contains("healthy"), "{s}");
         assert!(s.contains("degraded"), "{s}");
         assert!(s.contains("PAUSED"), "{s}");
+        let mut dr = cluster("gamma", 2);
+        dr.config = Some(shared::dcs::Versioned {
+            value: shared::dcs::DynamicConfig {
+                raw: serde_json::json!({"standby_cluster": {"host": "10.0.0.9", "port": 5432}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            },
+            mod_revision: 1,
+        });
+        assert!(
+            flags(&dr).contains("standby of 10.0.0.9:5432"),
+            "{}",
+            flags(&dr)
+        );
         assert!(s.contains("failover ready: alpha-2"), "{s}");
         // it fits 80 columns without panicking
         render(&app, 80, 24);

@@ -634,9 +634,7 @@ fn rejoin_plan(
     leader: &str,
     was_primary: bool,
 ) -> Rejoin {
-    let leader_ready = cluster
-        .member(leader)
-        .is_some_and(|m| m.data.runs_as_primary());
+    let leader_ready = leader_serves(cluster, leader);
     if obs.pg.rewind_not_needed {
         // pg_rewind compared this data with the leader's history and found nothing to undo.
         return Rejoin::Follow;
@@ -768,6 +766,28 @@ fn job_blocks_demotion(obs: &Observation<'_>, job: Job) -> Option<String> {
             _ => None,
         },
     }
+}
+
+/// Whether the leader `name` serves its members: runs as primary, or in a standby cluster runs
+/// as its standby leader.
+fn leader_serves(cluster: &Cluster, name: &str) -> bool {
+    cluster.member(name).is_some_and(|m| {
+        m.data.runs_as_primary()
+            || (cluster.dynamic_config().standby_cluster().is_some()
+                && m.data.role == "standby_leader"
+                && m.data.state == "running")
+    })
+}
+
+/// The members whose replication slots a leader (or standby leader) keeps: everyone else that
+/// streams.
+fn slot_members(obs: &Observation<'_>, cluster: &Cluster) -> Vec<String> {
+    cluster
+        .members
+        .iter()
+        .filter(|m| m.name != obs.me && !obs.nostream.contains(&m.name))
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 pub fn decide(obs: &Observation<'_>) -> Decision {
@@ -960,7 +980,8 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         if holds_lock {
             actions.push(Action::RenewLock);
         }
-        let as_primary = holds_lock && was_primary && standby.is_none();
+        // without the config key it is not known whether this is a standby cluster
+        let as_primary = holds_lock && was_primary && standby.is_none() && cluster.config.is_some();
         if as_primary && let Some(a) = crate::synchronous::before_primary(obs, cluster) {
             actions.push(a);
         }
@@ -1062,7 +1083,13 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             }
             actions.push(Action::RenewLock);
             if cluster.config.is_none() {
+                // the configuration decides what this holder may do (a standby cluster's never
+                // promotes): it is restored first, nothing else this cycle
                 actions.push(Action::WriteConfig);
+                return decision(
+                    actions,
+                    "the config key is missing: restoring it before acting on the lock",
+                );
             }
             let requested_here = cluster
                 .failover
@@ -1093,13 +1120,21 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 // the remote primary (or its archive) and never promotes on its own
                 actions.push(Action::PublishStatus);
                 if cluster.dynamic_config().use_slots() {
-                    let members: Vec<String> = cluster
-                        .members
-                        .iter()
-                        .filter(|m| m.name != obs.me && !obs.nostream.contains(&m.name))
-                        .map(|m| m.name.clone())
-                        .collect();
-                    actions.push(Action::EnsureSlots { members });
+                    actions.push(Action::EnsureSlots {
+                        members: slot_members(obs, cluster),
+                    });
+                }
+                if obs.pg.config_outdated {
+                    actions.push(Action::ApplyConfig);
+                }
+                // a switchover or failover request makes no primary here: cleared
+                if cluster.failover.is_some() {
+                    actions.push(Action::ClearFailover {
+                        reason: Some(
+                            "a standby cluster has no primary to switch over to: promote the cluster first (promote-cluster)"
+                                .into(),
+                        ),
+                    });
                 }
                 let source = sc.address().unwrap_or_else(|| "the archive".into());
                 if obs.pg.upstream != sc.address() {
@@ -1132,13 +1167,9 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             // The members' slots first: a member that just handed the lock over to this node
             // connects at once and must find its slot.
             if cluster.dynamic_config().use_slots() {
-                let members: Vec<String> = cluster
-                    .members
-                    .iter()
-                    .filter(|m| m.name != obs.me && !obs.nostream.contains(&m.name))
-                    .map(|m| m.name.clone())
-                    .collect();
-                actions.push(Action::EnsureSlots { members });
+                actions.push(Action::EnsureSlots {
+                    members: slot_members(obs, cluster),
+                });
             }
             actions.extend(crate::synchronous::primary_duty(obs, cluster));
             let mut summary = "leader: holding the lock".to_string();
@@ -1198,10 +1229,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 // A new leader is followed once it runs as primary: its slot for us and its
                 // timeline are then there, and streaming starts at once instead of after a
                 // failed attempt and wal_retrieve_retry_interval.
-                if upstream.as_deref() == Some(l.name.as_str())
-                    && !cluster
-                        .member(&l.name)
-                        .is_some_and(|m| m.data.runs_as_primary())
+                if upstream.as_deref() == Some(l.name.as_str()) && !leader_serves(cluster, &l.name)
                 {
                     return decision(
                         actions,

@@ -1250,6 +1250,12 @@ fn has_content(v: &Value) -> bool {
 fn standby_cluster_problem(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
+        Value::Object(m) if ["host", "restore_command", "primary_slot_name", "archive_cleanup_command"]
+            .iter()
+            .any(|k| m.get(*k).is_some_and(|v| !v.is_null() && !v.is_string())) =>
+        {
+            Some("standby_cluster: host, restore_command, primary_slot_name and archive_cleanup_command are strings".into())
+        }
         Value::Object(m) => match m.get("port") {
             None | Some(Value::Null) => None,
             Some(Value::String(p)) if p.trim().is_empty() => None,
@@ -1475,6 +1481,12 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         r.err(
             "name",
             "this name is reserved by Patroni's synchronous mode",
+        );
+    }
+    if name == crate::dcs::STANDBY_REMOTE {
+        r.err(
+            "name",
+            "this name is reserved: pgpilot calls a standby cluster's remote primary so",
         );
     }
 

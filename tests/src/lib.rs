@@ -877,6 +877,24 @@ impl TestCluster {
         .map_err(|e| anyhow!("{e}\n{}", self.logs_tail()))
     }
 
+    /// Waits until one of `among` is primary and every other of them streams from the
+    /// cluster; returns the primary's index (members outside `among` are not looked at).
+    pub fn wait_streaming_among(&self, among: &[usize], timeout: Duration) -> Result<usize> {
+        wait_for("one primary and streaming replicas", timeout, || {
+            let p = self.primary()?;
+            among
+                .iter()
+                .filter(|&&i| i != p)
+                .all(|&i| {
+                    self.nodes[i].status().is_some_and(|s| {
+                        s["replication_state"] == "streaming" && s["role"] == "replica"
+                    })
+                })
+                .then_some(p)
+        })
+        .map_err(|e| anyhow!("{e}\n{}", self.logs_tail()))
+    }
+
     /// The last lines of every agent's log, for failure messages.
     pub fn logs_tail(&self) -> String {
         let mut out = String::new();
@@ -1722,6 +1740,27 @@ pub fn patronictl_or_skip(what: &str) -> Option<PathBuf> {
         ));
     }
     found
+}
+
+/// Runs real `patronictl` with a node's YAML: (success, stdout and stderr).
+pub fn patronictl_run(ctl: &Path, config: &Path, args: &[&str]) -> (bool, String) {
+    match Command::new(ctl)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("cannot run {}: {e}", ctl.display())),
+    }
 }
 
 /// A program of real Patroni (`patroni`, `patronictl`) from the venv `tests/prereqs.sh` installs

@@ -13,24 +13,6 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// Waits until every node in `nodes` but the primary streams; returns the primary.
-fn wait_streaming(c: &TestCluster, nodes: &[usize]) -> usize {
-    wait_for("one primary and streaming replicas", LONG, || {
-        let p = c.primary()?;
-        nodes
-            .iter()
-            .filter(|&&i| i != p)
-            .all(|&i| {
-                c.nodes[i].status().is_some_and(|s| {
-                    s["replication_state"] == "streaming" && s["role"] == "replica"
-                })
-            })
-            .then_some(p)
-    })
-    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
-    .unwrap()
-}
-
 #[test]
 fn pgbackrest_builds_replicas_and_restores_a_cluster_to_a_point_in_time() {
     if !prerequisites() || !need_program("pgbackrest", "pgbackrest") {
@@ -61,7 +43,7 @@ fn pgbackrest_builds_replicas_and_restores_a_cluster_to_a_point_in_time() {
     for i in three {
         c.start_agent(i).unwrap();
     }
-    let p = wait_streaming(c, &three);
+    let p = c.wait_streaming_among(&three, LONG).unwrap();
 
     // no backup yet: the replicas fell back to pg_basebackup
     for i in three.iter().filter(|&&i| i != p) {
@@ -90,7 +72,7 @@ fn pgbackrest_builds_replicas_and_restores_a_cluster_to_a_point_in_time() {
     // a new member is built by pgBackRest and streams
     c.start_agent(3).unwrap();
     let all = [0, 1, 2, 3];
-    wait_streaming(c, &all);
+    c.wait_streaming_among(&all, LONG).unwrap();
     let log = c.nodes[3].log();
     assert!(
         log.contains("restore command begin")
@@ -112,7 +94,7 @@ fn pgbackrest_builds_replicas_and_restores_a_cluster_to_a_point_in_time() {
     })
     .map_err(|e| format!("{e}\n{}", c.logs_tail()))
     .unwrap();
-    let p = wait_streaming(c, &all);
+    let p = c.wait_streaming_among(&all, LONG).unwrap();
 
     // rows before and after a point in time, the WAL archived past it
     let n = &c.nodes[p];

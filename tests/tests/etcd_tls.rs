@@ -105,22 +105,7 @@ fn a_cluster_runs_on_an_etcd_with_tls_client_certificates_and_users() {
     }
     // real patronictl with the same YAML lists the cluster and switches it over
     let p = if let Some(ctl) = patronictl_or_skip("patronictl over etcd TLS") {
-        let ctl_run = |args: &[&str]| {
-            let out = std::process::Command::new(&ctl)
-                .args(["-c", &config])
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            (
-                out.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            )
-        };
+        let ctl_run = |args: &[&str]| patronictl_run(&ctl, std::path::Path::new(&config), args);
         let (ok, text) = ctl_run(&["list"]);
         assert!(
             ok && c.nodes.iter().all(|n| text.contains(&n.name)),

@@ -620,21 +620,10 @@ fn restart_reload_reinitialize_and_parameters_with_authentication() {
 /// `patronictl ARGS…` with a node's YAML (its `restapi.authentication` is what patronictl
 /// sends): (success, stdout + stderr).
 fn patronictl(config: &std::path::Path, args: &[&str]) -> Option<(bool, String)> {
-    let ctl = patroni_program("patronictl")?;
-    let out = std::process::Command::new(ctl)
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    Some((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    Some(patronictl_run(
+        &patroni_program("patronictl")?,
+        config,
+        args,
     ))
 }
 

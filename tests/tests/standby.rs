@@ -1,9 +1,10 @@
 //! A standby cluster (a DR site) following a running primary cluster through
 //! `standby_cluster` in its dynamic configuration: its first member clones the other cluster's
-//! primary and is the standby leader (`/standby-leader` 200, never writable), the other member
-//! cascades from it; writes on the primary cluster appear on both; when the standby leader's
-//! machine is lost the other member becomes standby leader and keeps replicating; `console
-//! --batch promote-cluster` makes the standby cluster a cluster of its own that takes writes.
+//! primary and is the standby leader (`/standby-leader` 200, never writable), the other members
+//! cascade from it; writes on the primary cluster appear on all; when the standby leader's
+//! machine is lost another member becomes standby leader, the third follows it, and it keeps
+//! replicating; a switchover is refused (no primary); `console --batch promote-cluster` makes
+//! the standby cluster a cluster of its own that takes writes.
 
 use pgpilot_e2e::*;
 use std::time::Duration;
@@ -42,7 +43,7 @@ fn a_standby_cluster_follows_fails_over_and_is_promoted() {
     // the standby cluster, in the same etcd under another scope
     let spec = ClusterSpec {
         scope: "dcstandby".into(),
-        nodes: 2,
+        nodes: 3,
         ..Default::default()
     };
     let dir = lab.work.path.join("standby");
@@ -64,20 +65,28 @@ fn a_standby_cluster_follows_fails_over_and_is_promoted() {
         .unwrap();
     }
     dr.start_all().unwrap();
-    let leader = wait_for("a standby leader and a cascading replica", LONG, || {
-        let l = dr
-            .nodes
+    // a standby leader, and every other member cascading from it
+    let cascade = |dr: &TestCluster, among: &[usize]| {
+        let l = among
             .iter()
-            .position(|n| role(n).as_deref() == Some("standby_leader"))?;
-        let other = &dr.nodes[1 - l];
-        other
-            .status()
-            .is_some_and(|s| s["role"] == "replica" && s["replication_state"] == "streaming")
+            .copied()
+            .find(|&i| role(&dr.nodes[i]).as_deref() == Some("standby_leader"))?;
+        among
+            .iter()
+            .filter(|&&i| i != l)
+            .all(|&i| {
+                dr.nodes[i].status().is_some_and(|s| {
+                    s["role"] == "replica" && s["replication_state"] == "streaming"
+                })
+            })
             .then_some(l)
+    };
+    let leader = wait_for("a standby leader and cascading replicas", LONG, || {
+        cascade(&dr, &[0, 1, 2])
     })
     .map_err(|e| format!("{e}\n{}", dr.logs_tail()))
     .unwrap();
-    let other = 1 - leader;
+    let other = (leader + 1) % 3;
     assert_eq!(dr.nodes[leader].get("/standby-leader").unwrap().0, 200);
     assert_eq!(dr.nodes[other].get("/standby-leader").unwrap().0, 503);
     for n in &dr.nodes {
@@ -90,16 +99,37 @@ fn a_standby_cluster_follows_fails_over_and_is_promoted() {
     }
     assert!(sql(&dr.nodes[leader], "INSERT INTO dr VALUES (99)").is_err());
 
-    // the standby leader's machine is lost: the other member becomes standby leader
+    // the standby leader's machine is lost: another member becomes standby leader and the
+    // third cascades from it
     dr.kill_machine(leader);
-    wait_for("the other member as standby leader", LONG, || {
-        (role(&dr.nodes[other]).as_deref() == Some("standby_leader")).then_some(())
-    })
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let other = wait_for(
+        "a new standby leader and the cascade following it",
+        LONG,
+        || cascade(&dr, &rest),
+    )
     .map_err(|e| format!("{e}\n{}", dr.logs_tail()))
     .unwrap();
     sql(main, "INSERT INTO dr VALUES (3)").unwrap();
-    wait_rows(&dr.nodes[other], 3, &dr);
+    for &i in &rest {
+        wait_rows(&dr.nodes[i], 3, &dr);
+    }
     assert_eq!(dr.nodes[other].get("/primary").unwrap().0, 503);
+    // a switchover in a standby cluster is refused: it has no primary
+    let (code, out, err) = console(&[
+        "-c",
+        &dr.nodes[other].config_path.display().to_string(),
+        "--batch",
+        "switchover",
+        "dcstandby",
+        "--force",
+    ])
+    .unwrap();
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("standby cluster"),
+        "{out}{err}"
+    );
 
     // promote-cluster: the standby cluster becomes a cluster of its own
     let config = dr.nodes[other].config_path.display().to_string();

@@ -11,43 +11,6 @@ use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// Waits until node `p` is primary and every node in `nodes` other than it streams.
-fn wait_streaming(c: &TestCluster, nodes: &[usize]) -> usize {
-    wait_for("one primary and streaming replicas", LONG, || {
-        let p = c.primary()?;
-        nodes
-            .iter()
-            .filter(|&&i| i != p)
-            .all(|&i| {
-                c.nodes[i].status().is_some_and(|s| {
-                    s["replication_state"] == "streaming" && s["role"] == "replica"
-                })
-            })
-            .then_some(p)
-    })
-    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
-    .unwrap()
-}
-
-/// Runs real patronictl with a node's YAML.
-fn patronictl(ctl: &std::path::Path, config: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(ctl)
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn the_core_set_runs_on_postgresql_18() {
     if !prerequisites() {
@@ -80,7 +43,7 @@ fn the_core_set_runs_on_postgresql_18() {
     for i in members {
         c.start_agent(i).unwrap();
     }
-    let p = wait_streaming(c, &members);
+    let p = c.wait_streaming_among(&members, LONG).unwrap();
     let status = c.nodes[p].status().unwrap();
     let version = status["server_version"].as_i64().unwrap_or(0);
     assert!(
@@ -94,7 +57,7 @@ fn the_core_set_runs_on_postgresql_18() {
 
     // a switchover through real patronictl
     let cand = (p + 1) % 3;
-    let (ok, out) = patronictl(
+    let (ok, out) = patronictl_run(
         &ctl,
         &c.nodes[p].config_path,
         &[
@@ -108,7 +71,7 @@ fn the_core_set_runs_on_postgresql_18() {
         ],
     );
     assert!(ok && out.contains("Successfully switched over"), "{out}");
-    let p = wait_streaming(c, &members);
+    let p = c.wait_streaming_among(&members, LONG).unwrap();
     assert_eq!(p, cand);
 
     // the primary's machine lost under load: a replica takes over, the old primary rejoins
@@ -133,7 +96,7 @@ fn the_core_set_runs_on_postgresql_18() {
         .map_err(|e| format!("{e}\n{}", c.logs_tail()))
         .unwrap();
     c.start_agent(p).unwrap();
-    let now = wait_streaming(c, &members);
+    let now = c.wait_streaming_among(&members, LONG).unwrap();
     assert_eq!(now, new);
     let log = c.nodes[p].log();
     assert!(
@@ -185,7 +148,7 @@ fn the_core_set_runs_on_postgresql_18() {
     })
     .map_err(|e| format!("{e}\n{}", c.logs_tail()))
     .unwrap();
-    wait_streaming(c, &members);
+    c.wait_streaming_among(&members, LONG).unwrap();
 
     // the member with PostgreSQL 15 binaries: refused with both versions named, no data
     c.start_agent(stray).unwrap();

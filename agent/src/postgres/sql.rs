@@ -213,6 +213,30 @@ impl Postgres {
         pgc
     }
 
+    /// A superuser connection to another member's server (the leader's), with the TLS
+    /// options in force; its connection task, to abort when done.
+    async fn connect_remote(
+        cfg: &shared::config::Config,
+        from: &super::Upstream,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+        let mut pgc = Self::superuser_login(cfg);
+        pgc.host(&from.host).port(from.port);
+        let (tls, how) = Self::superuser_tls(cfg, &mut pgc, false)
+            .map_err(|e| anyhow!("cannot connect to {}:{}: {e:#}", from.host, from.port))?;
+        let (client, conn) = pgc.connect(tls).await.map_err(|e| {
+            anyhow!(
+                "cannot connect to {}:{} ({how}): {:#}",
+                from.host,
+                from.port,
+                anyhow::Error::new(e)
+            )
+        })?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((client, task))
+    }
+
     /// TLS for a superuser connection, from `postgresql.authentication.superuser`'s libpq
     /// options (errors name the option at fault).
     fn superuser_tls(
@@ -338,19 +362,7 @@ impl Postgres {
 
     async fn fetch_timeline_history_now(&self, from: &super::Upstream) -> Result<Option<String>> {
         let cfg = self.cfg();
-        let mut pgc = Self::superuser_login(&cfg);
-        pgc.host(&from.host).port(from.port);
-        let (tls, how) = Self::superuser_tls(&cfg, &mut pgc, false)
-            .map_err(|e| anyhow!("cannot connect to {}:{}: {e:#}", from.host, from.port))?;
-        let (client, conn) = pgc.connect(tls).await.map_err(|e| {
-            anyhow!(
-                "cannot connect to {}:{} ({how}): {:#}",
-                from.host,
-                from.port,
-                anyhow::Error::new(e)
-            )
-        })?;
-        let task = tokio::spawn(conn);
+        let (client, task) = Self::connect_remote(&cfg, from).await?;
         let row = client
             .query_one(
                 "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '.history'",
@@ -738,18 +750,7 @@ impl Postgres {
         let cfg = self.cfg();
         let limit = self.query_timeout().max(Duration::from_secs(5));
         tokio::time::timeout(limit, async {
-            let mut pgc = Self::superuser_login(&cfg);
-            pgc.host(&from.host).port(from.port);
-            let (tls, how) = Self::superuser_tls(&cfg, &mut pgc, false)?;
-            let (client, conn) = pgc.connect(tls).await.map_err(|e| {
-                anyhow!(
-                    "cannot connect to {}:{} ({how}): {:#}",
-                    from.host,
-                    from.port,
-                    anyhow::Error::new(e)
-                )
-            })?;
-            let task = tokio::spawn(conn);
+            let (client, task) = Self::connect_remote(&cfg, from).await?;
             let row = client
                 .query_opt(
                     "SELECT database::text, plugin::text,

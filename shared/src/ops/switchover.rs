@@ -194,6 +194,12 @@ pub fn check(cluster: &Cluster, req: &Request, now: DateTime<Utc>) -> Result<Fai
         }
         _ => {}
     }
+    if cluster.dynamic_config().standby_cluster().is_some() {
+        return Err(OpsError::Refused(format!(
+            "{} of a standby cluster is not possible: it has no primary; promote the cluster first (promote-cluster)",
+            noun
+        )));
+    }
     let paused = cluster.is_paused();
     if let Some(at) = req.scheduled_at {
         if req.kind == Kind::Failover {

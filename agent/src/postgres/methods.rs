@@ -307,27 +307,21 @@ pub fn replica_recovery_settings(
     (kept, left_out)
 }
 
-/// Every recovery setting PostgreSQL 12+ reads from its configuration files: removed from
-/// `postgresql.auto.conf` after a restore (a backup tool writes its own `restore_command` and
-/// targets there, which would override pgpilot's).
-pub const RECOVERY_SETTINGS: &[&str] = &[
+/// Recovery settings PostgreSQL 12+ reads from its configuration files beside the ones of
+/// [`REPLICA_OWNED`]: with them, every setting removed from `postgresql.auto.conf` after a
+/// restore (a backup tool writes its own `restore_command` and targets there, which would
+/// override pgpilot's).
+const OTHER_RECOVERY_SETTINGS: &[&str] = &[
     "restore_command",
     "archive_cleanup_command",
     "recovery_end_command",
     "recovery_min_apply_delay",
-    "primary_conninfo",
-    "primary_slot_name",
     "promote_trigger_file",
-    "recovery_target",
-    "recovery_target_name",
-    "recovery_target_time",
-    "recovery_target_xid",
-    "recovery_target_lsn",
-    "recovery_target_inclusive",
-    "recovery_target_timeline",
-    "recovery_target_action",
-    "standby_mode",
 ];
+
+fn is_recovery_setting(name: &str) -> bool {
+    replica_owned(name) || OTHER_RECOVERY_SETTINGS.contains(&name)
+}
 
 /// `postgresql.auto.conf` without recovery settings; `None` when nothing changes.
 pub fn without_recovery_settings(auto_conf: &str) -> Option<String> {
@@ -341,7 +335,7 @@ pub fn without_recovery_settings(auto_conf: &str) -> Option<String> {
                 .next()
                 .unwrap_or("")
                 .to_ascii_lowercase();
-            let recovery = RECOVERY_SETTINGS.contains(&name.as_str());
+            let recovery = is_recovery_setting(&name);
             changed |= recovery;
             !recovery
         })

@@ -347,17 +347,25 @@ impl Postgres {
     /// when one was copied.
     pub async fn fetch_timeline_history(&self, from: &super::Upstream) -> Result<Option<String>> {
         // the HA loop waits for this: a new primary that does not answer cannot hold it
-        let limit = self.query_timeout().max(Duration::from_secs(5));
-        tokio::time::timeout(limit, self.fetch_timeline_history_now(from))
+        self.remote_deadline(from, self.fetch_timeline_history_now(from))
             .await
-            .map_err(|_| {
-                anyhow!(
-                    "{}:{} did not answer within {} ms",
-                    from.host,
-                    from.port,
-                    limit.as_millis()
-                )
-            })?
+    }
+
+    /// `call` on another member's server, within max(query timeout, 5 s).
+    async fn remote_deadline<T>(
+        &self,
+        from: &super::Upstream,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.query_timeout().max(Duration::from_secs(5));
+        tokio::time::timeout(limit, call).await.map_err(|_| {
+            anyhow!(
+                "{}:{} did not answer within {} ms",
+                from.host,
+                from.port,
+                limit.as_millis()
+            )
+        })?
     }
 
     async fn fetch_timeline_history_now(&self, from: &super::Upstream) -> Result<Option<String>> {
@@ -748,8 +756,7 @@ impl Postgres {
         name: &str,
     ) -> Result<(Vec<u8>, Option<String>, Option<String>)> {
         let cfg = self.cfg();
-        let limit = self.query_timeout().max(Duration::from_secs(5));
-        tokio::time::timeout(limit, async {
+        self.remote_deadline(from, async {
             let (client, task) = Self::connect_remote(&cfg, from).await?;
             let row = client
                 .query_opt(
@@ -764,14 +771,6 @@ impl Postgres {
             Ok((row.get(2), row.get(0), row.get(1)))
         })
         .await
-        .map_err(|_| {
-            anyhow!(
-                "{}:{} did not answer within {} ms",
-                from.host,
-                from.port,
-                limit.as_millis()
-            )
-        })?
     }
 
     /// Drops a slot if it exists and is not active.

@@ -1310,12 +1310,10 @@ pub(crate) mod tests {
     fn standby_cluster(leader: Option<&str>) -> Cluster {
         let mut c = cluster(leader);
         c.config = Some(Versioned {
-            value: DynamicConfig {
-                raw: serde_json::json!({"standby_cluster": {"host": "10.0.9.9", "port": 5432}})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
-            },
+            value: DynamicConfig::parse(
+                r#"{"standby_cluster": {"host": "10.0.9.9", "port": 5432}}"#,
+            )
+            .unwrap(),
             mod_revision: 1,
         });
         c

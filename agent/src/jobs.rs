@@ -364,18 +364,22 @@ pub(crate) async fn bootstrap_standby<K: Kv>(
     }
     .await;
     if let Err(e) = &result {
-        error!(
-            "standby cluster bootstrap failed: {e:#}; removing the initialize key so another attempt can be made"
-        );
-        if let Err(e) = dcs.cancel_initialization().await {
-            warn!("cannot delete the initialize key: {e}");
-        }
-        let _ = pg.stop("immediate", Duration::from_secs(30)).await;
+        give_up_bootstrap("standby cluster bootstrap", e, &pg, &dcs).await;
         if pg.data_dir_initialized() {
             pg.discard_creation();
         }
     }
     result
+}
+
+/// After a failed bootstrap: logs it, gives the `initialize` claim up so another attempt can be
+/// made, and stops the server it may have started. The caller deals with the data directory.
+async fn give_up_bootstrap<K: Kv>(what: &str, e: &anyhow::Error, pg: &Postgres, dcs: &Dcs<K>) {
+    error!("{what} failed: {e:#}; removing the initialize key so another attempt can be made");
+    if let Err(e) = dcs.cancel_initialization().await {
+        warn!("cannot delete the initialize key: {e}");
+    }
+    let _ = pg.stop("immediate", Duration::from_secs(30)).await;
 }
 
 /// initdb → configuration → start → roles → post_bootstrap → initialize/config/leader keys.
@@ -386,13 +390,7 @@ pub(crate) async fn bootstrap<K: Kv>(
 ) -> Result<()> {
     let result = bootstrap_steps(&cfg, &pg, &dcs).await;
     if let Err(e) = &result {
-        error!(
-            "bootstrap failed: {e:#}; removing the initialize key so another attempt can be made"
-        );
-        if let Err(e) = dcs.cancel_initialization().await {
-            warn!("cannot delete the initialize key: {e}");
-        }
-        let _ = pg.stop("immediate", Duration::from_secs(30)).await;
+        give_up_bootstrap("bootstrap", e, &pg, &dcs).await;
         pg.end_creation();
         let failed = pg.data_dir().with_extension("failed");
         if pg.data_dir().exists() {

@@ -1415,12 +1415,10 @@ mod tests {
         // a standby cluster: promote asks, demote refuses
         let mut standby = cluster("a", "a-n1", 3);
         standby.config = Some(shared::dcs::Versioned {
-            value: shared::dcs::DynamicConfig {
-                raw: serde_json::json!({"standby_cluster": {"host": "10.0.0.9", "port": 5432}})
-                    .as_object()
-                    .cloned()
-                    .unwrap(),
-            },
+            value: shared::dcs::DynamicConfig::parse(
+                r#"{"standby_cluster": {"host": "10.0.0.9", "port": 5432}}"#,
+            )
+            .unwrap(),
             mod_revision: 1,
         });
         feed(&mut app, vec![standby]);

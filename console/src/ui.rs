@@ -1082,12 +1082,10 @@ mod tests {
         assert!(s.contains("PAUSED"), "{s}");
         let mut dr = cluster("gamma", 2);
         dr.config = Some(shared::dcs::Versioned {
-            value: shared::dcs::DynamicConfig {
-                raw: serde_json::json!({"standby_cluster": {"host": "10.0.0.9", "port": 5432}})
-                    .as_object()
-                    .cloned()
-                    .unwrap(),
-            },
+            value: shared::dcs::DynamicConfig::parse(
+                r#"{"standby_cluster": {"host": "10.0.0.9", "port": 5432}}"#,
+            )
+            .unwrap(),
             mod_revision: 1,
         });
         assert!(

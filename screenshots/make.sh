@@ -2,9 +2,11 @@
 # Makes the README's screenshots of the console, from a live demo cluster:
 #   cluster-list.png   every cluster of the namespace
 #   switchover.png     the switchover dialog on the members tab
-#   failover.png       the members tab while the old primary's machine is cut, before a replica takes over
-#   history.png        the timeline history after that failover
-#   events.png         the console's event log of it all
+#   failover.png       the members tab while the old primary's machine is cut, before a replica
+#                      takes over: the incident line counts down its lock
+#   history.png        the timelines after that failover
+#   events.png         the journal and what the console saw of it all
+#   journal.png        the Events tab of a console opened after the failover
 # It starts its own demo (under /var/tmp, loopback, no HAProxy), runs `demo console` in a private
 # tmux server at 120x32, drives it with keys, captures the pane with its colours and renders each
 # capture to PNG with `shot`; then stops the demo. Usage: screenshots/make.sh [OUT_DIR]
@@ -16,7 +18,7 @@ bin=${PGPILOT_BIN_DIR:-${CARGO_TARGET_DIR:-/var/tmp/pgpilot-target}/debug}
 cols=120 rows=32
 dir=/var/tmp/pgpilot-shots-$$
 sock=pgpilot-shots-$$
-for b in demo console shot agent; do
+for b in demo pgpilot-console shot pgpilot-agent; do
     [ -x "$bin/$b" ] || { echo "make.sh: $bin/$b not found: run cargo build (or set PGPILOT_BIN_DIR)" >&2; exit 2; }
 done
 command -v tmux >/dev/null || { echo "make.sh: tmux is not installed (apt-get install tmux)" >&2; exit 2; }
@@ -72,7 +74,7 @@ old=$(leader)
 [ -n "$old" ] || { echo "make.sh: no primary in the demo" >&2; exit 1; }
 "$bin/demo" --dir "$dir" cut "$old" >/dev/null
 # during the failover: the old primary's API is down, its lease not yet expired
-wait_for "REST down"
+wait_for "SILENT"
 sleep 3
 shoot failover
 # the other two race for the lock once the old lease expires (ttl 15 s)
@@ -85,12 +87,28 @@ wait_for "leader $new"
 sleep 2
 
 keys 2
-wait_for "Timeline history"
+wait_for "Timelines"
 sleep 0.5
 shoot history
 
 keys 4
-wait_for "Events"
-sleep 0.5
+wait_for "Journal"
+wait_for "leads timeline"
+sleep 3.5  # the agents' journals
 shoot events
+
+# a console opened after the failover tells it from the agents' journals and the history key
+etcd=$("$bin/demo" --dir "$dir" status | awk '$1 == "etcd" { print $2 }')
+tmux -L "$sock" new-session -d -s late -x "$cols" -y "$rows" \
+    "TERM=xterm-256color $bin/pgpilot-console --etcd $etcd --demo $dir"
+tmux -L "$sock" kill-session -t shots 2>/dev/null || true
+tmux -L "$sock" rename-session -t late shots
+wait_for "etcd ok"
+sleep 1
+keys Enter
+keys 4
+wait_for "leads timeline"
+wait_for "promoting"
+sleep 0.5
+shoot journal
 keys q

@@ -4,7 +4,9 @@
 # etcd-server, protobuf-compiler (etcd-client's build), PostgreSQL 15, HAProxy (routing tests), tmux
 # (the live console tests and screenshots), wrk (the benchmark harness), nftables and iproute2
 # (network partitions, the demo's isolate switch), openssl and curl (the TLS tests' private CA and client),
-# pgbackrest (replicas and point-in-time bootstrap from backups), DejaVu fonts (screenshots/make.sh).
+# pgbackrest (replicas and point-in-time bootstrap from backups), DejaVu fonts (screenshots/make.sh),
+# man-db and systemd (the package test renders the manual pages, verifies the unit). pgpilot_cargo_deb installs cargo-deb (the
+# package test).
 # pgpilot_patroni installs real Patroni for the compatibility tests.
 # Sourced by demo.sh, run.sh and .ci/run.
 set -euo pipefail
@@ -27,6 +29,8 @@ pgpilot_prereqs() {
     command -v curl >/dev/null 2>&1 || need+=(curl)
     command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
     [ -f /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || need+=(fonts-dejavu-core)
+    command -v man >/dev/null 2>&1 || need+=(man-db)
+    command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
     if ((${#need[@]})); then
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -59,6 +63,17 @@ pgpilot_prereqs() {
         exit 2
     fi
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgpilot-target}"
+}
+
+# cargo-deb, which builds the Debian package (agent/debian/build.sh), for this user
+pgpilot_cargo_deb() {
+    if ! command -v cargo-deb >/dev/null 2>&1; then
+        echo ">> installing cargo-deb (builds the Debian package)"
+        if ! cargo install --quiet --locked cargo-deb; then
+            echo "error: cannot install cargo-deb from crates.io (cargo install cargo-deb)" >&2
+            exit 2
+        fi
+    fi
 }
 
 # Real Patroni (PyPI patroni[etcd3]) for the compatibility tests (patronictl on pgpilot clusters,

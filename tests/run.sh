@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . tests/prereqs.sh
 pgpilot_prereqs
+pgpilot_cargo_deb
 pgpilot_patroni
 pgpilot_pg18
 cargo build --workspace --all-targets

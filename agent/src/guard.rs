@@ -80,16 +80,9 @@ impl FenceGuard {
     }
 
     fn respawn(&mut self) {
-        let exe = match std::env::current_exe() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(
-                    "cannot find the agent's own executable to start the fencing guard: {e}; a primary will not be stopped if this agent dies abruptly"
-                );
-                self.state = Fencing::Unavailable;
-                return;
-            }
-        };
+        // /proc/self/exe is this very program even after a package upgrade replaced (deleted)
+        // the file it was started from: the guard is the same binary as the agent it watches
+        let exe = std::path::PathBuf::from("/proc/self/exe");
         let spawned = Command::new(exe)
             .arg("--fence-guard")
             .arg(&self.data_dir)

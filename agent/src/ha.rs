@@ -7,7 +7,7 @@
 //! ([`Action::AcquireLock`], [`Action::RenewLock`]) does not succeed, the actions after it are
 //! skipped. Anything that depends on the outcome of an action is decided in the next cycle.
 
-use shared::dcs::{Cluster, Member, Timing};
+use shared::dcs::{Cluster, Member, SyncMode, Timing};
 
 /// What the node knows about its data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +59,8 @@ pub struct PgView {
     pub standbys: Vec<crate::synchronous::StandbyLink>,
     /// The members pgpilot put into `synchronous_standby_names` (`None`: not managed).
     pub sync_names: Option<Vec<String>>,
+    /// Quorum commit: that setting is `ANY k (…)` with this `k` (`None`: priority, `k (…)`).
+    pub sync_any: Option<usize>,
     /// For members of that setting that PostgreSQL reports synchronous: a primary position
     /// read a cycle after that was first seen. Everything a client was told about before it
     /// is below it; a standby that flushed past it may be published in `sync`.
@@ -106,6 +108,9 @@ pub struct PeerReport {
     pub failover_priority: i64,
     pub no_failover: bool,
     pub watchdog_failed: bool,
+    /// It gave the leader lock up because its server could not serve as primary, less than a
+    /// ttl ago (pgpilot's `/patroni`): it leaves the race to the others, who do not wait for it.
+    pub standing_down: bool,
 }
 
 /// A long-running operation the runtime is executing in the background.
@@ -152,6 +157,10 @@ pub struct Observation<'a> {
     pub rewind: RewindPolicy,
     /// While this node holds the lock: for how long its PostgreSQL has not been up as primary.
     pub primary_down_secs: Option<u64>,
+    /// Seconds since this node gave the leader lock up because its PostgreSQL could not serve
+    /// as primary (would not start, or stopped answering): the member named to take over gets
+    /// one ttl before this one races again.
+    pub gave_up_lock_secs: Option<u64>,
     /// The wall-clock time of the observation (Unix milliseconds), for scheduled switchovers.
     pub now_ms: i64,
     /// The revision of the `failover` key this node last handed the lock over for.
@@ -163,6 +172,9 @@ pub struct Observation<'a> {
     pub failsafe_leader: Option<String>,
     /// `watchdog.mode: required` and the watchdog cannot be used: why. Such a node never leads.
     pub watchdog_refusal: Option<String>,
+    /// A replica method with `no_leader` (a restore from a backup) is configured: a member
+    /// without data can be built while nobody leads.
+    pub clone_without_leader: bool,
 }
 
 /// One thing for the runtime to do.
@@ -172,6 +184,9 @@ pub enum Action {
     BootstrapIfWon,
     /// Clone the data directory from this member with pg_basebackup, then start as replica.
     Clone { from: String },
+    /// Build the data directory with the replica methods that need no leader (`no_leader`: a
+    /// restore from a backup), then start as a replica fed by the archive.
+    CloneWithoutLeader,
     /// Store our system identifier in an absent `initialize` key (adopting existing data).
     AdoptInitialize { sysid: String },
     /// Exit the agent: continuing would be unsafe.
@@ -215,12 +230,17 @@ pub enum Action {
     /// Rewrite the parameters and pg_hba.conf and reload PostgreSQL.
     ApplyConfig,
     /// Put these members into `synchronous_standby_names` and reload (`None`: leave the
-    /// setting to the configuration again). A failure skips the actions after it.
-    SetSyncNames { names: Option<Vec<String>> },
-    /// Publish the synchronous standbys in the `sync` key (compare-and-swap on `version`). A
+    /// setting to the configuration again); with `any`, as `ANY any (…)` (quorum commit). A
     /// failure skips the actions after it.
+    SetSyncNames {
+        names: Option<Vec<String>>,
+        any: Option<usize>,
+    },
+    /// Publish the synchronous standbys in the `sync` key, with `quorum` (0 but in quorum
+    /// commit), compare-and-swap on `version`. A failure skips the actions after it.
     WriteSync {
         standbys: Vec<String>,
+        quorum: u64,
         version: Option<i64>,
     },
     /// Delete the `sync` key (synchronous mode is off).
@@ -239,6 +259,9 @@ pub struct Decision {
     pub summary: String,
     /// Run the next cycle after at most this many milliseconds (a scheduled switchover is due).
     pub wake_in_ms: Option<u64>,
+    /// This holder gives the lock up because its PostgreSQL cannot serve as primary: it stands
+    /// down from the next race (see [`Observation::gave_up_lock_secs`]).
+    pub stands_down: bool,
 }
 
 fn decision(actions: Vec<Action>, summary: impl Into<String>) -> Decision {
@@ -246,6 +269,15 @@ fn decision(actions: Vec<Action>, summary: impl Into<String>) -> Decision {
         actions,
         summary: summary.into(),
         wake_in_ms: None,
+        stands_down: false,
+    }
+}
+
+/// A holder giving the lock up because its server cannot serve as primary.
+fn standing_down(actions: Vec<Action>, summary: impl Into<String>) -> Decision {
+    Decision {
+        stands_down: true,
+        ..decision(actions, summary)
     }
 }
 
@@ -364,6 +396,14 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
                 .or_else(|| {
                     crate::synchronous::requested_refusal(obs.me, cluster, f.leader.is_some())
                 })
+                .or_else(|| {
+                    // quorum commit: a switchover, or any request in strict mode, also needs
+                    // the votes that prove this node holds every acknowledged commit
+                    let strict = cluster.dynamic_config().synchronous_mode_strict();
+                    (f.leader.is_some() || strict)
+                        .then(|| quorum_refusal(obs, cluster))
+                        .flatten()
+                })
             {
                 return Some((
                     false,
@@ -399,6 +439,19 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
                     && (f.leader.is_none() || within(p.wal_position))
                     && crate::synchronous::requested_refusal(c, cluster, f.leader.is_some())
                         .is_none()
+                    && (f.leader.is_none() && !cluster.dynamic_config().synchronous_mode_strict()
+                        || {
+                            // its votes as this node sees them: the others and this node
+                            let others = obs
+                                .peers
+                                .iter()
+                                .filter(|o| {
+                                    o.name != c && o.name != obs.me && o.reachable && !o.is_primary
+                                })
+                                .map(|o| (o.name.as_str(), o.wal_position))
+                                .chain(std::iter::once((obs.me, obs.pg.wal_position)));
+                            quorum_refusal_for(cluster, c, p.wal_position, others).is_none()
+                        })
             })
             .then(|| {
                 (
@@ -441,6 +494,14 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         return Some(why);
     }
     let cfg = cluster.dynamic_config();
+    if let Some(ago) = obs.gave_up_lock_secs.filter(|s| *s < obs.timing.ttl) {
+        // the replica this node named when it let go takes over; racing it now (with a server
+        // just restarted, and often the longest WAL) would take the lock straight back
+        return Some(format!(
+            "gave the leader lock up {ago}s ago because PostgreSQL could not serve as primary: leaving the race to the others for {}s",
+            obs.timing.ttl
+        ));
+    }
     if cfg.failsafe_mode()
         && let Some(listed) = cluster.failsafe.as_ref().filter(|f| !f.is_empty())
         && !listed.contains_key(obs.me)
@@ -487,6 +548,7 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         .as_ref()
         .filter(|f| f.value.member.is_none())
         .and_then(|f| f.value.leader.clone());
+    let quorum_key = quorum_key(cluster);
     for peer in obs.peers {
         if peer.name == obs.me || !peer.reachable {
             continue;
@@ -495,7 +557,19 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         if peer.is_primary {
             return Some(format!("{} is still running as primary", peer.name));
         }
-        if peer.no_failover || peer.watchdog_failed || !cluster.sync_allows_promotion(&peer.name) {
+        // in quorum commit every member may win with enough votes (a former leader ahead is
+        // rewound); a nofailover voter only votes
+        let in_race = !peer.no_failover
+            && if quorum_key.is_some() {
+                !quorum_key.is_some_and(|k| {
+                    k.leader
+                        .as_deref()
+                        .is_some_and(|l| l.eq_ignore_ascii_case(&peer.name))
+                })
+            } else {
+                cluster.sync_allows_promotion(&peer.name)
+            };
+        if !in_race || peer.watchdog_failed || peer.standing_down {
             continue;
         }
         if let Some(theirs) = peer.wal_position {
@@ -513,7 +587,71 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
             }
         }
     }
-    None
+    quorum_refusal(obs, cluster)
+}
+
+/// The `sync` key, when quorum commit is on and the key names a leader.
+fn quorum_key(cluster: &Cluster) -> Option<&shared::dcs::SyncState> {
+    let on = cluster.dynamic_config().synchronous_mode() == SyncMode::Quorum;
+    cluster
+        .sync
+        .as_ref()
+        .map(|k| &k.value)
+        .filter(|k| on && k.leader.is_some())
+}
+
+/// Whether `name` is in the key's voting set: its leader and voters.
+fn in_voting_set(k: &shared::dcs::SyncState, name: &str) -> bool {
+    k.leader
+        .as_deref()
+        .is_some_and(|l| l.eq_ignore_ascii_case(name))
+        || k.is_sync(name)
+}
+
+/// Quorum commit: why this node lacks the votes to be promoted — the running members of the
+/// voting set at or behind its WAL (see [`crate::quorum::has_quorum`]) — or `None`.
+fn quorum_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> {
+    let others = obs
+        .peers
+        .iter()
+        .filter(|p| p.name != obs.me && p.reachable && !p.is_primary)
+        .map(|p| (p.name.as_str(), p.wal_position));
+    quorum_refusal_for(cluster, obs.me, obs.pg.wal_position, others)
+}
+
+/// The same for member `who` at WAL `position`, as the running members `others` see it.
+fn quorum_refusal_for<'a>(
+    cluster: &Cluster,
+    who: &str,
+    position: Option<u64>,
+    others: impl Iterator<Item = (&'a str, Option<u64>)>,
+) -> Option<String> {
+    let k = quorum_key(cluster)?;
+    let Some(mine) = position else {
+        return Some("own WAL position unknown".into());
+    };
+    let mut votes = 0usize;
+    let mut ahead = false;
+    for (name, wal) in others {
+        if in_voting_set(k, name) && wal.is_some_and(|w| w > 0 && w <= mine) {
+            votes += 1;
+        }
+        ahead |= wal.is_some_and(|w| w > mine);
+    }
+    let leader = k.leader.as_deref().unwrap_or_default();
+    let quorum = usize::try_from(k.quorum).unwrap_or(usize::MAX);
+    if crate::quorum::has_quorum(who, leader, &k.sync_standby, quorum, votes, ahead) {
+        return None;
+    }
+    let needed = if in_voting_set(k, who) {
+        quorum
+    } else {
+        quorum.saturating_add(1)
+    };
+    Some(format!(
+        "quorum commit: {votes} member(s) of the voting set ({leader}, {}) are at or behind the WAL of {who}, and {needed} must be",
+        k.sync_standby.join(", ")
+    ))
 }
 
 /// The leader's name and the timeline its member key shows, when both are known: what a
@@ -702,7 +840,7 @@ fn clone_source(cluster: &Cluster, me: &str) -> Option<String> {
         m.name != me
             && m.name != leader.name
             && m.data.state == "running"
-            && m.data.tags.get("clonefrom").and_then(|v| v.as_bool()) == Some(true)
+            && m.data.tag_view().clonefrom()
     });
     Some(
         tagged
@@ -899,6 +1037,18 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                     actions.push(Action::Clone { from });
                     decision(actions, summary)
                 }
+                // nobody leads, but a finished bootstrap left a backup to restore from
+                // (an empty initialize key is a bootstrap under way: wait for it)
+                None if cluster.leader.is_none()
+                    && obs.clone_without_leader
+                    && cluster.initialize.as_deref().is_some_and(|i| !i.is_empty()) =>
+                {
+                    actions.push(Action::CloneWithoutLeader);
+                    decision(
+                        actions,
+                        "no leader: building a replica with the replica methods that need none (no_leader)",
+                    )
+                }
                 _ => decision(actions, "waiting for the leader to bootstrap the cluster"),
             };
         }
@@ -955,7 +1105,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             && let Some(d) = primary_gives_up(obs, cluster)
         {
             actions.push(Action::ReleaseLock);
-            return decision(actions, d);
+            return standing_down(actions, d);
         }
         if let Some(l) = cluster.leader.as_ref().filter(|l| l.name != obs.me)
             && let Some(d) = rejoin_decision(
@@ -982,8 +1132,8 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         }
         // without the config key it is not known whether this is a standby cluster
         let as_primary = holds_lock && was_primary && standby.is_none() && cluster.config.is_some();
-        if as_primary && let Some(a) = crate::synchronous::before_primary(obs, cluster) {
-            actions.push(a);
+        if as_primary {
+            actions.extend(crate::synchronous::before_primary(obs, cluster));
         }
         let summary = if as_primary {
             "starting PostgreSQL as primary (holding the leader lock)".to_string()
@@ -1009,14 +1159,14 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 reason: why.clone(),
             });
             actions.push(Action::ReleaseLock);
-            return decision(actions, why);
+            return standing_down(actions, why);
         }
         if holds_lock
             && !paused
             && let Some(d) = primary_gives_up(obs, cluster)
         {
             actions.push(Action::ReleaseLock);
-            return decision(actions, d);
+            return standing_down(actions, d);
         }
         if holds_lock {
             actions.push(Action::RenewLock);
@@ -1157,9 +1307,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                         "PAUSE: holding the lock as a replica; releasing it",
                     );
                 }
-                if let Some(a) = crate::synchronous::before_primary(obs, cluster) {
-                    actions.push(a);
-                }
+                actions.extend(crate::synchronous::before_primary(obs, cluster));
                 actions.push(Action::Promote);
                 return decision(actions, "holding the leader lock: promoting");
             }
@@ -1409,6 +1557,7 @@ pub(crate) mod tests {
             config_outdated: false,
             standbys: Vec::new(),
             sync_names: None,
+            sync_any: None,
             sync_since: Vec::new(),
         }
     }
@@ -1456,16 +1605,56 @@ pub(crate) mod tests {
                 remove_on_diverged: false,
             },
             primary_down_secs: None,
+            gave_up_lock_secs: None,
             now_ms: NOW_MS,
             handed_over: None,
             failsafe: None,
             failsafe_leader: None,
             watchdog_refusal: None,
+            clone_without_leader: false,
         }
     }
 
     /// 2026-11-23T12:00:00Z
     const NOW_MS: i64 = 1_795_435_200_000;
+
+    #[test]
+    fn quorum_commit_needs_the_votes_of_the_voting_set() {
+        let mut c = cluster(None);
+        c.config = Some(Versioned {
+            value: DynamicConfig::parse(r#"{"synchronous_mode": "quorum"}"#).unwrap(),
+            mod_revision: 1,
+        });
+        c.sync = Some(Versioned {
+            value: shared::dcs::SyncState {
+                leader: Some("n1".into()),
+                quorum: 1,
+                sync_standby: vec!["n2".into(), "n3".into()],
+            },
+            mod_revision: 3,
+        });
+        // n3 answers at or behind n2: one vote, enough
+        let peers = [peer("n3", 900, false)];
+        assert_eq!(
+            race_refusal(&obs("n2", Some(&c), replica_pg(1000, None), &peers), &c),
+            None
+        );
+        // n3 unreachable: no vote, no promotion (n3 may hold what n2 lacks)
+        let mut gone = peer("n3", 900, false);
+        gone.reachable = false;
+        let why = race_refusal(&obs("n2", Some(&c), replica_pg(1000, None), &[gone]), &c)
+            .expect("refused");
+        assert!(why.contains("quorum commit"), "{why}");
+        // a member outside the voting set needs one vote more
+        let mut c4 = c.clone();
+        c4.sync.as_mut().unwrap().value.sync_standby = vec!["n3".into()];
+        c4.sync.as_mut().unwrap().value.quorum = 0;
+        assert!(race_refusal(&obs("n2", Some(&c4), replica_pg(1000, None), &[]), &c4).is_some());
+        assert_eq!(
+            race_refusal(&obs("n2", Some(&c4), replica_pg(1000, None), &peers), &c4),
+            None
+        );
+    }
 
     fn peer(name: &str, wal: u64, primary: bool) -> PeerReport {
         PeerReport {
@@ -1476,6 +1665,7 @@ pub(crate) mod tests {
             failover_priority: 1,
             no_failover: false,
             watchdog_failed: false,
+            standing_down: false,
         }
     }
 
@@ -1507,6 +1697,43 @@ pub(crate) mod tests {
         let mut c2 = cluster(None);
         c2.initialize = Some(String::new());
         assert_eq!(decide(&obs("n2", Some(&c2), pg, &[])).actions, vec![]);
+    }
+
+    #[test]
+    fn no_leader_methods_build_a_member_while_nobody_leads() {
+        let mut pg = replica_pg(0, None);
+        pg.data = DataDir::Empty;
+        pg.running = false;
+        let nobody = cluster(None);
+        assert!(nobody.initialize.as_deref().is_some_and(|i| !i.is_empty()));
+        let mut o = obs("n2", Some(&nobody), pg.clone(), &[]);
+        // without such a method: wait for a leader
+        assert_eq!(decide(&o).actions, vec![]);
+        o.clone_without_leader = true;
+        assert_eq!(decide(&o).actions, vec![Action::CloneWithoutLeader]);
+        // a bootstrap under way (empty initialize) or no cluster at all: not from a backup
+        let mut racing = cluster(None);
+        racing.initialize = Some(String::new());
+        let mut o = obs("n2", Some(&racing), pg.clone(), &[]);
+        o.clone_without_leader = true;
+        assert_eq!(decide(&o).actions, vec![]);
+        // a leader: cloned from it as usual (its methods, no_leader or not, in order)
+        let led = cluster(Some("n1"));
+        let mut o = obs("n2", Some(&led), pg.clone(), &[]);
+        o.clone_without_leader = true;
+        assert_eq!(
+            decide(&o).actions,
+            vec![Action::Clone { from: "n1".into() }]
+        );
+        // paused: nothing is built
+        let mut paused = cluster(None);
+        paused.config = Some(Versioned {
+            value: DynamicConfig::parse(r#"{"pause":true}"#).unwrap(),
+            mod_revision: 3,
+        });
+        let mut o = obs("n2", Some(&paused), pg, &[]);
+        o.clone_without_leader = true;
+        assert_eq!(decide(&o).actions, vec![]);
     }
 
     #[test]
@@ -1624,6 +1851,48 @@ pub(crate) mod tests {
         let mut o = obs("n2", Some(&c), replica_pg(1000, None), &[]);
         o.no_failover = true;
         assert!(decide(&o).summary.contains("nofailover"));
+    }
+
+    #[test]
+    fn a_member_that_gave_the_lock_up_leaves_the_next_race_to_the_others_for_one_ttl() {
+        // issue 25: the old leader, its server restarted as a replica and the furthest ahead,
+        // took the lock straight back from the replica it had named
+        let c = cluster(None);
+        let behind = [peer("n2", 900, false)];
+        let mut o = obs("n1", Some(&c), replica_pg(1000, None), &behind);
+        o.gave_up_lock_secs = Some(0);
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert!(
+            d.summary.contains("leaving the race to the others"),
+            "{}",
+            d.summary
+        );
+        o.gave_up_lock_secs = Some(o.timing.ttl - 1);
+        assert_eq!(decide(&o).actions, vec![]);
+        // nobody took over within a ttl: it races again
+        o.gave_up_lock_secs = Some(o.timing.ttl);
+        assert_eq!(decide(&o).actions, vec![Action::AcquireLock]);
+        // the replica it named does not wait for it, even when it is further ahead (its
+        // unreplicated WAL is what primary_start_timeout gives up) ...
+        let mut ahead = peer("n1", 1200, false);
+        ahead.standing_down = true;
+        let named = obs(
+            "n2",
+            Some(&c),
+            replica_pg(1000, None),
+            std::slice::from_ref(&ahead),
+        );
+        assert_eq!(decide(&named).actions, vec![Action::AcquireLock]);
+        // ... but a server taking writes still keeps everyone out
+        ahead.is_primary = true;
+        let named = obs(
+            "n2",
+            Some(&c),
+            replica_pg(1000, None),
+            std::slice::from_ref(&ahead),
+        );
+        assert_eq!(decide(&named).actions, vec![]);
     }
 
     #[test]
@@ -2146,6 +2415,7 @@ pub(crate) mod tests {
         o.primary_down_secs = Some(300);
         let d = decide(&o);
         assert_eq!(d.actions, vec![Action::ReleaseLock]);
+        assert!(d.stands_down);
         assert!(d.summary.contains("n2, n3"), "{}", d.summary);
         // nobody could take over: keep trying
         let mut lonely = c.clone();

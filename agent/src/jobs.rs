@@ -25,9 +25,10 @@ pub(crate) async fn start_postgres(
 }
 
 /// The member a replica is cloned from: where its PostgreSQL listens, and its REST API (asked
-/// for its server version first).
+/// for its server version first). Without an upstream (nobody leads; a standby cluster fed by
+/// the archive alone) only the methods with `no_leader` run.
 pub(crate) struct CloneSource {
-    pub upstream: Upstream,
+    pub upstream: Option<Upstream>,
     pub name: String,
     pub api_url: String,
     pub peers: shared::api::MemberClient,
@@ -78,12 +79,17 @@ pub(crate) async fn clone_replica(
         same_major(&source.name, theirs, ours)?;
     }
     let from = source.upstream;
-    let connstring = pg.conninfo(
-        &cfg.postgresql.replication,
-        &from.host,
-        from.port,
-        &[("dbname", cfg.postgresql.database.as_str())],
-    );
+    let connstring = from
+        .as_ref()
+        .map(|from| {
+            pg.conninfo(
+                &cfg.postgresql.replication,
+                &from.host,
+                from.port,
+                &[("dbname", cfg.postgresql.database.as_str())],
+            )
+        })
+        .unwrap_or_default();
     let data_dir = pg.data_dir().display().to_string();
     let (tries, problems) = methods::replica_methods(
         &cfg.postgresql,
@@ -97,9 +103,19 @@ pub(crate) async fn clone_replica(
     for p in &problems {
         warn!("replica method skipped: {p}");
     }
+    let tries = if from.is_some() {
+        tries
+    } else {
+        methods::without_leader(tries)
+    };
     anyhow::ensure!(
         !tries.is_empty(),
-        "no replica method can run: {}",
+        "no replica method can run{}: {}",
+        if from.is_some() {
+            ""
+        } else {
+            " without a leader (only methods with no_leader: true do)"
+        },
         problems.join("; ")
     );
     pg.write_pgpass()?;
@@ -113,6 +129,10 @@ pub(crate) async fn clone_replica(
         pg.set_replica_method(Some(method.name()));
         let outcome = match method {
             ReplicaMethod::Basebackup => {
+                let Some(from) = &from else {
+                    // filtered out above: pg_basebackup needs a running source
+                    continue;
+                };
                 info!(
                     host = from.host,
                     port = from.port,
@@ -120,7 +140,7 @@ pub(crate) async fn clone_replica(
                 );
                 // a method before it may have left files (keep_data)
                 pg.empty_data_dir();
-                pg.basebackup(&from).await
+                pg.basebackup(from).await
             }
             ReplicaMethod::Command {
                 name,
@@ -196,7 +216,8 @@ pub(crate) async fn clone_replica(
         seconds = started.elapsed().as_secs_f32(),
         "replica data directory built"
     );
-    let upstream = leader.or(Some(from));
+    // without a leader: a replica fed by restore_command until one leads
+    let upstream = leader.or(from);
     start_postgres(pg, params, hba, Some(upstream), timeout).await?;
     info!(
         seconds = started.elapsed().as_secs_f32(),
@@ -330,16 +351,22 @@ pub(crate) async fn bootstrap_standby<K: Kv>(
     peers: shared::api::MemberClient,
 ) -> Result<()> {
     let result = async {
-        let address = sc.address().ok_or_else(|| {
-            anyhow::anyhow!(
-                "standby_cluster without a host: a standby cluster fed by the archive alone needs a replica method that restores without a primary, which pgpilot does not run yet; set standby_cluster.host"
-            )
-        })?;
-        let (host, port) = shared::config::split_host_port(&address)
-            .ok_or_else(|| anyhow::anyhow!("standby_cluster.host {address:?} is not host:port"))?;
+        // without a host the standby cluster is fed by the archive alone: its first member is
+        // restored by a method with no_leader and replays with restore_command
+        let address = sc.address();
+        let upstream = match &address {
+            Some(address) => {
+                let (host, port) = shared::config::split_host_port(address).ok_or_else(|| {
+                    anyhow::anyhow!("standby_cluster.host {address:?} is not host:port")
+                })?;
+                Some(Upstream { host, port })
+            }
+            None => None,
+        };
+        let remote = address.unwrap_or_else(|| "the archive (no standby_cluster.host)".into());
         let source = CloneSource {
-            upstream: Upstream { host, port },
-            name: format!("the remote primary {address}"),
+            upstream,
+            name: format!("the remote primary {remote}"),
             api_url: String::new(),
             peers,
             methods: Some(
@@ -357,8 +384,7 @@ pub(crate) async fn bootstrap_standby<K: Kv>(
         dcs.take_leader().await?;
         info!(
             sysid = cd.system_identifier,
-            remote = address,
-            "standby cluster bootstrapped: this node is its standby leader"
+            remote, "standby cluster bootstrapped: this node is its standby leader"
         );
         anyhow::Ok(())
     }

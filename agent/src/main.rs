@@ -1,4 +1,4 @@
-//! `agent`: the pgpilot node daemon. Reads a Patroni-compatible configuration, serves the REST
+//! `pgpilot-agent` (crate `agent`): the pgpilot node daemon. Reads a Patroni-compatible configuration, serves the REST
 //! API, and runs the HA loop that keeps this PostgreSQL server in its cluster.
 
 mod callbacks;
@@ -6,7 +6,9 @@ mod guard;
 mod ha;
 mod handover;
 mod jobs;
+mod journal;
 mod postgres;
+mod quorum;
 mod rest;
 mod rest_access;
 mod rest_write;
@@ -38,11 +40,20 @@ use tracing::{error, info, warn};
 /// the others clone it), fail over when the leader dies, and serve Patroni's REST API.
 ///
 /// Examples:
-///   agent /etc/pgpilot/node1.yml
-///   agent --validate-config /etc/pgpilot/node1.yml
-///   PATRONI_CONFIGURATION="$(cat node1.yml)" agent
+///   pgpilot-agent /etc/pgpilot/pgpilot.yml
+///   pgpilot-agent --validate-config /etc/pgpilot/pgpilot.yml
+///   PATRONI_CONFIGURATION="$(cat node1.yml)" pgpilot-agent
+///
+/// Under systemd: `systemctl enable --now pgpilot-agent` (the unit runs it as postgres with
+/// /etc/pgpilot/pgpilot.yml; /etc/pgpilot/pgpilot.yml.example is a commented start).
+///
+/// Signals: SIGHUP re-reads the configuration (as POST /reload); SIGTERM or SIGINT stops
+/// PostgreSQL, publishes the last WAL position, releases the leader lock and exits.
+///
+/// Exit codes: 0 stopped cleanly; 1 failed while running; 2 the configuration is wrong (each
+/// wrong key is named; a restart will not help).
 #[derive(Parser, Debug)]
-#[command(name = "agent", version, about, long_about, verbatim_doc_comment)]
+#[command(name = "pgpilot-agent", version = VERSION, about, long_about, verbatim_doc_comment)]
 struct Cli {
     /// Patroni YAML configuration file, or a directory of *.yml files merged in name order.
     /// Without it, PATRONI_CONFIGURATION or the PATRONI_* variables alone are used.
@@ -55,7 +66,13 @@ struct Cli {
     /// Internal: run as the fencing guard of this data directory (started by the agent itself).
     #[arg(long, value_name = "DATA_DIR", hide = true)]
     fence_guard: Option<PathBuf>,
+
+    #[command(flatten)]
+    docs: shared::cli::DocArgs,
 }
+
+/// `--version`: the package version and the git revision the binary was built from.
+const VERSION: &str = shared::version!();
 
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet (the runtime starts below).
@@ -67,10 +84,17 @@ fn main() -> ExitCode {
     if let Some(path) = &cli.validate_config {
         return validate(path);
     }
+    if let Some(code) = shared::cli::write_docs(
+        <Cli as clap::CommandFactory>::command(),
+        cli.docs.completions.as_deref(),
+        cli.docs.man_pages.as_deref(),
+    ) {
+        return ExitCode::from(code);
+    }
     let cfg = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("agent: {e}");
+            eprintln!("pgpilot-agent: {e}");
             return ExitCode::from(2);
         }
     };
@@ -81,6 +105,26 @@ fn main() -> ExitCode {
     let mut env_issues = cfg.check_environment();
     if env_issues.is_empty() {
         env_issues = postgres::binaries_issues(&cfg);
+    }
+    if env_issues.is_empty()
+        && let Some(parent) = cfg.missing_data_dir_parent()
+    {
+        // as Patroni: the data directory's missing parents are made, readable by this user only
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+        {
+            Ok(()) => info!(
+                path = %parent.display(),
+                "created the data directory's parent (postgresql.data_dir)"
+            ),
+            Err(e) => env_issues.push(shared::config::ConfigIssue {
+                key: "postgresql.data_dir".into(),
+                message: format!("cannot create its parent {}: {e}", parent.display()),
+            }),
+        }
     }
     if !env_issues.is_empty() {
         for i in &env_issues {
@@ -96,7 +140,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("agent: cannot start the async runtime: {e}");
+            eprintln!("pgpilot-agent: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -118,6 +162,12 @@ fn validate(path: &std::path::Path) -> ExitCode {
             let mut issues = cfg.check_environment();
             if issues.is_empty() {
                 issues = postgres::binaries_issues(&cfg);
+            }
+            if let Some(parent) = cfg.missing_data_dir_parent() {
+                eprintln!(
+                    "note: postgresql.data_dir: its parent {} does not exist yet: the agent creates it (mode 0700) at start",
+                    parent.display()
+                );
             }
             if issues.is_empty() {
                 println!("{}: configuration is valid", path.display());
@@ -173,6 +223,10 @@ fn init_tracing(cfg: &Config) {
 }
 
 async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
+    // one set of signal listeners from the start: a stop while etcd is awaited or the REST API
+    // starts is heard by the loop too
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let cfg = Arc::new(cfg);
     info!(
         scope = cfg.scope,
@@ -198,7 +252,7 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         &cfg.name,
         timing.ttl as i64,
     ));
-    check_duplicate_name(&cfg, &dcs).await?;
+    check_duplicate_name(&cfg, &dcs, shutdown.as_mut()).await?;
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(runtime::Snapshot::initial(&cfg)));
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
@@ -220,6 +274,7 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         commands: commands_tx.clone(),
         wake: agent.wake.clone(),
         failsafe_heard: agent.failsafe_heard.clone(),
+        journal: agent.journal.clone(),
     });
     spawn_reload_on_sighup(commands_tx.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
@@ -270,7 +325,7 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         }
     }
 
-    agent.run(shutdown_signal()).await
+    agent.run(shutdown).await
 }
 
 /// A client that takes longer than [`rest_access::HEADER_READ_TIMEOUT`] to send its request
@@ -305,7 +360,11 @@ fn etcd_hint(etcd: &shared::config::EtcdConfig) -> String {
 }
 
 /// Refuses to start when a live process already answers for our member name.
-async fn check_duplicate_name(cfg: &Config, dcs: &Dcs<EtcdKv>) -> Result<()> {
+async fn check_duplicate_name(
+    cfg: &Config,
+    dcs: &Dcs<EtcdKv>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<()> {
     let cluster = loop {
         match dcs.load().await {
             Ok(c) => break c,
@@ -316,7 +375,7 @@ async fn check_duplicate_name(cfg: &Config, dcs: &Dcs<EtcdKv>) -> Result<()> {
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = shutdown_signal() => anyhow::bail!("stopped while waiting for etcd"),
+                    _ = &mut shutdown => anyhow::bail!("stopped while waiting for etcd"),
                 }
             }
         }
@@ -360,17 +419,23 @@ fn spawn_reload_on_sighup(commands: tokio::sync::mpsc::Sender<rest_write::Envelo
     });
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: a stop during the agent's first cycle (a bootstrap starting) is a
+/// clean shutdown too, not the signal's default death.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received: shutting down"),
-        _ = int.recv() => info!("SIGINT received: shutting down"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received: shutting down"),
+            _ = int.recv() => info!("SIGINT received: shutting down"),
+        }
     }
 }

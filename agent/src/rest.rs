@@ -30,6 +30,8 @@ pub struct Api<K: Kv> {
     pub wake: Arc<tokio::sync::Notify>,
     /// Records `POST /failsafe` from a primary that lost etcd.
     pub failsafe_heard: crate::runtime::FailsafeHeard,
+    /// pgpilot's own `GET /journal`.
+    pub journal: crate::journal::Journal,
 }
 
 /// The router: one handler that dispatches on method and path, as Patroni's server does.
@@ -135,6 +137,10 @@ async fn handle<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response
                 };
             }
             "cluster" if !head_like => return cluster(&api).await,
+            "journal" if !head_like => {
+                let name = api.snapshot.borrow().name.clone();
+                return json_response(StatusCode::OK, &api.journal.json(&name));
+            }
             "history" if !head_like => {
                 let history = match api.dcs.load().await {
                     Ok(c) => c.history,
@@ -151,13 +157,13 @@ async fn handle<K: Kv>(State(api): State<Arc<Api<K>>>, req: Request) -> Response
             "config" if !head_like => {
                 return match snap.cluster.as_ref().and_then(|c| c.config.as_ref()) {
                     Some(c) => json_response(StatusCode::OK, &Value::Object(c.value.raw.clone())),
-                    None => error(StatusCode::BAD_GATEWAY, "no valid configuration in the DCS"),
+                    None => crate::rest_write::python_error(StatusCode::BAD_GATEWAY),
                 };
             }
             "failsafe" if !head_like => {
                 return match snap.cluster.as_ref().and_then(|c| c.failsafe.as_ref()) {
                     Some(f) => json_response(StatusCode::OK, &Value::Object(f.clone())),
-                    None => error(StatusCode::BAD_GATEWAY, "failsafe mode is not active"),
+                    None => crate::rest_write::python_error(StatusCode::BAD_GATEWAY),
                 };
             }
             "metrics" if !head_like => {
@@ -226,10 +232,7 @@ fn replica_ok(q: &[(String, String)], s: &Snapshot) -> bool {
     if s.state != PgState::Running || s.role != Role::Replica {
         return false;
     }
-    if s.tags
-        .get("noloadbalance")
-        .is_some_and(|v| v == &Value::Bool(true))
-    {
+    if shared::tags::TagView(&s.tags).noloadbalance() {
         return false;
     }
     for (k, v) in q {
@@ -273,7 +276,7 @@ fn is_sync(s: &Snapshot) -> Option<(bool, bool)> {
     }
     let sync = c.sync.as_ref().map(|v| &v.value);
     let listed = sync.is_some_and(|x| x.is_sync(&s.name));
-    let quorum = sync.is_some_and(|x| x.quorum > 0);
+    let quorum = c.dynamic_config().synchronous_mode() == shared::dcs::SyncMode::Quorum;
     Some((listed && !quorum, listed && quorum))
 }
 
@@ -444,6 +447,12 @@ pub fn status_json(s: &Snapshot) -> Value {
         own.insert("switchover".into(), h.to_json());
     }
     own.insert("fencing".into(), json!(s.fencing.as_str()));
+    if s.standing_down_until
+        .is_some_and(|t| t > std::time::Instant::now())
+    {
+        // read by pgpilot peers before a race: they do not wait for this member
+        own.insert("standing_down".into(), json!(true));
+    }
     if let Some(m) = &s.replica_method {
         own.insert("replica_method".into(), json!(m));
     }
@@ -856,6 +865,7 @@ mod tests {
             commands,
             wake: Arc::new(tokio::sync::Notify::new()),
             failsafe_heard: heard,
+            journal: Default::default(),
         }))
     }
 
@@ -913,9 +923,11 @@ mod tests {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
         let app = app_with(snapshot, heard, Default::default());
+        // as an HTTP client sends it: with its length
         let req = axum::http::Request::builder()
             .method(method)
             .uri(uri)
+            .header(header::CONTENT_LENGTH, body.len())
             .body(Body::from(body.to_string()))
             .unwrap();
         let resp = app.oneshot(req).await.unwrap();
@@ -945,23 +957,44 @@ mod tests {
         assert_eq!(code, 200, "{body}");
         let (code, _) = call("GET", "/config", "").await;
         assert_eq!(code, 502);
-        // write methods: bad bodies and unknown endpoints get a JSON reason, never an empty 500
-        for (m, path, want) in [
-            ("POST", "/switchover", 400),
-            ("PATCH", "/config", 400),
-            ("PUT", "/config", 400),
-            ("POST", "/restart", 400),
-            ("DELETE", "/nothing", 404),
-            ("PUT", "/switchover", 404),
+        // Patroni's write endpoints answer a body that is no JSON as Patroni's HTTP server
+        // does (its 400 page); unknown endpoints get a JSON reason; never an empty 500
+        for (m, path) in [
+            ("POST", "/switchover"),
+            ("PATCH", "/config"),
+            ("PUT", "/config"),
+            ("POST", "/restart"),
         ] {
             let (code, body) = call(m, path, "{not json").await;
-            assert_eq!(code, want, "{m} {path}");
+            assert_eq!(code, 400, "{m} {path}");
+            assert!(
+                body.contains("<p>Error code: 400</p>")
+                    && body.contains("Bad request syntax or unsupported method"),
+                "{body}"
+            );
+        }
+        // an optional body must still be an object: a stray `[]` never starts a reinitialize
+        for (m, path, body) in [
+            ("POST", "/reinitialize", "[]"),
+            ("POST", "/restart", "true"),
+            ("POST", "/switchover", "{}"),
+        ] {
+            let (code, page) = call(m, path, body).await;
+            assert_eq!(code, 400, "{m} {path} {body}");
+            assert!(page.contains("<p>Error code: 400</p>"), "{page}");
+        }
+        for (m, path) in [("DELETE", "/nothing"), ("PUT", "/switchover")] {
+            let (code, body) = call(m, path, "{}").await;
+            assert_eq!(code, 404, "{m} {path}");
             assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
         }
         // checked requests change nothing: a switchover without a leader, a bad restart filter
         let (code, body) = call("POST", "/switchover", r#"{"candidate": "n2"}"#).await;
         assert_eq!(code, 400, "{body}");
-        assert!(body.contains("specific leader"), "{body}");
+        assert_eq!(
+            body,
+            "Switchover could be performed only from a specific leader"
+        );
         let (code, body) = call("POST", "/restart", r#"{"role": "boss"}"#).await;
         assert_eq!(code, 400, "{body}");
         let (code, body) = call("PATCH", "/config", r#"{"ttl": "soon"}"#).await;

@@ -5,7 +5,7 @@
 //! operations go through [`shared::ops`]; local ones are [`Command`]s for the agent's loop, which
 //! answers each with a definite outcome.
 
-use crate::rest::{Api, error, text_response};
+use crate::rest::{Api, text_response};
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::Response;
@@ -71,22 +71,19 @@ async fn denied<K: Kv>(
         if !allowed {
             let from = peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
             warn!("REST {what}: refused, {from} is not in restapi.allowlist");
-            return Some(error(
-                StatusCode::FORBIDDEN,
-                &format!("Access is denied: {from} is not in restapi.allowlist"),
-            ));
+            return Some(refusal(StatusCode::FORBIDDEN, "Access is denied"));
         }
     }
     if access.client_cert_for_writes && !caller.client_cert {
         warn!("REST {what}: refused, no client certificate (restapi.verify_client)");
-        return Some(error(
+        return Some(refusal(
             StatusCode::FORBIDDEN,
-            "client certificate required (restapi.verify_client)",
+            "client certificate required",
         ));
     }
     let credentials = access.credentials.as_ref()?;
     let deny = |text: &str| {
-        let mut r = error(StatusCode::UNAUTHORIZED, text);
+        let mut r = refusal(StatusCode::UNAUTHORIZED, text);
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Basic realm=\"Patroni\""),
@@ -116,7 +113,11 @@ fn ops_error(e: &OpsError) -> Response {
         OpsError::Conflict(_) => StatusCode::CONFLICT,
         OpsError::Failed(_) | OpsError::Dcs(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    error(code, &e.to_string())
+    match e {
+        // Patroni answers a lost compare-and-swap with its HTTP server's error page
+        OpsError::Conflict(_) => python_error(code),
+        _ => refusal(code, &e.to_string()),
+    }
 }
 
 /// Reads a JSON body; an empty body is `{}`. The error is the answer's status and reason: 413
@@ -163,12 +164,19 @@ async fn json_body(body: Body) -> Result<Value, (StatusCode, String)> {
     })
 }
 
+/// A plain answer as Patroni writes one (`write_response`): the text as the body,
+/// `Content-Type: text/html` — patronictl prints it and operators' scripts match it.
 fn text(code: u16, body: String) -> Response {
     text_response(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        "text/plain; charset=utf-8",
+        "text/html",
         body,
     )
+}
+
+/// A refusal on one of Patroni's endpoints: its status and the reason as plain text.
+fn refusal(code: StatusCode, reason: &str) -> Response {
+    text(code.as_u16(), reason.to_string())
 }
 
 /// Dispatches an unsafe method; `None` when no write endpoint matches.
@@ -195,10 +203,39 @@ pub async fn handle<K: Kv>(
     if let Some(answer) = denied(api, headers, &what, caller).await {
         return Some(answer);
     }
+    // Patroni checks failsafe_mode before it reads anything
+    if first == "failsafe" && !api.snapshot.borrow().failsafe_mode {
+        return Some(python_error(StatusCode::BAD_GATEWAY));
+    }
+    // as Patroni's HTTP server: these need a JSON object with something in it (no length at
+    // all is 411, anything else 400, on its own error page); restart and reinitialize may
+    // have none, but what they have must be a JSON object
+    let body_required =
+        !matches!(first, "restart" | "reinitialize" | "reload") && method.as_str() != "DELETE";
+    if body_required && !headers.contains_key(header::CONTENT_LENGTH) {
+        warn!("REST {what}: refused, no Content-Length (a body is required)");
+        return Some(python_error(StatusCode::LENGTH_REQUIRED));
+    }
     let body = match json_body(body).await {
         Ok(b) => b,
-        Err((code, why)) => return Some(error(code, &why)),
+        Err((code, why)) => {
+            warn!("REST {what}: refused, {why}");
+            // a body that is no JSON object: Patroni's HTTP server's 400 page
+            return Some(if code == StatusCode::BAD_REQUEST {
+                python_error(code)
+            } else {
+                refusal(code, &why)
+            });
+        }
     };
+    if body_required && body.as_object().is_none_or(|o| o.is_empty()) {
+        warn!("REST {what}: refused, the body must be a non-empty JSON object");
+        return Some(python_error(StatusCode::BAD_REQUEST));
+    }
+    if matches!(first, "restart" | "reinitialize") && !body.is_object() {
+        warn!("REST {what}: refused, the body is not a JSON object");
+        return Some(python_error(StatusCode::BAD_REQUEST));
+    }
     Some(match (method.as_str(), first) {
         ("POST", "switchover") => switch(api, switchover::Kind::Switchover, &body).await,
         ("POST", "failover") => switch(api, switchover::Kind::Failover, &body).await,
@@ -238,7 +275,7 @@ async fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
     else {
-        return error(
+        return refusal(
             StatusCode::BAD_REQUEST,
             "the body must name the primary asking (\"name\")",
         );
@@ -337,10 +374,17 @@ async fn leader_answers_as_primary(
 
 /// The error page Python's HTTP server sends (`send_error`), which Patroni answers with on some
 /// refusals; clients compare status codes, and this keeps the body the same too.
-fn python_error(code: StatusCode) -> Response {
+pub(crate) fn python_error(code: StatusCode) -> Response {
     let reason = code.canonical_reason().unwrap_or("Error");
+    // the explanations of Python's http.server for the codes Patroni sends
     let explanation = match code {
+        StatusCode::BAD_REQUEST => "Bad request syntax or unsupported method",
+        StatusCode::CONFLICT => "Request conflict",
+        StatusCode::LENGTH_REQUIRED => "Client must specify Content-Length",
         StatusCode::BAD_GATEWAY => "Invalid responses from another server/proxy",
+        StatusCode::SERVICE_UNAVAILABLE => {
+            "The server cannot process the request due to a high load"
+        }
         _ => reason,
     };
     let body = format!(
@@ -359,18 +403,14 @@ async fn command<K: Kv>(api: &Api<K>, command: Command) -> Response {
         .await
         .is_err()
     {
-        return error(
+        return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent is shutting down",
         );
     }
     match rx.await {
-        Ok((code, msg)) if code < 400 => text(code, msg),
-        Ok((code, msg)) => error(
-            StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            &msg,
-        ),
-        Err(_) => error(
+        Ok((code, msg)) => text(code, msg),
+        Err(_) => refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent stopped before answering",
         ),
@@ -388,7 +428,8 @@ async fn switch<K: Kv>(api: &Api<K>, kind: switchover::Kind, body: &Value) -> Re
     match switchover::run(&api.dcs, &api.client, &req, wait).await {
         Ok(switchover::Outcome::Done { message, .. }) => text(200, message),
         Ok(switchover::Outcome::Scheduled { at }) => {
-            text(202, format!("Switchover scheduled at {}", at.to_rfc3339()))
+            info!(at = %at.to_rfc3339(), "REST: switchover scheduled");
+            text(202, "Switchover scheduled".into())
         }
         Err(e) => {
             warn!("REST: {} refused or failed: {e}", req.kind.noun());
@@ -404,24 +445,22 @@ async fn cancel_switchover<K: Kv>(api: &Api<K>) -> Response {
     };
     match ops::clear_scheduled_switchover(&api.dcs, &cluster).await {
         Ok(()) => text(200, "scheduled switchover deleted".into()),
-        Err(OpsError::Refused(_)) => error(StatusCode::NOT_FOUND, "no switchover is scheduled"),
+        Err(OpsError::Refused(_)) => refusal(StatusCode::NOT_FOUND, "no switchover is scheduled"),
         Err(e) => ops_error(&e),
     }
 }
 
 async fn patch_config<K: Kv>(api: &Api<K>, body: &Value) -> Response {
     let Some(patch) = body.as_object() else {
-        return error(StatusCode::BAD_REQUEST, "the patch must be a JSON object");
+        return python_error(StatusCode::BAD_REQUEST);
     };
     let cluster = match api.dcs.load().await {
         Ok(c) => c,
         Err(e) => return ops_error(&e.into()),
     };
     if cluster.config.is_none() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no valid configuration in the DCS to patch",
-        );
+        warn!("REST PATCH /config: refused, there is no valid configuration in etcd to patch");
+        return python_error(StatusCode::SERVICE_UNAVAILABLE);
     }
     let (mut config, version) = ops::current_config(&cluster);
     ops::merge_patch(&mut config, patch);
@@ -436,10 +475,7 @@ async fn patch_config<K: Kv>(api: &Api<K>, body: &Value) -> Response {
 
 async fn put_config<K: Kv>(api: &Api<K>, body: &Value) -> Response {
     let Some(config) = body.as_object() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the configuration must be a JSON object",
-        );
+        return python_error(StatusCode::BAD_REQUEST);
     };
     if let Err(e) = ops::check_config(config) {
         return ops_error(&e);
@@ -452,9 +488,9 @@ async fn put_config<K: Kv>(api: &Api<K>, body: &Value) -> Response {
             api.wake.notify_one();
             crate::rest::json_response(StatusCode::OK, body)
         }
-        Err(e) => error(
-            StatusCode::BAD_GATEWAY,
-            &format!("cannot write the config key: {e}"),
-        ),
+        Err(e) => {
+            warn!("REST PUT /config: cannot write the config key: {e}");
+            python_error(StatusCode::BAD_GATEWAY)
+        }
     }
 }

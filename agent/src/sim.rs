@@ -66,6 +66,8 @@ struct SimPg {
     start_fails_until_ms: u64,
     /// `synchronous_standby_names` in its configuration file (survives agent restarts).
     sync_guc: Option<Vec<String>>,
+    /// Quorum commit: the setting is `ANY k (…)`.
+    sync_any: Option<usize>,
 }
 
 impl SimPg {
@@ -126,6 +128,8 @@ struct SimNode {
     lock_renewed_ms: Option<u64>,
     dcs_down_since_ms: Option<u64>,
     primary_down_since_ms: Option<u64>,
+    /// When this node last gave the lock up because its PostgreSQL was down (as the runtime).
+    gave_up_lock_ms: Option<u64>,
     seen_leader: bool,
     started_ms: u64,
     /// Peers cannot reach this node's REST API.
@@ -138,6 +142,7 @@ struct SimNode {
     handed_over: Option<i64>,
     /// What the agent put into `synchronous_standby_names` (agent memory).
     sync_names: Option<Vec<String>>,
+    sync_any: Option<usize>,
     sync_seen: std::collections::HashMap<String, Option<u64>>,
 }
 
@@ -156,6 +161,7 @@ fn fresh_pg() -> SimPg {
         lag_until_ms: 0,
         start_fails_until_ms: 0,
         sync_guc: None,
+        sync_any: None,
     }
 }
 
@@ -181,6 +187,7 @@ impl SimNode {
             lock_renewed_ms: None,
             dcs_down_since_ms: None,
             primary_down_since_ms: None,
+            gave_up_lock_ms: None,
             seen_leader: false,
             started_ms: 0,
             unreachable: false,
@@ -189,6 +196,7 @@ impl SimNode {
             rewind_ok_for: None,
             handed_over: None,
             sync_names: None,
+            sync_any: None,
             sync_seen: Default::default(),
         }
     }
@@ -224,10 +232,12 @@ impl SimNode {
         self.lock_renewed_ms = None;
         self.dcs_down_since_ms = None;
         self.primary_down_since_ms = None;
+        self.gave_up_lock_ms = None;
         self.next_cycle_ms = now;
         self.job = None;
         self.handed_over = None;
         self.sync_names = None;
+        self.sync_any = None;
         self.sync_seen.clear();
         self.dcs = Dcs::new(self.kv.clone(), "/service", "sim", &self.name, TTL as i64);
     }
@@ -255,6 +265,7 @@ impl SimNode {
             config_outdated: false,
             standbys: Vec::new(),
             sync_names: self.sync_names.clone(),
+            sync_any: self.sync_any,
             sync_since: Vec::new(),
         }
     }
@@ -312,7 +323,8 @@ struct Sim {
     max_timeline: u64,
     /// The dynamic configuration the cluster is bootstrapped with.
     config: DynamicConfig,
-    /// `synchronous_mode_strict` is on: no acknowledged commit may ever be lost.
+    /// `synchronous_mode_strict` or quorum commit is on: no acknowledged commit may ever be
+    /// lost.
     strict: bool,
     /// `failsafe_mode` is on.
     failsafe: bool,
@@ -404,7 +416,10 @@ impl Sim {
             policy,
             max_timeline: 1,
             config: sim_config(sync, failsafe),
-            strict: sync == SyncSetting::Strict,
+            strict: matches!(
+                sync,
+                SyncSetting::Strict | SyncSetting::Quorum | SyncSetting::QuorumStrict
+            ),
             failsafe,
             acked: None,
         }
@@ -657,7 +672,13 @@ impl Sim {
                     && m.pg.upstream.as_deref() == Some(p.name.as_str())
             })
             .collect();
-        let sync = p.pg.sync_guc.as_ref().and_then(|names| {
+        // priority: the first listed that streams; ANY k: every listed one that streams
+        let listed = |n: &str| {
+            p.pg.sync_guc
+                .as_ref()
+                .is_some_and(|names| names.iter().any(|x| x == n))
+        };
+        let first = p.pg.sync_guc.as_ref().and_then(|names| {
             names
                 .iter()
                 .find(|n| streaming.iter().any(|m| &m.name == *n))
@@ -668,7 +689,11 @@ impl Sim {
             .map(|m| crate::synchronous::StandbyLink {
                 name: m.name.clone(),
                 streaming: true,
-                sync: sync.as_deref() == Some(m.name.as_str()),
+                sync: if p.pg.sync_any.is_some() {
+                    listed(&m.name)
+                } else {
+                    first.as_deref() == Some(m.name.as_str())
+                },
                 flush_lsn: (m.pg.timeline == p.pg.timeline).then_some(m.pg.wal),
             })
             .collect()
@@ -681,9 +706,19 @@ impl Sim {
             return;
         };
         let p = &self.nodes[i].pg;
-        let acked = match &p.sync_guc {
-            Some(names) if !names.is_empty() => self
-                .standby_links(i)
+        let links = self.standby_links(i);
+        let acked = match (&p.sync_guc, p.sync_any) {
+            (Some(names), Some(k)) if !names.is_empty() && k > 0 => {
+                // ANY k: the k-th most advanced of the listed standbys
+                let mut flushed: Vec<u64> = links
+                    .iter()
+                    .filter(|l| l.sync)
+                    .filter_map(|l| l.flush_lsn)
+                    .collect();
+                flushed.sort_unstable_by(|a, b| b.cmp(a));
+                flushed.get(k - 1).map(|f| (*f).min(p.wal))
+            }
+            (Some(names), None) if !names.is_empty() => links
                 .into_iter()
                 .find(|l| l.sync)
                 .and_then(|l| l.flush_lsn)
@@ -747,6 +782,9 @@ impl Sim {
                 failover_priority: p.priority,
                 no_failover: p.no_failover,
                 watchdog_failed: false,
+                standing_down: p
+                    .gave_up_lock_ms
+                    .is_some_and(|t| self.now_ms.saturating_sub(t) < TTL * 1000),
             })
             .collect()
     }
@@ -767,6 +805,10 @@ impl Sim {
                     .as_ref()
                     .is_some_and(|l| l.name == self.nodes[i].name);
                 let n = &mut self.nodes[i];
+                if c.leader.is_some() && !holder {
+                    // somebody took over: the stand-down is over
+                    n.gave_up_lock_ms = None;
+                }
                 if holder && !n.pg.running {
                     n.primary_down_since_ms.get_or_insert(now);
                 } else {
@@ -802,6 +844,7 @@ impl Sim {
                 &names,
                 &pg_view.standbys,
                 Some(wal),
+                true,
             );
         }
         let n = &self.nodes[i];
@@ -827,14 +870,19 @@ impl Sim {
             lock_age_secs: n.lock_renewed_ms.map(|t| (now - t) / 1000),
             rewind: self.policy,
             primary_down_secs: n.primary_down_since_ms.map(|t| (now - t) / 1000),
+            gave_up_lock_secs: n.gave_up_lock_ms.map(|t| (now - t) / 1000),
             now_ms: now as i64,
             handed_over: n.handed_over,
             failsafe,
             failsafe_leader,
             watchdog_refusal: None,
+            clone_without_leader: false,
         };
         let decision = ha::decide(&obs);
         self.nodes[i].last_summary = decision.summary.clone();
+        if decision.stands_down {
+            self.nodes[i].gave_up_lock_ms = Some(now);
+        }
         if !decision.actions.is_empty() {
             let name = self.nodes[i].name.clone();
             self.trace(format!(
@@ -894,6 +942,10 @@ impl Sim {
             Action::Clone { from } => {
                 n.job = Some((Job::Clone, now + 1000, vec![Action::Clone { from }]));
                 Some(true)
+            }
+            Action::CloneWithoutLeader => {
+                let msg = format!("{} restores without a leader: not modelled", n.name);
+                self.fail(&msg)
             }
             Action::AdoptInitialize { sysid } => {
                 n.dcs.adopt_initialize(&sysid).await.ok()?;
@@ -992,17 +1044,23 @@ impl Sim {
                 self.nodes[i].dcs.set_config(&config, None).await.ok()?;
                 Some(true)
             }
-            Action::SetSyncNames { names } => {
+            Action::SetSyncNames { names, any } => {
                 n.sync_names = names.clone();
+                n.sync_any = any;
                 n.sync_seen.clear();
                 n.pg.sync_guc = names;
+                n.pg.sync_any = any;
                 Some(true)
             }
-            Action::WriteSync { standbys, version } => {
+            Action::WriteSync {
+                standbys,
+                quorum,
+                version,
+            } => {
                 let named = !standbys.is_empty();
                 let state = shared::dcs::SyncState {
                     leader: Some(n.name.clone()),
-                    quorum: 0,
+                    quorum,
                     sync_standby: standbys,
                 };
                 let written = n.dcs.write_sync(&state, version).await.ok()?;
@@ -1283,7 +1341,7 @@ impl Sim {
             };
             if !holds {
                 self.fail(&format!(
-                    "{} is writable without the acknowledged commit at {lsn} on timeline {tl} (strict synchronous mode): {:?}",
+                    "{} is writable without the acknowledged commit at {lsn} on timeline {tl} (strict synchronous mode or quorum commit): {:?}",
                     p.name, p.pg
                 ));
             }
@@ -1363,6 +1421,10 @@ enum SyncSetting {
     Off,
     On,
     Strict,
+    /// Quorum commit: no acknowledged commit may be lost either (the key names nobody before
+    /// commits go asynchronous).
+    Quorum,
+    QuorumStrict,
 }
 
 fn sim_config(sync: SyncSetting, failsafe: bool) -> DynamicConfig {
@@ -1370,6 +1432,10 @@ fn sim_config(sync: SyncSetting, failsafe: bool) -> DynamicConfig {
         SyncSetting::Off => "",
         SyncSetting::On => r#","synchronous_mode":true"#,
         SyncSetting::Strict => r#","synchronous_mode":true,"synchronous_mode_strict":true"#,
+        SyncSetting::Quorum => r#","synchronous_mode":"quorum","synchronous_node_count":2"#,
+        SyncSetting::QuorumStrict => {
+            r#","synchronous_mode":"quorum","synchronous_mode_strict":true"#
+        }
     };
     let failsafe = if failsafe {
         r#","failsafe_mode":true"#
@@ -1430,7 +1496,12 @@ fn env_seeds(var: &str, default: u64) -> u64 {
 #[tokio::test]
 async fn synchronous_mode_never_loses_an_acknowledged_commit() {
     let seeds = env_seeds("PGPILOT_SIM_SYNC_SEEDS", 30);
-    for sync in [SyncSetting::On, SyncSetting::Strict] {
+    for sync in [
+        SyncSetting::On,
+        SyncSetting::Strict,
+        SyncSetting::Quorum,
+        SyncSetting::QuorumStrict,
+    ] {
         let mut total = Stats::default();
         for seed in 1..=seeds {
             total.add(run_seed_with(500_000 + seed, 3 + (seed as usize % 3), 3000, sync).await);

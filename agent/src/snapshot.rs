@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub fencing: crate::guard::Fencing,
     /// A primary kept writable by its members' confirmations while etcd is unreachable.
     pub failsafe_active: bool,
+    /// Until when this node stays out of leader races, having given the lock up because its
+    /// server could not serve as primary (`pgpilot.standing_down` in `/patroni`).
+    pub standing_down_until: Option<std::time::Instant>,
     /// `failsafe_mode` is on in the dynamic configuration in force.
     pub failsafe_mode: bool,
     /// The last member this node saw holding the leader key.
@@ -81,6 +84,7 @@ impl Snapshot {
             scheduled_restart: None,
             fencing: crate::guard::Fencing::Unavailable,
             failsafe_active: false,
+            standing_down_until: None,
             failsafe_mode: false,
             last_leader: None,
             watchdog_armed: false,

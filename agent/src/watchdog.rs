@@ -19,6 +19,8 @@ pub struct Watchdog {
     cfg: WatchdogConfig,
     /// The open device while armed, and the timeout it runs with.
     armed: Option<(File, u64)>,
+    /// The timeout asked for at arming (`ttl - safety_margin`): a ttl change asks again.
+    asked: u64,
     /// The last activation failure, logged once.
     last_error: Option<String>,
 }
@@ -28,6 +30,7 @@ impl Watchdog {
         Watchdog {
             cfg,
             armed: None,
+            asked: 0,
             last_error: None,
         }
     }
@@ -81,6 +84,7 @@ impl Watchdog {
                         "watchdog armed while this node leads"
                     );
                     self.armed = Some((file, timeout));
+                    self.asked = self.cfg.timeout(ttl);
                     self.last_error = None;
                 }
                 Err(e) => {
@@ -96,6 +100,32 @@ impl Watchdog {
                         WatchdogMode::Required => Err(e),
                         _ => Ok(()),
                     };
+                }
+            }
+        }
+        // a new ttl (the config key changed) sets the device's timeout at once, as Patroni does
+        let want = self.cfg.timeout(ttl);
+        if want != self.asked
+            && let Some((file, running)) = self.armed.as_mut()
+        {
+            match set_timeout(file, &self.cfg, want, loop_wait) {
+                Ok(actual) => {
+                    tracing::info!(
+                        device = %self.cfg.device.display(),
+                        timeout = actual,
+                        "watchdog timeout changed with the ttl"
+                    );
+                    *running = actual;
+                    self.asked = want;
+                }
+                Err(e) => {
+                    // the device keeps its earlier timeout, which fired before the old lease
+                    // ended; a required watchdog that cannot follow a longer ttl stops leading
+                    tracing::error!("the watchdog cannot take the new ttl: {e}");
+                    if self.cfg.mode == WatchdogMode::Required {
+                        return Err(e);
+                    }
+                    self.asked = want;
                 }
             }
         }
@@ -128,36 +158,13 @@ impl Watchdog {
             .append(self.cfg.testing)
             .open(&self.cfg.device)
             .map_err(|e| format!("cannot open {}: {e}", self.cfg.device.display()))?;
-        if self.cfg.testing {
-            file.write_all(format!("Ctimeout={want}\n").as_bytes())
-                .map_err(|e| format!("cannot set the timeout: {e}"))?;
-            return Ok((file, want));
-        }
-        let fd = file.as_raw_fd();
-        let mut timeout = want as nix::libc::c_int;
-        // SAFETY: WDIOC_SETTIMEOUT reads and writes one int, which we provide.
-        let set = unsafe { wdioc_settimeout(fd, &mut timeout) };
-        let mut actual: nix::libc::c_int = 0;
-        // SAFETY: WDIOC_GETTIMEOUT writes one int, which we provide.
-        let got = unsafe { wdioc_gettimeout(fd, &mut actual) };
-        let actual = match (set, got) {
-            (_, Ok(_)) => actual as u64,
-            (_, Err(e)) => {
+        match set_timeout(&mut file, &self.cfg, want, loop_wait) {
+            Ok(actual) => Ok((file, actual)),
+            Err(e) => {
                 let _ = file.write_all(b"V");
-                return Err(format!(
-                    "{} does not report its timeout ({e}); it cannot be trusted to fire in time",
-                    self.cfg.device.display()
-                ));
+                Err(e)
             }
-        };
-        if actual > want || actual <= loop_wait {
-            let _ = file.write_all(b"V");
-            return Err(format!(
-                "{} runs with a {actual}s timeout; a safe one is between loop_wait {loop_wait}s and {want}s",
-                self.cfg.device.display()
-            ));
         }
-        Ok((file, actual))
     }
 
     /// Stops the watchdog (magic close) when this node no longer leads.
@@ -172,6 +179,49 @@ impl Watchdog {
             }
         }
     }
+}
+
+/// Asks the open device for `want` seconds and reads back what it runs with, which must fire
+/// before the lease ends (at most `want`) and leave a loop's room (over `loop_wait`).
+fn set_timeout(
+    file: &mut File,
+    cfg: &WatchdogConfig,
+    want: u64,
+    loop_wait: u64,
+) -> Result<u64, String> {
+    if want <= loop_wait {
+        return Err(format!(
+            "the watchdog timeout ttl - safety_margin = {want}s is not longer than loop_wait {loop_wait}s"
+        ));
+    }
+    if cfg.testing {
+        file.write_all(format!("Ctimeout={want}\n").as_bytes())
+            .map_err(|e| format!("cannot set the timeout: {e}"))?;
+        return Ok(want);
+    }
+    let fd = file.as_raw_fd();
+    let mut timeout = nix::libc::c_int::try_from(want).unwrap_or(nix::libc::c_int::MAX);
+    // SAFETY: WDIOC_SETTIMEOUT reads and writes one int, which we provide.
+    let set = unsafe { wdioc_settimeout(fd, &mut timeout) };
+    let mut actual: nix::libc::c_int = 0;
+    // SAFETY: WDIOC_GETTIMEOUT writes one int, which we provide.
+    let got = unsafe { wdioc_gettimeout(fd, &mut actual) };
+    let actual = match (set, got) {
+        (_, Ok(_)) => u64::try_from(actual).unwrap_or(0),
+        (_, Err(e)) => {
+            return Err(format!(
+                "{} does not report its timeout ({e}); it cannot be trusted to fire in time",
+                cfg.device.display()
+            ));
+        }
+    };
+    if actual > want || actual <= loop_wait {
+        return Err(format!(
+            "{} runs with a {actual}s timeout; a safe one is between loop_wait {loop_wait}s and {want}s",
+            cfg.device.display()
+        ));
+    }
+    Ok(actual)
 }
 
 impl Drop for Watchdog {
@@ -206,6 +256,26 @@ mod tests {
         w.disarm();
         assert!(!w.is_armed());
         assert_eq!(std::fs::read_to_string(&dev).unwrap(), "Ctimeout=25\n11V");
+    }
+
+    #[test]
+    fn a_ttl_change_sets_the_timeout_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("watchdog");
+        std::fs::write(&dev, "").unwrap();
+        let mut w = Watchdog::new(testing(&dev, WatchdogMode::Required));
+        w.keepalive(30, 10).unwrap();
+        // the config key's ttl went to 60: the armed device is told at the next keepalive
+        w.keepalive(60, 10).unwrap();
+        w.keepalive(60, 10).unwrap();
+        // and back down to 20, below what it ran with: shorter at once
+        w.keepalive(20, 10).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&dev).unwrap(),
+            "Ctimeout=25\n1Ctimeout=55\n11Ctimeout=15\n1"
+        );
+        // a ttl that leaves no room for a loop: a required watchdog stops this node leading
+        assert!(w.keepalive(14, 10).is_err());
     }
 
     #[test]

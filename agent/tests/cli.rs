@@ -3,7 +3,7 @@
 use std::process::Command;
 
 fn agent() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_agent"))
+    Command::new(env!("CARGO_BIN_EXE_pgpilot-agent"))
 }
 
 const GOOD: &str = "
@@ -159,4 +159,33 @@ fn help_teaches() {
         out.contains("--validate-config") && out.contains("Examples"),
         "{out}"
     );
+}
+
+#[test]
+fn version_names_the_git_revision_and_docs_are_generated() {
+    let out = agent().arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.starts_with(concat!(
+            "pgpilot-agent ",
+            env!("CARGO_PKG_VERSION"),
+            " (git "
+        )),
+        "{text}"
+    );
+    let out = agent().args(["--completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--validate-config"));
+    // an unknown shell is a usage error that names the choices
+    let out = agent().args(["--completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tcsh") && err.contains("bash"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent().arg("--man-pages").arg(dir.path()).output().unwrap();
+    assert!(out.status.success());
+    let page = std::fs::read_to_string(dir.path().join("pgpilot-agent.1")).unwrap();
+    assert!(page.contains(".TH pgpilot-agent 1"), "{page}");
+    assert!(page.contains("validate"), "{page}");
 }

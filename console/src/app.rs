@@ -4,7 +4,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use serde_json::Value;
-use shared::dcs::Cluster;
+use shared::dcs::{Cluster, Member};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -252,6 +252,11 @@ pub enum Msg {
     Done(Result<String, String>),
     /// A fresh read of the demo's record (`console --demo`).
     Demo(Result<DemoSwitches, String>),
+    /// A member's journal (its `GET /journal`), read at `api_url`.
+    Journal {
+        api_url: String,
+        entries: Vec<shared::journal::Entry>,
+    },
 }
 
 /// What the runner must do after an update.
@@ -291,7 +296,7 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: ":",
-        what: "command: switchover [MEMBER] [at TIME], failover MEMBER, restart [MEMBER] [pending] [at TIME], reinit MEMBER, reload [MEMBER], cancel-restart [MEMBER], cancel-switchover, pause, resume, quit; demo: cut|restore|crash|isolate|heal MEMBER, etcd stop|start",
+        what: "command: switchover, failover, restart, reinit, reload, cancel-restart, cancel-switchover, pause, resume, dismiss, quit [MEMBER] [at TIME]; demo: cut, restore, crash, isolate, heal MEMBER, etcd stop|start",
     },
     Binding {
         keys: "s",
@@ -319,15 +324,15 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: "x / X",
-        what: "cancel the scheduled switchover / the member's scheduled restart",
+        what: "cancel the scheduled switchover / scheduled restart",
     },
     Binding {
         keys: "C / K",
-        what: "demo: cut or restore the selected member's machine / crash its postmaster",
+        what: "demo: cut/restore the member's machine / crash its postmaster",
     },
     Binding {
         keys: "N / E",
-        what: "demo: isolate or reconnect the selected member / stop or start etcd",
+        what: "demo: isolate/reconnect the member / stop or start etcd",
     },
     Binding {
         keys: "f",
@@ -342,6 +347,17 @@ pub const KEYMAP: &[Binding] = &[
         what: "quit",
     },
 ];
+
+/// A member whose key expired while this console watched: still listed (dimmed, with how
+/// long it has been gone and what it last was) until it comes back or the operator dismisses
+/// it, so that a cut machine stays in sight and the demo's `:restore` can name it.
+#[derive(Debug, Clone)]
+pub struct Departed {
+    pub scope: String,
+    /// Its member key as last read.
+    pub member: Member,
+    pub since: Instant,
+}
 
 /// The whole state of the live console.
 pub struct App {
@@ -375,6 +391,10 @@ pub struct App {
     pub demo: Option<DemoSwitches>,
     /// Why the demo's record cannot be read (a wrong `--demo` directory, a demo wiped).
     pub demo_problem: Option<String>,
+    /// Members gone while this console watched.
+    pub departed: Vec<Departed>,
+    /// Each member's journal as last read, by REST address (kept when it stops answering).
+    pub journals: HashMap<String, Vec<shared::journal::Entry>>,
 }
 
 impl App {
@@ -403,6 +423,8 @@ impl App {
             demo: None,
             demo_problem: None,
             status_since: None,
+            departed: Vec::new(),
+            journals: HashMap::new(),
         }
     }
 
@@ -421,6 +443,47 @@ impl App {
 
     pub fn selected_cluster(&self) -> Option<&Cluster> {
         self.visible_clusters().get(self.cluster_idx).copied()
+    }
+
+    /// The journal of cluster `c`: what its members (present and gone) recorded and its
+    /// history key, newest first.
+    pub fn journal_of(&self, c: &Cluster) -> Vec<shared::journal::Entry> {
+        let urls = c.members.iter().map(|m| &m.data.api_url).chain(
+            self.departed_of(&c.scope)
+                .into_iter()
+                .map(|d| &d.member.data.api_url),
+        );
+        let mut all = shared::journal::from_history(c);
+        for url in urls {
+            if let Some(entries) = self.journals.get(url) {
+                all.extend(entries.iter().cloned());
+            }
+        }
+        shared::journal::merge(all)
+    }
+
+    /// The members of `scope` gone while this console watched, longest gone first.
+    pub fn departed_of(&self, scope: &str) -> Vec<&Departed> {
+        let mut v: Vec<&Departed> = self.departed.iter().filter(|d| d.scope == scope).collect();
+        v.sort_by_key(|d| d.since);
+        v
+    }
+
+    /// `:dismiss [MEMBER]`: stops listing a gone member (all of the cluster's without a name).
+    fn dismiss(&mut self, named: Option<&str>) {
+        let Some(scope) = self.selected_cluster().map(|c| c.scope.clone()) else {
+            self.status = Some(("open a cluster first".into(), true));
+            return;
+        };
+        let before = self.departed.len();
+        self.departed
+            .retain(|d| d.scope != scope || named.is_some_and(|n| d.member.name != n));
+        let gone = before - self.departed.len();
+        self.status = Some(match (gone, named) {
+            (0, Some(n)) => (format!("{n} is not listed as gone"), true),
+            (0, None) => ("no gone member is listed".into(), true),
+            (n, _) => (format!("{n} gone member(s) no longer listed"), false),
+        });
     }
 
     fn log(&mut self, clock: &str, scope: &str, text: String) {
@@ -465,6 +528,17 @@ impl App {
                 self.log(clock, &c.scope, text.into());
             }
             for m in &c.members {
+                let was_gone = self
+                    .departed
+                    .iter()
+                    .position(|d| d.scope == c.scope && d.member.name == m.name);
+                if let Some(i) = was_gone {
+                    let d = self.departed.remove(i);
+                    let gone = at.saturating_duration_since(d.since).as_secs();
+                    self.log(clock, &c.scope, format!("{} is back after {gone}s", m.name));
+                    self.changed.insert(format!("{}/{}", c.scope, m.name), at);
+                    continue;
+                }
                 match prev.member(&m.name) {
                     None => {
                         self.log(clock, &c.scope, format!("{} joined", m.name));
@@ -495,14 +569,29 @@ impl App {
                     self.log(
                         clock,
                         &c.scope,
-                        format!("{} left (its key expired)", p.name),
+                        format!(
+                            "{} left (its key expired; it was {} on timeline {})",
+                            p.name,
+                            p.data.role,
+                            p.data
+                                .timeline
+                                .map_or_else(|| "?".to_string(), |t| t.to_string())
+                        ),
                     );
+                    self.departed
+                        .retain(|d| !(d.scope == c.scope && d.member.name == p.name));
+                    self.departed.push(Departed {
+                        scope: c.scope.clone(),
+                        member: p.clone(),
+                        since: at,
+                    });
                 }
             }
         }
         for o in &old {
             if !new.iter().any(|c| c.scope == o.scope) {
                 self.log(clock, &o.scope, "cluster removed".into());
+                self.departed.retain(|d| d.scope != o.scope);
             }
         }
     }
@@ -629,11 +718,18 @@ impl App {
             return None;
         };
         let member = named.map(str::to_string).or_else(|| self.selected_member());
+        // the demo's switches also reach a member whose key expired (a cut machine)
+        let switch = matches!(what, "cut" | "restore" | "crash" | "isolate" | "heal");
         match member {
             Some(m)
                 if self
                     .selected_cluster()
-                    .is_some_and(|c| c.member(&m).is_some()) =>
+                    .is_some_and(|c| c.member(&m).is_some())
+                    || switch
+                        && self
+                            .departed
+                            .iter()
+                            .any(|d| d.scope == scope && d.member.name == m) =>
             {
                 Some((scope, m))
             }
@@ -801,7 +897,7 @@ impl App {
             let why = match &self.demo_problem {
                 Some(p) => format!("no failure switches: {p}"),
                 None => {
-                    "failure switches work on the demo only (demo console, or console --demo DIR)"
+                    "failure switches work on the demo only (demo console, or pgpilot-console --demo DIR)"
                         .into()
                 }
             };
@@ -946,6 +1042,10 @@ impl App {
                 self.demo_request(first, arg);
                 return vec![];
             }
+            "dismiss" => {
+                self.dismiss(arg);
+                return vec![];
+            }
             "etcd" if matches!(arg, Some("stop") | Some("start")) => {
                 self.demo_request(&format!("etcd-{}", arg.unwrap_or_default()), None);
                 return vec![];
@@ -977,7 +1077,7 @@ impl App {
             other => {
                 self.status = Some((
                     format!(
-                        "unknown command {other:?}: switchover, failover, restart, reinit, reload, cancel-restart, cancel-switchover, pause, resume, quit"
+                        "unknown command {other:?}: switchover, failover, restart, reinit, reload, cancel-restart, cancel-switchover, pause, resume, dismiss, quit"
                     ),
                     true,
                 ));
@@ -1133,11 +1233,31 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 app.diff(&clusters, at, &clock);
                 app.clusters = clusters;
                 app.clamp();
+                let listed: std::collections::HashSet<String> = app
+                    .clusters
+                    .iter()
+                    .flat_map(|c| c.members.iter().map(|m| m.data.api_url.clone()))
+                    .chain(app.departed.iter().map(|d| d.member.data.api_url.clone()))
+                    .collect();
+                app.journals.retain(|url, _| listed.contains(url));
             }
             vec![]
         }
         Msg::EtcdFailed(e) => {
             app.etcd.error = Some(e);
+            vec![]
+        }
+        Msg::Journal { api_url, entries } => {
+            // only for members listed now (present or gone)
+            let listed = app
+                .clusters
+                .iter()
+                .flat_map(|c| c.members.iter().map(|m| &m.data.api_url))
+                .chain(app.departed.iter().map(|d| &d.member.data.api_url))
+                .any(|u| *u == api_url);
+            if !app.frozen && listed {
+                app.journals.insert(api_url, entries);
+            }
             vec![]
         }
         Msg::Sample { api_url, sample } => {

@@ -20,6 +20,8 @@ pub struct Options {
     pub etcd: Vec<String>,
     pub namespace: Option<String>,
     pub format: Option<String>,
+    /// `-k`: members' REST certificates are not checked.
+    pub insecure: bool,
 }
 
 /// Why a command did not complete: usage or configuration (exit 2), or a refusal or failure
@@ -53,7 +55,7 @@ pub async fn run(opts: Options, command: Command) -> i32 {
     match run_inner(opts, command).await {
         Ok(()) => 0,
         Err(f) => {
-            eprintln!("console: {}", f.message());
+            eprintln!("pgpilot-console: {}", f.message());
             f.code()
         }
     }
@@ -90,9 +92,12 @@ pub fn load_config(opts: &Options) -> Result<ConsoleConfig, Failure> {
     if let Some(ns) = &opts.namespace {
         cfg.namespace = ns.clone();
     }
+    if opts.insecure {
+        cfg.rest_tls.insecure = true;
+    }
     if cfg.etcd.hosts.is_empty() {
         return Err(Failure::Usage(
-            "no etcd endpoints: give -c CONFIG (a Patroni YAML with etcd3.hosts) or --etcd host:port"
+            "no etcd endpoints: give -c CONFIG (a Patroni YAML with etcd3.hosts), --etcd host:port or -d etcd3://host:port"
                 .into(),
         ));
     }
@@ -205,7 +210,7 @@ impl Session {
         } else if ok {
             println!("{message}");
         } else {
-            eprintln!("console: {message}");
+            eprintln!("pgpilot-console: {message}");
         }
     }
 
@@ -252,6 +257,19 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
         Command::History { cluster } => {
             let c = s.one(cluster.as_ref()).await?;
             print(&view::render(&[view::history_table(&c)], s.format))
+        }
+        Command::Events { cluster } => {
+            let c = s.one(cluster.as_ref()).await?;
+            let client = s.client(Duration::from_secs(2))?;
+            let (entries, silent) =
+                shared::journal::collect(&c, &client, Duration::from_secs(2)).await;
+            if !silent.is_empty() {
+                eprintln!(
+                    "no journal from {} (not answering, or not pgpilot agents)",
+                    silent.join(", ")
+                );
+            }
+            print(&view::render(&[view::journal_table(&entries)], s.format))
         }
         Command::ShowConfig { cluster } => {
             let c = s.one(cluster.as_ref()).await?;
@@ -337,8 +355,9 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             cluster,
             target,
             members,
+            role,
             force,
-        } => flush(&s, &cluster, &target, &members, force).await,
+        } => flush(&s, &cluster, &target, &members, role.as_deref(), force).await,
         Command::Switchover {
             cluster,
             leader,
@@ -647,7 +666,14 @@ async fn reinit(s: &Session, c: &Cluster, names: &[String], force: bool, wait: b
     some_failed(failed, "reinit")
 }
 
-async fn flush(s: &Session, cluster: &str, target: &str, names: &[String], force: bool) -> Outcome {
+async fn flush(
+    s: &Session,
+    cluster: &str,
+    target: &str,
+    names: &[String],
+    role: Option<&str>,
+    force: bool,
+) -> Outcome {
     let c = s.one(Some(&cluster.to_string())).await?;
     if target == "switchover" {
         let f = c
@@ -668,7 +694,7 @@ async fn flush(s: &Session, cluster: &str, target: &str, names: &[String], force
         return Ok(());
     }
     // Every chosen member is asked: a member key may not show a restart scheduled a moment ago.
-    let chosen = pick_members(&c, names, None)?;
+    let chosen = pick_members(&c, names, role)?;
     confirm(
         &format!("Cancel the scheduled restarts of {}?", chosen.join(", ")),
         force,
@@ -842,6 +868,12 @@ async fn edit_config(s: &Session, e: EditArgs) -> Outcome {
         return Ok(());
     }
     ops::check_config(&after).map_err(ops_failure)?;
+    // what the agents will adjust or not act on (a ttl too short for the others, …)
+    for note in shared::config::dynamic_key_notes(&after) {
+        if note.level == shared::config::NoteLevel::Warning {
+            eprintln!("warning: {note}");
+        }
+    }
     if !e.quiet {
         let (old, new) = (to_yaml(&before), to_yaml(&after));
         let diff = similar::TextDiff::from_lines(&old, &new);

@@ -29,21 +29,21 @@ fn clock() -> String {
 pub async fn run(cfg: ConsoleConfig, read_only: bool, demo: Option<std::path::PathBuf>) -> i32 {
     if !std::io::stdout().is_terminal() {
         eprintln!(
-            "console: the live console needs a terminal; for scripts use `console --batch COMMAND`"
+            "pgpilot-console: the live console needs a terminal; for scripts use `pgpilot-console --batch COMMAND`"
         );
         return 2;
     }
     let client = match MemberClient::with_tls(Duration::from_millis(900), &cfg.rest_tls) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("console: ctl.cacert / restapi.cafile: {e}");
+            eprintln!("pgpilot-console: ctl.cacert / restapi.cafile: {e}");
             return 2;
         }
     };
     let kv = match EtcdKv::connect(&cfg.etcd, Duration::from_secs(3)).await {
         Ok(kv) => kv,
         Err(e) => {
-            eprintln!("console: cannot set up the etcd client: {e}");
+            eprintln!("pgpilot-console: cannot set up the etcd client: {e}");
             return 1;
         }
     };
@@ -59,6 +59,7 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool, demo: Option<std::path::Pa
         client: client.clone(),
         auth: cfg.rest_auth.clone(),
     };
+    tokio::spawn(journal_feed(client.clone(), urls_rx.clone(), tx.clone()));
     tokio::spawn(rest_feed(client, urls_rx, tx.clone()));
     spawn_keyboard(tx.clone());
     if let Some(dir) = demo {
@@ -90,7 +91,7 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool, demo: Option<std::path::Pa
     'outer: loop {
         if let Err(e) = terminal.draw(|f| ui::draw(f, &app, theme)) {
             ratatui::restore();
-            eprintln!("console: cannot draw: {e}");
+            eprintln!("pgpilot-console: cannot draw: {e}");
             return 1;
         }
         let Some(first) = rx.recv().await else { break };
@@ -320,7 +321,14 @@ async fn etcd_feed(
                     .flat_map(|c| c.members.iter().map(|m| m.data.api_url.clone()))
                     .filter(|u| !u.is_empty())
                     .collect();
-                let _ = urls.send(list);
+                // only a real change wakes the journal reader
+                urls.send_if_modified(|old| {
+                    let changed = *old != list;
+                    if changed {
+                        *old = list;
+                    }
+                    changed
+                });
                 if tx
                     .send(Msg::Clusters {
                         clusters,
@@ -408,6 +416,48 @@ async fn rest_feed(
         tokio::time::sleep(SAMPLE).await;
     }
 }
+
+/// Reads every member's journal (`GET /journal`) every [`JOURNAL_EVERY`]; a member that does
+/// not answer keeps the entries last read from it.
+async fn journal_feed(
+    client: MemberClient,
+    mut urls: watch::Receiver<Vec<String>>,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    loop {
+        let list = urls.borrow().clone();
+        let mut asks = tokio::task::JoinSet::new();
+        for url in list {
+            let client = client.clone();
+            asks.spawn(async move {
+                let read = shared::journal::read(&client, &url, Duration::from_secs(2)).await;
+                (url, read)
+            });
+        }
+        while let Some(r) = asks.join_next().await {
+            if let Ok((api_url, Some((_, entries)))) = r
+                && tx.send(Msg::Journal { api_url, entries }).is_err()
+            {
+                return;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        // at once when the members change (the first read of etcd), else every few seconds
+        tokio::select! {
+            _ = tokio::time::sleep(JOURNAL_EVERY) => {}
+            changed = urls.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How often the members' journals are read.
+const JOURNAL_EVERY: Duration = Duration::from_secs(3);
 
 /// Reads the keyboard on its own thread (crossterm's read blocks).
 fn spawn_keyboard(tx: mpsc::UnboundedSender<Msg>) {

@@ -1,5 +1,5 @@
-//! `console`: the operator's cockpit for pgpilot and Patroni clusters. Without a command it
-//! opens the live full-screen view ([`live`], [`app`], [`ui`]); `console --batch <command>`
+//! `pgpilot-console` (crate `console`): the operator's cockpit for pgpilot and Patroni clusters. Without a command it
+//! opens the live full-screen view ([`live`], [`app`], [`ui`]); `pgpilot-console --batch <command>`
 //! runs one command the way a script wants it: data on stdout in the chosen format, messages on
 //! stderr, exit code 0 (done), 1 (refused, failed, etcd unreachable) or 2 (usage or
 //! configuration error). This module owns the command line; [`batch`] runs the commands.
@@ -14,15 +14,16 @@ use std::path::PathBuf;
 
 const EXAMPLES: &str = "\
 Examples:
-  console -c /etc/patroni/patroni.yml --batch list          every member of the config's cluster
-  console --etcd 10.0.0.1:2379 --batch list                 every cluster in /service/
-  console -c node.yml --batch list -e -f json | jq .         extended columns, as JSON
-  console -c node.yml --batch topology -W                    the replication tree, refreshed every 2 s
-  console -c node.yml --batch history demo                   timeline history of cluster demo
-  console -c node.yml --batch dsn demo -r replica            a replica's host and port
-  console -c node.yml --batch edit-config demo -p work_mem=64MB --force
-  console -c node.yml --batch pause demo --wait
-  console -c node.yml --batch haproxy-config demo > /etc/haproxy/haproxy.cfg
+  pgpilot-console -c /etc/patroni/patroni.yml --batch list          every member of the config's cluster
+  pgpilot-console --etcd 10.0.0.1:2379 --batch list                 every cluster in /service/
+  pgpilot-console -d etcd3://10.0.0.1:2379 --batch list             the same, as patronictl -d
+  pgpilot-console -c node.yml --batch list -e -f json | jq .         extended columns, as JSON
+  pgpilot-console -c node.yml --batch topology -W                    the replication tree, refreshed every 2 s
+  pgpilot-console -c node.yml --batch history demo                   timeline history of cluster demo
+  pgpilot-console -c node.yml --batch dsn demo -r replica            a replica's host and port
+  pgpilot-console -c node.yml --batch edit-config demo -p work_mem=64MB --force
+  pgpilot-console -c node.yml --batch pause demo --wait
+  pgpilot-console -c node.yml --batch haproxy-config demo > /etc/haproxy/haproxy.cfg
 
 Exit codes: 0 done; 1 refused or failed (the reason on stderr; also when etcd is unreachable
 or has no quorum, rather than printing stale data); 2 usage or configuration error.";
@@ -35,7 +36,7 @@ or has no quorum, rather than printing stale data); 2 usage or configuration err
 /// Patroni YAML (only etcd3, namespace, scope and ctl/restapi authentication are read) or a
 /// small file with just those keys; `PATRONI_*` variables override it.
 #[derive(Parser, Debug)]
-#[command(name = "console", version, about, long_about, after_help = EXAMPLES)]
+#[command(name = "pgpilot-console", version = VERSION, about, long_about, after_help = EXAMPLES)]
 struct Cli {
     /// Patroni YAML or console config (etcd3.hosts, namespace, scope, ctl.authentication).
     #[arg(short = 'c', long, global = true, env = "PGPILOT_CONSOLE_CONFIG")]
@@ -43,6 +44,20 @@ struct Cli {
     /// etcd endpoints as host:port, comma-separated; override the config's etcd3.hosts.
     #[arg(long, global = true, value_delimiter = ',')]
     etcd: Vec<String>,
+    /// The DCS as patronictl names it: etcd3://HOST:PORT (etcd:// too; comma-separated hosts),
+    /// in place of a configuration file or --etcd.
+    #[arg(
+        short = 'd',
+        long = "dcs-url",
+        visible_alias = "dcs",
+        global = true,
+        value_name = "URL"
+    )]
+    dcs_url: Option<String>,
+    /// Do not check the members' REST API certificates (patronictl's -k), as
+    /// ctl.insecure: true does.
+    #[arg(short = 'k', long = "insecure", global = true)]
+    insecure: bool,
     /// Key namespace (default: the config's, else /service).
     #[arg(long, global = true)]
     namespace: Option<String>,
@@ -65,7 +80,12 @@ struct Cli {
     /// Print the per-frame render time of a 1,000-member cluster list (for `bench`).
     #[arg(long, hide = true)]
     bench_render: bool,
+    #[command(flatten)]
+    docs: shared::cli::DocArgs,
 }
+
+/// `--version`: the package version and the git revision the binary was built from.
+const VERSION: &str = shared::version!();
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
@@ -103,13 +123,20 @@ pub enum Command {
     ///
     /// Example: history demo -f json
     History { cluster: Option<String> },
+    /// The cluster journal, newest first: what each reachable agent recorded (decisions,
+    /// promotions, demotions, rewinds, clones, failed jobs, with times) merged with the history
+    /// key (each timeline's end and new leader) — the story of an incident, for a console
+    /// opened after it. Members that did not answer are named on stderr.
+    ///
+    /// Example: events demo -f json
+    Events { cluster: Option<String> },
     /// The dynamic configuration (the config key) as YAML (or JSON with -f json).
     ///
     /// Example: show-config demo > demo-config.yml
     ShowConfig { cluster: Option<String> },
     /// host=… port=… of the leader, a member (-m) or a member of a role (-r).
     ///
-    /// Example: psql "$(console -c node.yml --batch dsn demo -r replica) dbname=app"
+    /// Example: psql "$(pgpilot-console -c node.yml --batch dsn demo -r replica) dbname=app"
     Dsn {
         cluster: Option<String>,
         /// leader, primary, replica, standby-leader or any.
@@ -303,6 +330,10 @@ pub enum Command {
         target: String,
         /// For restart: the members (default: all).
         members: Vec<String>,
+        /// For restart: only members of this role (leader, primary, replica or any), as
+        /// patronictl flush --role.
+        #[arg(short = 'r', long)]
+        role: Option<String>,
         /// Do not ask.
         #[arg(long)]
         force: bool,
@@ -393,8 +424,45 @@ impl Watch {
     }
 }
 
+/// The etcd endpoints of a patronictl-style DCS URL: `etcd3://h1:2379,h2:2379` (or `etcd://`;
+/// a trailing `/` allowed). Other stores are refused by name.
+fn dcs_url_hosts(url: &str) -> Result<Vec<String>, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("expected etcd3://HOST:PORT".into());
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "etcd3" | "etcd") {
+        return Err(format!(
+            "{scheme} is not supported: pgpilot works with etcd (etcd3://HOST:PORT)"
+        ));
+    }
+    let hosts: Vec<String> = rest
+        .trim_end_matches('/')
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if h.contains(':') {
+                h.to_string()
+            } else {
+                format!("{h}:2379")
+            }
+        })
+        .collect();
+    if hosts.is_empty() || hosts.iter().any(|h| h.contains('/') || h.contains('@')) {
+        return Err("expected etcd3://HOST:PORT[,HOST:PORT…]".into());
+    }
+    Ok(hosts)
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Some(code) = shared::cli::write_docs(
+        <Cli as clap::CommandFactory>::command(),
+        cli.docs.completions.as_deref(),
+        cli.docs.man_pages.as_deref(),
+    ) {
+        std::process::exit(code.into());
+    }
     if cli.bench_render {
         let per_frame = ui::render_benchmark(50);
         println!(
@@ -409,11 +477,22 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    let mut etcd = cli.etcd;
+    if let Some(url) = &cli.dcs_url {
+        match dcs_url_hosts(url) {
+            Ok(hosts) => etcd.extend(hosts),
+            Err(why) => {
+                eprintln!("pgpilot-console: --dcs-url {url:?}: {why}");
+                std::process::exit(2);
+            }
+        }
+    }
     let opts = batch::Options {
         config: cli.config,
-        etcd: cli.etcd,
+        etcd,
         namespace: cli.namespace,
         format: cli.format,
+        insecure: cli.insecure,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -422,23 +501,49 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("console: cannot start: {e}");
+            eprintln!("pgpilot-console: cannot start: {e}");
             std::process::exit(1);
         }
     };
     let code = match cli.command {
         Some(command) => rt.block_on(batch::run(opts, command)),
         None if cli.batch => {
-            eprintln!("console: --batch needs a command, e.g. `console --batch list` (see --help)");
+            eprintln!(
+                "pgpilot-console: --batch needs a command, e.g. `pgpilot-console --batch list` (see --help)"
+            );
             2
         }
         None => match batch::load_config(&opts) {
             Ok(cfg) => rt.block_on(live::run(cfg, cli.read_only, cli.demo)),
             Err(f) => {
-                eprintln!("console: {}", f.message());
+                eprintln!("pgpilot-console: {}", f.message());
                 f.code()
             }
         },
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dcs_url_hosts;
+
+    #[test]
+    fn dcs_urls_as_patronictl_writes_them() {
+        assert_eq!(
+            dcs_url_hosts("etcd3://10.0.0.1:2379").unwrap(),
+            vec!["10.0.0.1:2379"]
+        );
+        assert_eq!(
+            dcs_url_hosts("etcd://a:1,b/").unwrap(),
+            vec!["a:1", "b:2379"]
+        );
+        assert!(
+            dcs_url_hosts("consul://a:8500")
+                .unwrap_err()
+                .contains("consul")
+        );
+        assert!(dcs_url_hosts("10.0.0.1:2379").is_err());
+        assert!(dcs_url_hosts("etcd3://").is_err());
+    }
 }

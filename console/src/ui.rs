@@ -42,6 +42,16 @@ impl Theme {
     fn selected(self) -> Style {
         Style::default().add_modifier(Modifier::REVERSED)
     }
+    /// A member that is gone: dim where the terminal can, else italic.
+    fn gone(self) -> Style {
+        if self.mono {
+            Style::default().add_modifier(Modifier::ITALIC)
+        } else {
+            Style::default()
+                .fg(Color::DarkGray)
+                .add_modifier(Modifier::DIM)
+        }
+    }
     fn changed(self) -> Style {
         if self.mono {
             Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)
@@ -423,14 +433,15 @@ fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
         )),
         top,
     );
-    f.render_widget(
-        Paragraph::new(format!(" {ready}")).style(if blocked {
+    let line = match incident(app, c) {
+        Some(text) => Paragraph::new(format!(" {text}")).style(theme.alert()),
+        None => Paragraph::new(format!(" {ready}")).style(if blocked {
             theme.fg(Color::Red)
         } else {
             theme.fg(Color::Green)
         }),
-        ready_area,
-    );
+    };
+    f.render_widget(line, ready_area);
     match tab {
         Tab::Members => members(f, app, theme, body, c),
         Tab::History => history(f, body, c),
@@ -451,35 +462,134 @@ fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
                 body,
             );
         }
-        Tab::Events => {
-            let lines: Vec<Line> = app
-                .events
-                .iter()
-                .filter(|e| e.scope == c.scope)
-                .map(|e| Line::from(format!("{}  {}", e.clock, e.text)))
-                .collect();
-            let lines = if lines.is_empty() {
-                vec![Line::from("nothing has changed since the console started")]
-            } else {
-                lines
-            };
-            f.render_widget(
-                Paragraph::new(lines).block(
-                    Block::default()
-                        .borders(Borders::ALL)
-                        .title(" Events since start "),
-                ),
-                body,
-            );
-        }
+        Tab::Events => events(f, app, body, c),
+    }
+}
+
+/// During an incident — the leader's REST API stopped answering, or nobody holds the lock —
+/// one line saying where the failover stands: how long the leader has been silent and at the
+/// latest when its lock lapses (it was renewed at the latest when the API last answered), or
+/// how long the cluster has been without a leader, and who would take over or why nobody can.
+pub fn incident(app: &App, c: &Cluster) -> Option<String> {
+    let ttl = c.dynamic_config().timing().ttl;
+    let next = match readiness(c) {
+        (_, true) => format!(
+            "nobody can take over: {}",
+            failover_blocked(c).unwrap_or_default()
+        ),
+        (_, false) => format!(
+            "{} would take over",
+            likely_successor(c).unwrap_or_default()
+        ),
+    };
+    let Some(leader) = c.leader.as_ref() else {
+        return Some(format!("NO LEADER · {next}"));
+    };
+    let api = &c.member(&leader.name)?.data.api_url;
+    let sample = app.samples.get(api)?;
+    if sample.body.is_ok() {
+        return None;
+    }
+    let silent = app
+        .now
+        .saturating_duration_since(sample.at)
+        .as_secs_f64()
+        .round() as u64;
+    let lapse = match ttl.checked_sub(silent) {
+        Some(left) if left > 0 => format!("its lock lapses within {left}s (ttl {ttl}s)"),
+        _ => format!("its lock should have lapsed (ttl {ttl}s): etcd expires it"),
+    };
+    Some(format!(
+        "LEADER {} SILENT {silent}s · {lapse} · then {next}",
+        leader.name
+    ))
+}
+
+/// The Events tab: the cluster journal (the agents' and the history key's, so a console
+/// opened after an incident tells it), and below it what this console saw change.
+fn events(f: &mut Frame, app: &App, area: Rect, c: &Cluster) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let journal: Vec<Line> = app
+        .journal_of(c)
+        .iter()
+        .map(|e| Line::from(format!("{}  {:<14} {}", e.clock(now_ms), e.member, e.text)))
+        .collect();
+    let seen: Vec<Line> = app
+        .events
+        .iter()
+        .filter(|e| e.scope == c.scope)
+        .map(|e| Line::from(format!("{}  {}", e.clock, e.text)))
+        .collect();
+    let seen_h = if seen.is_empty() {
+        3
+    } else {
+        (seen.len() as u16 + 2).min(area.height / 3).max(3)
+    };
+    let [top, bottom] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(seen_h)]).areas(area);
+    let journal = if journal.is_empty() {
+        vec![Line::from(
+            "no journal yet: the agents' /journal is read every few seconds",
+        )]
+    } else {
+        journal
+    };
+    f.render_widget(
+        Paragraph::new(journal).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" Journal: agents and history, newest first (UTC) "),
+        ),
+        top,
+    );
+    let seen = if seen.is_empty() {
+        vec![Line::from("nothing has changed since the console started")]
+    } else {
+        seen
+    };
+    f.render_widget(
+        Paragraph::new(seen).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" Seen by this console "),
+        ),
+        bottom,
+    );
+}
+
+/// The members table's columns for the terminal's width: all of them from 100 columns, else
+/// without the receive lag (5) and the replay delay (7).
+fn fit_columns<T>(wide: bool, columns: Vec<T>) -> Vec<T> {
+    columns
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| wide || !matches!(i, 5 | 7))
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// `host:port` of a member as `/cluster` renders it.
+fn host_of(m: &Value) -> String {
+    match (m["host"].as_str(), m["port"].as_u64()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        _ => String::new(),
     }
 }
 
 fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
     let list = crate::app::ordered_members(c);
+    // the Host column as wide as its longest address, so that no port is cut
+    let host_w = list
+        .iter()
+        .map(|(_, m)| host_of(m).chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(4, 40) as u16;
     let detail_h = if area.height >= 16 { 7 } else { 0 };
     let [table_area, detail_area] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(detail_h)]).areas(area);
+    // below 100 columns the receive lag and the replay delay make room for the rest
+    let wide = table_area.width >= 100;
     let rows = list.iter().enumerate().map(|(i, (depth, m))| {
         let name = m["name"].as_str().unwrap_or_default();
         let shown = shared::view::tree_name(*depth, name);
@@ -498,10 +608,7 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
         };
         let rest_down = sample.is_some_and(|s| s.body.is_err());
         let role = m["role"].as_str().unwrap_or_default().replace('_', " ");
-        let host = match (m["host"].as_str(), m["port"].as_u64()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            _ => String::new(),
-        };
+        let host = host_of(m);
         let state = m["state"].as_str().unwrap_or_default().to_string();
         let state_style = if state == "running" || state == "streaming" {
             Style::default()
@@ -526,37 +633,40 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             ])),
             None => Cell::from(shown),
         };
-        let mut row = Row::new(vec![
-            name_cell,
-            Cell::from(host),
-            Cell::from(role),
-            Cell::from(state).style(state_style),
-            Cell::from(
-                m["timeline"]
-                    .as_u64()
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
-            ),
-            Cell::from(lag("receive_lag")),
-            Cell::from(lag("replay_lag")),
-            Cell::from(
-                sample
-                    .and_then(|s| s.delay)
-                    .filter(|_| m["role"] != "leader")
-                    .map(age)
-                    .unwrap_or_default(),
-            ),
-            Cell::from(if m.get("pending_restart").is_some() {
-                "*"
-            } else {
-                ""
-            }),
-            Cell::from(sampled).style(if rest_down {
-                theme.fg(Color::Red)
-            } else {
-                Style::default()
-            }),
-        ]);
+        let mut row = Row::new(fit_columns(
+            wide,
+            vec![
+                name_cell,
+                Cell::from(host),
+                Cell::from(role),
+                Cell::from(state).style(state_style),
+                Cell::from(
+                    m["timeline"]
+                        .as_u64()
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
+                ),
+                Cell::from(lag("receive_lag")),
+                Cell::from(lag("replay_lag")),
+                Cell::from(
+                    sample
+                        .and_then(|s| s.delay)
+                        .filter(|_| m["role"] != "leader")
+                        .map(age)
+                        .unwrap_or_default(),
+                ),
+                Cell::from(if m.get("pending_restart").is_some() {
+                    "*"
+                } else {
+                    ""
+                }),
+                Cell::from(sampled).style(if rest_down {
+                    theme.fg(Color::Red)
+                } else {
+                    Style::default()
+                }),
+            ],
+        ));
         if app.changed.contains_key(&format!("{}/{name}", c.scope)) {
             row = row.style(theme.changed());
         }
@@ -565,11 +675,45 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
         }
         row
     });
-    let table = Table::new(
-        rows,
-        [
+    // members whose key expired while this console watched: dimmed, with how long they have
+    // been gone and what they last were
+    let gone = app.departed_of(&c.scope).into_iter().map(|d| {
+        let one = Cluster {
+            scope: c.scope.clone(),
+            members: vec![d.member.clone()],
+            ..Default::default()
+        };
+        let host = host_of(&cluster_json(&one)["members"][0]);
+        let since = age(app.now.saturating_duration_since(d.since).as_secs_f64());
+        Row::new(fit_columns(
+            wide,
+            vec![
+                Cell::from(d.member.name.clone()),
+                Cell::from(host),
+                Cell::from(format!("was {}", d.member.data.role.replace('_', " "))),
+                Cell::from(format!("gone {since}")).style(theme.fg(Color::Red)),
+                Cell::from(
+                    d.member
+                        .data
+                        .timeline
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
+                ),
+                Cell::from(""),
+                Cell::from(""),
+                Cell::from(""),
+                Cell::from(""),
+                Cell::from("key expired"),
+            ],
+        ))
+        .style(theme.gone())
+    });
+    let rows: Vec<Row> = rows.chain(gone).collect();
+    let widths = fit_columns(
+        wide,
+        vec![
             Constraint::Min(12),
-            Constraint::Length(16),
+            Constraint::Length(host_w),
             Constraint::Length(12),
             Constraint::Length(10),
             Constraint::Length(3),
@@ -577,17 +721,19 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             Constraint::Length(9),
             Constraint::Length(6),
             Constraint::Length(2),
-            Constraint::Length(14),
+            Constraint::Length(if wide { 14 } else { 10 }),
         ],
-    )
-    .header(
-        Row::new([
+    );
+    let header = fit_columns(
+        wide,
+        vec![
             "Member", "Host", "Role", "State", "TL", "Recv lag", "Rply lag", "Delay", "R",
             "Sampled",
-        ])
-        .style(Style::default().add_modifier(Modifier::BOLD)),
-    )
-    .block(Block::default().borders(Borders::ALL).title(" Members "));
+        ],
+    );
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(Block::default().borders(Borders::ALL).title(" Members "));
     f.render_widget(table, table_area);
     if detail_h == 0 {
         return;
@@ -635,6 +781,17 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
         }
         Some(Err(e)) => lines.push(Line::from(format!("REST API: {e}"))),
         None => lines.push(Line::from("REST API not sampled yet")),
+    }
+    // whether this member would be promoted if the leader failed now, and why not
+    let name = m["name"].as_str().unwrap_or_default();
+    if let Some((_, why)) = shared::dcs::failover_readiness(c)
+        .into_iter()
+        .find(|(n, _)| n == name)
+    {
+        lines.push(Line::from(match why {
+            None => "failover: a candidate".to_string(),
+            Some(why) => format!("failover: not a candidate — {why}"),
+        }));
     }
     f.render_widget(
         Paragraph::new(lines)
@@ -760,38 +917,77 @@ fn member_detail(f: &mut Frame, app: &App, area: Rect) {
     );
 }
 
+/// The History tab as a timeline: who led each timeline, from when until when, and how it
+/// ended (from the `history` key; the current timeline's leader from the leader key).
 fn history(f: &mut Frame, area: Rect, c: &Cluster) {
-    let rows = c.history.iter().map(|e| {
-        Row::new(vec![
-            e.timeline.to_string(),
-            shared::view::lsn(e.lsn),
-            e.reason.clone(),
-            e.timestamp.clone().unwrap_or_default(),
-            e.new_leader.clone().unwrap_or_default(),
-        ])
-    });
+    let mut entries = c.history.clone();
+    entries.sort_by_key(|e| e.timeline);
+    let current = c
+        .timeline()
+        .max(entries.last().map_or(1, |e| e.timeline.saturating_add(1)));
+    // the timelines there is something to say about (never a walk over a range a corrupt
+    // value could make huge)
+    let mut timelines: Vec<u64> = entries
+        .iter()
+        .flat_map(|e| [e.timeline, e.timeline.saturating_add(1)])
+        .chain([current])
+        .collect();
+    timelines.sort_unstable_by(|a, b| b.cmp(a));
+    timelines.dedup();
+    let short = |t: &Option<String>| {
+        t.as_deref()
+            .map(|t| t.get(..19).unwrap_or(t).replace('T', " "))
+            .unwrap_or_else(|| "?".into())
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    for tl in timelines.into_iter().take(500) {
+        let before = entries.iter().find(|e| e.timeline.saturating_add(1) == tl);
+        let end = entries.iter().find(|e| e.timeline == tl);
+        let leader = match (before.and_then(|e| e.new_leader.clone()), tl == current) {
+            (Some(l), _) => l,
+            (None, true) => c.leader.as_ref().map_or("?".into(), |l| l.name.clone()),
+            (None, false) => "?".into(),
+        };
+        let from = match before {
+            Some(e) => short(&e.timestamp),
+            None if tl == 1 => "bootstrap".into(),
+            None => "?".into(),
+        };
+        let (until, ended) = match end {
+            Some(e) => {
+                let how = match e.new_leader.as_deref() {
+                    Some(n) => format!("{n} promoted at {}", shared::view::lsn(e.lsn)),
+                    None => format!("ended at {}", shared::view::lsn(e.lsn)),
+                };
+                let why = if e.reason.is_empty() || e.reason == "no recovery target specified" {
+                    String::new()
+                } else {
+                    format!(" ({})", e.reason)
+                };
+                (short(&e.timestamp), format!("{how}{why}"))
+            }
+            None => ("now".into(), "current".into()),
+        };
+        rows.push(Row::new(vec![tl.to_string(), leader, from, until, ended]));
+    }
     let table = Table::new(
         rows,
         [
             Constraint::Length(4),
-            Constraint::Length(12),
-            Constraint::Min(20),
-            Constraint::Length(32),
             Constraint::Length(16),
+            Constraint::Length(19),
+            Constraint::Length(19),
+            Constraint::Min(20),
         ],
     )
     .header(
-        Row::new(["TL", "LSN", "Reason", "Timestamp", "New leader"])
+        Row::new(["TL", "Led by", "From (UTC)", "Until", "How it ended"])
             .style(Style::default().add_modifier(Modifier::BOLD)),
     )
     .block(
         Block::default()
             .borders(Borders::ALL)
-            .title(if c.history.is_empty() {
-                " Timeline history (none: still on timeline 1) "
-            } else {
-                " Timeline history "
-            }),
+            .title(" Timelines, newest first "),
     );
     f.render_widget(table, area);
 }
@@ -833,16 +1029,21 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 fn help(f: &mut Frame, theme: Theme, area: Rect) {
-    let lines: Vec<Line> = KEYMAP
-        .iter()
-        .map(|b| {
-            Line::from(vec![
-                Span::styled(format!("{:>12}  ", b.keys), theme.fg(Color::Cyan)),
-                Span::raw(b.what),
-            ])
-        })
-        .collect();
-    let r = centered(area, 70, KEYMAP.len() as u16 + 2);
+    // as wide as the terminal allows (up to 100 columns), each description wrapped under
+    // itself beside its keys, so that no line is cut
+    let width = area.width.saturating_sub(2).clamp(30, 100);
+    let text_w = usize::from(width.saturating_sub(2 + 14)).max(10);
+    let mut lines: Vec<Line> = Vec::new();
+    for b in KEYMAP {
+        for (i, part) in wrap_words(b.what, text_w).into_iter().enumerate() {
+            let keys = if i == 0 { b.keys } else { "" };
+            lines.push(Line::from(vec![
+                Span::styled(format!("{keys:>12}  "), theme.fg(Color::Cyan)),
+                Span::raw(part),
+            ]));
+        }
+    }
+    let r = centered(area, width, lines.len() as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(lines).block(
@@ -852,6 +1053,33 @@ fn help(f: &mut Frame, theme: Theme, area: Rect) {
         ),
         r,
     );
+}
+
+/// `text` word-wrapped to `width` columns (a longer word is broken).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut out: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        let used = line.chars().count();
+        if used > 0 && used + 1 + word.len() <= width {
+            line.push(' ');
+            line.extend(word);
+            continue;
+        }
+        if used > 0 {
+            out.push(std::mem::take(&mut line));
+        }
+        while word.len() > width {
+            out.push(word.drain(..width).collect());
+        }
+        line = word.into_iter().collect();
+    }
+    if !line.is_empty() || out.is_empty() {
+        out.push(line);
+    }
+    out
 }
 
 /// How many lines `text` takes when word-wrapped to `width` columns.
@@ -1052,6 +1280,197 @@ mod tests {
     }
 
     #[test]
+    fn a_member_whose_key_expired_stays_listed_until_it_returns_or_is_dismissed() {
+        let mut app = app_with(vec![cluster("alpha", 3)]);
+        let t0 = app.now;
+        // alpha-1's key expires (its machine was cut)
+        let mut without = cluster("alpha", 3);
+        let gone = without.members.remove(0);
+        update(
+            &mut app,
+            Msg::Clusters {
+                clusters: vec![without.clone()],
+                at: t0 + Duration::from_secs(5),
+                clock: "12:00:05".into(),
+            },
+        );
+        app.now = t0 + Duration::from_secs(95);
+        press(&mut app, KeyCode::Enter);
+        for (w, h) in [(80, 24), (200, 60)] {
+            let s = render(&app, w, h);
+            assert!(s.contains("alpha-1"), "{w}x{h}\n{s}");
+            assert!(s.contains("gone 90s"), "{w}x{h}\n{s}");
+            // no address loses its port
+            assert!(s.contains("10.0.0.1:5432"), "{w}x{h}\n{s}");
+        }
+        let s = render(&app, 200, 60);
+        assert!(s.contains("key expired"), "{s}");
+        // the event says what it was
+        assert!(
+            app.events.iter().any(|e| e.text.contains("alpha-1 left")),
+            "{:?}",
+            app.events
+        );
+        // it comes back: listed as a member again, and the events say so
+        let mut back = without.clone();
+        back.members.insert(0, gone);
+        update(
+            &mut app,
+            Msg::Clusters {
+                clusters: vec![back],
+                at: t0 + Duration::from_secs(100),
+                clock: "12:01:40".into(),
+            },
+        );
+        assert!(app.departed.is_empty());
+        assert!(
+            app.events
+                .iter()
+                .any(|e| e.text.contains("alpha-1 is back"))
+        );
+        // gone again, then dismissed
+        update(
+            &mut app,
+            Msg::Clusters {
+                clusters: vec![without],
+                at: t0 + Duration::from_secs(110),
+                clock: "12:01:50".into(),
+            },
+        );
+        assert_eq!(app.departed.len(), 1);
+        press(&mut app, KeyCode::Char(':'));
+        for ch in "dismiss alpha-1".chars() {
+            press(&mut app, KeyCode::Char(ch));
+        }
+        press(&mut app, KeyCode::Enter);
+        assert!(app.departed.is_empty(), "{:?}", app.status);
+        let s = render(&app, 200, 60);
+        assert!(!s.contains("was primary"), "{s}");
+    }
+
+    #[test]
+    fn a_late_console_tells_the_failover_from_the_journal_and_the_history() {
+        let mut c = cluster("alpha", 3);
+        c.history = vec![shared::dcs::HistoryEntry {
+            timeline: 1,
+            lsn: 0x3000060,
+            reason: "no recovery target specified".into(),
+            timestamp: Some("2026-12-02T03:01:02.000+00:00".into()),
+            new_leader: Some("alpha-2".into()),
+        }];
+        let mut app = app_with(vec![c.clone()]);
+        let api = c.members[1].data.api_url.clone();
+        update(
+            &mut app,
+            Msg::Journal {
+                api_url: api,
+                entries: vec![
+                    shared::journal::Entry {
+                        at_ms: 1_764_644_460_000,
+                        member: "alpha-2".into(),
+                        text: "no leader: racing for the lock".into(),
+                    },
+                    shared::journal::Entry {
+                        at_ms: 1_764_644_461_000,
+                        member: "alpha-2".into(),
+                        text: "holding the leader lock: promoting".into(),
+                    },
+                ],
+            },
+        );
+        press(&mut app, KeyCode::Enter);
+        press(&mut app, KeyCode::Char('4'));
+        for (w, h) in [(80, 24), (200, 60)] {
+            let s = render(&app, w, h);
+            assert!(
+                s.contains("holding the leader lock: promoting"),
+                "{w}x{h}\n{s}"
+            );
+            assert!(s.contains("timeline 1 ended at 0/3000060"), "{w}x{h}\n{s}");
+        }
+        let s = render(&app, 200, 60);
+        assert!(s.contains("alpha-2 leads timeline 2"), "{s}");
+        // newest first: the promotion above the race
+        let promote = s.find("promoting").unwrap();
+        let race = s.find("racing for the lock").unwrap();
+        assert!(promote < race, "{s}");
+        // the History tab: who led each timeline
+        press(&mut app, KeyCode::Char('2'));
+        let s = render(&app, 120, 30);
+        assert!(s.contains("alpha-2 promoted at 0/3000060"), "{s}");
+        assert!(s.contains("current"), "{s}");
+    }
+
+    #[test]
+    fn a_corrupt_history_value_neither_hangs_nor_panics_the_history_tab() {
+        let mut c = cluster("alpha", 3);
+        c.history = vec![shared::dcs::HistoryEntry {
+            timeline: u64::MAX,
+            lsn: 0,
+            reason: "x".into(),
+            timestamp: Some("not a time".into()),
+            new_leader: None,
+        }];
+        let mut app = app_with(vec![c]);
+        press(&mut app, KeyCode::Enter);
+        press(&mut app, KeyCode::Char('2'));
+        let s = render(&app, 120, 30);
+        assert!(s.contains("Timelines"), "{s}");
+        press(&mut app, KeyCode::Char('4'));
+        render(&app, 80, 24);
+    }
+
+    #[test]
+    fn an_incident_line_counts_down_the_silent_leaders_lock_and_names_the_successor() {
+        let c = cluster("alpha", 3);
+        let leader_api = c.members[0].data.api_url.clone();
+        let mut app = app_with(vec![c]);
+        let t0 = app.now;
+        update(
+            &mut app,
+            Msg::Sample {
+                api_url: leader_api,
+                sample: Sample {
+                    at: t0,
+                    delay: None,
+                    body: Err("connection refused".into()),
+                },
+            },
+        );
+        update(&mut app, Msg::Tick(t0 + Duration::from_secs(8)));
+        press(&mut app, KeyCode::Enter);
+        for (w, h) in [(80, 24), (200, 60)] {
+            let s = render(&app, w, h);
+            assert!(s.contains("LEADER alpha-1 SILENT 8s"), "{w}x{h}\n{s}");
+        }
+        let s = render(&app, 200, 60);
+        assert!(s.contains("its lock lapses within 22s (ttl 30s)"), "{s}");
+        assert!(s.contains("then alpha-2 would take over"), "{s}");
+        // the selected replica says whether it would be promoted
+        press(&mut app, KeyCode::Char('j'));
+        let s = render(&app, 200, 60);
+        assert!(s.contains("failover: a candidate"), "{s}");
+    }
+
+    #[test]
+    fn help_wraps_every_line_at_80_columns_and_hosts_keep_their_ports() {
+        let mut app = app_with(vec![cluster("alpha", 3)]);
+        press(&mut app, KeyCode::Char('?'));
+        let s = render(&app, 80, 24);
+        // the long command line is wrapped, not cut: its last words are on screen
+        assert!(s.contains("etcd stop|start"), "{s}");
+        assert!(s.contains("[at TIME]"), "{s}");
+        let mut c = cluster("alpha", 3);
+        for m in &mut c.members {
+            m.data.conn_url = "postgres://10.210.230.13:43210/postgres".into();
+        }
+        let mut app = app_with(vec![c]);
+        press(&mut app, KeyCode::Enter);
+        let s = render(&app, 120, 30);
+        assert!(s.contains("10.210.230.13:43210"), "{s}");
+    }
+
+    #[test]
     fn empty_namespace_and_waiting_for_etcd() {
         let app = App::new(
             "127.0.0.1:2379".into(),
@@ -1197,7 +1616,7 @@ mod tests {
         press(&mut app, KeyCode::Esc);
         // the other tabs
         press(&mut app, KeyCode::Char('2'));
-        assert!(render(&app, 100, 30).contains("Timeline history"));
+        assert!(render(&app, 100, 30).contains("Timelines, newest first"));
         press(&mut app, KeyCode::Char('4'));
         assert!(render(&app, 100, 30).contains("nothing has changed"));
         press(&mut app, KeyCode::Char('3'));

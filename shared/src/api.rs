@@ -13,6 +13,9 @@ pub struct PeerStatus {
     pub wal_position: Option<u64>,
     pub timeline: Option<u64>,
     pub watchdog_failed: bool,
+    /// A pgpilot member that gave the leader lock up because its server could not serve as
+    /// primary, and leaves the next race to the others (`pgpilot.standing_down`).
+    pub standing_down: bool,
     pub tags: serde_json::Map<String, Value>,
 }
 
@@ -39,6 +42,11 @@ impl PeerStatus {
             wal_position,
             timeline: v.get("timeline").and_then(Value::as_u64),
             watchdog_failed: v.get("watchdog_failed").and_then(Value::as_bool) == Some(true),
+            standing_down: v
+                .get("pgpilot")
+                .and_then(|p| p.get("standing_down"))
+                .and_then(Value::as_bool)
+                == Some(true),
             tags: v
                 .get("tags")
                 .and_then(Value::as_object)
@@ -215,7 +223,7 @@ pub fn cluster_json(cluster: &crate::dcs::Cluster) -> Value {
     let leader = cluster.leader.as_ref().map(|l| l.name.as_str());
     let optime = cluster.status.optime;
     let sync = cluster.sync.as_ref().map(|s| &s.value);
-    let quorum_mode = sync.is_some_and(|s| s.quorum > 0);
+    let quorum_mode = cluster.dynamic_config().synchronous_mode() == crate::dcs::SyncMode::Quorum;
     let mut members = Vec::new();
     for m in &cluster.members {
         let d = &m.data;

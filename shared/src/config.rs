@@ -247,31 +247,25 @@ pub struct Tags {
 impl Tags {
     /// Whether this node may never become leader.
     pub fn no_failover(&self) -> bool {
-        match (self.nofailover, self.failover_priority) {
-            (Some(b), _) => b,
-            (None, Some(p)) => p <= 0,
-            (None, None) => false,
-        }
+        crate::tags::TagView(&self.all).no_failover()
     }
 
     /// Priority used at equal WAL position (default 1; 0 when nofailover).
     pub fn priority(&self) -> i64 {
-        if self.no_failover() {
-            0
-        } else {
-            self.failover_priority.unwrap_or(1)
-        }
+        crate::tags::TagView(&self.all).failover_priority()
     }
 
-    /// The tags as published in the member key: false boolean built-ins are omitted, except
-    /// `nofailover`/`nosync` when their priority tag is also present.
+    /// The tags as published in the member key, as Patroni publishes them: the boolean
+    /// built-ins only when true (by truthiness), except `nofailover`/`nosync` when their
+    /// priority tag is also present; values as written.
     pub fn published(&self) -> Map<String, Value> {
+        let truthy = crate::tags::truthy;
         let mut out = Map::new();
         for (k, v) in &self.all {
             let keep = match k.as_str() {
                 "clonefrom" | "noloadbalance" | "nostream" => truthy(v),
-                "nofailover" => truthy(v) || self.failover_priority.is_some(),
-                "nosync" => truthy(v) || self.sync_priority.is_some(),
+                "nofailover" => truthy(v) || self.all.contains_key("failover_priority"),
+                "nosync" => truthy(v) || self.all.contains_key("sync_priority"),
                 _ => true,
             };
             if keep {
@@ -279,15 +273,6 @@ impl Tags {
             }
         }
         out
-    }
-}
-
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::String(s) => parse_bool(s).unwrap_or(false),
-        Value::Number(n) => n.as_i64().is_some_and(|n| n != 0),
-        _ => false,
     }
 }
 
@@ -484,16 +469,24 @@ impl Config {
                 break;
             }
         }
-        if let Some(parent) = self.postgresql.data_dir.parent()
-            && !parent.as_os_str().is_empty()
-            && !parent.is_dir()
+        if let Some(parent) = self.missing_data_dir_parent()
+            && parent.exists()
         {
             issues.push(ConfigIssue {
                 key: "postgresql.data_dir".into(),
-                message: format!("parent directory {} does not exist", parent.display()),
+                message: format!("{} is not a directory", parent.display()),
             });
         }
         issues
+    }
+
+    /// The data directory's parent when it is not a directory yet: the agent creates it (and
+    /// what is missing above it) at start, mode 0700, as Patroni does.
+    pub fn missing_data_dir_parent(&self) -> Option<&std::path::Path> {
+        self.postgresql
+            .data_dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.is_dir())
     }
 
     /// The DCS key prefix `/<namespace>/<scope>/`, with repeated slashes collapsed.
@@ -1199,7 +1192,7 @@ impl fmt::Display for KeyNote {
 }
 
 /// Keys of the dynamic configuration that pgpilot applies as Patroni does (`postgresql` is
-/// looked into by [`dynamic_key_notes`]; `synchronous_mode: quorum` is a warning there).
+/// looked into by [`dynamic_key_notes`]).
 /// `ignore_slots` names slots that the slot cleanup leaves alone.
 const DYNAMIC_KEYS: &[&str] = &[
     "ttl",
@@ -1281,6 +1274,13 @@ fn standby_cluster_problem(v: &Value) -> Option<String> {
 /// [`crate::dcs::DynamicConfig::check_bootstrap`], not here.
 pub fn dynamic_key_notes(raw: &Map<String, Value>) -> Vec<KeyNote> {
     let mut notes = Vec::new();
+    if let Some(adjusted) = (crate::dcs::DynamicConfig { raw: raw.clone() }).timing_adjustment() {
+        notes.push(KeyNote {
+            key: "ttl".into(),
+            level: NoteLevel::Warning,
+            message: adjusted,
+        });
+    }
     let mut note = |key: &str, level: NoteLevel, message: &str| {
         notes.push(KeyNote {
             key: key.to_string(),
@@ -1290,17 +1290,6 @@ pub fn dynamic_key_notes(raw: &Map<String, Value>) -> Vec<KeyNote> {
     };
     for (key, value) in raw {
         match key.as_str() {
-            "synchronous_mode"
-                if value
-                    .as_str()
-                    .is_some_and(|s| s.trim().eq_ignore_ascii_case("quorum")) =>
-            {
-                note(
-                    key,
-                    NoteLevel::Warning,
-                    "quorum commit is not implemented by pgpilot: it runs as synchronous_mode: on (synchronous standbys named in priority order)",
-                )
-            }
             k if DYNAMIC_KEYS.contains(&k) => {}
             "standby_cluster" => {
                 if let Some(why) = standby_cluster_problem(value) {
@@ -1319,11 +1308,6 @@ pub fn dynamic_key_notes(raw: &Map<String, Value>) -> Vec<KeyNote> {
                     );
                 }
             }
-            "maximum_lag_on_syncnode" if positive(value) => note(
-                key,
-                NoteLevel::Warning,
-                "pgpilot does not replace a lagging synchronous standby: it stays synchronous however far behind it falls, until it stops streaming",
-            ),
             "primary_stop_timeout" | "master_stop_timeout" if positive(value) => note(
                 key,
                 NoteLevel::Warning,
@@ -1743,12 +1727,6 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
                 "expected the command as a string",
             );
         }
-        if v.get("no_leader").is_some_and(truthy) {
-            r.notes.push(ConfigIssue {
-                key: format!("postgresql.{name}.no_leader"),
-                message: "not acted on: a member without data waits for a leader to clone from; the method still runs then (and is passed --no_leader unless no_params)".into(),
-            });
-        }
     }
     let recovery_conf = r
         .get("postgresql.recovery_conf")
@@ -1788,17 +1766,27 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
     };
 
     // Tags
+    // read as Patroni reads them (crate::tags): a mixed cluster agrees on each member's tags
     let all_tags = r.open_map("tags");
+    let view = crate::tags::TagView(&all_tags);
+    for (key, why) in view.surprises() {
+        r.notes.push(ConfigIssue {
+            key: format!("tags.{key}"),
+            message: why,
+        });
+    }
     let tags = Tags {
-        nofailover: r.boolean("tags.nofailover"),
-        failover_priority: r.integer("tags.failover_priority"),
-        clonefrom: r.boolean("tags.clonefrom").unwrap_or(false),
-        noloadbalance: r.boolean("tags.noloadbalance").unwrap_or(false),
-        replicatefrom: r.string("tags.replicatefrom"),
-        nosync: r.boolean("tags.nosync"),
-        sync_priority: r.integer("tags.sync_priority"),
-        nostream: r.boolean("tags.nostream").unwrap_or(false),
-        all: all_tags,
+        nofailover: all_tags.get("nofailover").map(crate::tags::truthy),
+        failover_priority: all_tags
+            .get("failover_priority")
+            .and_then(crate::tags::integer),
+        clonefrom: view.clonefrom(),
+        noloadbalance: view.noloadbalance(),
+        replicatefrom: view.replicatefrom(),
+        nosync: all_tags.get("nosync").map(crate::tags::truthy),
+        sync_priority: all_tags.get("sync_priority").and_then(crate::tags::integer),
+        nostream: view.nostream(),
+        all: all_tags.clone(),
     };
     if tags.nofailover.is_some() && tags.failover_priority.is_some() {
         r.notes.push(ConfigIssue {

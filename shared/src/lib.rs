@@ -4,13 +4,18 @@
 //! - [`dcs`]: the cluster model and Patroni's etcd v3 key layout (etcd and in-memory stores);
 //! - [`api`]: REST response types shared by the agent's server and its clients;
 //! - [`haproxy`]: HAProxy configuration with Patroni-style health checks;
+//! - [`journal`]: the cluster journal (agents' `/journal` and the `history` key, merged);
+//! - [`tags`]: member tags read as Patroni reads them;
 //! - [`types`]: LSNs, roles, states, slot names, units.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dcs;
 pub mod haproxy;
+pub mod journal;
 pub mod ops;
+pub mod tags;
 pub mod types;
 pub mod view;
 

@@ -306,6 +306,24 @@ pub fn history_table(cluster: &Cluster) -> Table {
     }
 }
 
+/// The cluster journal (see [`crate::journal`]), newest first: time (UTC), member, what.
+pub fn journal_table(entries: &[crate::journal::Entry]) -> Table {
+    Table {
+        title: String::new(),
+        columns: ["Time", "Member", "Event"].map(String::from).to_vec(),
+        rows: entries
+            .iter()
+            .map(|e| {
+                let time = chrono::DateTime::from_timestamp_millis(e.at_ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default();
+                vec![json!(time), json!(e.member), json!(e.text)]
+            })
+            .collect(),
+        footer: Vec::new(),
+    }
+}
+
 fn cell_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

@@ -211,14 +211,36 @@ fn missing_and_wrong_keys_are_all_reported() {
         .replace("    ttl: 30\n", "    ttl: 2\n")
         .replace("  nofailover: false\n", "  nofailover: maybe\n");
     let keys = invalid_keys(&yaml);
-    for k in [
-        "postgresql.data_dir",
-        "restapi.listen",
-        "bootstrap.dcs.ttl",
-        "tags.nofailover",
-    ] {
+    for k in ["postgresql.data_dir", "restapi.listen"] {
         assert!(keys.contains(&k.to_string()), "{k} not in {keys:?}");
     }
+    // a ttl below pgpilot's minimum is raised with a warning, as Patroni raises its own
+    let low = fixture("vmware.yml").replace("    ttl: 30\n", "    ttl: 2\n");
+    let c = Config::from_yaml(&low, "low.yml").unwrap();
+    let w = c
+        .warnings
+        .iter()
+        .find(|w| w.key == "bootstrap.dcs.ttl")
+        .expect("the ttl is named");
+    assert!(
+        w.message.contains("below pgpilot's minimums"),
+        "{}",
+        w.message
+    );
+    // a tag Patroni takes by truthiness is taken, and what it means is said
+    assert!(!keys.contains(&"tags.nofailover".to_string()), "{keys:?}");
+    let tags = fixture("vmware.yml").replace("  nofailover: false\n", "  nofailover: 'false'\n");
+    let c = Config::from_yaml(&tags, "t.yml").unwrap();
+    assert!(
+        c.tags.no_failover(),
+        "the string 'false' is true, as in Patroni"
+    );
+    let w = c
+        .warnings
+        .iter()
+        .find(|w| w.key == "tags.nofailover")
+        .expect("warned about");
+    assert!(w.message.contains("without quotes"), "{}", w.message);
 }
 
 #[test]
@@ -458,7 +480,14 @@ fn dynamic_keys_pgpilot_does_not_act_on_are_warnings_that_name_them() {
         "{:?}",
         c.warnings
     );
-    assert!(find("bootstrap.dcs.maximum_lag_on_syncnode").contains("synchronous standby"));
+    // maximum_lag_on_syncnode is applied (synchronous standbys too far behind are replaced)
+    assert!(
+        !c.warnings
+            .iter()
+            .any(|w| w.key.contains("maximum_lag_on_syncnode")),
+        "{:?}",
+        c.warnings
+    );
     assert!(find("bootstrap.dcs.primary_stop_timeout").contains("pg_ctl_timeout"));
     assert!(find("bootstrap.dcs.max_timelines_history").contains("every timeline"));
     // ignore_slots is applied (by the slot cleanup): no warning
@@ -507,17 +536,15 @@ fn the_dynamic_configuration_from_etcd_gets_the_same_notes() {
             .unwrap_or_else(|| panic!("no note for {key}: {notes:?}"))
     };
     for key in [
-        "maximum_lag_on_syncnode",
         "master_stop_timeout",
         "max_timelines_history",
-        "synchronous_mode",
         "postgresql.pg_ident",
         "mystery",
     ] {
         assert_eq!(level(key), NoteLevel::Warning, "{key}");
     }
-    // a standby cluster and a valid permanent slot are applied: no note
-    assert_eq!(notes.len(), 6, "{notes:?}");
+    // a standby cluster, a valid permanent slot and quorum commit are applied: no note
+    assert_eq!(notes.len(), 4, "{notes:?}");
     // what pgpilot applies gets no note
     assert!(
         dynamic_key_notes(&raw(
@@ -549,21 +576,32 @@ fn wrong_bin_dir_is_reported_by_the_environment_check() {
 
 #[test]
 fn timing_must_leave_room_for_a_missed_loop_and_two_retries() {
-    // ttl 20 < loop_wait 10 + 2 × retry_timeout 10
+    // ttl 20 < loop_wait 10 + 2 × retry_timeout 10: accepted and adjusted as Patroni does
     let yaml = fixture("vmware.yml").replace("    ttl: 30\n", "    ttl: 20\n");
-    let err = match Config::from_yaml(&yaml, "t.yml") {
-        Err(ConfigError::Invalid(issues)) => issues,
-        other => panic!("expected an invalid config, got {other:?}"),
-    };
-    let ttl = err
+    let c = Config::from_yaml(&yaml, "t.yml").unwrap();
+    let ttl = c
+        .warnings
         .iter()
         .find(|i| i.key == "bootstrap.dcs.ttl")
         .expect("the ttl is named");
-    assert!(
-        ttl.message.contains("loop_wait + 2 × retry_timeout = 30"),
-        "{}",
-        ttl.message
+    assert_eq!(
+        ttl.message,
+        "ttl 20 is below loop_wait 10 + 2 × retry_timeout 10: using loop_wait 1 and retry_timeout 9 (lowered as Patroni does)"
     );
+    let t = shared::dcs::DynamicConfig::parse(&serde_json::to_string(&c.bootstrap.dcs).unwrap())
+        .unwrap()
+        .timing();
+    assert_eq!((t.ttl, t.loop_wait, t.retry_timeout), (20, 1, 9));
+    // Patroni's own example: ttl 20, loop_wait 2, retry_timeout 10
+    let t = shared::dcs::DynamicConfig::parse(r#"{"ttl":20,"loop_wait":2,"retry_timeout":10}"#)
+        .unwrap()
+        .timing();
+    assert_eq!((t.loop_wait, t.retry_timeout), (1, 9));
+    // only loop_wait needs to go down: ttl 30, loop_wait 15, retry_timeout 10 → loop_wait 10
+    let t = shared::dcs::DynamicConfig::parse(r#"{"ttl":30,"loop_wait":15,"retry_timeout":10}"#)
+        .unwrap()
+        .timing();
+    assert_eq!((t.loop_wait, t.retry_timeout), (10, 10));
     // the fastest timing pgpilot supports is accepted
     let fast = fixture("vmware.yml")
         .replace("    ttl: 30\n", "    ttl: 5\n")

@@ -67,6 +67,18 @@ fn other_values_round_trip() {
     assert!(s.is_sync("NODE3"));
     let empty = r#"{"leader":"node1","quorum":0,"sync_standby":null}"#;
     assert_eq!(SyncState::parse(empty).unwrap().to_json(), empty);
+    let quorum = r#"{"leader":"node1","quorum":1,"sync_standby":"node2,node3"}"#;
+    assert_eq!(SyncState::parse(quorum).unwrap().to_json(), quorum);
+    // odd values read as Patroni reads them: an empty leader is none, no quorum without one;
+    // blanks, repeats and the leader itself are no voters; a quorum beyond the voters is capped
+    let odd = SyncState::parse(r#"{"leader":"","quorum":3,"sync_standby":"a"}"#).unwrap();
+    assert_eq!((odd.leader, odd.quorum), (None, 0));
+    let odd = SyncState::parse(
+        r#"{"leader":"n1","quorum":18446744073709551615,"sync_standby":" a,A,,n1,b "}"#,
+    )
+    .unwrap();
+    assert_eq!(odd.sync_standby, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(odd.quorum, 2);
 
     let cfg = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"postgresql":{"use_pg_rewind":true,"use_slots":true,"parameters":{"max_connections":200}}}"#;
     let c = DynamicConfig::parse(cfg).unwrap();

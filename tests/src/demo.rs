@@ -313,7 +313,7 @@ impl State {
 
     fn start_agent(&mut self, i: usize) -> Result<()> {
         let n = &self.nodes[i];
-        let agent = self.bin_dir.join("agent");
+        let agent = self.bin_dir.join("pgpilot-agent");
         let child = agent_command(&AgentLaunch {
             program: &agent,
             config: &n.config,
@@ -936,7 +936,7 @@ pub fn hints(state: &State) -> String {
     }
     let _ = writeln!(
         out,
-        "watch:    {}/console --etcd {} --demo {}",
+        "watch:    {}/pgpilot-console --etcd {} --demo {}",
         state.bin_dir.display(),
         state.etcd_endpoint(),
         state.dir.display()

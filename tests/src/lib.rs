@@ -62,7 +62,7 @@ pub fn bin_dir() -> PathBuf {
 
 /// Path of the `agent` binary.
 pub fn agent_bin() -> PathBuf {
-    bin_dir().join("agent")
+    bin_dir().join("pgpilot-agent")
 }
 
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
@@ -701,6 +701,8 @@ pub struct ClusterSpec {
     pub retry_timeout: u64,
     /// Extra YAML appended to every node's config.
     pub extra_yaml: String,
+    /// Extra lines inside `bootstrap.dcs` (indented four spaces), e.g. `synchronous_mode`.
+    pub dcs_yaml: String,
     /// Extra lines inside the `restapi` section (indented two spaces), e.g. authentication.
     pub restapi_yaml: String,
     /// Extra lines inside the `postgresql` section (indented two spaces), e.g. callbacks.
@@ -734,6 +736,7 @@ impl Default for ClusterSpec {
             loop_wait: 2,
             retry_timeout: 3,
             extra_yaml: String::new(),
+            dcs_yaml: String::new(),
             restapi_yaml: String::new(),
             postgresql_yaml: String::new(),
             etcd_yaml: String::new(),
@@ -834,7 +837,9 @@ impl TestCluster {
     /// does to them.
     pub fn kill_machine(&mut self, i: usize) {
         if let Some(mut agent) = self.nodes[i].agent.take() {
-            // the fencing guard dies with the machine too, before it could act
+            // the fencing guard dies with the machine too, before it could act: the agent is
+            // frozen first, so that it cannot start a new guard between the two kills
+            agent.signal(nix::sys::signal::Signal::SIGSTOP);
             for child in child_pids(agent.pid()) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(child),
@@ -1059,7 +1064,7 @@ bootstrap:
     loop_wait: {loop_wait}
     retry_timeout: {retry}
     maximum_lag_on_failover: 1048576
-    postgresql:
+{dcs_extra}    postgresql:
       use_pg_rewind: true
       use_slots: true
       parameters:
@@ -1116,6 +1121,7 @@ tags:
         pgpass = node_dir.join("pgpass").display(),
         sock = node_dir.display(),
         extra = spec.extra_yaml,
+        dcs_extra = spec.dcs_yaml,
         restapi_extra = spec.restapi_yaml,
         postgresql_extra = spec.postgresql_yaml,
         etcd_extra = spec.etcd_yaml,
@@ -1780,7 +1786,7 @@ pub fn patroni_program(name: &str) -> Option<PathBuf> {
 
 /// Runs the `console` binary with `args`; returns (exit code, stdout, stderr).
 pub fn console(args: &[&str]) -> Result<(i32, String, String)> {
-    let out = Command::new(bin_dir().join("console"))
+    let out = Command::new(bin_dir().join("pgpilot-console"))
         .args(args)
         .env_remove("PGPILOT_CONSOLE_CONFIG")
         .env_remove("PATRONICTL_CONFIG_FILE")

@@ -6,7 +6,9 @@
 //! `recovery_conf`'s `restore_command`. Then a new cluster is bootstrapped by point-in-time
 //! recovery (`bootstrap.method` with pgBackRest's time restore and `recovery_conf`): the rows
 //! committed before the target are there, those after are not, and the restored cluster fails
-//! over like any other.
+//! over like any other. Last, `no_leader`: with the whole first cluster stopped, a member whose
+//! data is gone is restored from the repository while nobody leads, replays the archive as a
+//! replica, and streams from the leader once the others are back.
 
 use pgpilot_e2e::*;
 use std::time::Duration;
@@ -179,4 +181,57 @@ fn pgbackrest_builds_replicas_and_restores_a_cluster_to_a_point_in_time() {
     let count = sql(&restored.nodes[other], "SELECT count(*) FROM pitr").unwrap();
     assert_eq!(count, vec!["10"]);
     restored.shutdown();
+
+    // no leader: the first cluster stopped (replicas first, then the primary, which gives the
+    // lock up), one member's data gone; with `no_leader` on its pgBackRest method it is
+    // restored from the repository while nobody leads and replays the archive as a replica
+    // (tagged nofailover here, so that it waits for a leader instead of racing to be one)
+    let c = &mut lab.cluster;
+    let p = c.primary().unwrap();
+    for i in all.into_iter().filter(|&i| i != p) {
+        c.stop_agent(i);
+    }
+    c.stop_agent(p);
+    let lone = all.into_iter().find(|&i| i != p).unwrap();
+    std::fs::remove_dir_all(&c.nodes[lone].data_dir).unwrap();
+    let yaml = std::fs::read_to_string(&c.nodes[lone].config_path).unwrap();
+    let yaml = yaml
+        .replacen(
+            "    no_params: true\n",
+            "    no_params: true\n    no_leader: true\n",
+            1,
+        )
+        .replacen("  nofailover: false\n", "  nofailover: true\n", 1);
+    assert!(yaml.contains("no_leader: true") && yaml.contains("nofailover: true"));
+    std::fs::write(&c.nodes[lone].config_path, yaml).unwrap();
+    c.start_agent(lone).unwrap();
+    wait_for(
+        "the member restored without a leader, in recovery",
+        LONG,
+        || {
+            let log = c.nodes[lone].log();
+            (log.contains("no leader: building this member from a backup")
+                && log.contains("replica data directory built method=\"pgbackrest\"")
+                && sql(&c.nodes[lone], "SELECT pg_is_in_recovery()").ok()? == vec!["t"])
+            .then_some(())
+        },
+    )
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    // the archive replayed: every row committed before the cluster stopped
+    wait_for("the archive replayed", LONG, || {
+        (sql(&c.nodes[lone], "SELECT count(*) FROM pitr").ok()? == vec!["20"]).then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert_eq!(c.nodes[lone].status().unwrap()["role"], "replica");
+    // the others come back; it follows the new leader
+    for i in all.into_iter().filter(|&i| i != lone) {
+        c.start_agent(i).unwrap();
+    }
+    let p = c
+        .wait_streaming_among(&all, LONG)
+        .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+        .unwrap();
+    assert_ne!(p, lone);
 }

@@ -400,11 +400,6 @@ fn batch_changes_config_pauses_flushes_and_removes() {
             "key.path=value",
         ),
         (vec!["edit-config", "-s", "ttl=soon", "--force"], 2, "ttl"),
-        (
-            vec!["edit-config", "-s", "loop_wait=15", "--force"],
-            2,
-            "loop_wait + 2",
-        ),
         (vec!["edit-config", "--force"], 2, "nothing to change"),
     ] {
         let (code, _, err) = batch_any(&cfg, &args);
@@ -412,6 +407,17 @@ fn batch_changes_config_pauses_flushes_and_removes() {
         assert!(err.contains(msg), "{args:?}: {err}");
     }
     assert_eq!(config(), before, "a refused edit wrote something");
+    // a timing Patroni accepts is taken, with the values the agents will use (as Patroni)
+    let loop_wait = before["loop_wait"].clone();
+    let (code, _, err) = batch_any(&cfg, &["edit-config", "-s", "loop_wait=15", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: ttl: ttl 20 is below loop_wait 15"),
+        "{err}"
+    );
+    assert!(err.contains("using loop_wait"), "{err}");
+    let back = format!("loop_wait={loop_wait}");
+    batch(&cfg, &["edit-config", "-s", &back, "--force", "-q"]);
 
     // pause / resume, seen by every member
     batch(&cfg, &["pause", "--wait"]);

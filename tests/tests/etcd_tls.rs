@@ -92,7 +92,7 @@ fn a_cluster_runs_on_an_etcd_with_tls_client_certificates_and_users() {
             36,
             &format!(
                 "TERM=xterm-256color {} -c {config}",
-                bin_dir().join("console").display()
+                bin_dir().join("pgpilot-console").display()
             ),
         )
         .unwrap();

@@ -319,6 +319,27 @@ fn the_watchdog_runs_only_while_leading_and_required_means_required() {
     .unwrap();
     assert!(!armed.contains('V'), "{armed}");
     assert_eq!(c.nodes[0].status().unwrap()["pgpilot"]["watchdog"], "armed");
+    // a new ttl in the config key sets the armed device's timeout at once (ttl - 5 s margin)
+    let (code, text) = http_call(
+        "PATCH",
+        &c.nodes[0].api("/config"),
+        Some(r#"{"ttl": 12}"#),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{text}");
+    wait_for(
+        "node1's watchdog to take the new ttl",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&device).ok()?;
+            text.contains("Ctimeout=7\n").then_some(())
+        },
+    )
+    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .unwrap();
+    assert!(!std::fs::read_to_string(&device).unwrap().contains('V'));
     let s1 = c.nodes[1].status().unwrap();
     assert_eq!(s1["watchdog_failed"], true, "{s1}");
 
@@ -358,7 +379,8 @@ fn the_watchdog_runs_only_while_leading_and_required_means_required() {
         Duration::from_secs(30),
         || {
             let text = std::fs::read_to_string(&device).ok()?;
-            (text.matches("Ctimeout=5").count() == 2).then_some(())
+            // the ttl is 12 since the change above: armed again with 7 s
+            (text.matches("Ctimeout=7").count() == 2).then_some(())
         },
     )
     .unwrap();

@@ -26,6 +26,7 @@ fn the_screenshot_script_makes_every_picture() {
         "failover",
         "history",
         "events",
+        "journal",
     ] {
         let path = out.path().join(format!("{scene}.png"));
         let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{scene}: {e}\n{stdout}"));

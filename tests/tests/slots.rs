@@ -3,7 +3,9 @@
 //! that may be promoted; across a switchover and a failover the logical consumer reads every
 //! change exactly once (skipping, by LSN, what a new primary's copy of the slot delivers again,
 //! as CDC consumers such as Debezium do), and the physical slot is there on each new primary.
-//! On PostgreSQL 15 and 18.
+//! On PostgreSQL 15 (replicas keep copies the agents make) and 18 (a failover slot on the leader,
+//! kept on the replicas by PostgreSQL's own `sync_replication_slots`; the old primary's own
+//! copy dropped after the switchover so that its server syncs it).
 
 use pgpilot_e2e::*;
 use serde_json::json;
@@ -51,30 +53,61 @@ fn insert(node: &Node, from: i64, to: i64) {
     }
 }
 
-/// The kind of slot `name` on `node`, if it has one.
+/// The kind of slot `name` on `node`, if it has one (a temporary one — a slot PostgreSQL 17+
+/// is still synchronizing — does not count); with PostgreSQL 17+ `failover` and `synced`.
 fn slot_kind(node: &Node, name: &str) -> Option<String> {
     sql(
         node,
-        &format!("SELECT slot_type FROM pg_replication_slots WHERE slot_name = '{name}'"),
+        &format!(
+            "SELECT slot_type || coalesce(' failover=' || (to_jsonb(s) ->> 'failover') || ' synced=' || (to_jsonb(s) ->> 'synced'), '')
+             FROM pg_replication_slots s WHERE slot_name = '{name}' AND NOT temporary"
+        ),
     )
     .ok()?
     .into_iter()
     .next()
 }
 
-/// Waits until every running member has both permanent slots.
-fn wait_slots_everywhere(c: &TestCluster, nodes: &[usize]) {
+/// Waits until every running member has both permanent slots; with `failover_slots`
+/// (PostgreSQL 17+) the logical one is a failover slot on the primary and kept by the server's
+/// own synchronization on the replicas.
+fn wait_slots_everywhere(c: &TestCluster, nodes: &[usize], failover_slots: bool) {
     wait_for("the permanent slots on every member", LONG, || {
+        let p = c.primary()?;
         nodes
             .iter()
             .all(|&i| {
-                slot_kind(&c.nodes[i], "cdc").as_deref() == Some("logical")
-                    && slot_kind(&c.nodes[i], "keeper").as_deref() == Some("physical")
+                let logical = slot_kind(&c.nodes[i], "cdc");
+                let logical_ok = match (failover_slots, i == p) {
+                    (false, _) => logical.is_some_and(|k| k.starts_with("logical")),
+                    (true, true) => {
+                        logical.as_deref() == Some("logical failover=true synced=false")
+                            || logical.as_deref() == Some("logical failover=true synced=true")
+                    }
+                    (true, false) => {
+                        logical.as_deref() == Some("logical failover=true synced=true")
+                    }
+                };
+                logical_ok
+                    && slot_kind(&c.nodes[i], "keeper").is_some_and(|k| k.starts_with("physical"))
             })
             .then_some(())
     })
-    .map_err(|e| format!("{e}\n{}", c.logs_tail()))
+    .map_err(|e| format!("{e}\n{}\n{}", c.logs_tail(), server_logs(c, nodes)))
     .unwrap();
+}
+
+/// The last lines of each server's own log (slot synchronization reports there).
+fn server_logs(c: &TestCluster, nodes: &[usize]) -> String {
+    let mut out = String::new();
+    for &i in nodes {
+        let log = std::fs::read_to_string(c.nodes[i].data_dir.join("log/postmaster.log"))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        out.push_str(&format!("--- {} server ---\n{tail}\n", c.nodes[i].name));
+    }
+    out
 }
 
 /// Waits until every node in `nodes` holds `n` rows.
@@ -108,6 +141,9 @@ fn permanent_slots_survive_switchover_and_failover_on_postgresql_18() {
 }
 
 fn slots_across_switchover_and_failover(scope: &str, bin_dir: Option<std::path::PathBuf>) {
+    // PostgreSQL 18 with failover slots asked for (sync_replication_slots: on, cluster-wide):
+    // the replicas' servers keep the logical slot themselves
+    let failover_slots = bin_dir.is_some();
     let spec = ClusterSpec {
         scope: scope.into(),
         bin_dir,
@@ -119,7 +155,11 @@ fn slots_across_switchover_and_failover(scope: &str, bin_dir: Option<std::path::
         let yaml = yaml
             .replace(
                 "        max_connections: 50\n",
-                "        max_connections: 50\n        wal_level: logical\n",
+                if failover_slots {
+                    "        max_connections: 50\n        wal_level: logical\n        sync_replication_slots: 'on'\n"
+                } else {
+                    "        max_connections: 50\n        wal_level: logical\n"
+                },
             )
             .replace(
                 "    maximum_lag_on_failover: 1048576\n",
@@ -132,19 +172,27 @@ fn slots_across_switchover_and_failover(scope: &str, bin_dir: Option<std::path::
     let p = c.wait_healthy(LONG).unwrap();
     let all = [0, 1, 2];
     sql(&c.nodes[p], "CREATE TABLE cdc_t (id int PRIMARY KEY)").unwrap();
-    wait_slots_everywhere(c, &all);
     // replicas send feedback for their copies of the logical slot
     let r = (p + 1) % 3;
     assert_eq!(
         sql(&c.nodes[r], "SHOW hot_standby_feedback").unwrap(),
         vec!["on"]
     );
+    if failover_slots {
+        assert_eq!(
+            sql(&c.nodes[r], "SHOW sync_replication_slots").unwrap(),
+            vec!["on"]
+        );
+    }
 
     let mut consumer = Consumer::default();
     insert(&c.nodes[p], 1, 20);
     consumer.read(&c.nodes[p]).unwrap();
     insert(&c.nodes[p], 21, 40);
     consumer.read(&c.nodes[p]).unwrap();
+    // (a failover slot reaches a replica for good once its consumer has moved it on: until
+    // then PostgreSQL keeps the replica's copy temporary)
+    wait_slots_everywhere(c, &all, failover_slots);
     wait_replicated(c, &all, 40);
 
     // a switchover: the consumer goes on on the new primary
@@ -162,7 +210,7 @@ fn slots_across_switchover_and_failover(scope: &str, bin_dir: Option<std::path::
     consumer.read(&c.nodes[p]).unwrap();
     insert(&c.nodes[p], 41, 60);
     consumer.read(&c.nodes[p]).unwrap();
-    wait_slots_everywhere(c, &all);
+    wait_slots_everywhere(c, &all, failover_slots);
     wait_replicated(c, &all, 60);
 
     // a failover: the primary's machine is lost

@@ -21,6 +21,9 @@ pub struct Catalog {
     pub version_num: i32,
     /// Parameter names (lower case) and their context (`postmaster`, `sighup`, `internal`, …).
     parameters: HashMap<String, String>,
+    /// The built-in `unix_socket_directories` (Debian's `/var/run/postgresql`, else often
+    /// `/tmp`): where the server listens when the parameter is not set.
+    pub socket_default: Option<String>,
 }
 
 impl Catalog {
@@ -78,7 +81,8 @@ impl Catalog {
         let version = run("--version")?;
         let version_num = parse_version(&version)
             .ok_or_else(|| anyhow!("{}: no version in {:?}", postgres.display(), version.trim()))?;
-        let parameters = parse_describe(&run("--describe-config")?);
+        let described = run("--describe-config")?;
+        let parameters = parse_describe(&described);
         if parameters.is_empty() {
             bail!(
                 "{} --describe-config listed no parameter",
@@ -88,6 +92,7 @@ impl Catalog {
         Ok(Catalog {
             version_num,
             parameters,
+            socket_default: described_default(&described, "unix_socket_directories"),
         })
     }
 
@@ -161,6 +166,17 @@ fn parse_describe(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// The built-in value of parameter `name` in `--describe-config`'s output (its fifth field).
+fn described_default(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        (f.first()?.trim() == name)
+            .then(|| f.get(4).map(|v| v.trim().to_string()))
+            .flatten()
+            .filter(|v| !v.is_empty())
+    })
+}
+
 /// A version number for people: 150018 → "15.18".
 pub fn version_text(version_num: i32) -> String {
     format!("{}.{}", version_num / 10000, version_num % 10000)
@@ -200,12 +216,26 @@ mod tests {
                  shared_buffers\tpostmaster\tResource\tINTEGER\t1024\n\
                  block_size\tinternal\tPreset\tINTEGER\t8192\n",
             ),
+            socket_default: None,
         };
         assert!(c.accepts("wal_keep_size") && c.accepts("Shared_Buffers"));
         assert!(!c.accepts("wal_keep_segments"), "retired in 13");
         assert!(!c.accepts("block_size"), "internal");
         assert!(!c.accepts("shared_bufers"), "misspelt");
         assert!(c.accepts("pg_stat_statements.max"), "an extension's");
+    }
+
+    #[test]
+    fn the_built_in_socket_directory() {
+        let text = "port\tpostmaster\tConnections\tINTEGER\t5432\t1\t65535\tPort\t\n\
+                    unix_socket_directories\tpostmaster\tConnections\tSTRING\t/var/run/postgresql\t\t\tSets\t\n\
+                    krb_server_keyfile\tsighup\tAuth\tSTRING\t\t\t\tKeys\t\n";
+        assert_eq!(
+            described_default(text, "unix_socket_directories").as_deref(),
+            Some("/var/run/postgresql")
+        );
+        assert_eq!(described_default(text, "krb_server_keyfile"), None);
+        assert_eq!(described_default(text, "missing"), None);
     }
 
     #[test]

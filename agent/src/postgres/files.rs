@@ -17,6 +17,12 @@ fn quote_guc(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// The value of a GUC quoted by [`quote_guc`].
+fn unquote_guc(v: &str) -> Option<String> {
+    let inner = v.strip_prefix('\'')?.strip_suffix('\'')?;
+    Some(inner.replace("''", "'").replace("\\\\", "\\"))
+}
+
 /// Quotes a libpq connection-string value.
 fn quote_conninfo(v: &str) -> String {
     if !v.is_empty() && !v.contains([' ', '\'', '\\']) {
@@ -192,10 +198,17 @@ impl Postgres {
         if self.logical_slots() {
             set("hot_standby_feedback", "on".into());
         }
+        // PostgreSQL 17+ with failover slots asked for: the server itself keeps a standby's
+        // copies (its slot sync worker; needs the feedback above, primary_slot_name and a
+        // dbname in primary_conninfo, all written here). A member that cannot sync (cascading,
+        // nostream, nofailover, without slots) runs without it rather than failing at it.
+        if self.failover_slots() && !self.can_sync_slots() {
+            set("sync_replication_slots", "off".into());
+        }
         if let Some(names) = self.sync_names() {
             set(
                 "synchronous_standby_names",
-                crate::synchronous::guc_value(&names),
+                crate::synchronous::guc_value(&names, self.sync_any()),
             );
         }
         // a name that is no parameter name could inject lines; the upstream, the slot and
@@ -252,6 +265,34 @@ impl Postgres {
         };
         let head = text.split(RECOVERY_MARK).next().unwrap_or("");
         head.trim_end() != self.render_parameters(dynamic).trim_end()
+    }
+
+    /// Takes the `synchronous_standby_names` pgpilot last wrote into `postgresql.conf` as the
+    /// setting synchronous mode manages (an agent restarted beside a running primary).
+    pub fn adopt_sync_setting(&self) {
+        if self.sync_names().is_some() {
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string(self.conf_dir().join("postgresql.conf")) else {
+            return;
+        };
+        let params = text.split(RECOVERY_MARK).next().unwrap_or_default();
+        let value = params.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "synchronous_standby_names").then(|| unquote_guc(v.trim()))
+        });
+        // only a value in the form pgpilot writes (a user's own is the configuration's)
+        if let Some((names, any)) = value
+            .flatten()
+            .as_deref()
+            .and_then(|v| {
+                crate::synchronous::parse_guc_value(v)
+                    .filter(|(names, any)| crate::synchronous::guc_value(names, *any) == v)
+            })
+            .filter(|(names, _)| !names.is_empty())
+        {
+            self.set_sync_setting(Some(names), any);
+        }
     }
 
     /// Rewrites the parameter part of `postgresql.conf`, keeping its recovery settings.
@@ -341,7 +382,11 @@ impl Postgres {
                     text.push_str(&format!("{k} = {}\n", quote_guc(&v)));
                 }
             }
-            if let Some(up) = upstream {
+            if let Some(up) = upstream.filter(|_| self.cfg().tags.nostream) {
+                // nostream, as Patroni: no streaming at all, WAL from the archive
+                // (restore_command) only; the member it follows is noted for the agent
+                text.push_str(&format!("{NOSTREAM_MARK}{}:{}\n", up.host, up.port));
+            } else if let Some(up) = upstream {
                 let ci = self.conninfo_with(
                     &self.cfg().postgresql.replication,
                     &up.host,
@@ -403,6 +448,9 @@ impl Postgres {
     /// The upstream `host:port` configured in postgresql.conf, if any.
     pub fn configured_upstream(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.conf_dir().join("postgresql.conf")).ok()?;
+        if let Some(noted) = text.lines().find_map(|l| l.strip_prefix(NOSTREAM_MARK)) {
+            return Some(noted.trim().to_string());
+        }
         let line = text
             .lines()
             .find(|l| l.starts_with("primary_conninfo = "))?;
@@ -494,6 +542,10 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
 }
+
+/// How a `nostream` replica's configuration names the member it follows (it has no
+/// `primary_conninfo`): `# pgpilot nostream (WAL from the archive only), following HOST:PORT`.
+const NOSTREAM_MARK: &str = "# pgpilot nostream (WAL from the archive only), following ";
 
 /// Where the recovery settings start in `postgresql.conf`.
 const RECOVERY_MARK: &str = "\n# recovery\n";

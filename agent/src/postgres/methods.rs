@@ -134,6 +134,44 @@ pub fn replica_methods(
     (methods, problems)
 }
 
+/// The methods that can run without a leader: named methods with `no_leader` (a restore from a
+/// backup), as Patroni filters them when a member must be built while nobody leads. Pg_basebackup
+/// never can.
+pub fn without_leader(methods: Vec<ReplicaMethod>) -> Vec<ReplicaMethod> {
+    methods
+        .into_iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ReplicaMethod::Command {
+                    no_leader: true,
+                    ..
+                }
+            )
+        })
+        .collect()
+}
+
+/// Whether a member without data can be built while no leader runs: one of the methods it
+/// would use (`create_replica_methods`, or `methods` when given: a standby cluster's) has
+/// `no_leader`.
+pub fn can_build_without_leader(
+    local: &PostgresConfig,
+    dynamic_pg: Option<&Map<String, Value>>,
+    methods: Option<&[String]>,
+) -> bool {
+    let mut local = local.clone();
+    if let Some(list) = methods {
+        local.create_replica_methods = Some(list.to_vec());
+    }
+    let source = Source {
+        scope: "",
+        data_dir: "",
+        connstring: "",
+    };
+    !without_leader(replica_methods(&local, dynamic_pg, &source).0).is_empty()
+}
+
 /// Whether `name` can be a PostgreSQL parameter in a configuration file (a letter or `_`,
 /// then letters, digits, `_`, `.`): anything else could inject lines.
 pub fn is_parameter_name(name: &str) -> bool {
@@ -365,6 +403,42 @@ mod tests {
         data_dir: "/data",
         connstring: "host=10.0.0.1 port=5432 user=replicator",
     };
+
+    #[test]
+    fn only_no_leader_methods_run_without_a_leader() {
+        let local = pg(
+            Some(&["pgbackrest", "wal_g", "basebackup"]),
+            json!({"pgbackrest": {"command": "pgbackrest restore", "no_leader": "true"}, "wal_g": {"command": "restore"}}),
+        );
+        let (m, _) = replica_methods(&local, None, &SOURCE);
+        let names: Vec<_> = without_leader(m)
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
+        assert_eq!(names, ["pgbackrest"]);
+        assert!(can_build_without_leader(&local, None, None));
+        // basebackup alone, or a method without the key: a member waits for a leader
+        assert!(!can_build_without_leader(&pg(None, json!({})), None, None));
+        let plain = pg(
+            Some(&["wal_g"]),
+            json!({"wal_g": {"command": "restore", "no_leader": false}}),
+        );
+        assert!(!can_build_without_leader(&plain, None, None));
+        // a standby cluster's own list replaces create_replica_methods
+        assert!(!can_build_without_leader(
+            &local,
+            None,
+            Some(&["basebackup".to_string()])
+        ));
+        // and the dynamic configuration may define the method
+        let dynamic =
+            json!({"create_replica_methods": ["br"], "br": {"command": "x", "no_leader": true}});
+        assert!(can_build_without_leader(
+            &pg(None, json!({})),
+            dynamic.as_object(),
+            None
+        ));
+    }
 
     #[test]
     fn basebackup_alone_by_default() {

@@ -66,6 +66,8 @@ pub struct Postgres {
     /// The members pgpilot puts into `synchronous_standby_names` (synchronous mode), in place
     /// of the configured value; `None` leaves the configuration's.
     sync_names: std::sync::Mutex<Option<Vec<String>>>,
+    /// Quorum commit: those names as `ANY k (…)`.
+    sync_any: std::sync::Mutex<Option<usize>>,
     /// The parameters last left out of postgresql.conf (warned about once per change), and
     /// why the binaries' catalog could not be read (logged once).
     dropped_parameters: std::sync::Mutex<(Vec<String>, Option<String>)>,
@@ -98,6 +100,7 @@ impl Postgres {
             sysid_cache: std::sync::Mutex::new(None),
             watched_pid: Arc::new(std::sync::Mutex::new(None)),
             sync_names: std::sync::Mutex::new(None),
+            sync_any: std::sync::Mutex::new(None),
             dropped_parameters: std::sync::Mutex::new((Vec::new(), None)),
             replica_method: std::sync::Mutex::new(None),
             dynamic_postgresql: std::sync::Mutex::new(None),
@@ -129,6 +132,44 @@ impl Postgres {
 
     pub fn logical_slots(&self) -> bool {
         self.logical_slots.load(Ordering::Relaxed)
+    }
+
+    /// Whether permanent logical slots are PostgreSQL failover slots here: the operator asked
+    /// for them cluster-wide (`sync_replication_slots: on` in the dynamic configuration's
+    /// parameters) and the server has them (PostgreSQL 17 and later). Off by default, as in
+    /// Patroni, whose replicas copy only slots without the flag: the leader then creates the
+    /// permanent logical slots with `failover` and the replicas' servers keep them.
+    pub fn failover_slots(&self) -> bool {
+        let asked = self
+            .dynamic_postgresql
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|d| d.get("parameters"))
+            .and_then(|p| p.get("sync_replication_slots"))
+            .and_then(shared::tags::strict_bool)
+            .unwrap_or(false);
+        asked && self.catalog().is_some_and(|c| c.version_num >= 170_000)
+    }
+
+    /// Whether PostgreSQL's own slot synchronization (`sync_replication_slots`) keeps this
+    /// member's copies of the permanent logical slots: failover slots are in use, such slots
+    /// are configured, and the member streams from the primary through its own slot
+    /// (`use_slots`, not `nostream`, not `replicatefrom`: a cascading standby cannot sync) and
+    /// may be promoted (not `nofailover`).
+    pub fn syncs_failover_slots(&self) -> bool {
+        self.failover_slots()
+            && self.logical_slots()
+            && self.can_sync_slots()
+            && !self.cfg().tags.no_failover()
+    }
+
+    /// Whether this member's server can run slot synchronization at all: it streams from the
+    /// primary through its own slot (`use_slots`, not `nostream`, not `replicatefrom`: a
+    /// cascading standby cannot sync).
+    pub fn can_sync_slots(&self) -> bool {
+        let cfg = self.cfg();
+        self.use_slots() && !cfg.tags.nostream && cfg.tags.replicatefrom.is_none()
     }
 
     /// Puts the dynamic configuration's `postgresql` section in force.
@@ -278,7 +319,18 @@ impl Postgres {
     /// Sets (or with `None` gives back to the configuration) `synchronous_standby_names`; the
     /// caller rewrites the parameters and reloads.
     pub fn set_sync_names(&self, names: Option<Vec<String>>) {
+        self.set_sync_setting(names, None);
+    }
+
+    /// The same, with quorum commit's `ANY k` when `any` is given.
+    pub fn set_sync_setting(&self, names: Option<Vec<String>>, any: Option<usize>) {
         *self.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = names;
+        *self.sync_any.lock().unwrap_or_else(|p| p.into_inner()) = any;
+    }
+
+    /// Quorum commit's `k` in `ANY k (…)`, when the setting is in that form.
+    pub fn sync_any(&self) -> Option<usize> {
+        *self.sync_any.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Puts a reloaded configuration in force (the data directory is never changed by a reload).
@@ -1013,13 +1065,18 @@ impl Postgres {
         Ok(())
     }
 
-    /// Runs `bootstrap.post_bootstrap` with a connection URL argument.
+    /// Runs `bootstrap.post_bootstrap` with the agent's own local connection as its argument,
+    /// as Patroni passes it: a libpq `key=value` string (the Unix socket with
+    /// `use_unix_socket`, the superuser's TLS options, no password: that is in the pgpass file),
+    /// and `PGOPTIONS` making its statements local-commit and untimed.
     pub async fn post_bootstrap(&self, script: &str) -> Result<()> {
-        let (host, port) = self.cfg().postgresql.local_host_port();
-        let url = format!(
-            "postgres://{}@{host}:{port}/{}",
-            self.cfg().postgresql.superuser.username,
-            self.cfg().postgresql.database
+        let cfg = self.cfg();
+        let local = self.local_address(&cfg);
+        let url = self.conninfo(
+            &cfg.postgresql.superuser,
+            &local.host_text(),
+            local.port,
+            &[("dbname", &cfg.postgresql.database)],
         );
         let mut cmd = Command::new("/bin/sh");
         keep_secrets_out(&mut cmd);
@@ -1027,7 +1084,12 @@ impl Postgres {
             .arg(format!("{script} \"$1\""))
             .arg("post_bootstrap")
             .arg(url)
-            .env("PGPASSFILE", &self.cfg().postgresql.pgpass)
+            .env("PGPASSFILE", &cfg.postgresql.pgpass)
+            .env("PGSERVICEFILE", self.service_file())
+            .env(
+                "PGOPTIONS",
+                "-c synchronous_commit=local -c statement_timeout=0",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -33,6 +33,21 @@ pub struct SlotInfo {
     pub plugin: Option<String>,
     pub restart_lsn: Option<u64>,
     pub confirmed_flush_lsn: Option<u64>,
+    /// PostgreSQL 17+: a failover slot (standbys with `sync_replication_slots` keep a copy).
+    pub failover: bool,
+    /// PostgreSQL 17+: this copy is kept by the server's slot synchronization.
+    pub synced: bool,
+}
+
+/// A logical slot on the leader, as a replica copies it.
+#[derive(Debug, Clone)]
+pub struct RemoteSlot {
+    /// Its state file (`pg_replslot/NAME/state`).
+    pub state: Vec<u8>,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+    /// A failover slot: PostgreSQL's slot synchronization copies it (PostgreSQL 17+).
+    pub failover: bool,
 }
 
 /// The server's state from one round of queries.
@@ -55,6 +70,9 @@ pub struct ServerStatus {
     /// Parameters changed in the configuration that need a restart (from `pg_settings`):
     /// name → `{"old_value", "new_value"}`; `None` when nothing is pending.
     pub pending_restart: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `synchronous_standby_names` as the server runs with it (a reload that failed, or was
+    /// not read yet, leaves the old value).
+    pub sync_standby_names: Option<String>,
 }
 
 impl ServerStatus {
@@ -126,7 +144,8 @@ impl Postgres {
      FROM pg_settings s
      LEFT JOIN LATERAL (SELECT setting FROM pg_file_settings fs
                         WHERE fs.name = s.name ORDER BY seqno DESC LIMIT 1) f ON true
-    WHERE s.pending_restart)";
+    WHERE s.pending_restart),
+  current_setting('synchronous_standby_names')";
         let row = client.query_one(Q, &[]).await?;
         let lsn = |i: usize| -> Option<u64> {
             row.get::<_, Option<String>>(i)
@@ -156,6 +175,7 @@ impl Postgres {
                 .get::<_, Option<String>>(12)
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .and_then(|v| v.as_object().cloned()),
+            sync_standby_names: row.get(13),
         };
         if in_recovery {
             st.replication_state = Some(if receiver_status.as_deref() == Some("streaming") {
@@ -191,14 +211,13 @@ impl Postgres {
         Ok(st)
     }
 
-    /// Connection settings for the superuser (user, password, database) of `cfg`; host and
-    /// port are the caller's.
-    fn superuser_login(cfg: &shared::config::Config) -> tokio_postgres::Config {
-        let su = &cfg.postgresql.superuser;
+    /// Connection settings for `user` (user, password, database) of `cfg`; host and port are
+    /// the caller's.
+    fn login(cfg: &shared::config::Config, user: &PgUser) -> tokio_postgres::Config {
         let mut pgc = tokio_postgres::Config::new();
         // TCP keepalives notice a peer whose machine is gone; a statement no agent call should
         // need longer than a minute for is cancelled by the server itself
-        pgc.user(&su.username)
+        pgc.user(&user.username)
             .dbname(&cfg.postgresql.database)
             .application_name("pgpilot")
             .connect_timeout(Duration::from_secs(3))
@@ -207,27 +226,43 @@ impl Postgres {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3)
             .options("-c statement_timeout=60000");
-        if let Some(pw) = &su.password {
+        if let Some(pw) = &user.password {
             pgc.password(pw.expose());
         }
         pgc
     }
 
-    /// A superuser connection to another member's server (the leader's), with the TLS
-    /// options in force; its connection task, to abort when done.
+    /// The role the agent reads another member's server with (the leader's timeline history
+    /// and slot state files): the rewind user when there is one, as Patroni, since it holds
+    /// the file functions and a pg_hba may refuse the superuser over the network; else the
+    /// superuser. With its section's name, for errors.
+    fn remote_user(cfg: &shared::config::Config) -> (&PgUser, &'static str) {
+        match &cfg.postgresql.rewind {
+            Some(rw) => (rw, "postgresql.authentication.rewind"),
+            None => (
+                &cfg.postgresql.superuser,
+                "postgresql.authentication.superuser",
+            ),
+        }
+    }
+
+    /// A connection to another member's server (the leader's) as [`Self::remote_user`], with
+    /// the TLS options in force; its connection task, to abort when done.
     async fn connect_remote(
         cfg: &shared::config::Config,
         from: &super::Upstream,
     ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
-        let mut pgc = Self::superuser_login(cfg);
+        let (user, section) = Self::remote_user(cfg);
+        let mut pgc = Self::login(cfg, user);
         pgc.host(&from.host).port(from.port);
-        let (tls, how) = Self::superuser_tls(cfg, &mut pgc, false)
+        let (tls, how) = Self::user_tls(user, section, &mut pgc, false)
             .map_err(|e| anyhow!("cannot connect to {}:{}: {e:#}", from.host, from.port))?;
         let (client, conn) = pgc.connect(tls).await.map_err(|e| {
             anyhow!(
-                "cannot connect to {}:{} ({how}): {:#}",
+                "cannot connect to {}:{} as {} ({how}): {:#}",
                 from.host,
                 from.port,
+                user.username,
                 anyhow::Error::new(e)
             )
         })?;
@@ -237,10 +272,11 @@ impl Postgres {
         Ok((client, task))
     }
 
-    /// TLS for a superuser connection, from `postgresql.authentication.superuser`'s libpq
-    /// options (errors name the option at fault).
-    fn superuser_tls(
-        cfg: &shared::config::Config,
+    /// TLS for a connection as `user`, from its section's libpq options (errors name the
+    /// section at fault).
+    fn user_tls(
+        user: &PgUser,
+        section: &str,
         pgc: &mut tokio_postgres::Config,
         unix_socket: bool,
     ) -> Result<(tokio_postgres_rustls::MakeRustlsConnect, String)> {
@@ -251,21 +287,22 @@ impl Postgres {
                 "Unix socket, without TLS".into(),
             ));
         }
-        let su = &cfg.postgresql.superuser;
-        let tls = super::tls::PgTls::from_user(su, super::tls::home().as_deref())
-            .map_err(|e| anyhow!("postgresql.authentication.superuser: {e:#}"))?;
+        let tls = super::tls::PgTls::from_user(user, super::tls::home().as_deref())
+            .map_err(|e| anyhow!("{section}: {e:#}"))?;
         let connector = tls
-            .connector(pgc, false, su.sslpassword.as_ref())
-            .map_err(|e| anyhow!("postgresql.authentication.superuser: {e:#}"))?;
+            .connector(pgc, false, user.sslpassword.as_ref())
+            .map_err(|e| anyhow!("{section}: {e:#}"))?;
         Ok((connector, tls.describe(false)))
     }
 
     /// Whether `cfg`'s superuser TLS options can make a connection (files readable, values
     /// known): a reload is refused rather than the next connection failing.
     pub fn check_superuser_tls(&self, cfg: &shared::config::Config) -> Result<()> {
+        // the local connection over TCP (the remote reads, as the rewind user, are allowed to
+        // fail: they only save time)
+        let su = &cfg.postgresql.superuser;
         let mut pgc = tokio_postgres::Config::new();
-        // the local connection, and the remote ones (a new primary's history) over TCP
-        Self::superuser_tls(cfg, &mut pgc, false).map(|_| ())
+        Self::user_tls(su, "postgresql.authentication.superuser", &mut pgc, false).map(|_| ())
     }
 
     /// A connection to the local server as the superuser (reused across cycles).
@@ -302,25 +339,33 @@ impl Postgres {
         cfg: &shared::config::Config,
         dbname: Option<&str>,
     ) -> Result<tokio_postgres::Client> {
-        let mut pgc = Self::superuser_login(cfg);
+        let su = &cfg.postgresql.superuser;
+        let mut pgc = Self::login(cfg, su);
         if let Some(db) = dbname {
             pgc.dbname(db);
         }
-        let (host, port) = cfg.postgresql.local_host_port();
-        if cfg.postgresql.use_unix_socket {
-            let dir = self
-                .socket_dir()
-                .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
-            pgc.host_path(dir);
-        } else {
-            pgc.host(&host);
-        }
-        pgc.port(port);
-        let (tls, how) = Self::superuser_tls(cfg, &mut pgc, cfg.postgresql.use_unix_socket)
-            .map_err(|e| anyhow!("cannot connect to local PostgreSQL at {host}:{port}: {e:#}"))?;
+        let local = self.local_address(cfg);
+        let unix_socket = match &local.host {
+            LocalHost::Socket(dir) => {
+                pgc.host_path(dir);
+                true
+            }
+            LocalHost::Tcp(host) => {
+                pgc.host(host);
+                false
+            }
+        };
+        pgc.port(local.port);
+        let (tls, how) = Self::user_tls(
+            su,
+            "postgresql.authentication.superuser",
+            &mut pgc,
+            unix_socket,
+        )
+        .map_err(|e| anyhow!("cannot connect to local PostgreSQL at {local}: {e:#}"))?;
         let (client, conn) = pgc.connect(tls).await.map_err(|e| {
             anyhow!(
-                "cannot connect to local PostgreSQL at {host}:{port} ({how}): {:#}",
+                "cannot connect to local PostgreSQL at {local} ({how}): {:#}",
                 anyhow::Error::new(e)
             )
         })?;
@@ -332,13 +377,46 @@ impl Postgres {
         Ok(client)
     }
 
-    fn socket_dir(&self) -> Option<PathBuf> {
-        self.cfg()
+    /// Where the agent reaches its own server, as Patroni: with `postgresql.use_unix_socket`,
+    /// the first absolute directory of `unix_socket_directories` (the binaries' built-in one
+    /// when the parameter is not set; TCP when it lists no absolute directory); otherwise TCP
+    /// to the listen address (loopback for a wildcard).
+    pub fn local_address(&self, cfg: &shared::config::Config) -> LocalAddress {
+        let (host, port) = cfg.postgresql.local_host_port();
+        let tcp = LocalAddress {
+            host: LocalHost::Tcp(host),
+            port,
+        };
+        if !cfg.postgresql.use_unix_socket {
+            return tcp;
+        }
+        // as postgresql.conf gets it: the local YAML over the dynamic configuration
+        let name = "unix_socket_directories";
+        let configured = cfg
             .postgresql
             .parameters
-            .get("unix_socket_directories")
+            .get(name)
             .map(guc_value)
-            .and_then(|s| s.split(',').next().map(|d| PathBuf::from(d.trim())))
+            .or_else(|| {
+                self.dynamic_postgresql
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(|d| d.get("parameters")?.get(name).map(guc_value))
+            });
+        let dirs = configured.unwrap_or_else(|| {
+            super::catalog::Catalog::of(&self.bin("postgres"))
+                .ok()
+                .and_then(|c| c.socket_default.clone())
+                .unwrap_or_else(|| "/var/run/postgresql".into())
+        });
+        match first_absolute_dir(&dirs) {
+            Some(dir) => LocalAddress {
+                host: LocalHost::Socket(dir),
+                port,
+            },
+            None => tcp,
+        }
     }
 
     /// Prepares this server to follow the primary at `from` at once (instead of after
@@ -379,8 +457,9 @@ impl Postgres {
             .await?;
         let name: String = row.get(0);
         let path = self.data_dir().join("pg_wal").join(&name);
-        // and this member's slot there, so that streaming starts at once
-        if self.use_slots() && !cfg.tags.nostream {
+        // and this member's slot there, so that streaming starts at once (a superuser's work:
+        // as the rewind user the new primary's own slot upkeep creates it)
+        if self.use_slots() && !cfg.tags.nostream && cfg.postgresql.rewind.is_none() {
             let slot = shared::types::slot_name(&cfg.name);
             // the leader may create it at the same moment: that is fine too
             if let Err(e) = client
@@ -411,6 +490,50 @@ impl Postgres {
         task.abort();
         Ok(result)
     }
+}
+
+/// Where the agent reaches its own server: a Unix socket directory or a TCP host, and the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAddress {
+    pub host: LocalHost,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalHost {
+    Socket(PathBuf),
+    Tcp(String),
+}
+
+impl LocalAddress {
+    /// libpq's `host`: the socket directory or the TCP host.
+    pub fn host_text(&self) -> String {
+        match &self.host {
+            LocalHost::Socket(dir) => dir.display().to_string(),
+            LocalHost::Tcp(host) => host.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for LocalAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            LocalHost::Socket(dir) => {
+                write!(f, "{} (Unix socket, port {})", dir.display(), self.port)
+            }
+            LocalHost::Tcp(host) if host.contains(':') => write!(f, "[{host}]:{}", self.port),
+            LocalHost::Tcp(host) => write!(f, "{host}:{}", self.port),
+        }
+    }
+}
+
+/// The first absolute directory of a `unix_socket_directories` value (a relative one or an
+/// abstract socket, `@name`, cannot be connected to by path), as Patroni picks it.
+fn first_absolute_dir(dirs: &str) -> Option<PathBuf> {
+    dirs.split(',')
+        .map(str::trim)
+        .find(|d| d.starts_with('/'))
+        .map(PathBuf::from)
 }
 
 /// Session settings that keep statements out of the server's logs: no statement logging, no
@@ -683,10 +806,13 @@ impl Postgres {
             .bounded("the slot list", self.query_timeout(), async {
                 let client = self.client().await?;
                 Ok(client
+                    // failover and synced exist from PostgreSQL 17 (NULL below)
                     .query(
                         "SELECT slot_name::text, slot_type, database::text, plugin::text,
-                                restart_lsn::text, confirmed_flush_lsn::text
-                         FROM pg_replication_slots WHERE NOT temporary",
+                                restart_lsn::text, confirmed_flush_lsn::text,
+                                coalesce((to_jsonb(s) ->> 'failover')::bool, false),
+                                coalesce((to_jsonb(s) ->> 'synced')::bool, false)
+                         FROM pg_replication_slots s WHERE NOT temporary",
                         &[],
                     )
                     .await?)
@@ -702,16 +828,20 @@ impl Postgres {
                 plugin: r.get(3),
                 restart_lsn: lsn(r.get(4)),
                 confirmed_flush_lsn: lsn(r.get(5)),
+                failover: r.get(6),
+                synced: r.get(7),
             })
             .collect())
     }
 
-    /// Creates a logical slot in `database` with `plugin`, if it does not exist.
+    /// Creates a logical slot in `database` with `plugin`, if it does not exist; a failover
+    /// slot (PostgreSQL 17+) when `failover`.
     pub async fn create_logical_slot(
         &self,
         name: &str,
         database: &str,
         plugin: &str,
+        failover: bool,
     ) -> Result<()> {
         let cfg = self.cfg();
         // creating a logical slot waits for running transactions: bounded by the statement
@@ -720,8 +850,13 @@ impl Postgres {
             let client = self.connect_local_to(&cfg, Some(database)).await?;
             client
                 .execute(
-                    "SELECT pg_create_logical_replication_slot($1, $2)
-                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    if failover {
+                        "SELECT pg_create_logical_replication_slot($1, $2, false, false, true)
+                         WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
+                    } else {
+                        "SELECT pg_create_logical_replication_slot($1, $2)
+                         WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
+                    },
                     &[&name, &plugin],
                 )
                 .await?;
@@ -749,26 +884,33 @@ impl Postgres {
     }
 
     /// The state file of slot `name` on the server at `from` (the leader), read over a
-    /// superuser connection (`pg_read_binary_file`), with its type, database and plugin there.
+    /// superuser connection (`pg_read_binary_file`), with its database, plugin and whether it
+    /// is a failover slot there.
     pub async fn remote_slot_state(
         &self,
         from: &super::Upstream,
         name: &str,
-    ) -> Result<(Vec<u8>, Option<String>, Option<String>)> {
+    ) -> Result<RemoteSlot> {
         let cfg = self.cfg();
         self.remote_deadline(from, async {
             let (client, task) = Self::connect_remote(&cfg, from).await?;
             let row = client
                 .query_opt(
                     "SELECT database::text, plugin::text,
-                            pg_read_binary_file('pg_replslot/' || slot_name || '/state')
-                     FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'logical'",
+                            pg_read_binary_file('pg_replslot/' || slot_name || '/state'),
+                            coalesce((to_jsonb(s) ->> 'failover')::bool, false)
+                     FROM pg_replication_slots s WHERE slot_name = $1 AND slot_type = 'logical'",
                     &[&name],
                 )
                 .await?;
             task.abort();
             let row = row.ok_or_else(|| anyhow!("no logical slot {name} on the leader"))?;
-            Ok((row.get(2), row.get(0), row.get(1)))
+            Ok(RemoteSlot {
+                state: row.get(2),
+                database: row.get(0),
+                plugin: row.get(1),
+                failover: row.get(3),
+            })
         })
         .await
     }
@@ -798,5 +940,26 @@ mod tests {
     fn sql_quoting() {
         assert_eq!(sql_literal("o'k"), "'o''k'");
         assert_eq!(sql_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn the_socket_directory_patroni_would_use() {
+        assert_eq!(
+            first_absolute_dir("@pg, relative, /run/pg , /tmp"),
+            Some(PathBuf::from("/run/pg"))
+        );
+        assert_eq!(first_absolute_dir("@abstract,sockets"), None);
+        assert_eq!(first_absolute_dir(""), None);
+        let socket = LocalAddress {
+            host: LocalHost::Socket("/run/pg".into()),
+            port: 5433,
+        };
+        assert_eq!(socket.to_string(), "/run/pg (Unix socket, port 5433)");
+        assert_eq!(socket.host_text(), "/run/pg");
+        let v6 = LocalAddress {
+            host: LocalHost::Tcp("::1".into()),
+            port: 5432,
+        };
+        assert_eq!(v6.to_string(), "[::1]:5432");
     }
 }

@@ -15,6 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
+/// A job's name as Patroni names its background actions ("restart already in progress").
+fn job_name(kind: super::Job) -> String {
+    format!("{kind:?}").to_lowercase()
+}
+
 fn answer(reply: Option<tokio::sync::oneshot::Sender<Reply>>, code: u16, text: impl Into<String>) {
     if let Some(tx) = reply {
         let _ = tx.send((code, text.into()));
@@ -138,52 +143,75 @@ impl<K: Kv> Agent<K> {
         reply: Option<tokio::sync::oneshot::Sender<Reply>>,
     ) {
         if let Some(j) = &self.job {
-            answer(reply, 503, format!("{:?} already in progress", j.kind));
-            return;
-        }
-        let snap = self.snapshot.borrow().clone();
-        let Some(server) = snap.server.clone() else {
-            let why = if snap.state == shared::types::PgState::Starting {
-                "postgres is still starting"
-            } else {
-                "restart failed: PostgreSQL is not running"
-            };
-            warn!("restart refused: {why}");
-            answer(reply, 503, why);
-            return;
-        };
-        let role = if server.in_recovery {
-            "replica"
-        } else {
-            "primary"
-        };
-        if let Some(why) = req.unmet(
-            role,
-            server.server_version,
-            server.pending_restart.is_some(),
-        ) {
-            info!("restart not done: {why}");
             answer(
                 reply,
                 503,
-                format!("restart conditions are not satisfied: {why}"),
+                format!("{} already in progress", job_name(j.kind)),
             );
             return;
         }
-        let replica_of = if server.in_recovery {
-            Some(self.pg.configured_upstream().and_then(|hp| {
+        let snap = self.snapshot.borrow().clone();
+        if snap.server.is_none() && snap.state == shared::types::PgState::Starting {
+            warn!("restart refused: postgres is still starting");
+            answer(reply, 503, "postgres is still starting");
+            return;
+        }
+        if snap.server.is_none() && !self.pg.data_dir_initialized() {
+            let why =
+                "restart failed: PostgreSQL is not running and there is no data directory yet";
+            warn!("restart refused: {why}");
+            answer(reply, 503, why);
+            return;
+        }
+        // a stopped server (e.g. stopped by hand while paused) is started, as Patroni does —
+        // always read-only, following the leader when another member leads: whether it may be
+        // the primary (the lock still held, no standby cluster, no unfinished rewind) is for
+        // the HA loop's next cycle to decide, never for a request on a view that may be stale
+        let in_recovery = snap.server.as_ref().is_none_or(|s| s.in_recovery);
+        // the filters compare with the role it had (its last known one while stopped)
+        let role = match (&snap.server, snap.role) {
+            (Some(s), _) if !s.in_recovery => "primary",
+            (None, shared::types::Role::Primary) => "primary",
+            _ => "replica",
+        };
+        let version = snap.server.as_ref().map_or_else(
+            || self.pg.catalog().map_or(0, |c| c.version_num),
+            |s| s.server_version,
+        );
+        let pending = snap
+            .server
+            .as_ref()
+            .is_some_and(|s| s.pending_restart.is_some());
+        if let Some(why) = req.unmet(role, version, pending) {
+            info!("restart not done: {why}");
+            // Patroni's words exactly (scripts match them); the reason is in the log
+            answer(reply, 503, "restart conditions are not satisfied");
+            return;
+        }
+        let replica_of = match (&snap.server, in_recovery) {
+            (_, false) => None,
+            (Some(_), true) => Some(self.pg.configured_upstream().and_then(|hp| {
                 let (host, port) = shared::config::split_host_port(&hp)?;
                 Some(Upstream { host, port })
-            }))
-        } else {
-            None
+            })),
+            (None, true) => Some(snap.cluster.as_ref().and_then(|c| {
+                let leader = c.leader.as_ref().filter(|l| l.name != self.cfg.name)?;
+                super::upstream_of(c, &leader.name)
+            })),
         };
         let params = self.last_dynamic.parameters();
         let hba = self.last_dynamic.pg_hba();
         let timeout =
             Duration::from_secs(req.timeout.unwrap_or(self.cfg.postgresql.pg_ctl_timeout));
         let pg = self.pg.clone();
-        info!(role, "restarting PostgreSQL as requested");
+        if snap.server.is_none() {
+            info!(
+                role,
+                "starting PostgreSQL as requested (a restart of a stopped server)"
+            );
+        } else {
+            info!(role, "restarting PostgreSQL as requested");
+        }
         self.last_job_failure = None;
         self.spawn_job(Job::Restart, async move {
             pg.stop("fast", timeout).await?;
@@ -209,7 +237,7 @@ impl<K: Kv> Agent<K> {
         }
         if let Some(j) = self.job.take() {
             if !force {
-                let text = format!("{:?} already in progress", j.kind);
+                let text = format!("{} already in progress", job_name(j.kind));
                 self.job = Some(j);
                 return (503, text);
             }

@@ -39,7 +39,10 @@ impl<K: Kv> Agent<K> {
             return;
         }
         match self.dcs.write_failsafe(&want).await {
-            Ok(()) => info!(members = want.len(), "failsafe key written"),
+            Ok(()) => {
+                info!(members = want.len(), "failsafe key written");
+                self.failsafe_written = Some(want);
+            }
             Err(e) => warn!("cannot write the failsafe key: {e}"),
         }
     }

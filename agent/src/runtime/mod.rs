@@ -18,6 +18,14 @@ use crate::rest_write::{Envelope, Reply};
 pub use crate::snapshot::Snapshot;
 use anyhow::{Result, anyhow};
 use serde_json::{Map, Value};
+
+/// How long a changed `synchronous_standby_names` is in force before standbys are confirmed
+/// against it (every walsender and the checkpointer take a reload in at their own pace).
+const SYNC_SETTLE: Duration = Duration::from_secs(1);
+
+/// How long the same synchronous setting is not written again while the server does not
+/// report it.
+const SYNC_REWRITE_PAUSE: Duration = Duration::from_secs(30);
 use shared::api::{MemberClient, PeerStatus};
 use shared::config::Config;
 use shared::dcs::{
@@ -70,12 +78,12 @@ pub struct Agent<K: Kv> {
     last_dynamic: DynamicConfig,
     /// Since when this node holds the lock without its PostgreSQL up (primary_start_timeout).
     primary_down_since: Option<Instant>,
+    /// When this node last gave the lock up because its PostgreSQL could not serve as primary.
+    gave_up_lock_at: Option<Instant>,
     /// pg_control of the data directory shows wal_log_hints or checksums (pg_rewind can work).
     rewind_capable: Option<bool>,
     /// The last "no member could take over" line logged, to log each change once.
     last_failover_blocked: Option<String>,
-    /// The timing problem of the dynamic configuration last warned about.
-    timing_warned: Option<String>,
     failover_blocked_since: Option<Instant>,
     failover_blocked_logged: bool,
     failover_blocked_leaderless: bool,
@@ -109,11 +117,23 @@ pub struct Agent<K: Kv> {
     systemd: crate::systemd::Notifier,
     /// Who last asked this node over `POST /failsafe` to confirm it as primary, and when.
     pub failsafe_heard: FailsafeHeard,
+    /// What this agent decided and did, with times (`GET /journal`).
+    pub journal: crate::journal::Journal,
     /// This primary runs on the members' confirmations while etcd is unreachable.
     failsafe_active: bool,
+    /// The `failsafe` key this leader wrote during the current cycle: the cycle's cluster view
+    /// was read before the write, and etcd may be gone before the next read.
+    failsafe_written: Option<Map<String, Value>>,
     /// Members of `synchronous_standby_names` PostgreSQL reports synchronous: `None` when
     /// first seen so, then the primary position read at the next observation.
     sync_seen: HashMap<String, Option<u64>>,
+    /// `synchronous_standby_names` as the server last reported it, and since when: standbys
+    /// are confirmed against a setting only once it has been in force for a while (the
+    /// server's processes take a reload in at their own pace).
+    sync_in_force: Option<(String, Instant)>,
+    /// The synchronous setting last written, when, and whether the server not taking it in
+    /// was reported.
+    sync_written: Option<(String, Instant, bool)>,
     watchdog: crate::watchdog::Watchdog,
     /// Why the required watchdog could not be kept alive at the last try.
     watchdog_failed: Option<String>,
@@ -154,6 +174,9 @@ impl<K: Kv> Agent<K> {
         peers: MemberClient,
     ) -> Self {
         let pg = Arc::new(Postgres::new(cfg.clone()));
+        // a restarted agent goes on with the synchronous setting the server runs with, so that
+        // no rewrite of the parameters drops it before synchronous mode looked at it again
+        pg.adopt_sync_setting();
         // until etcd is read: the copy kept beside the data, else bootstrap.dcs
         let last_dynamic = pg
             .cached_dynamic_config()
@@ -183,9 +206,9 @@ impl<K: Kv> Agent<K> {
             dcs_down_since: None,
             last_dynamic,
             primary_down_since: None,
+            gave_up_lock_at: None,
             rewind_capable: None,
             last_failover_blocked: None,
-            timing_warned: None,
             failover_blocked_since: None,
             failover_blocked_logged: false,
             failover_blocked_leaderless: false,
@@ -203,8 +226,12 @@ impl<K: Kv> Agent<K> {
             fence: None,
             systemd: crate::systemd::Notifier::default(),
             failsafe_heard: Default::default(),
+            journal: Default::default(),
             failsafe_active: false,
+            failsafe_written: None,
             sync_seen: HashMap::new(),
+            sync_in_force: None,
+            sync_written: None,
             watchdog: crate::watchdog::Watchdog::new(cfg.watchdog.clone()),
             watchdog_failed: None,
             config_warned: Vec::new(),
@@ -459,7 +486,7 @@ impl<K: Kv> Agent<K> {
                     Some(why) => {
                         if self.config_refused.as_deref() != Some(why.as_str()) {
                             error!(
-                                "the dynamic configuration in etcd (the config key) is refused: {why}; the last good configuration stays in force until the key is fixed (console --batch edit-config)"
+                                "the dynamic configuration in etcd (the config key) is refused: {why}; the last good configuration stays in force until the key is fixed (pgpilot-console --batch edit-config)"
                             );
                             self.config_refused = Some(why);
                         }
@@ -486,19 +513,8 @@ impl<K: Kv> Agent<K> {
             None => self.last_dynamic.clone(),
         };
         let timing = dynamic.timing();
-        let problem = dynamic.timing_problem();
-        if problem != self.timing_warned {
-            if let Some(p) = &problem {
-                warn!(
-                    ttl = timing.ttl,
-                    loop_wait = timing.loop_wait,
-                    retry_timeout = timing.retry_timeout,
-                    "the dynamic configuration's timing is unsafe ({p}); using the values shown until it is fixed"
-                );
-            }
-            self.timing_warned = problem;
-        }
-        // keys of the configuration in force that pgpilot does not act on, each change once
+        // keys of the configuration in force that pgpilot does not act on or adjusts (a ttl
+        // too short for loop_wait and retry_timeout), each change once
         let warnings = dynamic.warnings();
         if warnings != self.config_warned {
             for w in &warnings {
@@ -523,6 +539,11 @@ impl<K: Kv> Agent<K> {
                 self.last_leader = Some(l.name.clone());
             }
             self.other_leads = c.leader.as_ref().is_some_and(|l| l.name != self.cfg.name);
+            if self.other_leads && self.gave_up_lock_at.take().is_some() {
+                // somebody took over: this node races as any other from now on
+                self.snapshot
+                    .send_modify(|s| Arc::make_mut(s).standing_down_until = None);
+            }
             // etcd answers again: the lock, not the members' confirmations, keeps a primary
             self.failsafe_confirmed = None;
             if c.leader.as_ref().is_none_or(|l| l.name != self.cfg.name) {
@@ -561,7 +582,7 @@ impl<K: Kv> Agent<K> {
             .map(|c| {
                 c.members
                     .iter()
-                    .filter(|m| m.data.tags.get("nostream").and_then(Value::as_bool) == Some(true))
+                    .filter(|m| m.data.tag_view().nostream())
                     .map(|m| m.name.clone())
                     .collect()
             })
@@ -625,6 +646,7 @@ impl<K: Kv> Agent<K> {
                 }),
                 rewind: self.rewind_policy(&dynamic),
                 primary_down_secs: self.primary_down_since.map(|t| t.elapsed().as_secs()),
+                gave_up_lock_secs: self.gave_up_lock_at.map(|t| t.elapsed().as_secs()),
                 now_ms: chrono::Utc::now().timestamp_millis(),
                 handed_over: self
                     .handover
@@ -638,9 +660,26 @@ impl<K: Kv> Agent<K> {
                     .allows_leading(timing.ttl, timing.loop_wait)
                     .err()
                     .or_else(|| self.watchdog_failed.clone()),
+                clone_without_leader: matches!(pg_view.data, DataDir::Empty)
+                    && self.can_build_without_leader(&dynamic),
             };
             ha::decide(&obs)
         };
+        if decision.stands_down {
+            // Said on the REST API before the lock goes, since the replica racing for it reads
+            // this node's /patroni at once: no running primary any more (the snapshot, and the
+            // sampler with it, still holds the last answer), and out of the race for a ttl.
+            let now = Instant::now();
+            self.gave_up_lock_at = Some(now);
+            let state = self.pg_state(&pg_view);
+            let until = now + Duration::from_secs(timing.ttl);
+            self.snapshot.send_modify(|s| {
+                let s = Arc::make_mut(s);
+                s.server = None;
+                s.state = state;
+                s.standing_down_until = Some(until);
+            });
+        }
         let again = self
             .execute(&decision, cluster.as_ref(), &server, &dynamic)
             .await;
@@ -708,6 +747,7 @@ impl<K: Kv> Agent<K> {
             .lock_renewed
             .filter(|_| holds)
             .map(|t| t + Duration::from_secs(timing.ttl));
+        let written = self.failsafe_written.take();
         let snap = Snapshot {
             state,
             role,
@@ -715,7 +755,12 @@ impl<K: Kv> Agent<K> {
             lock_until,
             cluster: cluster
                 .clone()
-                .map(Arc::new)
+                .map(|mut c| {
+                    if written.is_some() {
+                        c.failsafe = written;
+                    }
+                    Arc::new(c)
+                })
                 .or_else(|| prev.cluster.clone()),
             dcs_ok: cluster.is_some(),
             dcs_last_seen: if cluster.is_some() {
@@ -925,6 +970,7 @@ impl<K: Kv> Agent<K> {
             },
             standbys: Vec::new(),
             sync_names: None,
+            sync_any: None,
             sync_since: Vec::new(),
         };
         self.last_wal_end = view.wal_end;
@@ -1016,10 +1062,34 @@ impl<K: Kv> Agent<K> {
     fn observe_sync(&mut self, view: &mut PgView, server: Option<&ServerStatus>) {
         let names = self.pg.sync_names();
         view.sync_names = names.clone();
+        view.sync_any = self.pg.sync_any();
         let Some(s) = server.filter(|s| !s.in_recovery) else {
             self.sync_seen.clear();
+            self.sync_in_force = None;
             return;
         };
+        // What the server runs with decides, not what was last written: a reload that failed
+        // (or was not taken in yet) leaves the old setting in force, and the confirmations
+        // gathered under it stay valid for it alone.
+        let reported = s.sync_standby_names.clone().unwrap_or_default();
+        if self
+            .sync_in_force
+            .as_ref()
+            .is_none_or(|(value, _)| *value != reported)
+        {
+            self.sync_seen.clear();
+            self.sync_in_force = Some((reported.clone(), Instant::now()));
+        }
+        if names.is_some()
+            && let Some((actual, any)) = crate::synchronous::parse_guc_value(&reported)
+        {
+            view.sync_names = Some(actual);
+            view.sync_any = any;
+        }
+        let settled = self
+            .sync_in_force
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() >= SYNC_SETTLE);
         view.standbys = s
             .replication
             .iter()
@@ -1032,9 +1102,10 @@ impl<K: Kv> Agent<K> {
             .collect();
         view.sync_since = crate::synchronous::track_confirmations(
             &mut self.sync_seen,
-            &names.unwrap_or_default(),
+            &view.sync_names.clone().unwrap_or_default(),
             &view.standbys,
             s.write_lsn,
+            settled,
         );
     }
 
@@ -1044,6 +1115,17 @@ impl<K: Kv> Agent<K> {
             .use_pg_rewind
             .or_else(|| dynamic.use_pg_rewind())
             .unwrap_or(false)
+    }
+
+    /// Whether a member without data may be built while nobody leads: a replica method with
+    /// `no_leader` among this member's (in a standby cluster, among `standby_cluster`'s own,
+    /// none when it lists none — as Patroni).
+    fn can_build_without_leader(&self, dynamic: &DynamicConfig) -> bool {
+        crate::postgres::methods::can_build_without_leader(
+            &self.cfg.postgresql,
+            dynamic.postgresql_section().as_ref(),
+            standby_replica_methods(dynamic).as_deref(),
+        )
     }
 
     fn rewind_policy(&self, dynamic: &DynamicConfig) -> RewindPolicy {
@@ -1160,6 +1242,7 @@ impl<K: Kv> Agent<K> {
                         failover_priority: priority,
                         no_failover,
                         watchdog_failed: st.as_ref().is_some_and(|s| s.watchdog_failed),
+                        standing_down: st.as_ref().is_some_and(|s| s.standing_down),
                     }
                 }
             });
@@ -1267,6 +1350,7 @@ impl<K: Kv> Agent<K> {
     ) -> bool {
         if self.last_summary != d.summary {
             info!(actions = ?d.actions, "{}", d.summary);
+            self.journal.record(d.summary.clone());
             self.last_summary = d.summary.clone();
         } else {
             tracing::debug!(actions = ?d.actions, "{}", d.summary);
@@ -1352,6 +1436,20 @@ impl<K: Kv> Agent<K> {
                 }
                 Ok(Step::Again)
             }
+            Action::CloneWithoutLeader => {
+                let source = crate::jobs::CloneSource {
+                    upstream: None,
+                    name: "a backup (no leader)".into(),
+                    api_url: String::new(),
+                    peers: self.peers.clone(),
+                    methods: standby_replica_methods(dynamic),
+                };
+                info!(
+                    "no leader: building this member from a backup (replica methods with no_leader)"
+                );
+                self.spawn_clone(source, None, params, dynamic);
+                Ok(Step::Continue)
+            }
             Action::Clone { from } => {
                 let cluster = cluster.ok_or_else(|| anyhow!("no cluster view"))?;
                 let up = upstream_of(cluster, from)
@@ -1359,7 +1457,7 @@ impl<K: Kv> Agent<K> {
                 let leader = cluster.leader.as_ref().map(|l| l.name.clone());
                 let leader_up = leader.as_deref().and_then(|l| upstream_of(cluster, l));
                 let source = crate::jobs::CloneSource {
-                    upstream: up,
+                    upstream: Some(up),
                     name: from.clone(),
                     api_url: cluster
                         .member(from)
@@ -1368,17 +1466,7 @@ impl<K: Kv> Agent<K> {
                     peers: self.peers.clone(),
                     methods: None,
                 };
-                self.spawn_job(
-                    Job::Clone,
-                    clone_replica(
-                        self.pg.clone(),
-                        source,
-                        leader_up,
-                        (params, dynamic.postgresql_section()),
-                        dynamic.pg_hba(),
-                        Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
-                    ),
-                );
+                self.spawn_clone(source, leader_up, params, dynamic);
                 Ok(Step::Continue)
             }
             Action::AdoptInitialize { sysid } => {
@@ -1690,17 +1778,35 @@ impl<K: Kv> Agent<K> {
                 self.run_callback(crate::callbacks::Event::Reload);
                 Ok(Step::Continue)
             }
-            Action::SetSyncNames { names } => {
-                self.pg.set_sync_names(names.clone());
+            Action::SetSyncNames { names, any } => {
+                // the same value written moments ago and still not what the server reports:
+                // something overrides it (ALTER SYSTEM's postgresql.auto.conf, or PostgreSQL
+                // refused it); rewriting and reloading every cycle would not help
+                let wanted = names
+                    .as_ref()
+                    .map(|n| crate::synchronous::guc_value(n, *any));
+                if let Some((value, at, warned)) = self.sync_written.as_mut()
+                    && Some(&*value) == wanted.as_ref()
+                    && at.elapsed() < SYNC_REWRITE_PAUSE
+                {
+                    if !*warned && at.elapsed() >= SYNC_SETTLE {
+                        *warned = true;
+                        warn!(
+                            "PostgreSQL does not run with synchronous_standby_names = '{value}' although it was written and reloaded: is it set with ALTER SYSTEM (postgresql.auto.conf)? Remove it there (ALTER SYSTEM RESET synchronous_standby_names); the server's log says whether it refused the value"
+                        );
+                    }
+                    return Ok(Step::Continue);
+                }
+                self.sync_written = wanted.map(|v| (v, Instant::now(), false));
+                self.pg.set_sync_setting(names.clone(), *any);
                 self.pg.rewrite_parameters(&params)?;
                 if server.is_some() {
                     self.pg.reload().await?;
                 }
-                self.sync_seen.clear();
                 match names {
                     Some(n) => info!(
                         "synchronous mode: synchronous_standby_names = '{}'",
-                        crate::synchronous::guc_value(n)
+                        crate::synchronous::guc_value(n, *any)
                     ),
                     None => info!(
                         "synchronous mode is off: synchronous_standby_names is the configuration's again"
@@ -1708,16 +1814,24 @@ impl<K: Kv> Agent<K> {
                 }
                 Ok(Step::Continue)
             }
-            Action::WriteSync { standbys, version } => {
+            Action::WriteSync {
+                standbys,
+                quorum,
+                version,
+            } => {
                 let state = shared::dcs::SyncState {
                     leader: Some(self.cfg.name.clone()),
-                    quorum: 0,
+                    quorum: *quorum,
                     sync_standby: standbys.clone(),
                 };
                 if !self.dcs.write_sync(&state, *version).await? {
                     anyhow::bail!("the sync key changed meanwhile; looking again next cycle");
                 }
-                info!(standbys = ?standbys, "synchronous mode: published the synchronous standbys");
+                if dynamic.synchronous_mode() == shared::dcs::SyncMode::Quorum {
+                    info!(voters = ?standbys, quorum, "quorum commit: published the voters and the quorum a new primary must see");
+                } else {
+                    info!(standbys = ?standbys, "synchronous mode: published the synchronous standbys");
+                }
                 Ok(Step::Continue)
             }
             Action::DeleteSync { version } => {
@@ -1734,6 +1848,26 @@ impl<K: Kv> Agent<K> {
                 Ok(Step::Continue)
             }
         }
+    }
+
+    /// Starts building this member's data directory from `source` (a member, or a backup when
+    /// nobody leads), with the parameters and pg_hba of the dynamic configuration in force.
+    fn spawn_clone(
+        &mut self,
+        source: crate::jobs::CloneSource,
+        leader: Option<Upstream>,
+        params: Map<String, Value>,
+        dynamic: &DynamicConfig,
+    ) {
+        let job = clone_replica(
+            self.pg.clone(),
+            source,
+            leader,
+            (params, dynamic.postgresql_section()),
+            dynamic.pg_hba(),
+            Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout),
+        );
+        self.spawn_job(Job::Clone, job);
     }
 
     fn spawn_job(
@@ -1787,6 +1921,17 @@ impl<K: Kv> Agent<K> {
                 _ => None,
             };
         }
+        // the failure's first words only: the full chain (a tool's output) stays in the log
+        self.journal.record(match &result {
+            Ok(()) => format!("{:?} finished", job.kind),
+            Err(e) => {
+                let what: String = e.to_string().chars().take(200).collect();
+                format!(
+                    "{:?} failed: {what} (the agent's log has the details)",
+                    job.kind
+                )
+            }
+        });
         match (job.kind, result) {
             (kind, Ok(())) => info!(job = ?kind, "finished"),
             (Job::Bootstrap, Err(e)) => {
@@ -2092,4 +2237,12 @@ fn upstream_of(cluster: &Cluster, member: &str) -> Option<Upstream> {
     }
     let (host, port) = cluster.member(member)?.data.host_port()?;
     Some(Upstream { host, port })
+}
+
+/// In a standby cluster, the replica methods its members are built with (`standby_cluster`'s
+/// own list, none when it lists none — as Patroni); `None` elsewhere.
+fn standby_replica_methods(dynamic: &DynamicConfig) -> Option<Vec<String>> {
+    dynamic
+        .standby_cluster()
+        .map(|sc| sc.create_replica_methods.unwrap_or_default())
 }

@@ -5,6 +5,10 @@
 //! PostgreSQL loads it at a restart) — and moves them to the published positions, so that a
 //! consumer of a logical slot goes on after a switchover or failover from where the new
 //! primary's copy stands (at or before where it was: consumers skip what they saw by LSN).
+//! From PostgreSQL 17, when the operator asks for failover slots (`sync_replication_slots: on`
+//! in the dynamic configuration's parameters), the leader creates the logical ones with
+//! `failover` and the replicas' servers keep them themselves; copying stays for slots the
+//! leader has without the flag (made before), and for members that cannot sync.
 
 use super::{Agent, Step, upstream_of};
 use crate::jobs::start_postgres;
@@ -59,7 +63,8 @@ impl<K: Kv> Agent<K> {
                 let made = match &slot.logical {
                     None => pg.create_slot(&slot.name).await,
                     Some((database, plugin)) => {
-                        pg.create_logical_slot(&slot.name, database, plugin).await
+                        pg.create_logical_slot(&slot.name, database, plugin, pg.failover_slots())
+                            .await
                     }
                 };
                 match made {
@@ -197,9 +202,26 @@ async fn sync_slots(
         }
     };
     let mut missing_logical = Vec::new();
+    let server_syncs = pg.syncs_failover_slots();
     for slot in slots {
         let here = local.iter().find(|s| s.name == slot.name);
         match (&slot.logical, here) {
+            // PostgreSQL's slot synchronization keeps failover slots here: a copy of its own
+            // is left to it; one this member kept as primary (failover, not synced) stands in
+            // its way and goes (the leader's is the one that counts)
+            (Some(_), Some(h)) if server_syncs && h.logical && h.synced => {}
+            (Some(_), Some(h)) if server_syncs && h.logical && h.failover => {
+                match pg.drop_slot(&slot.name).await {
+                    Ok(()) => info!(
+                        slot = slot.name,
+                        "dropped this member's own copy of a failover slot: PostgreSQL syncs it from the leader"
+                    ),
+                    Err(e) => warn!(
+                        slot = slot.name,
+                        "cannot drop the failover slot left from leading: {e:#}"
+                    ),
+                }
+            }
             (None, None) => match pg.create_slot(&slot.name).await {
                 Ok(()) => info!(
                     slot = slot.name,
@@ -260,15 +282,19 @@ async fn sync_slots(
             continue;
         };
         match pg.remote_slot_state(&from, &slot.name).await {
-            Ok((state, db, pl))
-                if db.as_deref() == Some(database.as_str())
-                    && pl.as_deref() == Some(plugin.as_str()) =>
+            // a failover slot reaches this member through PostgreSQL's own synchronization
+            Ok(remote) if remote.failover && server_syncs => {}
+            Ok(remote)
+                if remote.database.as_deref() == Some(database.as_str())
+                    && remote.plugin.as_deref() == Some(plugin.as_str()) =>
             {
-                states.push((slot.name.clone(), state));
+                states.push((slot.name.clone(), remote.state));
             }
-            Ok((_, db, pl)) => warn!(
+            Ok(remote) => warn!(
                 slot = slot.name,
-                "the leader's slot is in database {db:?} with plugin {pl:?}, not as configured: not copied"
+                "the leader's slot is in database {:?} with plugin {:?}, not as configured: not copied",
+                remote.database,
+                remote.plugin
             ),
             Err(e) => warn!(
                 slot = slot.name,

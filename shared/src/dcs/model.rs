@@ -147,27 +147,19 @@ impl MemberData {
         self.state == "running" && matches!(self.role.as_str(), "primary" | "master")
     }
 
+    /// The member's tags, read as Patroni reads them (strings included).
+    pub fn tag_view(&self) -> crate::tags::TagView<'_> {
+        crate::tags::TagView(&self.tags)
+    }
+
     /// Whether the member's tags exclude it from leader races.
     pub fn no_failover(&self) -> bool {
-        let nofailover = self.tags.get("nofailover").and_then(Value::as_bool);
-        let priority = self.tags.get("failover_priority").and_then(Value::as_i64);
-        match (nofailover, priority) {
-            (Some(b), _) => b,
-            (None, Some(p)) => p <= 0,
-            _ => false,
-        }
+        self.tag_view().no_failover()
     }
 
     /// The member's `failover_priority` (1 unless tagged; 0 when nofailover).
     pub fn failover_priority(&self) -> i64 {
-        if self.no_failover() {
-            0
-        } else {
-            self.tags
-                .get("failover_priority")
-                .and_then(Value::as_i64)
-                .unwrap_or(1)
-        }
+        self.tag_view().failover_priority()
     }
 
     /// The WAL position the member reports (primary flush, replica max(receive, replay)).
@@ -440,7 +432,7 @@ impl Failover {
 pub enum SyncMode {
     Off,
     On,
-    /// Patroni's quorum commit; pgpilot runs it as `on` (priority mode) and says so.
+    /// Patroni 4's quorum commit: `ANY k (…)` and a `sync` key with `quorum`.
     Quorum,
 }
 
@@ -457,22 +449,47 @@ pub struct SyncState {
 }
 
 impl SyncState {
+    /// Reads the key as Patroni does: an empty leader is none (and then no quorum counts; the
+    /// voters are kept but restrict nothing, see [`SyncState::promotable`]); voters without
+    /// blanks, repeats (case-insensitive) or the leader itself; the quorum at most the number
+    /// of voters.
     pub fn parse(raw: &str) -> Option<SyncState> {
         let v: Value = serde_json::from_str(raw).ok()?;
         let o = v.as_object()?;
+        let leader = o
+            .get("leader")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string);
+        let mut sync_standby: Vec<String> = Vec::new();
+        for name in o
+            .get("sync_standby")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+        {
+            let repeated = sync_standby.iter().any(|s| s.eq_ignore_ascii_case(name))
+                || leader
+                    .as_deref()
+                    .is_some_and(|l| l.eq_ignore_ascii_case(name));
+            if !name.is_empty() && !repeated {
+                sync_standby.push(name.to_string());
+            }
+        }
+        let quorum = match leader {
+            Some(_) => o
+                .get("quorum")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .min(sync_standby.len() as u64),
+            None => 0,
+        };
         Some(SyncState {
-            leader: o.get("leader").and_then(Value::as_str).map(str::to_string),
-            quorum: o.get("quorum").and_then(Value::as_u64).unwrap_or(0),
-            sync_standby: o
-                .get("sync_standby")
-                .and_then(Value::as_str)
-                .map(|s| {
-                    s.split(',')
-                        .map(|x| x.trim().to_string())
-                        .filter(|x| !x.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            leader,
+            quorum,
+            sync_standby,
         })
     }
 
@@ -582,6 +599,35 @@ impl DynamicConfig {
             loop_wait,
             retry_timeout,
         }
+    }
+
+    /// When the ttl, loop_wait and retry_timeout as written break `ttl ≥ loop_wait + 2 ×
+    /// retry_timeout` (each within its range): what is used instead, as Patroni adjusts them —
+    /// loop_wait lowered first, then retry_timeout.
+    pub fn timing_adjustment(&self) -> Option<String> {
+        // as written (defaults for the absent ones); a wrong type or a value above the range
+        // is refused by its key elsewhere
+        let written = |key: &str, default: u64| match self.raw.get(key) {
+            None => Some(default),
+            Some(_) => self.uint(key).filter(|v| *v <= MAX_TIMING),
+        };
+        let ttl = written("ttl", 30)?;
+        let loop_wait = written("loop_wait", 10)?;
+        let retry_timeout = written("retry_timeout", 10)?;
+        let t = self.timing();
+        if (t.ttl, t.loop_wait, t.retry_timeout) == (ttl, loop_wait, retry_timeout) {
+            return None;
+        }
+        if ttl < MIN_TTL || loop_wait < 1 || retry_timeout < 1 {
+            return Some(format!(
+                "ttl {ttl}, loop_wait {loop_wait} and retry_timeout {retry_timeout} go below pgpilot's minimums ({MIN_TTL}, 1, 1): using ttl {}, loop_wait {} and retry_timeout {} (raised, as Patroni raises values below its own)",
+                t.ttl, t.loop_wait, t.retry_timeout
+            ));
+        }
+        Some(format!(
+            "ttl {ttl} is below loop_wait {loop_wait} + 2 × retry_timeout {retry_timeout}: using loop_wait {} and retry_timeout {} (lowered as Patroni does)",
+            t.loop_wait, t.retry_timeout
+        ))
     }
 
     /// Why the ttl, loop_wait and retry_timeout as written cannot work together, if they cannot:
@@ -759,6 +805,16 @@ impl DynamicConfig {
     }
 
     /// `synchronous_node_count` (default 1, at least 1).
+    /// `maximum_lag_on_syncnode` in bytes: a synchronous standby further behind is replaced
+    /// (Patroni's rule); `None` when unset or at or below 0 (never replaced for lag).
+    pub fn maximum_lag_on_syncnode(&self) -> Option<u64> {
+        match self.raw.get("maximum_lag_on_syncnode")? {
+            Value::Number(n) => n.as_u64().filter(|v| *v > 0),
+            Value::String(s) => s.trim().parse::<u64>().ok().filter(|v| *v > 0),
+            _ => None,
+        }
+    }
+
     pub fn synchronous_node_count(&self) -> usize {
         self.uint("synchronous_node_count").unwrap_or(1).max(1) as usize
     }
@@ -818,18 +874,19 @@ impl DynamicConfig {
     /// Checks the types and limits of a `bootstrap.dcs` (or a proposed `/config`) object, calling
     /// `report(key, message)` for each problem.
     pub fn check_bootstrap(raw: &Map<String, Value>, mut report: impl FnMut(&str, String)) {
+        // a ttl too short for loop_wait and retry_timeout is not refused: they are lowered and
+        // the change warned about (crate::config::dynamic_key_notes), as Patroni does
         Self::check_values(raw, &mut report);
-        if let Some(problem) = (DynamicConfig { raw: raw.clone() }).timing_problem() {
-            report("ttl", problem);
-        }
     }
 
     /// Types and ranges of the values, each problem reported with its key.
     fn check_values(raw: &Map<String, Value>, mut report: impl FnMut(&str, String)) {
         let uint_keys = [
-            ("ttl", MIN_TTL, MAX_TIMING),
-            ("loop_wait", 1, MAX_TIMING),
-            ("retry_timeout", 1, MAX_TIMING),
+            // below pgpilot's minimums: raised with a warning (timing_adjustment), as Patroni
+            // raises values below its own
+            ("ttl", 0, MAX_TIMING),
+            ("loop_wait", 0, MAX_TIMING),
+            ("retry_timeout", 0, MAX_TIMING),
             ("maximum_lag_on_failover", 0, i64::MAX as u64),
             ("primary_start_timeout", 0, MAX_TIMING),
             ("primary_stop_timeout", 0, MAX_TIMING),

@@ -12,8 +12,13 @@ use std::time::Duration;
 /// How a 404 answer (nothing to act on at that member) starts.
 const NOTHING_THERE: &str = "nothing to do: ";
 
-/// The reason text of an agent's answer: `{"error": …}` from pgpilot, plain text from Patroni.
+/// The reason text of an agent's answer: plain text (Patroni's and pgpilot's), the message of
+/// the error page Python's HTTP server sends, or an older pgpilot's `{"error": …}`.
 fn reason(body: &str) -> String {
+    if let Some(rest) = body.split("<p>Message: ").nth(1) {
+        let message = rest.split("</p>").next().unwrap_or(rest);
+        return message.trim().trim_end_matches('.').to_string();
+    }
     serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
@@ -125,5 +130,7 @@ mod tests {
     fn reasons_come_from_json_or_text() {
         assert_eq!(reason(r#"{"error": "I am the leader"}"#), "I am the leader");
         assert_eq!(reason("restart failed\n"), "restart failed");
+        let page = "<!DOCTYPE HTML>\n<html lang=\"en\">\n    <body>\n        <h1>Error response</h1>\n        <p>Error code: 409</p>\n        <p>Message: Conflict.</p>\n    </body>\n</html>\n";
+        assert_eq!(reason(page), "Conflict");
     }
 }

@@ -64,10 +64,12 @@ impl RestartRequest {
                     let role = match s()?.as_str() {
                         "master" | "primary" => "primary".to_string(),
                         "replica" | "standby_leader" => s()?,
-                        other => {
-                            return Err(OpsError::Invalid(format!(
-                                "PostgreSQL role should be either primary, standby_leader, or replica, not {other:?}"
-                            )));
+                        // Patroni's words exactly: scripts match them
+                        _ => {
+                            return Err(OpsError::Invalid(
+                                "PostgreSQL role should be either primary, standby_leader, or replica"
+                                    .into(),
+                            ));
                         }
                     };
                     r.role = Some(role);
@@ -85,9 +87,9 @@ impl RestartRequest {
                     let t = crate::types::parse_seconds(&s()?)
                         .filter(|t| *t > 0)
                         .ok_or_else(|| {
-                            OpsError::Invalid(format!(
-                                "timeout must be a positive number of seconds, not {v}"
-                            ))
+                            OpsError::Invalid(
+                                "Timeout should be a positive number of seconds".into(),
+                            )
                         })?;
                     r.timeout = Some(t);
                 }

@@ -995,7 +995,7 @@ fn console_summary(reps: usize, patronictl: Option<PathBuf>) -> Result<Value> {
     let mut theirs = Vec::new();
     for _ in 0..reps {
         ours.push(time(
-            Command::new(bin_dir().join("console"))
+            Command::new(bin_dir().join("pgpilot-console"))
                 .arg("-c")
                 .arg(&cfg)
                 .args(["--batch", "list"]),
@@ -1033,7 +1033,7 @@ fn console_summary(reps: usize, patronictl: Option<PathBuf>) -> Result<Value> {
 
 /// `console --bench-render`: one frame of the 1,000-member cluster list, in ms.
 fn render_ms() -> Result<f64> {
-    let out = Command::new(bin_dir().join("console"))
+    let out = Command::new(bin_dir().join("pgpilot-console"))
         .arg("--bench-render")
         .output()
         .context("cannot run console --bench-render")?;
@@ -1053,7 +1053,7 @@ fn change_to_screen_ms(lab: &Lab) -> Result<f64> {
         36,
         &format!(
             "TERM=xterm-256color {} --etcd {}",
-            bin_dir().join("console").display(),
+            bin_dir().join("pgpilot-console").display(),
             lab.etcd.endpoint()
         ),
     )?;

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use pgpilot_e2e::demo::{self, Switch, UpOptions};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -168,9 +168,9 @@ fn up(dir: &Path, no_console: bool, haproxy: bool, netns: bool) -> Result<()> {
     console(&state)?;
     print!("stop the demo cluster? [Y]es / [n]o, keep it running / [w]ipe it too: ");
     std::io::stdout().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    match answer.trim().to_lowercase().as_str() {
+    let answer = one_key()?;
+    println!("{answer}");
+    match answer.to_lowercase().as_str() {
         "n" | "no" => {
             println!("still running: `demo console` opens the console again, `demo down` stops it");
             Ok(())
@@ -180,8 +180,36 @@ fn up(dir: &Path, no_console: bool, haproxy: bool, netns: bool) -> Result<()> {
     }
 }
 
+/// One key pressed, without waiting for Enter (Enter or Escape: the default, an empty answer;
+/// Ctrl-C: "n", leaving the cluster running as an interrupted demo always did).
+fn one_key() -> Result<String> {
+    use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers, read};
+    use crossterm::terminal::{disable_raw_mode, enable_raw_mode};
+    enable_raw_mode()?;
+    let key = loop {
+        match read() {
+            Ok(Event::Key(k)) if k.kind == KeyEventKind::Press => {
+                break match k.code {
+                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                        "n".to_string()
+                    }
+                    KeyCode::Char(c) => c.to_string(),
+                    _ => String::new(),
+                };
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = disable_raw_mode();
+                return Err(e.into());
+            }
+        }
+    };
+    disable_raw_mode()?;
+    Ok(key)
+}
+
 fn console(state: &demo::State) -> Result<()> {
-    let status = std::process::Command::new(state.bin_dir.join("console"))
+    let status = std::process::Command::new(state.bin_dir.join("pgpilot-console"))
         .arg("--etcd")
         .arg(state.etcd_endpoint())
         .arg("--demo")

@@ -175,6 +175,9 @@ pub struct Observation<'a> {
     /// A replica method with `no_leader` (a restore from a backup) is configured: a member
     /// without data can be built while nobody leads.
     pub clone_without_leader: bool,
+    /// A reinitialize asked for `from_leader`: the next clone takes the leader, whatever the
+    /// `clonefrom` tags say.
+    pub clone_from_leader: bool,
 }
 
 /// One thing for the runtime to do.
@@ -833,11 +836,12 @@ fn rejoin_decision(plan: Rejoin, leader: &str, actions: &mut Vec<Action>) -> Opt
 }
 
 /// The member to clone from: a running member tagged `clonefrom` (not us, not the leader), else
-/// the leader.
-fn clone_source(cluster: &Cluster, me: &str) -> Option<String> {
+/// the leader; the leader alone with `from_leader`.
+fn clone_source(cluster: &Cluster, me: &str, from_leader: bool) -> Option<String> {
     let leader = cluster.leader.as_ref()?;
     let tagged = cluster.members.iter().find(|m: &&Member| {
-        m.name != me
+        !from_leader
+            && m.name != me
             && m.name != leader.name
             && m.data.state == "running"
             && m.data.tag_view().clonefrom()
@@ -1031,7 +1035,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 actions.push(Action::BootstrapIfWon);
                 return decision(actions, "no cluster yet: racing to bootstrap it");
             }
-            return match clone_source(cluster, obs.me) {
+            return match clone_source(cluster, obs.me, obs.clone_from_leader) {
                 Some(from) if !holds_lock => {
                     let summary = format!("cloning a replica from {from}");
                     actions.push(Action::Clone { from });
@@ -1612,6 +1616,7 @@ pub(crate) mod tests {
             failsafe_leader: None,
             watchdog_refusal: None,
             clone_without_leader: false,
+            clone_from_leader: false,
         }
     }
 
@@ -1748,6 +1753,24 @@ pub(crate) mod tests {
         pg.running = false;
         let d = decide(&obs("n2", Some(&c), pg, &[]));
         assert_eq!(d.actions, vec![Action::Clone { from: "n3".into() }]);
+    }
+
+    #[test]
+    fn a_reinitialize_from_the_leader_ignores_clonefrom() {
+        let mut c = cluster(Some("n1"));
+        c.members[2]
+            .data
+            .tags
+            .insert("clonefrom".into(), serde_json::Value::Bool(true));
+        let mut pg = replica_pg(0, None);
+        pg.data = DataDir::Empty;
+        pg.running = false;
+        let mut o = obs("n2", Some(&c), pg, &[]);
+        o.clone_from_leader = true;
+        assert_eq!(
+            decide(&o).actions,
+            vec![Action::Clone { from: "n1".into() }]
+        );
     }
 
     #[test]

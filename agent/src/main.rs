@@ -9,6 +9,7 @@ mod jobs;
 mod journal;
 mod postgres;
 mod quorum;
+mod raft;
 mod rest;
 mod rest_access;
 mod rest_write;
@@ -63,6 +64,12 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     validate_config: Option<PathBuf>,
 
+    /// Run only the consensus member of a `raft:` cluster, no PostgreSQL (a witness: two
+    /// database machines and this one keep a quorum when either database machine is lost).
+    /// CONFIG needs `scope` and `raft` only; a member's YAML works too.
+    #[arg(long, value_name = "CONFIG", conflicts_with_all = ["config", "validate_config"])]
+    witness: Option<PathBuf>,
+
     /// Internal: run as the fencing guard of this data directory (started by the agent itself).
     #[arg(long, value_name = "DATA_DIR", hide = true)]
     fence_guard: Option<PathBuf>,
@@ -83,6 +90,9 @@ fn main() -> ExitCode {
     }
     if let Some(path) = &cli.validate_config {
         return validate(path);
+    }
+    if let Some(path) = &cli.witness {
+        return witness(path, systemd);
     }
     if let Some(code) = shared::cli::write_docs(
         <Cli as clap::CommandFactory>::command(),
@@ -222,12 +232,108 @@ fn init_tracing(cfg: &Config) {
     }
 }
 
+/// `--witness CONFIG`: the raft member alone, until SIGTERM or SIGINT.
+fn witness(path: &std::path::Path, systemd: systemd::Notifier) -> ExitCode {
+    let (scope, raft_cfg) = match shared::config::RaftConfig::load_witness(path, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgpilot-agent --witness: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGPILOT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    if let Err(e) = raft::check(&raft_cfg) {
+        error!("{e:#}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgpilot-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        info!(
+            scope,
+            self_addr = raft_cfg.self_addr,
+            "pgpilot witness {} starting: the raft member only, no PostgreSQL",
+            shared::VERSION
+        );
+        let health = raft::SharedHealth::default();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let member = tokio::spawn(raft::supervise(
+            raft_cfg,
+            scope,
+            false,
+            health,
+            stop.clone(),
+        ));
+        systemd.ready("witness: raft member running");
+        shutdown_signal().await;
+        info!("stopping the raft member");
+        stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(15), member).await;
+        ExitCode::SUCCESS
+    })
+}
+
 async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
     // one set of signal listeners from the start: a stop while etcd is awaited or the REST API
     // starts is heard by the loop too
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let cfg = Arc::new(cfg);
+    // raft: the etcd member this agent runs, before anything talks to etcd
+    let raft_member = match &cfg.raft {
+        Some(r) => {
+            raft::check(r)?;
+            let health = raft::SharedHealth::default();
+            let stop = Arc::new(tokio::sync::Notify::new());
+            let existed = cfg.postgresql.data_dir.join("PG_VERSION").exists();
+            let task = tokio::spawn(raft::supervise(
+                r.clone(),
+                cfg.scope.clone(),
+                existed,
+                health.clone(),
+                stop.clone(),
+            ));
+            Some((health, stop, task))
+        }
+        None => None,
+    };
+    let result = run_agent(
+        cfg,
+        systemd,
+        shutdown,
+        raft_member.as_ref().map(|m| m.0.clone()),
+    )
+    .await;
+    if let Some((_, stop, task)) = raft_member {
+        // after the agent let its lock and member key go
+        stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    }
+    result
+}
+
+async fn run_agent(
+    cfg: Arc<Config>,
+    systemd: systemd::Notifier,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    raft_health: Option<raft::SharedHealth>,
+) -> Result<()> {
     info!(
         scope = cfg.scope,
         name = cfg.name,
@@ -260,6 +366,7 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("ctl.cacert / restapi.cafile: {e}"))?;
     let mut agent = runtime::Agent::new(cfg.clone(), dcs.clone(), tx, commands_rx, peers.clone());
     agent.set_systemd(systemd);
+    agent.raft = raft_health;
     agent.set_fence_guard(guard::FenceGuard::start(
         &cfg.postgresql.data_dir,
         &cfg.etcd,

@@ -472,6 +472,9 @@ pub fn status_json(s: &Snapshot) -> Value {
         "watchdog".into(),
         json!(if s.watchdog_armed { "armed" } else { "off" }),
     );
+    if let Some(r) = &s.raft {
+        own.insert("raft".into(), json!(r));
+    }
     o.insert("pgpilot".into(), Value::Object(own));
     Value::Object(o)
 }
@@ -511,6 +514,26 @@ pub fn metrics(s: &Snapshot) -> String {
         "Value is 1 if some member could take over from the leader now, 0 if failover is blocked.",
         b(s.dcs_ok && s.failover_blocked.is_none()),
     );
+    if let Some(r) = &s.raft {
+        metric(
+            "pgpilot_raft_member_running",
+            "gauge",
+            "Value is 1 if the etcd member this agent runs (raft:) is running, 0 otherwise.",
+            b(r.running),
+        );
+        metric(
+            "pgpilot_raft_members_reachable",
+            "gauge",
+            "How many members of the raft group answer over their peer port.",
+            r.reachable.to_string(),
+        );
+        metric(
+            "pgpilot_raft_has_leader",
+            "gauge",
+            "Value is 1 if the raft group has a leader (a quorum), 0 otherwise.",
+            b(r.leader.is_some()),
+        );
+    }
     metric(
         "patroni_postgres_running",
         "gauge",

@@ -21,7 +21,12 @@ use tracing::{info, warn};
 pub enum Command {
     Restart(RestartRequest),
     CancelRestart,
-    Reinitialize { force: bool },
+    /// `from_leader`: clone from the leader with pg_basebackup (not a `clonefrom` member, not
+    /// another replica method).
+    Reinitialize {
+        force: bool,
+        from_leader: bool,
+    },
     Reload,
 }
 
@@ -248,8 +253,9 @@ pub async fn handle<K: Kv>(
         },
         ("DELETE", "restart") => command(api, Command::CancelRestart).await,
         ("POST", "reinitialize") => {
-            let force = body.get("force").and_then(Value::as_bool).unwrap_or(false);
-            command(api, Command::Reinitialize { force }).await
+            let force = request_flag(&body, "force");
+            let from_leader = request_flag(&body, "from_leader");
+            command(api, Command::Reinitialize { force, from_leader }).await
         }
         ("POST", "reload") => command(api, Command::Reload).await,
         ("POST", "failsafe") => confirm_failsafe(api, &body).await,
@@ -493,4 +499,16 @@ async fn put_config<K: Kv>(api: &Api<K>, body: &Value) -> Response {
             python_error(StatusCode::BAD_GATEWAY)
         }
     }
+}
+
+/// A yes/no field of a request body read as Patroni reads it: `true`, `"on"`, `"yes"`, `1` …
+/// are yes; anything else, or no such field, is no.
+fn request_flag(body: &Value, key: &str) -> bool {
+    let text = match body.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return false,
+    };
+    shared::config::parse_bool(&text).unwrap_or(false)
 }

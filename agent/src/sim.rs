@@ -877,6 +877,7 @@ impl Sim {
             failsafe_leader,
             watchdog_refusal: None,
             clone_without_leader: false,
+            clone_from_leader: false,
         };
         let decision = ha::decide(&obs);
         self.nodes[i].last_summary = decision.summary.clone();

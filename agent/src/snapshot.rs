@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub last_leader: Option<String>,
     /// The watchdog device is armed (this node leads).
     pub watchdog_armed: bool,
+    /// The etcd member this agent runs (`raft:`), as last seen.
+    pub raft: Option<crate::raft::Health>,
     /// `watchdog.mode: required` and the watchdog cannot be used.
     pub watchdog_failed: bool,
     /// The version of the PostgreSQL binaries in `bin_dir` (as `server_version_num`).
@@ -88,6 +90,7 @@ impl Snapshot {
             failsafe_mode: false,
             last_leader: None,
             watchdog_armed: false,
+            raft: None,
             watchdog_failed: false,
             binaries_version: None,
             replica_method: None,

@@ -2,14 +2,16 @@
 //! keys, ticks, action results), state changes and effects out (quit, run an operation). No IO
 //! and no clock here: time arrives in the messages, so every behaviour is testable.
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use serde_json::Value;
 use shared::dcs::{Cluster, Member};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// How many lag samples are kept per member for the sparkline.
-const LAG_SAMPLES: usize = 60;
+/// How far back the charts reach: each member's samples older than this are dropped.
+pub const CHART_SPAN: Duration = Duration::from_secs(300);
+/// At most this many samples per member (a sample a second over [`CHART_SPAN`], with room).
+const CHART_POINTS: usize = 600;
 /// How many lines the event log keeps.
 const EVENTS: usize = 500;
 /// How long a change stays highlighted.
@@ -74,16 +76,25 @@ pub enum Tab {
     History,
     Config,
     Events,
+    /// Replay lag and WAL rate over the last minutes, per member.
+    Charts,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 4] = [Tab::Members, Tab::History, Tab::Config, Tab::Events];
+    pub const ALL: [Tab; 5] = [
+        Tab::Members,
+        Tab::History,
+        Tab::Config,
+        Tab::Events,
+        Tab::Charts,
+    ];
     pub fn title(self) -> &'static str {
         match self {
             Tab::Members => "Members",
             Tab::History => "History",
             Tab::Config => "Config",
             Tab::Events => "Events",
+            Tab::Charts => "Charts",
         }
     }
 }
@@ -247,6 +258,8 @@ pub enum Msg {
         sample: Sample,
     },
     Key(KeyEvent),
+    /// A click or a wheel turn (when the console reports the mouse).
+    Mouse(MouseEvent),
     Tick(Instant),
     /// An operation finished: what to tell the operator.
     Done(Result<String, String>),
@@ -287,8 +300,12 @@ pub const KEYMAP: &[Binding] = &[
         what: "back",
     },
     Binding {
-        keys: "Tab / 1-4",
-        what: "members, history, config, events",
+        keys: "Tab / 1-5",
+        what: "members, history, config, events, charts",
+    },
+    Binding {
+        keys: "PgUp / PgDn",
+        what: "scroll; mouse: click selects, click again opens",
     },
     Binding {
         keys: "/",
@@ -296,7 +313,7 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         keys: ":",
-        what: "command: switchover, failover, restart, reinit, reload, cancel-restart, cancel-switchover, pause, resume, dismiss, quit [MEMBER] [at TIME]; demo: cut, restore, crash, isolate, heal MEMBER, etcd stop|start",
+        what: "command: switchover, failover, restart, reinit, reload, pause, resume, dismiss, cancel-restart, cancel-switchover, quit; demo: cut, restore, crash, isolate, heal, etcd stop|start",
     },
     Binding {
         keys: "s",
@@ -348,6 +365,68 @@ pub const KEYMAP: &[Binding] = &[
     },
 ];
 
+/// One REST sample reduced to what the charts draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    pub at: Instant,
+    /// Received minus replayed WAL, in bytes (a replica).
+    pub lag: Option<u64>,
+    /// The WAL position: written (a primary) or received (a replica).
+    pub wal: Option<u64>,
+}
+
+/// One line of a chart: a member's name and its points as (seconds before now, value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub member: String,
+    pub points: Vec<(f64, f64)>,
+    /// The largest value in the window.
+    pub peak: f64,
+}
+
+/// What a chart draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Replay lag in bytes.
+    ReplayLag,
+    /// WAL written (primary) or received (replica) per second.
+    WalRate,
+}
+
+/// How many members one chart draws at most (the largest peaks first).
+pub const CHART_TRACES: usize = 6;
+
+/// The chart of one member's samples: x is seconds before `now` (negative), y the measure.
+pub fn trace(points: &VecDeque<Point>, now: Instant, measure: Measure) -> Vec<(f64, f64)> {
+    let x = |at: Instant| -now.saturating_duration_since(at).as_secs_f64();
+    match measure {
+        Measure::ReplayLag => points
+            .iter()
+            .filter_map(|p| Some((x(p.at), p.lag? as f64)))
+            .collect(),
+        Measure::WalRate => points
+            .iter()
+            .zip(points.iter().skip(1))
+            .filter_map(|(a, b)| {
+                let dt = b.at.checked_duration_since(a.at)?.as_secs_f64();
+                // a position that went back (a re-clone) is no rate
+                let dw = b.wal?.checked_sub(a.wal?)?;
+                (dt > 0.0).then(|| (x(b.at), dw as f64 / dt))
+            })
+            .collect(),
+    }
+}
+
+/// Where the last frame drew what a mouse click can reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hits {
+    /// Each tab's label on the cluster screen.
+    pub tabs: Vec<(ratatui::layout::Rect, Tab)>,
+    /// The rows of the cluster or member table: their area (below the header) and the index
+    /// of the first row shown.
+    pub rows: Option<(ratatui::layout::Rect, usize)>,
+}
+
 /// A member whose key expired while this console watched: still listed (dimmed, with how
 /// long it has been gone and what it last was) until it comes back or the operator dismisses
 /// it, so that a cut machine stays in sight and the demo's `:restore` can name it.
@@ -381,7 +460,12 @@ pub struct App {
     pub status: Option<(String, bool)>,
     /// The status line's text and when it first showed, so that it goes after [`STATUS_SHOWN`].
     status_since: Option<(String, Instant)>,
-    pub lag: HashMap<String, VecDeque<u64>>,
+    /// Each member's recent samples, by REST address, for the charts (last [`CHART_SPAN`]).
+    pub series: HashMap<String, VecDeque<Point>>,
+    /// Lines scrolled down in the History, Config and Events tabs (mouse wheel, PgUp/PgDn).
+    pub scroll: u16,
+    /// Where the last frame put its clickable parts (set by the runner after each draw).
+    pub hits: Hits,
     /// When each `scope/member` last changed role, state or leadership.
     pub changed: HashMap<String, Instant>,
     pub now: Instant,
@@ -415,7 +499,9 @@ impl App {
             frozen: false,
             events: VecDeque::new(),
             status: None,
-            lag: HashMap::new(),
+            series: HashMap::new(),
+            scroll: 0,
+            hits: Hits::default(),
             changed: HashMap::new(),
             now,
             endpoint,
@@ -1204,17 +1290,137 @@ impl App {
             KeyCode::Tab => {
                 if let View::Cluster(t) = self.view {
                     let i = Tab::ALL.iter().position(|x| *x == t).unwrap_or(0);
-                    self.view = View::Cluster(Tab::ALL[(i + 1) % Tab::ALL.len()]);
+                    self.open_tab(Tab::ALL[(i + 1) % Tab::ALL.len()]);
                 }
             }
-            KeyCode::Char(d @ '1'..='4') if self.selected_cluster().is_some() => {
+            KeyCode::Char(d @ '1'..='5') if self.selected_cluster().is_some() => {
                 let i = (d as usize) - ('1' as usize);
-                self.view = View::Cluster(Tab::ALL[i]);
+                self.open_tab(Tab::ALL[i]);
+            }
+            KeyCode::PageDown => self.scroll = self.scroll.saturating_add(PAGE),
+            KeyCode::PageUp => self.scroll = self.scroll.saturating_sub(PAGE),
+            _ => {}
+        }
+        self.clamp();
+        vec![]
+    }
+}
+
+/// Lines PgUp and PgDn scroll.
+const PAGE: u16 = 10;
+/// Lines or rows one wheel notch moves.
+const WHEEL: u16 = 3;
+
+impl App {
+    fn open_tab(&mut self, t: Tab) {
+        self.view = View::Cluster(t);
+        self.scroll = 0;
+    }
+
+    /// A click selects the row or tab under it (a click on the selected row opens it, as
+    /// Enter does); the wheel moves the selection in a table and scrolls the other tabs.
+    /// Nothing happens while a prompt, the help or a confirmation is up (keys answer those).
+    fn mouse(&mut self, m: MouseEvent) -> Vec<Effect> {
+        if self.confirm.is_some() || self.input != Input::None {
+            return vec![];
+        }
+        if self.help || self.detail {
+            if matches!(m.kind, MouseEventKind::Down(_)) {
+                self.help = false;
+                self.detail = false;
+            }
+            return vec![];
+        }
+        let in_table = matches!(self.view, View::Clusters | View::Cluster(Tab::Members));
+        match m.kind {
+            MouseEventKind::ScrollDown if in_table => {
+                for _ in 0..WHEEL {
+                    self.step(true);
+                }
+            }
+            MouseEventKind::ScrollUp if in_table => {
+                for _ in 0..WHEEL {
+                    self.step(false);
+                }
+            }
+            MouseEventKind::ScrollDown => self.scroll = self.scroll.saturating_add(WHEEL),
+            MouseEventKind::ScrollUp => self.scroll = self.scroll.saturating_sub(WHEEL),
+            MouseEventKind::Down(MouseButton::Left) => {
+                let at = ratatui::layout::Position::new(m.column, m.row);
+                if let Some((_, t)) = self.hits.tabs.iter().find(|(r, _)| r.contains(at)) {
+                    let t = *t;
+                    self.open_tab(t);
+                    return vec![];
+                }
+                let Some((area, first)) = self.hits.rows else {
+                    return vec![];
+                };
+                if !area.contains(at) {
+                    return vec![];
+                }
+                let i = first + usize::from(m.row - area.y);
+                match self.view {
+                    View::Clusters if i < self.visible_clusters().len() => {
+                        if i == self.cluster_idx {
+                            self.view = View::Cluster(Tab::Members);
+                            self.member_idx = 0;
+                        } else {
+                            self.cluster_idx = i;
+                        }
+                    }
+                    View::Cluster(Tab::Members) => {
+                        let n = self
+                            .selected_cluster()
+                            .map(|c| c.members.len())
+                            .unwrap_or(0);
+                        if i == self.member_idx {
+                            self.detail = true;
+                        } else if i < n {
+                            self.member_idx = i;
+                        }
+                    }
+                    _ => {}
+                }
             }
             _ => {}
         }
         self.clamp();
         vec![]
+    }
+
+    /// Moves the table selection one row.
+    fn step(&mut self, down: bool) {
+        let idx = match self.view {
+            View::Clusters => &mut self.cluster_idx,
+            View::Cluster(_) => &mut self.member_idx,
+        };
+        *idx = if down {
+            idx.saturating_add(1)
+        } else {
+            idx.saturating_sub(1)
+        };
+        self.clamp();
+    }
+
+    /// The lines of one chart for cluster `c`: the members with the largest peaks first, at
+    /// most [`CHART_TRACES`], each over the last [`CHART_SPAN`] before `self.now`.
+    pub fn traces(&self, c: &Cluster, measure: Measure) -> Vec<Trace> {
+        let mut v: Vec<Trace> = c
+            .members
+            .iter()
+            .filter_map(|m| {
+                let points = trace(self.series.get(&m.data.api_url)?, self.now, measure);
+                let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
+                (!points.is_empty()).then(|| Trace {
+                    member: m.name.clone(),
+                    points,
+                    peak,
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| b.peak.total_cmp(&a.peak).then(a.member.cmp(&b.member)));
+        v.truncate(CHART_TRACES);
+        v
     }
 }
 
@@ -1262,13 +1468,18 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         }
         Msg::Sample { api_url, sample } => {
             if let Ok(body) = &sample.body {
-                let lag = lag_of(body);
-                if let Some(l) = lag {
-                    let h = app.lag.entry(api_url.clone()).or_default();
-                    h.push_back(l);
-                    while h.len() > LAG_SAMPLES {
-                        h.pop_front();
-                    }
+                let point = Point {
+                    at: sample.at,
+                    lag: lag_of(body),
+                    wal: wal_of(body),
+                };
+                let h = app.series.entry(api_url.clone()).or_default();
+                h.push_back(point);
+                while h.len() > CHART_POINTS
+                    || h.front()
+                        .is_some_and(|p| sample.at.saturating_duration_since(p.at) > CHART_SPAN)
+                {
+                    h.pop_front();
                 }
             }
             if !app.frozen {
@@ -1286,6 +1497,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![]
         }
         Msg::Key(k) => app.key(k),
+        Msg::Mouse(m) => app.mouse(m),
         Msg::Tick(now) => {
             app.now = now;
             match (&app.status, &app.status_since) {
@@ -1340,6 +1552,14 @@ pub fn ordered_members(c: &Cluster) -> Vec<(usize, Value)> {
 }
 
 /// A replica's replay lag behind its received WAL, from `/patroni` (bytes).
+/// The WAL position a member reports: written (a primary) or received (a replica).
+fn wal_of(body: &Value) -> Option<u64> {
+    let x = body.get("xlog")?;
+    x.get("location")
+        .or_else(|| x.get("received_location"))?
+        .as_u64()
+}
+
 fn lag_of(body: &Value) -> Option<u64> {
     let x = body.get("xlog")?;
     let recv = x.get("received_location")?.as_u64()?;

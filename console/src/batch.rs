@@ -285,6 +285,50 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             };
             print(&text)
         }
+        Command::Query {
+            cluster,
+            role,
+            member,
+            command,
+            file,
+            username,
+            password,
+            dbname,
+            delimiter,
+            watch,
+        } => {
+            let sql = match (command, file) {
+                (Some(c), _) => c,
+                (None, Some(p)) => std::fs::read_to_string(&p)
+                    .map_err(|e| Failure::Usage(format!("--file {}: {e}", p.display())))?,
+                (None, None) => {
+                    return Err(Failure::Usage(
+                        "give the SQL with --command or --file".into(),
+                    ));
+                }
+            };
+            let password = if password {
+                Some(ask_password()?)
+            } else {
+                std::env::var("PGPASSWORD").ok()
+            };
+            let q = Query {
+                role,
+                member,
+                sql,
+                username,
+                password,
+                dbname,
+                // tab-separated unless asked otherwise, as patronictl query
+                format: if opts.format.is_some() {
+                    s.format
+                } else {
+                    Format::Tsv
+                },
+                delimiter: delimiter.replace("\\t", "\t"),
+            };
+            query(&s, cluster.as_ref(), &q, &watch).await
+        }
         Command::Dsn {
             cluster,
             role,
@@ -415,11 +459,12 @@ async fn run_inner(opts: Options, command: Command) -> Outcome {
             cluster,
             members,
             force,
+            from_leader,
             wait,
         } => {
             let c = s.one(Some(&cluster)).await?;
             let chosen = pick_members(&c, &members, None)?;
-            reinit(&s, &c, &chosen, force, wait).await
+            reinit(&s, &c, &chosen, force, from_leader, wait).await
         }
         Command::Reload {
             cluster,
@@ -603,10 +648,22 @@ async fn restart(
     some_failed(failed, "restart")
 }
 
-async fn reinit(s: &Session, c: &Cluster, names: &[String], force: bool, wait: bool) -> Outcome {
+async fn reinit(
+    s: &Session,
+    c: &Cluster,
+    names: &[String],
+    force: bool,
+    from_leader: bool,
+    wait: bool,
+) -> Outcome {
+    let source = if from_leader {
+        " from the leader with pg_basebackup"
+    } else {
+        ""
+    };
     confirm(
         &format!(
-            "Wipe the data directory of {} and clone it again?",
+            "Wipe the data directory of {} and clone it again{source}?",
             names.join(", ")
         ),
         force,
@@ -616,7 +673,7 @@ async fn reinit(s: &Session, c: &Cluster, names: &[String], force: bool, wait: b
     let mut started = Vec::new();
     for name in names {
         let Some(m) = c.member(name) else { continue };
-        match s.agent(&client, m).reinitialize(force).await {
+        match s.agent(&client, m).reinitialize(force, from_leader).await {
             Ok(text) => {
                 s.report("reinit", name, true, &text);
                 started.push(name.clone());
@@ -987,6 +1044,200 @@ async fn members(
             None => return Ok(()),
         }
     }
+}
+
+/// What `query` runs, where and as whom.
+struct Query {
+    role: Option<String>,
+    member: Option<String>,
+    sql: String,
+    username: Option<String>,
+    password: Option<String>,
+    dbname: Option<String>,
+    format: Format,
+    delimiter: String,
+}
+
+/// `query`: the SQL on the chosen member, its last result set printed (again every interval
+/// with -W/-w, the member chosen again each time).
+async fn query(s: &Session, cluster: Option<&String>, q: &Query, watch: &Watch) -> Outcome {
+    let interval = watch.interval();
+    loop {
+        let c = s.one(cluster).await?;
+        let name = pick_member(&c, q.role.as_deref(), q.member.as_deref())?;
+        let table = run_query(&c, &name, q).await?;
+        let text = match q.format {
+            Format::Tsv => {
+                let mut out = String::new();
+                for row in std::iter::once(table.columns.clone()).chain(
+                    table
+                        .rows
+                        .iter()
+                        .map(|r| r.iter().map(cell).collect::<Vec<String>>()),
+                ) {
+                    out.push_str(&row.join(&q.delimiter));
+                    out.push('\n');
+                }
+                out
+            }
+            f => view::render(std::slice::from_ref(&table), f),
+        };
+        print(&text)?;
+        match interval {
+            Some(d) => tokio::time::sleep(d).await,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A cell as text: SQL NULL prints empty.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Connects to member `name` (5 s to connect, as patronictl), checks its role when one was
+/// asked for, runs the SQL and returns the last result set (values as PostgreSQL prints them).
+async fn run_query(c: &Cluster, name: &str, q: &Query) -> Result<Table, Failure> {
+    let m = c
+        .member(name)
+        .ok_or_else(|| Failure::Failed(format!("member {name} is gone")))?;
+    let (host, port) = m
+        .data
+        .host_port()
+        .ok_or_else(|| Failure::Failed(format!("member {name} has no usable conn_url")))?;
+    let user = q
+        .username
+        .clone()
+        .or_else(|| conn_url_user(&m.data.conn_url))
+        .or_else(|| std::env::var("PGUSER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "postgres".into());
+    let dbname = q
+        .dbname
+        .clone()
+        .or_else(|| std::env::var("PGDATABASE").ok())
+        .unwrap_or_else(|| user.clone());
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&host)
+        .port(port)
+        .user(&user)
+        .dbname(&dbname)
+        .application_name("pgpilot console")
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(p) = &q.password {
+        cfg.password(p);
+    }
+    let failed = |e: tokio_postgres::Error| {
+        let why = e
+            .as_db_error()
+            .map(|d| format!("{} (SQLSTATE {})", d.message(), d.code().code()))
+            .unwrap_or_else(|| e.to_string());
+        Failure::Failed(format!(
+            "{name} ({host}:{port}, user {user}, database {dbname}): {why}"
+        ))
+    };
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+    let conn = tokio::spawn(conn);
+    let want_recovery = match q.role.as_deref() {
+        Some("replica" | "standby" | "standby-leader") => Some(true),
+        Some("primary" | "master") => Some(false),
+        _ => None,
+    };
+    if let Some(want) = want_recovery {
+        let row = client
+            .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+            .await
+            .map_err(failed)?;
+        let in_recovery: bool = row.get(0);
+        if in_recovery != want {
+            conn.abort();
+            return Err(Failure::Failed(format!(
+                "{name} is {} now, not a {}",
+                if in_recovery {
+                    "in recovery"
+                } else {
+                    "a primary"
+                },
+                q.role.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+    let messages = client.simple_query(&q.sql).await.map_err(failed);
+    drop(client);
+    conn.abort();
+    // the last statement's result, as a driver's cursor holds it
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    for msg in messages? {
+        match msg {
+            tokio_postgres::SimpleQueryMessage::RowDescription(cols) => {
+                columns = cols.iter().map(|c| c.name().to_string()).collect();
+                rows.clear();
+            }
+            tokio_postgres::SimpleQueryMessage::Row(r) => rows.push(
+                (0..r.len())
+                    .map(|i| r.get(i).map_or(Value::Null, Value::from))
+                    .collect(),
+            ),
+            _ => {}
+        }
+    }
+    Ok(Table {
+        title: String::new(),
+        columns,
+        rows,
+        footer: Vec::new(),
+    })
+}
+
+/// The user named in a `postgres://user@host…` conn_url, if any.
+fn conn_url_user(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let (userinfo, _) = rest.split_once('@')?;
+    let user = userinfo.split(':').next()?;
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+/// `--password`: read without echo from the terminal, else one line of standard input.
+fn ask_password() -> Result<String, Failure> {
+    use crossterm::event::{Event, KeyCode, KeyEventKind, read};
+    let failed = |e: std::io::Error| Failure::Failed(format!("cannot read the password: {e}"));
+    if !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(failed)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    eprint!("Password: ");
+    crossterm::terminal::enable_raw_mode().map_err(failed)?;
+    let mut typed = String::new();
+    let outcome = loop {
+        match read() {
+            Ok(Event::Key(k)) if k.kind == KeyEventKind::Press => match k.code {
+                KeyCode::Enter => break Ok(()),
+                KeyCode::Backspace => {
+                    typed.pop();
+                }
+                KeyCode::Esc => break Err(Failure::Failed("no password given".into())),
+                KeyCode::Char('c')
+                    if k.modifiers
+                        .contains(crossterm::event::KeyModifiers::CONTROL) =>
+                {
+                    break Err(Failure::Failed("no password given".into()));
+                }
+                KeyCode::Char(ch) => typed.push(ch),
+                _ => {}
+            },
+            Ok(_) => {}
+            Err(e) => break Err(failed(e)),
+        }
+    };
+    let _ = crossterm::terminal::disable_raw_mode();
+    eprintln!();
+    outcome.map(|()| typed)
 }
 
 /// The local time as `YYYY-MM-DD HH:MM:SS`, from the `date` the system knows.

@@ -25,8 +25,14 @@ fn clock() -> String {
     chrono::Local::now().format("%H:%M:%S").to_string()
 }
 
-/// Runs the live console until `q`; returns the exit code.
-pub async fn run(cfg: ConsoleConfig, read_only: bool, demo: Option<std::path::PathBuf>) -> i32 {
+/// Runs the live console until `q`; returns the exit code. With `mouse`, clicks select rows and
+/// tabs and the wheel scrolls (the terminal's own selection then needs Shift, as in tmux).
+pub async fn run(
+    cfg: ConsoleConfig,
+    read_only: bool,
+    demo: Option<std::path::PathBuf>,
+    mouse: bool,
+) -> i32 {
     if !std::io::stdout().is_terminal() {
         eprintln!(
             "pgpilot-console: the live console needs a terminal; for scripts use `pgpilot-console --batch COMMAND`"
@@ -88,12 +94,24 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool, demo: Option<std::path::Pa
         Instant::now(),
     );
     let mut terminal = ratatui::init();
+    if mouse {
+        // without mouse reporting the console works as before: keys only
+        let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableMouseCapture);
+    }
+    let restore = || {
+        if mouse {
+            let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableMouseCapture);
+        }
+        ratatui::restore();
+    };
     'outer: loop {
-        if let Err(e) = terminal.draw(|f| ui::draw(f, &app, theme)) {
-            ratatui::restore();
+        let mut hits = crate::app::Hits::default();
+        if let Err(e) = terminal.draw(|f| hits = ui::draw(f, &app, theme)) {
+            restore();
             eprintln!("pgpilot-console: cannot draw: {e}");
             return 1;
         }
+        app.hits = hits;
         let Some(first) = rx.recv().await else { break };
         let mut batch = vec![first];
         while let Ok(m) = rx.try_recv() {
@@ -114,7 +132,7 @@ pub async fn run(cfg: ConsoleConfig, read_only: bool, demo: Option<std::path::Pa
             }
         }
     }
-    ratatui::restore();
+    restore();
     0
 }
 
@@ -270,7 +288,7 @@ pub async fn execute<K: Kv + Clone>(
             Err(e) => Err(text(e)),
         },
         Operation::Reinit { member, .. } => agent(&member)?
-            .reinitialize(false)
+            .reinitialize(false, false)
             .await
             .map(|t| format!("{member}: {t} (it streams again once the copy is done)"))
             .map_err(text),
@@ -466,6 +484,11 @@ fn spawn_keyboard(tx: mpsc::UnboundedSender<Msg>) {
             match event::read() {
                 Ok(Event::Key(k)) if k.kind == KeyEventKind::Press => {
                     if tx.send(Msg::Key(k)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Mouse(m)) => {
+                    if tx.send(Msg::Mouse(m)).is_err() {
                         return;
                     }
                 }

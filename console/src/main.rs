@@ -67,6 +67,10 @@ struct Cli {
     /// Live view only: disable every action (pause, resume, cancel).
     #[arg(long)]
     read_only: bool,
+    /// Live view only: leave the mouse to the terminal (no click to select, no wheel
+    /// scrolling), for copying text without holding Shift.
+    #[arg(long)]
+    no_mouse: bool,
     /// Live view only: watch the demo kept in DIR and enable its failure switches (C cut or
     /// restore a member, K crash its postmaster, N isolate or reconnect it, E stop or start
     /// etcd), run through the `demo` program its demo.json names.
@@ -290,9 +294,53 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Wipe the data directory of replicas and clone them again from the leader.
+    /// Run SQL on a member, as patronictl query: the leader by default, a member of a role
+    /// (-r), or a member by name (-m). Rows print as TSV with a header (or -f pretty, json,
+    /// yaml).
     ///
-    /// Refused on the leader. With --wait, returns when each member streams again.
+    /// The connection goes to the member's conn_url as the user of -U (else the conn_url's,
+    /// else $PGUSER, else the OS user) to --dbname (else $PGDATABASE, else the user's name),
+    /// with the password of $PGPASSWORD or --password (asked for). A role other than leader
+    /// and any is checked against pg_is_in_recovery(). patronictl's short -c, -d and -f are
+    /// the console's global options: use --command, --dbname and --file.
+    ///
+    /// Examples: query demo --command "SELECT now()" -U postgres
+    ///           query demo -r replica --file report.sql -U postgres -f json
+    Query {
+        cluster: Option<String>,
+        /// leader, primary, standby-leader, replica, standby or any.
+        #[arg(short = 'r', long)]
+        role: Option<String>,
+        /// The member by name.
+        #[arg(short = 'm', long, conflicts_with = "role")]
+        member: Option<String>,
+        /// The SQL to run.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        command: Option<String>,
+        /// A file with the SQL to run.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// The database user.
+        #[arg(short = 'U', long)]
+        username: Option<String>,
+        /// Ask for the password (read from standard input when it is not a terminal).
+        #[arg(long)]
+        password: bool,
+        /// The database to connect to.
+        #[arg(long)]
+        dbname: Option<String>,
+        /// The column delimiter of TSV output.
+        #[arg(long, default_value = "\t")]
+        delimiter: String,
+        #[command(flatten)]
+        watch: Watch,
+    },
+    /// Wipe the data directory of replicas and clone them again.
+    ///
+    /// The source is the one a new replica would use (a member tagged clonefrom, else the
+    /// leader; create_replica_methods in order); --from-leader takes the leader with
+    /// pg_basebackup whatever the tags and methods say. Refused on the leader. With --wait,
+    /// returns when each member streams again.
     ///
     /// Example: reinit demo node3 --force --wait
     Reinit {
@@ -302,6 +350,10 @@ pub enum Command {
         /// Do not ask; also cancels a job the member is running.
         #[arg(long)]
         force: bool,
+        /// Clone from the leader with pg_basebackup, not from a clonefrom member or with
+        /// another replica method.
+        #[arg(long)]
+        from_leader: bool,
         /// Wait until each member runs and streams again.
         #[arg(long)]
         wait: bool,
@@ -465,9 +517,13 @@ fn main() {
     }
     if cli.bench_render {
         let per_frame = ui::render_benchmark(50);
+        let charts = ui::charts_benchmark(20);
         println!(
             "{}",
-            serde_json::json!({"frame_ms_1000_members": per_frame.as_secs_f64() * 1000.0})
+            serde_json::json!({
+                "frame_ms_1000_members": per_frame.as_secs_f64() * 1000.0,
+                "frame_ms_charts_1000_members": charts.as_secs_f64() * 1000.0,
+            })
         );
         return;
     }
@@ -514,7 +570,7 @@ fn main() {
             2
         }
         None => match batch::load_config(&opts) {
-            Ok(cfg) => rt.block_on(live::run(cfg, cli.read_only, cli.demo)),
+            Ok(cfg) => rt.block_on(live::run(cfg, cli.read_only, cli.demo, !cli.no_mouse)),
             Err(f) => {
                 eprintln!("pgpilot-console: {}", f.message());
                 f.code()

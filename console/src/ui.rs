@@ -2,12 +2,16 @@
 //! Every screen works at 80×24; colours carry meaning only together with text, and `mono`
 //! drops them (NO_COLOR, dumb terminals).
 
-use crate::app::{App, Input, KEYMAP, Tab, View};
+use crate::app::{App, CHART_SPAN, Hits, Input, KEYMAP, Measure, Tab, Trace, View};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
+use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
+use ratatui::widgets::{
+    Axis, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, Paragraph, Row, Table,
+    TableState, Wrap,
+};
 use serde_json::Value;
 use shared::api::cluster_json;
 use shared::dcs::{
@@ -89,7 +93,9 @@ fn age(secs: f64) -> String {
 }
 
 /// Draws the whole screen.
-pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
+/// Draws one frame; returns where its clickable parts are (for the mouse).
+pub fn draw(f: &mut Frame, app: &App, theme: Theme) -> Hits {
+    let mut hits = Hits::default();
     let area = f.area();
     let banner = u16::from(app.etcd.error.is_some()) * 2;
     let input = u16::from(app.input != Input::None);
@@ -106,8 +112,8 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
         etcd_banner(f, app, theme, warn);
     }
     match app.view {
-        View::Clusters => clusters(f, app, theme, main),
-        View::Cluster(tab) => cluster(f, app, theme, main, tab),
+        View::Clusters => clusters(f, app, theme, main, &mut hits),
+        View::Cluster(tab) => cluster(f, app, theme, main, tab, &mut hits),
     }
     status_line(f, app, theme, status);
     if input > 0 {
@@ -127,6 +133,7 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
     if let Some(c) = &app.confirm {
         confirm(f, theme, area, &c.title, &c.text);
     }
+    hits
 }
 
 fn header(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
@@ -296,7 +303,22 @@ fn flags(c: &Cluster) -> String {
     v.join(", ")
 }
 
-fn clusters(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
+/// Renders a table whose selected row stays in sight (the table scrolls to it) and records
+/// where its rows are for the mouse.
+fn selectable_table(f: &mut Frame, table: Table, area: Rect, selected: usize, hits: &mut Hits) {
+    let mut state = TableState::default().with_selected(Some(selected));
+    f.render_stateful_widget(table, area, &mut state);
+    // below the top border and the header line, above the bottom border
+    let rows = Rect {
+        x: area.x.saturating_add(1),
+        y: area.y.saturating_add(2),
+        width: area.width.saturating_sub(2),
+        height: area.height.saturating_sub(3),
+    };
+    hits.rows = Some((rows, state.offset()));
+}
+
+fn clusters(f: &mut Frame, app: &App, theme: Theme, area: Rect, hits: &mut Hits) {
     let visible = app.visible_clusters();
     let block = Block::default()
         .borders(Borders::ALL)
@@ -380,10 +402,10 @@ fn clusters(f: &mut Frame, app: &App, theme: Theme, area: Rect) {
         .style(Style::default().add_modifier(Modifier::BOLD)),
     )
     .block(block);
-    f.render_widget(table, area);
+    selectable_table(f, table, area, app.cluster_idx, hits);
 }
 
-fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
+fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab, hits: &mut Hits) {
     let Some(c) = app.selected_cluster() else {
         f.render_widget(
             Paragraph::new("the cluster is gone (Esc goes back)")
@@ -422,6 +444,20 @@ fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
         Constraint::Min(3),
     ])
     .areas(area);
+    // where each tab's label lands on the line (for a click)
+    let mut x = top.x.saturating_add(title.chars().count() as u16);
+    for (i, t) in Tab::ALL.iter().enumerate() {
+        let w = format!(" {} {} ", i + 1, t.title()).chars().count() as u16;
+        let r = Rect {
+            x,
+            y: top.y,
+            width: w,
+            height: 1,
+        }
+        .intersection(top);
+        hits.tabs.push((r, *t));
+        x = x.saturating_add(w + 1);
+    }
     f.render_widget(
         Paragraph::new(Line::from(
             std::iter::once(Span::styled(
@@ -443,8 +479,8 @@ fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
     };
     f.render_widget(line, ready_area);
     match tab {
-        Tab::Members => members(f, app, theme, body, c),
-        Tab::History => history(f, body, c),
+        Tab::Members => members(f, app, theme, body, c, hits),
+        Tab::History => history(f, app.scroll, body, c),
         Tab::Config => {
             let text = c
                 .config
@@ -454,7 +490,7 @@ fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
                 })
                 .unwrap_or_else(|| "(no config key)".into());
             f.render_widget(
-                Paragraph::new(text).block(
+                Paragraph::new(text).scroll((app.scroll, 0)).block(
                     Block::default()
                         .borders(Borders::ALL)
                         .title(" Dynamic configuration "),
@@ -463,6 +499,7 @@ fn cluster(f: &mut Frame, app: &App, theme: Theme, area: Rect, tab: Tab) {
             );
         }
         Tab::Events => events(f, app, body, c),
+        Tab::Charts => charts(f, app, theme, body, c),
     }
 }
 
@@ -535,7 +572,7 @@ fn events(f: &mut Frame, app: &App, area: Rect, c: &Cluster) {
         journal
     };
     f.render_widget(
-        Paragraph::new(journal).block(
+        Paragraph::new(journal).scroll((app.scroll, 0)).block(
             Block::default()
                 .borders(Borders::ALL)
                 .title(" Journal: agents and history, newest first (UTC) "),
@@ -576,7 +613,7 @@ fn host_of(m: &Value) -> String {
     }
 }
 
-fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
+fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster, hits: &mut Hits) {
     let list = crate::app::ordered_members(c);
     // the Host column as wide as its longest address, so that no port is cut
     let host_w = list
@@ -734,7 +771,7 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
         .block(Block::default().borders(Borders::ALL).title(" Members "));
-    f.render_widget(table, table_area);
+    selectable_table(f, table, table_area, app.member_idx, hits);
     if detail_h == 0 {
         return;
     }
@@ -775,6 +812,9 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             if let Some(p) = protection(b) {
                 lines.push(Line::from(p));
             }
+            if let Some(r) = raft_line(b) {
+                lines.push(Line::from(r));
+            }
             if let Some(r) = b.get("pending_restart_reason") {
                 lines.push(Line::from(format!("pending restart: {r}")));
             }
@@ -799,23 +839,128 @@ fn members(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
             .block(Block::default().borders(Borders::ALL).title(" Member ")),
         text_area,
     );
-    let data: Vec<u64> = app
-        .lag
+    // a replica's replay lag, a primary's WAL rate
+    let measure = if m["role"]
+        .as_str()
+        .is_some_and(|r| r == "leader" || r == "standby_leader")
+    {
+        Measure::WalRate
+    } else {
+        Measure::ReplayLag
+    };
+    let one: Vec<Trace> = app
+        .series
         .get(api)
-        .map(|d| d.iter().copied().collect())
-        .unwrap_or_default();
-    let peak = data.iter().copied().max().unwrap_or(0);
-    f.render_widget(
-        Sparkline::default()
-            .data(&data)
-            .style(theme.fg(Color::Cyan))
-            .block(
-                Block::default()
-                    .borders(Borders::ALL)
-                    .title(format!(" replay lag, max {} ", bytes(peak))),
-            ),
-        spark_area,
+        .map(|points| {
+            let points = crate::app::trace(points, app.now, measure);
+            let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
+            Trace {
+                member: name.to_string(),
+                points,
+                peak,
+            }
+        })
+        .into_iter()
+        .collect();
+    chart(f, theme, spark_area, measure, &one, false);
+}
+
+/// The Charts tab: replay lag above, WAL rate below, each member a line, over the last
+/// minutes (the members with the largest peaks when there are more than fit).
+fn charts(f: &mut Frame, app: &App, theme: Theme, area: Rect, c: &Cluster) {
+    let [lag, rate] =
+        Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+    chart(
+        f,
+        theme,
+        lag,
+        Measure::ReplayLag,
+        &app.traces(c, Measure::ReplayLag),
+        true,
     );
+    chart(
+        f,
+        theme,
+        rate,
+        Measure::WalRate,
+        &app.traces(c, Measure::WalRate),
+        true,
+    );
+}
+
+/// Colours of a chart's lines, in order; without colours the markers tell them apart.
+const LINE_COLOURS: [Color; 6] = [
+    Color::Cyan,
+    Color::Yellow,
+    Color::Green,
+    Color::Magenta,
+    Color::LightBlue,
+    Color::LightRed,
+];
+const MONO_MARKERS: [Marker; 5] = [
+    Marker::Braille,
+    Marker::Dot,
+    Marker::Block,
+    Marker::Bar,
+    Marker::HalfBlock,
+];
+
+/// One chart with a time axis from [`CHART_SPAN`] ago to now and a value axis from 0 to the
+/// peak; `legend` names the lines.
+fn chart(
+    f: &mut Frame,
+    theme: Theme,
+    area: Rect,
+    measure: Measure,
+    traces: &[Trace],
+    legend: bool,
+) {
+    let (what, unit) = match measure {
+        Measure::ReplayLag => ("replay lag", ""),
+        Measure::WalRate => ("WAL rate", "/s"),
+    };
+    let span = CHART_SPAN.as_secs_f64();
+    let peak = traces.iter().map(|t| t.peak).fold(0.0, f64::max);
+    let top = if peak > 0.0 { peak * 1.1 } else { 1.0 };
+    let title = if traces.is_empty() {
+        format!(" {what}: no samples yet ")
+    } else {
+        format!(
+            " {what}, last {} min, peak {}{unit} ",
+            span / 60.0,
+            bytes(peak as u64)
+        )
+    };
+    let datasets: Vec<Dataset> = traces
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let d = Dataset::default()
+                .graph_type(GraphType::Line)
+                .data(&t.points);
+            let d = if legend { d.name(t.member.clone()) } else { d };
+            if theme.mono {
+                d.marker(MONO_MARKERS[i % MONO_MARKERS.len()])
+            } else {
+                d.marker(Marker::Braille)
+                    .style(Style::default().fg(LINE_COLOURS[i % LINE_COLOURS.len()]))
+            }
+        })
+        .collect();
+    let minutes = |s: f64| format!("-{}m", s / 60.0);
+    let chart = Chart::new(datasets)
+        .block(Block::default().borders(Borders::ALL).title(title))
+        .x_axis(Axis::default().bounds([-span, 0.0]).labels([
+            Span::raw(minutes(span)),
+            Span::raw(minutes(span / 2.0)),
+            Span::raw("now"),
+        ]))
+        .y_axis(Axis::default().bounds([0.0, top]).labels([
+            Span::raw("0"),
+            Span::raw(format!("{}{unit}", bytes(top as u64))),
+        ]))
+        .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)));
+    f.render_widget(chart, area);
 }
 
 /// What guards this member against a second primary, from its `/patroni`: the fencing guard,
@@ -835,6 +980,25 @@ fn protection(b: &Value) -> Option<String> {
         v.push("failsafe ACTIVE (etcd unreachable)".to_string());
     }
     (!v.is_empty()).then(|| format!("protection: {}", v.join(", ")))
+}
+
+/// The etcd member a `raft:` agent runs, from its `/patroni` (`pgpilot.raft`).
+fn raft_line(b: &Value) -> Option<String> {
+    let r = b["pgpilot"].get("raft").filter(|r| r.is_object())?;
+    let problem = r["problem"]
+        .as_str()
+        .map(|p| format!(" — {p}"))
+        .unwrap_or_default();
+    Some(if r["running"] == true {
+        format!(
+            "raft member: {}/{} members answer, leader {}{problem}",
+            r["reachable"],
+            r["members"],
+            r["leader"].as_str().unwrap_or("NONE (no quorum)")
+        )
+    } else {
+        format!("raft member: NOT RUNNING{problem}")
+    })
 }
 
 /// The selected member's key and REST answer, in full.
@@ -919,7 +1083,7 @@ fn member_detail(f: &mut Frame, app: &App, area: Rect) {
 
 /// The History tab as a timeline: who led each timeline, from when until when, and how it
 /// ended (from the `history` key; the current timeline's leader from the leader key).
-fn history(f: &mut Frame, area: Rect, c: &Cluster) {
+fn history(f: &mut Frame, scroll: u16, area: Rect, c: &Cluster) {
     let mut entries = c.history.clone();
     entries.sort_by_key(|e| e.timeline);
     let current = c
@@ -940,7 +1104,7 @@ fn history(f: &mut Frame, area: Rect, c: &Cluster) {
             .unwrap_or_else(|| "?".into())
     };
     let mut rows: Vec<Row> = Vec::new();
-    for tl in timelines.into_iter().take(500) {
+    for tl in timelines.into_iter().skip(usize::from(scroll)).take(500) {
         let before = entries.iter().find(|e| e.timeline.saturating_add(1) == tl);
         let end = entries.iter().find(|e| e.timeline == tl);
         let leader = match (before.and_then(|e| e.new_leader.clone()), tl == current) {
@@ -1191,7 +1355,58 @@ pub fn render_benchmark(frames: u32) -> std::time::Duration {
     let Ok(mut t) = Terminal::new(TestBackend::new(200, 60));
     let started = std::time::Instant::now();
     for _ in 0..frames.max(1) {
-        let _ = t.draw(|f| draw(f, &app, Theme { mono: false }));
+        let _ = t.draw(|f| {
+            draw(f, &app, Theme { mono: false });
+        });
+    }
+    started.elapsed() / frames.max(1)
+}
+
+/// The time to draw the Charts tab of one cluster of 1,000 members, each with five minutes of
+/// samples (one a second), on a 200×60 off-screen terminal, per frame over `frames` frames.
+pub fn charts_benchmark(frames: u32) -> std::time::Duration {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    let c = synthetic_cluster("big", 1000);
+    let start = std::time::Instant::now();
+    let mut app = App::new("127.0.0.1:2379".into(), "/service".into(), true, start);
+    let t0 = start.checked_sub(CHART_SPAN).unwrap_or(start);
+    for (i, m) in c.members.iter().enumerate() {
+        for s in 0..300u64 {
+            let wal = (i as u64 + 1) * 1_000_000 + s * 50_000;
+            let xlog = if i == 0 {
+                serde_json::json!({"location": wal})
+            } else {
+                serde_json::json!({"received_location": wal, "replayed_location": wal - (s % 7) * 4096})
+            };
+            crate::app::update(
+                &mut app,
+                crate::app::Msg::Sample {
+                    api_url: m.data.api_url.clone(),
+                    sample: crate::app::Sample {
+                        at: t0 + std::time::Duration::from_secs(s),
+                        body: Ok(serde_json::json!({"state": "running", "xlog": xlog})),
+                        delay: None,
+                    },
+                },
+            );
+        }
+    }
+    crate::app::update(
+        &mut app,
+        crate::app::Msg::Clusters {
+            clusters: vec![c],
+            at: start,
+            clock: "12:00:00".into(),
+        },
+    );
+    app.view = View::Cluster(Tab::Charts);
+    let Ok(mut t) = Terminal::new(TestBackend::new(200, 60));
+    let started = std::time::Instant::now();
+    for _ in 0..frames.max(1) {
+        let _ = t.draw(|f| {
+            draw(f, &app, Theme { mono: false });
+        });
     }
     started.elapsed() / frames.max(1)
 }
@@ -1212,7 +1427,10 @@ mod tests {
 
     fn render(app: &App, w: u16, h: u16) -> String {
         let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        t.draw(|f| draw(f, app, Theme { mono: false })).unwrap();
+        t.draw(|f| {
+            draw(f, app, Theme { mono: false });
+        })
+        .unwrap();
         let buf = t.backend().buffer().clone();
         let mut out = String::new();
         for y in 0..buf.area.height {
@@ -1459,7 +1677,7 @@ mod tests {
         let s = render(&app, 80, 24);
         // the long command line is wrapped, not cut: its last words are on screen
         assert!(s.contains("etcd stop|start"), "{s}");
-        assert!(s.contains("[at TIME]"), "{s}");
+        assert!(s.contains("cancel-switchover, quit;"), "{s}");
         let mut c = cluster("alpha", 3);
         for m in &mut c.members {
             m.data.conn_url = "postgres://10.210.230.13:43210/postgres".into();
@@ -1664,5 +1882,178 @@ mod tests {
         press(&mut app, KeyCode::Enter);
         let s = render(&app, 120, 40);
         assert!(s.contains("c150"), "{s}");
+    }
+
+    /// Feeds `secs` seconds of samples (one a second) for every member of `c`: the leader
+    /// writes 1 MB/s, replica i lags i × 64 kB.
+    fn feed(app: &mut App, c: &Cluster, secs: u64) {
+        let t0 = app.now;
+        for s in 0..secs {
+            for (i, m) in c.members.iter().enumerate() {
+                let wal = 100_000_000 + s * 1_048_576;
+                let xlog = if i == 0 {
+                    serde_json::json!({"location": wal})
+                } else {
+                    serde_json::json!({"received_location": wal,
+                        "replayed_location": wal - (i as u64) * 65_536})
+                };
+                update(
+                    app,
+                    Msg::Sample {
+                        api_url: m.data.api_url.clone(),
+                        sample: Sample {
+                            at: t0 + Duration::from_secs(s),
+                            body: Ok(serde_json::json!({"state": "running", "xlog": xlog})),
+                            delay: None,
+                        },
+                    },
+                );
+            }
+        }
+        update(app, Msg::Tick(t0 + Duration::from_secs(secs)));
+    }
+
+    #[test]
+    fn the_charts_tab_draws_lag_and_wal_rate_with_a_time_axis() {
+        let c = cluster("alpha", 3);
+        let mut app = app_with(vec![c.clone()]);
+        feed(&mut app, &c, 120);
+        press(&mut app, KeyCode::Enter);
+        press(&mut app, KeyCode::Char('5'));
+        assert_eq!(app.view, View::Cluster(Tab::Charts));
+        for (w, h) in [(80, 24), (200, 60)] {
+            let s = render(&app, w, h);
+            assert!(
+                s.contains("replay lag, last 5 min, peak 128 kB"),
+                "{w}x{h}\n{s}"
+            );
+            assert!(
+                s.contains("WAL rate, last 5 min, peak 1.0 MB/s"),
+                "{w}x{h}\n{s}"
+            );
+            assert!(s.contains("-5m") && s.contains("now"), "{w}x{h}\n{s}");
+        }
+        // the legend names the members where there is room
+        let s = render(&app, 200, 60);
+        assert!(s.contains("alpha-2") && s.contains("alpha-3"), "{s}");
+        // the replay lag chart has the replicas only, the largest first
+        let lag = app.traces(&c, Measure::ReplayLag);
+        let names: Vec<&str> = lag.iter().map(|t| t.member.as_str()).collect();
+        assert_eq!(names, ["alpha-3", "alpha-2"]);
+        // the member pane charts the selected member: the leader's WAL rate
+        press(&mut app, KeyCode::Char('1'));
+        let s = render(&app, 120, 32);
+        assert!(s.contains("WAL rate"), "{s}");
+    }
+
+    #[test]
+    fn a_chart_without_samples_says_so() {
+        let mut app = app_with(vec![cluster("alpha", 3)]);
+        press(&mut app, KeyCode::Enter);
+        press(&mut app, KeyCode::Char('5'));
+        let s = render(&app, 80, 24);
+        assert!(s.contains("replay lag: no samples yet"), "{s}");
+    }
+
+    #[test]
+    fn wal_rate_skips_a_position_that_went_back() {
+        let t0 = Instant::now();
+        let p = |s: u64, wal: u64| crate::app::Point {
+            at: t0 + Duration::from_secs(s),
+            lag: None,
+            wal: Some(wal),
+        };
+        let points: std::collections::VecDeque<_> =
+            [p(0, 1000), p(2, 3000), p(3, 500), p(4, 1500)].into();
+        let now = t0 + Duration::from_secs(4);
+        let rate = crate::app::trace(&points, now, Measure::WalRate);
+        assert_eq!(rate, vec![(-2.0, 1000.0), (0.0, 1000.0)]);
+    }
+
+    fn render_hits(app: &mut App, w: u16, h: u16) {
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        let mut hits = Hits::default();
+        t.draw(|f| hits = draw(f, app, Theme { mono: false }))
+            .unwrap();
+        app.hits = hits;
+    }
+
+    fn mouse(app: &mut App, kind: crossterm::event::MouseEventKind, column: u16, row: u16) {
+        update(
+            app,
+            Msg::Mouse(crossterm::event::MouseEvent {
+                kind,
+                column,
+                row,
+                modifiers: KeyModifiers::NONE,
+            }),
+        );
+    }
+
+    #[test]
+    fn the_mouse_selects_opens_switches_tabs_and_scrolls() {
+        use crossterm::event::{MouseButton, MouseEventKind};
+        let clusters: Vec<Cluster> = (0..3).map(|i| cluster(&format!("c{i}"), 4)).collect();
+        let mut app = app_with(clusters);
+        render_hits(&mut app, 120, 32);
+        let (rows, first) = app.hits.rows.unwrap();
+        assert_eq!(first, 0);
+        // a click on the third row selects it; a second click opens it
+        let left = MouseEventKind::Down(MouseButton::Left);
+        mouse(&mut app, left, rows.x + 2, rows.y + 2);
+        assert_eq!(app.cluster_idx, 2);
+        assert_eq!(app.view, View::Clusters);
+        mouse(&mut app, left, rows.x + 2, rows.y + 2);
+        assert_eq!(app.view, View::Cluster(Tab::Members));
+        assert_eq!(app.selected_cluster().unwrap().scope, "c2");
+        // the wheel moves the member selection
+        render_hits(&mut app, 120, 32);
+        mouse(&mut app, MouseEventKind::ScrollDown, 10, 10);
+        assert_eq!(app.member_idx, 3);
+        mouse(&mut app, MouseEventKind::ScrollUp, 10, 10);
+        assert_eq!(app.member_idx, 0);
+        // a click on a tab opens it; the wheel scrolls it
+        let (r, _) = *app
+            .hits
+            .tabs
+            .iter()
+            .find(|(_, t)| *t == Tab::Events)
+            .unwrap();
+        mouse(&mut app, left, r.x + 1, r.y);
+        assert_eq!(app.view, View::Cluster(Tab::Events));
+        mouse(&mut app, MouseEventKind::ScrollDown, 10, 10);
+        assert_eq!(app.scroll, 3);
+        press(&mut app, KeyCode::PageDown);
+        assert_eq!(app.scroll, 13);
+        // a click outside anything clickable changes nothing, nor does one under a dialog
+        render_hits(&mut app, 120, 32);
+        mouse(&mut app, left, 119, 31);
+        assert_eq!(app.view, View::Cluster(Tab::Events));
+        press(&mut app, KeyCode::Char('p'));
+        assert!(app.confirm.is_some());
+        let (r, _) = *app
+            .hits
+            .tabs
+            .iter()
+            .find(|(_, t)| *t == Tab::Members)
+            .unwrap();
+        mouse(&mut app, left, r.x + 1, r.y);
+        assert_eq!(app.view, View::Cluster(Tab::Events));
+    }
+
+    #[test]
+    fn the_selection_stays_in_sight_in_a_long_table() {
+        let mut app = app_with(vec![cluster("big", 300)]);
+        press(&mut app, KeyCode::Enter);
+        for _ in 0..250 {
+            press(&mut app, KeyCode::Down);
+        }
+        for (w, h) in [(80, 24), (200, 60)] {
+            render_hits(&mut app, w, h);
+            let s = render(&app, w, h);
+            assert!(s.contains("big-251"), "{w}x{h}\n{s}");
+            let (_, first) = app.hits.rows.unwrap();
+            assert!(first > 0 && first <= 250, "{first}");
+        }
     }
 }

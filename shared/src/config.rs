@@ -363,6 +363,9 @@ pub struct Config {
     /// How this agent checks its peers' REST certificates.
     pub rest_client_tls: RestClientTls,
     pub etcd: EtcdConfig,
+    /// `raft`: no etcd run by anyone else — the agent runs a local etcd member as the DCS
+    /// (then `etcd` points at that member's local client address).
+    pub raft: Option<RaftConfig>,
     pub bootstrap: BootstrapConfig,
     pub postgresql: PostgresConfig,
     pub tags: Tags,
@@ -372,6 +375,191 @@ pub struct Config {
     pub origin: String,
     /// Keys that were not understood; logged, not fatal.
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// `raft`: Patroni's section for a cluster without a separate DCS. pgpilot runs an etcd member
+/// beside each agent instead of a Raft library of its own: its peers are `self_addr` and
+/// `partner_addrs`, its data is under `data_dir`, and its client address is on loopback only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaftConfig {
+    /// Where the member keeps its data (`raft.data_dir`; the etcd member's under `etcd/`).
+    pub data_dir: PathBuf,
+    /// This member's peer address, `host:port`: what the partners dial.
+    pub self_addr: String,
+    /// The other members' peer addresses (this member's own is dropped if listed).
+    pub partner_addrs: Vec<String>,
+    /// Where the peer port listens (`raft.bind_addr`, a host or host:port); `self_addr` if unset.
+    pub bind_addr: Option<String>,
+    /// Protects the peer traffic: the members prove they know it (see agent/src/raft.rs).
+    pub password: Option<Secret>,
+    /// The member's client port on 127.0.0.1 (pgpilot's `raft.client_port`; default the peer
+    /// port + 1).
+    pub client_port: u16,
+    /// etcd's election timeout in ms, from `raft.max_timeout` (seconds).
+    pub election_ms: Option<u64>,
+    /// etcd's heartbeat interval in ms, from `raft.append_entries_period` (seconds).
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl RaftConfig {
+    /// Every member's peer address, this one's included, sorted (the same list on every member).
+    pub fn members(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .partner_addrs
+            .iter()
+            .chain(std::iter::once(&self.self_addr))
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The etcd member name of a peer address (the address itself, `:` as `-`).
+    pub fn member_name(addr: &str) -> String {
+        addr.replace([':', '[', ']'], "-")
+    }
+
+    /// The local client endpoint, `127.0.0.1:PORT`.
+    pub fn client_endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// For `agent --witness`: `scope` and `raft` of a YAML file (a member's whole YAML works;
+    /// its other sections are not read), with the `PATRONI_*` variables over it.
+    pub fn load_witness(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(String, RaftConfig), ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut tree = read_path(path)?;
+        apply_env(&mut tree, &env);
+        let mut r = Reader::new(&tree);
+        let scope = r.required_string("scope");
+        if r.get("raft").is_none() {
+            r.err("raft", "is required: a witness runs the raft member only");
+            return Err(ConfigError::Invalid(r.errors));
+        }
+        let raft = read_raft(&mut r);
+        if r.errors.is_empty() {
+            Ok((scope, raft))
+        } else {
+            Err(ConfigError::Invalid(r.errors))
+        }
+    }
+
+    /// The etcd configuration that reaches this member's client port.
+    pub fn etcd(&self) -> EtcdConfig {
+        EtcdConfig {
+            hosts: vec![self.client_endpoint()],
+            protocol: "http".into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Reads `raft`: Patroni's keys (`data_dir`, `self_addr`, `partner_addrs`, `bind_addr`,
+/// `password`, the timeouts) and pgpilot's `client_port`. Keys that tune pysyncobj's own
+/// connections are read and warned about by name.
+fn read_raft(r: &mut Reader<'_>) -> RaftConfig {
+    let self_addr = r.address("raft.self_addr", true).unwrap_or_default();
+    let mut partner_addrs = Vec::new();
+    for (i, a) in r
+        .string_list("raft.partner_addrs")
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        // a YAML list written as one string keeps its quotes: 'a:1','b:2'
+        let a = a.trim().trim_matches(|c| c == '\'' || c == '"').to_string();
+        if split_host_port(&a).is_none() {
+            r.err(
+                &format!("raft.partner_addrs[{i}]"),
+                format!("{a:?} is not host:port"),
+            );
+        } else if a != self_addr {
+            partner_addrs.push(a);
+        }
+    }
+    if partner_addrs.is_empty() && !self_addr.is_empty() {
+        r.notes.push(ConfigIssue {
+            key: "raft.partner_addrs".into(),
+            message: "is empty: this member forms a group of one, which loses no quorum but survives no machine loss; list the other members' self_addr".into(),
+        });
+    }
+    let data_dir = PathBuf::from(r.required_string("raft.data_dir"));
+    let bind_addr = r.string("raft.bind_addr");
+    let password = r.string("raft.password").map(Secret);
+    let peer_port = split_host_port(&self_addr).map(|(_, p)| p).unwrap_or(0);
+    let client_port = match r.integer("raft.client_port") {
+        Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).unwrap_or_else(|| {
+            r.err("raft.client_port", format!("{p} is not a TCP port"));
+            0
+        }),
+        None => peer_port.checked_add(1).unwrap_or_else(|| {
+            r.err(
+                "raft.client_port",
+                "is required when raft.self_addr's port is 65535 (the default is that port + 1)",
+            );
+            0
+        }),
+    };
+    let ms = |r: &mut Reader<'_>, key: &str| -> Option<u64> {
+        let v = r.get(key)?;
+        let secs = match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        match secs {
+            Some(s) if s.is_finite() && s > 0.0 && s <= 60.0 => Some((s * 1000.0).round() as u64),
+            _ => {
+                r.err(
+                    key,
+                    format!("expected seconds between 0 and 60, found {}", describe(v)),
+                );
+                None
+            }
+        }
+    };
+    let election_ms = ms(r, "raft.max_timeout");
+    let heartbeat_ms = ms(r, "raft.append_entries_period");
+    if r.get("raft.min_timeout").is_some() {
+        r.notes.push(ConfigIssue {
+            key: "raft.min_timeout".into(),
+            message: "not used: the etcd member randomizes its election timeout between raft.max_timeout and twice it".into(),
+        });
+    }
+    for key in [
+        "connection_timeout",
+        "connection_retry_time",
+        "leader_fallback_timeout",
+    ] {
+        if r.get(&format!("raft.{key}")).is_some() {
+            r.notes.push(ConfigIssue {
+                key: format!("raft.{key}"),
+                message: "not used: it tunes Patroni's Raft library; the etcd member manages its peer connections itself".into(),
+            });
+        }
+    }
+    if let (Some(e), Some(h)) = (election_ms, heartbeat_ms)
+        && e < h.saturating_mul(5)
+    {
+        r.err(
+            "raft.max_timeout",
+            format!("{e} ms must be at least five times raft.append_entries_period ({h} ms), or elections would start between heartbeats"),
+        );
+    }
+    RaftConfig {
+        data_dir,
+        self_addr,
+        partner_addrs,
+        bind_addr,
+        password,
+        client_port,
+        election_ms,
+        heartbeat_ms,
+    }
 }
 
 /// A loaded configuration plus the raw tree (for `/config`-style merges and debugging).
@@ -555,6 +743,9 @@ impl ConsoleConfig {
             read_etcd(&mut r, "etcd3")
         } else if r.get("etcd").is_some() {
             read_etcd(&mut r, "etcd")
+        } else if r.get("raft").is_some() {
+            // a member's YAML of a raft: cluster: its etcd member's local client port
+            read_raft(&mut r).etcd()
         } else {
             EtcdConfig {
                 protocol: "http".into(),
@@ -720,6 +911,15 @@ fn apply_env(tree: &mut Map<String, Value>, env: &[(String, String)]) {
                     set_path(tree, &["etcd3", &lower(k)], env_dcs_value(k, val))
                 } else if let Some(k) = rest.strip_prefix("ETCD_") {
                     set_path(tree, &["etcd", &lower(k)], env_dcs_value(k, val))
+                } else if let Some(k) = rest.strip_prefix("RAFT_") {
+                    if RAFT_KEYS.contains(&k) {
+                        let v = if k == "PARTNER_ADDRS" {
+                            env_list(val)
+                        } else {
+                            s
+                        };
+                        set_path(tree, &["raft", &lower(k)], v)
+                    }
                 } else {
                     for role in ["SUPERUSER", "REPLICATION", "REWIND"] {
                         if let Some(field) =
@@ -737,6 +937,40 @@ fn apply_env(tree: &mut Map<String, Value>, env: &[(String, String)]) {
             }
         }
     }
+}
+
+/// The `raft` keys `PATRONI_RAFT_*` set.
+const RAFT_KEYS: [&str; 12] = [
+    "DATA_DIR",
+    "SELF_ADDR",
+    "PARTNER_ADDRS",
+    "PASSWORD",
+    "BIND_ADDR",
+    "CLIENT_PORT",
+    "MIN_TIMEOUT",
+    "MAX_TIMEOUT",
+    "CONNECTION_TIMEOUT",
+    "APPEND_ENTRIES_PERIOD",
+    "CONNECTION_RETRY_TIME",
+    "LEADER_FALLBACK_TIMEOUT",
+];
+
+/// A list in a variable, as Patroni reads one: YAML (`['a:1', 'b:2']`, `- a`), else
+/// comma-separated (`'a:1','b:2'`, `a:1,b:2`).
+fn env_list(val: &str) -> Value {
+    let t = val.trim();
+    if (t.starts_with('[') || t.starts_with('-'))
+        && let Ok(v @ Value::Array(_)) = serde_saphyr::from_str::<Value>(t)
+    {
+        return v;
+    }
+    Value::Array(
+        t.split(',')
+            .map(|p| p.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+            .filter(|p| !p.is_empty())
+            .map(Value::String)
+            .collect(),
+    )
 }
 
 /// `PATRONI_ETCD3_HOSTS` may be a YAML list or a comma-separated string.
@@ -1553,15 +1787,26 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
             "Citus clusters are not supported by pgpilot: it would run the coordinator and each worker as unrelated clusters; keep Patroni for Citus",
         );
     }
-    for other in ["consul", "zookeeper", "exhibitor", "kubernetes", "raft"] {
+    for other in ["consul", "zookeeper", "exhibitor", "kubernetes"] {
         if r.get(other).is_some() {
             r.err(
                 other,
-                "pgpilot stores cluster state in etcd v3 only; use an etcd3 section",
+                "pgpilot stores cluster state in etcd v3 only; use an etcd3 section (or raft: for an etcd member run by each agent)",
             );
         }
     }
-    let etcd = if r.get("etcd3").is_some() {
+    let raft = r.get("raft").is_some().then(|| read_raft(r));
+    let etcd = if let Some(raft) = &raft {
+        for section in ["etcd3", "etcd"] {
+            if r.get(section).is_some() {
+                r.err(
+                    section,
+                    "and raft are both set: with raft the agent runs its own etcd member and uses it; remove one of the two sections",
+                );
+            }
+        }
+        raft.etcd()
+    } else if r.get("etcd3").is_some() {
         read_etcd(r, "etcd3")
     } else if r.get("etcd").is_some() {
         r.notes.push(ConfigIssue {
@@ -1816,6 +2061,7 @@ fn read_config(r: &mut Reader<'_>, origin: String) -> Config {
         ctl_authentication,
         rest_client_tls,
         etcd,
+        raft,
         bootstrap,
         postgresql,
         tags,

@@ -249,8 +249,14 @@ fn required_sections_and_unsupported_stores() {
     for k in ["restapi", "postgresql", "etcd3"] {
         assert!(keys.contains(&k.to_string()), "{k} not in {keys:?}");
     }
+    // an etcd3 section renamed raft: the keys raft needs are named
     let raft = fixture("cluster_in_a_box.yml").replace("etcd3:", "raft:");
-    assert!(invalid_keys(&raft).contains(&"raft".to_string()));
+    let keys = invalid_keys(&raft);
+    for k in ["raft.self_addr", "raft.data_dir"] {
+        assert!(keys.contains(&k.to_string()), "{k} not in {keys:?}");
+    }
+    let consul = fixture("cluster_in_a_box.yml").replace("etcd3:", "consul:");
+    assert!(invalid_keys(&consul).contains(&"consul".to_string()));
     let both =
         fixture("cluster_in_a_box.yml").replace("  nofailover: false\n", "  nofailover: true\n");
     let c = Config::from_yaml(&both, "both.yml").unwrap();
@@ -740,4 +746,58 @@ fn extra_headers_are_read_and_checked() {
             "{k}: {keys:?}"
         );
     }
+}
+
+/// Seed 004's `raft:` section: each agent runs an etcd member with these peers; the client
+/// port stays on loopback; pysyncobj's own tunables are warned about by name.
+#[test]
+fn a_raft_section_as_the_seed_writes_it() {
+    let raft = "raft:\n  data_dir: /var/lib/raft\n  self_addr: \"10.0.0.1:5010\"\n  partner_addrs: ['10.0.0.2:5010','10.0.0.3:5010']\n  max_timeout: 2\n  append_entries_period: 0.2\n  min_timeout: 1\n  connection_timeout: 5\n";
+    let yaml = fixture("cluster_in_a_box.yml").replace(
+        "etcd3:\n  hosts:\n    - 192.0.2.1:2379\n    - 192.0.2.2:2379\n",
+        raft,
+    );
+    assert!(yaml.contains("raft:"), "fixture changed: {yaml}");
+    let c = Config::from_yaml(&yaml, "raft.yml").unwrap();
+    let r = c.raft.as_ref().unwrap();
+    assert_eq!(r.self_addr, "10.0.0.1:5010");
+    assert_eq!(r.partner_addrs, ["10.0.0.2:5010", "10.0.0.3:5010"]);
+    assert_eq!(r.client_port, 5011);
+    assert_eq!((r.election_ms, r.heartbeat_ms), (Some(2000), Some(200)));
+    assert_eq!(c.etcd.hosts, ["127.0.0.1:5011"]);
+    assert_eq!(
+        r.members(),
+        ["10.0.0.1:5010", "10.0.0.2:5010", "10.0.0.3:5010"]
+    );
+    let warned: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+    for k in ["raft.min_timeout", "raft.connection_timeout"] {
+        assert!(warned.contains(&k), "{k} not warned: {warned:?}");
+    }
+    // the seed's variable form
+    let env = vec![
+        (
+            "PATRONI_RAFT_SELF_ADDR".to_string(),
+            "10.0.0.9:6000".to_string(),
+        ),
+        (
+            "PATRONI_RAFT_PARTNER_ADDRS".to_string(),
+            "'10.0.0.2:5010','10.0.0.3:5010'".to_string(),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.yml");
+    std::fs::write(&path, &yaml).unwrap();
+    let c = Config::load(Some(&path), env).unwrap();
+    let r = c.raft.unwrap();
+    assert_eq!(r.self_addr, "10.0.0.9:6000");
+    assert_eq!(r.partner_addrs, ["10.0.0.2:5010", "10.0.0.3:5010"]);
+    // raft and etcd3 together: refused, both named
+    let both = format!("{yaml}\netcd3:\n  hosts: 127.0.0.1:2379\n");
+    assert!(invalid_keys(&both).contains(&"etcd3".to_string()));
+    // elections quicker than five heartbeats: refused
+    let fast = yaml.replace("max_timeout: 2", "max_timeout: 0.5");
+    assert!(invalid_keys(&fast).contains(&"raft.max_timeout".to_string()));
+    // the console reads a member's YAML: the local member's client port
+    let console = shared::config::ConsoleConfig::from_yaml(&yaml, "raft.yml").unwrap();
+    assert_eq!(console.etcd.hosts, ["127.0.0.1:5011"]);
 }

@@ -4,6 +4,7 @@
 //! pieces detached, as a local cluster for a person to look at and break.
 
 pub mod demo;
+pub mod raft;
 pub mod shot;
 
 use anyhow::{Context, Result, anyhow, bail};

@@ -209,6 +209,118 @@ fn batch_reads_a_pgpilot_cluster_as_patronictl_does() {
         format!("host=127.0.0.1 port={}", replica.pg_port)
     );
 
+    // query: SQL on the leader (default), a replica (-r) or a member by name (-m), with the
+    // password from PGPASSWORD or from --password (standard input when it is no terminal)
+    let query = |args: &[&str], password: Option<&str>, stdin: Option<&str>| {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(bin_dir().join("pgpilot-console"));
+        cmd.arg("-c")
+            .arg(&cfg)
+            .args(["--batch", "query", "consolepg"])
+            .args(args)
+            .env_remove("PGPASSWORD")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(p) = password {
+            cmd.env("PGPASSWORD", p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let sql = "SELECT pg_is_in_recovery() AS standby, inet_server_port() AS port, NULL AS nothing";
+    let (code, out, err) = query(
+        &["--command", sql, "-U", "postgres"],
+        Some("postgres-secret"),
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let leader_port = c.nodes[c.leader_index(etcd).unwrap()].pg_port;
+    assert_eq!(
+        out,
+        format!("standby\tport\tnothing\nf\t{leader_port}\t\n"),
+        "{err}"
+    );
+    let (code, out, err) = query(
+        &[
+            "-r",
+            "replica",
+            "--command",
+            sql,
+            "-U",
+            "postgres",
+            "--password",
+            "-f",
+            "json",
+        ],
+        None,
+        Some("postgres-secret\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows = json(&out);
+    assert_eq!(rows[0]["standby"], "t", "{out}");
+    let (code, out, err) = query(
+        &[
+            "-m",
+            &replica.name,
+            "--command",
+            "SELECT 1 AS a, 2 AS b",
+            "-U",
+            "postgres",
+            "--delimiter",
+            ",",
+        ],
+        Some("postgres-secret"),
+        None,
+    );
+    assert_eq!((code, out.as_str()), (0, "a,b\n1,2\n"), "{err}");
+    // the last statement's rows, as a driver's cursor holds them
+    let (code, out, err) = query(
+        &[
+            "--command",
+            "SELECT 1 AS first; SELECT 2 AS second",
+            "-U",
+            "postgres",
+        ],
+        Some("postgres-secret"),
+        None,
+    );
+    assert_eq!((code, out.as_str()), (0, "second\n2\n"), "{err}");
+    // failures: exit 1 with the server's words and SQLSTATE, nothing on stdout
+    let (code, out, err) = query(
+        &["--command", "SELECT nosuchcolumn", "-U", "postgres"],
+        Some("postgres-secret"),
+        None,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("42703") && out.is_empty(), "{err}");
+    let (code, _, err) = query(
+        &["--command", "SELECT 1", "-U", "postgres"],
+        Some("wrong"),
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("password authentication failed"), "{err}");
+    let (code, _, err) = query(
+        &["-r", "primary", "-m", "x", "--command", "SELECT 1"],
+        None,
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = query(&["-U", "postgres"], None, None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--command"), "{err}");
+
     // every cluster of the namespace when no scope is given
     etcd.put(
         "/service/zz-other/members/ghost",

@@ -343,6 +343,34 @@ fn the_interactive_demo_opens_the_console_switches_from_it_and_asks_before_stopp
     tty.keys(&["y"]);
     tty.wait_for("crashed", LONG).unwrap();
     wait_restarted(&state, replica, before);
+    // cut the leader from the console: once its key expired it stays listed as gone, and
+    // `:restore` on it brings it back
+    let old = state.nodes[p].name.clone();
+    tty.keys(&[":"]);
+    tty.keys(&["-l", &format!("cut {old}")]);
+    tty.keys(&["Enter"]);
+    tty.wait_for(" do it", LONG).unwrap();
+    tty.keys(&["y"]);
+    wait_for("a new leader after the cut", LONG, || {
+        leader(&dir).filter(|l| *l != old)
+    })
+    .unwrap();
+    wait_for("the cut member listed as gone", LONG, || {
+        let screen = tty.screen();
+        screen
+            .lines()
+            .any(|l| l.contains(old.as_str()) && l.contains("gone "))
+            .then_some(())
+    })
+    .unwrap();
+    tty.keys(&[":"]);
+    tty.keys(&["-l", &format!("restore {old}")]);
+    tty.keys(&["Enter"]);
+    tty.wait_for(" do it", LONG).unwrap();
+    tty.keys(&["y"]);
+    tty.wait_for(&format!("restored {old}"), LONG).unwrap();
+    healthy(&dir);
+    tty.wait_for("3/3", LONG).unwrap();
     // quitting asks; yes stops everything
     tty.keys(&["q"]);
     tty.wait_for("stop the demo cluster?", LONG).unwrap();

@@ -899,9 +899,45 @@ fn console_batch_operates_a_cluster() {
     let (code, _, err) = run(&["reinit", "batchops", &cand, "--force"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("I am the leader"), "{err}");
+    // the third member tagged clonefrom (its file edited, then reloaded): a reinit clones from
+    // it, a reinit --from-leader from the leader all the same
+    let third = (0..3)
+        .find(|i| *i != p && c.nodes[*i].name != cand)
+        .unwrap();
+    let file = &c.nodes[third].config_path;
+    let text = std::fs::read_to_string(file).unwrap();
+    std::fs::write(file, text.replace("clonefrom: false", "clonefrom: true")).unwrap();
+    let (code, out, err) = run(&["reload", "batchops", &c.nodes[third].name, "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the clonefrom tag in etcd", LONG, || {
+        let key = format!("/service/batchops/members/{}", c.nodes[third].name);
+        let (_, v, _) = etcd.get_prefix(&key).ok()?.into_iter().next()?;
+        v.contains("\"clonefrom\":true").then_some(())
+    })
+    .unwrap();
+    let cloned_from = |from: &str| {
+        let want = format!("cloning a replica from {from}");
+        wait_for(&want, LONG, || {
+            let (code, body) = c.nodes[p].get("/journal").ok()?;
+            (code == 200 && body.contains(&want)).then_some(())
+        })
+        .unwrap();
+    };
     let (code, out, err) = run(&["reinit", "batchops", &replica, "--force", "--wait"]);
     assert_eq!(code, 0, "{out}{err}");
+    cloned_from(&c.nodes[third].name);
     // (--wait followed the member key; the REST answer follows within a sampling period)
+    wait_streaming(c, p, LONG);
+    let (code, out, err) = run(&[
+        "reinit",
+        "batchops",
+        &replica,
+        "--from-leader",
+        "--force",
+        "--wait",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    cloned_from(&cand);
     wait_streaming(c, p, LONG);
 
     // failover to a named member, once it has caught up (with a healthy leader the request is

@@ -47,8 +47,8 @@ impl<K: Kv> Agent<K> {
                 self.show_scheduled_restart();
                 answer(Some(reply), r.0, r.1);
             }
-            Command::Reinitialize { force } => {
-                let r = self.reinitialize(force).await;
+            Command::Reinitialize { force, from_leader } => {
+                let r = self.reinitialize(force, from_leader).await;
                 answer(Some(reply), r.0, r.1);
             }
             Command::Reload => {
@@ -223,7 +223,7 @@ impl<K: Kv> Agent<K> {
         }
     }
 
-    async fn reinitialize(&mut self, force: bool) -> Reply {
+    async fn reinitialize(&mut self, force: bool, from_leader: bool) -> Reply {
         let cluster = match self.dcs.load().await {
             Ok(c) => c,
             Err(e) => return (503, format!("cannot read the cluster from etcd: {e}")),
@@ -247,8 +247,10 @@ impl<K: Kv> Agent<K> {
         }
         warn!(
             data_dir = %self.pg.data_dir().display(),
+            from_leader,
             "reinitializing as requested: removing the data directory to clone it again"
         );
+        self.clone_from_leader = from_leader;
         *self.rewind_ok_for.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.last_job_failure = None;
         let pg = self.pg.clone();
@@ -328,6 +330,12 @@ impl<K: Kv> Agent<K> {
         if new.postgresql.data_dir != old.postgresql.data_dir {
             kept.push("postgresql.data_dir");
             new.postgresql.data_dir = old.postgresql.data_dir.clone();
+        }
+        if new.raft != old.raft {
+            // the etcd member runs with the settings it started with
+            kept.push("raft");
+            new.raft = old.raft.clone();
+            new.etcd = old.etcd.clone();
         }
         for k in &kept {
             warn!(

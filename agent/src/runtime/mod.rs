@@ -93,6 +93,11 @@ pub struct Agent<K: Kv> {
     last_job_failure: Option<(Job, Instant)>,
     /// The leader (and its timeline) pg_rewind last found nothing to undo for.
     rewind_ok_for: Arc<std::sync::Mutex<Option<(String, u64)>>>,
+    /// A reinitialize asked to clone from the leader with pg_basebackup; cleared when that
+    /// clone starts.
+    clone_from_leader: bool,
+    /// The health of the etcd member this agent runs (`raft:`), for `/patroni` and `/metrics`.
+    pub raft: Option<crate::raft::SharedHealth>,
     /// The last switchover this node handled as leader, and since when it waits for the
     /// successor to run as primary.
     handover: Option<(handover::Report, Instant)>,
@@ -215,6 +220,8 @@ impl<K: Kv> Agent<K> {
             last_job_failure: None,
             last_wal_end: None,
             rewind_ok_for: Arc::new(std::sync::Mutex::new(None)),
+            clone_from_leader: false,
+            raft: None,
             handover: None,
             commands,
             scheduled_restart: None,
@@ -662,6 +669,7 @@ impl<K: Kv> Agent<K> {
                     .or_else(|| self.watchdog_failed.clone()),
                 clone_without_leader: matches!(pg_view.data, DataDir::Empty)
                     && self.can_build_without_leader(&dynamic),
+                clone_from_leader: self.clone_from_leader,
             };
             ha::decide(&obs)
         };
@@ -786,6 +794,10 @@ impl<K: Kv> Agent<K> {
             failsafe_mode: dynamic.failsafe_mode(),
             last_leader: self.last_leader.clone(),
             watchdog_armed: self.watchdog.is_armed(),
+            raft: self
+                .raft
+                .as_ref()
+                .map(|h| h.read().unwrap_or_else(|p| p.into_inner()).clone()),
             watchdog_failed: self.watchdog_failed.is_some()
                 || self
                     .watchdog
@@ -1456,6 +1468,9 @@ impl<K: Kv> Agent<K> {
                     .ok_or_else(|| anyhow!("member {from} has no usable conn_url"))?;
                 let leader = cluster.leader.as_ref().map(|l| l.name.clone());
                 let leader_up = leader.as_deref().and_then(|l| upstream_of(cluster, l));
+                // a reinitialize --from-leader: pg_basebackup from the leader, this once
+                let methods = std::mem::take(&mut self.clone_from_leader)
+                    .then(|| vec!["basebackup".to_string()]);
                 let source = crate::jobs::CloneSource {
                     upstream: Some(up),
                     name: from.clone(),
@@ -1464,7 +1479,7 @@ impl<K: Kv> Agent<K> {
                         .map(|m| m.data.api_url.clone())
                         .unwrap_or_default(),
                     peers: self.peers.clone(),
-                    methods: None,
+                    methods,
                 };
                 self.spawn_clone(source, leader_up, params, dynamic);
                 Ok(Step::Continue)

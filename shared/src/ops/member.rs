@@ -100,11 +100,11 @@ impl MemberAgent<'_> {
     }
 
     /// Asks a replica to wipe its data directory and clone it again from the leader.
-    pub async fn reinitialize(&self, force: bool) -> Result<String, OpsError> {
+    pub async fn reinitialize(&self, force: bool, from_leader: bool) -> Result<String, OpsError> {
         self.ask(
             reqwest::Method::POST,
             "/reinitialize",
-            json!({"force": force}),
+            json!({"force": force, "from_leader": from_leader}),
             Duration::from_secs(30),
         )
         .await

@@ -384,6 +384,88 @@ fn write_gap(
     Ok(gap.as_secs_f64())
 }
 
+/// Where the consensus of a raft measurement runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Consensus {
+    /// Each agent's own etcd member (`raft:`).
+    Embedded,
+    /// A three-member etcd run beside the agents by the test (`etcd3:` with three hosts).
+    External,
+}
+
+/// The write gap of a machine loss (agent, PostgreSQL and the etcd member on that machine),
+/// at ttl 10 / loop_wait 2 / retry_timeout 3, with the consensus embedded or external.
+fn raft_gap(consensus: Consensus, rep: usize) -> Result<f64> {
+    let tag = match consensus {
+        Consensus::Embedded => "embedded",
+        Consensus::External => "external",
+    };
+    let spec = ClusterSpec {
+        scope: format!("raft-{tag}-{rep}"),
+        ..Default::default()
+    };
+    let mut rl = pgpilot_e2e::raft::RaftLab::new(&format!("raft-{tag}"), spec, false)?;
+    let mut trio = None;
+    if consensus == Consensus::External {
+        // the same nodes with an etcd3 section naming the three external members
+        let t = pgpilot_e2e::raft::EtcdTrio::start(&rl.lab.work.path)?;
+        for n in &rl.lab.cluster.nodes {
+            let text = std::fs::read_to_string(&n.config_path)?;
+            let start = text.find("raft:\n").context("no raft section")?;
+            let end = text[start..]
+                .find("\n\n")
+                .map(|e| start + e)
+                .context("raft section end")?;
+            let text = format!(
+                "{}etcd3:\n  hosts: {}\n{}",
+                &text[..start],
+                t.hosts(),
+                &text[end..]
+            );
+            std::fs::write(&n.config_path, text)?;
+        }
+        trio = Some(t);
+    }
+    let c = &mut rl.lab.cluster;
+    c.start_all()?;
+    let p = c.wait_healthy(Duration::from_secs(180))?;
+    let writer = Writer::start(&c.nodes)?;
+    writer.wait_more(100, Duration::from_secs(60))?;
+    let at = Instant::now();
+    c.kill_machine(p);
+    if let Some(t) = trio.as_mut() {
+        t.kill(p);
+    }
+    writer.wait_more(50, Duration::from_secs(100))?;
+    let (_, gap) = writer.finish(at);
+    c.shutdown();
+    Ok(gap.as_secs_f64())
+}
+
+/// `bench raft`: machine loss with the embedded members and with an external three-member
+/// etcd, same timings, same run.
+fn raft_summary(reps: usize) -> Result<Value> {
+    let mut out = serde_json::Map::new();
+    for (name, consensus) in [
+        ("embedded_machine_loss_s", Consensus::Embedded),
+        ("external_machine_loss_s", Consensus::External),
+    ] {
+        let mut gaps = Vec::new();
+        for rep in 1..=reps {
+            let g = raft_gap(consensus, rep)?;
+            println!(
+                "raft {name} (ttl 10/loop_wait 2/retry_timeout 3) run {rep}: write gap {g:.2} s"
+            );
+            gaps.push(g);
+        }
+        out.insert(
+            name.into(),
+            json!({"timing": [10, 2, 3], "runs": gaps.clone(), "median": median(gaps)}),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
 /// One switchover measurement: (request returns, write gap, old primary streaming), seconds.
 fn switchover_once(
     kind: &str,
@@ -1018,29 +1100,101 @@ fn console_summary(reps: usize, patronictl: Option<PathBuf>) -> Result<Value> {
             theirs.iter().cloned().fold(0.0, f64::max)
         );
     }
-    let frame = render_ms()?;
+    let (frame, charts) = render_ms()?;
     println!("live console frame, 1,000 members: {frame:.2} ms");
+    println!("live console frame, Charts tab of 1,000 members: {charts:.2} ms");
     let latency = change_to_screen_ms(&lab)?;
     println!("live console, etcd change → screen: {latency:.0} ms");
+    let journal = journal_to_screen_ms(&lab)?;
+    println!("live console started after a switchover, start → journal on screen: {journal:.0} ms");
     lab.cluster.shutdown();
     let mut v = json!({"console_list_ms": {"runs": ours.clone(), "median": median(ours)},
-        "frame_ms_1000_members": frame, "change_to_screen_ms": latency});
+        "frame_ms_1000_members": frame, "frame_ms_charts_1000_members": charts,
+        "change_to_screen_ms": latency, "journal_to_screen_ms": journal});
     if !theirs.is_empty() {
         v["patronictl_list_ms"] = json!({"runs": theirs.clone(), "median": median(theirs)});
     }
     Ok(v)
 }
 
-/// `console --bench-render`: one frame of the 1,000-member cluster list, in ms.
-fn render_ms() -> Result<f64> {
+/// `console --bench-render`: one frame of the 1,000-member cluster list and one of the Charts
+/// tab of a 1,000-member cluster, in ms.
+fn render_ms() -> Result<(f64, f64)> {
     let out = Command::new(bin_dir().join("pgpilot-console"))
         .arg("--bench-render")
         .output()
         .context("cannot run console --bench-render")?;
     let v: Value = serde_json::from_slice(&out.stdout).context("console --bench-render")?;
-    v["frame_ms_1000_members"]
-        .as_f64()
-        .context("no frame time in console --bench-render")
+    let ms = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("no {k} in console --bench-render"))
+    };
+    Ok((
+        ms("frame_ms_1000_members")?,
+        ms("frame_ms_charts_1000_members")?,
+    ))
+}
+
+/// A switchover, then a live console started afresh: the time from its start until the
+/// journal's newest entry (the first line `--batch events` prints) shows on its Events tab.
+fn journal_to_screen_ms(lab: &Lab) -> Result<f64> {
+    let scope = &lab.cluster.spec.scope;
+    let console = bin_dir().join("pgpilot-console");
+    let ep = lab.etcd.endpoint();
+    let out = Command::new(&console)
+        .args(["--etcd", &ep, "--batch", "switchover", scope, "--force"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "switchover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.cluster.wait_healthy(Duration::from_secs(120))?;
+    // the journal as a script reads it, once the new leader's promotion is in it
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let newest = loop {
+        let out = Command::new(&console)
+            .args(["--etcd", &ep, "--batch", "events", scope, "-f", "json"])
+            .output()?;
+        let entries: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let first = entries[0]["Event"].as_str().unwrap_or_default().to_string();
+        if entries.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e["Event"].as_str().is_some_and(|t| t.contains("promot")))
+        }) && !first.is_empty()
+        {
+            break first;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no promotion in the journal: {entries}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // what the screen shows of it: its first words (a long line is cut at the edge)
+    let shown: String = newest.chars().take(24).collect();
+    let t = Instant::now();
+    let tmux = pgpilot_e2e::Tmux::start(
+        "bench-journal",
+        160,
+        40,
+        &format!(
+            "TERM=xterm-256color {} --etcd {} --read-only",
+            console.display(),
+            ep
+        ),
+    )?;
+    tmux.wait_for(scope, Duration::from_secs(20))?;
+    tmux.keys(&["Enter", "4"]);
+    while !tmux.screen().contains(&shown) {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "the journal's newest entry {shown:?} never showed:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// The live console in tmux: the time from a `config` write by another client until the screen
@@ -1097,7 +1251,7 @@ fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench tls [REPS] [PATRONI_EXECUTABLE]        bootstrap over etcd TLS, REST over TLS\n       bench versions [REPS]                        pgpilot on PostgreSQL 15 and 18: bootstrap, switchover gap, postmaster crash gap\n       bench replicas [PATRONI_EXECUTABLE] [SCALE]  a replica of a pgbench database (scale 70: ~1 GB) by pg_basebackup and by pgBackRest\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
+            "usage: bench all [REPS] [PATRONI_EXECUTABLE] [PATRONICTL_EXECUTABLE]   every scenario, one JSON document\n       bench quick                                  one repetition, pgpilot only, short (CI)\n       bench [REPS] [PATRONI_EXECUTABLE]            bootstrap, REST, idle RSS/CPU\n       bench failover [REPS] [PATRONI_EXECUTABLE]\n       bench switchover [REPS] [PATRONI_EXECUTABLE]\n       bench console [REPS] [PATRONICTL_EXECUTABLE]\n       bench tls [REPS] [PATRONI_EXECUTABLE]        bootstrap over etcd TLS, REST over TLS\n       bench raft [REPS]                            machine loss: each agent's own etcd member (raft:) vs an external 3-member etcd\n       bench versions [REPS]                        pgpilot on PostgreSQL 15 and 18: bootstrap, switchover gap, postmaster crash gap\n       bench replicas [PATRONI_EXECUTABLE] [SCALE]  a replica of a pgbench database (scale 70: ~1 GB) by pg_basebackup and by pgBackRest\n       bench split [REPS] [PATRONI_EXECUTABLE] [SCENARIOS]   split brain, lost commits (see BENCHMARKS.md); SCENARIOS: comma-separated, of agent_sigkill, network_loss, strict_sync_failover, agent_sigstop, failsafe_flood"
         );
         return Ok(());
     }
@@ -1140,6 +1294,12 @@ fn main() -> Result<()> {
         args.remove(0);
         let reps = reps_arg(&args, 3);
         println!("{}", tls_summary(reps, args.get(1).map(PathBuf::from), 10)?);
+        return Ok(());
+    }
+    if args.first().is_some_and(|a| a == "raft") {
+        args.remove(0);
+        let reps = reps_arg(&args, 3);
+        println!("{}", raft_summary(reps)?);
         return Ok(());
     }
     if args.first().is_some_and(|a| a == "quick") {
@@ -1267,7 +1427,9 @@ fn missing_numbers(doc: &Value) -> Vec<String> {
         "/split/pgpilot/strict_sync_failover/lost_acknowledged/median",
         "/console/console_list_ms/median",
         "/console/frame_ms_1000_members",
+        "/console/frame_ms_charts_1000_members",
         "/console/change_to_screen_ms",
+        "/console/journal_to_screen_ms",
     ];
     wanted
         .iter()

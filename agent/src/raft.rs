@@ -1,0 +1,809 @@
+//! The etcd member a `raft:` agent runs beside itself (seed 004: a cluster with no DCS run by
+//! anyone else). The consensus is etcd's own; this module only starts the member, keeps it
+//! running, admits it again when its data was lost, and reports its health for `/patroni`,
+//! `/metrics` and the console.
+//!
+//! - **Forming the group.** Every member lists the same peer addresses (`self_addr` plus
+//!   `partner_addrs`), so each derives the same etcd `--initial-cluster`; the first start of
+//!   each member forms the group once a majority is up.
+//! - **Restarting.** A member with data restarts from it (etcd ignores the initial flags).
+//! - **Data lost.** A member without data whose address the group lists as a started member
+//!   must not come back under its old identity: it would have forgotten entries it had
+//!   acknowledged, and a committed leader-key write could be lost. It serves a join request on
+//!   its peer port instead; a running member that sees it removes the old identity and adds the
+//!   address again through the remaining quorum, and the member starts as a new one
+//!   (`--initial-cluster-state existing`) that catches up before it counts.
+//! - **Client traffic** stays on 127.0.0.1 (`raft.client_port`): only the peer port is exposed.
+//! - **`raft.password`**: a join request carries an HMAC of the member's address keyed by
+//!   it, and a running member admits nobody without it.
+//!
+//! If the agent dies, its member dies with it (the parent-death signal): a machine that lost
+//! its agent counts as lost for the consensus too, and a restarted agent starts the member
+//! from its data.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+use serde_json::Value;
+use shared::config::RaftConfig;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tracing::{error, info, warn};
+
+/// The member's health, as `/patroni` (`pgpilot.raft`), `/metrics` and the console show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// The etcd process runs.
+    pub running: bool,
+    /// This member's peer address.
+    pub self_addr: String,
+    /// How many members the group has, and how many of them answer over the peer port.
+    pub members: usize,
+    pub reachable: usize,
+    /// The group's leader, by peer address (`None`: no leader seen, e.g. no quorum).
+    pub leader: Option<String>,
+    /// What is wrong, when something is (waiting for admission, the process exits, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Shared, updated by the supervisor.
+pub type SharedHealth = Arc<RwLock<Health>>;
+
+/// How often the supervisor looks at the group (health, members waiting to be admitted).
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+/// How long a call to a peer or to the local member may take.
+const CALL: Duration = Duration::from_secs(1);
+/// The path a member without data serves its join request on (on its peer port).
+const JOIN_PATH: &str = "/pgpilot/raft-join";
+
+/// What the group says about this member before it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    /// Its data is there: etcd restarts from it.
+    FromData,
+    /// No member answers, or none has started yet: form the group.
+    New,
+    /// The group runs and lists this address as a member that never started: join it.
+    Existing { initial_cluster: String },
+    /// The group runs and lists this address as a started member (its data was lost), or does
+    /// not list it: wait until a running member admits it again.
+    AwaitAdmission { reason: String },
+}
+
+/// A member as etcd's peer `/members` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PeerMember {
+    id: u64,
+    name: String,
+    peer_urls: Vec<String>,
+    /// Empty until the member has started and published itself.
+    client_urls: Vec<String>,
+}
+
+fn peer_url(addr: &str) -> String {
+    format!("http://{addr}")
+}
+
+/// The member's etcd data directory.
+fn etcd_dir(cfg: &RaftConfig) -> PathBuf {
+    cfg.data_dir.join("etcd")
+}
+
+/// `--initial-cluster` of the configured members.
+fn configured_cluster(cfg: &RaftConfig) -> String {
+    cfg.members()
+        .iter()
+        .map(|a| format!("{}={}", RaftConfig::member_name(a), peer_url(a)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses etcd's peer `/members` answer.
+fn parse_members(body: &Value) -> Option<Vec<PeerMember>> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    body.as_array()?
+        .iter()
+        .map(|m| {
+            Some(PeerMember {
+                id: m["id"].as_u64()?,
+                name: m["name"].as_str().unwrap_or_default().to_string(),
+                peer_urls: strings(&m["peerURLs"]),
+                client_urls: strings(&m["clientURLs"]),
+            })
+        })
+        .collect()
+}
+
+/// Decides how this member starts from what the partners' peer ports said (pure).
+/// `has_data`: its etcd data directory exists. `answers`: the member lists the partners gave.
+/// `cluster_existed`: something outside the raft data says the group ran before (the
+/// PostgreSQL data directory holds a cluster), so that nobody answering is not taken for a
+/// first start.
+fn plan_start(
+    cfg: &RaftConfig,
+    has_data: bool,
+    answers: &[Vec<PeerMember>],
+    cluster_existed: bool,
+) -> Start {
+    if has_data {
+        return Start::FromData;
+    }
+    let me = peer_url(&cfg.self_addr);
+    // the group as the partner that knows the most started members sees it
+    let Some(group) = answers
+        .iter()
+        .max_by_key(|ms| ms.iter().filter(|m| !m.client_urls.is_empty()).count())
+    else {
+        return if cluster_existed {
+            Start::AwaitAdmission {
+                reason: "this member's raft data is missing and no partner answers: waiting for a partner (a member that lost its data must be admitted again by a running group, never form one)".into(),
+            }
+        } else {
+            Start::New
+        };
+    };
+    let started = group.iter().any(|m| !m.client_urls.is_empty());
+    let mine = group.iter().find(|m| m.peer_urls.contains(&me));
+    match mine {
+        _ if !started && !cluster_existed => Start::New,
+        Some(m) if m.client_urls.is_empty() => Start::Existing {
+            initial_cluster: group
+                .iter()
+                .flat_map(|o| {
+                    let name = if o.id == m.id || o.name.is_empty() {
+                        o.peer_urls
+                            .first()
+                            .map(|u| RaftConfig::member_name(u.trim_start_matches("http://")))
+                            .unwrap_or_default()
+                    } else {
+                        o.name.clone()
+                    };
+                    o.peer_urls
+                        .iter()
+                        .map(move |u| format!("{name}={u}"))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        },
+        Some(_) => Start::AwaitAdmission {
+            reason: "the group lists this member as started but its raft data is missing: waiting for a running member to admit it again".into(),
+        },
+        None => Start::AwaitAdmission {
+            reason: "the group does not list this member: waiting for a running member to admit it".into(),
+        },
+    }
+}
+
+/// The join request's proof: HMAC-SHA256 of the address, keyed by `raft.password` (hex).
+fn proof(password: &str, addr: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, password.as_bytes());
+    let tag = ring::hmac::sign(&key, addr.as_bytes());
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn proof_ok(password: Option<&str>, addr: &str, given: &str) -> bool {
+    match password {
+        None => true,
+        Some(p) => {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, p.as_bytes());
+            let Some(tag) = (0..given.len())
+                .step_by(2)
+                .map(|i| {
+                    given
+                        .get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect::<Option<Vec<u8>>>()
+            else {
+                return false;
+            };
+            ring::hmac::verify(&key, addr.as_bytes(), &tag).is_ok()
+        }
+    }
+}
+
+/// The etcd program: `raft.etcd_bin`'s stand-in is `PGPILOT_ETCD`, else `etcd` on the PATH.
+fn etcd_program() -> PathBuf {
+    std::env::var_os("PGPILOT_ETCD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("etcd"))
+}
+
+/// The etcd command line for this member.
+fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
+    let listen_peer = match &cfg.bind_addr {
+        Some(b) if b.contains(':') && shared::config::split_host_port(b).is_some() => b.clone(),
+        Some(host) => {
+            let port = shared::config::split_host_port(&cfg.self_addr)
+                .map(|(_, p)| p)
+                .unwrap_or(0);
+            format!("{host}:{port}")
+        }
+        None => cfg.self_addr.clone(),
+    };
+    let mut a = vec![
+        format!("--name={}", RaftConfig::member_name(&cfg.self_addr)),
+        format!("--data-dir={}", etcd_dir(cfg).display()),
+        format!("--listen-peer-urls={}", peer_url(&listen_peer)),
+        format!("--initial-advertise-peer-urls={}", peer_url(&cfg.self_addr)),
+        format!("--listen-client-urls=http://{}", cfg.client_endpoint()),
+        format!("--advertise-client-urls=http://{}", cfg.client_endpoint()),
+        format!("--initial-cluster-token=pgpilot-{scope}"),
+        "--logger=zap".into(),
+        "--log-level=warn".into(),
+        // the leader key is written every loop_wait: keep an hour of history, no more
+        "--auto-compaction-mode=periodic".into(),
+        "--auto-compaction-retention=1h".into(),
+    ];
+    match start {
+        Start::Existing { initial_cluster } => {
+            a.push(format!("--initial-cluster={initial_cluster}"));
+            a.push("--initial-cluster-state=existing".into());
+        }
+        _ => {
+            a.push(format!("--initial-cluster={}", configured_cluster(cfg)));
+            a.push("--initial-cluster-state=new".into());
+        }
+    }
+    if let Some(ms) = cfg.heartbeat_ms {
+        a.push(format!("--heartbeat-interval={ms}"));
+    }
+    if let Some(ms) = cfg.election_ms {
+        a.push(format!("--election-timeout={ms}"));
+    }
+    a
+}
+
+/// Runs the member until `stop` fires: prepares its start, runs etcd, restarts it when it
+/// exits, admits members that lost their data. `cluster_existed` tells whether this machine's
+/// PostgreSQL data shows the cluster ran before.
+pub async fn supervise(
+    cfg: RaftConfig,
+    scope: String,
+    cluster_existed: bool,
+    health: SharedHealth,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let http = match reqwest::Client::builder().timeout(CALL).build() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("raft: cannot build an HTTP client: {e}");
+            return;
+        }
+    };
+    set(&health, |h| h.self_addr = cfg.self_addr.clone());
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let start = loop {
+            let answers = partner_members(&http, &cfg).await;
+            let has_data = etcd_dir(&cfg).join("member").exists();
+            match plan_start(&cfg, has_data, &answers, cluster_existed) {
+                Start::AwaitAdmission { reason } => {
+                    warn!("raft: {reason}");
+                    set(&health, |h| {
+                        h.running = false;
+                        h.problem = Some(reason.clone());
+                    });
+                    // the join request on the peer port until a running member admits us
+                    tokio::select! {
+                        r = serve_join_request(&cfg, Duration::from_secs(10)) => {
+                            if let Err(e) = r {
+                                warn!("raft: cannot serve the join request on {}: {e:#}", cfg.self_addr);
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                        }
+                        _ = stop.notified() => return,
+                    }
+                }
+                s => break s,
+            }
+        };
+        if matches!(start, Start::FromData | Start::New) && !etcd_dir(&cfg).exists() {
+            info!(
+                members = configured_cluster(&cfg),
+                "raft: forming the group (first start of this member)"
+            );
+        } else if let Start::Existing { initial_cluster } = &start {
+            info!(
+                initial_cluster,
+                "raft: joining the running group as a new member"
+            );
+        }
+        let mut child = match spawn(&cfg, &scope, &start) {
+            Ok(c) => c,
+            Err(e) => {
+                let text = format!("{e:#}");
+                error!("raft: {text}");
+                set(&health, |h| {
+                    h.running = false;
+                    h.problem = Some(text.clone());
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.notified() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        info!(pid = child.id(), "raft: etcd member started");
+        set(&health, |h| {
+            h.running = true;
+            h.problem = None;
+        });
+        let started = std::time::Instant::now();
+        let mut tick = tokio::time::interval(LOOK_EVERY);
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    let text = match status {
+                        Ok(s) => format!("the etcd member exited ({s}); see {}", log_path(&cfg).display()),
+                        Err(e) => format!("the etcd member is lost: {e}"),
+                    };
+                    error!("raft: {text}");
+                    set(&health, |h| { h.running = false; h.problem = Some(text.clone()); });
+                    break;
+                }
+                _ = stop.notified() => {
+                    terminate(&mut child).await;
+                    set(&health, |h| h.running = false);
+                    return;
+                }
+                _ = tick.tick() => {
+                    look(&http, &cfg, &health).await;
+                }
+            }
+        }
+        // a member that ran for a while is restarted at once; one that keeps failing, slower
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.notified() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn set(health: &SharedHealth, f: impl FnOnce(&mut Health)) {
+    let mut h = health.write().unwrap_or_else(|p| p.into_inner());
+    f(&mut h);
+}
+
+fn log_path(cfg: &RaftConfig) -> PathBuf {
+    cfg.data_dir.join("etcd.log")
+}
+
+/// Starts etcd, its output appended to `raft.data_dir/etcd.log`; it dies with the agent.
+fn spawn(cfg: &RaftConfig, scope: &str, start: &Start) -> Result<Child> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("raft.data_dir {}", cfg.data_dir.display()))?;
+    set_private(&cfg.data_dir);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(cfg))
+        .with_context(|| format!("cannot open {}", log_path(cfg).display()))?;
+    let err = log.try_clone()?;
+    let program = etcd_program();
+    let mut cmd = Command::new(&program);
+    cmd.args(etcd_args(cfg, scope, start))
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .kill_on_drop(true);
+    // SAFETY: prctl only, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().with_context(|| {
+        format!(
+            "cannot start {} (install Debian's etcd-server, or set PGPILOT_ETCD to the etcd program)",
+            program.display()
+        )
+    })
+}
+
+/// The member's data is readable by this user only, as etcd wants it.
+fn set_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// What each partner's peer port lists as members (the partners that answered).
+async fn partner_members(http: &reqwest::Client, cfg: &RaftConfig) -> Vec<Vec<PeerMember>> {
+    let mut out = Vec::new();
+    for p in &cfg.partner_addrs {
+        let url = format!("{}/members", peer_url(p));
+        let Ok(r) = http.get(&url).send().await else {
+            continue;
+        };
+        if let Ok(v) = r.json::<Value>().await
+            && let Some(ms) = parse_members(&v)
+        {
+            out.push(ms);
+        }
+    }
+    out
+}
+
+/// One look at the group: health, and the partners that wait to be admitted again.
+async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
+    let client = match local_client(cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            set(health, |h| h.problem = Some(format!("local member: {e:#}")));
+            return;
+        }
+    };
+    let mut client = client;
+    let members = match tokio::time::timeout(CALL, client.member_list()).await {
+        Ok(Ok(r)) => r.members().to_vec(),
+        Ok(Err(e)) => {
+            set(health, |h| h.problem = Some(format!("member list: {e}")));
+            return;
+        }
+        Err(_) => {
+            set(health, |h| {
+                h.problem = Some("member list: no answer within 1 s".into())
+            });
+            return;
+        }
+    };
+    let leader_id = match tokio::time::timeout(CALL, client.status()).await {
+        Ok(Ok(s)) => Some(s.leader()),
+        _ => None,
+    };
+    let mut reachable = 0;
+    for m in &members {
+        let Some(u) = m.peer_urls().first() else {
+            continue;
+        };
+        if http
+            .get(format!("{u}/version"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            reachable += 1;
+        }
+    }
+    let leader = leader_id.and_then(|id| {
+        members
+            .iter()
+            .find(|m| m.id() == id && id != 0)
+            .and_then(|m| m.peer_urls().first())
+            .map(|u| u.trim_start_matches("http://").to_string())
+    });
+    set(health, |h| {
+        h.members = members.len();
+        h.reachable = reachable;
+        h.leader = leader.clone();
+        h.problem = if leader.is_none() {
+            Some("no raft leader: the group has no quorum".into())
+        } else {
+            None
+        };
+    });
+    // partners that wait to be admitted (their data was lost), when this member has a leader
+    if leader.is_none() {
+        return;
+    }
+    for p in &cfg.partner_addrs {
+        let url = format!("{}{JOIN_PATH}", peer_url(p));
+        let Ok(r) = http.get(&url).send().await else {
+            continue;
+        };
+        if !r.status().is_success() {
+            continue;
+        }
+        let Ok(v) = r.json::<Value>().await else {
+            continue;
+        };
+        let given = v["proof"].as_str().unwrap_or_default();
+        if v["addr"].as_str() != Some(p.as_str()) {
+            continue;
+        }
+        if !proof_ok(cfg.password.as_ref().map(|s| s.expose()), p, given) {
+            warn!(
+                partner = p,
+                "raft: a join request without the right proof of raft.password: ignored"
+            );
+            continue;
+        }
+        match readmit(&mut client, &members, p).await {
+            Ok(()) => info!(
+                partner = p,
+                "raft: admitted again a member that lost its data (old identity removed, address added)"
+            ),
+            Err(e) => warn!(partner = p, "raft: cannot admit the member again: {e:#}"),
+        }
+    }
+}
+
+/// Removes the old identity of `addr` (if any) and adds the address as a new member.
+async fn readmit(
+    client: &mut etcd_client::Client,
+    members: &[etcd_client::Member],
+    addr: &str,
+) -> Result<()> {
+    let url = peer_url(addr);
+    if let Some(old) = members.iter().find(|m| m.peer_urls().contains(&url)) {
+        if old.client_urls().is_empty() && old.name().is_empty() {
+            // already added and not started yet: nothing to do
+            return Ok(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), client.member_remove(old.id()))
+            .await
+            .map_err(|_| anyhow!("member remove: no answer within 5 s"))?
+            .context("member remove")?;
+    }
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.member_add([url.as_str()], None),
+    )
+    .await
+    .map_err(|_| anyhow!("member add: no answer within 5 s"))?
+    .context("member add")?;
+    Ok(())
+}
+
+async fn local_client(cfg: &RaftConfig) -> Result<etcd_client::Client> {
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(CALL)
+        .with_timeout(CALL);
+    etcd_client::Client::connect([format!("http://{}", cfg.client_endpoint())], Some(opts))
+        .await
+        .context("cannot connect to the local etcd member")
+}
+
+/// Serves the join request on the peer port for `for_how_long` (a member without data that
+/// waits to be admitted again): `GET /pgpilot/raft-join` answers the address and its proof.
+async fn serve_join_request(cfg: &RaftConfig, for_how_long: Duration) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bind = match &cfg.bind_addr {
+        Some(b) if shared::config::split_host_port(b).is_some() => b.clone(),
+        Some(host) => {
+            let port = shared::config::split_host_port(&cfg.self_addr)
+                .map(|(_, p)| p)
+                .unwrap_or(0);
+            format!("{host}:{port}")
+        }
+        None => cfg.self_addr.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("bind {bind}"))?;
+    let body = serde_json::json!({
+        "addr": cfg.self_addr,
+        "proof": cfg.password.as_ref().map(|p| proof(p.expose(), &cfg.self_addr)).unwrap_or_default(),
+    })
+    .to_string();
+    let deadline = tokio::time::Instant::now() + for_how_long;
+    loop {
+        let accepted = tokio::time::timeout_at(deadline, listener.accept()).await;
+        let Ok(Ok((mut sock, _))) = accepted else {
+            return Ok(());
+        };
+        let body = body.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(CALL, sock.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let answer = if head.starts_with(&format!("GET {JOIN_PATH} ")) {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = tokio::time::timeout(CALL, sock.write_all(answer.as_bytes())).await;
+        });
+    }
+}
+
+/// Checks the raft section against the machine before the member starts: the etcd program
+/// runs, the data directory can be made.
+pub fn check(cfg: &RaftConfig) -> Result<()> {
+    let program = etcd_program();
+    let out = std::process::Command::new(&program)
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            anyhow!(
+                "raft: cannot run {} ({e}): install Debian's etcd-server (or set PGPILOT_ETCD)",
+                program.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!("raft: {} --version failed", program.display());
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("raft.data_dir {}", cfg.data_dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RaftConfig {
+        RaftConfig {
+            data_dir: "/var/lib/raft".into(),
+            self_addr: "10.0.0.2:5010".into(),
+            partner_addrs: vec!["10.0.0.1:5010".into(), "10.0.0.3:5010".into()],
+            bind_addr: None,
+            password: None,
+            client_port: 5011,
+            election_ms: None,
+            heartbeat_ms: None,
+        }
+    }
+
+    fn member(id: u64, addr: &str, started: bool) -> PeerMember {
+        PeerMember {
+            id,
+            name: RaftConfig::member_name(addr),
+            peer_urls: vec![peer_url(addr)],
+            client_urls: if started {
+                vec!["http://127.0.0.1:5011".into()]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    #[test]
+    fn every_member_derives_the_same_initial_cluster() {
+        let a = configured_cluster(&cfg());
+        let mut other = cfg();
+        other.self_addr = "10.0.0.1:5010".into();
+        other.partner_addrs = vec!["10.0.0.3:5010".into(), "10.0.0.2:5010".into()];
+        assert_eq!(a, configured_cluster(&other));
+        assert_eq!(
+            a,
+            "10.0.0.1-5010=http://10.0.0.1:5010,10.0.0.2-5010=http://10.0.0.2:5010,10.0.0.3-5010=http://10.0.0.3:5010"
+        );
+    }
+
+    #[test]
+    fn how_a_member_starts() {
+        let c = cfg();
+        // data: restart from it, whatever the partners say
+        assert_eq!(plan_start(&c, true, &[], true), Start::FromData);
+        // first start: nobody answers, or nobody started yet
+        assert_eq!(plan_start(&c, false, &[], false), Start::New);
+        let unformed = vec![
+            member(1, "10.0.0.1:5010", false),
+            member(2, "10.0.0.2:5010", false),
+            member(3, "10.0.0.3:5010", false),
+        ];
+        assert_eq!(
+            plan_start(&c, false, std::slice::from_ref(&unformed), false),
+            Start::New
+        );
+        // the group formed without this member (it started late): join it
+        let formed = vec![
+            member(1, "10.0.0.1:5010", true),
+            member(2, "10.0.0.2:5010", false),
+            member(3, "10.0.0.3:5010", true),
+        ];
+        match plan_start(&c, false, std::slice::from_ref(&formed), false) {
+            Start::Existing { initial_cluster } => assert!(
+                initial_cluster.contains("10.0.0.2-5010=http://10.0.0.2:5010"),
+                "{initial_cluster}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // its data was lost: never back under the old identity
+        let lost = vec![
+            member(1, "10.0.0.1:5010", true),
+            member(2, "10.0.0.2:5010", true),
+            member(3, "10.0.0.3:5010", true),
+        ];
+        assert!(matches!(
+            plan_start(&c, false, std::slice::from_ref(&lost), false),
+            Start::AwaitAdmission { .. }
+        ));
+        // nobody answers but PostgreSQL shows the cluster ran: wait, do not form a group
+        assert!(matches!(
+            plan_start(&c, false, &[], true),
+            Start::AwaitAdmission { .. }
+        ));
+        // re-added (new identity, no name yet): join
+        let readded = vec![
+            member(1, "10.0.0.1:5010", true),
+            PeerMember {
+                id: 9,
+                name: String::new(),
+                peer_urls: vec![peer_url("10.0.0.2:5010")],
+                client_urls: vec![],
+            },
+            member(3, "10.0.0.3:5010", true),
+        ];
+        match plan_start(&c, false, &[readded], true) {
+            Start::Existing { initial_cluster } => assert_eq!(
+                initial_cluster,
+                "10.0.0.1-5010=http://10.0.0.1:5010,10.0.0.2-5010=http://10.0.0.2:5010,10.0.0.3-5010=http://10.0.0.3:5010"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_peer_member_list_parses() {
+        let v: Value = serde_json::from_str(
+            r#"[{"id":5068672569658588005,"peerURLs":["http://127.0.0.1:42380"],"name":"a","clientURLs":["http://127.0.0.1:42379"]},
+                {"id":9463437347953233933,"peerURLs":["http://127.0.0.1:42390"]}]"#,
+        )
+        .unwrap();
+        let ms = parse_members(&v).unwrap();
+        assert_eq!(ms.len(), 2);
+        assert_eq!(ms[1].id, 9463437347953233933);
+        assert!(ms[1].client_urls.is_empty() && ms[1].name.is_empty());
+        assert!(parse_members(&serde_json::json!({"no": "list"})).is_none());
+    }
+
+    #[test]
+    fn a_join_request_needs_the_password_when_one_is_set() {
+        let p = proof("s3cret", "10.0.0.2:5010");
+        assert!(proof_ok(Some("s3cret"), "10.0.0.2:5010", &p));
+        assert!(!proof_ok(Some("other"), "10.0.0.2:5010", &p));
+        assert!(!proof_ok(Some("s3cret"), "10.0.0.9:5010", &p));
+        assert!(!proof_ok(Some("s3cret"), "10.0.0.2:5010", "zz"));
+        assert!(proof_ok(None, "10.0.0.2:5010", ""));
+    }
+
+    #[test]
+    fn the_command_line_keeps_clients_on_loopback() {
+        let args = etcd_args(&cfg(), "demo", &Start::New);
+        assert!(args.contains(&"--listen-client-urls=http://127.0.0.1:5011".to_string()));
+        assert!(args.contains(&"--listen-peer-urls=http://10.0.0.2:5010".to_string()));
+        assert!(args.contains(&"--initial-cluster-state=new".to_string()));
+        let mut c = cfg();
+        c.bind_addr = Some("0.0.0.0".into());
+        c.election_ms = Some(2000);
+        c.heartbeat_ms = Some(200);
+        let args = etcd_args(&c, "demo", &Start::New);
+        assert!(args.contains(&"--listen-peer-urls=http://0.0.0.0:5010".to_string()));
+        assert!(args.contains(&"--election-timeout=2000".to_string()));
+        assert!(args.contains(&"--heartbeat-interval=200".to_string()));
+    }
+}

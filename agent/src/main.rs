@@ -313,19 +313,29 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
         }
         None => None,
     };
-    let result = run_agent(
-        cfg,
-        systemd,
-        shutdown,
-        raft_member.as_ref().map(|m| m.0.clone()),
-    )
-    .await;
-    if let Some((_, stop, task)) = raft_member {
-        // after the agent let its lock and member key go
-        stop.notify_one();
-        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    let Some((health, stop, mut task)) = raft_member else {
+        return run_agent(cfg, systemd, shutdown, None).await;
+    };
+    let agent = run_agent(cfg, systemd, shutdown, Some(health));
+    tokio::pin!(agent);
+    tokio::select! {
+        result = &mut agent => {
+            // after the agent let its lock and member key go
+            stop.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+            result
+        }
+        ended = &mut task => {
+            // the supervisor never returns before it is told to: a failure, not a way to run on
+            anyhow::bail!(
+                "the raft member's supervisor stopped ({}): exiting so that the service manager starts the agent again",
+                match ended {
+                    Ok(()) => "returned".to_string(),
+                    Err(e) => e.to_string(),
+                }
+            )
+        }
     }
-    result
 }
 
 async fn run_agent(

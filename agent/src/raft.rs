@@ -275,6 +275,7 @@ pub async fn supervise(
     health: SharedHealth,
     stop: Arc<tokio::sync::Notify>,
 ) {
+    shared::api::install_tls_provider();
     let http = match reqwest::Client::builder().timeout(CALL).build() {
         Ok(c) => c,
         Err(e) => {
@@ -297,7 +298,7 @@ pub async fn supervise(
                     });
                     // the join request on the peer port until a running member admits us
                     tokio::select! {
-                        r = serve_join_request(&cfg, Duration::from_secs(10)) => {
+                        r = serve_join_request(&cfg, Duration::from_secs(4)) => {
                             if let Err(e) = r {
                                 warn!("raft: cannot serve the join request on {}: {e:#}", cfg.self_addr);
                                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -543,7 +544,8 @@ async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
             continue;
         }
         match readmit(&mut client, &members, p).await {
-            Ok(()) => info!(
+            Ok(false) => {}
+            Ok(true) => info!(
                 partner = p,
                 "raft: admitted again a member that lost its data (old identity removed, address added)"
             ),
@@ -552,17 +554,18 @@ async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
     }
 }
 
-/// Removes the old identity of `addr` (if any) and adds the address as a new member.
+/// Removes the old identity of `addr` (if any) and adds the address as a new member; `false`
+/// when it was added already and has not started yet.
 async fn readmit(
     client: &mut etcd_client::Client,
     members: &[etcd_client::Member],
     addr: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let url = peer_url(addr);
     if let Some(old) = members.iter().find(|m| m.peer_urls().contains(&url)) {
         if old.client_urls().is_empty() && old.name().is_empty() {
             // already added and not started yet: nothing to do
-            return Ok(());
+            return Ok(false);
         }
         tokio::time::timeout(Duration::from_secs(5), client.member_remove(old.id()))
             .await
@@ -576,7 +579,7 @@ async fn readmit(
     .await
     .map_err(|_| anyhow!("member add: no answer within 5 s"))?
     .context("member add")?;
-    Ok(())
+    Ok(true)
 }
 
 async fn local_client(cfg: &RaftConfig) -> Result<etcd_client::Client> {

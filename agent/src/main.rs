@@ -273,13 +273,7 @@ fn witness(path: &std::path::Path, systemd: systemd::Notifier) -> ExitCode {
         );
         let health = raft::SharedHealth::default();
         let stop = Arc::new(tokio::sync::Notify::new());
-        let member = tokio::spawn(raft::supervise(
-            raft_cfg,
-            scope,
-            false,
-            health,
-            stop.clone(),
-        ));
+        let member = tokio::spawn(raft::supervise(raft_cfg, scope, health, stop.clone()));
         systemd.ready("witness: raft member running");
         shutdown_signal().await;
         info!("stopping the raft member");
@@ -301,11 +295,9 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
             raft::check(r)?;
             let health = raft::SharedHealth::default();
             let stop = Arc::new(tokio::sync::Notify::new());
-            let existed = cfg.postgresql.data_dir.join("PG_VERSION").exists();
             let task = tokio::spawn(raft::supervise(
                 r.clone(),
                 cfg.scope.clone(),
-                existed,
                 health.clone(),
                 stop.clone(),
             ));

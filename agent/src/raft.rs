@@ -124,38 +124,50 @@ fn parse_members(body: &Value) -> Option<Vec<PeerMember>> {
         .collect()
 }
 
+/// What one partner's peer port said before this member starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// Its etcd runs and lists these members.
+    Members(Vec<PeerMember>),
+    /// It has no raft data and waits too (its `GET /pgpilot/raft-state`).
+    Fresh,
+}
+
 /// Decides how this member starts from what the partners' peer ports said (pure).
-/// `has_data`: its etcd data directory exists. `answers`: the member lists the partners gave.
-/// `cluster_existed`: something outside the raft data says the group ran before (the
-/// PostgreSQL data directory holds a cluster), so that nobody answering is not taken for a
-/// first start.
-fn plan_start(
-    cfg: &RaftConfig,
-    has_data: bool,
-    answers: &[Vec<PeerMember>],
-    cluster_existed: bool,
-) -> Start {
+/// `has_data`: its etcd data (a write-ahead log) exists.
+///
+/// A group is formed only when a majority of the configured members — this one included —
+/// are known to have no group: partners that wait without data, or whose etcd runs but lists
+/// no started member. Committed entries live on a majority, so if a majority has none, none
+/// can be lost; a member that lost its data while the others are down waits for them.
+fn plan_start(cfg: &RaftConfig, has_data: bool, answers: &[Answer]) -> Start {
     if has_data {
         return Start::FromData;
     }
     let me = peer_url(&cfg.self_addr);
     // the group as the partner that knows the most started members sees it
-    let Some(group) = answers
+    let formed = answers
         .iter()
-        .max_by_key(|ms| ms.iter().filter(|m| !m.client_urls.is_empty()).count())
-    else {
-        return if cluster_existed {
-            Start::AwaitAdmission {
-                reason: "this member's raft data is missing and no partner answers: waiting for a partner (a member that lost its data must be admitted again by a running group, never form one)".into(),
-            }
-        } else {
+        .filter_map(|a| match a {
+            Answer::Members(ms) if ms.iter().any(|m| !m.client_urls.is_empty()) => Some(ms),
+            _ => None,
+        })
+        .max_by_key(|ms| ms.iter().filter(|m| !m.client_urls.is_empty()).count());
+    let Some(group) = formed else {
+        let fresh = 1 + answers.len();
+        let majority = cfg.members().len() / 2 + 1;
+        return if fresh >= majority {
             Start::New
+        } else {
+            Start::AwaitAdmission {
+                reason: format!(
+                    "no raft data here and no group found: {fresh} of {} members are known to have none, {majority} are needed to form one (waiting for the partners)",
+                    cfg.members().len()
+                ),
+            }
         };
     };
-    let started = group.iter().any(|m| !m.client_urls.is_empty());
-    let mine = group.iter().find(|m| m.peer_urls.contains(&me));
-    match mine {
-        _ if !started && !cluster_existed => Start::New,
+    match group.iter().find(|m| m.peer_urls.contains(&me)) {
         Some(m) if m.client_urls.is_empty() => Start::Existing {
             initial_cluster: group
                 .iter()
@@ -265,13 +277,32 @@ fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
     a
 }
 
+/// Whether the member has data to restart from: a write-ahead log. A `member` directory
+/// without one (a start that failed before it wrote any) is removed, so that the next start is
+/// planned afresh rather than taken for a restart.
+fn has_data(cfg: &RaftConfig) -> bool {
+    let member = etcd_dir(cfg).join("member");
+    let wal = std::fs::read_dir(member.join("wal"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+        })
+        .unwrap_or(false);
+    if !wal && member.exists() {
+        warn!(
+            path = %member.display(),
+            "raft: removing a member directory without a write-ahead log (a start that never completed)"
+        );
+        let _ = std::fs::remove_dir_all(&member);
+    }
+    wal
+}
+
 /// Runs the member until `stop` fires: prepares its start, runs etcd, restarts it when it
-/// exits, admits members that lost their data. `cluster_existed` tells whether this machine's
-/// PostgreSQL data shows the cluster ran before.
+/// exits, admits members that lost their data.
 pub async fn supervise(
     cfg: RaftConfig,
     scope: String,
-    cluster_existed: bool,
     health: SharedHealth,
     stop: Arc<tokio::sync::Notify>,
 ) {
@@ -287,18 +318,18 @@ pub async fn supervise(
     let mut backoff = Duration::from_secs(1);
     loop {
         let start = loop {
-            let answers = partner_members(&http, &cfg).await;
-            let has_data = etcd_dir(&cfg).join("member").exists();
-            match plan_start(&cfg, has_data, &answers, cluster_existed) {
+            let answers = partner_answers(&http, &cfg).await;
+            match plan_start(&cfg, has_data(&cfg), &answers) {
                 Start::AwaitAdmission { reason } => {
                     warn!("raft: {reason}");
                     set(&health, |h| {
                         h.running = false;
                         h.problem = Some(reason.clone());
                     });
-                    // the join request on the peer port until a running member admits us
+                    // the join request on the peer port (partners without data count it too)
+                    // until a running member admits us or a majority can form a group
                     tokio::select! {
-                        r = serve_join_request(&cfg, Duration::from_secs(4)) => {
+                        r = serve_join_request(&cfg, Duration::from_secs(3)) => {
                             if let Err(e) = r {
                                 warn!("raft: cannot serve the join request on {}: {e:#}", cfg.self_addr);
                                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -345,6 +376,7 @@ pub async fn supervise(
         });
         let started = std::time::Instant::now();
         let mut tick = tokio::time::interval(LOOK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 status = child.wait() => {
@@ -362,7 +394,15 @@ pub async fn supervise(
                     return;
                 }
                 _ = tick.tick() => {
-                    look(&http, &cfg, &health).await;
+                    // a stop is heard while the look waits on peers
+                    tokio::select! {
+                        _ = look(&http, &cfg, &health) => {}
+                        _ = stop.notified() => {
+                            terminate(&mut child).await;
+                            set(&health, |h| h.running = false);
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -400,7 +440,10 @@ fn spawn(cfg: &RaftConfig, scope: &str, start: &Start) -> Result<Child> {
     let err = log.try_clone()?;
     let program = etcd_program();
     let mut cmd = Command::new(&program);
-    cmd.args(etcd_args(cfg, scope, start))
+    // nothing of the agent's environment (passwords in PATRONI_*, ETCD_* settings) reaches etcd
+    cmd.env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k == "PATH" || k == "LANG" || k == "TZ"))
+        .args(etcd_args(cfg, scope, start))
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(err)
@@ -442,18 +485,25 @@ async fn terminate(child: &mut Child) {
     }
 }
 
-/// What each partner's peer port lists as members (the partners that answered).
-async fn partner_members(http: &reqwest::Client, cfg: &RaftConfig) -> Vec<Vec<PeerMember>> {
+/// What each partner's peer port says: its etcd's member list, or that it waits without data
+/// (partners that answer neither are left out).
+async fn partner_answers(http: &reqwest::Client, cfg: &RaftConfig) -> Vec<Answer> {
     let mut out = Vec::new();
     for p in &cfg.partner_addrs {
-        let url = format!("{}/members", peer_url(p));
-        let Ok(r) = http.get(&url).send().await else {
-            continue;
-        };
-        if let Ok(v) = r.json::<Value>().await
+        if let Ok(r) = http.get(format!("{}/members", peer_url(p))).send().await
+            && r.status().is_success()
+            && let Ok(v) = r.json::<Value>().await
             && let Some(ms) = parse_members(&v)
         {
-            out.push(ms);
+            out.push(Answer::Members(ms));
+            continue;
+        }
+        if let Ok(r) = http.get(format!("{}{JOIN_PATH}", peer_url(p))).send().await
+            && r.status().is_success()
+            && let Ok(v) = r.json::<Value>().await
+            && v["addr"].as_str() == Some(p.as_str())
+        {
+            out.push(Answer::Fresh);
         }
     }
     out
@@ -521,6 +571,20 @@ async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
     if leader.is_none() {
         return;
     }
+    // learners that caught up become voters (etcd refuses while they lag: asked again later)
+    for m in members
+        .iter()
+        .filter(|m| m.is_learner() && !m.client_urls().is_empty())
+    {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(3), client.member_promote(m.id())).await
+        {
+            info!(
+                member = m.name(),
+                "raft: a re-admitted member caught up: now a voter"
+            );
+        }
+    }
     for p in &cfg.partner_addrs {
         let url = format!("{}{JOIN_PATH}", peer_url(p));
         let Ok(r) = http.get(&url).send().await else {
@@ -572,9 +636,14 @@ async fn readmit(
             .map_err(|_| anyhow!("member remove: no answer within 5 s"))?
             .context("member remove")?;
     }
+    // a learner first: it counts for the quorum only once it has caught up (promoted by
+    // `promote_learners`)
     tokio::time::timeout(
         Duration::from_secs(5),
-        client.member_add([url.as_str()], None),
+        client.member_add(
+            [url.as_str()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        ),
     )
     .await
     .map_err(|_| anyhow!("member add: no answer within 5 s"))?
@@ -611,6 +680,7 @@ async fn serve_join_request(cfg: &RaftConfig, for_how_long: Duration) -> Result<
     let body = serde_json::json!({
         "addr": cfg.self_addr,
         "proof": cfg.password.as_ref().map(|p| proof(p.expose(), &cfg.self_addr)).unwrap_or_default(),
+        "data": false,
     })
     .to_string();
     let deadline = tokio::time::Instant::now() + for_how_long;
@@ -629,6 +699,7 @@ async fn serve_join_request(cfg: &RaftConfig, for_how_long: Duration) -> Result<
                 .unwrap_or(0);
             let head = String::from_utf8_lossy(&buf[..n]);
             let answer = if head.starts_with(&format!("GET {JOIN_PATH} ")) {
+                // the address, its proof, and that this member has no raft data
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -709,45 +780,44 @@ mod tests {
     #[test]
     fn how_a_member_starts() {
         let c = cfg();
+        let ms = |v: Vec<PeerMember>| Answer::Members(v);
         // data: restart from it, whatever the partners say
-        assert_eq!(plan_start(&c, true, &[], true), Start::FromData);
-        // first start: nobody answers, or nobody started yet
-        assert_eq!(plan_start(&c, false, &[], false), Start::New);
+        assert_eq!(plan_start(&c, true, &[]), Start::FromData);
+        // nobody answers: never form a group alone (a member that lost its data would)
+        assert!(matches!(
+            plan_start(&c, false, &[]),
+            Start::AwaitAdmission { .. }
+        ));
+        // a majority without a group (this member and one waiting, or one whose etcd runs
+        // unformed): form it
+        assert_eq!(plan_start(&c, false, &[Answer::Fresh]), Start::New);
         let unformed = vec![
             member(1, "10.0.0.1:5010", false),
             member(2, "10.0.0.2:5010", false),
             member(3, "10.0.0.3:5010", false),
         ];
-        assert_eq!(
-            plan_start(&c, false, std::slice::from_ref(&unformed), false),
-            Start::New
-        );
+        assert_eq!(plan_start(&c, false, &[ms(unformed)]), Start::New);
         // the group formed without this member (it started late): join it
         let formed = vec![
             member(1, "10.0.0.1:5010", true),
             member(2, "10.0.0.2:5010", false),
             member(3, "10.0.0.3:5010", true),
         ];
-        match plan_start(&c, false, std::slice::from_ref(&formed), false) {
+        match plan_start(&c, false, &[ms(formed), Answer::Fresh]) {
             Start::Existing { initial_cluster } => assert!(
                 initial_cluster.contains("10.0.0.2-5010=http://10.0.0.2:5010"),
                 "{initial_cluster}"
             ),
             other => panic!("{other:?}"),
         }
-        // its data was lost: never back under the old identity
+        // its data was lost: never back under the old identity, even with a fresh partner
         let lost = vec![
             member(1, "10.0.0.1:5010", true),
             member(2, "10.0.0.2:5010", true),
             member(3, "10.0.0.3:5010", true),
         ];
         assert!(matches!(
-            plan_start(&c, false, std::slice::from_ref(&lost), false),
-            Start::AwaitAdmission { .. }
-        ));
-        // nobody answers but PostgreSQL shows the cluster ran: wait, do not form a group
-        assert!(matches!(
-            plan_start(&c, false, &[], true),
+            plan_start(&c, false, &[ms(lost), Answer::Fresh]),
             Start::AwaitAdmission { .. }
         ));
         // re-added (new identity, no name yet): join
@@ -761,13 +831,35 @@ mod tests {
             },
             member(3, "10.0.0.3:5010", true),
         ];
-        match plan_start(&c, false, &[readded], true) {
+        match plan_start(&c, false, &[ms(readded)]) {
             Start::Existing { initial_cluster } => assert_eq!(
                 initial_cluster,
                 "10.0.0.1-5010=http://10.0.0.1:5010,10.0.0.2-5010=http://10.0.0.2:5010,10.0.0.3-5010=http://10.0.0.3:5010"
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_member_directory_without_a_wal_is_no_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg();
+        c.data_dir = dir.path().to_path_buf();
+        assert!(!has_data(&c));
+        let member = dir.path().join("etcd/member");
+        std::fs::create_dir_all(member.join("snap")).unwrap();
+        assert!(!has_data(&c));
+        assert!(
+            !member.exists(),
+            "the leftover of a failed start is removed"
+        );
+        std::fs::create_dir_all(member.join("wal")).unwrap();
+        std::fs::write(
+            member.join("wal/0000000000000000-0000000000000000.wal"),
+            b"x",
+        )
+        .unwrap();
+        assert!(has_data(&c));
     }
 
     #[test]

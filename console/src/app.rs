@@ -420,6 +420,8 @@ pub fn trace(points: &VecDeque<Point>, now: Instant, measure: Measure) -> Vec<(f
 /// Where the last frame drew what a mouse click can reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hits {
+    /// The screen the frame showed: a click is taken only while it is still on screen.
+    pub view: Option<View>,
     /// Each tab's label on the cluster screen.
     pub tabs: Vec<(ratatui::layout::Rect, Tab)>,
     /// The rows of the cluster or member table: their area (below the header) and the index
@@ -1345,6 +1347,8 @@ impl App {
             }
             MouseEventKind::ScrollDown => self.scroll = self.scroll.saturating_add(WHEEL),
             MouseEventKind::ScrollUp => self.scroll = self.scroll.saturating_sub(WHEEL),
+            // a click meant for a screen that is no longer shown (a key came first) does nothing
+            MouseEventKind::Down(_) if self.hits.view != Some(self.view) => {}
             MouseEventKind::Down(MouseButton::Left) => {
                 let at = ratatui::layout::Position::new(m.column, m.row);
                 if let Some((_, t)) = self.hits.tabs.iter().find(|(r, _)| r.contains(at)) {

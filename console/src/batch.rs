@@ -1067,6 +1067,8 @@ async fn query(s: &Session, cluster: Option<&String>, q: &Query, watch: &Watch) 
         let name = pick_member(&c, q.role.as_deref(), q.member.as_deref())?;
         let table = run_query(&c, &name, q).await?;
         let text = match q.format {
+            // a last statement without rows prints nothing
+            Format::Tsv if table.columns.is_empty() => String::new(),
             Format::Tsv => {
                 let mut out = String::new();
                 for row in std::iter::once(table.columns.clone()).chain(
@@ -1169,14 +1171,24 @@ async fn run_query(c: &Cluster, name: &str, q: &Query) -> Result<Table, Failure>
     let messages = client.simple_query(&q.sql).await.map_err(failed);
     drop(client);
     conn.abort();
-    // the last statement's result, as a driver's cursor holds it
+    // the last statement's result, as a driver's cursor holds it (none when the last
+    // statement returns no rows)
     let mut columns = Vec::new();
     let mut rows = Vec::new();
+    let mut described = false;
     for msg in messages? {
         match msg {
             tokio_postgres::SimpleQueryMessage::RowDescription(cols) => {
                 columns = cols.iter().map(|c| c.name().to_string()).collect();
                 rows.clear();
+                described = true;
+            }
+            tokio_postgres::SimpleQueryMessage::CommandComplete(_) => {
+                if !described {
+                    columns.clear();
+                    rows.clear();
+                }
+                described = false;
             }
             tokio_postgres::SimpleQueryMessage::Row(r) => rows.push(
                 (0..r.len())

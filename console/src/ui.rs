@@ -95,7 +95,10 @@ fn age(secs: f64) -> String {
 /// Draws the whole screen.
 /// Draws one frame; returns where its clickable parts are (for the mouse).
 pub fn draw(f: &mut Frame, app: &App, theme: Theme) -> Hits {
-    let mut hits = Hits::default();
+    let mut hits = Hits {
+        view: Some(app.view),
+        ..Default::default()
+    };
     let area = f.area();
     let banner = u16::from(app.etcd.error.is_some()) * 2;
     let input = u16::from(app.input != Input::None);
@@ -922,14 +925,15 @@ fn chart(
     let span = CHART_SPAN.as_secs_f64();
     let peak = traces.iter().map(|t| t.peak).fold(0.0, f64::max);
     let top = if peak > 0.0 { peak * 1.1 } else { 1.0 };
-    let title = if traces.is_empty() {
-        format!(" {what}: no samples yet ")
-    } else {
-        format!(
+    let title = match (traces.is_empty(), legend) {
+        (true, _) => format!(" {what}: no samples yet "),
+        (false, true) => format!(
             " {what}, last {} min, peak {}{unit} ",
             span / 60.0,
             bytes(peak as u64)
-        )
+        ),
+        // the member pane's small chart: the peak only
+        (false, false) => format!(" {what}, peak {}{unit} ", bytes(peak as u64)),
     };
     let datasets: Vec<Dataset> = traces
         .iter()

@@ -482,10 +482,10 @@ fn read_raft(r: &mut Reader<'_>) -> RaftConfig {
         }
     }
     if partner_addrs.is_empty() && !self_addr.is_empty() {
-        r.notes.push(ConfigIssue {
-            key: "raft.partner_addrs".into(),
-            message: "is empty: this member forms a group of one, which loses no quorum but survives no machine loss; list the other members' self_addr".into(),
-        });
+        r.err(
+            "raft.partner_addrs",
+            "is empty: list the other members' self_addr (a member without partners would form a group of its own and lead its own cluster)",
+        );
     }
     let data_dir = PathBuf::from(r.required_string("raft.data_dir"));
     let bind_addr = r.string("raft.bind_addr");

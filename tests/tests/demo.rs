@@ -370,7 +370,13 @@ fn the_interactive_demo_opens_the_console_switches_from_it_and_asks_before_stopp
     tty.keys(&["y"]);
     tty.wait_for(&format!("restored {old}"), LONG).unwrap();
     healthy(&dir);
-    tty.wait_for("3/3", LONG).unwrap();
+    wait_for("the restored member listed as streaming", LONG, || {
+        tty.screen()
+            .lines()
+            .any(|l| l.contains(old.as_str()) && l.contains("streaming"))
+            .then_some(())
+    })
+    .unwrap();
     // quitting asks; yes stops everything
     tty.keys(&["q"]);
     tty.wait_for("stop the demo cluster?", LONG).unwrap();

@@ -1459,6 +1459,7 @@ impl<K: Kv> Agent<K> {
                 info!(
                     "no leader: building this member from a backup (replica methods with no_leader)"
                 );
+                self.clone_from_leader = false;
                 self.spawn_clone(source, None, params, dynamic);
                 Ok(Step::Continue)
             }
@@ -1947,6 +1948,10 @@ impl<K: Kv> Agent<K> {
                 )
             }
         });
+        if job.kind == Job::Wipe && result.is_err() {
+            // a reinitialize --from-leader whose wipe failed asks nothing of a later clone
+            self.clone_from_leader = false;
+        }
         match (job.kind, result) {
             (kind, Ok(())) => info!(job = ?kind, "finished"),
             (Job::Bootstrap, Err(e)) => {

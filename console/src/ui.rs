@@ -2043,6 +2043,12 @@ mod tests {
             .unwrap();
         mouse(&mut app, left, r.x + 1, r.y);
         assert_eq!(app.view, View::Cluster(Tab::Events));
+        // a click meant for a screen a key has already left does nothing
+        press(&mut app, KeyCode::Char('n'));
+        press(&mut app, KeyCode::Esc);
+        assert_eq!(app.view, View::Clusters);
+        mouse(&mut app, left, r.x + 1, r.y);
+        assert_eq!(app.view, View::Clusters);
     }
 
     #[test]

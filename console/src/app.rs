@@ -404,17 +404,26 @@ pub fn trace(points: &VecDeque<Point>, now: Instant, measure: Measure) -> Vec<(f
             .iter()
             .filter_map(|p| Some((x(p.at), p.lag? as f64)))
             .collect(),
-        Measure::WalRate => points
-            .iter()
-            .zip(points.iter().skip(1))
-            .filter_map(|(a, b)| {
-                let dt = b.at.checked_duration_since(a.at)?.as_secs_f64();
-                // a position that went back (a re-clone) is no rate
-                let dw = b.wal?.checked_sub(a.wal?)?;
-                (dt > 0.0).then(|| (x(b.at), dw as f64 / dt))
-            })
-            .collect(),
+        Measure::WalRate => rates(points).map(|(at, r)| (x(at), r)).collect(),
     }
+}
+
+/// The largest value of a member's line, `None` when it has no point.
+fn peak(points: &VecDeque<Point>, measure: Measure) -> Option<f64> {
+    match measure {
+        Measure::ReplayLag => points.iter().filter_map(|p| p.lag).max().map(|l| l as f64),
+        Measure::WalRate => rates(points).map(|(_, r)| r).reduce(f64::max),
+    }
+}
+
+/// WAL bytes per second between consecutive samples, at the later one's time; a position that
+/// went back (a re-clone) gives no rate.
+fn rates(points: &VecDeque<Point>) -> impl Iterator<Item = (Instant, f64)> + '_ {
+    points.iter().zip(points.iter().skip(1)).filter_map(|(a, b)| {
+        let dt = b.at.checked_duration_since(a.at)?.as_secs_f64();
+        let dw = b.wal?.checked_sub(a.wal?)?;
+        (dt > 0.0).then(|| (b.at, dw as f64 / dt))
+    })
 }
 
 /// Where the last frame drew what a mouse click can reach.
@@ -1409,22 +1418,25 @@ impl App {
     /// The lines of one chart for cluster `c`: the members with the largest peaks first, at
     /// most [`CHART_TRACES`], each over the last [`CHART_SPAN`] before `self.now`.
     pub fn traces(&self, c: &Cluster, measure: Measure) -> Vec<Trace> {
-        let mut v: Vec<Trace> = c
+        // the peaks first, without building every member's line (a fleet has many)
+        let mut peaks: Vec<(f64, &Member, &VecDeque<Point>)> = c
             .members
             .iter()
             .filter_map(|m| {
-                let points = trace(self.series.get(&m.data.api_url)?, self.now, measure);
-                let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
-                (!points.is_empty()).then(|| Trace {
-                    member: m.name.clone(),
-                    points,
-                    peak,
-                })
+                let points = self.series.get(&m.data.api_url)?;
+                Some((peak(points, measure)?, m, points))
             })
             .collect();
-        v.sort_by(|a, b| b.peak.total_cmp(&a.peak).then(a.member.cmp(&b.member)));
-        v.truncate(CHART_TRACES);
-        v
+        peaks.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.name.cmp(&b.1.name)));
+        peaks
+            .into_iter()
+            .take(CHART_TRACES)
+            .map(|(peak, m, points)| Trace {
+                member: m.name.clone(),
+                points: trace(points, self.now, measure),
+                peak,
+            })
+            .collect()
     }
 }
 

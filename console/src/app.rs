@@ -419,11 +419,14 @@ fn peak(points: &VecDeque<Point>, measure: Measure) -> Option<f64> {
 /// WAL bytes per second between consecutive samples, at the later one's time; a position that
 /// went back (a re-clone) gives no rate.
 fn rates(points: &VecDeque<Point>) -> impl Iterator<Item = (Instant, f64)> + '_ {
-    points.iter().zip(points.iter().skip(1)).filter_map(|(a, b)| {
-        let dt = b.at.checked_duration_since(a.at)?.as_secs_f64();
-        let dw = b.wal?.checked_sub(a.wal?)?;
-        (dt > 0.0).then(|| (b.at, dw as f64 / dt))
-    })
+    points
+        .iter()
+        .zip(points.iter().skip(1))
+        .filter_map(|(a, b)| {
+            let dt = b.at.checked_duration_since(a.at)?.as_secs_f64();
+            let dw = b.wal?.checked_sub(a.wal?)?;
+            (dt > 0.0).then(|| (b.at, dw as f64 / dt))
+        })
 }
 
 /// Where the last frame drew what a mouse click can reach.

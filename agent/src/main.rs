@@ -143,16 +143,8 @@ fn main() -> ExitCode {
         error!("fix the configuration above and start the agent again");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pgpilot-agent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(2) else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(run(cfg, systemd)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,6 +153,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime with `workers` threads; `None` (said on stderr) if it cannot start.
+fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("pgpilot-agent: cannot start the async runtime: {e}"))
+        .ok()
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
@@ -253,16 +255,8 @@ fn witness(path: &std::path::Path, systemd: systemd::Notifier) -> ExitCode {
         error!("{e:#}");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pgpilot-agent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(1) else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         info!(

@@ -233,9 +233,11 @@ fn etcd_program() -> PathBuf {
 }
 
 /// The etcd command line for this member.
-fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
-    let listen_peer = match &cfg.bind_addr {
-        Some(b) if b.contains(':') && shared::config::split_host_port(b).is_some() => b.clone(),
+/// Where the peer port listens: `bind_addr` (a host takes `self_addr`'s port), else
+/// `self_addr`.
+fn peer_listen(cfg: &RaftConfig) -> String {
+    match &cfg.bind_addr {
+        Some(b) if shared::config::split_host_port(b).is_some() => b.clone(),
         Some(host) => {
             let port = shared::config::split_host_port(&cfg.self_addr)
                 .map(|(_, p)| p)
@@ -243,7 +245,11 @@ fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
             format!("{host}:{port}")
         }
         None => cfg.self_addr.clone(),
-    };
+    }
+}
+
+fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
+    let listen_peer = peer_listen(cfg);
     let mut a = vec![
         format!("--name={}", RaftConfig::member_name(&cfg.self_addr)),
         format!("--data-dir={}", etcd_dir(cfg).display()),
@@ -664,16 +670,7 @@ async fn local_client(cfg: &RaftConfig) -> Result<etcd_client::Client> {
 /// waits to be admitted again): `GET /pgpilot/raft-join` answers the address and its proof.
 async fn serve_join_request(cfg: &RaftConfig, for_how_long: Duration) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let bind = match &cfg.bind_addr {
-        Some(b) if shared::config::split_host_port(b).is_some() => b.clone(),
-        Some(host) => {
-            let port = shared::config::split_host_port(&cfg.self_addr)
-                .map(|(_, p)| p)
-                .unwrap_or(0);
-            format!("{host}:{port}")
-        }
-        None => cfg.self_addr.clone(),
-    };
+    let bind = peer_listen(cfg);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("bind {bind}"))?;

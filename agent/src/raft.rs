@@ -82,8 +82,9 @@ struct PeerMember {
     client_urls: Vec<String>,
 }
 
-fn peer_url(addr: &str) -> String {
-    format!("http://{addr}")
+/// The address in a peer URL (`http://a:1` → `a:1`).
+fn url_addr(url: &str) -> &str {
+    url.split("://").last().unwrap_or(url)
 }
 
 /// The member's etcd data directory.
@@ -95,7 +96,7 @@ fn etcd_dir(cfg: &RaftConfig) -> PathBuf {
 fn configured_cluster(cfg: &RaftConfig) -> String {
     cfg.members()
         .iter()
-        .map(|a| format!("{}={}", RaftConfig::member_name(a), peer_url(a)))
+        .map(|a| format!("{}={}", RaftConfig::member_name(a), cfg.peer_url(a)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -133,36 +134,85 @@ enum Answer {
     Fresh,
 }
 
+/// The etcd cluster token of a scope (the same on every member).
+fn token(scope: &str) -> String {
+    format!("pgpilot-{scope}")
+}
+
+/// The ID etcd gives a member of the initial cluster: the first 8 bytes (big-endian) of the
+/// SHA-1 of its sorted peer URLs joined, then the token. A member added later has another.
+fn bootstrap_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut b = urls.concat().into_bytes();
+    b.extend_from_slice(token.as_bytes());
+    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &b);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_be_bytes(id)
+}
+
+/// Whether a partner's member list is that of a group never formed: the configured members
+/// with their initial IDs, none started.
+fn unformed(cfg: &RaftConfig, token: &str, ms: &[PeerMember]) -> bool {
+    let mut urls: Vec<String> = ms.iter().flat_map(|m| m.peer_urls.clone()).collect();
+    urls.sort();
+    let mut want: Vec<String> = cfg.members().iter().map(|a| cfg.peer_url(a)).collect();
+    want.sort();
+    urls == want
+        && ms
+            .iter()
+            .all(|m| m.client_urls.is_empty() && m.id == bootstrap_id(&m.peer_urls, token))
+}
+
 /// Decides how this member starts from what the partners' peer ports said (pure).
 /// `has_data`: its etcd data (a write-ahead log) exists.
 ///
-/// A group is formed only when a majority of the configured members — this one included —
-/// are known to have no group: partners that wait without data, or whose etcd runs but lists
-/// no started member. Committed entries live on a majority, so if a majority has none, none
-/// can be lost; a member that lost its data while the others are down waits for them.
-fn plan_start(cfg: &RaftConfig, has_data: bool, answers: &[Answer]) -> Start {
+/// A group is formed only when every configured member is known to have none: partners that
+/// wait without data, or whose etcd runs with the initial, never-formed member list. A member
+/// that lost its data while any partner is unknown waits, so it never forms a group beside one
+/// that holds the cluster's state.
+fn plan_start(cfg: &RaftConfig, token: &str, has_data: bool, answers: &[Answer]) -> Start {
     if has_data {
         return Start::FromData;
     }
-    let me = peer_url(&cfg.self_addr);
-    // the group as the partner that knows the most started members sees it
-    let formed = answers
+    let me = cfg.peer_url(&cfg.self_addr);
+    let formed: Vec<&Vec<PeerMember>> = answers
         .iter()
         .filter_map(|a| match a {
             Answer::Members(ms) if ms.iter().any(|m| !m.client_urls.is_empty()) => Some(ms),
             _ => None,
         })
-        .max_by_key(|ms| ms.iter().filter(|m| !m.client_urls.is_empty()).count());
-    let Some(group) = formed else {
-        let fresh = 1 + answers.len();
-        let majority = cfg.members().len() / 2 + 1;
-        return if fresh >= majority {
+        .collect();
+    // a list that shows this member added and not started yet is the newest word on it; else
+    // the group as the partner that knows the most started members sees it
+    let added = |ms: &[PeerMember]| {
+        ms.iter()
+            .any(|m| m.peer_urls.contains(&me) && m.client_urls.is_empty())
+    };
+    let group = formed.iter().copied().find(|ms| added(ms)).or_else(|| {
+        formed
+            .iter()
+            .copied()
+            .max_by_key(|ms| ms.iter().filter(|m| !m.client_urls.is_empty()).count())
+    });
+    let Some(group) = group else {
+        // this member, the partners waiting without data, and those whose etcd runs with the
+        // initial list (a list of other IDs, e.g. a member that joins, proves nothing)
+        let fresh = 1 + answers
+            .iter()
+            .filter(|a| match a {
+                Answer::Fresh => true,
+                Answer::Members(ms) => unformed(cfg, token, ms),
+            })
+            .count();
+        let all = cfg.members().len();
+        return if fresh >= all {
             Start::New
         } else {
             Start::AwaitAdmission {
                 reason: format!(
-                    "no raft data here and no group found: {fresh} of {} members are known to have none, {majority} are needed to form one (waiting for the partners)",
-                    cfg.members().len()
+                    "no raft data here and no group found: {fresh} of {all} members are known to have none; the group is formed when all of them are (waiting for the partners)"
                 ),
             }
         };
@@ -175,7 +225,7 @@ fn plan_start(cfg: &RaftConfig, has_data: bool, answers: &[Answer]) -> Start {
                     let name = if o.id == m.id || o.name.is_empty() {
                         o.peer_urls
                             .first()
-                            .map(|u| RaftConfig::member_name(u.trim_start_matches("http://")))
+                            .map(|u| RaftConfig::member_name(url_addr(u)))
                             .unwrap_or_default()
                     } else {
                         o.name.clone()
@@ -253,11 +303,14 @@ fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
     let mut a = vec![
         format!("--name={}", RaftConfig::member_name(&cfg.self_addr)),
         format!("--data-dir={}", etcd_dir(cfg).display()),
-        format!("--listen-peer-urls={}", peer_url(&listen_peer)),
-        format!("--initial-advertise-peer-urls={}", peer_url(&cfg.self_addr)),
+        format!("--listen-peer-urls={}", cfg.peer_url(&listen_peer)),
+        format!(
+            "--initial-advertise-peer-urls={}",
+            cfg.peer_url(&cfg.self_addr)
+        ),
         format!("--listen-client-urls=http://{}", cfg.client_endpoint()),
         format!("--advertise-client-urls=http://{}", cfg.client_endpoint()),
-        format!("--initial-cluster-token=pgpilot-{scope}"),
+        format!("--initial-cluster-token={}", token(scope)),
         "--logger=zap".into(),
         "--log-level=warn".into(),
         // the leader key is written every loop_wait: keep an hour of history, no more
@@ -274,6 +327,13 @@ fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
             a.push("--initial-cluster-state=new".into());
         }
     }
+    if let Some(t) = &cfg.tls {
+        // mutual TLS between the members; etcd's client API on the peer port needs it too
+        a.push(format!("--peer-trusted-ca-file={}", t.cacert.display()));
+        a.push(format!("--peer-cert-file={}", t.cert.display()));
+        a.push(format!("--peer-key-file={}", t.key.display()));
+        a.push("--peer-client-cert-auth".into());
+    }
     if let Some(ms) = cfg.heartbeat_ms {
         a.push(format!("--heartbeat-interval={ms}"));
     }
@@ -285,23 +345,41 @@ fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
 
 /// Whether the member has data to restart from: a write-ahead log. A `member` directory
 /// without one (a start that failed before it wrote any) is removed, so that the next start is
-/// planned afresh rather than taken for a restart.
-fn has_data(cfg: &RaftConfig) -> bool {
+/// planned afresh rather than taken for a restart. Any error but "not there" is an error: a
+/// directory that cannot be read is never taken for an empty one.
+fn has_data(cfg: &RaftConfig) -> std::io::Result<bool> {
     let member = etcd_dir(cfg).join("member");
-    let wal = std::fs::read_dir(member.join("wal"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().ends_with(".wal"))
-        })
-        .unwrap_or(false);
-    if !wal && member.exists() {
+    let wal = match std::fs::read_dir(member.join("wal")) {
+        Ok(d) => {
+            let mut found = false;
+            for e in d {
+                if e?.file_name().to_string_lossy().ends_with(".wal") {
+                    found = true;
+                }
+            }
+            found
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    if !wal && member.try_exists()? {
         warn!(
             path = %member.display(),
             "raft: removing a member directory without a write-ahead log (a start that never completed)"
         );
-        let _ = std::fs::remove_dir_all(&member);
+        std::fs::remove_dir_all(&member)?;
     }
-    wal
+    Ok(wal)
+}
+
+/// How long a waiting member serves its join request before it looks again: 2 to 4 s, varied
+/// so that members started together do not keep missing each other.
+fn serve_window() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_millis(2000 + u64::from(nanos % 2000))
 }
 
 /// Runs the member until `stop` fires: prepares its start, runs etcd, restarts it when it
@@ -312,22 +390,38 @@ pub async fn supervise(
     health: SharedHealth,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    shared::api::install_tls_provider();
-    let http = match reqwest::Client::builder().timeout(CALL).build() {
+    let http = match peer_client(&cfg) {
         Ok(c) => c,
         Err(e) => {
-            error!("raft: cannot build an HTTP client: {e}");
+            error!("raft: {e}");
             return;
         }
     };
     set(&health, |h| h.self_addr = cfg.self_addr.clone());
     let mut backoff = Duration::from_secs(1);
+    let mut last_wait: Option<String> = None;
     loop {
         let start = loop {
             let answers = partner_answers(&http, &cfg).await;
-            match plan_start(&cfg, has_data(&cfg), &answers) {
+            let data = match has_data(&cfg) {
+                Ok(d) => d,
+                Err(e) => {
+                    // never taken for "no data": that would remove or replace real data
+                    let text = format!("cannot tell whether the member has data: {e:#}");
+                    error!("raft: {text}");
+                    set(&health, |h| h.problem = Some(text.clone()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                        _ = stop.notified() => return,
+                    }
+                }
+            };
+            match plan_start(&cfg, &token(&scope), data, &answers) {
                 Start::AwaitAdmission { reason } => {
-                    warn!("raft: {reason}");
+                    if last_wait.as_deref() != Some(reason.as_str()) {
+                        warn!("raft: {reason}");
+                        last_wait = Some(reason.clone());
+                    }
                     set(&health, |h| {
                         h.running = false;
                         h.problem = Some(reason.clone());
@@ -335,7 +429,7 @@ pub async fn supervise(
                     // the join request on the peer port (partners without data count it too)
                     // until a running member admits us or a majority can form a group
                     tokio::select! {
-                        r = serve_join_request(&cfg, Duration::from_secs(3)) => {
+                        r = serve_join_request(&cfg, serve_window()) => {
                             if let Err(e) = r {
                                 warn!("raft: cannot serve the join request on {}: {e:#}", cfg.self_addr);
                                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -424,6 +518,20 @@ pub async fn supervise(
     }
 }
 
+/// The HTTP client for the partners' peer ports: with the members' TLS, it presents this
+/// member's certificate and trusts only their CA.
+fn peer_client(cfg: &RaftConfig) -> Result<reqwest::Client, String> {
+    let tls = shared::config::RestClientTls {
+        cacert: cfg.tls.as_ref().map(|t| t.cacert.clone()),
+        certfile: cfg.tls.as_ref().map(|t| t.cert.clone()),
+        keyfile: cfg.tls.as_ref().map(|t| t.key.clone()),
+        ..Default::default()
+    };
+    shared::api::MemberClient::with_tls(CALL, &tls)
+        .map(|c| c.http().clone())
+        .map_err(|e| format!("raft.cacert / raft.cert / raft.key: {e}"))
+}
+
 fn set(health: &SharedHealth, f: impl FnOnce(&mut Health)) {
     let mut h = health.write().unwrap_or_else(|p| p.into_inner());
     f(&mut h);
@@ -496,7 +604,10 @@ async fn terminate(child: &mut Child) {
 async fn partner_answers(http: &reqwest::Client, cfg: &RaftConfig) -> Vec<Answer> {
     let mut out = Vec::new();
     for p in &cfg.partner_addrs {
-        if let Ok(r) = http.get(format!("{}/members", peer_url(p))).send().await
+        if let Ok(r) = http
+            .get(format!("{}/members", cfg.peer_url(p)))
+            .send()
+            .await
             && r.status().is_success()
             && let Ok(v) = r.json::<Value>().await
             && let Some(ms) = parse_members(&v)
@@ -504,7 +615,10 @@ async fn partner_answers(http: &reqwest::Client, cfg: &RaftConfig) -> Vec<Answer
             out.push(Answer::Members(ms));
             continue;
         }
-        if let Ok(r) = http.get(format!("{}{JOIN_PATH}", peer_url(p))).send().await
+        if let Ok(r) = http
+            .get(format!("{}{JOIN_PATH}", cfg.peer_url(p)))
+            .send()
+            .await
             && r.status().is_success()
             && let Ok(v) = r.json::<Value>().await
             && v["addr"].as_str() == Some(p.as_str())
@@ -561,7 +675,7 @@ async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
             .iter()
             .find(|m| m.id() == id && id != 0)
             .and_then(|m| m.peer_urls().first())
-            .map(|u| u.trim_start_matches("http://").to_string())
+            .map(|u| url_addr(u).to_string())
     });
     set(health, |h| {
         h.members = members.len();
@@ -591,8 +705,12 @@ async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
             );
         }
     }
+    // etcd takes one learner at a time: nobody else is admitted while one catches up
+    if members.iter().any(|m| m.is_learner()) {
+        return;
+    }
     for p in &cfg.partner_addrs {
-        let url = format!("{}{JOIN_PATH}", peer_url(p));
+        let url = format!("{}{JOIN_PATH}", cfg.peer_url(p));
         let Ok(r) = http.get(&url).send().await else {
             continue;
         };
@@ -613,7 +731,7 @@ async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
             );
             continue;
         }
-        match readmit(&mut client, &members, p).await {
+        match readmit(&mut client, &members, &cfg.peer_url(p)).await {
             Ok(false) => {}
             Ok(true) => info!(
                 partner = p,
@@ -624,14 +742,14 @@ async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
     }
 }
 
-/// Removes the old identity of `addr` (if any) and adds the address as a new member; `false`
-/// when it was added already and has not started yet.
+/// Removes the old identity of the member at peer URL `url` (if any) and adds the URL as a
+/// new member; `false` when it was added already and has not started yet.
 async fn readmit(
     client: &mut etcd_client::Client,
     members: &[etcd_client::Member],
-    addr: &str,
+    url: &str,
 ) -> Result<bool> {
-    let url = peer_url(addr);
+    let url = url.to_string();
     if let Some(old) = members.iter().find(|m| m.peer_urls().contains(&url)) {
         if old.client_urls().is_empty() && old.name().is_empty() {
             // already added and not started yet: nothing to do
@@ -658,9 +776,10 @@ async fn readmit(
 }
 
 async fn local_client(cfg: &RaftConfig) -> Result<etcd_client::Client> {
+    // reads are cut at CALL by their callers; membership changes get 5 s
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(CALL)
-        .with_timeout(CALL);
+        .with_timeout(Duration::from_secs(5));
     etcd_client::Client::connect([format!("http://{}", cfg.client_endpoint())], Some(opts))
         .await
         .context("cannot connect to the local etcd member")
@@ -669,11 +788,23 @@ async fn local_client(cfg: &RaftConfig) -> Result<etcd_client::Client> {
 /// Serves the join request on the peer port for `for_how_long` (a member without data that
 /// waits to be admitted again): `GET /pgpilot/raft-join` answers the address and its proof.
 async fn serve_join_request(cfg: &RaftConfig, for_how_long: Duration) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let bind = peer_listen(cfg);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("bind {bind}"))?;
+    // with the members' TLS the request is answered over it, to members only
+    let acceptor = match &cfg.tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::rest_access::tls_server_config(
+                &t.cert.display().to_string(),
+                &t.key.display().to_string(),
+                None,
+                Some((&t.cacert.display().to_string(), false)),
+            )
+            .context("raft.cert / raft.key / raft.cacert")?,
+        )),
+        None => None,
+    };
     let body = serde_json::json!({
         "addr": cfg.self_addr,
         "proof": cfg.password.as_ref().map(|p| proof(p.expose(), &cfg.self_addr)).unwrap_or_default(),
@@ -687,27 +818,45 @@ async fn serve_join_request(cfg: &RaftConfig, for_how_long: Duration) -> Result<
             return Ok(());
         };
         let body = body.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = tokio::time::timeout(CALL, sock.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let answer = if head.starts_with(&format!("GET {JOIN_PATH} ")) {
-                // the address, its proof, and that this member has no raft data
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
-            };
-            let _ = tokio::time::timeout(CALL, sock.write_all(answer.as_bytes())).await;
+            match acceptor {
+                None => answer_join(&mut sock, &body).await,
+                Some(a) => {
+                    if let Ok(Ok(mut tls)) = tokio::time::timeout(CALL, a.accept(sock)).await {
+                        answer_join(&mut tls, &body).await;
+                    }
+                }
+            }
         });
     }
+}
+
+/// Answers one request on the peer port of a member that waits without data.
+async fn answer_join<S>(sock: &mut S, body: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(CALL, sock.read(&mut buf))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let answer = if head.starts_with(&format!("GET {JOIN_PATH} ")) {
+        // the address, its proof, and that this member has no raft data
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            .to_string()
+    };
+    let _ = tokio::time::timeout(CALL, sock.write_all(answer.as_bytes())).await;
+    let _ = tokio::time::timeout(CALL, sock.shutdown()).await;
 }
 
 /// Checks the raft section against the machine before the member starts: the etcd program
@@ -745,6 +894,7 @@ mod tests {
             client_port: 5011,
             election_ms: None,
             heartbeat_ms: None,
+            tls: None,
         }
     }
 
@@ -752,7 +902,7 @@ mod tests {
         PeerMember {
             id,
             name: RaftConfig::member_name(addr),
-            peer_urls: vec![peer_url(addr)],
+            peer_urls: vec![format!("http://{addr}")],
             client_urls: if started {
                 vec!["http://127.0.0.1:5011".into()]
             } else {
@@ -774,33 +924,56 @@ mod tests {
         );
     }
 
+    const TOKEN: &str = "pgpilot-demo";
+
     #[test]
     fn how_a_member_starts() {
         let c = cfg();
         let ms = |v: Vec<PeerMember>| Answer::Members(v);
+        let initial = |addr: &str| {
+            let urls = vec![format!("http://{addr}")];
+            PeerMember {
+                id: bootstrap_id(&urls, TOKEN),
+                name: RaftConfig::member_name(addr),
+                peer_urls: urls,
+                client_urls: vec![],
+            }
+        };
+        let plan = |answers: &[Answer]| plan_start(&c, TOKEN, false, answers);
         // data: restart from it, whatever the partners say
-        assert_eq!(plan_start(&c, true, &[]), Start::FromData);
-        // nobody answers: never form a group alone (a member that lost its data would)
+        assert_eq!(plan_start(&c, TOKEN, true, &[]), Start::FromData);
+        // nobody answers, or not every member is known to have no group: wait (a member that
+        // lost its data must never form a group beside one that holds the state)
+        assert!(matches!(plan(&[]), Start::AwaitAdmission { .. }));
         assert!(matches!(
-            plan_start(&c, false, &[]),
+            plan(&[Answer::Fresh]),
             Start::AwaitAdmission { .. }
         ));
-        // a majority without a group (this member and one waiting, or one whose etcd runs
-        // unformed): form it
-        assert_eq!(plan_start(&c, false, &[Answer::Fresh]), Start::New);
-        let unformed = vec![
+        // every member known to have none: form it
+        assert_eq!(plan(&[Answer::Fresh, Answer::Fresh]), Start::New);
+        let unformed_list = vec![
+            initial("10.0.0.1:5010"),
+            initial("10.0.0.2:5010"),
+            initial("10.0.0.3:5010"),
+        ];
+        assert_eq!(plan(&[ms(unformed_list), Answer::Fresh]), Start::New);
+        // a list with other IDs and nobody started (a member that joins) proves nothing
+        let joining = vec![
             member(1, "10.0.0.1:5010", false),
             member(2, "10.0.0.2:5010", false),
             member(3, "10.0.0.3:5010", false),
         ];
-        assert_eq!(plan_start(&c, false, &[ms(unformed)]), Start::New);
+        assert!(matches!(
+            plan(&[ms(joining), Answer::Fresh]),
+            Start::AwaitAdmission { .. }
+        ));
         // the group formed without this member (it started late): join it
         let formed = vec![
             member(1, "10.0.0.1:5010", true),
             member(2, "10.0.0.2:5010", false),
             member(3, "10.0.0.3:5010", true),
         ];
-        match plan_start(&c, false, &[ms(formed), Answer::Fresh]) {
+        match plan(&[ms(formed), Answer::Fresh]) {
             Start::Existing { initial_cluster } => assert!(
                 initial_cluster.contains("10.0.0.2-5010=http://10.0.0.2:5010"),
                 "{initial_cluster}"
@@ -814,21 +987,22 @@ mod tests {
             member(3, "10.0.0.3:5010", true),
         ];
         assert!(matches!(
-            plan_start(&c, false, &[ms(lost), Answer::Fresh]),
+            plan(&[ms(lost.clone()), Answer::Fresh]),
             Start::AwaitAdmission { .. }
         ));
-        // re-added (new identity, no name yet): join
+        // re-added (new identity, no name yet): join, even when a stale list still shows the
+        // old identity started
         let readded = vec![
             member(1, "10.0.0.1:5010", true),
             PeerMember {
                 id: 9,
                 name: String::new(),
-                peer_urls: vec![peer_url("10.0.0.2:5010")],
+                peer_urls: vec!["http://10.0.0.2:5010".into()],
                 client_urls: vec![],
             },
             member(3, "10.0.0.3:5010", true),
         ];
-        match plan_start(&c, false, &[ms(readded)]) {
+        match plan(&[ms(lost), ms(readded)]) {
             Start::Existing { initial_cluster } => assert_eq!(
                 initial_cluster,
                 "10.0.0.1-5010=http://10.0.0.1:5010,10.0.0.2-5010=http://10.0.0.2:5010,10.0.0.3-5010=http://10.0.0.3:5010"
@@ -838,14 +1012,23 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_ids_are_etcds() {
+        // etcd 3.4 with --initial-cluster of http://127.0.0.1:42380 and http://127.0.0.1:42390
+        // and --initial-cluster-token t1 listed these IDs on its peer port
+        let id = |u: &str| bootstrap_id(&[u.to_string()], "t1");
+        assert_eq!(id("http://127.0.0.1:42380"), 5068672569658588005);
+        assert_eq!(id("http://127.0.0.1:42390"), 9463437347953233933);
+    }
+
+    #[test]
     fn a_member_directory_without_a_wal_is_no_data() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg();
         c.data_dir = dir.path().to_path_buf();
-        assert!(!has_data(&c));
+        assert!(!has_data(&c).unwrap());
         let member = dir.path().join("etcd/member");
         std::fs::create_dir_all(member.join("snap")).unwrap();
-        assert!(!has_data(&c));
+        assert!(!has_data(&c).unwrap());
         assert!(
             !member.exists(),
             "the leftover of a failed start is removed"
@@ -856,7 +1039,7 @@ mod tests {
             b"x",
         )
         .unwrap();
-        assert!(has_data(&c));
+        assert!(has_data(&c).unwrap());
     }
 
     #[test]
@@ -895,6 +1078,19 @@ mod tests {
         c.heartbeat_ms = Some(200);
         let args = etcd_args(&c, "demo", &Start::New);
         assert!(args.contains(&"--listen-peer-urls=http://0.0.0.0:5010".to_string()));
+        c.tls = Some(shared::config::RaftTls {
+            cacert: "/etc/ca.pem".into(),
+            cert: "/etc/m.pem".into(),
+            key: "/etc/m.key".into(),
+        });
+        let args = etcd_args(&c, "demo", &Start::New);
+        assert!(args.contains(&"--listen-peer-urls=https://0.0.0.0:5010".to_string()));
+        assert!(args.contains(&"--peer-client-cert-auth".to_string()));
+        assert!(
+            args.iter().any(
+                |a| a.starts_with("--initial-cluster=") && a.contains("=https://10.0.0.1:5010")
+            )
+        );
         assert!(args.contains(&"--election-timeout=2000".to_string()));
         assert!(args.contains(&"--heartbeat-interval=200".to_string()));
     }

@@ -233,41 +233,55 @@ impl Allowlist {
     }
 }
 
-/// The REST API's TLS configuration: the certificate chain and key (PEM), HTTP/1.1 only in
-/// ALPN (the server speaks nothing else).
+/// The REST API's TLS server configuration: `restapi.certfile`/`keyfile` (an encrypted PKCS#8
+/// key with `keyfile_password`), client certificates as `restapi.verify_client` says.
 pub fn server_tls(
     rest: &shared::config::RestApiConfig,
     cert: &str,
     key: &str,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use shared::config::VerifyClient;
+    let clients = match (rest.verify_client, &rest.cafile) {
+        (VerifyClient::None, _) | (_, None) => None,
+        (mode, Some(cafile)) => Some((cafile.as_str(), mode == VerifyClient::Optional)),
+    };
+    tls_server_config(cert, key, rest.keyfile_password.as_ref(), clients)
+}
+
+/// A TLS server configuration from PEM files: the certificate chain, its key, and the CA
+/// whose client certificates are required (or only checked when `optional`).
+pub fn tls_server_config(
+    cert: &str,
+    key: &str,
+    key_password: Option<&shared::config::Secret>,
+    clients: Option<(&str, bool)>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use shared::config::VerifyClient;
     shared::api::install_tls_provider();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?;
     anyhow::ensure!(!chain.is_empty(), "{cert}: no certificate in it");
-    let key_pem =
-        shared::api::private_key_pem(std::path::Path::new(key), rest.keyfile_password.as_ref())
-            .map_err(|e| anyhow::anyhow!("restapi.keyfile {key}: {e}"))?;
+    let key_pem = shared::api::private_key_pem(std::path::Path::new(key), key_password)
+        .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
     let builder = rustls::ServerConfig::builder();
-    let builder = match (rest.verify_client, &rest.cafile) {
-        (VerifyClient::None, _) | (_, None) => builder.with_no_client_auth(),
-        (mode, Some(cafile)) => {
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some((cafile, optional)) => {
             let mut roots = rustls::RootCertStore::empty();
             for ca in CertificateDer::pem_file_iter(cafile)
-                .map_err(|e| anyhow::anyhow!("restapi.cafile {cafile}: {e}"))?
+                .map_err(|e| anyhow::anyhow!("CA file {cafile}: {e}"))?
             {
-                let ca = ca.map_err(|e| anyhow::anyhow!("restapi.cafile {cafile}: {e}"))?;
+                let ca = ca.map_err(|e| anyhow::anyhow!("CA file {cafile}: {e}"))?;
                 roots
                     .add(ca)
-                    .map_err(|e| anyhow::anyhow!("restapi.cafile {cafile}: {e}"))?;
+                    .map_err(|e| anyhow::anyhow!("CA file {cafile}: {e}"))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
-            let verifier = if mode == VerifyClient::Optional {
+            let verifier = if optional {
                 verifier.allow_unauthenticated()
             } else {
                 verifier
@@ -275,7 +289,7 @@ pub fn server_tls(
             builder.with_client_cert_verifier(
                 verifier
                     .build()
-                    .map_err(|e| anyhow::anyhow!("restapi.cafile {cafile}: {e}"))?,
+                    .map_err(|e| anyhow::anyhow!("CA file {cafile}: {e}"))?,
             )
         }
     };

@@ -72,6 +72,11 @@ pub struct MemberClient {
 }
 
 impl MemberClient {
+    /// The HTTP client underneath (its timeouts and TLS settings), for other HTTP peers.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn new(timeout: Duration) -> MemberClient {
         install_tls_provider();
         let http = reqwest::Client::builder()

@@ -399,6 +399,17 @@ pub struct RaftConfig {
     pub election_ms: Option<u64>,
     /// etcd's heartbeat interval in ms, from `raft.append_entries_period` (seconds).
     pub heartbeat_ms: Option<u64>,
+    /// Mutual TLS between the members (pgpilot's `raft.cacert`, `raft.cert`, `raft.key`).
+    pub tls: Option<RaftTls>,
+}
+
+/// The files of the members' mutual TLS: every member presents `cert` (signed by `cacert`,
+/// naming its `self_addr` host) and accepts only peers whose certificate `cacert` signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftTls {
+    pub cacert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl RaftConfig {
@@ -413,6 +424,12 @@ impl RaftConfig {
         all.sort();
         all.dedup();
         all
+    }
+
+    /// The peer URL of a member's address: https with the members' TLS.
+    pub fn peer_url(&self, addr: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     /// The etcd member name of a peer address (the address itself, `:` as `-`).
@@ -550,6 +567,26 @@ fn read_raft(r: &mut Reader<'_>) -> RaftConfig {
             format!("{e} ms must be at least five times raft.append_entries_period ({h} ms), or elections would start between heartbeats"),
         );
     }
+    let file = |r: &mut Reader<'_>, k: &str| r.string(&format!("raft.{k}")).map(PathBuf::from);
+    let tls = match (file(r, "cacert"), file(r, "cert"), file(r, "key")) {
+        (None, None, None) => None,
+        (Some(cacert), Some(cert), Some(key)) => Some(RaftTls { cacert, cert, key }),
+        (ca, cert, key) => {
+            for (k, v) in [
+                ("cacert", ca.is_none()),
+                ("cert", cert.is_none()),
+                ("key", key.is_none()),
+            ] {
+                if v {
+                    r.err(
+                        &format!("raft.{k}"),
+                        "is required with the other TLS files of raft (cacert, cert, key): the members' TLS is mutual",
+                    );
+                }
+            }
+            None
+        }
+    };
     RaftConfig {
         data_dir,
         self_addr,
@@ -559,6 +596,7 @@ fn read_raft(r: &mut Reader<'_>) -> RaftConfig {
         client_port,
         election_ms,
         heartbeat_ms,
+        tls,
     }
 }
 
@@ -940,7 +978,10 @@ fn apply_env(tree: &mut Map<String, Value>, env: &[(String, String)]) {
 }
 
 /// The `raft` keys `PATRONI_RAFT_*` set.
-const RAFT_KEYS: [&str; 12] = [
+const RAFT_KEYS: [&str; 15] = [
+    "CACERT",
+    "CERT",
+    "KEY",
     "DATA_DIR",
     "SELF_ADDR",
     "PARTNER_ADDRS",

@@ -797,6 +797,22 @@ fn a_raft_section_as_the_seed_writes_it() {
     // elections quicker than five heartbeats: refused
     let fast = yaml.replace("max_timeout: 2", "max_timeout: 0.5");
     assert!(invalid_keys(&fast).contains(&"raft.max_timeout".to_string()));
+    // the members' TLS: all three files or none, the missing one named
+    let tls = yaml.replace(
+        "  max_timeout: 2\n",
+        "  max_timeout: 2\n  cacert: /etc/ca.pem\n  cert: /etc/m.pem\n  key: /etc/m.key\n",
+    );
+    let r = Config::from_yaml(&tls, "raft.yml").unwrap().raft.unwrap();
+    assert_eq!(r.peer_url("10.0.0.2:5010"), "https://10.0.0.2:5010");
+    let partial = yaml.replace(
+        "  max_timeout: 2\n",
+        "  max_timeout: 2\n  cacert: /etc/ca.pem\n",
+    );
+    let keys = invalid_keys(&partial);
+    assert!(
+        keys.contains(&"raft.cert".to_string()) && keys.contains(&"raft.key".to_string()),
+        "{keys:?}"
+    );
     // the console reads a member's YAML: the local member's client port
     let console = shared::config::ConsoleConfig::from_yaml(&yaml, "raft.yml").unwrap();
     assert_eq!(console.etcd.hosts, ["127.0.0.1:5011"]);

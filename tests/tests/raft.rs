@@ -254,7 +254,14 @@ fn members_speak_mutual_tls_and_refuse_strangers() {
     );
     if need_program("curl", "curl") {
         let out = std::process::Command::new("curl")
-            .args(["-s", "-k", "--max-time", "5", &format!("https://{peer}")])
+            .args([
+                "-s",
+                "-k",
+                "--http1.1",
+                "--max-time",
+                "5",
+                &format!("https://{peer}"),
+            ])
             .output()
             .unwrap();
         assert!(
@@ -264,7 +271,7 @@ fn members_speak_mutual_tls_and_refuse_strangers() {
         // with a member's certificate it answers (the check above is not vacuous)
         let (cert, key) = ca.issue("probe", "").unwrap();
         let out = std::process::Command::new("curl")
-            .args(["-s", "--max-time", "5", "--cacert"])
+            .args(["-sS", "--http1.1", "--max-time", "5", "--cacert"])
             .arg(ca.ca())
             .arg("--cert")
             .arg(&cert)

@@ -267,13 +267,19 @@ fn witness(path: &std::path::Path, systemd: systemd::Notifier) -> ExitCode {
         );
         let health = raft::SharedHealth::default();
         let stop = Arc::new(tokio::sync::Notify::new());
-        let member = tokio::spawn(raft::supervise(raft_cfg, scope, health, stop.clone()));
+        let mut member = tokio::spawn(raft::supervise(raft_cfg, scope, health, stop.clone()));
         systemd.ready("witness: raft member running");
-        shutdown_signal().await;
-        info!("stopping the raft member");
-        stop.notify_one();
-        let _ = tokio::time::timeout(Duration::from_secs(15), member).await;
-        ExitCode::SUCCESS
+        tokio::select! {
+            _ = shutdown_signal() => {
+                info!("stopping the raft member");
+                stop.notify_one();
+                let _ = tokio::time::timeout(Duration::from_secs(15), member).await;
+                ExitCode::SUCCESS
+            }
+            // the supervisor gave up (its reason is in the log): a witness without its member
+            // is nothing
+            _ = &mut member => ExitCode::FAILURE,
+        }
     })
 }
 

@@ -24,6 +24,23 @@ fn raft_health(c: &TestCluster, i: usize) -> Option<serde_json::Value> {
     Some(c.nodes[i].status()?["pgpilot"]["raft"].clone())
 }
 
+/// A replica's machine lost and its raft data wiped, then started again: waits until the
+/// cluster is healthy and the member is back in a group of three; returns its index.
+fn wipe_a_replica_and_wait_for_it(c: &mut TestCluster) -> usize {
+    let r = (0..3).find(|i| Some(*i) != c.primary()).unwrap();
+    c.kill_machine(r);
+    let raft_dir = c.nodes[r].config_path.parent().unwrap().join("raft");
+    std::fs::remove_dir_all(&raft_dir).unwrap();
+    c.start_agent(r).unwrap();
+    c.wait_healthy(LONG).unwrap();
+    wait_for("the wiped member back in a group of three", LONG, || {
+        raft_health(c, r)
+            .filter(|h| h["running"] == true && h["reachable"] == 3 && h["members"] == 3)
+    })
+    .unwrap();
+    r
+}
+
 #[test]
 fn three_agents_form_their_own_consensus_fail_over_and_readmit_a_wiped_member() {
     if !prerequisites() {
@@ -105,17 +122,7 @@ fn three_agents_form_their_own_consensus_fail_over_and_readmit_a_wiped_member() 
     writer.wait_more(10, LONG).unwrap();
 
     // a replica's raft data wiped: it is admitted again through the quorum, with a new identity
-    let r = (0..3).find(|i| Some(*i) != c.primary()).unwrap();
-    c.kill_machine(r);
-    let raft_dir = c.nodes[r].config_path.parent().unwrap().join("raft");
-    std::fs::remove_dir_all(&raft_dir).unwrap();
-    c.start_agent(r).unwrap();
-    c.wait_healthy(LONG).unwrap();
-    wait_for("the wiped member back in a group of three", LONG, || {
-        raft_health(c, r)
-            .filter(|h| h["running"] == true && h["reachable"] == 3 && h["members"] == 3)
-    })
-    .unwrap();
+    let r = wipe_a_replica_and_wait_for_it(c);
     let logs: String = (0..3)
         .filter(|i| *i != r)
         .map(|i| std::fs::read_to_string(&c.nodes[i].log_path).unwrap_or_default())
@@ -288,16 +295,6 @@ fn members_speak_mutual_tls_and_refuse_strangers() {
     }
     // a replica's raft data wiped: admitted again over TLS
     let c = &mut rl.lab.cluster;
-    let r = (0..3).find(|i| Some(*i) != c.primary()).unwrap();
-    c.kill_machine(r);
-    let raft_dir = c.nodes[r].config_path.parent().unwrap().join("raft");
-    std::fs::remove_dir_all(&raft_dir).unwrap();
-    c.start_agent(r).unwrap();
-    c.wait_healthy(LONG).unwrap();
-    wait_for("the wiped member back over TLS", LONG, || {
-        raft_health(c, r)
-            .filter(|h| h["running"] == true && h["reachable"] == 3 && h["members"] == 3)
-    })
-    .unwrap();
+    wipe_a_replica_and_wait_for_it(c);
     c.shutdown();
 }

@@ -10,6 +10,7 @@ mod journal;
 mod postgres;
 mod quorum;
 mod raft;
+mod raft_tls;
 mod rest;
 mod rest_access;
 mod rest_write;
@@ -251,10 +252,13 @@ fn witness(path: &std::path::Path, systemd: systemd::Notifier) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    if let Err(e) = raft::check(&raft_cfg) {
-        error!("{e:#}");
-        return ExitCode::from(2);
-    }
+    let raft_cfg = match raft::prepare(&raft_cfg, &scope) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let Some(rt) = runtime(1) else {
         return ExitCode::FAILURE;
     };
@@ -292,11 +296,11 @@ async fn run(cfg: Config, systemd: systemd::Notifier) -> Result<()> {
     // raft: the etcd member this agent runs, before anything talks to etcd
     let raft_member = match &cfg.raft {
         Some(r) => {
-            raft::check(r)?;
+            let r = raft::prepare(r, &cfg.scope)?;
             let health = raft::SharedHealth::default();
             let stop = Arc::new(tokio::sync::Notify::new());
             let task = tokio::spawn(raft::supervise(
-                r.clone(),
+                r,
                 cfg.scope.clone(),
                 health.clone(),
                 stop.clone(),

@@ -14,8 +14,9 @@
 //!   address again through the remaining quorum, and the member starts as a new one
 //!   (`--initial-cluster-state existing`) that catches up before it counts.
 //! - **Client traffic** stays on 127.0.0.1 (`raft.client_port`): only the peer port is exposed.
-//! - **`raft.password`**: a join request carries an HMAC of the member's address keyed by
-//!   it, and a running member admits nobody without it.
+//! - **`raft.password`**: the members speak mutual TLS derived from it (raft_tls.rs), so the
+//!   peer port answers nobody who does not know it; a join request also carries an HMAC of the
+//!   member's address keyed by it, and a running member admits nobody without it.
 //!
 //! If the agent dies, its member dies with it (the parent-death signal): a machine that lost
 //! its agent counts as lost for the consensus too, and a restarted agent starts the member
@@ -859,9 +860,10 @@ where
     let _ = tokio::time::timeout(CALL, sock.shutdown()).await;
 }
 
-/// Checks the raft section against the machine before the member starts: the etcd program
-/// runs, the data directory can be made.
-pub fn check(cfg: &RaftConfig) -> Result<()> {
+/// Checks the raft section against the machine before the member starts (the etcd program
+/// runs, the data directory can be made) and returns it ready to run: with `raft.password`
+/// and no TLS files, with the members' TLS derived from the password (raft_tls.rs).
+pub fn prepare(cfg: &RaftConfig, scope: &str) -> Result<RaftConfig> {
     let program = etcd_program();
     let out = std::process::Command::new(&program)
         .arg("--version")
@@ -877,7 +879,7 @@ pub fn check(cfg: &RaftConfig) -> Result<()> {
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("raft.data_dir {}", cfg.data_dir.display()))?;
-    Ok(())
+    crate::raft_tls::derive(cfg, scope).context("raft.password: the members' TLS")
 }
 
 #[cfg(test)]

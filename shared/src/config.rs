@@ -390,7 +390,8 @@ pub struct RaftConfig {
     pub partner_addrs: Vec<String>,
     /// Where the peer port listens (`raft.bind_addr`, a host or host:port); `self_addr` if unset.
     pub bind_addr: Option<String>,
-    /// Protects the peer traffic: the members prove they know it (see agent/src/raft.rs).
+    /// Protects the peer traffic: the members' mutual TLS is derived from it unless `tls` is
+    /// given, and join requests prove it (agent/src/raft_tls.rs, agent/src/raft.rs).
     pub password: Option<Secret>,
     /// The member's client port on 127.0.0.1 (pgpilot's `raft.client_port`; default the peer
     /// port + 1).

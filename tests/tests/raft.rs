@@ -260,40 +260,120 @@ fn members_speak_mutual_tls_and_refuse_strangers() {
         "plain http answered on a TLS peer port: {plain:?}"
     );
     if need_program("curl", "curl") {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-k",
-                "--http1.1",
-                "--max-time",
-                "5",
-                &format!("https://{peer}"),
-            ])
-            .output()
-            .unwrap();
+        let https = format!("https://{peer}");
         assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("peerURLs"),
+            !curl(&https, &["-k".as_ref()]).contains("peerURLs"),
             "the member list went to a client without a certificate"
         );
         // with a member's certificate it answers (the check above is not vacuous)
         let (cert, key) = ca.issue("probe", "").unwrap();
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "--http1.1", "--max-time", "5", "--cacert"])
-            .arg(ca.ca())
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .arg(format!("https://{peer}"))
-            .output()
-            .unwrap();
+        let answer = curl(
+            &https,
+            &[
+                "--cacert".as_ref(),
+                ca.ca().as_os_str(),
+                "--cert".as_ref(),
+                cert.as_os_str(),
+                "--key".as_ref(),
+                key.as_os_str(),
+            ],
+        );
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains("peerURLs"),
-            "a member's certificate is refused: {}",
-            String::from_utf8_lossy(&out.stderr)
+            answer.contains("peerURLs"),
+            "a member's certificate is refused: {answer}"
         );
     }
     // a replica's raft data wiped: admitted again over TLS
+    let c = &mut rl.lab.cluster;
+    wipe_a_replica_and_wait_for_it(c);
+    c.shutdown();
+}
+
+/// `curl` of `url` with extra arguments; its standard output.
+fn curl(url: &str, extra: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http1.1", "--max-time", "5"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_password_alone_puts_the_peers_behind_tls() {
+    if !prerequisites() || !need_program("curl", "curl") {
+        return;
+    }
+    let mut rl = raft_lab("raftpw", 3, false);
+    for n in &rl.lab.cluster.nodes {
+        let text = std::fs::read_to_string(&n.config_path).unwrap();
+        let text = text.replacen("raft:\n", "raft:\n  password: 'correct horse'\n", 1);
+        std::fs::write(&n.config_path, text).unwrap();
+    }
+    rl.lab.cluster.start_all().unwrap();
+    rl.lab.cluster.wait_healthy(LONG).unwrap();
+    let c = &rl.lab.cluster;
+    wait_for("a group of three over the derived TLS", LONG, || {
+        raft_health(c, 0).filter(|h| h["reachable"] == 3 && h["leader"].is_string())
+    })
+    .unwrap();
+    let peer = format!("127.0.0.1:{}/members", rl.peers[0]);
+    let plain = http_get(&format!("http://{peer}"));
+    assert!(
+        plain.as_ref().map_or(true, |(code, body)| *code >= 400
+            && !body.contains("peerURLs")),
+        "plain http answered on a password-protected peer port: {plain:?}"
+    );
+    let https = format!("https://{peer}");
+    assert!(
+        !curl(&https, &["-k".as_ref()]).contains("peerURLs"),
+        "the member list went to a client without a certificate"
+    );
+    // a certificate from another CA (a stranger's, or a member with the wrong password)
+    let ca = TestCa::new("raftpw").unwrap();
+    let (cert, key) = ca.issue("stranger", "").unwrap();
+    assert!(
+        !curl(
+            &https,
+            &[
+                "-k".as_ref(),
+                "--cert".as_ref(),
+                cert.as_os_str(),
+                "--key".as_ref(),
+                key.as_os_str()
+            ]
+        )
+        .contains("peerURLs"),
+        "a certificate from another CA was accepted"
+    );
+    // a member's derived certificate is accepted (the checks above are not vacuous)
+    let tls = c.nodes[1].config_path.parent().unwrap().join("raft/tls");
+    let (ca_pem, cert, key) = (
+        tls.join("ca.pem"),
+        tls.join("member.pem"),
+        tls.join("member.key"),
+    );
+    let answer = curl(
+        &https,
+        &[
+            "--cacert".as_ref(),
+            ca_pem.as_os_str(),
+            "--cert".as_ref(),
+            cert.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    assert!(
+        answer.contains("peerURLs"),
+        "a member's certificate is refused: {answer}"
+    );
+    // a replica's raft data (its derived TLS too) wiped: admitted again over TLS
     let c = &mut rl.lab.cluster;
     wipe_a_replica_and_wait_for_it(c);
     c.shutdown();

@@ -17,7 +17,9 @@ use crate::postgres::{ServerStatus, SlotInfo};
 use anyhow::Result;
 use serde_json::{Map, Value};
 use shared::dcs::{Cluster, DynamicConfig, Kv, PermanentSlot};
-use std::time::Duration;
+use shared::types::slot_name;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// A logical slot's name and its state file read from the leader.
@@ -303,4 +305,62 @@ async fn sync_slots(
         }
     }
     states
+}
+
+impl<K: Kv> Agent<K> {
+    /// Creates the slots of the members that stream from this leader, and drops the slot of a
+    /// member gone for longer than `member_slots_ttl`. Which slots are members' survives agent
+    /// restarts and failovers: besides those this agent created, the names in the `status`
+    /// key's `retain_slots` (which every leader publishes), counted from when this agent first
+    /// sees them missing, as Patroni 4 does. Slots named by `ignore_slots` or the permanent
+    /// `slots` are never dropped, nor one in use; a failed drop is retried next cycle.
+    pub(super) async fn ensure_slots(
+        &mut self,
+        members: &[String],
+        keep: Duration,
+        retained: &[String],
+        dynamic: &DynamicConfig,
+    ) -> Result<()> {
+        let existing = self.pg.slots().await?;
+        let wanted: HashSet<String> = members.iter().map(|m| slot_name(m)).collect();
+        for name in &wanted {
+            self.member_slots.insert(name.clone());
+            self.slot_missing_since.remove(name);
+            if !existing.iter().any(|(s, _)| s == name) {
+                self.pg.create_slot(name).await?;
+                info!(slot = name, "created replication slot for member");
+            }
+        }
+        let own = slot_name(&self.cfg.name);
+        for name in retained {
+            if *name != own {
+                self.member_slots.insert(name.clone());
+            }
+        }
+        for (name, _) in existing {
+            if wanted.contains(&name)
+                || !self.member_slots.contains(&name)
+                || dynamic.keeps_physical_slot(&name)
+            {
+                continue;
+            }
+            let since = *self
+                .slot_missing_since
+                .entry(name.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() > keep {
+                info!(
+                    slot = name,
+                    "dropping the slot of a member gone for over member_slots_ttl"
+                );
+                if let Err(e) = self.pg.drop_slot(&name).await {
+                    warn!(slot = name, "cannot drop the slot yet: {e:#}");
+                    continue;
+                }
+                self.slot_missing_since.remove(&name);
+                self.member_slots.remove(&name);
+            }
+        }
+        Ok(())
+    }
 }

@@ -237,13 +237,14 @@ fn init_tracing(cfg: &Config) {
 
 /// `--witness CONFIG`: the raft member alone, until SIGTERM or SIGINT.
 fn witness(path: &std::path::Path, systemd: systemd::Notifier) -> ExitCode {
-    let (scope, raft_cfg) = match shared::config::RaftConfig::load_witness(path, std::env::vars()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pgpilot-agent --witness: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (scope, raft_cfg, warnings) =
+        match shared::config::RaftConfig::load_witness(path, std::env::vars()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("pgpilot-agent --witness: {e}");
+                return ExitCode::from(2);
+            }
+        };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGPILOT_LOG")
@@ -252,6 +253,9 @@ fn witness(path: &std::path::Path, systemd: systemd::Notifier) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    for w in &warnings {
+        warn!(key = w.key, "configuration: {}", w.message);
+    }
     let raft_cfg = match raft::prepare(&raft_cfg, &scope) {
         Ok(c) => c,
         Err(e) => {

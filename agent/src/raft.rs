@@ -334,6 +334,12 @@ fn etcd_args(cfg: &RaftConfig, scope: &str, start: &Start) -> Vec<String> {
         a.push(format!("--peer-cert-file={}", t.cert.display()));
         a.push(format!("--peer-key-file={}", t.key.display()));
         a.push("--peer-client-cert-auth".into());
+        if crate::raft_tls::is_derived(cfg) {
+            // anyone who knows the password can issue a certificate for any address, so
+            // matching it against the connection's source adds nothing, and would refuse
+            // members whose traffic leaves from another address than self_addr's
+            a.push(SAN_FLAG.get().copied().unwrap_or(san_flag("")).to_string());
+        }
     }
     if let Some(ms) = cfg.heartbeat_ms {
         a.push(format!("--heartbeat-interval={ms}"));
@@ -403,6 +409,10 @@ pub async fn supervise(
     let mut last_wait: Option<String> = None;
     loop {
         let start = loop {
+            // the raft directory wiped while the agent runs: the derived TLS goes with it
+            if let Err(e) = crate::raft_tls::restore(&cfg, &scope) {
+                warn!("raft: cannot write the members' TLS again: {e:#}");
+            }
             let answers = partner_answers(&http, &cfg).await;
             let data = match has_data(&cfg) {
                 Ok(d) => d,
@@ -678,11 +688,23 @@ async fn look(http: &reqwest::Client, cfg: &RaftConfig, health: &SharedHealth) {
             .and_then(|m| m.peer_urls().first())
             .map(|u| url_addr(u).to_string())
     });
+    // a group formed before raft.password or the TLS files were added keeps its old scheme
+    let own = cfg.peer_url(&cfg.self_addr);
+    let stale = members.iter().find_map(|m| {
+        m.peer_urls()
+            .iter()
+            .find(|u| url_addr(u) == cfg.self_addr && u.as_str() != own)
+            .cloned()
+    });
     set(health, |h| {
         h.members = members.len();
         h.reachable = reachable;
         h.leader = leader.clone();
-        h.problem = if leader.is_none() {
+        h.problem = if let Some(u) = &stale {
+            Some(format!(
+                "the group lists this member as {u}, it listens on {own}: raft.password or the TLS files changed the scheme; form the group again (README, raft clusters)"
+            ))
+        } else if leader.is_none() {
             Some("no raft leader: the group has no quorum".into())
         } else {
             None
@@ -877,14 +899,54 @@ pub fn prepare(cfg: &RaftConfig, scope: &str) -> Result<RaftConfig> {
     if !out.status.success() {
         bail!("raft: {} --version failed", program.display());
     }
+    let _ = SAN_FLAG.set(san_flag(&String::from_utf8_lossy(&out.stdout)));
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("raft.data_dir {}", cfg.data_dir.display()))?;
+    set_private(&cfg.data_dir);
     crate::raft_tls::derive(cfg, scope).context("raft.password: the members' TLS")
+}
+
+/// etcd's flag that stops it checking a peer's certificate against the address the peer's
+/// connection comes from, as the installed etcd spells it (set by [`prepare`]).
+static SAN_FLAG: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The flag's name for the etcd whose `--version` printed `version`: etcd 3.6 dropped the
+/// "experimental" prefix (3.4 and 3.5 know only the prefixed name).
+fn san_flag(version: &str) -> &'static str {
+    let v = version
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .map(str::trim)
+        .unwrap_or("");
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) >= (3, 6) {
+        "--peer-skip-client-san-verification"
+    } else {
+        "--experimental-peer-skip-client-san-verification"
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_san_flag_follows_the_installed_etcd() {
+        let v34 = "etcd Version: 3.4.23\nGit SHA: Not provided\nGo Version: go1.19.8\n";
+        assert_eq!(
+            san_flag(v34),
+            "--experimental-peer-skip-client-san-verification"
+        );
+        assert_eq!(
+            san_flag("etcd Version: 3.6.1\n"),
+            "--peer-skip-client-san-verification"
+        );
+        assert_eq!(
+            san_flag("garbage"),
+            "--experimental-peer-skip-client-san-verification"
+        );
+    }
 
     fn cfg() -> RaftConfig {
         RaftConfig {

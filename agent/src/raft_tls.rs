@@ -118,6 +118,35 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))
 }
 
+/// Where the derived files are.
+fn tls_dir(cfg: &RaftConfig) -> std::path::PathBuf {
+    cfg.data_dir.join("tls")
+}
+
+/// Whether the section's TLS files are the ones [`derive`] wrote.
+pub fn is_derived(cfg: &RaftConfig) -> bool {
+    cfg.password.is_some()
+        && cfg
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.cacert == tls_dir(cfg).join("ca.pem"))
+}
+
+/// Writes the derived files again when one went missing while the agent runs (the raft
+/// directory wiped so that the member is admitted again); files the operator gave are left
+/// alone.
+pub fn restore(cfg: &RaftConfig, scope: &str) -> Result<()> {
+    let Some(t) = cfg.tls.as_ref().filter(|_| is_derived(cfg)) else {
+        return Ok(());
+    };
+    if t.cacert.exists() && t.cert.exists() && t.key.exists() {
+        return Ok(());
+    }
+    let mut plain = cfg.clone();
+    plain.tls = None;
+    derive(&plain, scope).map(|_| ())
+}
+
 /// With `raft.password` set and no TLS files configured, derives the members' TLS into
 /// `raft.data_dir/tls/` and returns the section with those files; otherwise returns it as it is
 /// (files the operator gave win: the password then only proves join requests).
@@ -125,7 +154,13 @@ pub fn derive(cfg: &RaftConfig, scope: &str) -> Result<RaftConfig> {
     let (Some(password), None) = (&cfg.password, &cfg.tls) else {
         return Ok(cfg.clone());
     };
-    let dir = cfg.data_dir.join("tls");
+    let dir = tls_dir(cfg);
+    if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        anyhow::bail!(
+            "{} is a symbolic link: the member's key is written there; make it a directory",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -240,13 +275,24 @@ mod tests {
             key: "/etc/k.pem".into(),
         });
         assert_eq!(derive(&cfg, "main").unwrap(), cfg);
+        assert!(!is_derived(&cfg));
         // a DNS name gets a DNS certificate
         cfg.tls = None;
-        let t = derive(&cfg, "main").unwrap().tls.unwrap();
+        let derived = derive(&cfg, "main").unwrap();
+        assert!(is_derived(&derived));
+        let t = derived.tls.clone().unwrap();
         assert!(
-            std::fs::read_to_string(t.cert)
+            std::fs::read_to_string(&t.cert)
                 .unwrap()
                 .contains("BEGIN CERTIFICATE")
         );
+        // the directory wiped while the agent runs: written again
+        std::fs::remove_dir_all(dir.path().join("tls")).unwrap();
+        restore(&derived, "main").unwrap();
+        assert!(t.key.exists() && t.cert.exists() && t.cacert.exists());
+        // a symbolic link where the key would go is refused
+        std::fs::remove_dir_all(dir.path().join("tls")).unwrap();
+        std::os::unix::fs::symlink("/tmp", dir.path().join("tls")).unwrap();
+        assert!(derive(&cfg, "main").is_err());
     }
 }

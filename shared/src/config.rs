@@ -448,7 +448,7 @@ impl RaftConfig {
     pub fn load_witness(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(String, RaftConfig), ConfigError> {
+    ) -> Result<(String, RaftConfig, Vec<ConfigIssue>), ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let mut tree = read_path(path)?;
         apply_env(&mut tree, &env);
@@ -460,7 +460,15 @@ impl RaftConfig {
         }
         let raft = read_raft(&mut r);
         if r.errors.is_empty() {
-            Ok((scope, raft))
+            // what the raft section has that the witness does not use is said, not dropped
+            // (other sections of a member's YAML are simply not the witness's)
+            let mut warnings = r.notes.clone();
+            warnings.extend(
+                r.unknown_keys()
+                    .into_iter()
+                    .filter(|w| w.key.starts_with("raft.")),
+            );
+            Ok((scope, raft, warnings))
         } else {
             Err(ConfigError::Invalid(r.errors))
         }
@@ -508,6 +516,19 @@ fn read_raft(r: &mut Reader<'_>) -> RaftConfig {
     let data_dir = PathBuf::from(r.required_string("raft.data_dir"));
     let bind_addr = r.string("raft.bind_addr");
     let password = r.string("raft.password").map(Secret);
+    match password.as_ref().map(|p| p.expose().chars().count()) {
+        Some(0) => r.err(
+            "raft.password",
+            "is empty: the members' TLS is derived from it; set a long random one, or remove the key",
+        ),
+        Some(n) if n < 16 => r.notes.push(ConfigIssue {
+            key: "raft.password".into(),
+            message: format!(
+                "has {n} characters: whoever reaches a peer port can test guesses offline against the members' CA; use 16 or more random characters"
+            ),
+        }),
+        _ => {}
+    }
     let peer_port = split_host_port(&self_addr).map(|(_, p)| p).unwrap_or(0);
     let client_port = match r.integer("raft.client_port") {
         Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).unwrap_or_else(|| {

@@ -816,4 +816,43 @@ fn a_raft_section_as_the_seed_writes_it() {
     // the console reads a member's YAML: the local member's client port
     let console = shared::config::ConsoleConfig::from_yaml(&yaml, "raft.yml").unwrap();
     assert_eq!(console.etcd.hosts, ["127.0.0.1:5011"]);
+    // raft.password: the members' TLS is derived from it, so an empty one is refused and a
+    // short one warned about
+    let pw = |p: &str| {
+        yaml.replace(
+            "  max_timeout: 2\n",
+            &format!("  max_timeout: 2\n  password: '{p}'\n"),
+        )
+    };
+    assert!(invalid_keys(&pw("")).contains(&"raft.password".to_string()));
+    let c = Config::from_yaml(&pw("short"), "raft.yml").unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w.key == "raft.password"),
+        "{:?}",
+        c.warnings
+    );
+    let c = Config::from_yaml(&pw("a-long-random-password-1234"), "raft.yml").unwrap();
+    assert!(!c.warnings.iter().any(|w| w.key == "raft.password"));
+    // a witness's YAML: what its raft section has that it does not use is warned about too
+    let path = dir.path().join("w.yml");
+    std::fs::write(
+        &path,
+        "scope: main\nrestapi:\n  listen: 1.2.3.4:8008\nraft:\n  data_dir: /var/lib/raft\n  self_addr: 10.0.0.3:5010\n  partner_addrs: ['10.0.0.1:5010']\n  min_timeout: 1\n  bogus: 2\n",
+    )
+    .unwrap();
+    let (scope, r, warnings) =
+        shared::config::RaftConfig::load_witness(&path, Vec::<(String, String)>::new()).unwrap();
+    assert_eq!(
+        (scope.as_str(), r.self_addr.as_str()),
+        ("main", "10.0.0.3:5010")
+    );
+    let warned: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+    assert!(
+        warned.contains(&"raft.min_timeout") && warned.contains(&"raft.bogus"),
+        "{warned:?}"
+    );
+    assert!(
+        !warned.iter().any(|k| k.starts_with("restapi")),
+        "{warned:?}"
+    );
 }

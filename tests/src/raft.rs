@@ -14,6 +14,8 @@ pub struct RaftLab {
     pub peers: Vec<u16>,
     pub clients: Vec<u16>,
     pub witness: Option<Proc>,
+    /// `raft.password` of every member, when the lab was made with one.
+    pub password: Option<String>,
 }
 
 /// The `raft:` section of member `i` of `peers`, its data under `dir`.
@@ -32,10 +34,28 @@ pub fn raft_section(dir: &Path, i: usize, peers: &[u16], client: u16) -> String 
     )
 }
 
+/// `section` with `password:` added when there is one.
+fn with_password(section: &str, password: Option<&str>) -> String {
+    match password {
+        Some(p) => section.replacen("raft:\n", &format!("raft:\n  password: '{p}'\n"), 1),
+        None => section.to_string(),
+    }
+}
+
 impl RaftLab {
     /// `spec.nodes` database members with `raft:` sections (their `etcd3` section replaced),
     /// plus a witness when asked (started at once); the agents are not started.
     pub fn new(tag: &str, spec: ClusterSpec, witness: bool) -> Result<RaftLab> {
+        Self::with_password(tag, spec, witness, None)
+    }
+
+    /// As [`RaftLab::new`], every member's section (the witness's too) with `raft.password`.
+    pub fn with_password(
+        tag: &str,
+        spec: ClusterSpec,
+        witness: bool,
+        password: Option<&str>,
+    ) -> Result<RaftLab> {
         let nodes = spec.nodes;
         let lab = Lab::new(tag, spec, false)?;
         let members = nodes + usize::from(witness);
@@ -46,7 +66,8 @@ impl RaftLab {
             let text = std::fs::read_to_string(&n.config_path)?;
             anyhow::ensure!(text.contains(&etcd_section), "no etcd3 section in {text}");
             let dir = n.config_path.parent().context("no node dir")?.join("raft");
-            let text = text.replace(&etcd_section, &raft_section(&dir, i, &peers, clients[i]));
+            let section = raft_section(&dir, i, &peers, clients[i]);
+            let text = text.replace(&etcd_section, &with_password(&section, password));
             std::fs::write(&n.config_path, text)?;
         }
         let mut rl = RaftLab {
@@ -54,6 +75,7 @@ impl RaftLab {
             peers,
             clients,
             witness: None,
+            password: password.map(str::to_string),
         };
         if witness {
             rl.start_witness()?;
@@ -75,7 +97,10 @@ impl RaftLab {
             format!(
                 "scope: {}\n{}",
                 self.lab.cluster.spec.scope,
-                raft_section(&dir, i, &self.peers, self.clients[i])
+                with_password(
+                    &raft_section(&dir, i, &self.peers, self.clients[i]),
+                    self.password.as_deref()
+                )
             ),
         )?;
         let log = std::fs::File::create(self.lab.work.path.join("witness.log"))?;

@@ -146,7 +146,14 @@ fn two_database_members_and_a_witness_fail_over() {
     if !prerequisites() {
         return;
     }
-    let mut rl = raft_lab("raftw", 2, true);
+    // with raft.password: the witness derives the members' TLS too
+    let spec = ClusterSpec {
+        scope: "raftw".into(),
+        nodes: 2,
+        ..Default::default()
+    };
+    let mut rl =
+        RaftLab::with_password("e2e-raftw", spec, true, Some("witness and members")).unwrap();
     rl.lab.cluster.start_all().unwrap();
     let p = rl.lab.cluster.wait_healthy(LONG).unwrap();
     let c = &rl.lab.cluster;
@@ -309,12 +316,13 @@ fn a_password_alone_puts_the_peers_behind_tls() {
     if !prerequisites() || !need_program("curl", "curl") {
         return;
     }
-    let mut rl = raft_lab("raftpw", 3, false);
-    for n in &rl.lab.cluster.nodes {
-        let text = std::fs::read_to_string(&n.config_path).unwrap();
-        let text = text.replacen("raft:\n", "raft:\n  password: 'correct horse'\n", 1);
-        std::fs::write(&n.config_path, text).unwrap();
-    }
+    let spec = ClusterSpec {
+        scope: "raftpw".into(),
+        nodes: 3,
+        ..Default::default()
+    };
+    let mut rl =
+        RaftLab::with_password("e2e-raftpw", spec, false, Some("correct horse battery")).unwrap();
     rl.lab.cluster.start_all().unwrap();
     rl.lab.cluster.wait_healthy(LONG).unwrap();
     let c = &rl.lab.cluster;

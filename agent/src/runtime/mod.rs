@@ -8,7 +8,7 @@
 //! jobs), `publish.rs` (the member and history keys), `slots.rs` (replication slots),
 //! `failsafe.rs` (failsafe mode), `commands.rs` (operator requests from the REST API).
 
-use crate::ha::{self, DataDir, Job, Observation, WalEnd};
+use crate::ha::{self, Action, DataDir, Decision, Job, Observation, WalEnd};
 mod commands;
 mod execute;
 mod failsafe;
@@ -33,6 +33,7 @@ const SYNC_SETTLE: Duration = Duration::from_secs(1);
 const SYNC_REWRITE_PAUSE: Duration = Duration::from_secs(30);
 use shared::api::MemberClient;
 use shared::config::Config;
+use shared::dcs::view::View;
 use shared::dcs::{Cluster, Dcs, DynamicConfig, Kv, WatchEvent, keys};
 use shared::types::{PgState, Role};
 use std::collections::{HashMap, HashSet};
@@ -55,6 +56,35 @@ struct RunningJob {
     reply: Option<tokio::sync::oneshot::Sender<Reply>>,
 }
 
+/// The watch's view and when its stream last said something.
+struct Watched {
+    view: View,
+    heard: Instant,
+}
+
+/// A watch stream quiet for this long is asked for a progress report, and taken for dead when
+/// it does not answer within as long again. Broken connections and an etcd member cut from its
+/// group end the stream much sooner (HTTP/2 keepalive, `require_leader`); this covers a stream
+/// that went silent on a live connection.
+const WATCH_QUIET: Duration = Duration::from_secs(30);
+
+/// Whether a decision taken on the watch's view may be carried out without reading etcd:
+/// only the upkeep of a steady cluster. Anything else — above all who leads — is decided again
+/// on a linearizable read.
+fn steady(decision: &Decision) -> bool {
+    !decision.stands_down
+        && decision.actions.iter().all(|a| {
+            matches!(
+                a,
+                // the lock holder's renewal: its leader key was read from etcd this cycle
+                Action::RenewLock
+                    | Action::EnsureSlots { .. }
+                    | Action::SyncSlots
+                    | Action::PublishStatus
+            )
+        })
+}
+
 /// The node agent.
 pub struct Agent<K: Kv> {
     cfg: Arc<Config>,
@@ -63,6 +93,10 @@ pub struct Agent<K: Kv> {
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// Wakes the loop early.
     pub wake: Arc<Notify>,
+    /// The cluster as the watch keeps it between cycles (`None` while it is being read again).
+    view: Arc<std::sync::Mutex<Option<Watched>>>,
+    /// The next cycle reads etcd itself, whatever the view shows.
+    read_etcd_next: bool,
     peers: MemberClient,
     job: Option<RunningJob>,
     lock_renewed: Option<Instant>,
@@ -198,6 +232,8 @@ impl<K: Kv> Agent<K> {
             pg,
             snapshot,
             wake: Arc::new(Notify::new()),
+            view: Arc::default(),
+            read_etcd_next: false,
             peers,
             job: None,
             lock_renewed: None,
@@ -380,31 +416,40 @@ impl<K: Kv> Agent<K> {
     fn spawn_watch(&self) {
         let dcs = self.dcs.clone();
         let wake = self.wake.clone();
+        let shared_view = self.view.clone();
         let prefix = dcs.prefix().to_string();
         tokio::spawn(async move {
             loop {
-                let rev = match dcs.load().await {
-                    Ok(c) => c.revision + 1,
+                // one read, then every change after it
+                let view = match dcs.load_view().await {
+                    Ok(v) => v,
                     Err(_) => {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
-                let mut rx = match dcs.watch(rev).await {
+                let from = view.revision().saturating_add(1);
+                let mut rx = match dcs.watch_with_progress(from, WATCH_QUIET).await {
                     Ok(rx) => rx,
                     Err(_) => {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
+                *lock_view(&shared_view) = Some(Watched {
+                    view,
+                    heard: Instant::now(),
+                });
                 while let Some(ev) = rx.recv().await {
                     let wakes = match &ev {
                         WatchEvent::Put(kv) => {
                             let rel = kv.key.strip_prefix(&prefix).unwrap_or("");
+                            // (the leader's `status` is read on the next cycle: it changes
+                            // with the WAL, and waking every member for it would double the
+                            // cycles of a cluster that is not idle)
                             match rel {
                                 keys::LEADER
                                 | keys::CONFIG
-                                | keys::STATUS
                                 | keys::FAILOVER
                                 | keys::HISTORY
                                 | keys::INITIALIZE => true,
@@ -421,13 +466,91 @@ impl<K: Kv> Agent<K> {
                                 || rel.starts_with(keys::MEMBERS)
                         }
                         WatchEvent::Reset => true,
+                        WatchEvent::Progress { .. } => false,
+                    };
+                    let current = {
+                        let mut guard = lock_view(&shared_view);
+                        let applied = guard.as_mut().is_some_and(|w| {
+                            w.heard = Instant::now();
+                            w.view.apply(&ev)
+                        });
+                        if !applied {
+                            *guard = None;
+                        }
+                        applied
                     };
                     if wakes {
                         wake.notify_one();
                     }
+                    if !current {
+                        // the stream was interrupted: read everything again
+                        break;
+                    }
                 }
+                *lock_view(&shared_view) = None;
             }
         });
+    }
+
+    /// Reads the cluster from etcd (linearizable). While this node holds the lock, the read
+    /// may not outlast the moment it must demote (retry_timeout before its lease can end): an
+    /// unreachable etcd is noticed in time whatever the client's own timeout.
+    async fn read_cluster(&self) -> Result<Cluster, shared::dcs::DcsError> {
+        self.with_demote_deadline(self.dcs.load()).await
+    }
+
+    /// `read`, given up when it would outlast the moment a lock holder must demote.
+    async fn with_demote_deadline<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, shared::dcs::DcsError>>,
+    ) -> Result<T, shared::dcs::DcsError> {
+        match self.demote_deadline() {
+            Some(deadline) => {
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(200));
+                tokio::time::timeout(left, read).await.unwrap_or_else(|_| {
+                    Err(shared::dcs::DcsError::Kv(
+                        shared::dcs::KvError::Unavailable(
+                            "no answer before the leader lease runs short".into(),
+                        ),
+                    ))
+                })
+            }
+            None => read.await,
+        }
+    }
+
+    /// This cycle's cluster and whether it came from the watch's view. The view stands in for
+    /// a read of the whole prefix when it is current (its stream spoke within twice
+    /// [`WATCH_QUIET`]), etcd answered the last read and nothing asked for a full read; a member
+    /// that holds or renewed the lock then still reads the leader key itself (linearizable,
+    /// within the demotion deadline): what it holds is never taken from a view.
+    async fn observe_cluster(&mut self) -> (Result<Cluster, shared::dcs::DcsError>, bool) {
+        let watched = if std::mem::take(&mut self.read_etcd_next) || self.dcs_down_since.is_some() {
+            None
+        } else {
+            let guard = lock_view(&self.view);
+            guard
+                .as_ref()
+                .filter(|w| w.heard.elapsed() <= WATCH_QUIET * 2 + Duration::from_secs(1))
+                .map(|w| self.dcs.view_cluster(&w.view))
+        };
+        let Some(mut cluster) = watched else {
+            return (self.read_cluster().await, false);
+        };
+        let holder = self.lock_renewed.is_some()
+            || cluster
+                .leader
+                .as_ref()
+                .is_some_and(|l| l.name == self.cfg.name);
+        if holder {
+            match self.with_demote_deadline(self.dcs.load_leader()).await {
+                Ok(leader) => cluster.leader = leader,
+                Err(e) => return (Err(e), false),
+            }
+        }
+        (Ok(cluster), true)
     }
 
     /// One HA cycle; returns how long to sleep before the next.
@@ -436,27 +559,9 @@ impl<K: Kv> Agent<K> {
         if self.fatal.is_some() {
             return Duration::ZERO;
         }
-        // While this node holds the lock, a read of etcd may not outlast the moment it must
-        // demote (retry_timeout before its lease can end): an unreachable etcd is noticed in
-        // time whatever the client's own timeout.
+        // The watch's view when it may stand in for a read (watched_cluster), else etcd.
         let read_started = Instant::now();
-        let read = match self.demote_deadline() {
-            Some(deadline) => {
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(200));
-                tokio::time::timeout(left, self.dcs.load())
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(shared::dcs::DcsError::Kv(
-                            shared::dcs::KvError::Unavailable(
-                                "no answer before the leader lease runs short".into(),
-                            ),
-                        ))
-                    })
-            }
-            None => self.dcs.load().await,
-        };
+        let (read, from_view) = self.observe_cluster().await;
         let mut cluster = match read {
             Ok(c) => {
                 self.dcs_down_since = None;
@@ -676,6 +781,11 @@ impl<K: Kv> Agent<K> {
             };
             ha::decide(&obs)
         };
+        if from_view && !steady(&decision) {
+            // something is to change: decided again on what etcd itself says, at once
+            self.read_etcd_next = true;
+            return Duration::ZERO;
+        }
         if decision.stands_down {
             // Said on the REST API before the lock goes, since the replica racing for it reads
             // this node's /patroni at once: no running primary any more (the snapshot, and the
@@ -738,7 +848,9 @@ impl<K: Kv> Agent<K> {
         if cluster.is_some() {
             let member = self.member_data(state, role, server.as_ref(), paused);
             let limit = self.dcs_call_limit(timing);
-            match tokio::time::timeout(limit, self.dcs.touch_member(&member)).await {
+            // the lock renewal of this cycle refreshed the lease already
+            let refresh = self.lock_renewed.is_none_or(|t| t < read_started);
+            match tokio::time::timeout(limit, self.dcs.touch_member_with(&member, refresh)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!("cannot update member key: {e}"),
                 Err(_) => warn!(
@@ -917,6 +1029,11 @@ enum Step {
     Continue,
     Again,
     Abort,
+}
+
+/// Locks the watch's view (a panic elsewhere leaves it usable: it is re-read on a Reset).
+fn lock_view(m: &std::sync::Mutex<Option<Watched>>) -> std::sync::MutexGuard<'_, Option<Watched>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unix_now() -> u64 {

@@ -209,37 +209,59 @@ impl Kv for EtcdKv {
     }
 
     async fn keepalive(&self, lease: LeaseId) -> Result<(), KvError> {
-        let (mut keeper, mut stream) = self
-            .client()
-            .lease_keep_alive(lease)
-            .await
-            .map_err(map_err)
-            .map_err(|e| with_lease(e, Some(lease)))?;
-        keeper
-            .keep_alive()
-            .await
-            .map_err(map_err)
-            .map_err(|e| with_lease(e, Some(lease)))?;
-        // a streamed answer has no deadline of its own in the gRPC client
-        let answer = tokio::time::timeout(self.timeout, stream.message())
+        // Opening the keepalive stream sends the one request and reads its answer (a lease
+        // that is gone is an error); a second request would double etcd's work for nothing.
+        // A streamed answer has no deadline of its own in the gRPC client.
+        tokio::time::timeout(self.timeout, self.client().lease_keep_alive(lease))
             .await
             .map_err(|_| {
                 KvError::Unavailable(format!(
                     "no keepalive answer within {} ms",
                     self.timeout.as_millis()
                 ))
-            })?;
-        match answer.map_err(map_err)? {
-            Some(resp) if resp.ttl() > 0 => Ok(()),
-            Some(_) => Err(KvError::LeaseNotFound(lease)),
-            None => Err(KvError::Unavailable("keepalive stream closed".into())),
-        }
+            })?
+            .map(|_| ())
+            .map_err(map_err)
+            .map_err(|e| with_lease(e, Some(lease)))
     }
 
     async fn watch(
         &self,
         prefix: &str,
         revision: i64,
+    ) -> Result<mpsc::Receiver<WatchEvent>, KvError> {
+        self.watch_stream(prefix, revision, None).await
+    }
+
+    async fn watch_with_progress(
+        &self,
+        prefix: &str,
+        revision: i64,
+        quiet: Duration,
+    ) -> Result<mpsc::Receiver<WatchEvent>, KvError> {
+        self.watch_stream(prefix, revision, Some(quiet)).await
+    }
+
+    async fn reconnect(&self, cfg: &EtcdConfig, probe: &str) -> Result<(), KvError> {
+        // one deadline for the whole proof: the HA loop waits for it
+        tokio::time::timeout(self.timeout, self.reconnect_now(cfg, probe))
+            .await
+            .map_err(|_| {
+                KvError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
+            })?
+    }
+}
+
+impl EtcdKv {
+    /// The watch behind [`Kv::watch`] and [`Kv::watch_with_progress`]: events under `prefix`
+    /// from `revision`, the stream re-created on a new connection or after a break (resuming
+    /// after the last revision seen; [`WatchEvent::Reset`] tells the receiver), and with
+    /// `quiet`, a progress request whenever nothing arrived for that long.
+    async fn watch_stream(
+        &self,
+        prefix: &str,
+        revision: i64,
+        quiet: Option<Duration>,
     ) -> Result<mpsc::Receiver<WatchEvent>, KvError> {
         let (tx, rx) = mpsc::channel(1024);
         let mut clients = self.client.subscribe();
@@ -248,14 +270,44 @@ impl Kv for EtcdKv {
         let mut stream = open_watch(&first, &prefix, revision).await?;
         tokio::spawn(async move {
             let mut next_rev = revision;
+            // when the stream last said something, and whether progress was asked since
+            let mut heard = tokio::time::Instant::now();
+            let mut asked = false;
             loop {
+                // quiet for `quiet`: ask for progress; asked and still nothing after as long
+                // again: the stream is taken for dead and re-created
+                let patience = quiet.map(|q| heard + if asked { q * 2 } else { q });
                 let message = tokio::select! {
                     m = stream.message() => m,
                     // a new connection (reload): the stream moves to it
                     Ok(()) = clients.changed() => Ok(None),
+                    _ = async { tokio::time::sleep_until(patience.unwrap_or(heard)).await }, if patience.is_some() => {
+                        if asked {
+                            debug!("etcd watch stream silent; re-creating it");
+                            Ok(None)
+                        } else {
+                            asked = true;
+                            match stream.request_progress().await {
+                                Ok(()) => continue,
+                                Err(_) => Ok(None),
+                            }
+                        }
+                    }
                 };
                 match message {
                     Ok(Some(resp)) => {
+                        heard = tokio::time::Instant::now();
+                        asked = false;
+                        if !resp.canceled() && resp.events().is_empty() {
+                            // a progress report (or the stream's creation): alive, nothing new
+                            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                            if quiet.is_some()
+                                && tx.send(WatchEvent::Progress { revision }).await.is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
                         if resp.canceled() {
                             warn!(
                                 reason = resp.cancel_reason(),
@@ -298,6 +350,8 @@ impl Kv for EtcdKv {
                     match open_watch(&client, &prefix, next_rev).await {
                         Ok(s) => {
                             stream = s;
+                            heard = tokio::time::Instant::now();
+                            asked = false;
                             break;
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -306,15 +360,6 @@ impl Kv for EtcdKv {
             }
         });
         Ok(rx)
-    }
-
-    async fn reconnect(&self, cfg: &EtcdConfig, probe: &str) -> Result<(), KvError> {
-        // one deadline for the whole proof: the HA loop waits for it
-        tokio::time::timeout(self.timeout, self.reconnect_now(cfg, probe))
-            .await
-            .map_err(|_| {
-                KvError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
-            })?
     }
 }
 

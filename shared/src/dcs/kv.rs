@@ -37,6 +37,11 @@ pub enum WatchEvent {
     },
     /// The watch was interrupted; the watcher must reload the whole prefix.
     Reset,
+    /// The store reports the stream alive and complete up to `revision`, with nothing new
+    /// under the prefix (asked for by [`Kv::watch_with_progress`] when the stream was quiet).
+    Progress {
+        revision: i64,
+    },
 }
 
 /// Store errors. The store being unreachable is the only one callers usually distinguish.
@@ -91,6 +96,18 @@ pub trait Kv: Send + Sync + 'static {
         prefix: &str,
         revision: i64,
     ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<WatchEvent>, KvError>> + Send;
+    /// As [`Kv::watch`], and whenever the stream has been quiet for `quiet`, asks the store
+    /// to report its progress ([`WatchEvent::Progress`]), so that the receiver hears from a
+    /// live stream at least about that often and can tell a stream that went silent. A store
+    /// that cannot tell reports nothing: its watcher never hears that the stream is alive.
+    fn watch_with_progress(
+        &self,
+        prefix: &str,
+        revision: i64,
+        _quiet: std::time::Duration,
+    ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<WatchEvent>, KvError>> + Send {
+        self.watch(prefix, revision)
+    }
     /// Connects again with new settings (endpoints, TLS files, credentials) once a read of the
     /// key `probe` through them works and is answered by the same store (etcd: the same
     /// cluster id); until then, and when it fails, the current connection stays. Watches move

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod kv;
 pub mod mem;
 pub mod model;
+pub mod view;
 
 pub use kv::{Cond, KeyValue, Kv, KvError, LeaseId, WatchEvent};
 pub use model::*;
@@ -202,6 +203,27 @@ impl<K: Kv> Dcs<K> {
         Ok(parse_cluster(&self.prefix, &self.scope, &kvs, rev))
     }
 
+    /// Reads the whole cluster with one range request, as a [`view::View`] a watch from the
+    /// next revision keeps current.
+    pub async fn load_view(&self) -> Result<view::View, DcsError> {
+        let (kvs, rev) = self.kv.range(&self.prefix).await?;
+        Ok(view::View::new(kvs, rev))
+    }
+
+    /// The cluster a view shows.
+    pub fn view_cluster(&self, view: &view::View) -> Cluster {
+        view.cluster(&self.prefix, &self.scope)
+    }
+
+    /// Reads the leader key alone (linearizable): who holds the lock now, as etcd's quorum
+    /// says. A lock holder whose view of the rest is current reads this instead of everything.
+    pub async fn load_leader(&self) -> Result<Option<Leader>, DcsError> {
+        let key = self.key(keys::LEADER);
+        let (kvs, rev) = self.kv.range(&key).await?;
+        let exact: Vec<KeyValue> = kvs.into_iter().filter(|kv| kv.key == key).collect();
+        Ok(parse_cluster(&self.prefix, &self.scope, &exact, rev).leader)
+    }
+
     /// The current lease id, if one was granted.
     pub fn lease(&self) -> Option<LeaseId> {
         *lock(&self.lease)
@@ -233,9 +255,24 @@ impl<K: Kv> Dcs<K> {
         Ok(id)
     }
 
-    /// Writes our member key (lease-bound), skipping the write when nothing changed.
+    /// Writes our member key (lease-bound), skipping the write when nothing changed; refreshes
+    /// the lease first.
     pub async fn touch_member(&self, data: &MemberData) -> Result<(), DcsError> {
-        let lease = self.ensure_lease().await?;
+        self.touch_member_with(data, true).await
+    }
+
+    /// As [`Dcs::touch_member`]; with `refresh` false the current lease is used as it is (the
+    /// caller refreshed it moments ago, e.g. renewing the lock in the same cycle: one keepalive
+    /// per cycle is enough).
+    pub async fn touch_member_with(
+        &self,
+        data: &MemberData,
+        refresh: bool,
+    ) -> Result<(), DcsError> {
+        let lease = match (refresh, self.lease()) {
+            (false, Some(id)) => id,
+            _ => self.ensure_lease().await?,
+        };
         let json = data.to_json();
         if lock(&self.last_member_json).as_ref() == Some(&(json.clone(), lease)) {
             return Ok(());
@@ -460,6 +497,19 @@ impl<K: Kv> Dcs<K> {
         revision: i64,
     ) -> Result<tokio::sync::mpsc::Receiver<WatchEvent>, DcsError> {
         Ok(self.kv.watch(&self.prefix, revision).await?)
+    }
+
+    /// Watches the cluster prefix from `revision`, with a progress report whenever the stream
+    /// was quiet for `quiet` ([`Kv::watch_with_progress`]).
+    pub async fn watch_with_progress(
+        &self,
+        revision: i64,
+        quiet: std::time::Duration,
+    ) -> Result<tokio::sync::mpsc::Receiver<WatchEvent>, DcsError> {
+        Ok(self
+            .kv
+            .watch_with_progress(&self.prefix, revision, quiet)
+            .await?)
     }
 }
 

@@ -39,6 +39,38 @@ struct Run {
     rest_p99_ms: f64,
     idle_rss_mib: f64,
     idle_cpu_pct: f64,
+    /// What the members cost etcd while idle, per member per minute: gRPC messages it
+    /// received (unary calls and messages on streams) and bytes it sent to clients.
+    idle_etcd_msgs: f64,
+    idle_etcd_kib: f64,
+}
+
+/// etcd's own counters from its `/metrics`: (gRPC messages received, by method; bytes sent to
+/// clients).
+fn etcd_traffic(endpoint: &str) -> Result<(std::collections::BTreeMap<String, f64>, f64)> {
+    let (code, text) = pgpilot_e2e::http_get(&format!("http://{endpoint}/metrics"))?;
+    anyhow::ensure!(code == 200, "etcd /metrics answered {code}");
+    let mut msgs = std::collections::BTreeMap::new();
+    let mut sent = 0.0;
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        if let Some(labels) = name.strip_prefix("grpc_server_msg_received_total{") {
+            let method = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("grpc_method=\""))
+                .map(|m| m.trim_end_matches(['"', '}']))
+                .unwrap_or("?");
+            *msgs.entry(method.to_string()).or_insert(0.0) += v;
+        } else if name == "etcd_network_client_grpc_sent_bytes_total" {
+            sent += v;
+        }
+    }
+    Ok((msgs, sent))
 }
 
 /// How long each measurement runs.
@@ -232,7 +264,9 @@ fn run(kind: &str, daemon: Option<PathBuf>, rep: usize, d: Durations) -> Result<
         .filter_map(|n| n.agent.as_ref().map(|a| a.pid()))
         .collect();
     let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
+    let etcd_before = etcd_traffic(&lab.etcd.endpoint())?;
     std::thread::sleep(Duration::from_secs(d.idle_secs));
+    let etcd_after = etcd_traffic(&lab.etcd.endpoint())?;
     let used: f64 = pids
         .iter()
         .zip(&before)
@@ -241,6 +275,21 @@ fn run(kind: &str, daemon: Option<PathBuf>, rep: usize, d: Durations) -> Result<
     let n = pids.len().max(1) as f64;
     let idle_cpu_pct = used / n / d.idle_secs as f64 * 100.0;
     let idle_rss_mib = pids.iter().map(|p| rss_mib(*p)).sum::<f64>() / n;
+    let per_member_minute = n * d.idle_secs as f64 / 60.0;
+    let by_method: Vec<String> = etcd_after
+        .0
+        .iter()
+        .map(|(m, v)| (m, v - etcd_before.0.get(m).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(m, v)| format!("{m} {:.1}", v / per_member_minute))
+        .collect();
+    let msgs: f64 = etcd_after.0.values().sum::<f64>() - etcd_before.0.values().sum::<f64>();
+    let idle_etcd_msgs = msgs / per_member_minute;
+    let idle_etcd_kib = (etcd_after.1 - etcd_before.1) / 1024.0 / per_member_minute;
+    println!(
+        "{kind} idle etcd traffic per member per minute: {idle_etcd_msgs:.1} messages ({}), {idle_etcd_kib:.2} KiB sent",
+        by_method.join(", ")
+    );
     lab.cluster.shutdown();
     Ok(Run {
         bootstrap_s,
@@ -249,6 +298,8 @@ fn run(kind: &str, daemon: Option<PathBuf>, rep: usize, d: Durations) -> Result<
         rest_p99_ms,
         idle_rss_mib,
         idle_cpu_pct,
+        idle_etcd_msgs,
+        idle_etcd_kib,
     })
 }
 
@@ -1363,6 +1414,8 @@ fn basics_summary(reps: usize, patroni: Option<PathBuf>, d: Durations) -> Result
                 "rest_primary_p99_ms": col(|r| r.rest_p99_ms),
                 "idle_rss_mib": col(|r| r.idle_rss_mib),
                 "idle_cpu_pct": col(|r| r.idle_cpu_pct),
+                "idle_etcd_msgs_per_member_minute": col(|r| r.idle_etcd_msgs),
+                "idle_etcd_kib_sent_per_member_minute": col(|r| r.idle_etcd_kib),
             }),
         );
     }

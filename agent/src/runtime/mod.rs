@@ -63,10 +63,13 @@ struct Watched {
 }
 
 /// A watch stream quiet for this long is asked for a progress report, and taken for dead when
-/// it does not answer within as long again. Broken connections and an etcd member cut from its
-/// group end the stream much sooner (HTTP/2 keepalive, `require_leader`); this covers a stream
-/// that went silent on a live connection.
-const WATCH_QUIET: Duration = Duration::from_secs(30);
+/// it does not answer within as long again: the ttl, at least 5 s and at most 30 s, so that a
+/// view is never trusted longer than twice the ttl after its stream went silent. Broken
+/// connections and an etcd member cut from its group end the stream much sooner (HTTP/2
+/// keepalive, `require_leader`); this covers a stream that went silent on a live connection.
+fn watch_quiet(ttl: u64) -> Duration {
+    Duration::from_secs(ttl.clamp(5, 30))
+}
 
 /// Whether a decision taken on the watch's view may be carried out without reading etcd:
 /// only the upkeep of a steady cluster. Anything else — above all who leads — is decided again
@@ -97,6 +100,8 @@ pub struct Agent<K: Kv> {
     view: Arc<std::sync::Mutex<Option<Watched>>>,
     /// The next cycle reads etcd itself, whatever the view shows.
     read_etcd_next: bool,
+    /// The ttl in force, for the watch's progress requests.
+    watch_ttl: Arc<std::sync::atomic::AtomicU64>,
     peers: MemberClient,
     job: Option<RunningJob>,
     lock_renewed: Option<Instant>,
@@ -234,6 +239,7 @@ impl<K: Kv> Agent<K> {
             wake: Arc::new(Notify::new()),
             view: Arc::default(),
             read_etcd_next: false,
+            watch_ttl: Arc::new(std::sync::atomic::AtomicU64::new(last_dynamic.timing().ttl)),
             peers,
             job: None,
             lock_renewed: None,
@@ -417,9 +423,15 @@ impl<K: Kv> Agent<K> {
         let dcs = self.dcs.clone();
         let wake = self.wake.clone();
         let shared_view = self.view.clone();
+        let ttl = self.watch_ttl.clone();
         let prefix = dcs.prefix().to_string();
         tokio::spawn(async move {
+            let mut first = true;
             loop {
+                if !std::mem::take(&mut first) {
+                    // read again after an interruption, but never in a tight loop
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 // one read, then every change after it
                 let view = match dcs.load_view().await {
                     Ok(v) => v,
@@ -429,7 +441,8 @@ impl<K: Kv> Agent<K> {
                     }
                 };
                 let from = view.revision().saturating_add(1);
-                let mut rx = match dcs.watch_with_progress(from, WATCH_QUIET).await {
+                let quiet = watch_quiet(ttl.load(std::sync::atomic::Ordering::Relaxed));
+                let mut rx = match dcs.watch_with_progress(from, quiet).await {
                     Ok(rx) => rx,
                     Err(_) => {
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -468,17 +481,27 @@ impl<K: Kv> Agent<K> {
                         WatchEvent::Reset => true,
                         WatchEvent::Progress { .. } => false,
                     };
-                    let current = {
+                    let (current, leader_moved) = {
                         let mut guard = lock_view(&shared_view);
                         let applied = guard.as_mut().is_some_and(|w| {
                             w.heard = Instant::now();
                             w.view.apply(&ev)
                         });
+                        // the leader's member key: a replica waiting for a new leader to run
+                        // as primary follows it as soon as it says so
+                        let leader_moved = match (&ev, guard.as_ref()) {
+                            (WatchEvent::Put(kv), Some(w)) => w
+                                .view
+                                .value(&format!("{prefix}{}", keys::LEADER))
+                                .is_some_and(|l| kv.key == keys::member(&prefix, l)),
+                            _ => false,
+                        };
                         if !applied {
                             *guard = None;
                         }
-                        applied
+                        (applied, leader_moved)
                     };
+                    let wakes = wakes || leader_moved;
                     if wakes {
                         wake.notify_one();
                     }
@@ -523,18 +546,21 @@ impl<K: Kv> Agent<K> {
 
     /// This cycle's cluster and whether it came from the watch's view. The view stands in for
     /// a read of the whole prefix when it is current (its stream spoke within twice
-    /// [`WATCH_QUIET`]), etcd answered the last read and nothing asked for a full read; a member
-    /// that holds or renewed the lock then still reads the leader key itself (linearizable,
-    /// within the demotion deadline): what it holds is never taken from a view.
+    /// [`watch_quiet`]), etcd answered the last read, nothing asked for a full read and the view
+    /// shows a leader (without one, this cycle is about the race: etcd is read at once); a
+    /// member that holds or renewed the lock then still reads the leader key itself
+    /// (linearizable, within the demotion deadline): what it holds is never taken from a view.
     async fn observe_cluster(&mut self) -> (Result<Cluster, shared::dcs::DcsError>, bool) {
         let watched = if std::mem::take(&mut self.read_etcd_next) || self.dcs_down_since.is_some() {
             None
         } else {
+            let quiet = watch_quiet(self.last_dynamic.timing().ttl);
             let guard = lock_view(&self.view);
             guard
                 .as_ref()
-                .filter(|w| w.heard.elapsed() <= WATCH_QUIET * 2 + Duration::from_secs(1))
+                .filter(|w| w.heard.elapsed() <= quiet * 2 + Duration::from_secs(1))
                 .map(|w| self.dcs.view_cluster(&w.view))
+                .filter(|c| c.leader.is_some())
         };
         let Some(mut cluster) = watched else {
             return (self.read_cluster().await, false);
@@ -559,7 +585,7 @@ impl<K: Kv> Agent<K> {
         if self.fatal.is_some() {
             return Duration::ZERO;
         }
-        // The watch's view when it may stand in for a read (watched_cluster), else etcd.
+        // The watch's view when it may stand in for a read (observe_cluster), else etcd.
         let read_started = Instant::now();
         let (read, from_view) = self.observe_cluster().await;
         let mut cluster = match read {
@@ -638,6 +664,8 @@ impl<K: Kv> Agent<K> {
             self.config_warned = warnings;
         }
         self.dcs.set_ttl(timing.ttl as i64);
+        self.watch_ttl
+            .store(timing.ttl, std::sync::atomic::Ordering::Relaxed);
         self.pg.set_use_slots(dynamic.use_slots());
         self.pg.set_logical_slots(
             dynamic
@@ -850,13 +878,19 @@ impl<K: Kv> Agent<K> {
             let limit = self.dcs_call_limit(timing);
             // the lock renewal of this cycle refreshed the lease already
             let refresh = self.lock_renewed.is_none_or(|t| t < read_started);
-            match tokio::time::timeout(limit, self.dcs.touch_member_with(&member, refresh)).await {
+            let written =
+                tokio::time::timeout(limit, self.dcs.touch_member_with(&member, refresh)).await;
+            match &written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!("cannot update member key: {e}"),
                 Err(_) => warn!(
                     "cannot update member key: etcd did not answer within {} ms",
                     limit.as_millis()
                 ),
+            }
+            if !matches!(written, Ok(Ok(()))) {
+                // the view says nothing of whether etcd answers: the next cycle reads it
+                self.read_etcd_next = true;
             }
         }
         let prev = self.snapshot.borrow().clone();

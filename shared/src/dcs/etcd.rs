@@ -103,6 +103,8 @@ fn map_err(e: etcd_client::Error) -> KvError {
             _ => KvError::Other(s.message().to_string()),
         },
         E::LeaseKeepAliveError(ref m) if m.contains("not found") => KvError::LeaseNotFound(0),
+        // a stream (keepalive, watch) that closed without an answer
+        E::WatchError(_) => KvError::Unavailable(e.to_string()),
         other => KvError::Other(other.to_string()),
     }
 }
@@ -298,6 +300,10 @@ impl EtcdKv {
                     Ok(Some(resp)) => {
                         heard = tokio::time::Instant::now();
                         asked = false;
+                        if resp.created() {
+                            // the stream is open; its catch-up events follow
+                            continue;
+                        }
                         if !resp.canceled() && resp.events().is_empty() {
                             // a progress report (or the stream's creation): alive, nothing new
                             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -314,7 +320,7 @@ impl EtcdKv {
                                 "etcd watch cancelled; reloading"
                             );
                             next_rev = 0;
-                            if tx.send(WatchEvent::Reset).await.is_err() {
+                            if tx.send(WatchEvent::Reset).await.is_err() || quiet.is_some() {
                                 return;
                             }
                         } else {
@@ -337,6 +343,10 @@ impl EtcdKv {
                     Ok(None) | Err(_) => {
                         debug!("etcd watch stream broke; re-creating it");
                         if tx.send(WatchEvent::Reset).await.is_err() {
+                            return;
+                        }
+                        if quiet.is_some() {
+                            // its receiver reads everything again and watches anew
                             return;
                         }
                     }

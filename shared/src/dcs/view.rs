@@ -59,6 +59,13 @@ impl View {
         parse_cluster(prefix, scope, &kvs, self.revision)
     }
 
+    /// The value of `key`, if the view holds it.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.kvs.get(key).map(|kv| kv.value.as_str())
+    }
+
+    /// The revision of the newest change, read or progress report the view holds (for
+    /// information: a watch is never resumed from it, a Delete carries no revision).
     pub fn revision(&self) -> i64 {
         self.revision
     }

@@ -265,6 +265,8 @@ pub struct Decision {
     /// This holder gives the lock up because its PostgreSQL cannot serve as primary: it stands
     /// down from the next race (see [`Observation::gave_up_lock_secs`]).
     pub stands_down: bool,
+    /// The rule that decided (the name [`decide`] gives it; tests and the journal read it).
+    pub rule: &'static str,
 }
 
 fn decision(actions: Vec<Action>, summary: impl Into<String>) -> Decision {
@@ -273,6 +275,7 @@ fn decision(actions: Vec<Action>, summary: impl Into<String>) -> Decision {
         summary: summary.into(),
         wake_in_ms: None,
         stands_down: false,
+        rule: "",
     }
 }
 
@@ -932,483 +935,618 @@ fn slot_members(obs: &Observation<'_>, cluster: &Cluster) -> Vec<String> {
         .collect()
 }
 
+/// What the rules after the first two share: the cluster as read, whether this member holds
+/// the lock, whether the cluster is paused, the data directory's system identifier and whether
+/// it was a primary's, and actions every later decision carries (adopting `initialize`).
+struct Facts<'a> {
+    cluster: &'a Cluster,
+    holds_lock: bool,
+    paused: bool,
+    sysid: &'a str,
+    was_primary: bool,
+    actions: Vec<Action>,
+}
+
+/// One rule of the decision: when it applies, and what it decides then.
+struct Rule {
+    name: &'static str,
+    applies: fn(&Observation<'_>, &Facts<'_>) -> bool,
+    decide: fn(&Observation<'_>, &mut Facts<'_>) -> Decision,
+}
+
+/// The rules after "a job runs" and "etcd is unreachable", in the order they are asked (as
+/// Patroni's ha.py reads: the data directory first, then PostgreSQL's state, then the lock).
+/// The first that applies decides; the last applies always.
+const RULES: &[Rule] = &[
+    Rule {
+        name: "foreign data directory",
+        applies: |o, _| matches!(o.pg.data, DataDir::Foreign),
+        decide: foreign_data_directory,
+    },
+    Rule {
+        name: "empty data directory",
+        applies: |o, _| matches!(o.pg.data, DataDir::Empty),
+        decide: empty_data_directory,
+    },
+    Rule {
+        name: "another cluster's data",
+        applies: |_, f| {
+            f.cluster
+                .initialize
+                .as_deref()
+                .is_some_and(|init| !init.is_empty() && init != f.sysid)
+        },
+        decide: another_clusters_data,
+    },
+    Rule {
+        name: "half-rewound data",
+        applies: |o, _| o.pg.rewind_broken,
+        decide: half_rewound_data,
+    },
+    Rule {
+        name: "postgres stopped",
+        applies: |o, _| !o.pg.running,
+        decide: postgres_stopped,
+    },
+    Rule {
+        name: "postgres starting",
+        applies: |o, _| !o.pg.ready,
+        decide: postgres_starting,
+    },
+    Rule {
+        name: "no leader",
+        applies: |_, f| f.cluster.leader.is_none(),
+        decide: no_leader,
+    },
+    Rule {
+        name: "this member leads",
+        applies: |o, f| f.cluster.leader.as_ref().is_some_and(|l| l.name == o.me),
+        decide: this_member_leads,
+    },
+    Rule {
+        name: "another member leads",
+        applies: |_, _| true,
+        decide: another_member_leads,
+    },
+];
+
+/// The decision for one cycle: the first rule that applies, named in the decision.
 pub fn decide(obs: &Observation<'_>) -> Decision {
     if let Some(job) = obs.job {
-        if let Some(why) = job_blocks_demotion(obs, job) {
-            return decision(
-                vec![
-                    Action::CancelJob {
-                        reason: why.clone(),
-                    },
-                    Action::Demote { upstream: None },
-                ],
-                why,
-            );
-        }
-        // Long operations are never interrupted or doubled; the holder keeps its lock meanwhile.
-        let holds_lock = obs
-            .cluster
-            .and_then(|c| c.leader.as_ref())
-            .is_some_and(|l| l.name == obs.me);
-        // A switchover hands the lock over itself: renewing could take it back.
-        let actions = if holds_lock && job != Job::Switchover {
-            vec![Action::RenewLock]
-        } else {
-            vec![]
-        };
-        return decision(actions, format!("{job:?} in progress"));
+        return named("job in progress", job_in_progress(obs, job));
     }
     let Some(cluster) = obs.cluster else {
-        // etcd unreachable: a primary can no longer prove it holds the lock. It retries for
-        // retry_timeout, and demotes sooner once less than retry_timeout of its lease is left,
-        // so it is read-only before the lease can expire and another node can lead.
-        let t = obs.timing;
-        if obs.pg.running && !obs.pg.in_recovery {
-            // Failsafe: every member answered that it will not promote while this primary
-            // keeps asking, so staying writable cannot make a second primary.
-            match &obs.failsafe {
-                Some(Ok(())) => {
-                    return decision(
-                        vec![],
-                        "etcd is unreachable: failsafe mode, every member confirmed this primary; staying writable",
-                    );
-                }
-                Some(Err(why)) => {
-                    return decision(
-                        vec![Action::Demote { upstream: None }],
-                        format!(
-                            "etcd is unreachable and failsafe mode cannot keep this primary ({why}): demoting to read-only"
-                        ),
-                    );
-                }
-                None => {}
+        return named("etcd unreachable", etcd_unreachable(obs));
+    };
+    let (sysid, was_primary) = match &obs.pg.data {
+        DataDir::Present { sysid, was_primary } => (sysid.as_str(), *was_primary),
+        DataDir::Foreign | DataDir::Empty => ("", false),
+    };
+    let mut facts = Facts {
+        cluster,
+        holds_lock: cluster.leader.as_ref().is_some_and(|l| l.name == obs.me),
+        paused: cluster.is_paused(),
+        sysid,
+        was_primary,
+        actions: Vec::new(),
+    };
+    // a data directory of this cluster's that etcd has no `initialize` for (etcd was wiped):
+    // it is adopted, whatever else is decided
+    if !sysid.is_empty() && cluster.initialize.is_none() && cluster.leader.is_none() {
+        facts.actions.push(Action::AdoptInitialize {
+            sysid: sysid.to_string(),
+        });
+    }
+    for rule in RULES {
+        if (rule.applies)(obs, &facts) {
+            let d = (rule.decide)(obs, &mut facts);
+            return named(rule.name, d);
+        }
+    }
+    named("none", decision(facts.actions, "no rule applies"))
+}
+
+fn named(rule: &'static str, mut d: Decision) -> Decision {
+    d.rule = rule;
+    d
+}
+
+/// A job runs (bootstrap, clone, restart, …): it is never interrupted or doubled, unless it
+/// must give way to a demotion; the holder keeps its lock meanwhile.
+fn job_in_progress(obs: &Observation<'_>, job: Job) -> Decision {
+    if let Some(why) = job_blocks_demotion(obs, job) {
+        return decision(
+            vec![
+                Action::CancelJob {
+                    reason: why.clone(),
+                },
+                Action::Demote { upstream: None },
+            ],
+            why,
+        );
+    }
+    // Long operations are never interrupted or doubled; the holder keeps its lock meanwhile.
+    let holds_lock = obs
+        .cluster
+        .and_then(|c| c.leader.as_ref())
+        .is_some_and(|l| l.name == obs.me);
+    // A switchover hands the lock over itself: renewing could take it back.
+    let actions = if holds_lock && job != Job::Switchover {
+        vec![Action::RenewLock]
+    } else {
+        vec![]
+    };
+    decision(actions, format!("{job:?} in progress"))
+}
+
+/// etcd cannot be read: a primary can no longer prove it holds the lock.
+fn etcd_unreachable(obs: &Observation<'_>) -> Decision {
+    // etcd unreachable: a primary can no longer prove it holds the lock. It retries for
+    // retry_timeout, and demotes sooner once less than retry_timeout of its lease is left,
+    // so it is read-only before the lease can expire and another node can lead.
+    let t = obs.timing;
+    if obs.pg.running && !obs.pg.in_recovery {
+        // Failsafe: every member answered that it will not promote while this primary
+        // keeps asking, so staying writable cannot make a second primary.
+        match &obs.failsafe {
+            Some(Ok(())) => {
+                return decision(
+                    vec![],
+                    "etcd is unreachable: failsafe mode, every member confirmed this primary; staying writable",
+                );
             }
-            if unreachable_demote_due(obs) {
+            Some(Err(why)) => {
                 return decision(
                     vec![Action::Demote { upstream: None }],
-                    "etcd is unreachable: demoting to read-only so that no second primary can appear",
-                );
-            }
-            return decision(
-                vec![],
-                format!(
-                    "etcd is unreachable: retrying for up to {}s before demoting",
-                    t.retry_timeout
-                ),
-            );
-        }
-        return decision(vec![], "etcd is unreachable: keeping PostgreSQL as it is");
-    };
-    let holds_lock = cluster.leader.as_ref().is_some_and(|l| l.name == obs.me);
-    let paused = cluster.is_paused();
-
-    let (sysid, was_primary) = match &obs.pg.data {
-        DataDir::Foreign => {
-            let actions = if holds_lock {
-                vec![Action::ReleaseLock]
-            } else {
-                vec![]
-            };
-            return decision(
-                actions,
-                "the data directory is not empty but holds no PostgreSQL cluster: refusing to initialize or clone over it; empty it or point postgresql.data_dir elsewhere",
-            );
-        }
-        DataDir::Empty => {
-            let mut actions = Vec::new();
-            if holds_lock {
-                actions.push(Action::ReleaseLock);
-            }
-            if paused {
-                return decision(
-                    actions,
-                    "PAUSE: data directory empty, not bootstrapping while paused",
-                );
-            }
-            if cluster.initialize.is_none() && cluster.leader.is_none() {
-                if obs.no_failover {
-                    return decision(
-                        actions,
-                        "waiting for another member to bootstrap (tagged nofailover)",
-                    );
-                }
-                actions.push(Action::BootstrapIfWon);
-                return decision(actions, "no cluster yet: racing to bootstrap it");
-            }
-            return match clone_source(cluster, obs.me, obs.clone_from_leader) {
-                Some(from) if !holds_lock => {
-                    let summary = format!("cloning a replica from {from}");
-                    actions.push(Action::Clone { from });
-                    decision(actions, summary)
-                }
-                // nobody leads, but a finished bootstrap left a backup to restore from
-                // (an empty initialize key is a bootstrap under way: wait for it)
-                None if cluster.leader.is_none()
-                    && obs.clone_without_leader
-                    && cluster.initialize.as_deref().is_some_and(|i| !i.is_empty()) =>
-                {
-                    actions.push(Action::CloneWithoutLeader);
-                    decision(
-                        actions,
-                        "no leader: building a replica with the replica methods that need none (no_leader)",
-                    )
-                }
-                _ => decision(actions, "waiting for the leader to bootstrap the cluster"),
-            };
-        }
-        DataDir::Present { sysid, was_primary } => (sysid.clone(), *was_primary),
-    };
-
-    let mut actions = Vec::new();
-    match cluster.initialize.as_deref() {
-        Some(init) if !init.is_empty() && init != sysid => {
-            return decision(
-                vec![Action::Exit {
-                    reason: format!(
-                        "system identifier {sysid} of the data directory differs from the cluster's {init}: this data belongs to another cluster; move it away or fix the scope"
+                    format!(
+                        "etcd is unreachable and failsafe mode cannot keep this primary ({why}): demoting to read-only"
                     ),
-                }],
-                "system identifier mismatch",
-            );
+                );
+            }
+            None => {}
         }
-        None if cluster.leader.is_none() => actions.push(Action::AdoptInitialize {
-            sysid: sysid.clone(),
-        }),
-        _ => {}
-    }
-
-    if obs.pg.rewind_broken {
-        // patroni#3648: a half-rewound data directory can start and silently serve wrong data.
-        if holds_lock {
-            actions.push(Action::ReleaseLock);
-        }
-        if obs.rewind.remove_on_failure && !paused {
-            actions.push(Action::WipeData {
-                reason: "a pg_rewind of this data directory failed or was interrupted (remove_data_directory_on_rewind_failure)".into(),
-            });
+        if unreachable_demote_due(obs) {
             return decision(
-                actions,
-                "a pg_rewind of this data directory failed or was interrupted: removing it to clone it again",
+                vec![Action::Demote { upstream: None }],
+                "etcd is unreachable: demoting to read-only so that no second primary can appear",
             );
         }
         return decision(
-            actions,
-            "a pg_rewind of this data directory failed or was interrupted: PostgreSQL will not be started from it; reinitialize this member (POST /reinitialize) or set postgresql.remove_data_directory_on_rewind_failure",
+            vec![],
+            format!(
+                "etcd is unreachable: retrying for up to {}s before demoting",
+                t.retry_timeout
+            ),
         );
     }
+    decision(vec![], "etcd is unreachable: keeping PostgreSQL as it is")
+}
 
-    if !obs.pg.running {
-        if paused {
-            if holds_lock {
-                actions.push(Action::ReleaseLock);
-            }
-            return decision(actions, "PAUSE: PostgreSQL is not running; doing nothing");
-        }
-        if holds_lock
-            && was_primary
-            && let Some(d) = primary_gives_up(obs, cluster)
-        {
-            actions.push(Action::ReleaseLock);
-            return standing_down(actions, d);
-        }
-        if let Some(l) = cluster.leader.as_ref().filter(|l| l.name != obs.me)
-            && let Some(d) = rejoin_decision(
-                rejoin_plan(obs, cluster, &l.name, was_primary),
-                &l.name,
-                &mut actions,
-            )
-        {
-            return d;
-        }
-        let standby = cluster.dynamic_config().standby_cluster();
-        let leader_other = cluster
-            .leader
-            .as_ref()
-            .filter(|l| l.name != obs.me)
-            .map(|_| upstream_for(obs, cluster))
-            .unwrap_or(None)
-            // a standby leader starts as a replica of the remote primary
-            .or_else(|| {
-                (holds_lock && standby.is_some()).then(|| shared::dcs::STANDBY_REMOTE.to_string())
-            });
-        if holds_lock {
-            actions.push(Action::RenewLock);
-        }
-        // without the config key it is not known whether this is a standby cluster
-        let as_primary = holds_lock && was_primary && standby.is_none() && cluster.config.is_some();
-        if as_primary {
-            actions.extend(crate::synchronous::before_primary(obs, cluster));
-        }
-        let summary = if as_primary {
-            "starting PostgreSQL as primary (holding the leader lock)".to_string()
-        } else {
-            match &leader_other {
-                Some(u) => format!("starting PostgreSQL as a replica of {u}"),
-                None => "starting PostgreSQL as a replica (no leader yet)".to_string(),
-            }
-        };
-        actions.push(Action::Start {
-            as_primary,
-            upstream: leader_other,
-        });
-        return decision(actions, summary);
+/// The data directory holds something that is not a PostgreSQL cluster: never touched.
+fn foreign_data_directory(_obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let actions = if f.holds_lock {
+        vec![Action::ReleaseLock]
+    } else {
+        vec![]
+    };
+    decision(
+        actions,
+        "the data directory is not empty but holds no PostgreSQL cluster: refusing to initialize or clone over it; empty it or point postgresql.data_dir elsewhere",
+    )
+}
+
+/// No data yet: bootstrap (the initialize race), clone, or wait for whoever bootstraps.
+fn empty_data_directory(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let (cluster, holds_lock, paused) = (f.cluster, f.holds_lock, f.paused);
+    let mut actions = Vec::new();
+    if holds_lock {
+        actions.push(Action::ReleaseLock);
     }
-
-    if !obs.pg.ready {
-        if holds_lock
-            && !paused
-            && let Some(why) = unresponsive_primary_gives_up(obs, cluster)
-        {
-            actions.push(Action::KillPostgres {
-                reason: why.clone(),
-            });
-            actions.push(Action::ReleaseLock);
-            return standing_down(actions, why);
-        }
-        if holds_lock
-            && !paused
-            && let Some(d) = primary_gives_up(obs, cluster)
-        {
-            actions.push(Action::ReleaseLock);
-            return standing_down(actions, d);
-        }
-        if holds_lock {
-            actions.push(Action::RenewLock);
-        }
-        return decision(actions, "PostgreSQL is starting");
+    if paused {
+        return decision(
+            actions,
+            "PAUSE: data directory empty, not bootstrapping while paused",
+        );
     }
-
-    match &cluster.leader {
-        None => {
-            let requested = requested_race(obs, cluster);
-            if paused {
-                if !obs.pg.in_recovery {
-                    actions.push(Action::AcquireLock);
-                    return decision(
-                        actions,
-                        "PAUSE: taking the free leader lock for the running primary",
-                    );
-                }
-                if let Some((true, why)) = requested {
-                    actions.push(Action::AcquireLock);
-                    return decision(actions, format!("PAUSE: {why}"));
-                }
-                return decision(actions, "PAUSE: no leader, not racing while paused");
-            }
-            if let Some(l) = obs.failsafe_leader.as_deref().filter(|l| *l != obs.me) {
-                return decision(
-                    actions,
-                    format!(
-                        "no leader, not racing: {l} runs as primary in failsafe mode and reached this node less than ttl ago"
-                    ),
-                );
-            }
-            match requested {
-                Some((true, why)) => {
-                    actions.push(Action::AcquireLock);
-                    return decision(actions, why);
-                }
-                Some((false, why)) => return decision(actions, why),
-                None => {}
-            }
-            match race_refusal(obs, cluster) {
-                Some(why) => decision(actions, format!("no leader, not racing: {why}")),
-                None => {
-                    actions.push(Action::AcquireLock);
-                    decision(
-                        actions,
-                        "no leader: this node is the healthiest, taking the lock",
-                    )
-                }
-            }
+    if cluster.initialize.is_none() && cluster.leader.is_none() {
+        if obs.no_failover {
+            return decision(
+                actions,
+                "waiting for another member to bootstrap (tagged nofailover)",
+            );
         }
-        Some(l) if l.name == obs.me => {
-            if let Some(why) = obs.watchdog_refusal.as_ref().filter(|_| !paused) {
-                // Patroni's rule: a leader whose required watchdog fails stops leading, the
-                // primary going read-only first and the lock following once it is
-                let summary =
-                    format!("watchdog required but unusable ({why}): giving up leadership");
-                if obs.pg.in_recovery {
-                    actions.push(Action::ReleaseLock);
-                } else {
-                    actions.push(Action::Demote { upstream: None });
-                }
-                return decision(actions, summary);
-            }
-            actions.push(Action::RenewLock);
-            if cluster.config.is_none() {
-                // the configuration decides what this holder may do (a standby cluster's never
-                // promotes): it is restored first, nothing else this cycle
-                actions.push(Action::WriteConfig);
-                return decision(
-                    actions,
-                    "the config key is missing: restoring it before acting on the lock",
-                );
-            }
-            let requested_here = cluster
-                .failover
-                .as_ref()
-                .is_some_and(|f| f.value.member.as_deref() == Some(obs.me));
-            let standby = cluster.dynamic_config().standby_cluster();
-            if let Some(sc) = &standby
-                && !obs.pg.in_recovery
-                && !paused
-            {
-                // standby_cluster set on a running cluster (demote-cluster): its primary
-                // becomes the standby leader, replicating from the remote primary
-                actions.push(Action::Demote {
-                    upstream: Some(shared::dcs::STANDBY_REMOTE.to_string()),
-                });
-                return decision(
-                    actions,
-                    format!(
-                        "standby_cluster is set: demoting this primary to standby leader of {}",
-                        sc.address().unwrap_or_else(|| "the archive".into())
-                    ),
-                );
-            }
-            if obs.pg.in_recovery
-                && let Some(sc) = &standby
-            {
-                // the standby leader: it holds the lock and feeds the cascade, replicates from
-                // the remote primary (or its archive) and never promotes on its own
-                actions.push(Action::PublishStatus);
-                if cluster.dynamic_config().use_slots() {
-                    actions.push(Action::EnsureSlots {
-                        members: slot_members(obs, cluster),
-                    });
-                }
-                if obs.pg.config_outdated {
-                    actions.push(Action::ApplyConfig);
-                }
-                // a switchover or failover request makes no primary here: cleared
-                if cluster.failover.is_some() {
-                    actions.push(Action::ClearFailover {
-                        reason: Some(
-                            "a standby cluster has no primary to switch over to: promote the cluster first (promote-cluster)"
-                                .into(),
-                        ),
-                    });
-                }
-                let source = sc.address().unwrap_or_else(|| "the archive".into());
-                if obs.pg.upstream != sc.address() {
-                    actions.push(Action::Follow {
-                        upstream: Some(shared::dcs::STANDBY_REMOTE.to_string()),
-                    });
-                    return decision(actions, format!("standby leader: following {source}"));
-                }
-                return decision(
-                    actions,
-                    format!("standby leader: replicating from {source}"),
-                );
-            }
-            if obs.pg.in_recovery {
-                if paused && !requested_here {
-                    actions.pop();
-                    actions.push(Action::ReleaseLock);
-                    return decision(
-                        actions,
-                        "PAUSE: holding the lock as a replica; releasing it",
-                    );
-                }
-                actions.extend(crate::synchronous::before_primary(obs, cluster));
-                actions.push(Action::Promote);
-                return decision(actions, "holding the leader lock: promoting");
-            }
-            actions.push(Action::PublishStatus);
-            // The members' slots first: a member that just handed the lock over to this node
-            // connects at once and must find its slot.
-            if cluster.dynamic_config().use_slots() {
-                actions.push(Action::EnsureSlots {
-                    members: slot_members(obs, cluster),
-                });
-            }
-            actions.extend(crate::synchronous::primary_duty(obs, cluster));
-            let mut summary = "leader: holding the lock".to_string();
-            match handover(obs, cluster) {
-                None => {}
-                Some(Handover::Wait { ms, summary }) => {
-                    let mut d = decision(actions, summary);
-                    d.wake_in_ms = Some(ms);
-                    return d;
-                }
-                Some(Handover::Clear(reason)) => {
-                    summary = match &reason {
-                        Some(why) => format!("leader: refusing the requested switchover: {why}"),
-                        None => "leader: the switchover request is fulfilled; clearing it".into(),
-                    };
-                    actions.push(Action::ClearFailover { reason });
-                }
-                Some(Handover::Go(candidate)) => {
-                    let summary = format!(
-                        "leader: handing the lock over to {}",
-                        candidate.as_deref().unwrap_or("the healthiest member")
-                    );
-                    actions.push(Action::Switchover { candidate });
-                    return decision(actions, summary);
-                }
-            }
-            if obs.pg.config_outdated {
-                actions.push(Action::ApplyConfig);
-            }
+        actions.push(Action::BootstrapIfWon);
+        return decision(actions, "no cluster yet: racing to bootstrap it");
+    }
+    match clone_source(cluster, obs.me, obs.clone_from_leader) {
+        Some(from) if !holds_lock => {
+            let summary = format!("cloning a replica from {from}");
+            actions.push(Action::Clone { from });
             decision(actions, summary)
         }
-        Some(l) => {
-            let upstream = upstream_for(obs, cluster);
-            if !obs.pg.in_recovery {
-                if paused {
-                    return decision(
-                        actions,
-                        format!("PAUSE: running as primary while {} holds the lock", l.name),
-                    );
-                }
-                let summary = format!("{} holds the lock: demoting to follow it", l.name);
-                actions.push(Action::Demote { upstream });
-                return decision(actions, summary);
-            }
-            if !obs.pg.streaming
-                && !paused
-                && let Some(d) = rejoin_decision(
-                    rejoin_plan(obs, cluster, &l.name, false),
-                    &l.name,
-                    &mut actions,
-                )
-            {
-                return d;
-            }
-            let want = upstream.as_deref().and_then(|u| member_address(cluster, u));
-            if want.is_some() && want != obs.pg.upstream {
-                // A new leader is followed once it runs as primary: its slot for us and its
-                // timeline are then there, and streaming starts at once instead of after a
-                // failed attempt and wal_retrieve_retry_interval.
-                if upstream.as_deref() == Some(l.name.as_str()) && !leader_serves(cluster, &l.name)
-                {
-                    return decision(
-                        actions,
-                        format!(
-                            "waiting for the new leader {} to run as primary before following it",
-                            l.name
-                        ),
-                    );
-                }
-                let summary = format!("following {}", upstream.as_deref().unwrap_or_default());
-                actions.push(Action::Follow { upstream });
-                return decision(actions, summary);
-            }
-            if obs.pg.config_outdated {
-                actions.push(Action::ApplyConfig);
-            }
-            // a member that may be promoted carries the permanent slots, so that their
-            // consumers go on after a failover
-            if !obs.no_failover
-                && cluster.dynamic_config().use_slots()
-                && !cluster.dynamic_config().permanent_slots().is_empty()
-            {
-                actions.push(Action::SyncSlots);
-            }
-            decision(actions, format!("replica following {}", l.name))
+        // nobody leads, but a finished bootstrap left a backup to restore from
+        // (an empty initialize key is a bootstrap under way: wait for it)
+        None if cluster.leader.is_none()
+            && obs.clone_without_leader
+            && cluster.initialize.as_deref().is_some_and(|i| !i.is_empty()) =>
+        {
+            actions.push(Action::CloneWithoutLeader);
+            decision(
+                actions,
+                "no leader: building a replica with the replica methods that need none (no_leader)",
+            )
+        }
+        _ => decision(actions, "waiting for the leader to bootstrap the cluster"),
+    }
+}
+
+/// The data directory belongs to another cluster (its system identifier is not the one in
+/// `initialize`): the agent exits rather than touch it.
+fn another_clusters_data(_obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let (sysid, init) = (f.sysid, f.cluster.initialize.as_deref().unwrap_or_default());
+    decision(
+        vec![Action::Exit {
+            reason: format!(
+                "system identifier {sysid} of the data directory differs from the cluster's {init}: this data belongs to another cluster; move it away or fix the scope"
+            ),
+        }],
+        "system identifier mismatch",
+    )
+}
+
+/// A pg_rewind of this data directory failed or was interrupted (patroni#3648): never started.
+fn half_rewound_data(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let (holds_lock, paused) = (f.holds_lock, f.paused);
+    let mut actions = std::mem::take(&mut f.actions);
+    // patroni#3648: a half-rewound data directory can start and silently serve wrong data.
+    if holds_lock {
+        actions.push(Action::ReleaseLock);
+    }
+    if obs.rewind.remove_on_failure && !paused {
+        actions.push(Action::WipeData {
+            reason: "a pg_rewind of this data directory failed or was interrupted (remove_data_directory_on_rewind_failure)".into(),
+        });
+        return decision(
+            actions,
+            "a pg_rewind of this data directory failed or was interrupted: removing it to clone it again",
+        );
+    }
+    decision(
+        actions,
+        "a pg_rewind of this data directory failed or was interrupted: PostgreSQL will not be started from it; reinitialize this member (POST /reinitialize) or set postgresql.remove_data_directory_on_rewind_failure",
+    )
+}
+
+/// PostgreSQL is not running: start it in the role the lock gives, rejoin, or give the lock up.
+fn postgres_stopped(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let (cluster, holds_lock, paused) = (f.cluster, f.holds_lock, f.paused);
+    let was_primary = f.was_primary;
+    let mut actions = std::mem::take(&mut f.actions);
+    if paused {
+        if holds_lock {
+            actions.push(Action::ReleaseLock);
+        }
+        return decision(actions, "PAUSE: PostgreSQL is not running; doing nothing");
+    }
+    if holds_lock
+        && was_primary
+        && let Some(d) = primary_gives_up(obs, cluster)
+    {
+        actions.push(Action::ReleaseLock);
+        return standing_down(actions, d);
+    }
+    if let Some(l) = cluster.leader.as_ref().filter(|l| l.name != obs.me)
+        && let Some(d) = rejoin_decision(
+            rejoin_plan(obs, cluster, &l.name, was_primary),
+            &l.name,
+            &mut actions,
+        )
+    {
+        return d;
+    }
+    let standby = cluster.dynamic_config().standby_cluster();
+    let leader_other = cluster
+        .leader
+        .as_ref()
+        .filter(|l| l.name != obs.me)
+        .map(|_| upstream_for(obs, cluster))
+        .unwrap_or(None)
+        // a standby leader starts as a replica of the remote primary
+        .or_else(|| {
+            (holds_lock && standby.is_some()).then(|| shared::dcs::STANDBY_REMOTE.to_string())
+        });
+    if holds_lock {
+        actions.push(Action::RenewLock);
+    }
+    // without the config key it is not known whether this is a standby cluster
+    let as_primary = holds_lock && was_primary && standby.is_none() && cluster.config.is_some();
+    if as_primary {
+        actions.extend(crate::synchronous::before_primary(obs, cluster));
+    }
+    let summary = if as_primary {
+        "starting PostgreSQL as primary (holding the leader lock)".to_string()
+    } else {
+        match &leader_other {
+            Some(u) => format!("starting PostgreSQL as a replica of {u}"),
+            None => "starting PostgreSQL as a replica (no leader yet)".to_string(),
+        }
+    };
+    actions.push(Action::Start {
+        as_primary,
+        upstream: leader_other,
+    });
+    decision(actions, summary)
+}
+
+/// PostgreSQL runs but does not answer yet.
+fn postgres_starting(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let (cluster, holds_lock, paused) = (f.cluster, f.holds_lock, f.paused);
+    let mut actions = std::mem::take(&mut f.actions);
+    if holds_lock
+        && !paused
+        && let Some(why) = unresponsive_primary_gives_up(obs, cluster)
+    {
+        actions.push(Action::KillPostgres {
+            reason: why.clone(),
+        });
+        actions.push(Action::ReleaseLock);
+        return standing_down(actions, why);
+    }
+    if holds_lock
+        && !paused
+        && let Some(d) = primary_gives_up(obs, cluster)
+    {
+        actions.push(Action::ReleaseLock);
+        return standing_down(actions, d);
+    }
+    if holds_lock {
+        actions.push(Action::RenewLock);
+    }
+    decision(actions, "PostgreSQL is starting")
+}
+
+/// Nobody holds the lock: race for it, or say why not.
+fn no_leader(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let (cluster, paused) = (f.cluster, f.paused);
+    let mut actions = std::mem::take(&mut f.actions);
+    let requested = requested_race(obs, cluster);
+    if paused {
+        if !obs.pg.in_recovery {
+            actions.push(Action::AcquireLock);
+            return decision(
+                actions,
+                "PAUSE: taking the free leader lock for the running primary",
+            );
+        }
+        if let Some((true, why)) = requested {
+            actions.push(Action::AcquireLock);
+            return decision(actions, format!("PAUSE: {why}"));
+        }
+        return decision(actions, "PAUSE: no leader, not racing while paused");
+    }
+    if let Some(l) = obs.failsafe_leader.as_deref().filter(|l| *l != obs.me) {
+        return decision(
+            actions,
+            format!(
+                "no leader, not racing: {l} runs as primary in failsafe mode and reached this node less than ttl ago"
+            ),
+        );
+    }
+    match requested {
+        Some((true, why)) => {
+            actions.push(Action::AcquireLock);
+            return decision(actions, why);
+        }
+        Some((false, why)) => return decision(actions, why),
+        None => {}
+    }
+    match race_refusal(obs, cluster) {
+        Some(why) => decision(actions, format!("no leader, not racing: {why}")),
+        None => {
+            actions.push(Action::AcquireLock);
+            decision(
+                actions,
+                "no leader: this node is the healthiest, taking the lock",
+            )
         }
     }
+}
+
+/// This member holds the lock: keep it, promote, publish, hand it over, or give it up.
+fn this_member_leads(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let (cluster, paused) = (f.cluster, f.paused);
+    let mut actions = std::mem::take(&mut f.actions);
+    if let Some(why) = obs.watchdog_refusal.as_ref().filter(|_| !paused) {
+        // Patroni's rule: a leader whose required watchdog fails stops leading, the
+        // primary going read-only first and the lock following once it is
+        let summary =
+            format!("watchdog required but unusable ({why}): giving up leadership");
+        if obs.pg.in_recovery {
+            actions.push(Action::ReleaseLock);
+        } else {
+            actions.push(Action::Demote { upstream: None });
+        }
+        return decision(actions, summary);
+    }
+    actions.push(Action::RenewLock);
+    if cluster.config.is_none() {
+        // the configuration decides what this holder may do (a standby cluster's never
+        // promotes): it is restored first, nothing else this cycle
+        actions.push(Action::WriteConfig);
+        return decision(
+            actions,
+            "the config key is missing: restoring it before acting on the lock",
+        );
+    }
+    let requested_here = cluster
+        .failover
+        .as_ref()
+        .is_some_and(|f| f.value.member.as_deref() == Some(obs.me));
+    let standby = cluster.dynamic_config().standby_cluster();
+    if let Some(sc) = &standby
+        && !obs.pg.in_recovery
+        && !paused
+    {
+        // standby_cluster set on a running cluster (demote-cluster): its primary
+        // becomes the standby leader, replicating from the remote primary
+        actions.push(Action::Demote {
+            upstream: Some(shared::dcs::STANDBY_REMOTE.to_string()),
+        });
+        return decision(
+            actions,
+            format!(
+                "standby_cluster is set: demoting this primary to standby leader of {}",
+                sc.address().unwrap_or_else(|| "the archive".into())
+            ),
+        );
+    }
+    if obs.pg.in_recovery
+        && let Some(sc) = &standby
+    {
+        // the standby leader: it holds the lock and feeds the cascade, replicates from
+        // the remote primary (or its archive) and never promotes on its own
+        actions.push(Action::PublishStatus);
+        if cluster.dynamic_config().use_slots() {
+            actions.push(Action::EnsureSlots {
+                members: slot_members(obs, cluster),
+            });
+        }
+        if obs.pg.config_outdated {
+            actions.push(Action::ApplyConfig);
+        }
+        // a switchover or failover request makes no primary here: cleared
+        if cluster.failover.is_some() {
+            actions.push(Action::ClearFailover {
+                reason: Some(
+                    "a standby cluster has no primary to switch over to: promote the cluster first (promote-cluster)"
+                        .into(),
+                ),
+            });
+        }
+        let source = sc.address().unwrap_or_else(|| "the archive".into());
+        if obs.pg.upstream != sc.address() {
+            actions.push(Action::Follow {
+                upstream: Some(shared::dcs::STANDBY_REMOTE.to_string()),
+            });
+            return decision(actions, format!("standby leader: following {source}"));
+        }
+        return decision(
+            actions,
+            format!("standby leader: replicating from {source}"),
+        );
+    }
+    if obs.pg.in_recovery {
+        if paused && !requested_here {
+            actions.pop();
+            actions.push(Action::ReleaseLock);
+            return decision(
+                actions,
+                "PAUSE: holding the lock as a replica; releasing it",
+            );
+        }
+        actions.extend(crate::synchronous::before_primary(obs, cluster));
+        actions.push(Action::Promote);
+        return decision(actions, "holding the leader lock: promoting");
+    }
+    actions.push(Action::PublishStatus);
+    // The members' slots first: a member that just handed the lock over to this node
+    // connects at once and must find its slot.
+    if cluster.dynamic_config().use_slots() {
+        actions.push(Action::EnsureSlots {
+            members: slot_members(obs, cluster),
+        });
+    }
+    actions.extend(crate::synchronous::primary_duty(obs, cluster));
+    let mut summary = "leader: holding the lock".to_string();
+    match handover(obs, cluster) {
+        None => {}
+        Some(Handover::Wait { ms, summary }) => {
+            let mut d = decision(actions, summary);
+            d.wake_in_ms = Some(ms);
+            return d;
+        }
+        Some(Handover::Clear(reason)) => {
+            summary = match &reason {
+                Some(why) => format!("leader: refusing the requested switchover: {why}"),
+                None => "leader: the switchover request is fulfilled; clearing it".into(),
+            };
+            actions.push(Action::ClearFailover { reason });
+        }
+        Some(Handover::Go(candidate)) => {
+            let summary = format!(
+                "leader: handing the lock over to {}",
+                candidate.as_deref().unwrap_or("the healthiest member")
+            );
+            actions.push(Action::Switchover { candidate });
+            return decision(actions, summary);
+        }
+    }
+    if obs.pg.config_outdated {
+        actions.push(Action::ApplyConfig);
+    }
+    decision(actions, summary)
+}
+
+/// Another member holds the lock: follow it, rejoin it, or demote to follow it.
+fn another_member_leads(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let (cluster, paused) = (f.cluster, f.paused);
+    let mut actions = std::mem::take(&mut f.actions);
+    let Some(l) = &cluster.leader else {
+        return decision(actions, "no leader");
+    };
+    let upstream = upstream_for(obs, cluster);
+    if !obs.pg.in_recovery {
+        if paused {
+            return decision(
+                actions,
+                format!("PAUSE: running as primary while {} holds the lock", l.name),
+            );
+        }
+        let summary = format!("{} holds the lock: demoting to follow it", l.name);
+        actions.push(Action::Demote { upstream });
+        return decision(actions, summary);
+    }
+    if !obs.pg.streaming
+        && !paused
+        && let Some(d) = rejoin_decision(
+            rejoin_plan(obs, cluster, &l.name, false),
+            &l.name,
+            &mut actions,
+        )
+    {
+        return d;
+    }
+    let want = upstream.as_deref().and_then(|u| member_address(cluster, u));
+    if want.is_some() && want != obs.pg.upstream {
+        // A new leader is followed once it runs as primary: its slot for us and its
+        // timeline are then there, and streaming starts at once instead of after a
+        // failed attempt and wal_retrieve_retry_interval.
+        if upstream.as_deref() == Some(l.name.as_str()) && !leader_serves(cluster, &l.name)
+        {
+            return decision(
+                actions,
+                format!(
+                    "waiting for the new leader {} to run as primary before following it",
+                    l.name
+                ),
+            );
+        }
+        let summary = format!("following {}", upstream.as_deref().unwrap_or_default());
+        actions.push(Action::Follow { upstream });
+        return decision(actions, summary);
+    }
+    if obs.pg.config_outdated {
+        actions.push(Action::ApplyConfig);
+    }
+    // a member that may be promoted carries the permanent slots, so that their
+    // consumers go on after a failover
+    if !obs.no_failover
+        && cluster.dynamic_config().use_slots()
+        && !cluster.dynamic_config().permanent_slots().is_empty()
+    {
+        actions.push(Action::SyncSlots);
+    }
+    decision(actions, format!("replica following {}", l.name))
 }
 
 #[cfg(test)]

@@ -949,17 +949,7 @@ mod tests {
     }
 
     fn cfg() -> RaftConfig {
-        RaftConfig {
-            data_dir: "/var/lib/raft".into(),
-            self_addr: "10.0.0.2:5010".into(),
-            partner_addrs: vec!["10.0.0.1:5010".into(), "10.0.0.3:5010".into()],
-            bind_addr: None,
-            password: None,
-            client_port: 5011,
-            election_ms: None,
-            heartbeat_ms: None,
-            tls: None,
-        }
+        crate::tests_support::raft_section("/var/lib/raft", "10.0.0.2:5010")
     }
 
     fn member(id: u64, addr: &str, started: bool) -> PeerMember {

@@ -218,17 +218,9 @@ mod tests {
         // two members derive the CA separately; a certificate one issued verifies against the
         // other's copy of the CA (same issuer name, same key)
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = RaftConfig {
-            data_dir: dir.path().join("a"),
-            self_addr: "127.0.0.1:5010".into(),
-            partner_addrs: vec!["127.0.0.2:5010".into()],
-            bind_addr: None,
-            password: Some(shared::config::Secret::new("s3cret")),
-            client_port: 5011,
-            election_ms: None,
-            heartbeat_ms: None,
-            tls: None,
-        };
+        let mut cfg =
+            crate::tests_support::raft_section(&dir.path().join("a").to_string_lossy(), "127.0.0.1:5010");
+        cfg.password = Some(shared::config::Secret::new("s3cret"));
         let a = derive(&cfg, "main").unwrap();
         cfg.data_dir = dir.path().join("b");
         cfg.self_addr = "127.0.0.2:5010".into();
@@ -256,17 +248,8 @@ mod tests {
     #[test]
     fn files_the_operator_gave_win_and_no_password_derives_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = RaftConfig {
-            data_dir: dir.path().into(),
-            self_addr: "db1.example:5010".into(),
-            partner_addrs: vec![],
-            bind_addr: None,
-            password: None,
-            client_port: 5011,
-            election_ms: None,
-            heartbeat_ms: None,
-            tls: None,
-        };
+        let mut cfg =
+            crate::tests_support::raft_section(&dir.path().to_string_lossy(), "db1.example:5010");
         assert_eq!(derive(&cfg, "main").unwrap(), cfg);
         cfg.password = Some(shared::config::Secret::new("s3cret"));
         cfg.tls = Some(RaftTls {

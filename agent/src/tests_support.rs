@@ -14,3 +14,23 @@ postgresql:
     superuser: {username: postgres, password: secret}
     replication: {username: replicator, password: rep-pass}
 ";
+
+/// A `raft:` section: this member at `self_addr`, its data under `data_dir`, two partners,
+/// nothing else set.
+pub fn raft_section(data_dir: &str, self_addr: &str) -> shared::config::RaftConfig {
+    shared::config::RaftConfig {
+        data_dir: data_dir.into(),
+        self_addr: self_addr.into(),
+        partner_addrs: ["10.0.0.1:5010", "10.0.0.2:5010", "10.0.0.3:5010"]
+            .into_iter()
+            .filter(|a| *a != self_addr)
+            .map(String::from)
+            .collect(),
+        bind_addr: None,
+        password: None,
+        client_port: 5011,
+        election_ms: None,
+        heartbeat_ms: None,
+        tls: None,
+    }
+}

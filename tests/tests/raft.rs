@@ -274,26 +274,36 @@ fn members_speak_mutual_tls_and_refuse_strangers() {
         );
         // with a member's certificate it answers (the check above is not vacuous)
         let (cert, key) = ca.issue("probe", "").unwrap();
-        let answer = curl(
-            &https,
-            &[
-                "--cacert".as_ref(),
-                ca.ca().as_os_str(),
-                "--cert".as_ref(),
-                cert.as_os_str(),
-                "--key".as_ref(),
-                key.as_os_str(),
-            ],
-        );
-        assert!(
-            answer.contains("peerURLs"),
-            "a member's certificate is refused: {answer}"
-        );
+        assert_member_list_with(&https, &ca.ca(), &cert, &key);
     }
     // a replica's raft data wiped: admitted again over TLS
     let c = &mut rl.lab.cluster;
     wipe_a_replica_and_wait_for_it(c);
     c.shutdown();
+}
+
+/// A member's certificate (`cert`, `key`, issued by `ca`) gets the member list at `url`.
+fn assert_member_list_with(
+    url: &str,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) {
+    let answer = curl(
+        url,
+        &[
+            "--cacert".as_ref(),
+            ca.as_os_str(),
+            "--cert".as_ref(),
+            cert.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    assert!(
+        answer.contains("peerURLs"),
+        "a member's certificate is refused: {answer}"
+    );
 }
 
 /// `curl` of `url` with extra arguments; its standard output.
@@ -361,25 +371,11 @@ fn a_password_alone_puts_the_peers_behind_tls() {
     );
     // a member's derived certificate is accepted (the checks above are not vacuous)
     let tls = c.nodes[1].config_path.parent().unwrap().join("raft/tls");
-    let (ca_pem, cert, key) = (
-        tls.join("ca.pem"),
-        tls.join("member.pem"),
-        tls.join("member.key"),
-    );
-    let answer = curl(
+    assert_member_list_with(
         &https,
-        &[
-            "--cacert".as_ref(),
-            ca_pem.as_os_str(),
-            "--cert".as_ref(),
-            cert.as_os_str(),
-            "--key".as_ref(),
-            key.as_os_str(),
-        ],
-    );
-    assert!(
-        answer.contains("peerURLs"),
-        "a member's certificate is refused: {answer}"
+        &tls.join("ca.pem"),
+        &tls.join("member.pem"),
+        &tls.join("member.key"),
     );
     // a replica's raft data (its derived TLS too) wiped: admitted again over TLS
     let c = &mut rl.lab.cluster;

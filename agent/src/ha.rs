@@ -1359,8 +1359,7 @@ fn this_member_leads(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
     if let Some(why) = obs.watchdog_refusal.as_ref().filter(|_| !paused) {
         // Patroni's rule: a leader whose required watchdog fails stops leading, the
         // primary going read-only first and the lock following once it is
-        let summary =
-            format!("watchdog required but unusable ({why}): giving up leadership");
+        let summary = format!("watchdog required but unusable ({why}): giving up leadership");
         if obs.pg.in_recovery {
             actions.push(Action::ReleaseLock);
         } else {
@@ -1521,8 +1520,7 @@ fn another_member_leads(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
         // A new leader is followed once it runs as primary: its slot for us and its
         // timeline are then there, and streaming starts at once instead of after a
         // failed attempt and wal_retrieve_retry_interval.
-        if upstream.as_deref() == Some(l.name.as_str()) && !leader_serves(cluster, &l.name)
-        {
+        if upstream.as_deref() == Some(l.name.as_str()) && !leader_serves(cluster, &l.name) {
             return decision(
                 actions,
                 format!(
@@ -1810,6 +1808,173 @@ pub(crate) mod tests {
             watchdog_failed: false,
             standing_down: false,
         }
+    }
+
+    /// Each rule's table: an observation, the rule that must decide it, and the actions.
+    /// Every rule has rows, and the rules are asked in order (a row of a later rule also
+    /// satisfies nothing earlier).
+    #[test]
+    fn each_rule_decides_its_table() {
+        let lead1 = cluster(Some("n1"));
+        let nobody = cluster(None);
+        let mut fresh = cluster(None);
+        fresh.initialize = None;
+        let mut other_cluster = cluster(Some("n1"));
+        other_cluster.initialize = Some("7999999999999999999".into());
+        let mut paused1 = cluster(Some("n1"));
+        paused1.config = Some(Versioned {
+            value: DynamicConfig::parse(r#"{"pause": true}"#).unwrap(),
+            mod_revision: 1,
+        });
+        let empty = |running: bool| PgView {
+            data: DataDir::Empty,
+            running,
+            ..replica_pg(0, None)
+        };
+        let stopped = |pg: PgView| PgView {
+            running: false,
+            ready: false,
+            ..pg
+        };
+        let starting = PgView {
+            ready: false,
+            ..replica_pg(900, None)
+        };
+        let broken = PgView {
+            rewind_broken: true,
+            ..stopped(replica_pg(900, None))
+        };
+        let with_job = |mut o: Observation<'static>, j: Job| {
+            o.job = Some(j);
+            o
+        };
+        // (case, observation, rule, actions)
+        let leaked = |c: Cluster| -> &'static Cluster { Box::leak(Box::new(c)) };
+        let (lead1, nobody, fresh, other_cluster, paused1) = (
+            leaked(lead1),
+            leaked(nobody),
+            leaked(fresh),
+            leaked(other_cluster),
+            leaked(paused1),
+        );
+        let table: Vec<(&str, Observation<'static>, &str, Vec<Action>)> = vec![
+            (
+                "a clone runs: nothing else",
+                with_job(obs("n2", Some(lead1), empty(false), &[]), Job::Clone),
+                "job in progress",
+                vec![],
+            ),
+            (
+                "the holder restarts: it keeps renewing",
+                with_job(obs("n1", Some(lead1), primary_pg(), &[]), Job::Restart),
+                "job in progress",
+                vec![Action::RenewLock],
+            ),
+            (
+                "no etcd, a replica: kept as it is",
+                obs("n2", None, replica_pg(900, Some("n1")), &[]),
+                "etcd unreachable",
+                vec![],
+            ),
+            (
+                "foreign data: never touched",
+                obs(
+                    "n2",
+                    Some(lead1),
+                    PgView {
+                        data: DataDir::Foreign,
+                        ..stopped(replica_pg(0, None))
+                    },
+                    &[],
+                ),
+                "foreign data directory",
+                vec![],
+            ),
+            (
+                "no cluster yet: the bootstrap race",
+                obs("n1", Some(fresh), empty(false), &[]),
+                "empty data directory",
+                vec![Action::BootstrapIfWon],
+            ),
+            (
+                "a leader: clone from it",
+                obs("n2", Some(lead1), empty(false), &[]),
+                "empty data directory",
+                vec![Action::Clone { from: "n1".into() }],
+            ),
+            (
+                "another cluster's data: exit",
+                obs("n2", Some(other_cluster), replica_pg(900, Some("n1")), &[]),
+                "another cluster's data",
+                vec![Action::Exit {
+                    reason: "system identifier 7000000000000000001 of the data directory differs from the cluster's 7999999999999999999: this data belongs to another cluster; move it away or fix the scope".into(),
+                }],
+            ),
+            (
+                "half-rewound data: never started",
+                obs("n2", Some(lead1), broken, &[]),
+                "half-rewound data",
+                vec![],
+            ),
+            (
+                "stopped replica: started following the leader",
+                obs("n2", Some(lead1), stopped(replica_pg(900, None)), &[]),
+                "postgres stopped",
+                vec![Action::Start {
+                    as_primary: false,
+                    upstream: Some("n1".into()),
+                }],
+            ),
+            (
+                "paused and stopped: nothing",
+                obs("n2", Some(paused1), stopped(replica_pg(900, None)), &[]),
+                "postgres stopped",
+                vec![],
+            ),
+            (
+                "starting: wait",
+                obs("n2", Some(lead1), starting, &[]),
+                "postgres starting",
+                vec![],
+            ),
+            (
+                "no leader, the healthiest: race",
+                obs("n2", Some(nobody), replica_pg(1000, None), &[]),
+                "no leader",
+                vec![Action::AcquireLock],
+            ),
+            (
+                "the holder's replica: promote",
+                obs("n1", Some(lead1), replica_pg(1000, None), &[]),
+                "this member leads",
+                vec![Action::RenewLock, Action::Promote],
+            ),
+            (
+                "a primary without the lock: demote",
+                obs("n2", Some(lead1), primary_pg(), &[]),
+                "another member leads",
+                vec![Action::Demote {
+                    upstream: Some("n1".into()),
+                }],
+            ),
+            (
+                "a streaming replica: nothing",
+                obs("n2", Some(lead1), replica_pg(900, Some("n1")), &[]),
+                "another member leads",
+                vec![],
+            ),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for (case, o, rule, actions) in table {
+            let d = decide(&o);
+            assert_eq!(d.rule, rule, "{case}: {}", d.summary);
+            assert_eq!(d.actions, actions, "{case}: {}", d.summary);
+            seen.insert(rule);
+        }
+        for r in RULES {
+            assert!(seen.contains(r.name), "rule {:?} has no row", r.name);
+        }
+        assert!(seen.contains("job in progress") && seen.contains("etcd unreachable"));
     }
 
     #[test]

@@ -218,8 +218,10 @@ mod tests {
         // two members derive the CA separately; a certificate one issued verifies against the
         // other's copy of the CA (same issuer name, same key)
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg =
-            crate::tests_support::raft_section(&dir.path().join("a").to_string_lossy(), "127.0.0.1:5010");
+        let mut cfg = crate::tests_support::raft_section(
+            &dir.path().join("a").to_string_lossy(),
+            "127.0.0.1:5010",
+        );
         cfg.password = Some(shared::config::Secret::new("s3cret"));
         let a = derive(&cfg, "main").unwrap();
         cfg.data_dir = dir.path().join("b");

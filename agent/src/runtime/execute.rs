@@ -26,11 +26,11 @@ impl<K: Kv> Agent<K> {
         dynamic: &DynamicConfig,
     ) -> bool {
         if self.last_summary != d.summary {
-            info!(actions = ?d.actions, "{}", d.summary);
+            info!(rule = d.rule, actions = ?d.actions, "{}", d.summary);
             self.journal.record(d.summary.clone());
             self.last_summary = d.summary.clone();
         } else {
-            tracing::debug!(actions = ?d.actions, "{}", d.summary);
+            tracing::debug!(rule = d.rule, actions = ?d.actions, "{}", d.summary);
         }
         let mut again = false;
         for action in &d.actions {

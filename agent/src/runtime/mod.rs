@@ -15,8 +15,8 @@ mod execute;
 mod failsafe;
 mod observe;
 mod publish;
-mod view;
 mod slots;
+mod view;
 pub use failsafe::FailsafeHeard;
 
 use crate::handover;
@@ -35,7 +35,6 @@ const SYNC_SETTLE: Duration = Duration::from_secs(1);
 const SYNC_REWRITE_PAUSE: Duration = Duration::from_secs(30);
 use shared::api::MemberClient;
 use shared::config::Config;
-use view::{Watched, steady};
 use shared::dcs::{Cluster, Dcs, DynamicConfig, Kv};
 use shared::types::{PgState, Role};
 use std::collections::{HashMap, HashSet};
@@ -43,6 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
+use view::{Watched, steady};
 
 /// How often the REST snapshot's PostgreSQL figures are refreshed between cycles.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);

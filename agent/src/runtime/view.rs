@@ -42,7 +42,9 @@ pub(super) fn steady(decision: &Decision) -> bool {
 }
 
 /// Locks the watch's view (a panic elsewhere leaves it usable: it is re-read on a Reset).
-pub(super) fn lock_view(m: &std::sync::Mutex<Option<Watched>>) -> std::sync::MutexGuard<'_, Option<Watched>> {
+pub(super) fn lock_view(
+    m: &std::sync::Mutex<Option<Watched>>,
+) -> std::sync::MutexGuard<'_, Option<Watched>> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -179,7 +181,9 @@ impl<K: Kv> Agent<K> {
     /// shows a leader (without one, this cycle is about the race: etcd is read at once); a
     /// member that holds or renewed the lock then still reads the leader key itself
     /// (linearizable, within the demotion deadline): what it holds is never taken from a view.
-    pub(super) async fn observe_cluster(&mut self) -> (Result<Cluster, shared::dcs::DcsError>, bool) {
+    pub(super) async fn observe_cluster(
+        &mut self,
+    ) -> (Result<Cluster, shared::dcs::DcsError>, bool) {
         let watched = if std::mem::take(&mut self.read_etcd_next) || self.dcs_down_since.is_some() {
             None
         } else {

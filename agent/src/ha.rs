@@ -1810,9 +1810,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// Each rule's table: an observation, the rule that must decide it, and the actions.
-    /// Every rule has rows, and the rules are asked in order (a row of a later rule also
-    /// satisfies nothing earlier).
+    /// Each rule's table: an observation, the rule that must decide it (so no earlier rule
+    /// may take it), and the actions. Every rule has rows.
     #[test]
     fn each_rule_decides_its_table() {
         let lead1 = cluster(Some("n1"));
@@ -1924,6 +1923,26 @@ pub(crate) mod tests {
                     as_primary: false,
                     upstream: Some("n1".into()),
                 }],
+            ),
+            (
+                "etcd wiped: the data directory's initialize adopted, PostgreSQL started",
+                obs("n2", Some(fresh), stopped(replica_pg(900, None)), &[]),
+                "postgres stopped",
+                vec![
+                    Action::AdoptInitialize {
+                        sysid: "7000000000000000001".into(),
+                    },
+                    Action::Start {
+                        as_primary: false,
+                        upstream: None,
+                    },
+                ],
+            ),
+            (
+                "paused, the holder stopped: the lock given up",
+                obs("n1", Some(paused1), stopped(primary_pg()), &[]),
+                "postgres stopped",
+                vec![Action::ReleaseLock],
             ),
             (
                 "paused and stopped: nothing",

@@ -251,21 +251,7 @@ fn members_speak_mutual_tls_and_refuse_strangers() {
         );
         std::fs::write(&n.config_path, text).unwrap();
     }
-    rl.lab.cluster.start_all().unwrap();
-    rl.lab.cluster.wait_healthy(LONG).unwrap();
-    let c = &rl.lab.cluster;
-    wait_for("a group of three over TLS", LONG, || {
-        raft_health(c, 0).filter(|h| h["reachable"] == 3 && h["leader"].is_string())
-    })
-    .unwrap();
-    // a stranger: plain http, and https without a member's certificate, get nothing
-    let peer = format!("127.0.0.1:{}/members", rl.peers[0]);
-    let plain = http_get(&format!("http://{peer}"));
-    assert!(
-        plain.as_ref().map_or(true, |(code, body)| *code >= 400
-            && !body.contains("peerURLs")),
-        "plain http answered on a TLS peer port: {plain:?}"
-    );
+    let peer = tls_group_up(&mut rl);
     if need_program("curl", "curl") {
         let https = format!("https://{peer}");
         assert!(
@@ -280,6 +266,28 @@ fn members_speak_mutual_tls_and_refuse_strangers() {
     let c = &mut rl.lab.cluster;
     wipe_a_replica_and_wait_for_it(c);
     c.shutdown();
+}
+
+/// Starts the lab's members and waits for a healthy cluster on a group of three whose peers
+/// speak TLS; checks that plain http gets no member list; returns member 0's member list
+/// address (`host:port/members`).
+fn tls_group_up(rl: &mut RaftLab) -> String {
+    rl.lab.cluster.start_all().unwrap();
+    rl.lab.cluster.wait_healthy(LONG).unwrap();
+    let c = &rl.lab.cluster;
+    wait_for("a group of three over TLS", LONG, || {
+        raft_health(c, 0).filter(|h| h["reachable"] == 3 && h["leader"].is_string())
+    })
+    .unwrap();
+    // a stranger speaking plain http gets nothing
+    let peer = format!("127.0.0.1:{}/members", rl.peers[0]);
+    let plain = http_get(&format!("http://{peer}"));
+    assert!(
+        plain.as_ref().map_or(true, |(code, body)| *code >= 400
+            && !body.contains("peerURLs")),
+        "plain http answered on a TLS peer port: {plain:?}"
+    );
+    peer
 }
 
 /// A member's certificate (`cert`, `key`, issued by `ca`) gets the member list at `url`.
@@ -333,20 +341,8 @@ fn a_password_alone_puts_the_peers_behind_tls() {
     };
     let mut rl =
         RaftLab::with_password("e2e-raftpw", spec, false, Some("correct horse battery")).unwrap();
-    rl.lab.cluster.start_all().unwrap();
-    rl.lab.cluster.wait_healthy(LONG).unwrap();
+    let peer = tls_group_up(&mut rl);
     let c = &rl.lab.cluster;
-    wait_for("a group of three over the derived TLS", LONG, || {
-        raft_health(c, 0).filter(|h| h["reachable"] == 3 && h["leader"].is_string())
-    })
-    .unwrap();
-    let peer = format!("127.0.0.1:{}/members", rl.peers[0]);
-    let plain = http_get(&format!("http://{peer}"));
-    assert!(
-        plain.as_ref().map_or(true, |(code, body)| *code >= 400
-            && !body.contains("peerURLs")),
-        "plain http answered on a password-protected peer port: {plain:?}"
-    );
     let https = format!("https://{peer}");
     assert!(
         !curl(&https, &["-k".as_ref()]).contains("peerURLs"),

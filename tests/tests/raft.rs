@@ -10,13 +10,15 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(180);
 
-fn raft_lab(scope: &str, nodes: usize, witness: bool) -> RaftLab {
+/// A raft lab of `nodes` database members (and a witness when asked), every raft section with
+/// `password` when one is given.
+fn raft_lab(scope: &str, nodes: usize, witness: bool, password: Option<&str>) -> RaftLab {
     let spec = ClusterSpec {
         scope: scope.into(),
         nodes,
         ..Default::default()
     };
-    RaftLab::new(&format!("e2e-{scope}"), spec, witness).unwrap()
+    RaftLab::with_password(&format!("e2e-{scope}"), spec, witness, password).unwrap()
 }
 
 /// Member `i`'s `pgpilot.raft` health from its `/patroni`.
@@ -46,7 +48,7 @@ fn three_agents_form_their_own_consensus_fail_over_and_readmit_a_wiped_member() 
     if !prerequisites() {
         return;
     }
-    let mut rl = raft_lab("raft3", 3, false);
+    let mut rl = raft_lab("raft3", 3, false, None);
     rl.lab.cluster.start_all().unwrap();
     let p = rl.lab.cluster.wait_healthy(LONG).unwrap();
     let c = &rl.lab.cluster;
@@ -147,13 +149,7 @@ fn two_database_members_and_a_witness_fail_over() {
         return;
     }
     // with raft.password: the witness derives the members' TLS too
-    let spec = ClusterSpec {
-        scope: "raftw".into(),
-        nodes: 2,
-        ..Default::default()
-    };
-    let mut rl =
-        RaftLab::with_password("e2e-raftw", spec, true, Some("witness and members")).unwrap();
+    let mut rl = raft_lab("raftw", 2, true, Some("witness and members"));
     rl.lab.cluster.start_all().unwrap();
     let p = rl.lab.cluster.wait_healthy(LONG).unwrap();
     let c = &rl.lab.cluster;
@@ -185,7 +181,7 @@ fn a_raft_section_is_checked_by_name() {
     if !prerequisites() {
         return;
     }
-    let rl = raft_lab("raftbad", 1, false);
+    let rl = raft_lab("raftbad", 1, false, None);
     let cfg = &rl.lab.cluster.nodes[0].config_path;
     let text = std::fs::read_to_string(cfg).unwrap();
     // raft and etcd3 both: refused, exit 2, both named
@@ -234,7 +230,7 @@ fn members_speak_mutual_tls_and_refuse_strangers() {
     if !prerequisites() {
         return;
     }
-    let mut rl = raft_lab("rafttls", 3, false);
+    let mut rl = raft_lab("rafttls", 3, false, None);
     let ca = TestCa::new("rafttls").unwrap();
     for (i, n) in rl.lab.cluster.nodes.iter().enumerate() {
         let (cert, key) = ca.issue(&format!("member{i}"), "").unwrap();
@@ -334,13 +330,7 @@ fn a_password_alone_puts_the_peers_behind_tls() {
     if !prerequisites() || !need_program("curl", "curl") {
         return;
     }
-    let spec = ClusterSpec {
-        scope: "raftpw".into(),
-        nodes: 3,
-        ..Default::default()
-    };
-    let mut rl =
-        RaftLab::with_password("e2e-raftpw", spec, false, Some("correct horse battery")).unwrap();
+    let mut rl = raft_lab("raftpw", 3, false, Some("correct horse battery"));
     let peer = tls_group_up(&mut rl);
     let c = &rl.lab.cluster;
     let https = format!("https://{peer}");

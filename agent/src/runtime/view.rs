@@ -146,14 +146,9 @@ impl<K: Kv> Agent<K> {
         });
     }
 
-    /// Reads the cluster from etcd (linearizable). While this node holds the lock, the read
-    /// may not outlast the moment it must demote (retry_timeout before its lease can end): an
-    /// unreachable etcd is noticed in time whatever the client's own timeout.
-    pub(super) async fn read_cluster(&self) -> Result<Cluster, shared::dcs::DcsError> {
-        self.with_demote_deadline(self.dcs.load()).await
-    }
-
-    /// `read`, given up when it would outlast the moment a lock holder must demote.
+    /// `read` of etcd, given up when it would outlast the moment a lock holder must demote
+    /// (retry_timeout before its lease can end): an unreachable etcd is noticed in time
+    /// whatever the client's own timeout.
     pub(super) async fn with_demote_deadline<T>(
         &self,
         read: impl std::future::Future<Output = Result<T, shared::dcs::DcsError>>,
@@ -196,7 +191,8 @@ impl<K: Kv> Agent<K> {
                 .filter(|c| c.leader.is_some())
         };
         let Some(mut cluster) = watched else {
-            return (self.read_cluster().await, false);
+            // the whole cluster from etcd (linearizable)
+            return (self.with_demote_deadline(self.dcs.load()).await, false);
         };
         let holder = self.lock_renewed.is_some()
             || cluster

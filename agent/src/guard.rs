@@ -54,6 +54,44 @@ impl Fencing {
     }
 }
 
+/// What the HA loop tells whatever stops its PostgreSQL when the agent cannot: the guard
+/// process ([`FenceGuard`]), or the simulation's stand-in.
+pub trait Fence: Send {
+    /// What would happen if the agent died now.
+    fn state(&self) -> Fencing;
+    /// Arms (with the agent's current etcd lease) or disarms.
+    fn set(&mut self, armed: bool, lease: Option<i64>);
+    /// While armed: the primary may stay writable for `left` more without another deadline.
+    fn deadline(&mut self, left: Duration);
+    /// How to reach etcd now (a reload changed it).
+    fn reconfigure(&mut self, etcd: &shared::config::EtcdConfig);
+    /// An orderly exit: PostgreSQL is left alone.
+    fn release(&mut self);
+    /// Notices a guard that is gone, so the next `set` starts it again.
+    fn check(&mut self);
+}
+
+impl Fence for FenceGuard {
+    fn state(&self) -> Fencing {
+        FenceGuard::state(self)
+    }
+    fn set(&mut self, armed: bool, lease: Option<i64>) {
+        FenceGuard::set(self, armed, lease)
+    }
+    fn deadline(&mut self, left: Duration) {
+        FenceGuard::deadline(self, left)
+    }
+    fn reconfigure(&mut self, etcd: &shared::config::EtcdConfig) {
+        FenceGuard::reconfigure(self, etcd)
+    }
+    fn release(&mut self) {
+        FenceGuard::release(self)
+    }
+    fn check(&mut self) {
+        FenceGuard::check(self)
+    }
+}
+
 /// The agent's handle on its guard process.
 pub struct FenceGuard {
     data_dir: PathBuf,

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use shared::api::{MemberClient, PeerStatus};
 use shared::dcs::{Dcs, Kv, Status};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 pub use shared::ops::switchover::{Progress, Report};
@@ -152,7 +153,7 @@ pub async fn hand_over<K: Kv>(
     let began = Instant::now();
     let ready = ready_candidates(&pg, &client, &plan).await?;
     info!(candidates = ?ready, "switchover: checkpoint before stopping");
-    let deadline = tokio::time::Instant::from_std(plan.checkpoint_deadline);
+    let deadline = plan.checkpoint_deadline;
     match tokio::time::timeout_at(deadline, pg.checkpoint()).await {
         Ok(done) => done.context("CHECKPOINT before the switchover failed")?,
         Err(_) => {

@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use shared::config::Config;
 use shared::dcs::{Dcs, DynamicConfig, Kv};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 /// Writes the configuration files and starts PostgreSQL.

@@ -13,8 +13,9 @@ use serde_json::{Map, Value, json};
 use shared::dcs::{Dcs, Kv};
 use shared::types::{PgState, Role, parse_bytes};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Shared state of the handlers.
 pub struct Api<K: Kv> {
@@ -448,7 +449,7 @@ pub fn status_json(s: &Snapshot) -> Value {
     }
     own.insert("fencing".into(), json!(s.fencing.as_str()));
     if s.standing_down_until
-        .is_some_and(|t| t > std::time::Instant::now())
+        .is_some_and(|t| t > tokio::time::Instant::now())
     {
         // read by pgpilot peers before a race: they do not wait for this member
         own.insert("standing_down".into(), json!(true));

@@ -347,7 +347,7 @@ async fn confirm_failsafe<K: Kv>(api: &Api<K>, body: &Value) -> Response {
                 "failsafe: {name:?} lost etcd and asked to stay primary; not racing for the lock while it keeps asking"
             );
         }
-        *heard = Some((name.to_string(), std::time::Instant::now()));
+        *heard = Some((name.to_string(), tokio::time::Instant::now()));
     }
     let mut r = text(200, "Accepted".into());
     if let Some(lsn) = snap.server.as_ref().and_then(|s| s.wal_position())

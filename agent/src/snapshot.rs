@@ -7,7 +7,7 @@ use shared::config::Config;
 use shared::dcs::Cluster;
 use shared::types::{PgState, Role};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// What the REST API serves: the node's state as of the last cycle.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub struct Snapshot {
     pub failsafe_active: bool,
     /// Until when this node stays out of leader races, having given the lock up because its
     /// server could not serve as primary (`pgpilot.standing_down` in `/patroni`).
-    pub standing_down_until: Option<std::time::Instant>,
+    pub standing_down_until: Option<tokio::time::Instant>,
     /// `failsafe_mode` is on in the dynamic configuration in force.
     pub failsafe_mode: bool,
     /// The last member this node saw holding the leader key.

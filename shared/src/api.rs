@@ -65,10 +65,26 @@ pub fn install_tls_provider() {
     });
 }
 
+/// Where member REST requests go instead of the network (the seeded simulation routes them to
+/// each member's own router in memory): `(method, url, body, Basic credentials)` → (status,
+/// body text), or why nothing answered.
+pub trait Route: Send + Sync {
+    fn send(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+        auth: Option<crate::config::BasicAuth>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u16, String), String>> + Send>>;
+}
+
 /// A client for member REST APIs.
 #[derive(Clone)]
 pub struct MemberClient {
     http: reqwest::Client,
+    /// Requests go here instead of over HTTP, within `timeout`.
+    route: Option<std::sync::Arc<dyn Route>>,
+    timeout: Duration,
 }
 
 impl MemberClient {
@@ -85,7 +101,34 @@ impl MemberClient {
             .pool_max_idle_per_host(2)
             .build()
             .unwrap_or_default();
-        MemberClient { http }
+        MemberClient {
+            http,
+            route: None,
+            timeout,
+        }
+    }
+
+    /// A client whose requests go to `route`, each answered within `timeout`.
+    pub fn routed(timeout: Duration, route: std::sync::Arc<dyn Route>) -> MemberClient {
+        MemberClient {
+            route: Some(route),
+            ..MemberClient::new(timeout)
+        }
+    }
+
+    /// A request through the route, bounded as the HTTP client bounds its own.
+    async fn routed_call(
+        &self,
+        route: &std::sync::Arc<dyn Route>,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+        auth: Option<&crate::config::BasicAuth>,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        tokio::time::timeout(timeout, route.send(method, url, body, auth.cloned()))
+            .await
+            .map_err(|_| "operation timed out".to_string())?
     }
 
     /// A client for members whose REST APIs may use https: certificates are checked against
@@ -132,7 +175,11 @@ impl MemberClient {
         let http = b
             .build()
             .map_err(|e| format!("cannot set up the REST client: {e}"))?;
-        Ok(MemberClient { http })
+        Ok(MemberClient {
+            http,
+            route: None,
+            timeout,
+        })
     }
 
     /// `GET <api_url>` (the member's `/patroni`); `None` when it does not answer in time or the
@@ -143,6 +190,19 @@ impl MemberClient {
 
     /// `GET <api_url>`, or why there is no answer (refused, timed out, certificate, not JSON).
     pub async fn status_or_error(&self, api_url: &str) -> Result<Value, String> {
+        if let Some(route) = &self.route {
+            let (_, text) = self
+                .routed_call(
+                    route,
+                    reqwest::Method::GET,
+                    api_url.to_string(),
+                    None,
+                    None,
+                    self.timeout,
+                )
+                .await?;
+            return serde_json::from_str(&text).map_err(|e| format!("the answer is not JSON: {e}"));
+        }
         let resp = self.http.get(api_url).send().await.map_err(|e| {
             let mut text = e.to_string();
             let mut source = std::error::Error::source(&e);
@@ -169,6 +229,18 @@ impl MemberClient {
         timeout: Duration,
     ) -> Result<(u16, String), String> {
         let base = api_url.trim_end_matches("/patroni").trim_end_matches('/');
+        if let Some(route) = &self.route {
+            return self
+                .routed_call(
+                    route,
+                    method,
+                    format!("{base}{path}"),
+                    Some(body.clone()),
+                    auth,
+                    timeout,
+                )
+                .await;
+        }
         let mut req = self
             .http
             .request(method, format!("{base}{path}"))
@@ -211,6 +283,19 @@ impl MemberClient {
     /// Whether anything answers `GET /liveness` next to `api_url` (duplicate-name guard).
     pub async fn answers_liveness(&self, api_url: &str) -> bool {
         let base = api_url.trim_end_matches("/patroni");
+        if let Some(route) = &self.route {
+            return self
+                .routed_call(
+                    route,
+                    reqwest::Method::GET,
+                    format!("{base}/liveness"),
+                    None,
+                    None,
+                    self.timeout,
+                )
+                .await
+                .is_ok();
+        }
         self.http
             .get(format!("{base}/liveness"))
             .send()

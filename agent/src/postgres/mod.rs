@@ -6,11 +6,13 @@ mod catalog;
 mod controldata;
 mod files;
 pub mod methods;
+pub mod server;
 mod sql;
 mod tls;
 
 pub use catalog::{Catalog, binaries_issues, version_text};
 pub use controldata::ControlData;
+pub use server::Server;
 pub use sql::{ServerStatus, SlotInfo, Unresponsive};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -19,10 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// What a rewind did.
@@ -83,6 +86,8 @@ pub struct Postgres {
     logical_slots: AtomicBool,
     /// The dynamic configuration's `standby_cluster` in force.
     standby_cluster: std::sync::Mutex<Option<shared::dcs::StandbyCluster>>,
+    /// The machine and server stood in for (the simulation); `None` runs everything for real.
+    server: Option<Arc<dyn Server>>,
 }
 
 impl Postgres {
@@ -107,7 +112,23 @@ impl Postgres {
             recovery_left_out: std::sync::Mutex::new(Vec::new()),
             logical_slots: AtomicBool::new(false),
             standby_cluster: std::sync::Mutex::new(None),
+            server: None,
         }
+    }
+
+    /// A handle whose programs, postmaster and statements go to `server` instead of the
+    /// machine (the seeded simulation); files are still written under the data directory.
+    #[cfg(test)]
+    pub fn with_server(cfg: Arc<Config>, server: Arc<dyn Server>) -> Postgres {
+        Postgres {
+            server: Some(server),
+            ..Postgres::new(cfg)
+        }
+    }
+
+    /// The stand-in for the machine and server, if one is installed.
+    pub(crate) fn server(&self) -> Option<&Arc<dyn Server>> {
+        self.server.as_ref()
     }
 
     /// Puts the dynamic configuration's `standby_cluster` in force.
@@ -228,6 +249,10 @@ impl Postgres {
     /// The version and parameters of the `postgres` binary in `bin_dir`; `None` when it cannot
     /// be run (logged once per reason): parameters are then written as configured.
     pub fn catalog(&self) -> Option<Arc<Catalog>> {
+        if self.server.is_some() {
+            // the stand-in has no binaries: parameters are written as configured
+            return None;
+        }
         match Catalog::of(&self.bin("postgres")) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -391,6 +416,13 @@ impl Postgres {
         what: &str,
         timeout: Duration,
     ) -> Result<(String, String)> {
+        if let Some(server) = &self.server {
+            let (program, args) = server::program_and_args(&cmd);
+            return tokio::time::timeout(timeout, server.run(&program, args))
+                .await
+                .map_err(|_| anyhow!("{what} did not finish within {}s", timeout.as_secs()))?
+                .with_context(|| format!("{what} failed"));
+        }
         // A tool whose job is cancelled (agent shutdown) must not run on unattended.
         cmd.kill_on_drop(true);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -652,6 +684,9 @@ impl Postgres {
 
     /// The postmaster PID from `postmaster.pid`, if that process is alive and is a postgres.
     pub fn running_pid(&self) -> Option<i32> {
+        if let Some(server) = &self.server {
+            return server.postmaster_pid();
+        }
         let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         if pid <= 0 {
@@ -706,6 +741,14 @@ impl Postgres {
             info!(pid, "PostgreSQL is already running");
             return Ok(());
         }
+        if let Some(server) = &self.server {
+            self.stopping.store(false, Ordering::SeqCst);
+            let pid = server.start_postmaster(self.exited.clone())?;
+            info!(pid, "started postmaster");
+            return self
+                .wait_until_accepting(pid, timeout, Path::new("the server"))
+                .await;
+        }
         self.kill_orphans().await;
         let log_dir = self.data_dir().join("log");
         std::fs::create_dir_all(&log_dir).ok();
@@ -736,6 +779,16 @@ impl Postgres {
             }
             exited.notify_one();
         });
+        self.wait_until_accepting(pid, timeout, &log_path).await
+    }
+
+    /// Waits until the postmaster `pid` just started accepts connections, at most `timeout`.
+    async fn wait_until_accepting(
+        &self,
+        pid: u32,
+        timeout: Duration,
+        log_path: &Path,
+    ) -> Result<()> {
         self.disconnect().await;
         let deadline = Instant::now() + timeout;
         loop {
@@ -767,6 +820,9 @@ impl Postgres {
     /// is the data directory). While they live, the old shared memory is attached and a new
     /// postmaster refuses to start; the postmaster is gone, so they are killed.
     pub async fn kill_orphans(&self) {
+        if self.server.is_some() {
+            return;
+        }
         let Ok(dir) = std::fs::canonicalize(self.data_dir()) else {
             return;
         };
@@ -807,6 +863,10 @@ impl Postgres {
     /// Watches a postmaster this agent did not start (adopted after an agent restart), so that
     /// its exit wakes the HA loop at once, as for our own child.
     pub fn watch_adopted(&self, pid: i32) {
+        if self.server.is_some() {
+            // the stand-in notifies `exited` for every postmaster it runs
+            return;
+        }
         {
             let mut watched = self.watched_pid.lock().unwrap_or_else(|p| p.into_inner());
             if *watched == Some(pid) {
@@ -834,6 +894,9 @@ impl Postgres {
     }
 
     fn is_child_alive(&self, pid: u32) -> bool {
+        if let Some(server) = &self.server {
+            return server.postmaster_pid() == Some(pid as i32);
+        }
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
@@ -884,6 +947,13 @@ impl Postgres {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| anyhow!("{what}: no command"))?;
+        if let Some(server) = &self.server {
+            return server
+                .run(program, args.to_vec())
+                .await
+                .map(|_| ())
+                .with_context(|| format!("{what} failed"));
+        }
         let mut cmd = Command::new(program);
         keep_secrets_out(&mut cmd);
         cmd.args(args)
@@ -1028,6 +1098,14 @@ impl Postgres {
         }
         for opt in &self.cfg().postgresql.basebackup {
             cmd.arg(opt);
+        }
+        if let Some(server) = &self.server {
+            let (program, args) = server::program_and_args(&cmd);
+            return server
+                .run(&program, args)
+                .await
+                .map(|_| ())
+                .context("pg_basebackup failed");
         }
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("cannot run pg_basebackup")?;

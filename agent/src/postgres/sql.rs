@@ -107,6 +107,9 @@ impl Postgres {
     pub async fn status(&self) -> Result<ServerStatus> {
         let limit = self.query_timeout();
         let res = match tokio::time::timeout(limit, async {
+            if let Some(server) = self.server() {
+                return server.status().await;
+            }
             let client = self.connected(&self.status_client).await?;
             Self::query_status(&client).await
         })
@@ -447,6 +450,18 @@ impl Postgres {
     }
 
     async fn fetch_timeline_history_now(&self, from: &super::Upstream) -> Result<Option<String>> {
+        if let Some(server) = self.server() {
+            let Some((name, bytes)) = server.timeline_history(from).await? else {
+                return Ok(None);
+            };
+            let path = self.data_dir().join("pg_wal").join(&name);
+            if path.exists() {
+                return Ok(None);
+            }
+            std::fs::write(&path, bytes)
+                .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+            return Ok(Some(name));
+        }
         let cfg = self.cfg();
         let (client, task) = Self::connect_remote(&cfg, from).await?;
         let row = client
@@ -599,9 +614,12 @@ impl Postgres {
     }
 
     async fn promote_and_wait(&self, timeout: Duration) -> Result<()> {
+        if let Some(server) = self.server() {
+            return server.promote().await;
+        }
         let client = self.client().await?;
         client.query_one("SELECT pg_promote(false)", &[]).await?;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut poll = 0u32;
         loop {
             let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
@@ -623,6 +641,9 @@ impl Postgres {
     /// pg_rewind on the other members reads to see that this server changed timeline.
     pub async fn checkpoint(&self) -> Result<()> {
         self.bounded("a CHECKPOINT", STATEMENT_LIMIT, async {
+            if let Some(server) = self.server() {
+                return server.checkpoint().await;
+            }
             let client = self.client().await?;
             client.batch_execute("CHECKPOINT").await?;
             Ok(())
@@ -633,6 +654,9 @@ impl Postgres {
     /// Reloads the configuration files.
     pub async fn reload(&self) -> Result<()> {
         self.bounded("a reload", self.query_timeout(), async {
+            if let Some(server) = self.server() {
+                return server.reload().await;
+            }
             let client = self.client().await?;
             client.batch_execute("SELECT pg_reload_conf()").await?;
             Ok(())
@@ -660,6 +684,9 @@ impl Postgres {
         // off before they are sent (a separate round trip: the server logs a query string as a
         // whole), and what is sent is a verifier computed here, never the password.
         self.bounded("the role setup", STATEMENT_LIMIT, async {
+            if let Some(server) = self.server() {
+                return server.create_roles().await;
+            }
             let session = self.connect_local(login).await?;
             session
                 .batch_execute(QUIET)
@@ -748,6 +775,16 @@ impl Postgres {
 
     /// Physical replication slots that exist, with their restart LSN.
     pub async fn slots(&self) -> Result<Vec<(String, Option<u64>)>> {
+        if let Some(server) = self.server() {
+            let all = self
+                .bounded("the slot list", self.query_timeout(), server.slots())
+                .await?;
+            return Ok(all
+                .into_iter()
+                .filter(|s| !s.logical)
+                .map(|s| (s.name, s.restart_lsn))
+                .collect());
+        }
         let rows = self
             .bounded("the slot list", self.query_timeout(), async {
                 let client = self.client().await?;
@@ -775,6 +812,9 @@ impl Postgres {
     /// Creates a physical slot reserving WAL at once, if it does not exist.
     pub async fn create_slot(&self, name: &str) -> Result<()> {
         self.bounded("a slot creation", self.query_timeout(), async {
+            if let Some(server) = self.server() {
+                return server.create_slot(name).await;
+            }
             let client = self.client().await?;
             client
                 .execute(
@@ -791,6 +831,9 @@ impl Postgres {
     /// A setting's current value (`SHOW`).
     pub async fn show(&self, setting: &str) -> Result<String> {
         self.bounded("a SHOW", self.query_timeout(), async {
+            if let Some(server) = self.server() {
+                return server.show(setting).await;
+            }
             let client = self.client().await?;
             let row = client
                 .query_one("SELECT current_setting($1)", &[&setting])
@@ -802,6 +845,11 @@ impl Postgres {
 
     /// Every replication slot that is not temporary, with its kind and position.
     pub async fn slot_list(&self) -> Result<Vec<SlotInfo>> {
+        if let Some(server) = self.server() {
+            return self
+                .bounded("the slot list", self.query_timeout(), server.slots())
+                .await;
+        }
         let rows = self
             .bounded("the slot list", self.query_timeout(), async {
                 let client = self.client().await?;
@@ -918,6 +966,9 @@ impl Postgres {
     /// Drops a slot if it exists and is not active.
     pub async fn drop_slot(&self, name: &str) -> Result<()> {
         self.bounded("a slot drop", self.query_timeout(), async {
+            if let Some(server) = self.server() {
+                return server.drop_slot(name).await;
+            }
             let client = self.client().await?;
             client
                 .execute(

@@ -13,7 +13,8 @@ use crate::postgres::{RewindOutcome, ServerStatus, Upstream};
 use anyhow::{Result, anyhow};
 use serde_json::{Map, Value};
 use shared::dcs::{Cluster, DynamicConfig, Kv};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 impl<K: Kv> Agent<K> {

@@ -6,7 +6,8 @@
 use super::Agent;
 use serde_json::{Map, Value, json};
 use shared::dcs::{Cluster, Kv};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// How long a member waits for each confirmation (one retry).

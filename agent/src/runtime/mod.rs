@@ -39,8 +39,9 @@ use shared::dcs::{Cluster, Dcs, DynamicConfig, Kv};
 use shared::types::{PgState, Role};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 use view::{Watched, steady};
 
@@ -129,7 +130,7 @@ pub struct Agent<K: Kv> {
     /// reload.
     pub rest_access: Arc<std::sync::RwLock<Arc<crate::rest_access::Access>>>,
     /// The process that stops a primary PostgreSQL if this agent dies abruptly.
-    fence: Option<crate::guard::FenceGuard>,
+    fence: Option<Box<dyn crate::guard::Fence>>,
     /// systemd's notification socket and watchdog (inactive outside a `Type=notify` unit).
     systemd: crate::systemd::Notifier,
     /// Who last asked this node over `POST /failsafe` to confirm it as primary, and when.
@@ -191,6 +192,18 @@ impl<K: Kv> Agent<K> {
         peers: MemberClient,
     ) -> Self {
         let pg = Arc::new(Postgres::new(cfg.clone()));
+        Self::with_postgres(cfg, dcs, pg, snapshot, commands, peers)
+    }
+
+    /// An agent over a given PostgreSQL handle (the simulation's, whose server is a stand-in).
+    pub fn with_postgres(
+        cfg: Arc<Config>,
+        dcs: Arc<Dcs<K>>,
+        pg: Arc<Postgres>,
+        snapshot: watch::Sender<Arc<Snapshot>>,
+        commands: tokio::sync::mpsc::Receiver<Envelope>,
+        peers: MemberClient,
+    ) -> Self {
         // a restarted agent goes on with the synchronous setting the server runs with, so that
         // no rewrite of the parameters drops it before synchronous mode looked at it again
         pg.adopt_sync_setting();
@@ -277,8 +290,8 @@ impl<K: Kv> Agent<K> {
     }
 
     /// The guard that fences a primary PostgreSQL when this agent dies abruptly.
-    pub fn set_fence_guard(&mut self, guard: crate::guard::FenceGuard) {
-        self.fence = Some(guard);
+    pub fn set_fence_guard(&mut self, guard: impl crate::guard::Fence + 'static) {
+        self.fence = Some(Box::new(guard));
     }
 
     /// Reports readiness, status and keepalives to systemd.

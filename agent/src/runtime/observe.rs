@@ -9,7 +9,8 @@ use crate::postgres::ServerStatus;
 use shared::api::PeerStatus;
 use shared::dcs::{Cluster, DynamicConfig, Kv};
 use shared::types::{PgState, Role};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::warn;
 
 impl<K: Kv> Agent<K> {

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use shared::dcs::{Cluster, HistoryEntry, Kv, MemberData, Status};
 use shared::types::{PgState, Role, slot_name};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 impl<K: Kv> Agent<K> {

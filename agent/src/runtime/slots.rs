@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 use shared::dcs::{Cluster, DynamicConfig, Kv, PermanentSlot};
 use shared::types::slot_name;
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// A logical slot's name and its state file read from the leader.

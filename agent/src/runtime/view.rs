@@ -7,7 +7,8 @@ use super::Agent;
 use crate::ha::{Action, Decision};
 use shared::dcs::view::View;
 use shared::dcs::{Cluster, Kv, WatchEvent, keys};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The watch's view and when its stream last said something.
 pub(super) struct Watched {

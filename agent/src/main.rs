@@ -370,29 +370,17 @@ async fn run_agent(
     ));
     check_duplicate_name(&cfg, &dcs, shutdown.as_mut()).await?;
 
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(runtime::Snapshot::initial(&cfg)));
-    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
     let peers = shared::api::MemberClient::with_tls(Duration::from_secs(2), &cfg.rest_client_tls)
         .map_err(|e| anyhow::anyhow!("ctl.cacert / restapi.cafile: {e}"))?;
-    let mut agent = runtime::Agent::new(cfg.clone(), dcs.clone(), tx, commands_rx, peers.clone());
+    let pg = Arc::new(postgres::Postgres::new(cfg.clone()));
+    let (mut agent, api) = runtime::assemble(cfg.clone(), dcs.clone(), pg, peers).await;
+    let commands_tx = api.commands.clone();
     agent.set_systemd(systemd);
     agent.raft = raft_health;
     agent.set_fence_guard(guard::FenceGuard::start(
         &cfg.postgresql.data_dir,
         &cfg.etcd,
     ));
-    *agent.rest_access.write().unwrap_or_else(|p| p.into_inner()) =
-        Arc::new(rest_access::Access::from_config(&cfg.restapi).await);
-    let api = Arc::new(rest::Api {
-        snapshot: rx,
-        dcs: dcs.clone(),
-        access: agent.rest_access.clone(),
-        client: peers,
-        commands: commands_tx.clone(),
-        wake: agent.wake.clone(),
-        failsafe_heard: agent.failsafe_heard.clone(),
-        journal: agent.journal.clone(),
-    });
     spawn_reload_on_sighup(commands_tx.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await

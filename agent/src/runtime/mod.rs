@@ -183,20 +183,36 @@ pub struct Agent<K: Kv> {
     slot_copy_from: Option<Upstream>,
 }
 
-impl<K: Kv> Agent<K> {
-    pub fn new(
-        cfg: Arc<Config>,
-        dcs: Arc<Dcs<K>>,
-        snapshot: watch::Sender<Arc<Snapshot>>,
-        commands: tokio::sync::mpsc::Receiver<Envelope>,
-        peers: MemberClient,
-    ) -> Self {
-        let pg = Arc::new(Postgres::new(cfg.clone()));
-        Self::with_postgres(cfg, dcs, pg, snapshot, commands, peers)
-    }
+/// An agent over `pg` and the REST API answering for it, wired together: the snapshot the
+/// API reads, the channel its write endpoints send operations on, the access rules of
+/// `restapi`. The daemon and the simulation build their members with it.
+pub async fn assemble<K: Kv>(
+    cfg: Arc<Config>,
+    dcs: Arc<Dcs<K>>,
+    pg: Arc<Postgres>,
+    peers: MemberClient,
+) -> (Agent<K>, Arc<crate::rest::Api<K>>) {
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::initial(&cfg)));
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
+    let agent = Agent::new(cfg.clone(), dcs.clone(), pg, tx, commands_rx, peers.clone());
+    *agent.rest_access.write().unwrap_or_else(|p| p.into_inner()) =
+        Arc::new(crate::rest_access::Access::from_config(&cfg.restapi).await);
+    let api = Arc::new(crate::rest::Api {
+        snapshot: rx,
+        dcs,
+        access: agent.rest_access.clone(),
+        client: peers,
+        commands: commands_tx,
+        wake: agent.wake.clone(),
+        failsafe_heard: agent.failsafe_heard.clone(),
+        journal: agent.journal.clone(),
+    });
+    (agent, api)
+}
 
-    /// An agent over a given PostgreSQL handle (the simulation's, whose server is a stand-in).
-    pub fn with_postgres(
+impl<K: Kv> Agent<K> {
+    /// An agent over `pg` (the simulation's has a stand-in server); see [`assemble`].
+    fn new(
         cfg: Arc<Config>,
         dcs: Arc<Dcs<K>>,
         pg: Arc<Postgres>,

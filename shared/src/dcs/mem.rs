@@ -1,7 +1,8 @@
 //! An in-memory [`Kv`] with etcd's semantics (revisions, leases, compare transactions, prefix
 //! watches) and a manual clock, for unit tests and the seeded simulation. Several [`MemKv`]
 //! handles share one [`MemStore`], like several agents sharing one etcd; a handle can be cut off
-//! to inject a partition.
+//! to inject a partition, or hung (every call waits until it is released, as a call to an etcd
+//! that stopped answering). The clock is manual, or tokio's (paused in the simulation).
 
 use super::kv::{Cond, KeyValue, Kv, KvError, LeaseId, WatchEvent};
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +19,11 @@ struct State {
     keys: BTreeMap<String, KeyValue>,
     /// lease → (ttl seconds, expiry in ms)
     leases: HashMap<LeaseId, (i64, u64)>,
-    watchers: Vec<(String, mpsc::Sender<WatchEvent>)>,
+    /// prefix, the watch's channel, and the handle's `cut` and `hung` switches: a watch of a
+    /// handle cut off or hung ends (as etcd's stream breaks) and is made again.
+    watchers: Vec<(String, mpsc::Sender<WatchEvent>, Arc<AtomicBool>, Arc<AtomicBool>)>,
+    /// The clock follows tokio's from this instant (else it is advanced by hand).
+    origin: Option<tokio::time::Instant>,
 }
 
 impl State {
@@ -48,9 +53,16 @@ impl State {
         }
     }
 
+    /// Ends the watches nobody reads and those of handles cut off or hung.
+    fn prune(&mut self) {
+        self.watchers.retain(|(_, tx, cut, hung)| {
+            !tx.is_closed() && !cut.load(Ordering::SeqCst) && !hung.load(Ordering::SeqCst)
+        });
+    }
+
     fn notify(&mut self, key: &str, ev: WatchEvent) {
-        self.watchers.retain(|(_, tx)| !tx.is_closed());
-        for (prefix, tx) in &self.watchers {
+        self.prune();
+        for (prefix, tx, _, _) in &self.watchers {
             if key.starts_with(prefix.as_str()) {
                 let _ = tx.try_send(ev.clone());
             }
@@ -114,8 +126,18 @@ impl MemStore {
         Self::default()
     }
 
+    /// A store whose clock is tokio's (leases expire as tokio's time passes, paused or not).
+    pub fn on_tokio_clock() -> Self {
+        let store = Self::default();
+        store.with(|st| st.origin = Some(tokio::time::Instant::now()));
+        store
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(origin) = st.origin {
+            st.now_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
         st.expire();
         f(&mut st)
     }
@@ -138,6 +160,8 @@ impl MemStore {
         MemKv {
             store: self.clone(),
             cut: Arc::new(AtomicBool::new(false)),
+            hung: Arc::new(AtomicBool::new(false)),
+            released: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -160,14 +184,39 @@ impl MemStore {
 pub struct MemKv {
     store: MemStore,
     cut: Arc<AtomicBool>,
+    hung: Arc<AtomicBool>,
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl MemKv {
     pub fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::SeqCst);
+        // its watches end now, not at the next change
+        self.store.with(State::prune);
     }
 
-    fn run<R>(&self, f: impl FnOnce(&mut State) -> Result<R, KvError>) -> Result<R, KvError> {
+    /// Every call of this handle waits until `set_hung(false)`, as calls to an etcd that
+    /// stopped answering (or a network that drops packets) wait.
+    pub fn set_hung(&self, hung: bool) {
+        self.hung.store(hung, Ordering::SeqCst);
+        if hung {
+            self.store.with(State::prune);
+        } else {
+            self.released.notify_waiters();
+        }
+    }
+
+    async fn run<R>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        while self.hung.load(Ordering::SeqCst) {
+            let released = self.released.notified();
+            if !self.hung.load(Ordering::SeqCst) {
+                break;
+            }
+            released.await;
+        }
         if self.cut.load(Ordering::SeqCst) {
             return Err(KvError::Unavailable(
                 "partitioned from etcd (simulated)".into(),
@@ -187,11 +236,11 @@ impl Kv for MemKv {
                 .map(|(_, v)| v.clone())
                 .collect();
             Ok((kvs, st.revision))
-        })
+        }).await
     }
 
     async fn put(&self, key: &str, value: &str, lease: Option<LeaseId>) -> Result<(), KvError> {
-        self.run(|st| st.put(key, value, lease))
+        self.run(|st| st.put(key, value, lease)).await
     }
 
     async fn put_if(
@@ -208,7 +257,7 @@ impl Kv for MemKv {
             } else {
                 Ok(false)
             }
-        })
+        }).await
     }
 
     async fn delete_if(&self, key: &str, cond: Option<Cond>) -> Result<bool, KvError> {
@@ -219,7 +268,7 @@ impl Kv for MemKv {
             } else {
                 Ok(false)
             }
-        })
+        }).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, KvError> {
@@ -234,7 +283,7 @@ impl Kv for MemKv {
                 st.delete(k);
             }
             Ok(doomed.len() as u64)
-        })
+        }).await
     }
 
     async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
@@ -244,7 +293,7 @@ impl Kv for MemKv {
             let exp = st.now_ms + (ttl.max(1) as u64) * 1000;
             st.leases.insert(id, (ttl, exp));
             Ok(id)
-        })
+        }).await
     }
 
     async fn keepalive(&self, lease: LeaseId) -> Result<(), KvError> {
@@ -257,7 +306,7 @@ impl Kv for MemKv {
                 }
                 None => Err(KvError::LeaseNotFound(lease)),
             }
-        })
+        }).await
     }
 
     async fn watch(
@@ -267,9 +316,10 @@ impl Kv for MemKv {
     ) -> Result<mpsc::Receiver<WatchEvent>, KvError> {
         let (tx, rx) = mpsc::channel(4096);
         self.run(|st| {
-            st.watchers.push((prefix.to_string(), tx));
+            st.watchers
+                .push((prefix.to_string(), tx, self.cut.clone(), self.hung.clone()));
             Ok(())
-        })?;
+        }).await?;
         Ok(rx)
     }
 }

@@ -56,7 +56,7 @@ impl Fencing {
 
 /// What the HA loop tells whatever stops its PostgreSQL when the agent cannot: the guard
 /// process ([`FenceGuard`]), or the simulation's stand-in.
-pub trait Fence: Send {
+pub trait Fence: Send + Sync {
     /// What would happen if the agent died now.
     fn state(&self) -> Fencing;
     /// Arms (with the agent's current etcd lease) or disarms.

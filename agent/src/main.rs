@@ -17,6 +17,8 @@ mod rest_write;
 mod runtime;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod simulation;
 mod snapshot;
 mod synchronous;
 mod systemd;

@@ -65,6 +65,10 @@ pub fn install_tls_provider() {
     });
 }
 
+/// A routed request's answer: (status, body text), or why nothing answered.
+pub type Routed =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u16, String), String>> + Send>>;
+
 /// Where member REST requests go instead of the network (the seeded simulation routes them to
 /// each member's own router in memory): `(method, url, body, Basic credentials)` → (status,
 /// body text), or why nothing answered.
@@ -75,7 +79,7 @@ pub trait Route: Send + Sync {
         url: String,
         body: Option<Value>,
         auth: Option<crate::config::BasicAuth>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u16, String), String>> + Send>>;
+    ) -> Routed;
 }
 
 /// A client for member REST APIs.

@@ -13,6 +13,8 @@ mod tls;
 pub use catalog::{Catalog, binaries_issues, version_text};
 pub use controldata::ControlData;
 pub use server::Server;
+#[cfg(test)]
+pub use sql::Walsender;
 pub use sql::{ServerStatus, SlotInfo, Unresponsive};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -649,13 +651,16 @@ impl Postgres {
         Ok(())
     }
 
-    /// The newest timeline the local WAL knows: the highest `*.history` file in pg_wal (a
-    /// replica fetches it before streaming a timeline; a promotion writes it), else `base`.
-    pub fn wal_timeline(&self, base: u64) -> u64 {
+    /// The timeline WAL ending at `lsn` on timeline `base` continues on: the newest timeline
+    /// whose `*.history` file is in pg_wal (a replica fetches it before streaming a timeline;
+    /// a promotion writes it) when that history forks off `base` at or after `lsn`, else `base`.
+    /// A replica that ran past the fork point stays on `base` whatever files it holds: it
+    /// cannot replay the newer timeline, and its WAL diverged from it.
+    pub fn wal_timeline(&self, base: u64, lsn: u64) -> u64 {
         let Ok(entries) = std::fs::read_dir(self.data_dir().join("pg_wal")) else {
             return base;
         };
-        entries
+        let newest = entries
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name();
@@ -663,7 +668,17 @@ impl Postgres {
                 let hex = name.strip_suffix(".history")?;
                 (hex.len() == 8).then(|| u64::from_str_radix(hex, 16).ok())?
             })
-            .fold(base, u64::max)
+            .fold(base, u64::max);
+        if newest == base {
+            return base;
+        }
+        let fits = self.timeline_history(newest).is_some_and(|(switches, _)| {
+            switches
+                .iter()
+                .find(|(tl, _, _)| *tl == base)
+                .is_some_and(|(_, at, _)| lsn <= *at)
+        });
+        if fits { newest } else { base }
     }
 
     /// Reads pg_control.

@@ -181,6 +181,30 @@ pub struct Agent<K: Kv> {
     /// slots' state files read from the leader (`slot_copy_from`), to install with a restart.
     slot_work: Option<tokio::task::JoinHandle<Vec<slots::SlotState>>>,
     slot_copy_from: Option<Upstream>,
+    /// The watch and the sampler, which end with the agent.
+    background: Vec<tokio::task::AbortHandle>,
+}
+
+impl<K: Kv> Drop for Agent<K> {
+    /// An agent that ends (or, in the simulation, dies) takes its tasks with it: the
+    /// background ones and a job's (a program it runs is killed with it).
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+        if let Some(job) = &self.job {
+            job.handle.abort();
+        }
+        for task in [
+            &self.slot_work.as_ref().map(|t| t.abort_handle()),
+            &self.password_task.as_ref().map(|t| t.abort_handle()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            task.abort();
+        }
+    }
 }
 
 /// An agent over `pg` and the REST API answering for it, wired together: the snapshot the
@@ -292,6 +316,7 @@ impl<K: Kv> Agent<K> {
             password_task: None,
             slot_work: None,
             slot_copy_from: None,
+            background: Vec::new(),
             pg_unresponsive_since: None,
             lock_renewed_ttl: u64::MAX,
             lease_kept: None,
@@ -391,10 +416,10 @@ impl<K: Kv> Agent<K> {
     /// pending restart) at most [`SAMPLE_EVERY`] old between HA cycles, which may be `loop_wait`
     /// apart. Roles and states still change only with a cycle's decision; a failed query leaves
     /// the snapshot to the next cycle.
-    fn spawn_sampler(&self) {
+    fn spawn_sampler(&mut self) {
         let pg = self.pg.clone();
         let snapshot = self.snapshot.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(SAMPLE_EVERY).await;
                 if snapshot.is_closed() {
@@ -415,6 +440,7 @@ impl<K: Kv> Agent<K> {
                 });
             }
         });
+        self.background.push(task.abort_handle());
     }
 
     /// One HA cycle; returns how long to sleep before the next.

@@ -102,7 +102,7 @@ impl<K: Kv> Agent<K> {
                 Ok(cd) => {
                     self.note_rewind_capability(cd.wal_log_hints || cd.data_checksums);
                     stopped_end = cd.wal_end().map(|(tl, lsn)| WalEnd {
-                        timeline: self.pg.wal_timeline(tl),
+                        timeline: self.pg.wal_timeline(tl, lsn),
                         lsn,
                     });
                     DataDir::Present {
@@ -136,7 +136,7 @@ impl<K: Kv> Agent<K> {
             wal_end: match &server {
                 Some(s) => s.wal_position().zip(s.timeline).map(|(lsn, tl)| WalEnd {
                     timeline: if s.in_recovery {
-                        self.pg.wal_timeline(tl)
+                        self.pg.wal_timeline(tl, lsn)
                     } else {
                         tl
                     },

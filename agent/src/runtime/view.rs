@@ -51,13 +51,13 @@ pub(super) fn lock_view(
 
 impl<K: Kv> Agent<K> {
     /// Watches the cluster prefix and wakes the loop on changes that matter.
-    pub(super) fn spawn_watch(&self) {
+    pub(super) fn spawn_watch(&mut self) {
         let dcs = self.dcs.clone();
         let wake = self.wake.clone();
         let shared_view = self.view.clone();
         let ttl = self.watch_ttl.clone();
         let prefix = dcs.prefix().to_string();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut first = true;
             loop {
                 if !std::mem::take(&mut first) {
@@ -145,6 +145,7 @@ impl<K: Kv> Agent<K> {
                 *lock_view(&shared_view) = None;
             }
         });
+        self.background.push(task.abort_handle());
     }
 
     /// `read` of etcd, given up when it would outlast the moment a lock holder must demote

@@ -10,6 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+/// A watch: its prefix, its channel, and the `cut` and `hung` switches of its handle.
+type Watcher = (
+    String,
+    mpsc::Sender<WatchEvent>,
+    Arc<AtomicBool>,
+    Arc<AtomicBool>,
+);
+
 #[derive(Default)]
 struct State {
     revision: i64,
@@ -21,7 +29,7 @@ struct State {
     leases: HashMap<LeaseId, (i64, u64)>,
     /// prefix, the watch's channel, and the handle's `cut` and `hung` switches: a watch of a
     /// handle cut off or hung ends (as etcd's stream breaks) and is made again.
-    watchers: Vec<(String, mpsc::Sender<WatchEvent>, Arc<AtomicBool>, Arc<AtomicBool>)>,
+    watchers: Vec<Watcher>,
     /// The clock follows tokio's from this instant (else it is advanced by hand).
     origin: Option<tokio::time::Instant>,
 }
@@ -170,6 +178,11 @@ impl MemStore {
         self.with(|st| st.keys.values().cloned().collect())
     }
 
+    /// Revokes a lease: its keys disappear at once (what the fencing guard asks of etcd).
+    pub fn revoke(&self, lease: LeaseId) {
+        self.with(|st| st.drop_lease(lease))
+    }
+
     /// Writes a raw value (to plant garbage in tests).
     pub fn put_raw(&self, key: &str, value: &str) {
         self.with(|st| {
@@ -206,10 +219,7 @@ impl MemKv {
         }
     }
 
-    async fn run<R>(
-        &self,
-        f: impl FnOnce(&mut State) -> Result<R, KvError>,
-    ) -> Result<R, KvError> {
+    async fn run<R>(&self, f: impl FnOnce(&mut State) -> Result<R, KvError>) -> Result<R, KvError> {
         while self.hung.load(Ordering::SeqCst) {
             let released = self.released.notified();
             if !self.hung.load(Ordering::SeqCst) {
@@ -236,7 +246,8 @@ impl Kv for MemKv {
                 .map(|(_, v)| v.clone())
                 .collect();
             Ok((kvs, st.revision))
-        }).await
+        })
+        .await
     }
 
     async fn put(&self, key: &str, value: &str, lease: Option<LeaseId>) -> Result<(), KvError> {
@@ -257,7 +268,8 @@ impl Kv for MemKv {
             } else {
                 Ok(false)
             }
-        }).await
+        })
+        .await
     }
 
     async fn delete_if(&self, key: &str, cond: Option<Cond>) -> Result<bool, KvError> {
@@ -268,7 +280,8 @@ impl Kv for MemKv {
             } else {
                 Ok(false)
             }
-        }).await
+        })
+        .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, KvError> {
@@ -283,7 +296,8 @@ impl Kv for MemKv {
                 st.delete(k);
             }
             Ok(doomed.len() as u64)
-        }).await
+        })
+        .await
     }
 
     async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
@@ -293,7 +307,8 @@ impl Kv for MemKv {
             let exp = st.now_ms + (ttl.max(1) as u64) * 1000;
             st.leases.insert(id, (ttl, exp));
             Ok(id)
-        }).await
+        })
+        .await
     }
 
     async fn keepalive(&self, lease: LeaseId) -> Result<(), KvError> {
@@ -306,7 +321,8 @@ impl Kv for MemKv {
                 }
                 None => Err(KvError::LeaseNotFound(lease)),
             }
-        }).await
+        })
+        .await
     }
 
     async fn watch(
@@ -319,7 +335,8 @@ impl Kv for MemKv {
             st.watchers
                 .push((prefix.to_string(), tx, self.cut.clone(), self.hung.clone()));
             Ok(())
-        }).await?;
+        })
+        .await?;
         Ok(rx)
     }
 }

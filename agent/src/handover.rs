@@ -151,9 +151,17 @@ pub async fn hand_over<K: Kv>(
     plan: Plan,
 ) -> Result<()> {
     let began = Instant::now();
-    let ready = ready_candidates(&pg, &client, &plan).await?;
-    info!(candidates = ?ready, "switchover: checkpoint before stopping");
+    // the lock is not renewed from here on: asking the candidates and the CHECKPOINT both end
+    // before the lease runs short
     let deadline = plan.checkpoint_deadline;
+    let ready = tokio::time::timeout_at(deadline, ready_candidates(&pg, &client, &plan))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the candidates did not answer before the leader lease runs short; the switchover is abandoned"
+            )
+        })??;
+    info!(candidates = ?ready, "switchover: checkpoint before stopping");
     match tokio::time::timeout_at(deadline, pg.checkpoint()).await {
         Ok(done) => done.context("CHECKPOINT before the switchover failed")?,
         Err(_) => {

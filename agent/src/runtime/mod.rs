@@ -844,7 +844,7 @@ impl<K: Kv> Agent<K> {
         // A node that renewed the lock never sleeps past its demotion point (a renewal that
         // failed while etcd could be read included); a primary kept by failsafe confirmations
         // asks again each second.
-        match self.demote_deadline() {
+        match self.loop_deadline() {
             Some(d) if !self.failsafe_active => wait.min(
                 d.saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(50)),

@@ -18,7 +18,7 @@ impl<K: Kv> Agent<K> {
     /// past its demotion point (at least 200 ms).
     pub(super) fn dcs_call_limit(&self, t: shared::dcs::Timing) -> Duration {
         let limit = Duration::from_secs(t.retry_timeout);
-        match self.demote_deadline() {
+        match self.loop_deadline() {
             Some(d) => limit
                 .min(d.saturating_duration_since(Instant::now()))
                 .max(Duration::from_millis(200)),
@@ -262,6 +262,21 @@ impl<K: Kv> Agent<K> {
         let ttl = t.ttl.min(self.lock_renewed_ttl);
         self.lock_renewed
             .map(|r| r + Duration::from_secs(ttl.saturating_sub(t.retry_timeout)))
+    }
+
+    /// The point this loop's etcd calls and sleeps are bounded by: the demotion deadline, and
+    /// during a switchover (which stops renewing the lock but keeps the lease until PostgreSQL
+    /// is stopped) the same point counted from the last renewal, so that the cycles beside the
+    /// hand-over never outlast it.
+    pub(super) fn loop_deadline(&self) -> Option<Instant> {
+        self.demote_deadline().or_else(|| {
+            let handing_over = self.job.as_ref().is_some_and(|j| j.kind == Job::Switchover);
+            let t = self.last_dynamic.timing();
+            let ttl = t.ttl.min(self.lock_renewed_ttl);
+            self.lease_kept
+                .filter(|_| handing_over)
+                .map(|r| r + Duration::from_secs(ttl.saturating_sub(t.retry_timeout)))
+        })
     }
 
     /// Keeps the watchdog alive while this node leads and renewed the lock this cycle (or runs

@@ -155,7 +155,7 @@ impl<K: Kv> Agent<K> {
         &self,
         read: impl std::future::Future<Output = Result<T, shared::dcs::DcsError>>,
     ) -> Result<T, shared::dcs::DcsError> {
-        match self.demote_deadline() {
+        match self.loop_deadline() {
             Some(deadline) => {
                 let left = deadline
                     .saturating_duration_since(Instant::now())

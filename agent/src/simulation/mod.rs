@@ -260,6 +260,7 @@ struct Member {
     stalled_until: Option<Instant>,
     cut_until: Option<Instant>,
     hung_until: Option<Instant>,
+    slow_until: Option<Instant>,
 }
 
 /// Counters of what the driver asked for.
@@ -275,6 +276,7 @@ pub struct Asked {
     pub long_stalls: u64,
     pub cuts: u64,
     pub hangs: u64,
+    pub slow: u64,
 }
 
 /// One seed's run.
@@ -305,13 +307,17 @@ impl Sim {
         let store = MemStore::on_tokio_clock();
         let members = (0..n)
             .map(|_| Member {
-                kv: store.client(),
+                // the request timeout the daemon gives its etcd client
+                kv: store
+                    .client()
+                    .with_timeout(Duration::from_secs(RETRY_TIMEOUT.clamp(1, 5))),
                 gate: Arc::new(Gate::default()),
                 task: None,
                 down_until: None,
                 stalled_until: None,
                 cut_until: None,
                 hung_until: None,
+                slow_until: None,
             })
             .collect();
         Sim {
@@ -319,7 +325,10 @@ impl Sim {
             rng: Rng::new(seed),
             root,
             store,
-            world: Arc::new(Mutex::new(World::new(dirs))),
+            world: Arc::new(Mutex::new(World {
+                grace: Duration::from_secs(TTL),
+                ..World::new(dirs)
+            })),
             net: Network::default(),
             members,
             asked: Arc::default(),
@@ -332,7 +341,11 @@ impl Sim {
 
     /// Starts member `i`'s agent (a new process: nothing of the last one's memory).
     async fn start_agent(&mut self, i: usize) {
-        let cfg = Arc::new(member_config(self.root.path(), i, self.seed.is_multiple_of(2)));
+        let cfg = Arc::new(member_config(
+            self.root.path(),
+            i,
+            self.seed.is_multiple_of(2),
+        ));
         let dcs = Arc::new(Dcs::new(
             self.members[i].kv.clone(),
             &cfg.namespace,
@@ -415,6 +428,7 @@ impl Sim {
             let d = self.rng.secs(3, 2 * TTL);
             self.members[k].stalled_until = Some(now + d);
             self.members[k].gate.set(true);
+            lock(&self.world).machines[k].agent_stopped_until = Some(now + d);
             {
                 let mut a = self.asked_mut();
                 a.stalls += 1;
@@ -435,6 +449,13 @@ impl Sim {
             self.members[k].kv.set_hung(true);
             self.asked_mut().hangs += 1;
             self.note(format!("n{k}: etcd calls hang for {d:?}"));
+        } else if self.members[k].slow_until.is_none() && self.rng.chance(2) {
+            let d = self.rng.secs(10, 90);
+            let late = Duration::from_millis(500 + self.rng.below(12_000));
+            self.members[k].slow_until = Some(now + d);
+            self.members[k].kv.set_delay(late);
+            self.asked_mut().slow += 1;
+            self.note(format!("n{k}: etcd answers {late:?} late for {d:?}"));
         } else if self.rng.chance(2) {
             let d = self.rng.secs(3, 40);
             let mut w = lock(&self.world);
@@ -612,6 +633,10 @@ impl Sim {
                 m.hung_until = None;
                 m.kv.set_hung(false);
             }
+            if m.slow_until.is_some_and(|u| all || now >= u) {
+                m.slow_until = None;
+                m.kv.set_delay(Duration::ZERO);
+            }
             if m.down_until.is_some_and(|u| all || now >= u) {
                 self.members[i].down_until = None;
                 self.start_agent(i).await;
@@ -679,6 +704,7 @@ impl Sim {
 
     /// Runs the seed: bootstrap, `faulty` of faults, then healing until it converges.
     async fn run(mut self, faulty: Duration) -> (Tally, Asked, Duration) {
+        SEED_BEGAN.with(|b| b.set(Some(Instant::now())));
         for i in 0..self.members.len() {
             self.start_agent(i).await;
         }
@@ -759,6 +785,23 @@ fn run_seed(seed: u64, n: usize, faulty: Duration) -> (Tally, Asked, Duration) {
     rt.block_on(Sim::new(seed, n).run(faulty))
 }
 
+/// Log lines stamped with the simulated time (tokio's paused clock since the runtime began).
+struct SimulatedTime;
+
+thread_local! {
+    /// When the seed running on this thread began (its runtime's clock).
+    static SEED_BEGAN: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match SEED_BEGAN.with(|b| b.get()) {
+            Some(began) => write!(w, "{:>9} ms", began.elapsed().as_millis()),
+            None => write!(w, "        - ms"),
+        }
+    }
+}
+
 fn env_seeds(var: &str, default: u64) -> u64 {
     std::env::var(var)
         .ok()
@@ -770,8 +813,9 @@ fn env_seeds(var: &str, default: u64) -> u64 {
 fn the_runtime_keeps_one_primary_through_faults() {
     if std::env::var_os("PGPILOT_SIM_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
+            .with_timer(SimulatedTime)
             .with_test_writer()
-            .with_env_filter("info")
+            .with_env_filter(std::env::var("PGPILOT_SIM_LOG").unwrap_or_else(|_| "info".into()))
             .try_init();
     }
     let seeds = env_seeds("PGPILOT_SIM_SEEDS", 8);
@@ -792,6 +836,7 @@ fn the_runtime_keeps_one_primary_through_faults() {
         asked_total.long_stalls += asked.long_stalls;
         asked_total.cuts += asked.cuts;
         asked_total.hangs += asked.hangs;
+        asked_total.slow += asked.slow;
         simulated += took;
     }
     let cpu = cpu.elapsed();

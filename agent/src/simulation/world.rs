@@ -107,6 +107,8 @@ pub struct Machine {
     pub lag_until: Option<Instant>,
     /// The fencing guard beside the agent.
     pub guard: Guard,
+    /// The agent was last stopped (SIGSTOP) until then.
+    pub agent_stopped_until: Option<Instant>,
 }
 
 /// The fencing guard's state, as the agent last told it.
@@ -154,6 +156,9 @@ pub struct World {
     pub revoked: Vec<i64>,
     pub trace: Vec<String>,
     pub origin: Instant,
+    /// How long after a stall or a hung server the guard may still be what stops a primary
+    /// (the ttl).
+    pub grace: Duration,
 }
 
 /// The world shared by the driver and every member's stand-ins.
@@ -186,6 +191,7 @@ impl World {
                     start_fails_until: None,
                     lag_until: None,
                     guard: Guard::default(),
+                    agent_stopped_until: None,
                 })
                 .collect(),
             sysids: BTreeSet::new(),
@@ -195,6 +201,7 @@ impl World {
             revoked: Vec::new(),
             trace: Vec::new(),
             origin: Instant::now(),
+            grace: Duration::ZERO,
         }
     }
 
@@ -239,6 +246,20 @@ impl World {
                 continue;
             }
             let lease = g.lease;
+            // the guard is for an agent that cannot act: one that runs, on a server that
+            // answers, demotes its primary itself before the guard's deadline
+            let recently = |t: Option<Instant>| t.is_some_and(|t| now < t + self.grace);
+            if !g.agent_gone
+                && !recently(self.machines[i].agent_stopped_until)
+                && !recently(self.machines[i].hung_until)
+                && self.writable(i)
+            {
+                let name = self.machines[i].name.clone();
+                let at = self.origin.elapsed().as_millis();
+                self.violations.push(format!(
+                    "at {at} ms the guard had to stop {name}'s primary although its agent ran and its server answered: the agent missed its own demotion deadline"
+                ));
+            }
             let why = if g.agent_gone {
                 "its agent died"
             } else {

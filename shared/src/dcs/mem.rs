@@ -170,6 +170,8 @@ impl MemStore {
             cut: Arc::new(AtomicBool::new(false)),
             hung: Arc::new(AtomicBool::new(false)),
             released: Arc::new(tokio::sync::Notify::new()),
+            delay_ms: Arc::default(),
+            timeout: None,
         }
     }
 
@@ -199,6 +201,10 @@ pub struct MemKv {
     cut: Arc<AtomicBool>,
     hung: Arc<AtomicBool>,
     released: Arc<tokio::sync::Notify>,
+    /// Every call answers this many milliseconds late (an overloaded etcd, a slow link).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// A call not answered within this fails, as the etcd client's request timeout makes it.
+    timeout: Option<std::time::Duration>,
 }
 
 impl MemKv {
@@ -219,13 +225,30 @@ impl MemKv {
         }
     }
 
+    /// Every call of this handle answers `delay` late.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The same handle with the etcd client's request timeout: a hung or late call fails
+    /// after `timeout`.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> MemKv {
+        self.timeout = Some(timeout);
+        self
+    }
+
     async fn run<R>(&self, f: impl FnOnce(&mut State) -> Result<R, KvError>) -> Result<R, KvError> {
-        while self.hung.load(Ordering::SeqCst) {
-            let released = self.released.notified();
-            if !self.hung.load(Ordering::SeqCst) {
-                break;
-            }
-            released.await;
+        match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, self.answer())
+                .await
+                .map_err(|_| {
+                    KvError::Unavailable(format!(
+                        "etcd did not answer within {} ms (simulated)",
+                        limit.as_millis()
+                    ))
+                })?,
+            None => self.answer().await,
         }
         if self.cut.load(Ordering::SeqCst) {
             return Err(KvError::Unavailable(
@@ -233,6 +256,21 @@ impl MemKv {
             ));
         }
         self.store.with(f)
+    }
+
+    /// Waits as long as this handle's etcd takes to answer: late, or hung until released.
+    async fn answer(&self) {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        while self.hung.load(Ordering::SeqCst) {
+            let released = self.released.notified();
+            if !self.hung.load(Ordering::SeqCst) {
+                break;
+            }
+            released.await;
+        }
     }
 }
 

@@ -430,7 +430,8 @@ impl<K: Kv> Agent<K> {
                     .and_then(|c| c.failover.as_ref())
                     .map(|f| f.mod_revision);
                 if let Some(rev) = id {
-                    self.dcs.set_failover(None, Some(rev)).await?;
+                    self.with_demote_deadline(self.dcs.set_failover(None, Some(rev)))
+                        .await?;
                 }
                 match reason {
                     Some(why) => {
@@ -506,7 +507,10 @@ impl<K: Kv> Agent<K> {
                     quorum: *quorum,
                     sync_standby: standbys.clone(),
                 };
-                if !self.dcs.write_sync(&state, *version).await? {
+                if !self
+                    .with_demote_deadline(self.dcs.write_sync(&state, *version))
+                    .await?
+                {
                     anyhow::bail!("the sync key changed meanwhile; looking again next cycle");
                 }
                 if dynamic.synchronous_mode() == shared::dcs::SyncMode::Quorum {
@@ -517,7 +521,10 @@ impl<K: Kv> Agent<K> {
                 Ok(Step::Continue)
             }
             Action::DeleteSync { version } => {
-                if self.dcs.delete_sync(*version).await? {
+                if self
+                    .with_demote_deadline(self.dcs.delete_sync(*version))
+                    .await?
+                {
                     info!("synchronous mode is off: removed the sync key");
                 }
                 Ok(Step::Continue)
@@ -630,7 +637,10 @@ impl<K: Kv> Agent<K> {
                     report.progress = handover::Progress::Failed(format!("{e:#}"));
                 }
                 // the request is answered: nothing is left for the next cycle to carry out
-                if let Err(e) = self.dcs.set_failover(None, None).await {
+                if let Err(e) = self
+                    .with_demote_deadline(self.dcs.set_failover(None, None))
+                    .await
+                {
                     warn!("cannot clear the failover key: {e}");
                 }
             }

@@ -39,7 +39,10 @@ impl<K: Kv> Agent<K> {
         if cluster.failsafe.as_ref() == Some(&want) {
             return;
         }
-        match self.dcs.write_failsafe(&want).await {
+        match self
+            .with_demote_deadline(self.dcs.write_failsafe(&want))
+            .await
+        {
             Ok(()) => {
                 info!(members = want.len(), "failsafe key written");
                 self.failsafe_written = Some(want);

@@ -265,16 +265,17 @@ impl<K: Kv> Agent<K> {
     }
 
     /// The point this loop's etcd calls and sleeps are bounded by: the demotion deadline, and
-    /// during a switchover (which stops renewing the lock but keeps the lease until PostgreSQL
-    /// is stopped) the same point counted from the last renewal, so that the cycles beside the
-    /// hand-over never outlast it.
+    /// while the fencing guard is armed without one (a switchover stops renewing the lock but
+    /// keeps the lease until PostgreSQL is stopped; a failed one leaves the primary running)
+    /// the same point counted from the last renewal: the cycles of a primary never outlast
+    /// the moment its agent must have made it read-only.
     pub(super) fn loop_deadline(&self) -> Option<Instant> {
         self.demote_deadline().or_else(|| {
-            let handing_over = self.job.as_ref().is_some_and(|j| j.kind == Job::Switchover);
+            let armed = self.fencing() == crate::guard::Fencing::Armed;
             let t = self.last_dynamic.timing();
             let ttl = t.ttl.min(self.lock_renewed_ttl);
             self.lease_kept
-                .filter(|_| handing_over)
+                .filter(|_| armed)
                 .map(|r| r + Duration::from_secs(ttl.saturating_sub(t.retry_timeout)))
         })
     }

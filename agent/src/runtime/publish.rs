@@ -53,7 +53,8 @@ impl<K: Kv> Agent<K> {
         };
         let json = status.to_json();
         if self.last_status_json.as_deref() != Some(&json) {
-            self.dcs.write_status(&status).await?;
+            self.with_demote_deadline(self.dcs.write_status(&status))
+                .await?;
             self.last_status_json = Some(json);
         }
         if let Some(tl) = server.timeline {
@@ -65,7 +66,8 @@ impl<K: Kv> Agent<K> {
     pub(super) async fn publish_history(&self, cluster: &Cluster, timeline: u64) -> Result<()> {
         if timeline <= 1 {
             if !cluster.history.is_empty() {
-                self.dcs.write_history(&[]).await?;
+                self.with_demote_deadline(self.dcs.write_history(&[]))
+                    .await?;
             }
             return Ok(());
         }
@@ -118,7 +120,8 @@ impl<K: Kv> Agent<K> {
                 }
             })
             .collect();
-        self.dcs.write_history(&entries).await?;
+        self.with_demote_deadline(self.dcs.write_history(&entries))
+            .await?;
         info!(timeline, "wrote the timeline history to the history key");
         Ok(())
     }

@@ -148,9 +148,10 @@ impl<K: Kv> Agent<K> {
         self.background.push(task.abort_handle());
     }
 
-    /// `read` of etcd, given up when it would outlast the moment a lock holder must demote
-    /// (retry_timeout before its lease can end): an unreachable etcd is noticed in time
-    /// whatever the client's own timeout.
+    /// A call to etcd (a read, or a write of the loop's own keys), given up when it would
+    /// outlast the moment a lock holder must demote (retry_timeout before its lease can end;
+    /// see [`Agent::loop_deadline`]): an unreachable or slow etcd is noticed in time whatever
+    /// the client's own timeout, and a primary's demotion never waits behind a write.
     pub(super) async fn with_demote_deadline<T>(
         &self,
         read: impl std::future::Future<Output = Result<T, shared::dcs::DcsError>>,

@@ -206,7 +206,7 @@ fn rest_url(i: usize) -> String {
 
 /// Member `i`'s configuration, its files under `root`; `wipe_failed_rewinds` sets
 /// `remove_data_directory_on_rewind_failure` (else an operator reinitializes such a member).
-fn member_config(root: &Path, i: usize, wipe_failed_rewinds: bool) -> Config {
+fn member_config(root: &Path, i: usize, wipe_failed_rewinds: bool, failsafe: bool) -> Config {
     let dir = root.join(format!("n{i}"));
     let yaml = format!(
         "scope: sim
@@ -242,7 +242,6 @@ postgresql:
         data = dir.join("data").display(),
         dir = dir.display(),
         root = root.display(),
-        failsafe = false,
     );
     match Config::from_yaml(&yaml, "simulation") {
         Ok(c) => c,
@@ -275,6 +274,7 @@ pub struct Asked {
     pub stalls: u64,
     pub long_stalls: u64,
     pub cuts: u64,
+    pub outages: u64,
     pub hangs: u64,
     pub slow: u64,
 }
@@ -335,6 +335,11 @@ impl Sim {
         }
     }
 
+    /// Seeds that run with `failsafe_mode` (one in three).
+    fn failsafe(&self) -> bool {
+        self.seed % 3 == 1
+    }
+
     fn note(&self, what: String) {
         lock(&self.world).note(what);
     }
@@ -345,6 +350,7 @@ impl Sim {
             self.root.path(),
             i,
             self.seed.is_multiple_of(2),
+            self.failsafe(),
         ));
         let dcs = Arc::new(Dcs::new(
             self.members[i].kv.clone(),
@@ -437,6 +443,15 @@ impl Sim {
                 }
             }
             self.note(format!("n{k}: agent stopped for {d:?}"));
+        } else if self.members.iter().all(|m| m.cut_until.is_none()) && self.rng.chance(1) {
+            // etcd down for everyone (failsafe mode's case)
+            let d = self.rng.secs(10, 120);
+            for m in &mut self.members {
+                m.cut_until = Some(now + d);
+                m.kv.set_cut(true);
+            }
+            self.asked_mut().outages += 1;
+            self.note(format!("etcd is down for {d:?}"));
         } else if self.members[k].cut_until.is_none() && self.rng.chance(2) {
             let d = self.rng.secs(5, 60);
             self.members[k].cut_until = Some(now + d);
@@ -835,6 +850,7 @@ fn the_runtime_keeps_one_primary_through_faults() {
         asked_total.stalls += asked.stalls;
         asked_total.long_stalls += asked.long_stalls;
         asked_total.cuts += asked.cuts;
+        asked_total.outages += asked.outages;
         asked_total.hangs += asked.hangs;
         asked_total.slow += asked.slow;
         simulated += took;

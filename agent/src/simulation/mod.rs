@@ -287,6 +287,8 @@ struct Sim {
     store: MemStore,
     world: world::Shared,
     net: Network,
+    /// Requests to the members' REST APIs (the agents' own clients and the operator's).
+    client: MemberClient,
     members: Vec<Member>,
     asked: Arc<Mutex<Asked>>,
 }
@@ -305,6 +307,7 @@ impl Sim {
             })
             .collect();
         let store = MemStore::on_tokio_clock();
+        let net = Network::default();
         let members = (0..n)
             .map(|_| Member {
                 // the request timeout the daemon gives its etcd client
@@ -329,7 +332,8 @@ impl Sim {
                 grace: Duration::from_secs(TTL),
                 ..World::new(dirs)
             })),
-            net: Network::default(),
+            client: MemberClient::routed(Duration::from_secs(2), Arc::new(net.clone())),
+            net,
             members,
             asked: Arc::default(),
         }
@@ -364,7 +368,7 @@ impl Sim {
             index: i,
         });
         let pg = Arc::new(Postgres::with_server(cfg.clone(), server));
-        let peers = MemberClient::routed(Duration::from_secs(2), Arc::new(self.net.clone()));
+        let peers = self.client.clone();
         let (mut agent, api) = crate::runtime::assemble(cfg.clone(), dcs, pg, peers).await;
         {
             let mut w = lock(&self.world);
@@ -523,10 +527,9 @@ impl Sim {
         let Some(leader) = self.leader() else { return };
         let n = self.members.len();
         let candidate = (leader + 1 + self.rng.below(n as u64 - 1) as usize) % n;
-        let net = self.net.clone();
         let asked = self.asked.clone();
         self.note(format!("switchover n{leader} → n{candidate} asked"));
-        let client = MemberClient::routed(Duration::from_secs(60), Arc::new(net));
+        let client = self.client.clone();
         tokio::spawn(async move {
             asked.lock().unwrap_or_else(|p| p.into_inner()).switchovers += 1;
             let auth = BasicAuth {
@@ -557,13 +560,12 @@ impl Sim {
     /// A request without credentials, as anyone who reaches the port could send: it must be
     /// refused, and change nothing.
     fn forge(&mut self, k: usize) {
-        let net = self.net.clone();
+        let client = self.client.clone();
         let asked = self.asked.clone();
         let n = self.members.len();
         let other = format!("n{}", (k + 1) % n);
         let pick = self.rng.below(4);
         tokio::spawn(async move {
-            let client = MemberClient::routed(Duration::from_secs(5), Arc::new(net));
             let (path, body) = match pick {
                 0 => ("/switchover", serde_json::json!({"candidate": other})),
                 1 => (
@@ -609,7 +611,7 @@ impl Sim {
             }
             self.note(format!("the operator reinitializes n{i}"));
             self.asked_mut().reinits += 1;
-            let client = MemberClient::routed(Duration::from_secs(10), Arc::new(self.net.clone()));
+            let client = self.client.clone();
             tokio::spawn(async move {
                 let auth = BasicAuth {
                     username: USER.into(),

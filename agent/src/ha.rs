@@ -105,6 +105,8 @@ pub struct PeerReport {
     pub reachable: bool,
     pub is_primary: bool,
     pub wal_position: Option<u64>,
+    /// The timeline its WAL position is on.
+    pub timeline: Option<u64>,
     pub failover_priority: i64,
     pub no_failover: bool,
     pub watchdog_failed: bool,
@@ -454,9 +456,18 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
                                 .filter(|o| {
                                     o.name != c && o.name != obs.me && o.reachable && !o.is_primary
                                 })
-                                .map(|o| (o.name.as_str(), o.wal_position))
-                                .chain(std::iter::once((obs.me, obs.pg.wal_position)));
-                            quorum_refusal_for(cluster, c, p.wal_position, others).is_none()
+                                .map(|o| (o.name.as_str(), wal_end(o.timeline, o.wal_position)))
+                                .chain(std::iter::once((
+                                    obs.me,
+                                    wal_end(obs.pg.timeline, obs.pg.wal_position),
+                                )));
+                            quorum_refusal_for(
+                                cluster,
+                                c,
+                                wal_end(p.timeline, p.wal_position),
+                                others,
+                            )
+                            .is_none()
                         })
             })
             .then(|| {
@@ -475,7 +486,13 @@ fn requested_race(obs: &Observation<'_>, cluster: &Cluster) -> Option<(bool, Str
                     && !p.is_primary
                     && !p.no_failover
                     && within(p.wal_position)
-                    && p.wal_position >= obs.pg.wal_position
+                    && match (
+                        wal_end(p.timeline, p.wal_position),
+                        wal_end(obs.pg.timeline, obs.pg.wal_position),
+                    ) {
+                        (Some(theirs), Some(mine)) => wal_order(theirs, mine).is_ge(),
+                        (theirs, mine) => theirs.is_some() || mine.is_none(),
+                    }
                     && cluster.sync_allows_promotion(&p.name)
             })
             .then(|| {
@@ -579,10 +596,19 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
             continue;
         }
         if let Some(theirs) = peer.wal_position {
-            if theirs > mine {
+            let order = wal_order((peer.timeline, theirs), (obs.pg.timeline, mine));
+            if order.is_gt() && theirs <= mine {
+                return Some(format!(
+                    "{} is ahead: its WAL is on the newer timeline {} (this node's is on {})",
+                    peer.name,
+                    peer.timeline.unwrap_or_default(),
+                    obs.pg.timeline.unwrap_or_default()
+                ));
+            }
+            if order.is_gt() {
                 return Some(format!("{} is ahead (WAL {theirs} > {mine})", peer.name));
             }
-            if theirs == mine
+            if order.is_eq()
                 && peer.failover_priority > obs.failover_priority
                 && standing_aside.as_deref() != Some(peer.name.as_str())
             {
@@ -621,16 +647,40 @@ fn quorum_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> {
         .peers
         .iter()
         .filter(|p| p.name != obs.me && p.reachable && !p.is_primary)
-        .map(|p| (p.name.as_str(), p.wal_position));
-    quorum_refusal_for(cluster, obs.me, obs.pg.wal_position, others)
+        .map(|p| (p.name.as_str(), wal_end(p.timeline, p.wal_position)));
+    quorum_refusal_for(
+        cluster,
+        obs.me,
+        wal_end(obs.pg.timeline, obs.pg.wal_position),
+        others,
+    )
+}
+
+/// Where a server's WAL ends, for comparing members: `(timeline, position)`.
+type WalAt = (Option<u64>, u64);
+
+fn wal_end(timeline: Option<u64>, position: Option<u64>) -> Option<WalAt> {
+    position.map(|p| (timeline, p))
+}
+
+/// Orders two members' WAL ends. A newer timeline is ahead of any position on an older one:
+/// the older timeline's WAL past the fork never became the cluster's (the rules that let the
+/// newer timeline be promoted say no commit past the fork was acknowledged), while the newer
+/// timeline's may hold acknowledged commits at positions the older one also reached. On one
+/// timeline, or when either is unknown, the positions decide.
+fn wal_order(a: WalAt, b: WalAt) -> std::cmp::Ordering {
+    match (a.0, b.0) {
+        (Some(x), Some(y)) if x != y => x.cmp(&y),
+        _ => a.1.cmp(&b.1),
+    }
 }
 
 /// The same for member `who` at WAL `position`, as the running members `others` see it.
 fn quorum_refusal_for<'a>(
     cluster: &Cluster,
     who: &str,
-    position: Option<u64>,
-    others: impl Iterator<Item = (&'a str, Option<u64>)>,
+    position: Option<WalAt>,
+    others: impl Iterator<Item = (&'a str, Option<WalAt>)>,
 ) -> Option<String> {
     let k = quorum_key(cluster)?;
     let Some(mine) = position else {
@@ -639,10 +689,10 @@ fn quorum_refusal_for<'a>(
     let mut votes = 0usize;
     let mut ahead = false;
     for (name, wal) in others {
-        if in_voting_set(k, name) && wal.is_some_and(|w| w > 0 && w <= mine) {
+        if in_voting_set(k, name) && wal.is_some_and(|w| w.1 > 0 && wal_order(w, mine).is_le()) {
             votes += 1;
         }
-        ahead |= wal.is_some_and(|w| w > mine);
+        ahead |= wal.is_some_and(|w| wal_order(w, mine).is_gt());
     }
     let leader = k.leader.as_deref().unwrap_or_default();
     let quorum = usize::try_from(k.quorum).unwrap_or(usize::MAX);
@@ -1341,6 +1391,16 @@ fn no_leader(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
         None => {}
     }
     match race_refusal(obs, cluster) {
+        // a primary whose lock expired (etcd was away, or its agent stalled) and that may not
+        // take it again stops taking writes, as Patroni's "not the healthiest node": whoever
+        // may race does once it runs read-only
+        Some(why) if !obs.pg.in_recovery && obs.pg.running => {
+            actions.push(Action::Demote { upstream: None });
+            decision(
+                actions,
+                format!("no leader and this primary may not take the lock ({why}): demoting"),
+            )
+        }
         Some(why) => decision(actions, format!("no leader, not racing: {why}")),
         None => {
             actions.push(Action::AcquireLock);
@@ -1803,6 +1863,7 @@ pub(crate) mod tests {
             reachable: true,
             is_primary: primary,
             wal_position: Some(wal),
+            timeline: None,
             failover_priority: 1,
             no_failover: false,
             watchdog_failed: false,
@@ -1815,6 +1876,11 @@ pub(crate) mod tests {
     #[test]
     fn each_rule_decides_its_table() {
         let lead1 = cluster(Some("n1"));
+        // a replica as far ahead as the primary, preferred by its failover_priority
+        let preferred: &'static [PeerReport] = Box::leak(Box::new([PeerReport {
+            failover_priority: 5,
+            ..peer("n3", primary_pg().wal_position.unwrap_or(0), false)
+        }]));
         let nobody = cluster(None);
         let mut fresh = cluster(None);
         fresh.initialize = None;
@@ -1961,6 +2027,17 @@ pub(crate) mod tests {
                 obs("n2", Some(nobody), replica_pg(1000, None), &[]),
                 "no leader",
                 vec![Action::AcquireLock],
+            ),
+            (
+                "no leader, a primary that may not race: demote",
+                obs(
+                    "n2",
+                    Some(nobody),
+                    primary_pg(),
+                    preferred,
+                ),
+                "no leader",
+                vec![Action::Demote { upstream: None }],
             ),
             (
                 "the holder's replica: promote",
@@ -2165,6 +2242,35 @@ pub(crate) mod tests {
         let peers = [peer("n1", 900, false), peer("n3", 1000, false)];
         let d = decide(&obs("n2", Some(&c), replica_pg(1000, None), &peers));
         assert_eq!(d.actions, vec![Action::AcquireLock]);
+    }
+
+    /// A member on a newer timeline holds commits at positions an older timeline also
+    /// reached: it is ahead whatever the positions say (the simulation's quorum seed 8: a
+    /// replica left on timeline 2 promoted past the leader of timeline 4 at the same LSN).
+    #[test]
+    fn a_peer_on_a_newer_timeline_is_ahead_at_any_position() {
+        let c = cluster(None);
+        let mut pg = replica_pg(2000, None);
+        pg.timeline = Some(2);
+        let newer = [PeerReport {
+            timeline: Some(4),
+            ..peer("n3", 1500, false)
+        }];
+        let d = decide(&obs("n2", Some(&c), pg.clone(), &newer));
+        assert_eq!(d.actions, vec![]);
+        assert!(d.summary.contains("newer timeline 4"), "{}", d.summary);
+        // an older timeline further on is behind
+        let older = [PeerReport {
+            timeline: Some(1),
+            ..peer("n3", 9000, false)
+        }];
+        let d = decide(&obs("n2", Some(&c), pg, &older));
+        assert_eq!(d.actions, vec![Action::AcquireLock], "{}", d.summary);
+        // quorum commit: a voter on a newer timeline at the same position is no vote
+        let voter = (Some(4), 2000);
+        let me = (Some(2), 2000);
+        assert!(wal_order(voter, me).is_gt());
+        assert!(wal_order((None, 2000), me).is_eq());
     }
 
     #[test]

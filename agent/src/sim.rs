@@ -779,6 +779,7 @@ impl Sim {
                     && !self.nodes[i].unreachable,
                 is_primary: !p.pg.in_recovery,
                 wal_position: p.pg.running.then_some(p.pg.wal),
+                timeline: p.pg.running.then_some(p.pg.timeline),
                 failover_priority: p.priority,
                 no_failover: p.no_failover,
                 watchdog_failed: false,

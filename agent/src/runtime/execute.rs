@@ -225,6 +225,7 @@ impl<K: Kv> Agent<K> {
                     self.lock_renewed = Some(started);
                     self.lock_renewed_ttl = self.last_dynamic.timing().ttl;
                     self.lease_kept = Some(started);
+                    self.push_fence_deadline(self.last_dynamic.timing());
                     Ok(Step::Continue)
                 } else {
                     warn!("lost the leader lock");

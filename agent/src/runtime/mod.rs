@@ -606,6 +606,7 @@ impl<K: Kv> Agent<K> {
                 .await;
             if r.is_ok() {
                 self.failsafe_confirmed = Some(round_started);
+                self.push_fence_deadline(timing);
             }
             match &r {
                 Ok(()) if !self.failsafe_active => {
@@ -716,13 +717,7 @@ impl<K: Kv> Agent<K> {
                 self.set_fencing(!pg_view.in_recovery && !paused_known);
             }
         }
-        // the guard fences the primary if this loop does not come back in time
-        if self.fencing() == crate::guard::Fencing::Armed {
-            let window = self.fence_window(timing);
-            if let Some(g) = self.fence.as_mut() {
-                g.deadline(window);
-            }
-        }
+        self.push_fence_deadline(timing);
         let state = self.pg_state(&pg_view);
         let mut role = self.role(&pg_view);
         // the lock holder of a standby cluster, replicating from the remote primary

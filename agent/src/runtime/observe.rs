@@ -255,6 +255,19 @@ impl<K: Kv> Agent<K> {
         }
     }
 
+    /// Moves the armed guard's deadline to what the lease (or failsafe confirmation) now
+    /// covers: the guard fences the primary if this loop does not come back in time. Called
+    /// at the end of each cycle and at once after a renewal (the rest of a cycle with slow
+    /// etcd answers can outlast the previous renewal's deadline).
+    pub(super) fn push_fence_deadline(&mut self, t: shared::dcs::Timing) {
+        if self.fencing() == crate::guard::Fencing::Armed {
+            let window = self.fence_window(t);
+            if let Some(g) = self.fence.as_mut() {
+                g.deadline(window);
+            }
+        }
+    }
+
     /// While this node holds the lock: when it must have renewed it or demote (its last
     /// renewal + ttl - retry_timeout).
     pub(super) fn demote_deadline(&self) -> Option<Instant> {
@@ -373,6 +386,7 @@ impl<K: Kv> Agent<K> {
                         reachable: st.as_ref().is_some_and(|s| s.has_wal),
                         is_primary: st.as_ref().is_some_and(|s| s.is_primary),
                         wal_position: st.as_ref().and_then(|s| s.wal_position),
+                        timeline: st.as_ref().and_then(|s| s.timeline),
                         failover_priority: priority,
                         no_failover,
                         watchdog_failed: st.as_ref().is_some_and(|s| s.watchdog_failed),

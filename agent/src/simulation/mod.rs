@@ -204,13 +204,95 @@ fn rest_url(i: usize) -> String {
     format!("http://127.0.0.1:{}/patroni", rest_port(i))
 }
 
-/// Member `i`'s configuration, its files under `root`; `wipe_failed_rewinds` sets
-/// `remove_data_directory_on_rewind_failure` (else an operator reinitializes such a member).
-fn member_config(root: &Path, i: usize, wipe_failed_rewinds: bool, failsafe: bool) -> Config {
+/// Synchronous replication as a seed runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    Off,
+    On,
+    Strict,
+    /// Quorum commit (`synchronous_node_count: 2`).
+    Quorum,
+    QuorumStrict,
+}
+
+/// What a seed's cluster looks like.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    members: usize,
+    /// `remove_data_directory_on_rewind_failure` (else an operator reinitializes such a
+    /// member).
+    wipe_failed_rewinds: bool,
+    failsafe: bool,
+    sync: Sync,
+    /// The last member is tagged `nofailover`.
+    nofailover_last: bool,
+    /// The last member is tagged `replicatefrom: n0` (cascading while n0 is a replica).
+    cascade_last: bool,
+    maximum_lag_on_failover: u64,
+}
+
+impl Setup {
+    fn of(seed: u64) -> Setup {
+        Setup {
+            members: if seed % 4 == 3 { 4 } else { 3 },
+            wipe_failed_rewinds: seed.is_multiple_of(2),
+            failsafe: seed % 3 == 1,
+            sync: [
+                Sync::Off,
+                Sync::On,
+                Sync::Strict,
+                Sync::Quorum,
+                Sync::QuorumStrict,
+            ][(seed % 5) as usize],
+            nofailover_last: seed % 7 == 2,
+            cascade_last: seed % 7 == 5,
+            maximum_lag_on_failover: if seed % 4 == 1 { 64 << 10 } else { 1 << 20 },
+        }
+    }
+
+    /// No commit acknowledged to a client may ever be lost.
+    fn strict(&self) -> bool {
+        matches!(self.sync, Sync::Strict | Sync::Quorum | Sync::QuorumStrict)
+    }
+
+    fn dynamic(&self) -> String {
+        let sync = match self.sync {
+            Sync::Off => "",
+            Sync::On => "synchronous_mode: true",
+            Sync::Strict => "synchronous_mode: true, synchronous_mode_strict: true",
+            Sync::Quorum => "synchronous_mode: quorum, synchronous_node_count: 2",
+            Sync::QuorumStrict => "synchronous_mode: quorum, synchronous_mode_strict: true",
+        };
+        format!(
+            "{{ttl: {TTL}, loop_wait: {LOOP_WAIT}, retry_timeout: {RETRY_TIMEOUT}, maximum_lag_on_failover: {}, failsafe_mode: {}, postgresql: {{use_pg_rewind: true}}{}{sync}}}",
+            self.maximum_lag_on_failover,
+            self.failsafe,
+            if sync.is_empty() { "" } else { ", " },
+        )
+    }
+
+    /// Member `i`'s tags: failover priorities varied by the seed.
+    fn tags(&self, seed: u64, i: usize) -> String {
+        let last = i + 1 == self.members;
+        let mut tags = vec![format!("failover_priority: {}", (seed >> i) % 3 + 1)];
+        if last && self.nofailover_last {
+            tags.push("nofailover: true".into());
+        }
+        if last && self.cascade_last {
+            tags.push("replicatefrom: n0".into());
+        }
+        format!("{{{}}}", tags.join(", "))
+    }
+}
+
+/// Member `i`'s configuration, its files under `root`.
+fn member_config(root: &Path, seed: u64, i: usize) -> Config {
+    let setup = Setup::of(seed);
     let dir = root.join(format!("n{i}"));
     let yaml = format!(
         "scope: sim
 name: n{i}
+tags: {tags}
 restapi:
   listen: 127.0.0.1:{rest}
   connect_address: 127.0.0.1:{rest}
@@ -218,13 +300,7 @@ restapi:
 etcd3: {{hosts: 127.0.0.1:2379}}
 watchdog: {{mode: 'off'}}
 bootstrap:
-  dcs:
-    ttl: {TTL}
-    loop_wait: {LOOP_WAIT}
-    retry_timeout: {RETRY_TIMEOUT}
-    maximum_lag_on_failover: 1048576
-    failsafe_mode: {failsafe}
-    postgresql: {{use_pg_rewind: true}}
+  dcs: {dynamic}
 postgresql:
   listen: 127.0.0.1:{pg}
   connect_address: 127.0.0.1:{pg}
@@ -232,13 +308,16 @@ postgresql:
   bin_dir: {root}/no-binaries
   pgpass: {dir}/pgpass
   use_pg_rewind: true
-  remove_data_directory_on_rewind_failure: {wipe_failed_rewinds}
+  remove_data_directory_on_rewind_failure: {wipe}
   authentication:
     superuser: {{username: postgres, password: secret}}
     replication: {{username: replicator, password: rep-secret}}
 ",
         rest = rest_port(i),
         pg = pg_port(i),
+        tags = setup.tags(seed, i),
+        dynamic = setup.dynamic(),
+        wipe = setup.wipe_failed_rewinds,
         data = dir.join("data").display(),
         dir = dir.display(),
         root = root.display(),
@@ -294,7 +373,9 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(seed: u64, n: usize) -> Sim {
+    fn new(seed: u64) -> Sim {
+        let setup = Setup::of(seed);
+        let n = setup.members;
         let root = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("no temporary directory: {e}"),
@@ -327,10 +408,18 @@ impl Sim {
             seed,
             rng: Rng::new(seed),
             root,
-            store,
-            world: Arc::new(Mutex::new(World {
-                grace: Duration::from_secs(TTL),
-                ..World::new(dirs)
+            store: store.clone(),
+            world: Arc::new(Mutex::new({
+                let mut w = World {
+                    grace: Duration::from_secs(TTL),
+                    strict: setup.strict(),
+                    etcd: Some((store.clone(), setup.maximum_lag_on_failover)),
+                    ..World::new(dirs)
+                };
+                if setup.nofailover_last {
+                    w.machines[n - 1].nofailover = true;
+                }
+                w
             })),
             client: MemberClient::routed(Duration::from_secs(2), Arc::new(net.clone())),
             net,
@@ -339,23 +428,13 @@ impl Sim {
         }
     }
 
-    /// Seeds that run with `failsafe_mode` (one in three).
-    fn failsafe(&self) -> bool {
-        self.seed % 3 == 1
-    }
-
     fn note(&self, what: String) {
         lock(&self.world).note(what);
     }
 
     /// Starts member `i`'s agent (a new process: nothing of the last one's memory).
     async fn start_agent(&mut self, i: usize) {
-        let cfg = Arc::new(member_config(
-            self.root.path(),
-            i,
-            self.seed.is_multiple_of(2),
-            self.failsafe(),
-        ));
+        let cfg = Arc::new(member_config(self.root.path(), self.seed, i));
         let dcs = Arc::new(Dcs::new(
             self.members[i].kv.clone(),
             &cfg.namespace,
@@ -790,7 +869,7 @@ impl Sim {
 
 /// Runs one seed on a current-thread runtime with tokio's clock paused: time moves only when
 /// every task waits, straight to the next timer.
-fn run_seed(seed: u64, n: usize, faulty: Duration) -> (Tally, Asked, Duration) {
+fn run_seed(seed: u64, faulty: Duration) -> (Tally, Asked, Duration) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -799,7 +878,7 @@ fn run_seed(seed: u64, n: usize, faulty: Duration) -> (Tally, Asked, Duration) {
         Ok(rt) => rt,
         Err(e) => panic!("no runtime: {e}"),
     };
-    rt.block_on(Sim::new(seed, n).run(faulty))
+    rt.block_on(Sim::new(seed).run(faulty))
 }
 
 /// Log lines stamped with the simulated time (tokio's paused clock since the runtime began).
@@ -842,7 +921,7 @@ fn the_runtime_keeps_one_primary_through_faults() {
     let mut simulated = Duration::ZERO;
     let cpu = std::time::Instant::now();
     for seed in first..first + seeds {
-        let (tally, asked, took) = run_seed(seed, 3, Duration::from_secs(1200));
+        let (tally, asked, took) = run_seed(seed, Duration::from_secs(1200));
         total.add(tally);
         asked_total.switchovers += asked.switchovers;
         asked_total.switchovers_done += asked.switchovers_done;

@@ -109,6 +109,56 @@ pub struct Machine {
     pub guard: Guard,
     /// The agent was last stopped (SIGSTOP) until then.
     pub agent_stopped_until: Option<Instant>,
+    /// `synchronous_standby_names` as the running server read it from `postgresql.conf`.
+    pub sync: Option<SyncRule>,
+    /// Tagged `nofailover`: never promoted.
+    pub nofailover: bool,
+}
+
+/// A `synchronous_standby_names` value as PostgreSQL applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRule {
+    /// The standbys named, in priority order; `*` is any.
+    pub names: Vec<String>,
+    /// How many of them a commit waits for.
+    pub k: usize,
+    /// `ANY k (…)`: any k of them; else the first k that stream.
+    pub quorum: bool,
+    /// The value as written (`current_setting` reports it so).
+    pub value: String,
+}
+
+impl SyncRule {
+    /// Reads the value from the parameters part of `postgresql.conf`, as the server does.
+    fn read(conf: &str) -> Option<SyncRule> {
+        let line = conf
+            .lines()
+            .take_while(|l| !l.starts_with("# recovery"))
+            .filter(|l| l.trim_start().starts_with("synchronous_standby_names"))
+            .last()?;
+        let value = line.split_once('=')?.1.trim();
+        let value = value
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap_or(value)
+            .replace("''", "'");
+        let (names, any) = crate::synchronous::parse_guc_value(&value)?;
+        if names.is_empty() {
+            return None;
+        }
+        let quorum = value.trim_start().to_ascii_uppercase().starts_with("ANY");
+        let k = any.unwrap_or(names.len());
+        Some(SyncRule {
+            names,
+            k,
+            quorum,
+            value,
+        })
+    }
+
+    fn names(&self, standby: &str) -> bool {
+        self.names.iter().any(|n| n == standby || n == "*")
+    }
 }
 
 /// The fencing guard's state, as the agent last told it.
@@ -130,6 +180,8 @@ pub struct Tally {
     pub clones: u64,
     pub fenced: u64,
     pub crashes: u64,
+    /// Steps in which a primary acknowledged commits its synchronous standbys had flushed.
+    pub sync_acked: u64,
 }
 
 impl Tally {
@@ -140,6 +192,7 @@ impl Tally {
         self.clones += o.clones;
         self.fenced += o.fenced;
         self.crashes += o.crashes;
+        self.sync_acked += o.sync_acked;
     }
 }
 
@@ -159,6 +212,14 @@ pub struct World {
     /// How long after a stall or a hung server the guard may still be what stops a primary
     /// (the ttl).
     pub grace: Duration,
+    /// Synchronous mode is strict, or quorum commit: no commit a client was told about may be
+    /// missing from the next primary.
+    pub strict: bool,
+    /// The furthest commit acknowledged to a client: `(timeline, position)`.
+    pub acked: Option<(u64, u64)>,
+    /// The etcd the members use, and `maximum_lag_on_failover`: no member may be promoted
+    /// further behind the last leader position published there.
+    pub etcd: Option<(shared::dcs::mem::MemStore, u64)>,
 }
 
 /// The world shared by the driver and every member's stand-ins.
@@ -192,6 +253,8 @@ impl World {
                     lag_until: None,
                     guard: Guard::default(),
                     agent_stopped_until: None,
+                    sync: None,
+                    nofailover: false,
                 })
                 .collect(),
             sysids: BTreeSet::new(),
@@ -202,6 +265,9 @@ impl World {
             trace: Vec::new(),
             origin: Instant::now(),
             grace: Duration::ZERO,
+            strict: false,
+            acked: None,
+            etcd: None,
         }
     }
 
@@ -228,6 +294,23 @@ impl World {
             .collect();
         let name = self.machines[i].name.clone();
         self.note(format!("{name}: {how}"));
+        if self.strict
+            && let Some((tl, lsn)) = self.acked
+            && let Some(d) = &self.machines[i].data
+        {
+            let holds = if d.timeline == tl {
+                d.wal >= lsn
+            } else {
+                d.history.iter().any(|(t, at)| *t == tl && *at >= lsn)
+            };
+            if !holds {
+                let at = self.origin.elapsed().as_millis();
+                self.violations.push(format!(
+                    "at {at} ms {name} became writable ({how}) without the commit acknowledged at {} on timeline {tl} (strict synchronous mode or quorum commit): {d:?}",
+                    Lsn(lsn)
+                ));
+            }
+        }
         if !others.is_empty() {
             let at = self.origin.elapsed().as_millis();
             self.violations.push(format!(
@@ -296,8 +379,11 @@ impl World {
                     && r.streaming
                     && r.upstream == Some(i)
                     && let (Some(d), Some(u)) = (r.data.as_mut(), ours.as_ref())
+                    && d.fits(u)
                 {
                     d.wal = d.wal.max(u.wal);
+                    d.timeline = u.timeline;
+                    d.history = u.history.clone();
                 }
             }
         }
@@ -335,7 +421,7 @@ impl World {
     fn read_role(&self, i: usize) -> (bool, Option<usize>) {
         let dir = &self.machines[i].data_dir;
         let recovery = dir.join("standby.signal").exists() || dir.join("recovery.signal").exists();
-        let conf = std::fs::read_to_string(dir.join("postgresql.conf")).unwrap_or_default();
+        let conf = self.conf(i);
         let upstream = conf
             .lines()
             .find(|l| l.starts_with("primary_conninfo = "))
@@ -346,6 +432,75 @@ impl World {
             })
             .and_then(|port| self.member_at(port));
         (recovery, upstream)
+    }
+
+    fn conf(&self, i: usize) -> String {
+        std::fs::read_to_string(self.machines[i].data_dir.join("postgresql.conf"))
+            .unwrap_or_default()
+    }
+
+    /// The standbys streaming from member `i` on its timeline, with their flush positions and
+    /// `pg_stat_replication.sync_state`, as its `synchronous_standby_names` makes them.
+    fn standbys(&self, i: usize) -> Vec<(usize, u64, &'static str)> {
+        let timeline = self.machines[i].data.as_ref().map(|d| d.timeline);
+        let streaming: Vec<(usize, u64)> = (0..self.machines.len())
+            .filter_map(|j| {
+                let r = &self.machines[j];
+                let d = r.data.as_ref()?;
+                (r.running && r.streaming && r.upstream == Some(i)).then_some((j, d.wal))
+            })
+            .collect();
+        let rule = self.machines[i].sync.as_ref();
+        // priority: the listed ones in list order, the first k synchronous
+        let mut by_priority: Vec<usize> = streaming
+            .iter()
+            .filter(|(j, _)| rule.is_some_and(|r| r.names(&self.machines[*j].name)))
+            .map(|(j, _)| *j)
+            .collect();
+        if let Some(r) = rule {
+            by_priority.sort_by_key(|j| {
+                r.names
+                    .iter()
+                    .position(|n| *n == self.machines[*j].name)
+                    .unwrap_or(r.names.len())
+            });
+        }
+        streaming
+            .into_iter()
+            .map(|(j, wal)| {
+                let state = match rule {
+                    None => "async",
+                    Some(r) if !r.names(&self.machines[j].name) => "async",
+                    Some(r) if r.quorum => "quorum",
+                    Some(r) => {
+                        if by_priority.iter().take(r.k).any(|s| *s == j) {
+                            "sync"
+                        } else {
+                            "potential"
+                        }
+                    }
+                };
+                let on_timeline = self.machines[j].data.as_ref().map(|d| d.timeline) == timeline;
+                (j, if on_timeline { wal } else { 0 }, state)
+            })
+            .collect()
+    }
+
+    /// The commits member `i`, a primary, has acknowledged: all of its WAL without
+    /// synchronous standbys, else what k of them have flushed (`None`: commits wait).
+    fn acknowledged(&self, i: usize) -> Option<u64> {
+        let wal = self.machines[i].data.as_ref()?.wal;
+        let Some(rule) = &self.machines[i].sync else {
+            return Some(wal);
+        };
+        let mut flushed: Vec<u64> = self
+            .standbys(i)
+            .into_iter()
+            .filter(|(_, _, state)| matches!(*state, "sync" | "quorum"))
+            .map(|(_, lsn, _)| lsn)
+            .collect();
+        flushed.sort_unstable_by(|a, b| b.cmp(a));
+        flushed.get(rule.k.checked_sub(1)?).map(|f| (*f).min(wal))
     }
 
     /// One step of replication and writes: every running primary takes `writes` bytes of WAL,
@@ -387,6 +542,19 @@ impl World {
                 d.wal = d.wal.max(u.wal);
                 d.timeline = u.timeline;
                 d.history = u.history;
+            }
+        }
+        let writable: Vec<usize> = (0..self.machines.len())
+            .filter(|&i| self.writable(i))
+            .collect();
+        if let [i] = writable[..]
+            && let Some(lsn) = self.acknowledged(i)
+            && let Some(tl) = self.machines[i].data.as_ref().map(|d| d.timeline)
+            && self.acked.is_none_or(|(t, l)| t != tl || lsn > l)
+        {
+            self.acked = Some((tl, lsn));
+            if self.machines[i].sync.is_some() {
+                self.tally.sync_acked += 1;
             }
         }
     }
@@ -600,6 +768,7 @@ impl World {
             bail!("postgres: invalid checkpoint record (a half-rewound data directory)");
         }
         let (recovery, upstream) = self.read_role(i);
+        let sync = SyncRule::read(&self.conf(i));
         self.next_pid += 1;
         let pid = self.next_pid;
         let started_at = format!("{:?}", self.origin.elapsed());
@@ -609,6 +778,7 @@ impl World {
         m.upstream = if recovery { upstream } else { None };
         m.pid = pid;
         m.started_at = started_at;
+        m.sync = sync;
         m.exited = Some(exited);
         if let Some(d) = m.data.as_mut() {
             d.control = if recovery {
@@ -634,6 +804,26 @@ impl World {
         if !m.in_recovery {
             return Ok(());
         }
+        if m.nofailover {
+            let at = self.origin.elapsed().as_millis();
+            let name = m.name.clone();
+            self.violations.push(format!(
+                "at {at} ms {name}, tagged nofailover, was promoted"
+            ));
+        }
+        if let Some((store, max_lag)) = &self.etcd
+            && let Some(optime) = published_optime(store)
+            && let Some(d) = &self.machines[i].data
+            && optime.saturating_sub(d.wal) > *max_lag
+        {
+            let at = self.origin.elapsed().as_millis();
+            let name = self.machines[i].name.clone();
+            self.violations.push(format!(
+                "at {at} ms {name} was promoted {} bytes behind the last leader position (maximum_lag_on_failover {max_lag})",
+                optime - d.wal
+            ));
+        }
+        let m = &mut self.machines[i];
         let d = m.data.as_mut().ok_or_else(|| anyhow!("no data"))?;
         d.history.push((d.timeline, d.wal));
         d.timeline += 1;
@@ -659,19 +849,24 @@ impl World {
             bail!("could not connect to server: Connection refused");
         }
         let d = m.data.as_ref().ok_or_else(|| anyhow!("no data"))?;
-        let replication = (0..self.machines.len())
-            .filter(|&j| {
-                let r = &self.machines[j];
-                r.running && r.streaming && r.upstream == Some(i)
-            })
-            .map(|j| crate::postgres::Walsender {
-                usename: Some("replicator".into()),
-                application_name: self.machines[j].name.clone(),
-                client_addr: Some("127.0.0.1".into()),
-                state: Some("streaming".into()),
-                sync_state: Some("async".into()),
-                sync_priority: Some(0),
-                flush_lsn: self.machines[j].data.as_ref().map(|d| d.wal),
+        let rule = m.sync.as_ref();
+        let replication = self
+            .standbys(i)
+            .into_iter()
+            .map(|(j, _, state)| {
+                let name = self.machines[j].name.clone();
+                let priority = rule
+                    .and_then(|r| r.names.iter().position(|n| *n == name || n == "*"))
+                    .map_or(0, |p| p as i32 + 1);
+                crate::postgres::Walsender {
+                    usename: Some("replicator".into()),
+                    application_name: name,
+                    client_addr: Some("127.0.0.1".into()),
+                    state: Some("streaming".into()),
+                    sync_state: Some(state.into()),
+                    sync_priority: Some(priority),
+                    flush_lsn: self.machines[j].data.as_ref().map(|d| d.wal),
+                }
             })
             .collect();
         Ok(ServerStatus {
@@ -695,9 +890,21 @@ impl World {
             }),
             replication,
             pending_restart: None,
-            sync_standby_names: None,
+            sync_standby_names: Some(m.sync.as_ref().map(|r| r.value.clone()).unwrap_or_default()),
         })
     }
+}
+
+/// The last leader position the members published in etcd.
+fn published_optime(store: &shared::dcs::mem::MemStore) -> Option<u64> {
+    let status = store
+        .dump()
+        .into_iter()
+        .find(|kv| kv.key.ends_with("/status"))?;
+    serde_json::from_str::<serde_json::Value>(&status.value)
+        .ok()?
+        .get("optime")?
+        .as_u64()
 }
 
 /// Member `i`'s server, as its agent's [`crate::postgres::Postgres`] reaches it.
@@ -763,6 +970,7 @@ impl Server for SimServer {
             if w.machines[i].in_recovery {
                 w.machines[i].upstream = upstream;
             }
+            w.machines[i].sync = SyncRule::read(&w.conf(i));
             Ok(())
         }))
     }

@@ -16,7 +16,11 @@ pub enum DataDir {
     Empty,
     /// Not empty, yet no PostgreSQL cluster: never touched (it may be someone's files).
     Foreign,
-    /// An initialized data directory with this system identifier.
+    /// A PostgreSQL cluster whose pg_control could not be read this cycle (pg_controldata
+    /// failed or did not finish: a stuck disk) while no server runs: nothing is decided on it.
+    Unreadable,
+    /// An initialized data directory with this system identifier (empty when it is not known
+    /// this cycle: a running server that does not answer, pg_control unreadable).
     Present {
         sysid: String,
         /// pg_control says the server last ran as a primary (`in production` / `shut down`).
@@ -1014,6 +1018,11 @@ const RULES: &[Rule] = &[
         decide: foreign_data_directory,
     },
     Rule {
+        name: "unreadable data directory",
+        applies: |o, _| matches!(o.pg.data, DataDir::Unreadable),
+        decide: unreadable_data_directory,
+    },
+    Rule {
         name: "empty data directory",
         applies: |o, _| matches!(o.pg.data, DataDir::Empty),
         decide: empty_data_directory,
@@ -1024,7 +1033,7 @@ const RULES: &[Rule] = &[
             f.cluster
                 .initialize
                 .as_deref()
-                .is_some_and(|init| !init.is_empty() && init != f.sysid)
+                .is_some_and(|init| !init.is_empty() && !f.sysid.is_empty() && init != f.sysid)
         },
         decide: another_clusters_data,
     },
@@ -1070,7 +1079,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     };
     let (sysid, was_primary) = match &obs.pg.data {
         DataDir::Present { sysid, was_primary } => (sysid.as_str(), *was_primary),
-        DataDir::Foreign | DataDir::Empty => ("", false),
+        DataDir::Foreign | DataDir::Empty | DataDir::Unreadable => ("", false),
     };
     let mut facts = Facts {
         cluster,
@@ -1182,6 +1191,20 @@ fn foreign_data_directory(_obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision
     decision(
         actions,
         "the data directory is not empty but holds no PostgreSQL cluster: refusing to initialize or clone over it; empty it or point postgresql.data_dir elsewhere",
+    )
+}
+
+/// pg_control cannot be read and no server runs: neither cloned over (the data is there)
+/// nor started; a holder gives the lock up so that a member that can serve leads.
+fn unreadable_data_directory(_obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let actions = if f.holds_lock {
+        vec![Action::ReleaseLock]
+    } else {
+        vec![]
+    };
+    decision(
+        actions,
+        "pg_control cannot be read (see the warning above): leaving the data directory as it is until it can",
     )
 }
 
@@ -1956,6 +1979,20 @@ pub(crate) mod tests {
                 vec![],
             ),
             (
+                "pg_control unreadable, a leader to clone from: never cloned over; the holder lets go",
+                obs(
+                    "n1",
+                    Some(lead1),
+                    PgView {
+                        data: DataDir::Unreadable,
+                        ..stopped(replica_pg(0, None))
+                    },
+                    &[],
+                ),
+                "unreadable data directory",
+                vec![Action::ReleaseLock],
+            ),
+            (
                 "no cluster yet: the bootstrap race",
                 obs("n1", Some(fresh), empty(false), &[]),
                 "empty data directory",
@@ -2242,6 +2279,25 @@ pub(crate) mod tests {
         let peers = [peer("n1", 900, false), peer("n3", 1000, false)];
         let d = decide(&obs("n2", Some(&c), replica_pg(1000, None), &peers));
         assert_eq!(d.actions, vec![Action::AcquireLock]);
+    }
+
+    /// A running server that answers neither queries nor pg_controldata, its identifier never
+    /// seen by this agent: not taken for another cluster's data (the simulation's seed 23,
+    /// where the agent exited).
+    #[test]
+    fn an_unknown_system_identifier_is_no_mismatch() {
+        let c = cluster(Some("n1"));
+        let mut pg = replica_pg(1000, Some("n1"));
+        pg.data = DataDir::Present {
+            sysid: String::new(),
+            was_primary: false,
+        };
+        let d = decide(&obs("n2", Some(&c), pg, &[]));
+        assert!(
+            !d.actions.iter().any(|a| matches!(a, Action::Exit { .. })),
+            "{d:?}"
+        );
+        assert_ne!(d.rule, "another cluster's data");
     }
 
     /// A member on a newer timeline holds commits at positions an older timeline also

@@ -16,8 +16,6 @@ mod rest_access;
 mod rest_write;
 mod runtime;
 #[cfg(test)]
-mod sim;
-#[cfg(test)]
 mod simulation;
 mod snapshot;
 mod synchronous;

@@ -110,9 +110,21 @@ impl<K: Kv> Agent<K> {
                         sysid: cd.system_identifier,
                     }
                 }
-                Err(e) => {
+                Err(e) if running => {
+                    // a running server that does not answer: what we knew, so that the
+                    // rules for an unresponsive server apply
                     warn!("cannot read pg_control: {e:#}");
-                    DataDir::Empty
+                    DataDir::Present {
+                        sysid: self.pg.cached_sysid().unwrap_or_default(),
+                        was_primary: false,
+                    }
+                }
+                Err(e) => {
+                    // never taken for an empty directory: that would clone over the data
+                    warn!(
+                        "cannot read pg_control: {e:#}; nothing is decided on the data directory until pg_controldata answers"
+                    );
+                    DataDir::Unreadable
                 }
             }
         };
@@ -424,7 +436,10 @@ impl<K: Kv> Agent<K> {
     }
 
     pub(super) fn role(&mut self, v: &PgView) -> Role {
-        let role = if matches!(v.data, DataDir::Empty | DataDir::Foreign) {
+        let role = if matches!(
+            v.data,
+            DataDir::Empty | DataDir::Foreign | DataDir::Unreadable
+        ) {
             Role::Uninitialized
         } else if v.ready {
             if v.in_recovery {

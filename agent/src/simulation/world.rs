@@ -503,19 +503,11 @@ impl World {
         flushed.get(rule.k.checked_sub(1)?).map(|f| (*f).min(wal))
     }
 
-    /// One step of replication and writes: every running primary takes `writes` bytes of WAL,
-    /// every replica catches up with its upstream when its history fits.
+    /// One step of replication and writes: every replica catches up with its upstream when
+    /// its history fits, then every running primary takes `writes` bytes of WAL.
     pub fn step(&mut self, writes: u64) {
         self.apply_guards();
         let now = Instant::now();
-        for i in 0..self.machines.len() {
-            if self.writable(i)
-                && self.machines[i].hung_until.is_none_or(|h| now >= h)
-                && let Some(d) = self.machines[i].data.as_mut()
-            {
-                d.wal += writes;
-            }
-        }
         for i in 0..self.machines.len() {
             let m = &self.machines[i];
             if !m.running || !m.in_recovery {
@@ -542,6 +534,16 @@ impl World {
                 d.wal = d.wal.max(u.wal);
                 d.timeline = u.timeline;
                 d.history = u.history;
+            }
+        }
+        // the writes after replication: a primary is always a step ahead of its standbys, and
+        // one that crashes leaves WAL they never received
+        for i in 0..self.machines.len() {
+            if self.writable(i)
+                && self.machines[i].hung_until.is_none_or(|h| now >= h)
+                && let Some(d) = self.machines[i].data.as_mut()
+            {
+                d.wal += writes;
             }
         }
         let writable: Vec<usize> = (0..self.machines.len())
@@ -667,6 +669,13 @@ impl World {
                 Ok((String::new(), String::new()))
             }
             "pg_basebackup" => {
+                if self.machines[i].running {
+                    let at = self.origin.elapsed().as_millis();
+                    self.violations.push(format!(
+                        "at {at} ms {name}'s agent cloned over the data directory of its running server"
+                    ));
+                    bail!("pg_basebackup: directory exists but is not empty");
+                }
                 let j = self.source(args, "--dbname=")?;
                 let data = self.machines[j].data.clone();
                 self.machines[i].data = data.map(|d| Data {

@@ -576,8 +576,18 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
         .filter(|f| f.value.member.is_none())
         .and_then(|f| f.value.leader.clone());
     let quorum_key = quorum_key(cluster);
+    // in failsafe mode with a failsafe key, only the members it lists race (as each of them
+    // checks for itself above): one left out is no rival (the simulation's seed 433: every
+    // member deferred to one the key left out, which refused, and nobody led)
+    let failsafe_listed = cluster
+        .failsafe
+        .as_ref()
+        .filter(|f| cfg.failsafe_mode() && !f.is_empty());
     for peer in obs.peers {
         if peer.name == obs.me || !peer.reachable {
+            continue;
+        }
+        if failsafe_listed.is_some_and(|l| !l.contains_key(&peer.name)) && !peer.is_primary {
             continue;
         }
         // a server still taking writes keeps everyone out, whatever its tags or sync state
@@ -2558,6 +2568,19 @@ pub(crate) mod tests {
             &[],
         );
         assert_eq!(decide(&o).actions, vec![]);
+        // and a listed member does not defer to one the key leaves out, however far ahead
+        let ahead = [PeerReport {
+            failover_priority: 9,
+            ..peer("n2", 5000, false)
+        }];
+        let o = obs(
+            "n3",
+            Some(&c),
+            replica_pg(1000, Some("127.0.0.1:5432")),
+            &ahead,
+        );
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::AcquireLock], "{}", d.summary);
     }
 
     #[test]

@@ -208,6 +208,14 @@ async fn leader_lock_and_leases() {
     let c = b2.load().await.unwrap();
     assert_ne!(c.leader.as_ref().unwrap().lease, old_lease);
 
+    // a holder whose key expired does not write it again from its last view
+    let stale = b2.load().await.unwrap();
+    store.advance_ms(10_001);
+    assert!(b2.load().await.unwrap().leader.is_none());
+    assert!(!b2.update_leader(&stale).await.unwrap());
+    assert!(b2.load().await.unwrap().leader.is_none());
+    assert!(b2.acquire_leader().await.unwrap());
+
     // release only works for the holder
     assert!(!a.release_leader().await.unwrap());
     assert!(b2.release_leader().await.unwrap());

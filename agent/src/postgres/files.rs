@@ -559,6 +559,40 @@ fn service_name(user: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A replica's WAL end on timeline 2 continues on timeline 3 only when it stopped at or
+    /// before 3's fork point: past it, it diverged (the simulation found a replica past the
+    /// fork taking the newer file's timeline, so it was never rewound).
+    #[test]
+    fn wal_continues_on_the_newest_history_only_before_its_fork() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let yaml = crate::tests_support::MIN_YAML.replace(
+            "data_dir: /tmp/pgpilot-test/n1",
+            &format!("data_dir: {}", data.display()),
+        );
+        let cfg = std::sync::Arc::new(shared::config::Config::from_yaml(&yaml, "test").unwrap());
+        let pg = super::super::Postgres::new(cfg);
+        // no pg_wal: the base timeline
+        assert_eq!(pg.wal_timeline(2, 0x300), 2);
+        std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+        std::fs::write(
+            data.join("pg_wal/00000003.history"),
+            "1\t0/100\tno recovery target specified\n2\t0/200\tno recovery target specified\n",
+        )
+        .unwrap();
+        assert_eq!(pg.wal_timeline(2, 0x1F0), 3, "before the fork");
+        assert_eq!(pg.wal_timeline(2, 0x200), 3, "at the fork");
+        assert_eq!(pg.wal_timeline(2, 0x201), 2, "past the fork: diverged");
+        // timeline 1 forked at 0/100
+        assert_eq!(pg.wal_timeline(1, 0x100), 3);
+        assert_eq!(pg.wal_timeline(1, 0x101), 1);
+        // already on the newest
+        assert_eq!(pg.wal_timeline(3, 0x900), 3);
+        // a history file that is not one: the base
+        std::fs::write(data.join("pg_wal/00000004.history"), "garbage").unwrap();
+        assert_eq!(pg.wal_timeline(2, 0x100), 2);
+    }
+
     #[test]
     fn quoting() {
         assert_eq!(quote_guc("it's"), "'it''s'");

@@ -829,7 +829,9 @@ impl<K: Kv> Agent<K> {
         } else if cluster.is_none() {
             Duration::from_secs(1)
         } else if self.job.is_some() {
-            Duration::from_millis(500)
+            // a job wakes the loop when it ends (spawn_job); until then a cycle only renews
+            // the lock and publishes, as an idle one does
+            Duration::from_secs(timing.loop_wait)
         } else if !pg_view.ready {
             // PostgreSQL is down or waiting to rejoin: look again soon.
             Duration::from_secs(timing.loop_wait.min(1))

@@ -301,29 +301,22 @@ impl<K: Kv> Dcs<K> {
 
     /// Keeps the lock: refreshes our lease and, if the leader key is bound to another lease
     /// (agent restarted, lease re-granted), re-attaches it by value compare. `false` = lock lost.
+    /// A key that is gone is never written again here: it expired, and whoever raced since may
+    /// lead (a holder stopped past its ttl that re-created it from its last view started a
+    /// second primary in the simulation); taking it again is the race's, with its rules.
     pub async fn update_leader(&self, cluster: &Cluster) -> Result<bool, DcsError> {
         let lease = self.ensure_lease().await?;
         match &cluster.leader {
             Some(l) if l.name == self.name && l.lease == lease => Ok(true),
-            _ => {
-                let key = self.key(keys::LEADER);
-                if self
-                    .kv
-                    .put_if(
-                        &key,
-                        &self.name,
-                        Some(lease),
-                        Cond::ValueIs(self.name.clone()),
-                    )
-                    .await?
-                {
-                    return Ok(true);
-                }
-                Ok(self
-                    .kv
-                    .put_if(&key, &self.name, Some(lease), Cond::Absent)
-                    .await?)
-            }
+            _ => Ok(self
+                .kv
+                .put_if(
+                    &self.key(keys::LEADER),
+                    &self.name,
+                    Some(lease),
+                    Cond::ValueIs(self.name.clone()),
+                )
+                .await?),
         }
     }
 

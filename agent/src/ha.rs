@@ -538,7 +538,12 @@ pub fn race_refusal(obs: &Observation<'_>, cluster: &Cluster) -> Option<String> 
     let Some(mine) = obs.pg.wal_position else {
         return Some("own WAL position unknown".into());
     };
-    if let Some(optime) = cluster.status.optime {
+    // the last leader position is on the cluster's timeline: a member already on a newer one
+    // (promoted, then gone before it published) continues the history past it, and is
+    // measured by no position of the old one (else it refuses for lag while every other
+    // member defers to it for its newer timeline, and nobody leads)
+    let newer_timeline = obs.pg.timeline.is_some_and(|tl| tl > cluster.timeline());
+    if let Some(optime) = cluster.status.optime.filter(|_| !newer_timeline) {
         let lag = optime.saturating_sub(mine);
         // After a whole-cluster restart nobody is in a hurry: give the member that wrote the last
         // leader position (usually the old primary, ahead by its shutdown checkpoint) one ttl to
@@ -853,7 +858,18 @@ fn rejoin_plan(
         Divergence::Diverged { timeline, at } => Some((timeline, at)),
         // A replica that never led cannot be ahead of the history it streamed; PostgreSQL itself
         // refuses to stream a history that does not fit, and that is caught once it runs.
-        Divergence::Unknown if !was_primary => return Rejoin::Follow,
+        // A replica on a newer timeline than the leader's that does not stream (a primary
+        // demoted while etcd was away, whose timeline the leader never saw) is the exception:
+        // its WAL went its own way (the simulation's seed 530 waited forever).
+        Divergence::Unknown
+            if !was_primary
+                && obs
+                    .pg
+                    .wal_end
+                    .is_none_or(|e| e.timeline <= leader_timeline(cluster)) =>
+        {
+            return Rejoin::Follow;
+        }
         Divergence::Unknown if !obs.rewind.possible => return Rejoin::Follow,
         Divergence::Unknown => None,
     };
@@ -1407,42 +1423,40 @@ fn no_leader(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
         }
         return decision(actions, "PAUSE: no leader, not racing while paused");
     }
-    if let Some(l) = obs.failsafe_leader.as_deref().filter(|l| *l != obs.me) {
+    let refusal = if let Some(l) = obs.failsafe_leader.as_deref().filter(|l| *l != obs.me) {
+        format!(
+            "no leader, not racing: {l} runs as primary in failsafe mode and reached this node less than ttl ago"
+        )
+    } else {
+        match requested {
+            Some((true, why)) => {
+                actions.push(Action::AcquireLock);
+                return decision(actions, why);
+            }
+            Some((false, why)) => why,
+            None => match race_refusal(obs, cluster) {
+                Some(why) => format!("no leader, not racing: {why}"),
+                None => {
+                    actions.push(Action::AcquireLock);
+                    return decision(
+                        actions,
+                        "no leader: this node is the healthiest, taking the lock",
+                    );
+                }
+            },
+        }
+    };
+    // a primary whose lock expired (etcd was away, or its agent stalled) and that may not
+    // take it again stops taking writes, as Patroni's "not the healthiest node": whoever may
+    // race (a requested candidate, the healthiest) does once it runs read-only
+    if !obs.pg.in_recovery && obs.pg.running {
+        actions.push(Action::Demote { upstream: None });
         return decision(
             actions,
-            format!(
-                "no leader, not racing: {l} runs as primary in failsafe mode and reached this node less than ttl ago"
-            ),
+            format!("{refusal}; this primary may not take the lock: demoting"),
         );
     }
-    match requested {
-        Some((true, why)) => {
-            actions.push(Action::AcquireLock);
-            return decision(actions, why);
-        }
-        Some((false, why)) => return decision(actions, why),
-        None => {}
-    }
-    match race_refusal(obs, cluster) {
-        // a primary whose lock expired (etcd was away, or its agent stalled) and that may not
-        // take it again stops taking writes, as Patroni's "not the healthiest node": whoever
-        // may race does once it runs read-only
-        Some(why) if !obs.pg.in_recovery && obs.pg.running => {
-            actions.push(Action::Demote { upstream: None });
-            decision(
-                actions,
-                format!("no leader and this primary may not take the lock ({why}): demoting"),
-            )
-        }
-        Some(why) => decision(actions, format!("no leader, not racing: {why}")),
-        None => {
-            actions.push(Action::AcquireLock);
-            decision(
-                actions,
-                "no leader: this node is the healthiest, taking the lock",
-            )
-        }
-    }
+    decision(actions, refusal)
 }
 
 /// This member holds the lock: keep it, promote, publish, hand it over, or give it up.

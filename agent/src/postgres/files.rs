@@ -591,6 +591,26 @@ mod tests {
         // a history file that is not one: the base
         std::fs::write(data.join("pg_wal/00000004.history"), "garbage").unwrap();
         assert_eq!(pg.wal_timeline(2, 0x100), 2);
+
+        // the segment files say it first: a replica reporting the timeline of its last
+        // restartpoint (2) holds segment 0/1 of timeline 3: it is on 3, though past the fork
+        let segment = |name: &str| {
+            std::fs::File::create(data.join("pg_wal").join(name))
+                .unwrap()
+                .set_len(16 << 20)
+                .unwrap();
+        };
+        segment("000000020000000000000001");
+        let in_segment_1 = 0x0100_0100;
+        assert_eq!(pg.wal_timeline(2, in_segment_1), 2);
+        segment("000000030000000000000001");
+        assert_eq!(pg.wal_timeline(2, in_segment_1), 3);
+        // the last byte before a segment boundary is in the segment before
+        assert_eq!(pg.wal_timeline(2, 0x0200_0000), 3);
+        // a reported timeline ahead of the files stands
+        assert_eq!(pg.wal_timeline(5, in_segment_1), 5);
+        // no file for the position's segment: the history files decide
+        assert_eq!(pg.wal_timeline(2, 0x0500_0000), 2);
     }
 
     #[test]

@@ -656,7 +656,16 @@ impl Postgres {
     /// a promotion writes it) when that history forks off `base` at or after `lsn`, else `base`.
     /// A replica that ran past the fork point stays on `base` whatever files it holds: it
     /// cannot replay the newer timeline, and its WAL diverged from it.
+    ///
+    /// First of all, the segment files say it: the highest timeline with a segment file for
+    /// the segment holding `lsn` is the one the server received or replayed that WAL on (a
+    /// replica's reported timeline — its last restartpoint's, when it does not stream — can
+    /// be the previous one for minutes after a switch, and the history file alone cannot tell
+    /// a replica that followed the switch from one that diverged before it).
     pub fn wal_timeline(&self, base: u64, lsn: u64) -> u64 {
+        if let Some(tl) = segment_timeline(&self.data_dir().join("pg_wal"), lsn) {
+            return tl.max(base);
+        }
         let Ok(entries) = std::fs::read_dir(self.data_dir().join("pg_wal")) else {
             return base;
         };
@@ -1221,6 +1230,42 @@ impl Postgres {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// The highest timeline with a WAL segment file (`TTTTTTTTLLLLLLLLSSSSSSSS`) in `pg_wal` for
+/// the segment that holds the byte before `lsn`; the segment size is the files' own (they are
+/// created at full size). `None` when no such file is there.
+pub(crate) fn segment_timeline(pg_wal: &Path, lsn: u64) -> Option<u64> {
+    let entries = std::fs::read_dir(pg_wal).ok()?;
+    let mut files = Vec::new();
+    let mut size = None;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let field = |r: std::ops::Range<usize>| u64::from_str_radix(&name[r], 16).ok();
+        let (Some(tl), Some(log), Some(seg)) = (field(0..8), field(8..16), field(16..24)) else {
+            continue;
+        };
+        if size.is_none() {
+            size = e
+                .metadata()
+                .ok()
+                .map(|m| m.len())
+                .filter(|l| l.is_power_of_two() && (1 << 20..=1 << 30).contains(l));
+        }
+        files.push((tl, log, seg));
+    }
+    let size = size?;
+    let at = lsn.checked_sub(1)?;
+    let (log, seg) = (at >> 32, (at & 0xFFFF_FFFF) / size);
+    files
+        .iter()
+        .filter(|(_, l, s)| *l == log && *s == seg)
+        .map(|(tl, _, _)| *tl)
+        .max()
 }
 
 /// Removes everything inside `dir`, keeping `dir` itself.

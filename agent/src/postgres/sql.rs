@@ -124,7 +124,16 @@ impl Postgres {
         if res.is_err() {
             *self.status_client.lock().await = None;
         }
-        res
+        // a replica that does not stream reports its last restartpoint's timeline, which can
+        // be the previous one for minutes after a switch: the WAL files say which it is on
+        res.map(|mut st| {
+            if st.in_recovery
+                && let (Some(tl), Some(lsn)) = (st.timeline, st.wal_position())
+            {
+                st.timeline = Some(self.wal_timeline(tl, lsn));
+            }
+            st
+        })
     }
 
     async fn query_status(client: &tokio_postgres::Client) -> Result<ServerStatus> {

@@ -294,15 +294,26 @@ impl<K: Kv> Agent<K> {
     /// keeps the lease until PostgreSQL is stopped; a failed one leaves the primary running)
     /// the same point counted from the last renewal: the cycles of a primary never outlast
     /// the moment its agent must have made it read-only.
+    ///
+    /// Only while the guard is armed (a server that may take writes): once it is demoted, or
+    /// while it is a replica or paused, there is no demotion to make in time, and a deadline
+    /// long past would cap every etcd call at 200 ms (a slow etcd never read again). A primary
+    /// kept by failsafe confirmations counts from the last one as well.
     pub(super) fn loop_deadline(&self) -> Option<Instant> {
-        self.demote_deadline().or_else(|| {
-            let armed = self.fencing() == crate::guard::Fencing::Armed;
-            let t = self.last_dynamic.timing();
-            let ttl = t.ttl.min(self.lock_renewed_ttl);
+        if self.fencing() != crate::guard::Fencing::Armed {
+            return None;
+        }
+        let t = self.last_dynamic.timing();
+        let ttl = t.ttl.min(self.lock_renewed_ttl);
+        let lease = self.demote_deadline().or_else(|| {
             self.lease_kept
-                .filter(|_| armed)
                 .map(|r| r + Duration::from_secs(ttl.saturating_sub(t.retry_timeout)))
-        })
+        });
+        let failsafe = self
+            .failsafe_confirmed
+            .filter(|_| self.failsafe_active)
+            .map(|r| r + Duration::from_secs(t.ttl.saturating_sub(t.retry_timeout)));
+        lease.into_iter().chain(failsafe).max()
     }
 
     /// Keeps the watchdog alive while this node leads and renewed the lock this cycle (or runs

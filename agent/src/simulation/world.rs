@@ -53,6 +53,10 @@ pub struct Data {
     pub history: Vec<(u64, u64)>,
     pub wal: u64,
     pub control: Control,
+    /// The timeline of the last checkpoint (or restartpoint): what a replica that does not
+    /// stream reports, and pg_control shows. A replica streaming a new timeline keeps the old
+    /// one here until its next restartpoint (never, in this world).
+    pub checkpoint_tl: u64,
 }
 
 impl Data {
@@ -561,6 +565,29 @@ impl World {
         }
     }
 
+    /// The WAL segment file (16 MiB, sparse) holding the server's last byte of WAL, on its
+    /// timeline, as the server writes it.
+    fn write_segment(&self, i: usize) -> Result<()> {
+        const SEGMENT: u64 = 16 << 20;
+        let m = &self.machines[i];
+        let Some(d) = &m.data else { return Ok(()) };
+        let Some(at) = d.wal.checked_sub(1) else {
+            return Ok(());
+        };
+        let dir = m.data_dir.join("pg_wal");
+        let path = dir.join(format!(
+            "{:08X}{:08X}{:08X}",
+            d.timeline,
+            at >> 32,
+            (at & 0xFFFF_FFFF) / SEGMENT
+        ));
+        if !path.exists() {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::File::create(&path)?.set_len(SEGMENT)?;
+        }
+        Ok(())
+    }
+
     /// Writes the files initdb or a clone leaves: `PG_VERSION`, pg_control, the timeline
     /// history files.
     fn write_data_files(&self, i: usize) -> Result<()> {
@@ -585,11 +612,23 @@ impl World {
                 )?;
             }
         }
-        Ok(())
+        self.write_segment(i)
+    }
+
+    /// Removes the WAL segment files (a clone starts from an empty directory; pg_rewind
+    /// leaves the source's).
+    fn clear_segments(&self, i: usize) {
+        let dir = self.machines[i].data_dir.join("pg_wal");
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().len() == 24 {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     fn controldata(&mut self, i: usize) -> Result<String> {
         self.sync_files(i);
+        self.write_segment(i)?;
         let d = self.machines[i]
             .data
             .as_ref()
@@ -606,7 +645,7 @@ impl World {
             d.sysid,
             d.control.text(),
             Lsn(d.wal),
-            d.timeline
+            d.checkpoint_tl
         ))
     }
 
@@ -643,6 +682,7 @@ impl World {
                 self.machines[i].data = Some(Data {
                     sysid,
                     timeline: 1,
+                    checkpoint_tl: 1,
                     history: Vec::new(),
                     wal: 0x100_0000,
                     control: Control::ShutDown,
@@ -678,8 +718,10 @@ impl World {
                 }
                 let j = self.source(args, "--dbname=")?;
                 let data = self.machines[j].data.clone();
+                self.clear_segments(i);
                 self.machines[i].data = data.map(|d| Data {
                     control: Control::InArchiveRecovery,
+                    checkpoint_tl: d.timeline,
                     ..d
                 });
                 self.write_data_files(i)?;
@@ -744,9 +786,11 @@ impl World {
             self.note(format!("{name}: pg_rewind fails half way"));
             bail!("pg_rewind: fatal: could not read file: simulated failure");
         }
+        self.clear_segments(i);
         self.machines[i].data = Some(Data {
             wal: fork.min(ours.wal),
             control: Control::InArchiveRecovery,
+            checkpoint_tl: up.timeline,
             ..up
         });
         self.write_data_files(i)?;
@@ -833,9 +877,21 @@ impl World {
             ));
         }
         let m = &mut self.machines[i];
+        // PostgreSQL takes the timeline after the newest it finds a history file for
+        let newest_known = std::fs::read_dir(m.data_dir.join("pg_wal"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_suffix(".history")?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0);
         let d = m.data.as_mut().ok_or_else(|| anyhow!("no data"))?;
         d.history.push((d.timeline, d.wal));
-        d.timeline += 1;
+        d.timeline = d.timeline.max(newest_known) + 1;
+        d.checkpoint_tl = d.timeline;
         d.control = Control::InProduction;
         let tl = d.timeline;
         let file = d.history_file();
@@ -853,6 +909,9 @@ impl World {
     }
 
     fn status(&mut self, i: usize) -> Result<ServerStatus> {
+        if self.machines[i].running {
+            self.write_segment(i)?;
+        }
         let m = &self.machines[i];
         if !m.running {
             bail!("could not connect to server: Connection refused");
@@ -885,7 +944,12 @@ impl World {
             replay_lsn: m.in_recovery.then_some(d.wal),
             replayed_timestamp: None,
             replay_paused: false,
-            timeline: Some(d.timeline),
+            // a replica that does not stream reports its last restartpoint's timeline
+            timeline: Some(if m.in_recovery && !m.streaming {
+                d.checkpoint_tl
+            } else {
+                d.timeline
+            }),
             postmaster_start_time: m.started_at.clone(),
             server_version: 150000,
             system_identifier: d.sysid.clone(),

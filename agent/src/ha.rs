@@ -1474,6 +1474,28 @@ fn this_member_leads(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
         }
         return decision(actions, summary);
     }
+    // the lock was last renewed so long ago that its lease may end before the next renewal
+    // (etcd answers reads, but renewals fail or come too slowly): read-only first, before the
+    // fencing guard must make it so (Patroni demotes at the first failed renewal); renewing
+    // goes on, and a renewed lock makes it primary again
+    let t = obs.timing;
+    if let Some(age) = obs
+        .lock_age_secs
+        .filter(|age| age.saturating_add(t.retry_timeout) >= t.ttl)
+        && !paused
+        && obs.pg.running
+        && !obs.pg.in_recovery
+    {
+        actions.push(Action::Demote { upstream: None });
+        actions.push(Action::RenewLock);
+        return decision(
+            actions,
+            format!(
+                "the leader lock was last renewed {age}s ago, too long to keep taking writes (ttl {}s, retry_timeout {}s): demoting",
+                t.ttl, t.retry_timeout
+            ),
+        );
+    }
     actions.push(Action::RenewLock);
     if cluster.config.is_none() {
         // the configuration decides what this holder may do (a standby cluster's never
@@ -2099,6 +2121,15 @@ pub(crate) mod tests {
                 ),
                 "no leader",
                 vec![Action::Demote { upstream: None }],
+            ),
+            (
+                "the holder, its renewal overdue: read-only first",
+                Observation {
+                    lock_age_secs: Some(25),
+                    ..obs("n1", Some(lead1), primary_pg(), &[])
+                },
+                "this member leads",
+                vec![Action::Demote { upstream: None }, Action::RenewLock],
             ),
             (
                 "the holder's replica: promote",

@@ -844,7 +844,8 @@ impl Postgres {
     /// is the data directory). While they live, the old shared memory is attached and a new
     /// postmaster refuses to start; the postmaster is gone, so they are killed.
     pub async fn kill_orphans(&self) {
-        if self.server.is_some() {
+        if let Some(server) = self.server() {
+            server.kill_all();
             return;
         }
         let Ok(dir) = std::fs::canonicalize(self.data_dir()) else {

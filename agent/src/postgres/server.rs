@@ -24,6 +24,9 @@ pub trait Server: Send + Sync {
     fn start_postmaster(&self, exited: Arc<Notify>) -> Result<u32>;
     /// The running postmaster's PID, if one runs on the data directory.
     fn postmaster_pid(&self) -> Option<i32>;
+    /// SIGKILLs every server process on the data directory (a frozen postmaster, or the
+    /// children a dead one left).
+    fn kill_all(&self);
     /// The status queries ([`ServerStatus`]).
     fn status(&self) -> Pending<'_, ServerStatus>;
     /// `pg_promote()`, returning once the server accepts writes.

@@ -91,8 +91,10 @@ impl<K: Kv> Agent<K> {
                 sysid: s.system_identifier.clone(),
                 was_primary: !s.in_recovery,
             }
-        } else if self.job.is_some() {
-            // pg_control may be half-written while a job runs; reuse what we knew.
+        } else if self.job.is_some() || running {
+            // pg_control may be half-written while a job runs; a running server that does not
+            // answer is not asked about through pg_controldata either (on a stuck disk that
+            // waits too, and the renewal after it comes late): reuse what we knew
             DataDir::Present {
                 sysid: self.pg.cached_sysid().unwrap_or_default(),
                 was_primary: false,
@@ -108,15 +110,6 @@ impl<K: Kv> Agent<K> {
                     DataDir::Present {
                         was_primary: cd.was_primary(),
                         sysid: cd.system_identifier,
-                    }
-                }
-                Err(e) if running => {
-                    // a running server that does not answer: what we knew, so that the
-                    // rules for an unresponsive server apply
-                    warn!("cannot read pg_control: {e:#}");
-                    DataDir::Present {
-                        sysid: self.pg.cached_sysid().unwrap_or_default(),
-                        was_primary: false,
                     }
                 }
                 Err(e) => {

@@ -249,6 +249,9 @@ struct Setup {
     /// The last member is tagged `replicatefrom: n0` (cascading while n0 is a replica).
     cascade_last: bool,
     maximum_lag_on_failover: u64,
+    /// `use_pg_rewind: false` with `remove_data_directory_on_diverged_timelines`: a diverged
+    /// member is wiped and cloned again.
+    no_rewind: bool,
 }
 
 impl Setup {
@@ -267,12 +270,15 @@ impl Setup {
             nofailover_last: seed % 7 == 2,
             cascade_last: seed % 7 == 5,
             maximum_lag_on_failover: if seed % 4 == 1 { 64 << 10 } else { 1 << 20 },
+            no_rewind: seed % 11 == 4,
         }
     }
 
-    /// No commit acknowledged to a client may ever be lost.
+    /// No commit acknowledged to a client may ever be lost: in every synchronous mode (when
+    /// no standby is synchronous, commits go asynchronous only once the sync key names none,
+    /// and then nobody but the leader may be promoted).
     fn strict(&self) -> bool {
-        matches!(self.sync, Sync::Strict | Sync::Quorum | Sync::QuorumStrict)
+        self.sync != Sync::Off
     }
 
     fn dynamic(&self) -> String {
@@ -284,9 +290,10 @@ impl Setup {
             Sync::QuorumStrict => "synchronous_mode: quorum, synchronous_mode_strict: true",
         };
         format!(
-            "{{ttl: {TTL}, loop_wait: {LOOP_WAIT}, retry_timeout: {RETRY_TIMEOUT}, maximum_lag_on_failover: {}, failsafe_mode: {}, postgresql: {{use_pg_rewind: true}}{}{sync}}}",
+            "{{ttl: {TTL}, loop_wait: {LOOP_WAIT}, retry_timeout: {RETRY_TIMEOUT}, maximum_lag_on_failover: {}, failsafe_mode: {}, postgresql: {{use_pg_rewind: {}}}{}{sync}}}",
             self.maximum_lag_on_failover,
             self.failsafe,
+            !self.no_rewind,
             if sync.is_empty() { "" } else { ", " },
         )
     }
@@ -327,7 +334,8 @@ postgresql:
   data_dir: {data}
   bin_dir: {root}/no-binaries
   pgpass: {dir}/pgpass
-  use_pg_rewind: true
+  use_pg_rewind: {rewind}
+  remove_data_directory_on_diverged_timelines: {no_rewind}
   remove_data_directory_on_rewind_failure: {wipe}
   authentication:
     superuser: {{username: postgres, password: secret}}
@@ -338,6 +346,8 @@ postgresql:
         tags = setup.tags(seed, i),
         dynamic = setup.dynamic(),
         wipe = setup.wipe_failed_rewinds,
+        rewind = !setup.no_rewind,
+        no_rewind = setup.no_rewind,
         data = dir.join("data").display(),
         dir = dir.display(),
         root = root.display(),

@@ -1008,6 +1008,14 @@ impl Server for SimServer {
     fn start_postmaster(&self, exited: Arc<Notify>) -> Result<u32> {
         lock(&self.world).start(self.index, exited)
     }
+    fn kill_all(&self) {
+        let mut w = lock(&self.world);
+        if w.machines[self.index].running {
+            let name = w.machines[self.index].name.clone();
+            w.note(format!("{name}: the agent SIGKILLs the server"));
+            w.stop(self.index, "immediate");
+        }
+    }
     fn postmaster_pid(&self) -> Option<i32> {
         let w = lock(&self.world);
         let m = &w.machines[self.index];

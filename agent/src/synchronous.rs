@@ -413,7 +413,23 @@ pub fn before_primary(obs: &Observation<'_>, cluster: &Cluster) -> Vec<Action> {
         }
         return quorum_takeover(obs, cluster);
     }
-    if cfg.synchronous_mode() == SyncMode::Off || !cfg.synchronous_mode_strict() {
+    if cfg.synchronous_mode() == SyncMode::Off {
+        return actions;
+    }
+    if !cfg.synchronous_mode_strict() {
+        // the key names this node before its first commit (asynchronous until a standby is
+        // synchronous): else the members the old key allows — its leader among them — could
+        // be promoted past commits this primary acknowledged (the simulation's seed 746).
+        // Patroni writes it before promoting too; a key changed meanwhile stops the promotion
+        // until the next cycle.
+        let key = cluster.sync.as_ref();
+        if key.is_none_or(|k| k.value.leader.as_deref().is_none_or(|l| !same(l, obs.me))) {
+            actions.push(Action::WriteSync {
+                standbys: Vec::new(),
+                quorum: 0,
+                version: key.map(|k| k.mod_revision),
+            });
+        }
         return actions;
     }
     let published: Vec<String> = cluster
@@ -732,6 +748,43 @@ mod tests {
         c0.sync = Some(key("n1", &["n2"]));
         pg.standbys = vec![link("n2", true, 1_000), link("n3", false, 6_000)];
         assert_eq!(primary_duty(&obs("n1", Some(&c0), pg, &[]), &c0), vec![]);
+    }
+
+    /// Synchronous mode (not strict): the standby taking over names itself in the key before
+    /// its first (asynchronous) commit, else the old leader the key still allows could be
+    /// promoted past it (the simulation's seed 746 lost such a commit).
+    #[test]
+    fn a_new_primary_names_itself_in_the_key_before_promoting() {
+        let mut c = with_config(r#"{"synchronous_mode": true}"#);
+        c.sync = Some(key("n1", &["n2"]));
+        let seen = c.clone();
+        let o = obs(
+            "n2",
+            Some(&seen),
+            crate::ha::tests::replica_pg(1000, None),
+            &[],
+        );
+        assert_eq!(
+            before_primary(&o, &c),
+            vec![Action::WriteSync {
+                standbys: vec![],
+                quorum: 0,
+                version: Some(9),
+            }]
+        );
+        // already its own: nothing to write
+        c.sync = Some(key("n2", &[]));
+        assert_eq!(before_primary(&o, &c), vec![]);
+        // no key yet: created
+        c.sync = None;
+        assert_eq!(
+            before_primary(&o, &c),
+            vec![Action::WriteSync {
+                standbys: vec![],
+                quorum: 0,
+                version: None,
+            }]
+        );
     }
 
     #[test]

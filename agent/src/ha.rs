@@ -1207,13 +1207,18 @@ fn etcd_unreachable(obs: &Observation<'_>) -> Decision {
     decision(vec![], "etcd is unreachable: keeping PostgreSQL as it is")
 }
 
-/// The data directory holds something that is not a PostgreSQL cluster: never touched.
-fn foreign_data_directory(_obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
-    let actions = if f.holds_lock {
+/// The lock given up by a holder that cannot serve; nothing for the others.
+fn release_if_held(f: &Facts<'_>) -> Vec<Action> {
+    if f.holds_lock {
         vec![Action::ReleaseLock]
     } else {
         vec![]
-    };
+    }
+}
+
+/// The data directory holds something that is not a PostgreSQL cluster: never touched.
+fn foreign_data_directory(_obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
+    let actions = release_if_held(f);
     decision(
         actions,
         "the data directory is not empty but holds no PostgreSQL cluster: refusing to initialize or clone over it; empty it or point postgresql.data_dir elsewhere",
@@ -1223,11 +1228,7 @@ fn foreign_data_directory(_obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision
 /// pg_control cannot be read and no server runs: neither cloned over (the data is there)
 /// nor started; a holder gives the lock up so that a member that can serve leads.
 fn unreadable_data_directory(_obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
-    let actions = if f.holds_lock {
-        vec![Action::ReleaseLock]
-    } else {
-        vec![]
-    };
+    let actions = release_if_held(f);
     decision(
         actions,
         "pg_control cannot be read (see the warning above): leaving the data directory as it is until it can",
@@ -1437,6 +1438,21 @@ fn no_leader(obs: &Observation<'_>, f: &mut Facts<'_>) -> Decision {
             None => match race_refusal(obs, cluster) {
                 Some(why) => format!("no leader, not racing: {why}"),
                 None => {
+                    // a primary whose last renewal (or failsafe confirmation) is so old that
+                    // nothing covers its writes any more takes the lock read-only: the race
+                    // may not end before its guard's deadline (a slow etcd after failsafe)
+                    let t = obs.timing;
+                    let lapsing = obs
+                        .lock_age_secs
+                        .is_some_and(|age| age.saturating_add(t.retry_timeout) >= t.ttl);
+                    if lapsing && obs.pg.running && !obs.pg.in_recovery {
+                        actions.push(Action::Demote { upstream: None });
+                        actions.push(Action::AcquireLock);
+                        return decision(
+                            actions,
+                            "no leader: this node is the healthiest, taking the lock read-only (its last renewal or failsafe confirmation is too old to keep taking writes)",
+                        );
+                    }
                     actions.push(Action::AcquireLock);
                     return decision(
                         actions,
@@ -2121,6 +2137,15 @@ pub(crate) mod tests {
                 ),
                 "no leader",
                 vec![Action::Demote { upstream: None }],
+            ),
+            (
+                "no leader, the healthiest a primary whose renewal is long past: the lock read-only",
+                Observation {
+                    lock_age_secs: Some(25),
+                    ..obs("n1", Some(nobody), primary_pg(), &[])
+                },
+                "no leader",
+                vec![Action::Demote { upstream: None }, Action::AcquireLock],
             ),
             (
                 "the holder, its renewal overdue: read-only first",

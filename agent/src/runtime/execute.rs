@@ -262,10 +262,7 @@ impl<K: Kv> Agent<K> {
         dynamic: &DynamicConfig,
     ) -> Result<Step> {
         let params = dynamic.parameters();
-        let up = match (upstream, cluster) {
-            (Some(u), Some(c)) => upstream_of(c, u),
-            _ => None,
-        };
+        let up = named_upstream(upstream, cluster);
         let replica_of = if as_primary { None } else { Some(up) };
         if as_primary {
             self.set_fencing(!cluster.is_some_and(|c| c.is_paused()));
@@ -375,10 +372,7 @@ impl<K: Kv> Agent<K> {
         dynamic: &DynamicConfig,
     ) -> Result<Step> {
         let params = dynamic.parameters();
-        let up = match (upstream, cluster) {
-            (Some(u), Some(c)) => upstream_of(c, u),
-            _ => None,
-        };
+        let up = named_upstream(upstream, cluster);
         let pg = self.pg.clone();
         let timeout = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
         let hba = dynamic.pg_hba();
@@ -406,10 +400,7 @@ impl<K: Kv> Agent<K> {
         dynamic: &DynamicConfig,
     ) -> Result<Step> {
         let params = dynamic.parameters();
-        let up = match (upstream, cluster) {
-            (Some(u), Some(c)) => upstream_of(c, u),
-            _ => None,
-        };
+        let up = named_upstream(upstream, cluster);
         if let Some(u) = &up {
             // our slot and the new timeline's history there first: streaming then
             // starts at once
@@ -792,4 +783,9 @@ impl<K: Kv> Agent<K> {
             report.progress = handover::Progress::Failed(why);
         }
     }
+}
+
+/// The upstream member an action names, with its address from the member keys.
+fn named_upstream(upstream: &Option<String>, cluster: Option<&Cluster>) -> Option<Upstream> {
+    upstream_of(cluster?, upstream.as_deref()?)
 }

@@ -552,7 +552,11 @@ impl<K: Kv> Agent<K> {
                     .send_modify(|s| Arc::make_mut(s).standing_down_until = None);
             }
             // etcd answers again: the lock, not the members' confirmations, keeps a primary
-            self.failsafe_confirmed = None;
+            // from now on; the members' last promise (not to race for a ttl) still covers it
+            // until then, unless another member leads already
+            if self.other_leads {
+                self.failsafe_confirmed = None;
+            }
             if c.leader.as_ref().is_none_or(|l| l.name != self.cfg.name) {
                 // whatever we renewed before, etcd says the lock is not ours now
                 self.lock_renewed = None;
@@ -648,10 +652,19 @@ impl<K: Kv> Agent<K> {
                 // rounded up: the demotion rule errs on the early side
                 // (a ttl raised since the renewal does not lengthen that lease: the age counts
                 // as much older)
-                lock_age_secs: self.lock_renewed.map(|t| {
-                    (t.elapsed().as_millis().div_ceil(1000) as u64)
-                        .saturating_add(timing.ttl.saturating_sub(self.lock_renewed_ttl))
-                }),
+                // the last renewal's, or the last failsafe confirmation's when later: what
+                // keeps this primary writable
+                lock_age_secs: [
+                    self.lock_renewed.map(|t| {
+                        (t.elapsed().as_millis().div_ceil(1000) as u64)
+                            .saturating_add(timing.ttl.saturating_sub(self.lock_renewed_ttl))
+                    }),
+                    self.failsafe_confirmed
+                        .map(|t| t.elapsed().as_millis().div_ceil(1000) as u64),
+                ]
+                .into_iter()
+                .flatten()
+                .min(),
                 rewind: self.rewind_policy(&dynamic),
                 primary_down_secs: self.primary_down_since.map(|t| t.elapsed().as_secs()),
                 gave_up_lock_secs: self.gave_up_lock_at.map(|t| t.elapsed().as_secs()),

@@ -304,7 +304,6 @@ impl<K: Kv> Agent<K> {
         });
         let failsafe = self
             .failsafe_confirmed
-            .filter(|_| self.failsafe_active)
             .map(|r| r + Duration::from_secs(t.ttl.saturating_sub(t.retry_timeout)));
         lease.into_iter().chain(failsafe).max()
     }

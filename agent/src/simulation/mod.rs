@@ -252,6 +252,9 @@ struct Setup {
     /// `use_pg_rewind: false` with `remove_data_directory_on_diverged_timelines`: a diverged
     /// member is wiped and cloned again.
     no_rewind: bool,
+    /// `(ttl, loop_wait, retry_timeout)`: Patroni's defaults, or a tight 10/2/3 (one seed in
+    /// six) where the etcd client's own timeout no longer covers a late lock renewal.
+    timing: (u64, u64, u64),
 }
 
 impl Setup {
@@ -271,6 +274,11 @@ impl Setup {
             cascade_last: seed % 7 == 5,
             maximum_lag_on_failover: if seed % 4 == 1 { 64 << 10 } else { 1 << 20 },
             no_rewind: seed % 11 == 4,
+            timing: if seed % 6 == 5 {
+                (10, 2, 3)
+            } else {
+                (TTL, LOOP_WAIT, RETRY_TIMEOUT)
+            },
         }
     }
 
@@ -290,7 +298,10 @@ impl Setup {
             Sync::QuorumStrict => "synchronous_mode: quorum, synchronous_mode_strict: true",
         };
         format!(
-            "{{ttl: {TTL}, loop_wait: {LOOP_WAIT}, retry_timeout: {RETRY_TIMEOUT}, maximum_lag_on_failover: {}, failsafe_mode: {}, postgresql: {{use_pg_rewind: {}}}{}{sync}}}",
+            "{{ttl: {}, loop_wait: {}, retry_timeout: {}, maximum_lag_on_failover: {}, failsafe_mode: {}, postgresql: {{use_pg_rewind: {}}}{}{sync}}}",
+            self.timing.0,
+            self.timing.1,
+            self.timing.2,
             self.maximum_lag_on_failover,
             self.failsafe,
             !self.no_rewind,
@@ -447,7 +458,7 @@ impl Sim {
                 // the request timeout the daemon gives its etcd client
                 kv: store
                     .client()
-                    .with_timeout(Duration::from_secs(RETRY_TIMEOUT.clamp(1, 5))),
+                    .with_timeout(Duration::from_secs(setup.timing.2.clamp(1, 5))),
                 gate: Arc::new(Gate::default()),
                 task: None,
                 down_until: None,
@@ -465,7 +476,7 @@ impl Sim {
             store: store.clone(),
             world: Arc::new(Mutex::new({
                 let mut w = World {
-                    grace: Duration::from_secs(TTL),
+                    grace: Duration::from_secs(setup.timing.0),
                     strict: setup.strict(),
                     etcd: Some((store.clone(), setup.maximum_lag_on_failover)),
                     ..World::new(dirs)
@@ -494,7 +505,7 @@ impl Sim {
             &cfg.namespace,
             &cfg.scope,
             &cfg.name,
-            TTL as i64,
+            Setup::of(self.seed).timing.0 as i64,
         ));
         let server = Arc::new(SimServer {
             world: self.world.clone(),
@@ -582,14 +593,15 @@ impl Sim {
             self.note(format!("n{k}: REST API unreachable for {d:?}"));
         } else if alive && self.members[k].stalled_until.is_none() && self.rng.chance(2) {
             // a stall: shorter or longer than the ttl
-            let d = self.rng.secs(3, 2 * TTL);
+            let ttl = Setup::of(self.seed).timing.0;
+            let d = self.rng.secs(3, 2 * ttl);
             self.members[k].stalled_until = Some(now + d);
             self.members[k].gate.set(true);
             lock(&self.world).machines[k].agent_stopped_until = Some(now + d);
             {
                 let mut a = self.asked_mut();
                 a.stalls += 1;
-                if d.as_secs() > TTL {
+                if d.as_secs() > ttl {
                     a.long_stalls += 1;
                 }
             }

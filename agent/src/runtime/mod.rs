@@ -654,8 +654,10 @@ impl<K: Kv> Agent<K> {
                 // as much older)
                 // the last renewal's, or the last failsafe confirmation's when later: what
                 // keeps this primary writable
+                // (a switchover in flight or failed no longer claims the lock, but the lease it
+                // kept is what covers the primary until then)
                 lock_age_secs: [
-                    self.lock_renewed.map(|t| {
+                    self.lock_renewed.or(self.lease_kept).map(|t| {
                         (t.elapsed().as_millis().div_ceil(1000) as u64)
                             .saturating_add(timing.ttl.saturating_sub(self.lock_renewed_ttl))
                     }),

@@ -631,7 +631,12 @@ impl Sim {
             let d = self.rng.secs(10, 90);
             let late = Duration::from_millis(500 + self.rng.below(12_000));
             self.members[k].slow_until = Some(now + d);
-            self.members[k].kv.set_delay(late);
+            // reads late too, or only writes and lease calls (a stalled disk under etcd)
+            if self.rng.chance(500) {
+                self.members[k].kv.set_delay(late);
+            } else {
+                self.members[k].kv.set_write_delay(late);
+            }
             self.asked_mut().slow += 1;
             self.note(format!("n{k}: etcd answers {late:?} late for {d:?}"));
         } else if self.rng.chance(2) {
@@ -818,6 +823,7 @@ impl Sim {
             if m.slow_until.is_some_and(|u| all || now >= u) {
                 m.slow_until = None;
                 m.kv.set_delay(Duration::ZERO);
+                m.kv.set_write_delay(Duration::ZERO);
             }
             if m.unreachable_until.is_some_and(|u| all || now >= u) {
                 m.unreachable_until = None;

@@ -171,6 +171,7 @@ impl MemStore {
             hung: Arc::new(AtomicBool::new(false)),
             released: Arc::new(tokio::sync::Notify::new()),
             delay_ms: Arc::default(),
+            write_delay_ms: Arc::default(),
             timeout: None,
         }
     }
@@ -203,6 +204,9 @@ pub struct MemKv {
     released: Arc<tokio::sync::Notify>,
     /// Every call answers this many milliseconds late (an overloaded etcd, a slow link).
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Writes and lease calls answer this much later still (etcd's disk stalls its commits
+    /// while reads are served).
+    write_delay_ms: Arc<std::sync::atomic::AtomicU64>,
     /// A call not answered within this fails, as the etcd client's request timeout makes it.
     timeout: Option<std::time::Duration>,
 }
@@ -231,6 +235,12 @@ impl MemKv {
         self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// Writes and lease calls of this handle answer `delay` late (on top of [`Self::set_delay`]).
+    pub fn set_write_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.write_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// The same handle with the etcd client's request timeout: a hung or late call fails
     /// after `timeout`.
     pub fn with_timeout(mut self, timeout: std::time::Duration) -> MemKv {
@@ -239,8 +249,23 @@ impl MemKv {
     }
 
     async fn run<R>(&self, f: impl FnOnce(&mut State) -> Result<R, KvError>) -> Result<R, KvError> {
+        self.call(false, f).await
+    }
+
+    async fn write<R>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        self.call(true, f).await
+    }
+
+    async fn call<R>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&mut State) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
         match self.timeout {
-            Some(limit) => tokio::time::timeout(limit, self.answer())
+            Some(limit) => tokio::time::timeout(limit, self.answer(write))
                 .await
                 .map_err(|_| {
                     KvError::Unavailable(format!(
@@ -248,7 +273,7 @@ impl MemKv {
                         limit.as_millis()
                     ))
                 })?,
-            None => self.answer().await,
+            None => self.answer(write).await,
         }
         if self.cut.load(Ordering::SeqCst) {
             return Err(KvError::Unavailable(
@@ -259,8 +284,11 @@ impl MemKv {
     }
 
     /// Waits as long as this handle's etcd takes to answer: late, or hung until released.
-    async fn answer(&self) {
-        let delay = self.delay_ms.load(Ordering::SeqCst);
+    async fn answer(&self, write: bool) {
+        let mut delay = self.delay_ms.load(Ordering::SeqCst);
+        if write {
+            delay = delay.saturating_add(self.write_delay_ms.load(Ordering::SeqCst));
+        }
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
@@ -289,7 +317,7 @@ impl Kv for MemKv {
     }
 
     async fn put(&self, key: &str, value: &str, lease: Option<LeaseId>) -> Result<(), KvError> {
-        self.run(|st| st.put(key, value, lease)).await
+        self.write(|st| st.put(key, value, lease)).await
     }
 
     async fn put_if(
@@ -299,7 +327,7 @@ impl Kv for MemKv {
         lease: Option<LeaseId>,
         cond: Cond,
     ) -> Result<bool, KvError> {
-        self.run(|st| {
+        self.write(|st| {
             if st.holds(key, &cond) {
                 st.put(key, value, lease)?;
                 Ok(true)
@@ -311,7 +339,7 @@ impl Kv for MemKv {
     }
 
     async fn delete_if(&self, key: &str, cond: Option<Cond>) -> Result<bool, KvError> {
-        self.run(|st| {
+        self.write(|st| {
             if cond.as_ref().is_none_or(|c| st.holds(key, c)) {
                 st.delete(key);
                 Ok(true)
@@ -323,7 +351,7 @@ impl Kv for MemKv {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, KvError> {
-        self.run(|st| {
+        self.write(|st| {
             let doomed: Vec<String> = st
                 .keys
                 .range(prefix.to_string()..)
@@ -339,7 +367,7 @@ impl Kv for MemKv {
     }
 
     async fn grant(&self, ttl: i64) -> Result<LeaseId, KvError> {
-        self.run(|st| {
+        self.write(|st| {
             st.next_lease += 1;
             let id = 0x1000 + st.next_lease;
             let exp = st.now_ms + (ttl.max(1) as u64) * 1000;
@@ -350,7 +378,7 @@ impl Kv for MemKv {
     }
 
     async fn keepalive(&self, lease: LeaseId) -> Result<(), KvError> {
-        self.run(|st| {
+        self.write(|st| {
             let now = st.now_ms;
             match st.leases.get_mut(&lease) {
                 Some((ttl, exp)) => {

@@ -139,14 +139,11 @@ impl<K: Kv> Agent<K> {
             timeline: server.as_ref().and_then(|s| s.timeline),
             upstream: self.pg.configured_upstream(),
             wal_end: match &server {
-                Some(s) => s.wal_position().zip(s.timeline).map(|(lsn, tl)| WalEnd {
-                    timeline: if s.in_recovery {
-                        self.pg.wal_timeline(tl, lsn)
-                    } else {
-                        tl
-                    },
-                    lsn,
-                }),
+                // a replica's timeline is already the one its WAL files hold (Postgres::status)
+                Some(s) => s
+                    .wal_position()
+                    .zip(s.timeline)
+                    .map(|(lsn, timeline)| WalEnd { timeline, lsn }),
                 None => stopped_end,
             },
             streaming: server
